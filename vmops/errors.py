@@ -1,0 +1,159 @@
+"""The one exception tree of vmops.
+
+Every error a user can see is a :class:`VmopsError`. Each class carries a
+message template with named fields and the HTTP status the API answers
+with; libvirt and qemu-img errors are converted into this tree in exactly
+one place each (``hypervisor/libvirt/driver.py`` and ``disks/qemu_img.py``).
+
+    VmopsError (500)
+    ├── NotFound (404)
+    │   ├── InstanceNotFound
+    │   ├── ImageNotFound
+    │   ├── FlavorNotFound
+    │   └── KeypairNotFound
+    ├── Conflict (409)
+    │   ├── AlreadyExists
+    │   ├── InvalidState        operation makes no sense in the current state
+    │   ├── InstanceBusy        another operation holds the instance
+    │   └── InUse               image/flavor still used by instances
+    ├── Invalid (400)
+    │   ├── InvalidName
+    │   ├── InvalidFlavor
+    │   ├── InvalidImage        not a disk image, unsafe, truncated, ...
+    │   ├── FlavorTooSmall      root_gb smaller than the image's virtual size
+    │   └── ConfigDriveInvalid  injected files, user data, metadata over limits
+    ├── ConfigError (400)       a bad setting: names the option and what is allowed
+    ├── HostNotReady (503)      a required host check failed (see ``vmops doctor``)
+    ├── ServiceUnavailable (503)  the CLI cannot reach (or start) the service
+    ├── ServiceAlreadyRunning (409)
+    └── HypervisorError (500)   libvirt/QEMU failed in a way we did not expect
+        └── DiskError           qemu-img failed or was killed by its limits
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class VmopsError(Exception):
+    """Base of every vmops error. ``msg_fmt`` is filled from keyword args."""
+
+    msg_fmt: ClassVar[str] = "%(reason)s"
+    http_status: ClassVar[int] = 500
+    # Nova's fault body names, used by the API: {"itemNotFound": {...}}
+    fault_name: ClassVar[str] = "computeFault"
+
+    def __init__(self, message: str | None = None, **fields: Any) -> None:
+        self.fields = fields
+        if message is None:
+            try:
+                message = self.msg_fmt % fields
+            except (KeyError, TypeError, ValueError):
+                message = f"{type(self).__name__}: {fields}"
+        self.message = message
+        super().__init__(message)
+
+
+class NotFound(VmopsError):
+    http_status = 404
+    fault_name = "itemNotFound"
+    msg_fmt = "not found: %(what)s"
+
+
+class InstanceNotFound(NotFound):
+    msg_fmt = "no instance named or with id %(instance)r"
+
+
+class ImageNotFound(NotFound):
+    msg_fmt = "no image named or with id %(image)r"
+
+
+class FlavorNotFound(NotFound):
+    msg_fmt = "no flavor named or with id %(flavor)r"
+
+
+class KeypairNotFound(NotFound):
+    msg_fmt = "no keypair named %(name)r"
+
+
+class Conflict(VmopsError):
+    http_status = 409
+    fault_name = "conflictingRequest"
+    msg_fmt = "conflict: %(reason)s"
+
+
+class AlreadyExists(Conflict):
+    msg_fmt = "a %(kind)s named %(name)r already exists"
+
+
+class InvalidState(Conflict):
+    msg_fmt = "cannot %(action)s instance %(instance)r while it is %(state)s"
+
+
+class InstanceBusy(Conflict):
+    msg_fmt = "instance %(instance)r is busy: %(task)s is in progress; try again when it ends"
+
+
+class InUse(Conflict):
+    msg_fmt = "%(kind)s %(name)r is used by instances: %(users)s"
+
+
+class Invalid(VmopsError):
+    http_status = 400
+    fault_name = "badRequest"
+    msg_fmt = "invalid input: %(reason)s"
+
+
+class InvalidName(Invalid):
+    msg_fmt = "invalid name %(name)r: %(reason)s"
+
+
+class InvalidFlavor(Invalid):
+    msg_fmt = "invalid flavor: %(reason)s"
+
+
+class InvalidImage(Invalid):
+    msg_fmt = "invalid image: %(reason)s"
+
+
+class FlavorTooSmall(Invalid):
+    msg_fmt = (
+        "flavor %(flavor)r has a %(flavor_bytes)d-byte root disk, smaller than "
+        "image %(image)r's virtual size of %(image_bytes)d bytes; disks are never shrunk"
+    )
+
+
+class ConfigDriveInvalid(Invalid):
+    msg_fmt = "invalid config drive content: %(reason)s"
+
+
+class ConfigError(VmopsError):
+    http_status = 400
+    fault_name = "badRequest"
+    msg_fmt = "bad setting %(option)s=%(value)r: %(allowed)s"
+
+
+class HostNotReady(VmopsError):
+    http_status = 503
+    fault_name = "hostNotReady"
+    msg_fmt = "this host cannot run VMs: %(reason)s"
+
+
+class ServiceUnavailable(VmopsError):
+    http_status = 503
+    msg_fmt = "the vmops service is not reachable: %(reason)s"
+
+
+class ServiceAlreadyRunning(VmopsError):
+    http_status = 409
+    msg_fmt = (
+        "another vmops service (pid %(pid)s) is already serving state directory %(state_dir)s"
+    )
+
+
+class HypervisorError(VmopsError):
+    msg_fmt = "hypervisor error: %(reason)s"
+
+
+class DiskError(HypervisorError):
+    msg_fmt = "disk operation failed: %(reason)s"
