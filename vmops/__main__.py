@@ -1,0 +1,5 @@
+import sys
+
+from vmops.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,145 @@
+"""The CLI's client of the vmops API, over the state directory's unix socket.
+
+When no service answers, it starts one in the background (``vmops serve``
+detached, logging to the state directory) and waits for its socket.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from vmops.errors import ServiceUnavailable, VmopsError
+
+PREFIX = "/v2.1"
+START_TIMEOUT_S = 60.0
+
+
+class ApiError(VmopsError):
+    """An error answer from the service, carrying its status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("vmops", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(str(self._path))
+        self.sock = sock
+
+
+class Client:
+    def __init__(self, state_dir: Path, autostart: bool = True, timeout: float = 300.0) -> None:
+        self.state_dir = state_dir
+        self.socket = state_dir / "vmops.sock"
+        self.autostart = autostart
+        self.timeout = timeout
+
+    # -- transport -----------------------------------------------------------
+    def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
+        payload = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        for attempt in (1, 2):
+            conn = _UnixConnection(self.socket, self.timeout)
+            try:
+                conn.request(method, PREFIX + path, body=payload, headers=headers)
+                return conn.getresponse()
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                conn.close()
+                if attempt == 2 or not self.autostart:
+                    raise ServiceUnavailable(
+                        reason=f"nothing listens on {self.socket} ({exc.strerror}); "
+                        "start it with `vmops serve`") from None
+                self.start_service()
+        raise AssertionError("unreachable")
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        resp = self._open(method, path, body)
+        data = resp.read()
+        if resp.status >= 400:
+            raise ApiError(resp.status, _fault_message(data, resp.status))
+        if resp.getheader("Content-Type", "").startswith("application/json") and data:
+            return json.loads(data)
+        return data
+
+    def stream(self, path: str) -> Iterator[bytes]:
+        resp = self._open("GET", path)
+        if resp.status >= 400:
+            raise ApiError(resp.status, _fault_message(resp.read(), resp.status))
+        while chunk := resp.read1(65536):
+            yield chunk
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def post(self, path: str, body: Any = None) -> Any:
+        return self.request("POST", path, body)
+
+    def delete(self, path: str) -> Any:
+        return self.request("DELETE", path)
+
+    # -- the service ---------------------------------------------------------
+    def start_service(self) -> None:
+        """Start `vmops serve` for this state directory, detached, and wait for it."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.state_dir / "vmops.log"
+        print(f"vmops: starting the service for {self.state_dir} (log: {log_path})",
+              file=sys.stderr)
+        env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir)}
+        with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vmops", "serve", "--state-dir", str(self.state_dir)],
+                stdin=null, stdout=log, stderr=log, start_new_session=True, env=env)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._answers():
+                return
+            if proc.poll() is not None:
+                raise ServiceUnavailable(
+                    reason=f"the service exited at start (status {proc.returncode}): "
+                    f"{_last_lines(log_path)}")
+            time.sleep(0.1)
+        raise ServiceUnavailable(reason=f"the service did not answer within {START_TIMEOUT_S:g}s;"
+                                 f" see {log_path}")
+
+    def _answers(self) -> bool:
+        try:
+            conn = _UnixConnection(self.socket, 2.0)
+            conn.request("GET", PREFIX)
+            ok = conn.getresponse().status == 200
+            conn.close()
+            return ok
+        except OSError:
+            return False
+
+
+def _fault_message(data: bytes, status: int) -> str:
+    try:
+        body = json.loads(data)
+        (_, inner), = body.items()
+        return str(inner["message"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return f"HTTP {status}: {data[:200].decode(errors='replace')}"
+
+
+def _last_lines(path: Path, n: int = 5) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:])

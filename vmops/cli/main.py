@@ -1,0 +1,534 @@
+"""The vmops command line: a client of the service, nothing else.
+
+Tables for people by default, ``--json`` for scripts, a non-zero exit
+status on any error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from vmops import config
+from vmops.cli.client import Client
+from vmops.cli.output import human_bytes, print_json, print_kv, print_table, progress_bar
+from vmops.errors import VmopsError
+
+WAIT_TIMEOUT_S = 900.0
+
+
+def _client(args: argparse.Namespace, autostart: bool = True) -> Client:
+    return Client(args.state_dir, autostart=autostart)
+
+
+def _server_ref(client: Client, ref: str) -> dict[str, Any]:
+    server: dict[str, Any] = client.get(f"/servers/{ref}")["server"]
+    return server
+
+
+def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dict[str, Any]:
+    """Poll until the server leaves BUILD (spawn) or its task ends (actions)."""
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    shown = None
+    while True:
+        server = _server_ref(client, server_id)
+        task = server["OS-EXT-STS:task_state"]
+        done = server["status"] != "BUILD" if until == "built" else task is None
+        if done:
+            if not quiet and shown:
+                print(file=sys.stderr)
+            return server
+        if not quiet and task != shown:
+            print(f"{'' if shown is None else chr(10)}{server['name']}: {task}...",
+                  end="", file=sys.stderr, flush=True)
+            shown = task
+        if time.monotonic() > deadline:
+            raise VmopsError(f"gave up waiting for {server['name']} after {WAIT_TIMEOUT_S:g}s")
+        time.sleep(0.2)
+
+
+# -- servers ------------------------------------------------------------------
+def cmd_spawn(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"name": args.name, "imageRef": args.image,
+                            "flavorRef": args.flavor, "config_drive": args.config_drive}
+    if args.mac:
+        body["vmops:mac"] = args.mac
+    if args.user_data:
+        body["user_data"] = base64.b64encode(_read(args.user_data, "user data")).decode()
+    if args.key_name:
+        body["key_name"] = args.key_name
+    if args.property:
+        body["metadata"] = dict(_pair(p, "--property", "KEY=VALUE") for p in args.property)
+    if args.file:
+        body["personality"] = [
+            {"path": guest, "contents": base64.b64encode(_read(local, "file")).decode()}
+            for guest, local in (_pair(f, "--file", "GUEST_PATH=LOCAL_FILE") for f in args.file)]
+    if args.admin_password:
+        body["adminPass"] = args.admin_password
+    client = _client(args)
+    created = client.post("/servers", {"server": body})["server"]
+    if args.no_wait:
+        return _show_server(client, created["id"], args.json)
+    server = _wait_server(client, created["id"], "built", args.json)
+    if server["status"] == "ERROR":
+        fault = server.get("fault", {}).get("message", "unknown reason")
+        print(f"vmops: spawn of {args.name} failed: {fault}", file=sys.stderr)
+        print(f"vmops: the record is kept as ERROR; remove it with `vmops destroy {args.name}`",
+              file=sys.stderr)
+        return 1
+    return _show_server(client, server["id"], args.json)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise VmopsError(f"cannot read {what} {path}: {exc.strerror}") from None
+
+
+def _pair(text: str, flag: str, form: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise VmopsError(f"{flag} takes {form}, got {text!r}")
+    return key, value
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    servers = _client(args).get("/servers/detail")["servers"]
+    if args.json:
+        print_json(servers)
+        return 0
+    rows = [[s["name"], s["id"], s["status"].lower(), s["vmops:power_state"],
+             s["flavor"]["original_name"], s["vmops:image_name"], s["created"]]
+            for s in servers]
+    print_table(["NAME", "UUID", "STATUS", "POWER", "FLAVOR", "IMAGE", "CREATED"], rows)
+    return 0
+
+
+def _show_server(client: Client, ref: str, as_json: bool) -> int:
+    s = _server_ref(client, ref)
+    if as_json:
+        print_json(s)
+        return 0
+    live = s.get("vmops:live", {})
+    flavor = s["flavor"]
+    items = [
+        ("name", s["name"]), ("uuid", s["id"]), ("status", s["status"].lower()),
+        ("power state", s["vmops:power_state"]), ("task", s["OS-EXT-STS:task_state"] or "-"),
+        ("flavor", f"{flavor['original_name']} ({flavor['ram']} MiB, {flavor['vcpus']} vCPU, "
+                   f"{flavor['disk']} GiB)"),
+        ("image", s["vmops:image_name"]),
+        ("max memory", human_bytes(live["max_memory_kib"] * 1024) if live else "-"),
+        ("memory", human_bytes(live["memory_kib"] * 1024) if live else "-"),
+        ("vcpus", str(live.get("vcpus", flavor["vcpus"]))),
+        ("cpu time", f"{live['cpu_time_ns'] / 1e9:.2f} s" if live else "-"),
+        ("created", s["created"]), ("launched", s["OS-SRV-USG:launched_at"] or "-"),
+        ("config drive", "yes" if s["config_drive"] else "no"),
+    ]
+    items += [(f"disk {d['target']}", f"{d['role']} {d['format']} {d['device']} {d['path']}")
+              for d in s["vmops:disks"]]
+    items += [(f"nic {i}", f"mac {mac} (user-mode networking)")
+              for i, mac in enumerate(s["vmops:macs"])]
+    if s.get("fault"):
+        items.append(("fault", s["fault"]["message"]))
+    print_kv(items)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    return _show_server(_client(args), args.name, args.json)
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    client = _client(args)
+    for name in args.names:
+        try:
+            client.delete(f"/servers/{name}")
+        except VmopsError as exc:
+            if getattr(exc, "status", None) != 404:
+                raise
+            print(f"vmops: {name} does not exist (nothing to destroy)", file=sys.stderr)
+            continue
+        print(f"destroyed {name}")
+    return 0
+
+
+def cmd_console_log(args: argparse.Namespace) -> int:
+    client = _client(args)
+    query = []
+    if args.tail is not None:
+        query.append(f"tail={args.tail}")
+    if args.follow:
+        query.append("follow=1")
+    path = f"/servers/{args.name}/console-log" + ("?" + "&".join(query) if query else "")
+    out = sys.stdout.buffer
+    if not args.follow:
+        out.write(client.get(path))
+        out.flush()
+        return 0
+    try:
+        for chunk in client.stream(path):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _action(args: argparse.Namespace, body: dict[str, Any]) -> int:
+    client = _client(args)
+    server = _server_ref(client, args.name)
+    client.post(f"/servers/{server['id']}/action", body)
+    if getattr(args, "no_wait", False):
+        return 0
+    server = _wait_server(client, server["id"], "idle", args.json)
+    fault = server.get("fault")
+    if fault:
+        print(f"vmops: {args.command} of {args.name} failed: {fault['message']}",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print_json(server)
+    else:
+        print(f"{server['name']}: {server['status'].lower()} ({server['vmops:power_state']})")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    arg: dict[str, Any] = {"vmops:hard": args.hard}
+    if args.timeout is not None:
+        arg["vmops:timeout"] = args.timeout
+    return _action(args, {"os-stop": arg})
+
+
+def cmd_reboot(args: argparse.Namespace) -> int:
+    return _action(args, {"reboot": {"type": "HARD" if args.hard else "SOFT"}})
+
+
+def _simple(action: str) -> Any:
+    return lambda args: _action(args, {action: None})
+
+
+# -- images, flavors, keypairs ------------------------------------------------
+def cmd_image_import(args: argparse.Namespace) -> int:
+    source = args.source
+    if not source.startswith(("http://", "https://")):
+        source = str(Path(source).expanduser().absolute())
+    body: dict[str, Any] = {"name": args.name, "source": source}
+    if args.checksum:
+        body["checksum"] = args.checksum
+    if args.format:
+        body["disk_format"] = args.format
+    client = _client(args)
+    image = client.post("/images", {"image": body})["image"]
+    started = time.monotonic()
+    while image["status"] == "SAVING":
+        if not args.json and time.monotonic() - started > 0.5:
+            progress_bar(image["name"], image["vmops:bytes_done"], image["vmops:bytes_total"])
+        time.sleep(0.2)
+        image = client.get(f"/images/{image['id']}")["image"]
+    if not args.json and time.monotonic() - started > 0.5:
+        print(file=sys.stderr)
+    if image["status"] == "ERROR":
+        client.delete(f"/images/{image['id']}")
+        print(f"vmops: image {args.name} refused: {image['vmops:fault']}", file=sys.stderr)
+        return 1
+    return _print_image(image, args.json)
+
+
+def _print_image(image: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        print_json(image)
+        return 0
+    print_kv([("name", image["name"]), ("id", image["id"]), ("status", image["status"].lower()),
+              ("format", image["vmops:format"]),
+              ("virtual size", human_bytes(image["vmops:virtual_size"])),
+              ("file size", human_bytes(image["OS-EXT-IMG-SIZE:size"])),
+              ("checksum", image["vmops:checksum"]), ("source", image["vmops:source"]),
+              ("used by", ", ".join(image["vmops:used_by"]) or "-")])
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    images = _client(args).get("/images/detail")["images"]
+    if args.json:
+        print_json(images)
+        return 0
+    print_table(["NAME", "STATUS", "FORMAT", "VIRTUAL SIZE", "FILE SIZE", "CHECKSUM", "USED BY"],
+                [[i["name"], i["status"].lower(), i["vmops:format"],
+                  human_bytes(i["vmops:virtual_size"]), human_bytes(i["OS-EXT-IMG-SIZE:size"]),
+                  i["vmops:checksum"][:16], ", ".join(i["vmops:used_by"]) or "-"]
+                 for i in images])
+    return 0
+
+
+def cmd_image_show(args: argparse.Namespace) -> int:
+    return _print_image(_client(args).get(f"/images/{args.name}")["image"], args.json)
+
+
+def cmd_image_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/images/{args.name}")
+    print(f"deleted image {args.name}")
+    return 0
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    body = {} if args.older_than is None else {"older_than": args.older_than}
+    removed = _client(args).post("/images/prune", body)["removed"]
+    if args.json:
+        print_json(removed)
+    else:
+        print("removed: " + (", ".join(removed) or "nothing"))
+    return 0
+
+
+def _flavor_row(f: dict[str, Any]) -> list[Any]:
+    return [f["name"], f["id"], f["ram"], f["vcpus"], f["disk"],
+            f["OS-FLV-EXT-DATA:ephemeral"], "yes" if f["vmops:builtin"] else "no"]
+
+
+FLAVOR_COLUMNS = ["NAME", "ID", "RAM MiB", "VCPUS", "DISK GiB", "EPHEMERAL GiB", "BUILT-IN"]
+
+
+def cmd_flavor_list(args: argparse.Namespace) -> int:
+    flavors = _client(args).get("/flavors/detail")["flavors"]
+    if args.json:
+        print_json(flavors)
+    else:
+        print_table(FLAVOR_COLUMNS, [_flavor_row(f) for f in flavors])
+    return 0
+
+
+def cmd_flavor_show(args: argparse.Namespace) -> int:
+    f = _client(args).get(f"/flavors/{args.name}")["flavor"]
+    if args.json:
+        print_json(f)
+    else:
+        print_kv(list(zip(FLAVOR_COLUMNS, map(str, _flavor_row(f)), strict=True)))
+    return 0
+
+
+def cmd_flavor_create(args: argparse.Namespace) -> int:
+    body = {"name": args.name, "ram": args.ram, "vcpus": args.vcpus, "disk": args.disk,
+            "OS-FLV-EXT-DATA:ephemeral": args.ephemeral}
+    f = _client(args).post("/flavors", {"flavor": body})["flavor"]
+    if args.json:
+        print_json(f)
+    else:
+        print_table(FLAVOR_COLUMNS, [_flavor_row(f)])
+    return 0
+
+
+def cmd_flavor_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/flavors/{args.name}")
+    print(f"deleted flavor {args.name}")
+    return 0
+
+
+def cmd_keypair_add(args: argparse.Namespace) -> int:
+    key = _read(args.public_key, "public key").decode(errors="replace")
+    k = _client(args).post("/os-keypairs", {"keypair": {"name": args.name,
+                                                         "public_key": key}})["keypair"]
+    print_json(k) if args.json else print(f"added keypair {k['name']} ({k['fingerprint']})")
+    return 0
+
+
+def cmd_keypair_list(args: argparse.Namespace) -> int:
+    keys = [k["keypair"] for k in _client(args).get("/os-keypairs")["keypairs"]]
+    if args.json:
+        print_json(keys)
+    else:
+        print_table(["NAME", "FINGERPRINT", "TYPE"],
+                    [[k["name"], k["fingerprint"], k["type"]] for k in keys])
+    return 0
+
+
+def cmd_keypair_delete(args: argparse.Namespace) -> int:
+    _client(args).delete(f"/os-keypairs/{args.name}")
+    print(f"deleted keypair {args.name}")
+    return 0
+
+
+# -- host ---------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vmops import service
+
+    overrides = {"listen": args.listen} if args.listen else {}
+    service.main(config.load(args.state_dir, **overrides))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    try:
+        checks = _client(args, autostart=False).get("/os-vmops/doctor")["checks"]
+    except VmopsError:
+        from vmops import doctor
+
+        s = config.load(args.state_dir)
+        checks = [dataclasses.asdict(c) for c in
+                  doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel)]
+    failed = [c for c in checks if c["required"] and not c["ok"]]
+    if args.json:
+        print_json(checks)
+        return 1 if failed else 0
+    for c in checks:
+        mark = "ok" if c["ok"] else ("FAIL" if c["required"] else "warn")
+        print(f"[{mark:>4}] {c['name']}: {c['detail']}")
+        if not c["ok"] and c["advice"]:
+            print(f"       -> {c['advice']}")
+    print("this host can run VMs" if not failed else
+          f"this host cannot run VMs: {len(failed)} required check(s) failed")
+    return 1 if failed else 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    s = config.load(args.state_dir)
+    rows = []
+    for f in config.options():
+        value = getattr(s, f.name)
+        if f.name == "api_token" and value:
+            value = "(set)"
+        rows.append({"option": f.name, "value": str(value), "env": f"VMOPS_{f.name.upper()}",
+                     "allowed": config.describe_allowed(f), "help": f.metadata["help"]})
+    if args.json:
+        print_json(rows)
+    else:
+        for r in rows:
+            print(f"{r['option']} = {r['value']}\n    {r['help']}\n    "
+                  f"allowed: {r['allowed']}; env: {r['env']}")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmops", description="VM lifecycle engine for one host.")
+    p.add_argument("--state-dir", type=Path, default=None,
+                   help="state directory (default: $VMOPS_STATE_DIR, /var/lib/vmops as root)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, func: Any, help: str, json_flag: bool = True,
+            parent: Any = sub) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if json_flag:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        return sp
+
+    sp = cmd("spawn", cmd_spawn, "create and boot an instance")
+    sp.add_argument("name")
+    sp.add_argument("--image", required=True)
+    sp.add_argument("--flavor", required=True)
+    sp.add_argument("--mac", help="MAC address of the NIC (default: generated 52:54:00:...)")
+    sp.add_argument("--config-drive", action="store_true", help="attach an OpenStack config drive")
+    sp.add_argument("--user-data", metavar="FILE")
+    sp.add_argument("--key-name")
+    sp.add_argument("--file", action="append", metavar="GUEST_PATH=LOCAL_FILE",
+                    help="inject a file through the config drive (repeatable)")
+    sp.add_argument("--property", action="append", metavar="KEY=VALUE",
+                    help="instance metadata (repeatable)")
+    sp.add_argument("--admin-password", help="goes on the config drive only if configured")
+    sp.add_argument("--no-wait", action="store_true", help="return while it is still building")
+    cmd("list", cmd_list, "list instances")
+    sp = cmd("show", cmd_show, "show one instance")
+    sp.add_argument("name")
+    sp = cmd("destroy", cmd_destroy, "destroy instances (no error if already gone)",
+             json_flag=False)
+    sp.add_argument("names", nargs="+", metavar="name")
+    sp = cmd("console-log", cmd_console_log, "print the guest's serial console output",
+             json_flag=False)
+    sp.add_argument("name")
+    sp.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    sp.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
+
+    sp = cmd("stop", cmd_stop, "shut down (ACPI, then hard after the timeout)")
+    sp.add_argument("name")
+    sp.add_argument("--timeout", type=float, help="seconds to wait for the guest (config: "
+                    "shutdown_timeout)")
+    sp.add_argument("--hard", action="store_true", help="pull the plug at once")
+    sp = cmd("reboot", cmd_reboot, "reboot (soft, falling back to hard)")
+    sp.add_argument("name")
+    sp.add_argument("--hard", action="store_true")
+    for verb, action, text in (("start", "os-start", "power on a stopped instance"),
+                               ("pause", "pause", "stop the vCPUs, keep memory"),
+                               ("unpause", "unpause", "run the vCPUs again"),
+                               ("suspend", "suspend", "save memory to disk, end QEMU"),
+                               ("resume", "resume", "restore a suspended instance")):
+        sp = cmd(verb, _simple(action), text)
+        sp.add_argument("name")
+
+    image = sub.add_parser("image", help="manage images").add_subparsers(
+        dest="image_command", required=True, metavar="ACTION")
+    sp = cmd("import", cmd_image_import, "import a disk image (file or http(s) URL)",
+             parent=image)
+    sp.add_argument("name")
+    sp.add_argument("source")
+    sp.add_argument("--checksum", help="expected sha256 (or sha256:HEX)")
+    sp.add_argument("--format", help="declared format: qcow2, raw, vhd, vhdx, vmdk")
+    cmd("list", cmd_image_list, "list images", parent=image)
+    sp = cmd("show", cmd_image_show, "show one image", parent=image)
+    sp.add_argument("name")
+    sp = cmd("delete", cmd_image_delete, "delete an unused image", json_flag=False, parent=image)
+    sp.add_argument("name")
+    sp = cmd("prune", cmd_image_prune, "remove unused images", parent=image)
+    sp.add_argument("--older-than", type=float, metavar="SECONDS")
+
+    flavor = sub.add_parser("flavor", help="manage flavors").add_subparsers(
+        dest="flavor_command", required=True, metavar="ACTION")
+    cmd("list", cmd_flavor_list, "list flavors", parent=flavor)
+    sp = cmd("show", cmd_flavor_show, "show one flavor", parent=flavor)
+    sp.add_argument("name")
+    sp = cmd("create", cmd_flavor_create, "create a flavor", parent=flavor)
+    sp.add_argument("name")
+    sp.add_argument("--ram", type=int, required=True, metavar="MiB")
+    sp.add_argument("--vcpus", type=int, required=True, metavar="N")
+    sp.add_argument("--disk", type=int, required=True, metavar="GiB")
+    sp.add_argument("--ephemeral", type=int, default=0, metavar="GiB")
+    sp = cmd("delete", cmd_flavor_delete, "delete an unused flavor", json_flag=False,
+             parent=flavor)
+    sp.add_argument("name")
+
+    keypair = sub.add_parser("keypair", help="manage SSH public keys").add_subparsers(
+        dest="keypair_command", required=True, metavar="ACTION")
+    sp = cmd("add", cmd_keypair_add, "add a public key", parent=keypair)
+    sp.add_argument("name")
+    sp.add_argument("--public-key", required=True, metavar="FILE")
+    cmd("list", cmd_keypair_list, "list keypairs", parent=keypair)
+    sp = cmd("delete", cmd_keypair_delete, "delete a keypair", json_flag=False, parent=keypair)
+    sp.add_argument("name")
+
+    sp = cmd("serve", cmd_serve, "run the engine for one state directory", json_flag=False)
+    sp.add_argument("--listen", metavar="HOST:PORT", help="also serve the API on TCP")
+    cmd("doctor", cmd_doctor, "check whether this host can run VMs")
+    cmd("config", cmd_config, "show every setting, its value and help")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.state_dir is None:
+            args.state_dir = config.load().state_dir
+        args.state_dir = args.state_dir.expanduser().absolute()
+        os.environ["VMOPS_STATE_DIR"] = str(args.state_dir)
+        rc: int = args.func(args)
+        return rc
+    except VmopsError as exc:
+        print(f"vmops: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _entry()

@@ -1,0 +1,445 @@
+"""The verbs: spawn, destroy and the power operations, with locking and rollback.
+
+Hypervisor-agnostic: talks to a :class:`~vmops.hypervisor.base.Hypervisor`,
+the disk and config-drive packages, and the console capture. Every state
+change is written to the store as it happens.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmops import console
+from vmops.compute import states
+from vmops.compute.names import check_instance_name, check_mac, generate_mac
+from vmops.compute.tasks import TaskLocks
+from vmops.config import Settings
+from vmops.errors import HostNotReady, InstanceNotFound, InvalidState, VmopsError
+from vmops.hypervisor.base import (
+    Accel,
+    DiskBus,
+    DiskDevice,
+    DiskSpec,
+    DomainSpec,
+    Hypervisor,
+    LifecycleEvent,
+    NicSpec,
+    PowerState,
+)
+from vmops.store import DiskRecord, Flavor, Image, Instance, Store
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+DOMAIN_PREFIX = "vmops-"
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    name: str
+    image: str
+    flavor: str
+    mac: str | None = None
+    config_drive: bool = False
+    user_data: bytes | None = None
+    key_name: str | None = None
+    files: tuple[tuple[str, bytes], ...] = ()
+    properties: dict[str, str] = field(default_factory=dict)
+    admin_password: str | None = field(default=None, repr=False)
+
+
+class Compute:
+    def __init__(self, settings: Settings, store: Store, hypervisor: Hypervisor,
+                 accel: Accel, host_problems: Callable[[], list[str]]) -> None:
+        self.settings = settings
+        self.store = store
+        self.hv = hypervisor
+        self.accel = accel
+        self._host_problems = host_problems
+        self.tasks = TaskLocks()
+        self.background_actions = False  # the service sets it: actions answer at once
+        self._state_changed = threading.Condition()
+        hypervisor.on_lifecycle_event(self._on_lifecycle_event)
+
+    # -- lookups -------------------------------------------------------------
+    def instance(self, ref: str) -> Instance:
+        return self.store.instance(ref)
+
+    def instance_dir(self, inst: Instance) -> Path:
+        return self.settings.instances_dir / inst.id
+
+    def console_socket(self, inst: Instance) -> Path:
+        return self.settings.run_dir / f"{inst.id}.sock"
+
+    # -- spawn ---------------------------------------------------------------
+    def create(self, req: SpawnRequest, background: bool = True) -> Instance:
+        """Validate, record, then spawn (in a thread unless background=False).
+
+        Everything that can be refused is checked before the record is
+        written, so a refused spawn leaves nothing behind.
+        """
+        problems = self._host_problems()
+        if problems:
+            raise HostNotReady(reason="; ".join(problems))
+        check_instance_name(req.name)
+        flavor = self.store.flavor(req.flavor)
+        image = self._active_image(req.image)
+        mac = check_mac(req.mac) if req.mac else generate_mac()
+        from vmops.compute import spawn as spawn_steps
+
+        spawn_steps.check_root_fits(flavor, image)
+        use_drive = req.config_drive or self.settings.force_config_drive
+        instance_id = str(uuidlib.uuid4())
+        if use_drive:
+            spawn_steps.validate_config_drive(self, req, instance_id, mac)
+        inst = self.store.add_instance(Instance(
+            id=instance_id, name=req.name, vm_state=states.BUILDING,
+            task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
+            flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(flavor),
+            image_name=image.name, macs=(mac,), config_drive=use_drive, key_name=req.key_name,
+            properties=dict(req.properties),
+            user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
+            injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
+            desired_running=True))
+        self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
+        if not background:
+            self._spawn(inst, image, req.admin_password)
+            return self.store.instance(inst.id)
+        threading.Thread(target=self._spawn, args=(inst, image, req.admin_password),
+                         name=f"spawn-{inst.name}", daemon=True).start()
+        return inst
+
+    def _active_image(self, ref: str) -> Image:
+        image = self.store.image(ref)
+        if image.status != "active":
+            raise InvalidState(action="spawn from", instance=f"image {image.name}",
+                               state=f"{image.status} (not yet imported)")
+        return image
+
+    def _spawn(self, inst: Instance, image: Image, admin_password: str | None) -> None:
+        from vmops.compute import spawn as spawn_steps
+
+        try:
+            disks = spawn_steps.create_disks(self, inst, image, admin_password)
+            inst = self.store.update_instance(inst, disks=tuple(disks))
+            self.hv.define(self.domain_spec(inst))
+            self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
+            self._boot(inst)
+            self.store.update_instance(inst, vm_state=states.ACTIVE, task_state=None,
+                                       launched_at=time.time(),
+                                       power_state=PowerState.RUNNING.value)
+        except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
+            log.exception("spawn of %s failed", inst.name)
+            self._teardown(inst)
+            fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
+            self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
+                                       power_state=PowerState.NOSTATE.value,
+                                       desired_running=False, fault=fault, disks=())
+        finally:
+            self.tasks.release(inst.id)
+            self._notify()
+
+    def domain_spec(self, inst: Instance) -> DomainSpec:
+        flavor = inst.flavor
+        return DomainSpec(
+            uuid=inst.id, name=DOMAIN_PREFIX + inst.name, memory_mib=int(flavor["ram_mib"]),
+            vcpus=int(flavor["vcpus"]),
+            disks=tuple(_disk_spec(d) for d in inst.disks),
+            nics=tuple(NicSpec(mac=m) for m in inst.macs),
+            console_socket=self.console_socket(inst), accel=self.accel,
+            dynamic_memory_ratio=self.settings.dynamic_memory_ratio,
+            limit_cpu_features=self.settings.limit_cpu_features,
+            metadata={"name": inst.name, "flavor": str(flavor["name"]),
+                      "image": inst.image_name})
+
+    def _boot(self, inst: Instance) -> None:
+        """Start QEMU paused, wait for the console capture, then run the vCPUs,
+        so the log holds the guest's output from its very first byte."""
+        log_dir = self.instance_dir(inst)
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        console.start_capture(self.console_socket(inst), log_dir,
+                              self.settings.console_log_max_bytes)
+        _, generation = console.capture_generation(log_dir)
+        self.hv.start(inst.id, paused=True)
+        try:
+            console.wait_connected(log_dir, generation, timeout=30.0)
+        except VmopsError:
+            self.hv.power_off(inst.id)
+            raise
+        self.hv.unpause(inst.id)
+
+    # -- destroy -------------------------------------------------------------
+    def destroy(self, ref: str) -> None:
+        """Idempotent: a missing instance is not an error, and nothing is left."""
+        try:
+            inst = self.store.instance(ref)
+        except InstanceNotFound:
+            return
+        with self.tasks.hold(inst.id, inst.name, states.DELETING):
+            self.store.update_instance(inst, task_state=states.DELETING)
+            self._teardown(inst)
+            self.store.delete_instance(inst.id)
+        self._notify()
+
+    def _teardown(self, inst: Instance) -> None:
+        """Remove the domain, the capture process and every file of ``inst``."""
+        if self.hv.exists(inst.id):
+            self.hv.power_off(inst.id)
+            self.hv.undefine(inst.id)
+        console.stop_capture(self.instance_dir(inst))
+        shutil.rmtree(self.instance_dir(inst), ignore_errors=True)
+        self.console_socket(inst).unlink(missing_ok=True)
+
+    # -- power operations ----------------------------------------------------
+    def _begin(self, ref: str, action: str, task: str, allowed: tuple[str, ...]) -> Instance:
+        inst = self.store.instance(ref)
+        self.tasks.acquire(inst.id, inst.name, task)
+        try:
+            inst = self._refresh(inst)
+            if inst.vm_state not in allowed:
+                raise InvalidState(action=action, instance=inst.name,
+                                   state=_describe(inst.vm_state))
+            return self.store.update_instance(inst, task_state=task)
+        except BaseException:
+            self.tasks.release(inst.id)
+            raise
+
+    def _finish(self, inst: Instance, **changes: Any) -> Instance:
+        try:
+            power = self.hv.info(inst.id).state
+            changes.setdefault("vm_state", states.VM_STATE_OF_POWER[power])
+            changes.setdefault("fault", "")
+            return self.store.update_instance(inst, task_state=None, power_state=power.value,
+                                              **changes)
+        finally:
+            self.tasks.release(inst.id)
+            self._notify()
+
+    def _run(self, ref: str, action: str, task: str, allowed: tuple[str, ...],
+             work: Callable[[Instance], None], **changes: Any) -> Instance:
+        """Check the state and take the instance (at once, so a refusal is
+        immediate), then do ``work`` in this thread or, with
+        ``self.background_actions``, in a new one (the API answers 202)."""
+        inst = self._begin(ref, action, task, allowed)
+        if not self.background_actions:
+            return self._work(inst, work, changes, reraise=True)
+        threading.Thread(target=self._work, args=(inst, work, changes, False),
+                         name=f"{task}-{inst.name}", daemon=True).start()
+        return inst
+
+    def _work(self, inst: Instance, work: Callable[[Instance], None],
+              changes: dict[str, Any], reraise: bool) -> Instance:
+        try:
+            work(inst)
+        except Exception as exc:
+            log.exception("%s of %s failed", inst.task_state, inst.name)
+            fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
+            inst = self._finish(inst, fault=fault)
+            if reraise:
+                raise
+            return inst
+        return self._finish(inst, **changes)
+
+    def pause(self, ref: str) -> Instance:
+        return self._run(ref, "pause", states.PAUSING, (states.ACTIVE,),
+                         lambda i: self.hv.pause(i.id))
+
+    def unpause(self, ref: str) -> Instance:
+        return self._run(ref, "unpause", states.UNPAUSING, (states.PAUSED,),
+                         lambda i: self.hv.unpause(i.id))
+
+    def suspend(self, ref: str) -> Instance:
+        return self._run(ref, "suspend", states.SUSPENDING, (states.ACTIVE, states.PAUSED),
+                         lambda i: self.hv.suspend(i.id), desired_running=True)
+
+    def resume(self, ref: str) -> Instance:
+        return self._run(ref, "resume", states.RESUMING, (states.SUSPENDED,), self._boot,
+                         desired_running=True)
+
+    def start(self, ref: str) -> Instance:
+        # A suspended instance is refused here: its memory would be restored
+        # silently by libvirt, which is resume's job and says so.
+        return self._run(ref, "start", states.POWERING_ON, (states.STOPPED,), self._boot,
+                         desired_running=True)
+
+    def stop(self, ref: str, timeout: float | None = None, hard: bool = False) -> Instance:
+        wait = self.settings.shutdown_timeout if timeout is None else timeout
+
+        def work(inst: Instance) -> None:
+            if hard or not self._shutdown_gracefully(inst, wait):
+                self.hv.power_off(inst.id)
+
+        return self._run(ref, "stop", states.POWERING_OFF, (states.ACTIVE, states.PAUSED),
+                         work, desired_running=False)
+
+    def reboot(self, ref: str, hard: bool = False) -> Instance:
+        if hard:
+            return self._run(ref, "hard-reboot", states.REBOOTING_HARD,
+                             (states.ACTIVE, states.PAUSED, states.STOPPED, states.ERROR),
+                             self._hard_reboot, desired_running=True)
+
+        def soft(inst: Instance) -> None:
+            if self._shutdown_gracefully(inst, self.settings.wait_soft_reboot_seconds):
+                self._boot(inst)
+            else:
+                log.warning("%s did not shut down in time; rebooting hard", inst.name)
+                self._hard_reboot(inst)
+
+        return self._run(ref, "reboot", states.REBOOTING, (states.ACTIVE,), soft,
+                         desired_running=True)
+
+    def _hard_reboot(self, inst: Instance) -> None:
+        state = self.hv.info(inst.id).state
+        if state in (PowerState.SHUTOFF, PowerState.CRASHED, PowerState.NOSTATE):
+            self._boot(inst)
+            return
+        if state is PowerState.SUSPENDED:
+            raise InvalidState(action="hard-reboot", instance=inst.name, state="suspended")
+        self.hv.reboot_hard(inst.id)
+        if state is PowerState.PAUSED:
+            self.hv.unpause(inst.id)
+
+    def _shutdown_gracefully(self, inst: Instance, timeout: float) -> bool:
+        """Press the power button every retry interval until the guest is off
+        or ``timeout`` passes. True if it went down by itself."""
+        if self.hv.info(inst.id).state is PowerState.PAUSED:
+            return False  # a paused guest cannot see the button
+        interval = float(self.settings.shutdown_retry_interval)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._is_off(inst):
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.hv.shutdown(inst.id)
+            if self._wait_off(inst, min(interval, remaining)):
+                return True
+
+    def _is_off(self, inst: Instance) -> bool:
+        return self.hv.info(inst.id).state in (PowerState.SHUTOFF, PowerState.CRASHED)
+
+    def _wait_off(self, inst: Instance, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._state_changed:
+            while not self._is_off(inst):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                # Lifecycle events wake us; the short cap covers a missed event.
+                self._state_changed.wait(min(remaining, 0.5))
+        return True
+
+    # -- state ---------------------------------------------------------------
+    def _refresh(self, inst: Instance) -> Instance:
+        """Bring the record in line with what the hypervisor reports."""
+        if inst.vm_state in (states.BUILDING, states.ERROR) and not self.hv.exists(inst.id):
+            return inst
+        if not self.hv.exists(inst.id):
+            return self.store.update_instance(
+                inst, vm_state=states.ERROR, power_state=PowerState.NOSTATE.value,
+                fault="the domain is missing from the hypervisor")
+        power = self.hv.info(inst.id).state
+        vm_state = states.VM_STATE_OF_POWER[power]
+        if inst.vm_state == states.ERROR and inst.disks:
+            vm_state = states.ERROR if power is PowerState.NOSTATE else vm_state
+        if (vm_state, power.value) == (inst.vm_state, inst.power_state):
+            return inst
+        return self.store.update_instance(inst, vm_state=vm_state, power_state=power.value)
+
+    def _on_lifecycle_event(self, event: LifecycleEvent) -> None:
+        try:
+            inst = self.store.instance(event.uuid)
+        except InstanceNotFound:
+            return
+        changes: dict[str, Any] = {"power_state": event.state.value}
+        if self.tasks.current(inst.id) is None and inst.vm_state != states.BUILDING:
+            changes["vm_state"] = states.VM_STATE_OF_POWER[event.state]
+            if event.state in (PowerState.SHUTOFF, PowerState.CRASHED):
+                changes["desired_running"] = False  # the guest stopped by itself
+        self.store.update_instance(inst, **changes)
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._state_changed:
+            self._state_changed.notify_all()
+
+    def live_info(self, inst: Instance) -> dict[str, Any]:
+        if inst.vm_state == states.BUILDING or not self.hv.exists(inst.id):
+            return {}
+        info = self.hv.info(inst.id)
+        return {"state": info.state.value, "max_memory_kib": info.max_memory_kib,
+                "memory_kib": info.memory_kib, "vcpus": info.vcpus,
+                "cpu_time_ns": info.cpu_time_ns}
+
+    def console_log(self, ref: str, tail_lines: int | None = None) -> bytes:
+        inst = self.store.instance(ref)
+        return console.read_log(self.instance_dir(inst), tail_lines=tail_lines)
+
+    # -- recovery ------------------------------------------------------------
+    def recover(self) -> None:
+        """Reconcile every record with the hypervisor after a service start."""
+        for inst in self.store.instances():
+            try:
+                self._recover_one(inst)
+            except VmopsError as exc:
+                log.error("could not recover %s: %s", inst.name, exc.message)
+        known = {i.id for i in self.store.instances()}
+        for orphan in set(self.hv.list_uuids()) - known:
+            log.warning("domain %s carries vmops' mark but has no record; left alone", orphan)
+
+    def _recover_one(self, inst: Instance) -> None:
+        if inst.task_state in (states.SPAWNING, states.DELETING):
+            log.warning("%s: %s was interrupted; rolling it back", inst.name, inst.task_state)
+            self._teardown(inst)
+            if inst.task_state == states.DELETING:
+                self.store.delete_instance(inst.id)
+                return
+            self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
+                                       disks=(), power_state=PowerState.NOSTATE.value,
+                                       fault="spawn was interrupted by a service restart")
+            return
+        if inst.task_state is not None:
+            inst = self.store.update_instance(inst, task_state=None)
+        inst = self._refresh(inst)
+        if inst.power_state in (PowerState.RUNNING.value, PowerState.PAUSED.value,
+                                PowerState.BLOCKED.value):
+            console.start_capture(self.console_socket(inst), self.instance_dir(inst),
+                                  self.settings.console_log_max_bytes)
+        elif (inst.vm_state == states.STOPPED and inst.desired_running
+              and self.settings.resume_guests_state_on_host_boot):
+            log.info("%s was running before the host restarted; starting it", inst.name)
+            self.start(inst.id)
+
+
+def _flavor_snapshot(flavor: Flavor) -> dict[str, Any]:
+    return {"id": flavor.id, "name": flavor.name, "ram_mib": flavor.ram_mib,
+            "vcpus": flavor.vcpus, "root_gb": flavor.root_gb,
+            "ephemeral_gb": flavor.ephemeral_gb}
+
+
+def _disk_spec(disk: DiskRecord) -> DiskSpec:
+    cdrom = disk.device == "cdrom"
+    return DiskSpec(path=Path(disk.path), format=disk.format, target=disk.target,
+                    bus=DiskBus.IDE if cdrom else DiskBus.VIRTIO,
+                    device=DiskDevice.CDROM if cdrom else DiskDevice.DISK, readonly=cdrom)
+
+
+def _describe(vm_state: str) -> str:
+    return {states.STOPPED: "stopped", states.ACTIVE: "running"}.get(vm_state, vm_state)
+
+
+def ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path

@@ -1,0 +1,56 @@
+"""Validation of the names and identifiers users type."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from vmops.errors import Invalid, InvalidName
+
+# A hostname label (RFC 1123): the instance name becomes the guest's hostname.
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
+# Names of flavors, images and keypairs are not hostnames, but are typed in
+# shells and stored in file names: printable, no path separators.
+_RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+
+
+def check_instance_name(name: str) -> str:
+    if not name:
+        raise InvalidName(name=name, reason="it is empty")
+    if len(name) > 63:
+        raise InvalidName(name=name, reason=f"it has {len(name)} characters, at most 63 allowed")
+    if "/" in name or "\\" in name:
+        raise InvalidName(name=name, reason="it contains a path separator")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidName(name=name, reason="it contains a control character")
+    if not _HOSTNAME.match(name):
+        raise InvalidName(
+            name=name, reason="use only letters, digits and '-', not first or last, "
+            "so it is a valid hostname")
+    return name
+
+
+def check_resource_name(name: str, kind: str) -> str:
+    if not name:
+        raise InvalidName(name=name, reason=f"a {kind} name cannot be empty")
+    if not _RESOURCE.match(name):
+        raise InvalidName(
+            name=name, reason=f"a {kind} name is up to 255 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit")
+    return name
+
+
+def check_mac(mac: str) -> str:
+    mac = mac.strip().lower()
+    if not _MAC.match(mac):
+        raise Invalid(reason=f"MAC address {mac!r} is not of the form 52:54:00:12:34:56")
+    if int(mac[:2], 16) & 1:
+        raise Invalid(reason=f"MAC address {mac!r} is a multicast address")
+    return mac
+
+
+def generate_mac() -> str:
+    """A locally administered MAC in QEMU's 52:54:00 prefix."""
+    tail = [random.randint(0, 255) for _ in range(3)]
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in tail)

@@ -1,0 +1,98 @@
+"""The disk and config-drive steps of spawn, and the checks made before it.
+
+Each step writes only inside the instance's own directory, so rolling a
+spawn back is removing that directory (``Compute._teardown``).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmops import configdrive
+from vmops.disks import instance_disks
+from vmops.errors import FlavorTooSmall
+from vmops.store import DiskRecord, Flavor, Image, Instance
+
+if TYPE_CHECKING:
+    from vmops.compute.manager import Compute, SpawnRequest
+
+GIB = 1024**3
+
+
+def check_root_fits(flavor: Flavor, image: Image) -> None:
+    """Refuse before anything is made if the flavor's root disk is too small."""
+    wanted = flavor.root_gb * GIB
+    if wanted and wanted < image.virtual_size:
+        raise FlavorTooSmall(flavor=flavor.name, flavor_bytes=wanted, image=image.name,
+                             image_bytes=image.virtual_size)
+
+
+def _limits(compute: Compute) -> configdrive.Limits:
+    s = compute.settings
+    return configdrive.Limits(max_files=s.max_injected_files,
+                              max_file_bytes=s.max_injected_file_bytes,
+                              max_path_length=s.max_injected_path_length)
+
+
+def _metadata(compute: Compute, inst_id: str, name: str, mac: str, key_name: str | None,
+              properties: dict[str, str], files: tuple[tuple[str, bytes], ...],
+              user_data: bytes | None, admin_password: str | None) -> configdrive.InstanceMetadata:
+    keys = {}
+    if key_name:
+        keys[key_name] = compute.store.keypair(key_name).public_key
+    return configdrive.InstanceMetadata(
+        uuid=inst_id, name=name, hostname=name, properties=dict(properties),
+        public_keys=keys, files=list(files), user_data=user_data,
+        admin_password=admin_password, nics=[configdrive.Nic(mac=mac)],
+        random_seed=os.urandom(512), project_id="vmops")
+
+
+def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
+    md = _metadata(compute, inst_id, req.name, mac, req.key_name, req.properties, req.files,
+                   req.user_data, req.admin_password)
+    configdrive.validate(md, _limits(compute))
+
+
+def create_disks(compute: Compute, inst: Instance, image: Image,
+                 admin_password: str | None) -> list[DiskRecord]:
+    inst_dir = compute.instance_dir(inst)
+    inst_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(inst_dir, 0o700)
+    disks = [_root_disk(compute, inst, image, inst_dir)]
+    ephemeral_gb = int(inst.flavor["ephemeral_gb"])
+    if ephemeral_gb:
+        facts = instance_disks.create_ephemeral_disk(inst_dir / "ephemeral.qcow2",
+                                                     ephemeral_gb * GIB)
+        disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
+    if inst.config_drive:
+        disks.append(_config_drive(compute, inst, inst_dir, admin_password, len(disks)))
+    return disks
+
+
+def _root_disk(compute: Compute, inst: Instance, image: Image, inst_dir: Path) -> DiskRecord:
+    size = int(inst.flavor["root_gb"]) * GIB or None
+    facts = instance_disks.create_root_disk(
+        base=instance_disks.BaseImage(path=Path(image.path), format=image.format,
+                                      virtual_size=image.virtual_size),
+        dest=inst_dir / "root.qcow2", size_bytes=size,
+        use_cow=compute.settings.use_cow_images,
+        flavor_name=str(inst.flavor["name"]), image_name=image.name)
+    return DiskRecord("root", str(facts.path), facts.format, "vda")
+
+
+def _config_drive(compute: Compute, inst: Instance, inst_dir: Path,
+                  admin_password: str | None, n_disks: int) -> DiskRecord:
+    files = tuple((p, base64.b64decode(c)) for p, c in inst.injected_files)
+    user_data = base64.b64decode(inst.user_data) if inst.user_data else None
+    md = _metadata(compute, inst.id, inst.name, inst.macs[0], inst.key_name, inst.properties,
+                   files, user_data, admin_password)
+    path = inst_dir / "config.iso"
+    configdrive.build_config_drive(
+        md, path, _limits(compute),
+        include_admin_password=compute.settings.config_drive_inject_password)
+    if compute.settings.config_drive_format == "cdrom":
+        return DiskRecord("config", str(path), "raw", "hda", device="cdrom")
+    return DiskRecord("config", str(path), "raw", "vd" + "abcdefgh"[n_disks])

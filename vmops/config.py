@@ -1,0 +1,216 @@
+"""One typed settings object, every option with its help text.
+
+Sources, later ones winning: built-in defaults, ``<state_dir>/vmops.toml``,
+``VMOPS_<OPTION>`` environment variables. A bad value raises
+:class:`~vmops.errors.ConfigError` naming the option and what is allowed,
+so the service refuses to start instead of failing later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmops.errors import ConfigError
+
+CONFIG_FILE = "vmops.toml"
+
+
+def _opt(default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None,
+         maximum: float | None = None) -> Any:
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata=meta)
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/vmops")
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "vmops"
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path = _opt(
+        Path("/var/lib/vmops"),
+        "Directory holding records, images, instances and the API socket "
+        "(default /var/lib/vmops as root, $XDG_STATE_HOME/vmops otherwise).")
+    libvirt_uri: str = _opt(
+        "", "libvirt connection URI. Empty: embedded qemu:///embed?root=<state_dir>/libvirt, "
+        "no daemon needed. Any other URI works, e.g. qemu:///system or qemu+ssh://host/system.")
+    accel: str = _opt(
+        "auto", "CPU acceleration: kvm, tcg (software emulation), or auto (kvm when a probe "
+        "shows it really works, else tcg).", choices=("auto", "kvm", "tcg"))
+    listen: str = _opt(
+        "", "Also serve the API on TCP HOST:PORT (requires api_token). Empty: unix socket only.")
+    api_token: str = _opt(
+        "", "Token TCP clients must send as X-Auth-Token. Never logged.")
+    use_cow_images: bool = _opt(
+        True, "Root disks are qcow2 overlays on the cached base image; off: full copies.")
+    dynamic_memory_ratio: float = _opt(
+        1.0, "Above 1, guests start with flavor RAM / ratio and a balloon lets them grow to "
+        "the flavor RAM.", minimum=1.0, maximum=64.0)
+    limit_cpu_features: bool = _opt(
+        False, "Give guests a baseline CPU model so they can move between hosts.")
+    force_config_drive: bool = _opt(False, "Give every instance a config drive.")
+    config_drive_format: str = _opt(
+        "cdrom", "How the config drive is attached: cdrom, or disk (a raw virtio disk).",
+        choices=("cdrom", "disk"))
+    config_drive_inject_password: bool = _opt(
+        False, "Write the admin password onto the config drive.")
+    max_injected_files: int = _opt(5, "Most files one spawn may inject.", minimum=0, maximum=1000)
+    max_injected_file_bytes: int = _opt(
+        10240, "Largest injected file, in bytes.", minimum=0, maximum=64 * 1024 * 1024)
+    max_injected_path_length: int = _opt(
+        255, "Longest injected file path.", minimum=1, maximum=4096)
+    console_log_max_bytes: int = _opt(
+        512 * 1024, "Size of each of the two console log files, in bytes.",
+        minimum=4096, maximum=1 << 34)
+    wait_soft_reboot_seconds: int = _opt(
+        60, "How long a soft reboot waits for the guest to shut down before a hard reboot.",
+        minimum=1, maximum=3600)
+    shutdown_timeout: int = _opt(
+        60, "Default time a graceful stop waits before pulling the plug, in seconds.",
+        minimum=0, maximum=3600)
+    shutdown_retry_interval: int = _opt(
+        5, "Seconds between ACPI power-button presses during a graceful stop.",
+        minimum=1, maximum=600)
+    resume_guests_state_on_host_boot: bool = _opt(
+        False, "Start again, when the service starts, the VMs that were running before the "
+        "host rebooted.")
+    image_cache_max_age: int = _opt(
+        86400, "Unused cached images older than this many seconds are pruned.", minimum=0)
+    image_cache_prune_interval: int = _opt(
+        3600, "Seconds between automatic prunes of the image cache (0: never).", minimum=0)
+
+    # -- derived paths -------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "vmops.db"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.state_dir / "vmops.sock"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.state_dir / "instances"
+
+    @property
+    def run_dir(self) -> Path:
+        """Short paths for UNIX sockets (their paths are limited to 107 bytes)."""
+        return self.state_dir / "run"
+
+    @property
+    def effective_libvirt_uri(self) -> str:
+        return self.libvirt_uri or f"qemu:///embed?root={self.state_dir / 'libvirt'}"
+
+
+def options() -> list[dataclasses.Field[Any]]:
+    return list(dataclasses.fields(Settings))
+
+
+def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    allowed = describe_allowed(f)
+    try:
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)
+            return int(raw)
+        if kind == "float":
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
+        if kind == "Path":
+            return Path(str(raw)).expanduser()
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except (TypeError, ValueError):
+        raise ConfigError(option=f.name, value=raw, allowed=allowed) from None
+
+
+def describe_allowed(f: dataclasses.Field[Any]) -> str:
+    meta = f.metadata
+    kind = f.type if isinstance(f.type, str) else f.type.__name__
+    if meta["choices"]:
+        return "one of " + ", ".join(meta["choices"])
+    words = {"bool": "true or false", "int": "an integer", "float": "a number",
+             "Path": "a directory path", "str": "a string"}[kind]
+    if meta["minimum"] is not None and meta["maximum"] is not None:
+        words += f" from {meta['minimum']:g} to {meta['maximum']:g}"
+    elif meta["minimum"] is not None:
+        words += f" of at least {meta['minimum']:g}"
+    return words
+
+
+def _check(f: dataclasses.Field[Any], value: Any) -> None:
+    meta = f.metadata
+    bad = (
+        (meta["choices"] and value not in meta["choices"])
+        or (meta["minimum"] is not None and value < meta["minimum"])
+        or (meta["maximum"] is not None and value > meta["maximum"])
+    )
+    if bad:
+        raise ConfigError(option=f.name, value=value, allowed=describe_allowed(f))
+
+
+def load(state_dir: Path | None = None, env: Mapping[str, str] | None = None,
+         **overrides: Any) -> Settings:
+    """Settings for one state directory: defaults < vmops.toml < VMOPS_* < overrides."""
+    env = os.environ if env is None else env
+    if state_dir is None:
+        state_dir = Path(env["VMOPS_STATE_DIR"]) if env.get("VMOPS_STATE_DIR") \
+            else default_state_dir()
+    state_dir = state_dir.expanduser().absolute()
+    raw: dict[str, Any] = dict(_read_toml(state_dir / CONFIG_FILE))
+    fields = {f.name: f for f in options()}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(option=unknown[0], value=raw[unknown[0]],
+                          allowed="not a vmops option (see `vmops config`)")
+    for name in fields:
+        value = env.get(f"VMOPS_{name.upper()}")
+        if value is not None and name != "state_dir":
+            raw[name] = value
+    raw.update(overrides)
+    raw["state_dir"] = state_dir
+    values = {}
+    for name, value in raw.items():
+        f = fields[name]
+        values[name] = _coerce(f, value)
+        _check(f, values[name])
+    settings = Settings(**values)
+    if settings.listen and not settings.api_token:
+        raise ConfigError(option="listen", value=settings.listen,
+                          allowed="TCP listening requires api_token (or VMOPS_API_TOKEN)")
+    return settings
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(option=str(path), value="...", allowed=f"valid TOML ({exc})") from None

@@ -1,0 +1,138 @@
+"""The engine process: one per state directory.
+
+It holds the state directory's lock, owns the libvirt connection, reconciles
+records with the hypervisor, serves the API and runs the periodic tasks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from vmops import doctor
+from vmops.api.routes import Routes
+from vmops.api.server import serve
+from vmops.compute.catalog import Catalog
+from vmops.compute.manager import Compute
+from vmops.config import Settings
+from vmops.disks.cache import ImageCache
+from vmops.errors import ServiceAlreadyRunning
+from vmops.hypervisor import open_hypervisor
+from vmops.store import Store
+
+log = logging.getLogger("vmops")
+
+LOCK_FILE = "vmops.lock"
+LOG_FILE = "vmops.log"
+
+
+def take_lock(state_dir: Path) -> IO[str]:
+    """Hold the state directory; a second service is refused with the holder's pid."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fh = (state_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise ServiceAlreadyRunning(pid=pid, state_dir=state_dir) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
+def setup_logging(state_dir: Path, foreground: bool) -> None:
+    handlers: list[logging.Handler] = [logging.FileHandler(state_dir / LOG_FILE)]
+    if foreground:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._stop = threading.Event()
+        self._servers: list[Any] = []
+
+    def run(self, foreground: bool = True) -> None:
+        s = self.settings
+        lock = take_lock(s.state_dir)
+        setup_logging(s.state_dir, foreground)
+        try:
+            self._start()
+            log.info("vmops serving %s on %s%s", s.state_dir, s.api_socket,
+                     f" and {s.listen}" if s.listen else "")
+            self._stop.wait()
+        finally:
+            self._shutdown()
+            lock.close()
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def _start(self) -> None:
+        s = self.settings
+        for d in (s.images_dir, s.instances_dir, s.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        accel = doctor.resolve_accel(s.accel)
+        log.info("acceleration: %s (setting: %s)", accel.value, s.accel)
+        self.hv = open_hypervisor(s.effective_libvirt_uri, accel)
+        self.hv.connect()
+        checks = doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
+                                   hypervisor=self.hv)
+        problems = [f"{c.name}: {c.detail} ({c.advice})" for c in checks
+                    if c.required and not c.ok]
+        for problem in problems:
+            log.error("host check failed: %s", problem)
+        self.store = Store(s.db_path)
+        self.compute = Compute(s, self.store, self.hv, accel, lambda: problems)
+        catalog = Catalog(self.store, ImageCache(s.images_dir))
+        self.compute.recover()
+        self.compute.background_actions = True
+        routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks])
+        self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token)
+        if s.image_cache_prune_interval:
+            threading.Thread(target=self._prune_loop, args=(catalog,), name="prune",
+                             daemon=True).start()
+
+    def _prune_loop(self, catalog: Catalog) -> None:
+        while not self._stop.wait(self.settings.image_cache_prune_interval):
+            try:
+                removed = catalog.prune_images(self.settings.image_cache_max_age)
+                if removed:
+                    log.info("pruned unused images: %s", ", ".join(removed))
+            except Exception:  # noqa: BLE001 - a failed prune must not stop the service
+                log.exception("image prune failed")
+
+    def _shutdown(self) -> None:
+        for srv in self._servers:
+            srv.shutdown()
+            srv.server_close()
+        self.settings.api_socket.unlink(missing_ok=True)
+        hv = getattr(self, "hv", None)
+        if hv is not None:
+            hv.close()
+        store = getattr(self, "store", None)
+        if store is not None:
+            store.close()
+
+
+def main(settings: Settings) -> None:
+    service = Service(settings)
+    signal.signal(signal.SIGTERM, service.stop)
+    signal.signal(signal.SIGINT, service.stop)
+    service.run(foreground=True)
