@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from vmops import config
+from vmops.errors import ConfigError
+
+
+def test_defaults_and_derived_paths(tmp_path: Path) -> None:
+    s = config.load(tmp_path, env={})
+    assert s.state_dir == tmp_path
+    assert s.accel == "auto"
+    assert s.use_cow_images is True
+    assert s.effective_libvirt_uri == f"qemu:///embed?root={tmp_path}/libvirt"
+    assert s.api_socket == tmp_path / "vmops.sock"
+
+
+def test_every_option_has_help() -> None:
+    for f in config.options():
+        assert len(f.metadata["help"]) > 10, f.name
+
+
+def test_toml_then_environment_override(tmp_path: Path) -> None:
+    (tmp_path / "vmops.toml").write_text('accel = "kvm"\nshutdown_timeout = 7\n')
+    s = config.load(tmp_path, env={"VMOPS_ACCEL": "tcg"})
+    assert s.accel == "tcg"
+    assert s.shutdown_timeout == 7
+
+
+def test_state_dir_from_environment(tmp_path: Path) -> None:
+    assert config.load(env={"VMOPS_STATE_DIR": str(tmp_path)}).state_dir == tmp_path
+
+
+@pytest.mark.parametrize(("name", "value", "words"), [
+    ("VMOPS_ACCEL", "hvf", "one of auto, kvm, tcg"),
+    ("VMOPS_USE_COW_IMAGES", "maybe", "true or false"),
+    ("VMOPS_DYNAMIC_MEMORY_RATIO", "0.5", "from 1 to 64"),
+    ("VMOPS_CONFIG_DRIVE_FORMAT", "floppy", "one of cdrom, disk"),
+    ("VMOPS_SHUTDOWN_TIMEOUT", "soon", "an integer"),
+])
+def test_bad_value_names_option_and_allowed(tmp_path: Path, name: str, value: str,
+                                            words: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.load(tmp_path, env={name: value})
+    option = name.removeprefix("VMOPS_").lower()
+    assert option in err.value.message
+    assert words in err.value.message
+
+
+def test_unknown_toml_option_refused(tmp_path: Path) -> None:
+    (tmp_path / "vmops.toml").write_text("acel = 'tcg'\n")
+    with pytest.raises(ConfigError, match="acel"):
+        config.load(tmp_path, env={})
+
+
+def test_listen_requires_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="api_token"):
+        config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774"})
+    s = config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774", "VMOPS_API_TOKEN": "x"})
+    assert s.listen == "127.0.0.1:8774"

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from vmops.errors import AlreadyExists, FlavorNotFound, InstanceNotFound
+from vmops.store import DiskRecord, Flavor, Instance, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path / "vmops.db")
+
+
+def _instance(name: str = "web1") -> Instance:
+    return Instance(id=f"id-{name}", name=name, vm_state="building", task_state="spawning",
+                    power_state="nostate", flavor_id="1", image_id="img",
+                    disks=(DiskRecord("root", "/x/root.qcow2", "qcow2", "vda"),),
+                    macs=("52:54:00:00:00:01",), flavor={"name": "m1.tiny"})
+
+
+def test_builtin_flavors_seeded_once(tmp_path: Path) -> None:
+    Store(tmp_path / "db").close()
+    store = Store(tmp_path / "db")
+    names = [f.name for f in store.flavors()]
+    assert names.count("m1.tiny") == 1
+    assert {"m1.tiny", "m1.small", "m1.medium", "m1.large", "m1.xlarge"} <= set(names)
+
+
+def test_flavor_lookup_by_name_or_id(store: Store) -> None:
+    assert store.flavor("m1.tiny").id == store.flavor("1").id
+    with pytest.raises(FlavorNotFound, match="nope"):
+        store.flavor("nope")
+
+
+def test_duplicate_names_refused(store: Store) -> None:
+    store.add_instance(_instance())
+    with pytest.raises(AlreadyExists, match="instance named 'web1'"):
+        store.add_instance(_instance())
+    with pytest.raises(AlreadyExists, match="flavor"):
+        store.add_flavor(Flavor("x", "m1.tiny", 1, 1, 1))
+
+
+def test_instance_round_trip_and_partial_update(store: Store) -> None:
+    store.add_instance(_instance())
+    store.update_instance("id-web1", power_state="running")
+    store.update_instance("id-web1", vm_state="active", task_state=None)
+    inst = store.instance("web1")
+    assert (inst.vm_state, inst.task_state, inst.power_state) == ("active", None, "running")
+    assert inst.disks[0] == DiskRecord("root", "/x/root.qcow2", "qcow2", "vda")
+    assert inst.macs == ("52:54:00:00:00:01",)
+
+
+def test_delete_instance(store: Store) -> None:
+    store.add_instance(_instance())
+    store.delete_instance("id-web1")
+    with pytest.raises(InstanceNotFound):
+        store.instance("web1")
+
+
+def test_wal_mode(store: Store, tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "vmops.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
