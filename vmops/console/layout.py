@@ -1,0 +1,51 @@
+"""The files of one instance's console log directory.
+
+    DIR/console.log      the current file; the capture process appends to it
+    DIR/console.log.0    the previous file, replaced whole at each rotation
+    DIR/capture.state    JSON {"pid", "connected", "generation", "error"}
+    DIR/capture.pid      pid of the running capture process
+    DIR/capture.lock     flock-ed by the capture process for its whole life
+
+Only the capture process writes here; vmops reads (``log.py``) and manages
+the process (``process.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CAPTURE_MODULE = "vmops.console.capture"
+DEFAULT_MAX_BYTES = 512 * 1024
+# Exit status of a capture process that found another one holding the lock.
+EXIT_ALREADY_RUNNING = 3
+
+
+@dataclass(frozen=True)
+class LogFiles:
+    """Paths of everything the capture process keeps in one log directory."""
+
+    dir: Path
+
+    @property
+    def current(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def old(self) -> Path:
+        return self.dir / "console.log.0"
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "capture.state"
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "capture.pid"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "capture.lock"
+
+    def all(self) -> tuple[Path, ...]:
+        return (self.current, self.old, self.state, self.pid, self.lock)
