@@ -1,0 +1,256 @@
+"""Starting, finding, watching and stopping an instance's capture process.
+
+The capture process (``capture.py``) runs in its own session with its
+stdio on /dev/null, so it outlives the vmops service. Everything here
+finds it again from its log directory alone: the pid file, checked
+against ``/proc/<pid>/cmdline`` so that a recycled pid is never mistaken
+for it, and the state file it keeps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import vmops
+from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles
+from vmops.errors import HypervisorError
+
+_POLL_INTERVAL = 0.02
+_START_TIMEOUT = 10.0
+_KILL_TIMEOUT = 5.0
+# sockaddr_un.sun_path is 108 bytes, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+
+# Capture processes this process started, kept so they can be reaped:
+# a capture process that dies while we run would otherwise stay a zombie.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+_children_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class _State:
+    pid: int | None
+    connected: bool
+    generation: int
+    error: str | None
+
+
+def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys.executable) -> int:
+    """Start the capture process for ``log_dir``; return its pid.
+
+    A no-op returning the running process's pid if there is one. Returns
+    once the process holds the directory's lock, not once it is connected:
+    use ``wait_connected`` for that.
+    """
+    running = capture_pid(log_dir)
+    if running is not None:
+        return running
+    socket = socket.absolute()
+    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+        raise HypervisorError(
+            reason=f"serial socket path {socket} is longer than the "
+            f"{_MAX_SOCKET_PATH} bytes a UNIX socket address can hold"
+        )
+    log_dir = log_dir.absolute()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        python, "-m", CAPTURE_MODULE,
+        "--socket", str(socket), "--log-dir", str(log_dir), "--max-bytes", str(max_bytes),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd="/",  # keep no directory of ours busy
+        env=_child_env(),
+    )
+    with _children_lock:
+        _children[proc.pid] = proc
+    return _wait_started(proc, log_dir, command)
+
+
+def capture_pid(log_dir: Path) -> int | None:
+    """The pid of the capture process running for ``log_dir``, if any."""
+    pid = _read_pid(LogFiles(log_dir).pid)
+    if pid is None:
+        return None
+    _reap(pid)
+    return pid if _is_capture_for(pid, log_dir) else None
+
+
+def capture_generation(log_dir: Path) -> tuple[bool, int]:
+    """``(connected, generation)``: is the capture process connected to a
+    QEMU now, and how many connections it has made over the log's life."""
+    state = _read_state(LogFiles(log_dir))
+    connected = state.connected and state.pid is not None and state.pid == capture_pid(log_dir)
+    return connected, state.generation
+
+
+def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
+    """Wait until the capture process is connected with a generation above
+    ``after_generation`` (i.e. to a QEMU started after that was read);
+    return that generation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = _read_state(LogFiles(log_dir))
+        pid = capture_pid(log_dir)
+        if pid is None:
+            raise HypervisorError(
+                reason=f"no console capture process is running for {log_dir}: "
+                "the guest's serial output would not be logged"
+            )
+        if state.connected and state.pid == pid and state.generation > after_generation:
+            return state.generation
+        if time.monotonic() >= deadline:
+            raise HypervisorError(
+                reason=f"the console capture process (pid {pid}) for {log_dir} did not "
+                f"connect to the guest's serial socket within {timeout:g}s "
+                f"(generation {state.generation}, waiting for one above "
+                f"{after_generation}; last error: {state.error or 'none'})"
+            )
+        time.sleep(_POLL_INTERVAL)
+
+
+def stop_capture(log_dir: Path, timeout: float = 5.0) -> None:
+    """SIGTERM the capture process and wait; SIGKILL it after ``timeout``.
+
+    Fine if none is running. Raises only if the process survives SIGKILL.
+    """
+    pid = capture_pid(log_dir)
+    if pid is None:
+        return
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        # Checked again with the process pinned by the pidfd: the signals
+        # below cannot reach a process that took over a recycled pid.
+        if not _is_capture_for(pid, log_dir):
+            return
+        if _signal_and_wait(pidfd, signal.SIGTERM, timeout):
+            return
+        if not _signal_and_wait(pidfd, signal.SIGKILL, _KILL_TIMEOUT):
+            raise HypervisorError(
+                reason=f"the console capture process (pid {pid}) for {log_dir} "
+                "did not exit after SIGKILL"
+            )
+    finally:
+        os.close(pidfd)
+        _reap(pid)
+
+
+def _wait_started(proc: subprocess.Popen[bytes], log_dir: Path, command: list[str]) -> int:
+    files = LogFiles(log_dir)
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if _read_pid(files.pid) == proc.pid:
+            return proc.pid
+        status = proc.poll()
+        if status == EXIT_ALREADY_RUNNING:
+            # Lost a race with another start: that one is the capture.
+            other = capture_pid(log_dir)
+            if other is not None:
+                return other
+        elif status is not None:
+            raise HypervisorError(
+                reason=f"the console capture process for {log_dir} exited with "
+                f"status {status} as it started; run {' '.join(command)} to see why"
+            )
+        time.sleep(_POLL_INTERVAL / 2)
+    proc.kill()
+    raise HypervisorError(
+        reason=f"the console capture process for {log_dir} did not start within {_START_TIMEOUT:g}s"
+    )
+
+
+def _child_env() -> dict[str, str]:
+    """Our environment, with the vmops we run first on the import path, so
+    that the capture process runs the same code even from a source tree."""
+    env = dict(os.environ)
+    package_root = str(Path(vmops.__file__).resolve().parent.parent)
+    paths = [package_root, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    return env
+
+
+def _signal_and_wait(pidfd: int, signum: int, timeout: float) -> bool:
+    """Send a signal through the pidfd; True if the process exited in time."""
+    try:
+        signal.pidfd_send_signal(pidfd, signum)
+    except ProcessLookupError:
+        return True
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)  # readable once the process exits
+    return bool(poller.poll(max(0.0, timeout) * 1000))
+
+
+def _reap(pid: int) -> None:
+    with _children_lock:
+        proc = _children.get(pid)
+        if proc is not None and proc.poll() is not None:
+            del _children[pid]
+
+
+def _is_capture_for(pid: int, log_dir: Path) -> bool:
+    """Is ``pid`` a capture process (not a zombie) writing to ``log_dir``?"""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    args = [os.fsdecode(arg) for arg in raw.split(b"\0")]
+    if CAPTURE_MODULE not in args:
+        return False
+    its_dir = _option_value(args, "--log-dir")
+    if its_dir is None:
+        return False
+    if not os.path.isabs(its_dir):
+        try:
+            its_dir = os.path.join(os.readlink(f"/proc/{pid}/cwd"), its_dir)
+        except OSError:
+            return False
+    return os.path.realpath(its_dir) == os.path.realpath(log_dir)
+
+
+def _option_value(args: list[str], option: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == option and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(option + "="):
+            return arg.partition("=")[2]
+    return None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _read_state(files: LogFiles) -> _State:
+    try:
+        raw = json.loads(files.state.read_bytes())
+    except (OSError, ValueError):
+        return _State(pid=None, connected=False, generation=0, error=None)
+    if not isinstance(raw, dict):
+        raw = {}
+    pid, generation, error = raw.get("pid"), raw.get("generation"), raw.get("error")
+    return _State(
+        pid=pid if isinstance(pid, int) else None,
+        connected=raw.get("connected") is True,
+        generation=generation if isinstance(generation, int) else 0,
+        error=error if isinstance(error, str) else None,
+    )
