@@ -18,8 +18,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from vmops.errors import AlreadyExists, FlavorNotFound, ImageNotFound, InstanceNotFound, \
-    KeypairNotFound
+from vmops.errors import (
+    AlreadyExists,
+    FlavorNotFound,
+    ImageNotFound,
+    InstanceNotFound,
+    KeypairNotFound,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS flavors (

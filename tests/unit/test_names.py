@@ -1,7 +1,6 @@
 import pytest
 
-from vmops.compute.names import check_instance_name, check_mac, check_resource_name, \
-    generate_mac
+from vmops.compute.names import check_instance_name, check_mac, check_resource_name, generate_mac
 from vmops.errors import Invalid, InvalidName
 
 

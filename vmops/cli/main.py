@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
-import json
 import os
 import sys
 import time

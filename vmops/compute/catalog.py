@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vmops.compute.names import check_resource_name
 from vmops.disks.cache import ImageCache
-from vmops.errors import Invalid, InvalidFlavor, InUse, VmopsError
+from vmops.errors import InUse, Invalid, InvalidFlavor, VmopsError
 from vmops.store import Flavor, Image, Keypair, Store
 
 log = logging.getLogger(__name__)
