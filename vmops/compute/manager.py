@@ -432,7 +432,8 @@ def _disk_spec(disk: DiskRecord) -> DiskSpec:
     cdrom = disk.device == "cdrom"
     return DiskSpec(path=Path(disk.path), format=disk.format, target=disk.target,
                     bus=DiskBus.IDE if cdrom else DiskBus.VIRTIO,
-                    device=DiskDevice.CDROM if cdrom else DiskDevice.DISK, readonly=cdrom)
+                    device=DiskDevice.CDROM if cdrom else DiskDevice.DISK,
+                    readonly=disk.role == "config")
 
 
 def _describe(vm_state: str) -> str:

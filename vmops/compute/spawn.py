@@ -32,9 +32,9 @@ def check_root_fits(flavor: Flavor, image: Image) -> None:
 
 def _limits(compute: Compute) -> configdrive.Limits:
     s = compute.settings
-    return configdrive.Limits(max_files=s.max_injected_files,
-                              max_file_bytes=s.max_injected_file_bytes,
-                              max_path_length=s.max_injected_path_length)
+    return configdrive.Limits(max_injected_files=s.max_injected_files,
+                              max_injected_file_bytes=s.max_injected_file_bytes,
+                              max_injected_file_path_bytes=s.max_injected_path_length)
 
 
 def _metadata(compute: Compute, inst_id: str, name: str, mac: str, key_name: str | None,
@@ -45,9 +45,9 @@ def _metadata(compute: Compute, inst_id: str, name: str, mac: str, key_name: str
         keys[key_name] = compute.store.keypair(key_name).public_key
     return configdrive.InstanceMetadata(
         uuid=inst_id, name=name, hostname=name, properties=dict(properties),
-        public_keys=keys, files=list(files), user_data=user_data,
+        public_keys=keys, injected_files=tuple(files), user_data=user_data,
         admin_password=admin_password, nics=[configdrive.Nic(mac=mac)],
-        random_seed=os.urandom(512), project_id="vmops")
+        random_seed=configdrive.new_random_seed(), project_id="vmops")
 
 
 def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
@@ -95,4 +95,4 @@ def _config_drive(compute: Compute, inst: Instance, inst_dir: Path,
         include_admin_password=compute.settings.config_drive_inject_password)
     if compute.settings.config_drive_format == "cdrom":
         return DiskRecord("config", str(path), "raw", "hda", device="cdrom")
-    return DiskRecord("config", str(path), "raw", "vd" + "abcdefgh"[n_disks])
+    return DiskRecord("config", str(path), "raw", "vd" + "abcdefgh"[n_disks], device="disk")
