@@ -1,0 +1,385 @@
+"""The image cache: imported images, content-addressed and read-only.
+
+An import streams the source (local path or http(s) URL) into a temp file
+inside the cache root while hashing it, checks the expected checksum,
+inspects the headers with :mod:`vmops.disks.inspector` before qemu-img
+ever opens the file, and then stores it as ``<root>/<sha256>.<fmt>``:
+qcow2 and raw as they came, vpc/vhdx/vmdk converted to qcow2, so every
+base is qcow2 or raw. The name is the sha256 of the bytes the user gave,
+so the same content is stored once.
+
+Concurrency: imports of the same source serialise on a per-source lock
+(a threading lock for this process, ``flock`` on a lock file for other
+processes). A waiter that gets the lock after another import of the same
+source finished reuses its result instead of fetching again; that is
+detected with a generation counter in a memo file, so a *later* import of
+a URL still re-fetches (the URL's content may have changed).
+
+Nothing partial is ever visible: work happens in ``.import-*`` temp files
+that are removed on any failure, and the finished file is fsynced and
+hard-linked into place (a link never replaces a base a VM may be using).
+
+Last use is kept in the file's atime (``touch``), leaving mtime as the
+content's time; ``prune`` ages files by the later of the two.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import re
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from vmops.disks import qemu_img
+from vmops.disks.inspector import inspect_image, normalize_format
+from vmops.errors import DiskError, Invalid, InvalidImage
+
+Progress = Callable[[int, int | None], None]
+
+CHUNK = 1 << 20
+_ZEROS = bytes(CHUNK)
+HTTP_TIMEOUT_S = 60
+STORED_FORMATS = ("qcow2", "raw")
+_CACHED_NAME = re.compile(r"^([0-9a-f]{64})\.(qcow2|raw)$")
+_TEMP_PREFIX = ".import-"
+_HEX_LENGTHS = {"md5": 32, "sha256": 64, "sha512": 128}
+
+
+@dataclass(frozen=True)
+class CachedImage:
+    """A base image in the cache. ``checksum`` is the sha256 of the source bytes."""
+
+    checksum: str
+    path: Path
+    format: str
+    virtual_size: int
+    file_size: int
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str
+    hexdigest: str
+
+
+def parse_checksum(text: str) -> Checksum:
+    """Accept "sha256:HEX", "md5:HEX", "sha512:HEX" or bare hex (length decides)."""
+    value = text.strip().lower()
+    if ":" in value:
+        algorithm, _, digest = value.partition(":")
+    else:
+        by_length = {n: algo for algo, n in _HEX_LENGTHS.items()}
+        algorithm, digest = by_length.get(len(value), "?"), value
+    if _HEX_LENGTHS.get(algorithm) != len(digest) or not _is_hex(digest):
+        raise Invalid(
+            reason=f"checksum {text!r} must be sha256:HEX, md5:HEX, sha512:HEX or bare hex"
+        )
+    return Checksum(algorithm, digest)
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True)
+class _Memo:
+    """The last finished import of one source, for waiters on its lock."""
+
+    generation: int
+    checksum: str
+    path: str
+    source_format: str
+
+
+class ImageCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root.absolute()  # paths handed out end up in records and overlays
+        self._lock_dir = root / ".locks"
+        self._lock_dir.mkdir(parents=True, exist_ok=True)
+        self._guard = threading.Lock()
+        self._thread_locks: dict[str, threading.Lock] = {}
+
+    # -- import ----------------------------------------------------------------
+
+    def import_image(
+        self,
+        source: str,
+        *,
+        expected_checksum: str | None = None,
+        declared_format: str | None = None,
+        progress: Progress | None = None,
+    ) -> CachedImage:
+        """Bring ``source`` into the cache (or find it there) and describe it."""
+        expected = parse_checksum(expected_checksum) if expected_checksum else None
+        declared = normalize_format(declared_format) if declared_format else None
+        hit = self._lookup_expected(expected, declared)
+        if hit is not None:
+            return hit
+        key = hashlib.sha256(source.encode()).hexdigest()[:32]
+        seen = self._read_memo(key)
+        with self._source_lock(key):
+            # Re-check under the lock: someone may have finished this meanwhile.
+            reuse = self._lookup_expected(expected, declared) or self._lookup_memo(
+                key, seen, expected, declared
+            )
+            if reuse is not None:
+                return reuse
+            image, source_format = self._import_locked(source, expected, declared, progress)
+            generation = seen.generation + 1 if seen else 1
+            self._write_memo(key, _Memo(generation, image.checksum, str(image.path), source_format))
+            return image
+
+    def _import_locked(
+        self,
+        source: str,
+        expected: Checksum | None,
+        declared: str | None,
+        progress: Progress | None,
+    ) -> tuple[CachedImage, str]:
+        with self._temp(".download") as download:
+            sha256 = self._fetch(source, download, expected, progress)
+            facts = inspect_image(download, declared)
+            stored = facts.format if facts.format in STORED_FORMATS else "qcow2"
+            final = self.root / f"{sha256}.{stored}"
+            if not final.exists():
+                self._store(download, facts.format, final)
+            self.touch(final)
+            return self._describe(final), facts.format
+
+    def _store(self, download: Path, fmt: str, final: Path) -> None:
+        if fmt in STORED_FORMATS:
+            self._validate_with_qemu(download, fmt)
+            self._publish(download, final)
+            return
+        with self._temp(".qcow2") as converted:
+            qemu_img.convert(download, fmt, converted, "qcow2")
+            # Our own output, but check it is what we meant to make.
+            inspect_image(converted, "qcow2")
+            self._publish(converted, final)
+
+    @staticmethod
+    def _validate_with_qemu(path: Path, fmt: str) -> None:
+        """Let qemu-img check qcow2 metadata (L2 tables etc.) the headers do not show."""
+        if fmt != "qcow2":
+            return
+        try:
+            qemu_img.check(path, fmt)
+        except DiskError as exc:
+            raise InvalidImage(reason=f"qcow2 image is damaged: {exc.message}") from exc
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Make ``tmp`` durable and read-only, then link it in as ``final``."""
+        os.chmod(tmp, 0o444)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # same content stored by another source
+            os.link(tmp, final)
+        dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    # -- fetching --------------------------------------------------------------
+
+    def _fetch(
+        self, source: str, dest: Path, expected: Checksum | None, progress: Progress | None
+    ) -> str:
+        """Copy ``source`` to ``dest``; return its sha256, checking ``expected``."""
+        sha256 = hashlib.sha256()
+        other = hashlib.new(expected.algorithm) if expected else None
+        stream, total = _open_source(source)
+        with contextlib.closing(stream), dest.open("wb") as out:
+            done = 0
+            if progress:
+                progress(0, total)
+            while chunk := _read(stream, source):
+                _write_sparse(out, chunk)
+                sha256.update(chunk)
+                if other:
+                    other.update(chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, total)
+            out.truncate(done)  # a trailing hole was only seeked over
+        if total is not None and done != total:
+            raise InvalidImage(reason=f"{source}: got {done} of {total} bytes; transfer cut short")
+        if expected and other and other.hexdigest() != expected.hexdigest:
+            raise InvalidImage(
+                reason=f"{source}: checksum mismatch: expected {expected.algorithm}:"
+                f"{expected.hexdigest}, got {expected.algorithm}:{other.hexdigest()}"
+            )
+        return sha256.hexdigest()
+
+    # -- reuse -----------------------------------------------------------------
+
+    def _lookup_expected(
+        self, expected: Checksum | None, declared: str | None
+    ) -> CachedImage | None:
+        """A cached file named by the expected sha256, if the declared format allows it."""
+        if expected is None or expected.algorithm != "sha256":
+            return None
+        for fmt in STORED_FORMATS:
+            path = self.root / f"{expected.hexdigest}.{fmt}"
+            # A converted base (qcow2 from vmdk) does not show its source format,
+            # so with another declared format we fetch and inspect instead.
+            if path.exists() and declared in (None, fmt):
+                self.touch(path)
+                return self._describe(path)
+        return None
+
+    def _lookup_memo(
+        self, key: str, seen: _Memo | None, expected: Checksum | None, declared: str | None
+    ) -> CachedImage | None:
+        memo = self._read_memo(key)
+        if memo is None or memo == seen:
+            return None  # nobody finished this source while we waited
+        if declared not in (None, memo.source_format):
+            return None
+        if expected and (expected.algorithm, expected.hexdigest) != ("sha256", memo.checksum):
+            return None
+        path = Path(memo.path)
+        if not path.exists():
+            return None
+        self.touch(path)
+        return self._describe(path)
+
+    def _describe(self, path: Path) -> CachedImage:
+        match = _CACHED_NAME.match(path.name)
+        if match is None:
+            raise DiskError(reason=f"{path} is not a cached image")
+        facts = inspect_image(path, match.group(2))
+        return CachedImage(
+            checksum=match.group(1),
+            path=path,
+            format=facts.format,
+            virtual_size=facts.virtual_size,
+            file_size=facts.file_size,
+        )
+
+    # -- housekeeping ----------------------------------------------------------
+
+    def list_files(self) -> list[Path]:
+        """The cached bases, sorted by name."""
+        return sorted(p for p in self.root.iterdir() if _CACHED_NAME.match(p.name))
+
+    def touch(self, path: Path) -> None:
+        """Record a use of ``path`` (atime), so prune ages mean 'unused for'."""
+        st = path.stat()
+        os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
+
+    def remove(self, checksum_or_path: str | Path) -> list[Path]:
+        """Delete one cached base, by sha256 or path; missing is not an error."""
+        if isinstance(checksum_or_path, Path):
+            path = checksum_or_path
+            if path.parent.resolve() != self.root.resolve() or not _CACHED_NAME.match(path.name):
+                raise ValueError(f"{path} is not a file of the image cache {self.root}")
+            targets = [path]
+        else:
+            digest = checksum_or_path.lower().removeprefix("sha256:")
+            targets = [self.root / f"{digest}.{fmt}" for fmt in STORED_FORMATS]
+        removed = []
+        for path in targets:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+        return removed
+
+    def prune(self, in_use: set[str], older_than_s: float) -> list[Path]:
+        """Remove bases not in ``in_use`` (checksums or paths) unused for that long.
+
+        Also clears temp files a crashed import left behind, by the same age.
+        """
+        now = time.time()
+        removed = []
+        for path in self.list_files():
+            if path.name.split(".")[0] in in_use or str(path) in in_use:
+                continue
+            st = path.stat()
+            if now - max(st.st_atime, st.st_mtime) > older_than_s:
+                removed += self.remove(path)
+        for tmp in self.root.glob(_TEMP_PREFIX + "*"):
+            with contextlib.suppress(FileNotFoundError):
+                if now - tmp.stat().st_mtime > older_than_s:
+                    tmp.unlink()
+        return removed
+
+    # -- locks, memos, temps ---------------------------------------------------
+
+    @contextlib.contextmanager
+    def _source_lock(self, key: str) -> Iterator[None]:
+        with self._guard:
+            thread_lock = self._thread_locks.setdefault(key, threading.Lock())
+        # flock alone would do for threads too (each open() is its own lock
+        # owner), but the thread lock keeps waiting threads off the fd table.
+        with thread_lock, (self._lock_dir / f"{key}.lock").open("a") as lock_file:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            yield  # closing the file releases the flock
+
+    def _read_memo(self, key: str) -> _Memo | None:
+        try:
+            data = json.loads((self._lock_dir / f"{key}.json").read_text())
+            return _Memo(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _write_memo(self, key: str, memo: _Memo) -> None:
+        path = self._lock_dir / f"{key}.json"
+        tmp = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(memo.__dict__))
+        os.replace(tmp, path)
+
+    @contextlib.contextmanager
+    def _temp(self, suffix: str) -> Iterator[Path]:
+        """A temp file in the cache root (same filesystem: link works), always removed."""
+        fd, name = tempfile.mkstemp(prefix=_TEMP_PREFIX, suffix=suffix, dir=self.root)
+        os.close(fd)
+        try:
+            yield Path(name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+def _open_source(source: str) -> tuple[BinaryIO, int | None]:
+    """Open a local path or an http(s) URL; return the stream and its length."""
+    if "://" not in source:
+        try:
+            f = open(source, "rb")  # noqa: SIM115 - the caller closes it
+        except OSError as exc:
+            raise InvalidImage(reason=f"cannot read {source}: {exc.strerror}") from exc
+        return f, os.fstat(f.fileno()).st_size
+    if not source.startswith(("http://", "https://")):
+        raise InvalidImage(reason=f"{source}: only local paths and http(s) URLs can be imported")
+    try:
+        response = urllib.request.urlopen(source, timeout=HTTP_TIMEOUT_S)
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise InvalidImage(reason=f"cannot download {source}: {exc}") from exc
+    return response, response.length
+
+
+def _write_sparse(out: BinaryIO, chunk: bytes) -> None:
+    """Seek over all-zero chunks so raw images stay sparse in the cache."""
+    if chunk == _ZEROS[: len(chunk)]:
+        out.seek(len(chunk), os.SEEK_CUR)
+    else:
+        out.write(chunk)
+
+
+def _read(stream: BinaryIO, source: str) -> bytes:
+    try:
+        return stream.read(CHUNK)
+    except (OSError, http.client.HTTPException) as exc:
+        raise InvalidImage(reason=f"reading {source} failed: {exc!r}") from exc
