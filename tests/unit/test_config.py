@@ -58,3 +58,9 @@ def test_listen_requires_token(tmp_path: Path) -> None:
         config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774"})
     s = config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774", "VMOPS_API_TOKEN": "x"})
     assert s.listen == "127.0.0.1:8774"
+
+
+def test_docs_list_every_option() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    for f in config.options():
+        assert f"`{f.name}`" in doc, f"docs/configuration.md does not describe {f.name}"

@@ -1,0 +1,179 @@
+"""Functional fixtures: a real vmops service on a real embedded libvirt,
+real QEMU guests from the test image, under TCG.
+
+One service per session (the first domain define probes QEMU for several
+seconds, cached in the embed root); each test gets a factory that destroys
+every instance the test made, even when the test fails, and the session
+ends by checking that nothing (domain, QEMU process, capture process,
+instance file) was left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmops.cli.client import Client
+
+REPO = Path(__file__).resolve().parents[2]
+BOOT_TIMEOUT_S = 120.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/functional" in str(item.fspath):
+            item.add_marker(pytest.mark.functional)
+
+
+@pytest.fixture(scope="session")
+def test_image_dir() -> Path:
+    out = Path(os.environ.get("VMOPS_TEST_IMAGE_DIR", REPO / ".cache" / "test-image"))
+    subprocess.run([sys.executable, str(REPO / "tools" / "testimage" / "build.py"),
+                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return out
+
+
+class Vmops:
+    """Drives one state directory through the real CLI and the API client."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self.env = {**os.environ, "VMOPS_STATE_DIR": str(state_dir), "VMOPS_ACCEL": "tcg"}
+        self.client = Client(state_dir, autostart=False)
+
+    def run(self, *args: str, check: bool = True,
+            timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "vmops", *args], env=self.env,
+                              capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"vmops {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "--json").stdout)
+
+    def server(self, name: str) -> dict[str, Any]:
+        server: dict[str, Any] = self.client.get(f"/servers/{name}")["server"]
+        return server
+
+    def console(self, name: str) -> bytes:
+        data: bytes = self.client.get(f"/servers/{name}/console-log")
+        return data
+
+    def wait_console(self, name: str, pattern: str, count: int = 1,
+                     timeout: float = BOOT_TIMEOUT_S) -> list[re.Match[bytes]]:
+        """Wait until ``pattern`` appears ``count`` times in the console log."""
+        regex = re.compile(pattern.encode())
+        deadline = time.monotonic() + timeout
+        while True:
+            found = list(regex.finditer(self.console(name)))
+            if len(found) >= count:
+                return found
+            if time.monotonic() > deadline:
+                tail = self.console(name)[-2000:].decode(errors="replace")
+                raise AssertionError(f"{pattern!r} x{count} not in {name}'s console after "
+                                     f"{timeout:g}s; last output:\n{tail}")
+            time.sleep(0.25)
+
+    def wait_status(self, name: str, status: str, timeout: float = 60.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.server(name)
+            if server["status"] == status and server["OS-EXT-STS:task_state"] is None:
+                return server
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{name} is {server['status']}, not {status}, after "
+                                     f"{timeout:g}s")
+            time.sleep(0.1)
+
+    def heartbeat(self, name: str) -> int:
+        beats = re.findall(rb"VMOPS-HEARTBEAT (\d+)", self.console(name))
+        return int(beats[-1]) if beats else 0
+
+    def import_image(self, name: str, path: Path) -> None:
+        if self.run("image", "show", name, check=False).returncode != 0:
+            self.run("image", "import", name, str(path))
+
+
+def start_service(state_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (state_dir / "serve.out").open("ab")
+    proc = subprocess.Popen([sys.executable, "-m", "vmops", "serve"], env=env,
+                            stdout=log, stderr=log, start_new_session=True)
+    client = Client(state_dir, autostart=False)
+    deadline = time.monotonic() + 60
+    while not client._answers():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError("vmops serve did not start:\n"
+                                 + (state_dir / "serve.out").read_text(errors="replace"))
+        time.sleep(0.1)
+    return proc
+
+
+def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def leftovers(state_dir: Path) -> list[str]:
+    """QEMU and capture processes, and instance files, tied to this state dir."""
+    found = []
+    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    for line in ps.splitlines():
+        if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line):
+            found.append(line.strip())
+    instances = state_dir / "instances"
+    if instances.exists():
+        found += [str(p) for p in instances.iterdir()]
+    return found
+
+
+@pytest.fixture(scope="session")
+def service_state_dir() -> Iterator[Path]:
+    # Short: UNIX socket paths under it are limited to 107 bytes.
+    path = Path(tempfile.mkdtemp(prefix="vmops-ft-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def vmops_session(service_state_dir: Path, test_image_dir: Path) -> Iterator[Vmops]:
+    vm = Vmops(service_state_dir)
+    proc = start_service(service_state_dir, vm.env)
+    vm.service = proc  # type: ignore[attr-defined]
+    try:
+        vm.import_image("tiny", test_image_dir / "tiny.qcow2")
+        yield vm
+    finally:
+        for server in vm.client.get("/servers")["servers"]:
+            vm.client.delete(f"/servers/{server['id']}")
+        stop_service(vm.service)  # type: ignore[attr-defined]
+    left = leftovers(service_state_dir)
+    assert not left, f"left behind: {left}"
+
+
+@pytest.fixture
+def vmops(vmops_session: Vmops) -> Iterator[Vmops]:
+    """The session's service; every instance a test makes is destroyed after it."""
+    before = {s["id"] for s in vmops_session.client.get("/servers")["servers"]}
+    yield vmops_session
+    for server in vmops_session.client.get("/servers")["servers"]:
+        if server["id"] not in before:
+            vmops_session.client.delete(f"/servers/{server['id']}")
