@@ -272,12 +272,39 @@ def _check_vmdk(path: Path, file_size: int, inspector: fi.FileInspector) -> int:
             reason=f"{path.name}: VMDK descriptor file without a sparse header; its "
             "extents would be other files on this host"
         )
-    capacity, _grain, desc_sec, desc_num, _gtes, _rgd, gd_sec = struct.unpack("<12xQQQQIQQ", head)
+    capacity, grain, desc_sec, desc_num, gtes, _rgd, gd_sec = struct.unpack("<12xQQQQIQQ", head)
     _require_inside(path, file_size, "VMDK descriptor", desc_sec * SECTOR, desc_num * SECTOR)
-    if gd_sec != _VMDK_GD_AT_END:
-        _require_inside(path, file_size, "VMDK grain directory", gd_sec * SECTOR, 4)
+    if gd_sec == _VMDK_GD_AT_END:
+        # Stream layout: the real header is the footer, 1024 bytes before EOF.
+        (gd_sec,) = struct.unpack("<Q", _read_at(path, file_size - 1024 + 56, 8))
+    _check_vmdk_grain_tables(path, file_size, capacity, grain, gtes, gd_sec)
     _require_single_sparse_extent(path, getattr(inspector, "desc_text", None) or "")
     return int(capacity) * SECTOR
+
+
+_VMDK_MAX_GTES = 512  # qemu refuses larger grain tables too
+_VMDK_MAX_GD_ENTRIES = 1 << 20  # 32 TiB with the usual 64 KiB grains
+
+
+def _check_vmdk_grain_tables(
+    path: Path, file_size: int, capacity: int, grain: int, gtes: int, gd_sec: int
+) -> None:
+    """Every grain table, and the last grain each points at, lies inside the file."""
+    if not (0 < gtes <= _VMDK_MAX_GTES and grain > 0):
+        raise InvalidImage(reason=f"{path.name}: VMDK grain geometry {grain}x{gtes} is invalid")
+    n_tables = -(-capacity // (grain * gtes))
+    if n_tables > _VMDK_MAX_GD_ENTRIES:
+        raise InvalidImage(reason=f"{path.name}: VMDK capacity {capacity} sectors is too large")
+    _require_inside(path, file_size, "VMDK grain directory", gd_sec * SECTOR, n_tables * 4)
+    with path.open("rb") as f:
+        f.seek(gd_sec * SECTOR)
+        directory = struct.unpack(f"<{n_tables}I", f.read(n_tables * 4))
+        for table_sec in filter(None, directory):
+            _require_inside(path, file_size, "VMDK grain table", table_sec * SECTOR, gtes * 4)
+            f.seek(table_sec * SECTOR)
+            last = max(struct.unpack(f"<{gtes}I", f.read(gtes * 4)))
+            if last > 1:  # 0: unallocated, 1: a zeroed grain
+                _require_inside(path, file_size, "VMDK grain", last * SECTOR, SECTOR)
 
 
 def _require_single_sparse_extent(path: Path, descriptor: str) -> None:
