@@ -107,7 +107,9 @@ def _run(
 ) -> subprocess.CompletedProcess[str]:
     cmd = [
         PRLIMIT,
-        f"--cpu={limits.cpu_seconds}",
+        # soft < hard: the soft limit sends SIGXCPU, which names the cause;
+        # at equal limits the kernel goes straight to SIGKILL.
+        f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
         f"--as={limits.address_space_bytes}",
         "--",
         QEMU_IMG,
