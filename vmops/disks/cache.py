@@ -235,9 +235,10 @@ class ImageCache:
             path = self.root / f"{expected.hexdigest}.{fmt}"
             # A converted base (qcow2 from vmdk) does not show its source format,
             # so with another declared format we fetch and inspect instead.
-            if path.exists() and declared in (None, fmt):
-                self.touch(path)
-                return self._describe(path)
+            if declared in (None, fmt):
+                found = self._reuse(path)
+                if found is not None:
+                    return found
         return None
 
     def _lookup_memo(
@@ -250,10 +251,14 @@ class ImageCache:
             return None
         if expected and (expected.algorithm, expected.hexdigest) != ("sha256", memo.checksum):
             return None
-        path = Path(memo.path)
-        if not path.exists():
+        return self._reuse(Path(memo.path))
+
+    def _reuse(self, path: Path) -> CachedImage | None:
+        """Describe and touch a cached file, or None if it is not (or no longer) there."""
+        try:
+            self.touch(path)
+        except FileNotFoundError:  # never imported, or pruned a moment ago
             return None
-        self.touch(path)
         return self._describe(path)
 
     def _describe(self, path: Path) -> CachedImage:

@@ -44,7 +44,7 @@ from vmops.errors import InvalidImage
 
 # qemu's names; the inspector says "vhd" where qemu says "vpc".
 ACCEPTED_FORMATS = frozenset({"qcow2", "raw", "vpc", "vhdx", "vmdk"})
-_DECLARED_ALIASES = {"vhd": "vpc", "img": "raw"}
+_DECLARED_ALIASES = {"vhd": "vpc"}
 _INSPECTOR_TO_QEMU = {"vhd": "vpc", "gpt": "raw"}
 
 SECTOR = 512
