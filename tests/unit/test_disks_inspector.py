@@ -200,6 +200,15 @@ def test_fixed_vhd_is_recognised_by_its_footer(tmp_path: Path) -> None:
     assert inspect_image(path, "vhd") == ImageFacts("vpc", MiB, MiB + 512)
 
 
+def test_fixed_vhd_of_a_partitioned_disk_is_vpc(tmp_path: Path) -> None:
+    data = mbr_sector().ljust(MiB, b"\0") + vhd_footer(2, MiB)
+    assert inspect_image(write(tmp_path, "hyperv.vhd", data), "vhd").format == "vpc"
+
+
+def test_partitioned_file_must_still_be_sector_aligned(tmp_path: Path) -> None:
+    assert "not a multiple of 512" in refusal(write(tmp_path, "p.img", mbr_sector() + b"x"))
+
+
 def test_differencing_vhd_is_refused(tmp_path: Path) -> None:
     data = vhd_footer(4, MiB, data_offset=512).ljust(4096, b"\0")
     assert "differencing" in refusal(write(tmp_path, "child.vhd", data))

@@ -128,13 +128,17 @@ def _qemu_format(inspector: fi.FileInspector, path: Path, file_size: int) -> str
     name = _INSPECTOR_TO_QEMU.get(inspector.NAME, inspector.NAME)
     if name not in ACCEPTED_FORMATS:
         raise InvalidImage(reason=f"{path.name}: {inspector.NAME} images are not supported")
-    if inspector.NAME == "raw":
-        return _classify_unmatched(path, file_size)
+    if name == "raw":  # nothing matched, or only a partition table did
+        return _classify_raw(path, file_size)
     return name
 
 
-def _classify_unmatched(path: Path, file_size: int) -> str:
-    """Decide whether a file nothing matched is a raw disk (or a fixed VHD)."""
+def _classify_raw(path: Path, file_size: int) -> str:
+    """Decide whether a would-be raw file is a raw disk (or a fixed VHD).
+
+    A fixed VHD of a partitioned disk starts with its MBR, so the footer is
+    looked for whatever the inspector said.
+    """
     if _fixed_vhd_footer(path, file_size) is not None:
         return "vpc"
     if file_size % SECTOR:
