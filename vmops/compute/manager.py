@@ -111,6 +111,7 @@ class Compute:
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
             desired_running=True))
+        self.store.update_image(image)  # last used now: prune ages images by it
         self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
         if not background:
             self._spawn(inst, image, req.admin_password)
