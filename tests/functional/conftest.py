@@ -29,6 +29,13 @@ from vmops.cli.client import Client
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT_S = 120.0
+# Short waits so the fallback paths are exercised in seconds, not minutes.
+SERVICE_ENV = {
+    "VMOPS_ACCEL": "tcg",
+    "VMOPS_WAIT_SOFT_REBOOT_SECONDS": "10",
+    "VMOPS_SHUTDOWN_RETRY_INTERVAL": "2",
+    "VMOPS_SHUTDOWN_TIMEOUT": "20",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -50,7 +57,7 @@ class Vmops:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.env = {**os.environ, "VMOPS_STATE_DIR": str(state_dir), "VMOPS_ACCEL": "tcg"}
+        self.env = {**os.environ, **SERVICE_ENV, "VMOPS_STATE_DIR": str(state_dir)}
         self.client = Client(state_dir, autostart=False)
 
     def run(self, *args: str, check: bool = True,
