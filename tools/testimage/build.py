@@ -31,6 +31,8 @@ line (the tty turns "\\n" into "\\r\\n"):
   VMOPS-POWERBUTTON                   ACPI power button seen; guest powers off
   VMOPS-POWERBUTTON-IGNORED           same, in the nopower variant
   VMOPS-FLOOD <n> <padding>           flood variant, ~100-byte lines, no heartbeat
+  VMOPS-USER-SCRIPT-START             user_data starting with "#!" is run in the
+                                      background after the config drive dump
 
 Details: an empty CD-ROM drive reports 0 bytes. The config drive is the
 first vd*/sd*/sr* disk or partition whose iso9660 or FAT label is config-2

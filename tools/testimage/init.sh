@@ -181,6 +181,17 @@ report_config_drive() {
     fi
 }
 
+# Like cloud-init with a "#!" user-data part: run it, so tests can make the
+# guest act by itself (power off, write to its disks, ...).
+run_user_script() {
+    local ud=/mnt/config/openstack/latest/user_data
+    [ -f "$ud" ] || return 0
+    [ "$(head -c 2 "$ud")" = '#!' ] || return 0
+    cp "$ud" /tmp/user-script && chmod 755 /tmp/user-script
+    echo "VMOPS-USER-SCRIPT-START"
+    /tmp/user-script > /dev/console 2>&1 &
+}
+
 # Lines printed after boot for block devices and NICs that come and go
 # (hotplug): the same VMOPS-DISK / VMOPS-NIC formats, plus -GONE lines.
 watch_devices() {
@@ -242,6 +253,7 @@ for n in $KNOWN_NICS; do report_nic "$n"; done
 # The config drive dump comes before DHCP and the heartbeat start so that
 # no other marker line can land between its FILE-BEGIN/FILE-END lines.
 report_config_drive
+run_user_script
 for n in $KNOWN_NICS; do start_dhcp "$n"; done
 watch_devices_forever &
 
