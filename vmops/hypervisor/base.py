@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from vmops.errors import InvalidState
+
 
 class PowerState(enum.Enum):
     """A fixed mapping of libvirt's domain states (virDomainState)."""
@@ -25,6 +27,32 @@ class PowerState(enum.Enum):
     CRASHED = "crashed"
     PMSUSPENDED = "pmsuspended"
     SUSPENDED = "suspended"  # shut off with a managed save image: memory on disk
+
+
+# States in which a QEMU process exists for the domain.
+ACTIVE_STATES = frozenset({
+    PowerState.RUNNING, PowerState.BLOCKED, PowerState.PAUSED, PowerState.SHUTDOWN,
+    PowerState.PMSUSPENDED,
+})
+
+# The power states each operation is allowed from: one table, so the libvirt
+# driver and the fake refuse exactly the same things.
+ALLOWED_STATES: dict[str, frozenset[PowerState]] = {
+    "start": frozenset({PowerState.SHUTOFF, PowerState.CRASHED, PowerState.SUSPENDED,
+                        PowerState.NOSTATE}),
+    "shut down": frozenset({PowerState.RUNNING, PowerState.BLOCKED, PowerState.SHUTDOWN}),
+    "hard-reboot": ACTIVE_STATES,
+    "pause": frozenset({PowerState.RUNNING, PowerState.BLOCKED}),
+    "unpause": frozenset({PowerState.PAUSED}),
+    "suspend": frozenset({PowerState.RUNNING, PowerState.BLOCKED, PowerState.PAUSED}),
+    "undefine": frozenset(PowerState) - ACTIVE_STATES,
+}
+
+
+def check_state(action: str, uuid: str, state: PowerState) -> None:
+    """Raise InvalidState unless ``action`` (a key of ALLOWED_STATES) is allowed."""
+    if state not in ALLOWED_STATES[action]:
+        raise InvalidState(action=action, instance=uuid, state=state.value)
 
 
 class Accel(enum.Enum):
@@ -104,18 +132,43 @@ class LifecycleEvent:
 EventCallback = Callable[[LifecycleEvent], None]
 
 
+@dataclass(frozen=True)
+class Check:
+    """One host check, as ``vmops doctor`` prints it.
+
+    ``required``: the service refuses to spawn while it fails; otherwise it
+    is informational. ``advice`` says how to fix a failure.
+    """
+
+    name: str
+    ok: bool
+    required: bool
+    detail: str
+    advice: str = ""
+
+
 class Hypervisor(Protocol):
-    """Operations on domains vmops created. Others are invisible to it."""
+    """Operations on domains vmops created. Others are invisible to it.
+
+    Every method taking a UUID raises InstanceNotFound when no vmops domain
+    has it, and InvalidState when the domain's power state does not allow
+    the operation (the states allowed are named on each method). Any other
+    failure is a HypervisorError.
+    """
 
     def connect(self) -> None: ...
 
     def close(self) -> None: ...
 
-    def capabilities_check(self) -> list[tuple[str, bool, str]]:
-        """(item, ok, advice) for doctor: what this hypervisor needs from the host."""
+    def capabilities_check(self) -> list[Check]:
+        """For doctor: what this hypervisor needs from the host, checked live."""
         ...
 
-    def define(self, spec: DomainSpec) -> None: ...
+    def define(self, spec: DomainSpec) -> None:
+        """Create the persistent definition, or update vmops' own domain with
+        this UUID. Refused (AlreadyExists) if the UUID or the name belongs to
+        a domain that is not vmops'."""
+        ...
 
     def domain_xml(self, uuid: str) -> str: ...
 
@@ -128,33 +181,70 @@ class Hypervisor(Protocol):
     def info(self, uuid: str) -> DomainInfo: ...
 
     def start(self, uuid: str, paused: bool = False) -> None:
-        """Boot (or restore from a managed save image, if one exists)."""
+        """Boot (or restore from a managed save image, if one exists).
+
+        From SHUTOFF, CRASHED or SUSPENDED."""
         ...
 
     def shutdown(self, uuid: str) -> None:
-        """Ask the guest to shut down (ACPI power button). Returns at once."""
+        """Ask the guest to shut down (ACPI power button). Returns at once.
+
+        From RUNNING, BLOCKED or SHUTDOWN (pressing the button again)."""
         ...
 
     def power_off(self, uuid: str) -> None:
-        """Pull the plug (virDomainDestroy). No error if already off."""
+        """Pull the plug (virDomainDestroy). No error if already off.
+
+        A managed save image is kept: use discard_saved_memory to drop it."""
         ...
 
-    def reboot_hard(self, uuid: str) -> None: ...
+    def reboot_hard(self, uuid: str) -> None:
+        """Reset the virtual machine at once, like its reset button; the QEMU
+        process stays and a paused domain stays paused. From any running state."""
+        ...
 
-    def pause(self, uuid: str) -> None: ...
+    def pause(self, uuid: str) -> None:
+        """Stop the vCPUs; memory stays in QEMU. From RUNNING or BLOCKED."""
+        ...
 
-    def unpause(self, uuid: str) -> None: ...
+    def unpause(self, uuid: str) -> None:
+        """From PAUSED."""
+        ...
 
     def suspend(self, uuid: str) -> None:
-        """Save memory to a managed save image; the QEMU process ends."""
+        """Save memory to a managed save image; the QEMU process ends.
+
+        From RUNNING, BLOCKED or PAUSED; afterwards the state is SUSPENDED."""
         ...
 
     def has_saved_memory(self, uuid: str) -> bool: ...
 
-    def undefine(self, uuid: str) -> None:
-        """Remove the definition, its managed save image and NVRAM. No error if gone."""
+    def discard_saved_memory(self, uuid: str) -> None:
+        """Delete the managed save image, if any: the next start boots afresh."""
         ...
 
-    def qemu_pid(self, uuid: str) -> int | None: ...
+    def undefine(self, uuid: str) -> None:
+        """Remove the definition, its managed save image and NVRAM. No error if gone.
 
-    def on_lifecycle_event(self, callback: EventCallback) -> None: ...
+        Refused while the domain runs: power it off first."""
+        ...
+
+    def qemu_pid(self, uuid: str) -> int | None:
+        """The QEMU process of a running domain; None when it has none."""
+        ...
+
+    def on_lifecycle_event(self, callback: EventCallback) -> None:
+        """Call ``callback`` for every state change of a vmops domain.
+
+        Callbacks run on one vmops thread, in event order, never on the
+        hypervisor's own event loop: they may call back into the hypervisor.
+        """
+        ...
+
+    def bulk_stats(self) -> dict[str, dict[str, int | float]]:
+        """Numeric statistics of every vmops domain, by UUID, in one query.
+
+        Keys are libvirt's (``state.state``, ``cpu.time``, ``balloon.current``,
+        ``vcpu.0.time``, ``net.0.rx.bytes``, ``block.0.rd.bytes``, ...).
+        """
+        ...
