@@ -1,0 +1,244 @@
+"""The Hypervisor protocol in memory, for unit tests of compute logic.
+
+It refuses exactly what the libvirt driver refuses (both use
+``base.ALLOWED_STATES``) and emits the lifecycle events libvirt emits, but
+synchronously, on the calling thread, after the change. Test hooks stand in
+for the guest and for failures: :meth:`guest_shutdown`, :meth:`guest_crash`,
+``obey_power_button``, :meth:`fail_next` and :meth:`add_foreign_domain`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from dataclasses import dataclass
+
+from vmops.errors import AlreadyExists, InstanceNotFound, VmopsError
+from vmops.hypervisor.base import (
+    ACTIVE_STATES,
+    Check,
+    DomainInfo,
+    DomainSpec,
+    EventCallback,
+    LifecycleEvent,
+    PowerState,
+    check_state,
+)
+from vmops.hypervisor.libvirt.domain_xml import build_domain_xml
+
+# libvirt's virDomainState numbers, for bulk_stats' "state.state".
+_LIBVIRT_STATE = {
+    PowerState.NOSTATE: 0, PowerState.RUNNING: 1, PowerState.BLOCKED: 2,
+    PowerState.PAUSED: 3, PowerState.SHUTDOWN: 4, PowerState.SHUTOFF: 5,
+    PowerState.CRASHED: 6, PowerState.PMSUSPENDED: 7, PowerState.SUSPENDED: 5,
+}
+
+
+@dataclass
+class FakeDomain:
+    spec: DomainSpec
+    state: PowerState = PowerState.SHUTOFF
+    saved_memory: bool = False
+    pid: int | None = None
+    boots: int = 0
+    resets: int = 0
+    cpu_time_ns: int = 0
+
+
+class FakeHypervisor:
+    def __init__(self, obey_power_button: bool = True) -> None:
+        # False: the guest ignores the ACPI button (tests of the hard fallback).
+        self.obey_power_button = obey_power_button
+        self.connected = False
+        self.domains: dict[str, FakeDomain] = {}
+        self.foreign: dict[str, str] = {}  # UUID -> name of domains vmops did not make
+        self._failures: dict[str, VmopsError] = {}
+        self._callbacks: list[EventCallback] = []
+        self._lock = threading.RLock()
+        self._pids = itertools.count(40000)
+
+    # -- test hooks ------------------------------------------------------------
+    def fail_next(self, operation: str, error: VmopsError) -> None:
+        """Make the next call of method ``operation`` raise ``error``."""
+        self._failures[operation] = error
+
+    def add_foreign_domain(self, uuid: str, name: str) -> None:
+        """A domain without vmops' mark: invisible, and its UUID/name are taken."""
+        self.foreign[uuid.lower()] = name
+
+    def guest_shutdown(self, uuid: str) -> None:
+        """The guest powers itself off (``poweroff`` inside it)."""
+        with self._lock:
+            check_state("shut down", uuid, self._domain(uuid).state)
+        self._stop(uuid, PowerState.SHUTOFF, "shutdown")
+
+    def guest_crash(self, uuid: str) -> None:
+        """QEMU dies or the guest panics; on_crash=destroy shuts it off."""
+        with self._lock:
+            check_state("hard-reboot", uuid, self._domain(uuid).state)  # any running state
+        self._stop(uuid, PowerState.SHUTOFF, "crashed")
+
+    # -- connection ------------------------------------------------------------
+    def connect(self) -> None:
+        self.connected = True
+
+    def close(self) -> None:
+        self.connected = False
+
+    def capabilities_check(self) -> list[Check]:
+        return [Check(name="fake hypervisor", ok=True, required=True,
+                      detail="in memory; no VM runs")]
+
+    # -- domains ---------------------------------------------------------------
+    def define(self, spec: DomainSpec) -> None:
+        self._maybe_fail("define")
+        build_domain_xml(spec)  # the same validation as the libvirt driver
+        uuid = spec.uuid.lower()
+        with self._lock:
+            if uuid in self.foreign:
+                raise AlreadyExists(f"a libvirt domain that vmops did not create "
+                                    f"({self.foreign[uuid]!r}) has UUID {uuid}",
+                                    kind="domain", name=uuid)
+            taken = set(self.foreign.values()) | {
+                d.spec.name for u, d in self.domains.items() if u != uuid}
+            if spec.name in taken:
+                raise AlreadyExists(kind="libvirt domain", name=spec.name)
+            if uuid in self.domains:
+                self.domains[uuid].spec = spec
+            else:
+                self.domains[uuid] = FakeDomain(spec=spec)
+
+    def domain_xml(self, uuid: str) -> str:
+        return build_domain_xml(self._domain(uuid).spec)
+
+    def list_uuids(self) -> list[str]:
+        with self._lock:
+            return sorted(self.domains)
+
+    def exists(self, uuid: str) -> bool:
+        return uuid.lower() in self.domains
+
+    def info(self, uuid: str) -> DomainInfo:
+        self._maybe_fail("info")
+        d = self._domain(uuid)
+        spec = d.spec
+        memory_kib = int(spec.memory_mib / spec.dynamic_memory_ratio) * 1024
+        return DomainInfo(uuid=spec.uuid.lower(), name=spec.name, state=d.state,
+                          max_memory_kib=spec.memory_mib * 1024, memory_kib=memory_kib,
+                          vcpus=spec.vcpus, cpu_time_ns=d.cpu_time_ns)
+
+    # -- power -----------------------------------------------------------------
+    def start(self, uuid: str, paused: bool = False) -> None:
+        with self._lock:
+            d = self._checked(uuid, "start")
+            restored = d.saved_memory
+            d.saved_memory = False
+            d.state = PowerState.PAUSED if paused else PowerState.RUNNING
+            d.pid = next(self._pids)
+            if not restored:
+                d.boots += 1
+        self._emit(uuid, PowerState.RUNNING, "restored" if restored else "started")
+        if paused:
+            self._emit(uuid, PowerState.PAUSED, "paused")
+
+    def shutdown(self, uuid: str) -> None:
+        with self._lock:
+            self._checked(uuid, "shut down")
+        if self.obey_power_button:
+            self._stop(uuid, PowerState.SHUTOFF, "shutdown")
+
+    def power_off(self, uuid: str) -> None:
+        with self._lock:
+            d = self._domain(uuid, "power_off")
+            if d.state not in ACTIVE_STATES:
+                return
+        self._stop(uuid, PowerState.SHUTOFF, "destroyed")
+
+    def reboot_hard(self, uuid: str) -> None:
+        with self._lock:
+            self._checked(uuid, "hard-reboot").resets += 1  # no lifecycle event, as libvirt
+
+    def pause(self, uuid: str) -> None:
+        self._change(uuid, "pause", PowerState.PAUSED, "paused")
+
+    def unpause(self, uuid: str) -> None:
+        self._change(uuid, "unpause", PowerState.RUNNING, "unpaused")
+
+    def suspend(self, uuid: str) -> None:
+        with self._lock:
+            d = self._checked(uuid, "suspend")
+            d.saved_memory = True
+        self._stop(uuid, PowerState.SUSPENDED, "suspended")
+
+    def has_saved_memory(self, uuid: str) -> bool:
+        return self._domain(uuid).saved_memory
+
+    def discard_saved_memory(self, uuid: str) -> None:
+        with self._lock:
+            d = self._domain(uuid, "discard_saved_memory")
+            d.saved_memory = False
+            if d.state is PowerState.SUSPENDED:
+                d.state = PowerState.SHUTOFF
+
+    def undefine(self, uuid: str) -> None:
+        self._maybe_fail("undefine")
+        with self._lock:
+            if uuid.lower() not in self.domains:
+                return
+            self._checked(uuid, "undefine")
+            del self.domains[uuid.lower()]
+
+    def qemu_pid(self, uuid: str) -> int | None:
+        return self._domain(uuid).pid
+
+    # -- events and statistics -------------------------------------------------
+    def on_lifecycle_event(self, callback: EventCallback) -> None:
+        self._callbacks.append(callback)
+
+    def bulk_stats(self) -> dict[str, dict[str, int | float]]:
+        with self._lock:
+            return {uuid: {"state.state": _LIBVIRT_STATE[d.state],
+                           "cpu.time": d.cpu_time_ns,
+                           "balloon.maximum": d.spec.memory_mib * 1024,
+                           "vcpu.current": d.spec.vcpus}
+                    for uuid, d in self.domains.items()}
+
+    # -- helpers ---------------------------------------------------------------
+    def _maybe_fail(self, operation: str) -> None:
+        error = self._failures.pop(operation, None)
+        if error is not None:
+            raise error
+
+    def _domain(self, uuid: str, operation: str | None = None) -> FakeDomain:
+        if operation is not None:
+            self._maybe_fail(operation)
+        d = self.domains.get(uuid.lower())
+        if d is None:
+            raise InstanceNotFound(instance=uuid)
+        return d
+
+    def _checked(self, uuid: str, action: str) -> FakeDomain:
+        operation = {"shut down": "shutdown", "hard-reboot": "reboot_hard"}.get(action, action)
+        d = self._domain(uuid, operation)
+        check_state(action, uuid, d.state)
+        return d
+
+    def _change(self, uuid: str, action: str, state: PowerState, detail: str) -> None:
+        with self._lock:
+            self._checked(uuid, action).state = state
+        self._emit(uuid, state, detail)
+
+    def _stop(self, uuid: str, state: PowerState, detail: str) -> None:
+        with self._lock:
+            d = self._domain(uuid)
+            d.state, d.pid = state, None
+        self._emit(uuid, state, detail)
+
+    def _emit(self, uuid: str, state: PowerState, detail: str) -> None:
+        event = LifecycleEvent(uuid=uuid.lower(), state=state, detail=detail)
+        for callback in list(self._callbacks):
+            callback(event)
+
+    def spec_of(self, uuid: str) -> DomainSpec:
+        """The spec last defined (tests compare what compute asked for)."""
+        return self._domain(uuid).spec
