@@ -96,6 +96,11 @@ _EVENTS: dict[tuple[int, int | None], tuple[PowerState, str]] = {
 }
 
 
+def library_version() -> str:
+    """The version of the libvirt library this process loaded."""
+    return _version(libvirt.getVersion())
+
+
 def lifecycle_event(uuid: str, event: int, detail: int) -> LifecycleEvent | None:
     """libvirt's lifecycle (event, detail) as vmops' event, or None to drop it."""
     found = _EVENTS.get((event, detail)) or _EVENTS.get((event, None))
