@@ -71,23 +71,28 @@ def follow(
 ) -> Iterator[bytes]:
     """Yield console output as it is written, across rotations.
 
-    Starts at the current end of the log, or with the whole log when
-    ``from_offset_end`` is false. Ends when ``stop`` is set or the log
-    directory disappears. A reader that falls more than one whole file
-    behind the writer misses what was rotated away in between: it never
-    sees a byte twice.
+    Starts at the end of the log as it is when ``follow`` is called, or
+    with the whole log when ``from_offset_end`` is false. Ends when
+    ``stop`` is set or the log directory disappears. A reader that falls
+    more than one whole file behind the writer misses what was rotated
+    away in between: it never sees a byte twice.
     """
     files = LogFiles(log_dir)
-    stop = stop or threading.Event()
+    # Opened now, not at the first next(): "from the end" means from the
+    # end at the time of the call.
     reader = _Follower(files)
+    if from_offset_end:
+        reader.start_at_end()
+    else:
+        reader.start_at_beginning()
+    return _follow(reader, poll, stop or threading.Event())
+
+
+def _follow(reader: _Follower, poll: float, stop: threading.Event) -> Iterator[bytes]:
     try:
-        if from_offset_end:
-            reader.start_at_end()
-        else:
-            yield from reader.start_at_beginning()
         while not stop.is_set():
             yield from reader.read_new()
-            if not files.dir.is_dir():
+            if not reader.files.dir.is_dir():
                 return
             stop.wait(poll)
     finally:
@@ -117,21 +122,22 @@ class _Follower:
     def __init__(self, files: LogFiles) -> None:
         self.files = files
         self.fd: int | None = None
+        self.unread_old_fd: int | None = None
 
     def start_at_end(self) -> None:
         self.fd = _open_or_none(self.files.current)
         if self.fd is not None:
             os.lseek(self.fd, 0, os.SEEK_END)
 
-    def start_at_beginning(self) -> Iterator[bytes]:
-        old_fd, self.fd = _open_pair(self.files)
-        try:
-            yield from _chunks(old_fd)
-        finally:
-            _close(old_fd)
+    def start_at_beginning(self) -> None:
+        self.unread_old_fd, self.fd = _open_pair(self.files)
 
     def read_new(self) -> Iterator[bytes]:
         """Everything written since the last call, following rotations."""
+        if self.unread_old_fd is not None:
+            yield from _chunks(self.unread_old_fd)
+            _close(self.unread_old_fd)
+            self.unread_old_fd = None
         while True:
             if self.fd is None:
                 # No file yet, or between a rotation's rename and the next
@@ -163,8 +169,13 @@ class _Follower:
         self.fd = current_fd
 
     def close(self) -> None:
-        _close(self.fd)
-        self.fd = None
+        _close(self.fd, self.unread_old_fd)
+        self.fd = self.unread_old_fd = None
+
+    def __del__(self) -> None:
+        # A follow() iterator dropped before its first next() never runs
+        # its finally clause.
+        self.close()
 
 
 def _open_pair(files: LogFiles) -> tuple[int | None, int | None]:
