@@ -70,7 +70,9 @@ _POWER_STATE = {
 }
 
 # (event, detail) -> (new power state, detail word); detail None: any detail.
-# DEFINED and UNDEFINED are not power changes and are not delivered.
+# Not delivered: DEFINED and UNDEFINED (no power change), and SHUTDOWN, which
+# QEMU sends when it has finished (guest poweroff, or killed by destroy),
+# always just before the STOPPED event that carries the new state.
 _EVENTS: dict[tuple[int, int | None], tuple[PowerState, str]] = {
     (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED):
         (PowerState.RUNNING, "restored"),
@@ -90,7 +92,6 @@ _EVENTS: dict[tuple[int, int | None], tuple[PowerState, str]] = {
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
         (PowerState.SHUTOFF, "failed"),
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, None): (PowerState.SHUTOFF, "stopped"),
-    (libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, None): (PowerState.SHUTDOWN, "shutting-down"),
     (libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED, None): (PowerState.PMSUSPENDED, "pmsuspended"),
     (libvirt.VIR_DOMAIN_EVENT_CRASHED, None): (PowerState.CRASHED, "crashed"),
 }
