@@ -102,13 +102,14 @@ def kvm_works() -> tuple[bool, str]:
     if qemu is None:
         return False, f"{QEMU} is not installed"
     with tempfile.TemporaryDirectory(prefix="vmops-kvm-probe-") as tmp:
-        return _run_kvm_probe(qemu, Path(tmp))
+        return run_probe_guest(qemu, Path(tmp), "kvm")
 
 
-def _run_kvm_probe(qemu: str, tmp: Path) -> tuple[bool, str]:
+def run_probe_guest(qemu: str, tmp: Path, accel: str) -> tuple[bool, str]:
+    """Run the probe kernel with ``-accel accel``: (finished, what happened)."""
     kernel, out = tmp / "probe.bin", tmp / "debugcon.txt"
     kernel.write_bytes(KVM_PROBE_KERNEL)
-    cmd = [qemu, "-accel", "kvm", "-machine", "pc", "-m", "64", "-nodefaults",
+    cmd = [qemu, "-accel", accel, "-machine", "pc", "-m", "64", "-nodefaults",
            "-no-user-config", "-display", "none", "-kernel", str(kernel),
            "-chardev", f"file,id=dbg,path={out}",
            "-device", "isa-debugcon,iobase=0x402,chardev=dbg",
@@ -116,14 +117,14 @@ def _run_kvm_probe(qemu: str, tmp: Path) -> tuple[bool, str]:
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=KVM_PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        return False, (f"a test guest under KVM did not finish in {KVM_PROBE_TIMEOUT_S:.0f} s "
-                       "(it takes milliseconds on working KVM): KVM is present but broken "
-                       "or extremely slow, e.g. nested virtualization")
+        return False, (f"a test guest under {accel} did not finish in "
+                       f"{KVM_PROBE_TIMEOUT_S:.0f} s (it takes milliseconds on working KVM): "
+                       "KVM is present but broken or extremely slow, e.g. nested virtualization")
     reached = out.read_bytes()[-len(KVM_PROBE_OUTPUT):] if out.exists() else b""
     if done.returncode == KVM_PROBE_EXIT_STATUS and reached == KVM_PROBE_OUTPUT:
-        return True, "a test guest ran 64-bit code under KVM"
+        return True, f"a test guest ran 64-bit code under {accel}"
     stderr = done.stderr.decode(errors="replace").strip().splitlines()
-    return False, (f"a test guest under KVM failed (exit status {done.returncode}"
+    return False, (f"a test guest under {accel} failed (exit status {done.returncode}"
                    f"{': ' + stderr[-1] if stderr else ''})")
 
 
