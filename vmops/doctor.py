@@ -21,7 +21,11 @@ from pathlib import Path
 
 from vmops.errors import ConfigError
 from vmops.hypervisor.base import Accel, Check, Hypervisor
-from vmops.hypervisor.libvirt import embed_root, missing_qemu_driver_user
+from vmops.hypervisor.libvirt import (
+    embed_root,
+    embed_root_too_long,
+    missing_qemu_driver_user,
+)
 
 __all__ = ["Check", "kvm_works", "resolve_accel", "run_checks"]
 
@@ -72,6 +76,7 @@ def run_checks(state_dir: Path, uri: str, accel: str,
     ]
     root = embed_root(uri)
     if root is not None:
+        checks.append(_embed_root_path(root))
         checks.append(_qemu_driver_user())
     if accel in ("kvm", "auto"):
         checks.append(_kvm_check(required=accel == "kvm"))
@@ -178,6 +183,13 @@ def _state_dir_writable(state_dir: Path) -> Check:
         return Check(name=name, ok=False, required=True, detail=f"{state_dir}: {e}",
                      advice="choose a writable state_dir, or run as its owner")
     return Check(name=name, ok=True, required=True, detail=f"{state_dir} is writable")
+
+
+def _embed_root_path(root: Path) -> Check:
+    problem = embed_root_too_long(root)
+    return Check(name="embedded libvirt root path", ok=problem is None, required=True,
+                 detail=problem or f"{root} is short enough for QEMU's sockets",
+                 advice="set a shorter state_dir (or VMOPS_STATE_DIR)" if problem else "")
 
 
 def _qemu_driver_user() -> Check:

@@ -26,6 +26,9 @@ stdio_handler = "file"
 # 4 s each, several per define). libvirt still requires that user to exist.
 user = "root"
 group = "root"
+# Root needs no chown of disk images, nor xattrs recording their old owner.
+dynamic_ownership = 0
+remember_owner = 0
 """
 
 # The compiled-in user libvirt's QEMU driver looks up when run as root,
@@ -59,6 +62,22 @@ def pid_file_dir(uri: str) -> Path | None:
     if parts.path == "/session" and runtime:
         return Path(runtime) / "libvirt" / "qemu" / "run"
     return None
+
+
+# QEMU's monitor socket is <root>/lib/qemu/domain-<id>-<name, cut to 20>/monitor.sock
+# and a UNIX socket path has at most 107 bytes: 49 are left for the root,
+# with 7 digits for the domain id.
+MAX_EMBED_ROOT_CHARS = 107 - len("/lib/qemu/domain-") - 7 - len("-") - 20 - len("/monitor.sock")
+
+
+def embed_root_too_long(root: Path) -> str | None:
+    """Why ``root`` cannot host QEMU monitor sockets, or None if it can."""
+    length = len(os.fsencode(root))
+    if length <= MAX_EMBED_ROOT_CHARS:
+        return None
+    return (f"the libvirt root {root} is {length} bytes long; QEMU's monitor socket "
+            f"below it needs it at most {MAX_EMBED_ROOT_CHARS} (UNIX socket paths are "
+            "limited to 107 bytes): use a shorter state directory")
 
 
 def prepare_embed_root(root: Path) -> None:

@@ -43,6 +43,7 @@ from vmops.hypervisor.base import (
 )
 from vmops.hypervisor.libvirt import (
     embed_root,
+    embed_root_too_long,
     missing_qemu_driver_user,
     pid_file_dir,
     prepare_embed_root,
@@ -184,6 +185,9 @@ class LibvirtHypervisor:
             return
         root = embed_root(self.uri)
         if root is not None:
+            too_long = embed_root_too_long(root)
+            if too_long is not None:
+                raise HostNotReady(reason=too_long)
             user = missing_qemu_driver_user()
             if user is not None:
                 raise HostNotReady(reason=(
