@@ -128,6 +128,13 @@ def test_events_follow_libvirt(hv: FakeHypervisor) -> None:
     ]
 
 
+def test_suspending_a_running_domain_pauses_it_first(hv: FakeHypervisor) -> None:
+    hv.start(UUID)
+    seen = _events(hv)
+    hv.suspend(UUID)
+    assert seen == [(PowerState.PAUSED, "paused"), (PowerState.SUSPENDED, "suspended")]
+
+
 def test_suspend_then_start_restores_instead_of_booting(hv: FakeHypervisor) -> None:
     hv.start(UUID)
     hv.suspend(UUID)

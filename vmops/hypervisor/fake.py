@@ -167,7 +167,10 @@ class FakeHypervisor:
     def suspend(self, uuid: str) -> None:
         with self._lock:
             d = self._checked(uuid, "suspend")
-            d.saved_memory = True
+            was_running = d.state is not PowerState.PAUSED
+            d.state, d.saved_memory = PowerState.PAUSED, True
+        if was_running:  # libvirt pauses the vCPUs before saving memory
+            self._emit(uuid, PowerState.PAUSED, "paused")
         self._stop(uuid, PowerState.SUSPENDED, "suspended")
 
     def has_saved_memory(self, uuid: str) -> bool:
