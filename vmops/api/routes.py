@@ -1,91 +1,28 @@
-"""Request handlers: parse and check the body, call compute/, shape the answer."""
+"""Request handlers: parse and check the body, call compute/, shape the answer.
+
+The compute API (Nova v2.1 shapes) lives under ``/v2.1``; the minimal image
+service under ``/image`` (``image_service.py``); version documents in
+``discovery.py``; ``/metrics`` and ``/openapi.json`` at the root.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from vmops import console
-from vmops.api import views
+from vmops.api import discovery, image_service, openapi, parse, views
+from vmops.api.metrics import Metrics
 from vmops.api.server import Request, Response, Router
 from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute, SpawnRequest
-from vmops.errors import Invalid
+from vmops.compute.manager import Compute
+from vmops.errors import FlavorNotFound, ImageNotFound, Invalid, KeypairNotFound
+from vmops.store import Instance
 
 P = views.API_PREFIX
-
-
-def _require(body: Any, key: str) -> dict[str, Any]:
-    if not isinstance(body, dict) or not isinstance(body.get(key), dict):
-        raise Invalid(reason=f"the request body must be a JSON object with a {key!r} object")
-    value: dict[str, Any] = body[key]
-    return value
-
-
-def _field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
-           required: bool = False, default: Any = None) -> Any:
-    if name not in obj or obj[name] is None:
-        if required:
-            raise Invalid(reason=f"{name!r} is required")
-        return default
-    value = obj[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        raise Invalid(reason=f"{name!r} must be {' or '.join(k.__name__ for k in kinds)}, "
-                      f"got {type(value).__name__}")
-    return value
-
-
-def _no_unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise Invalid(reason=f"unknown field(s) in {where}: {', '.join(unknown)}")
-
-
-def _b64(text: str, what: str) -> bytes:
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise Invalid(reason=f"{what} must be base64") from None
-
-
-def _ref(value: Any) -> str:
-    """imageRef/flavorRef may be an id, a name or a link ending in the id."""
-    if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
-        raise Invalid(reason="imageRef and flavorRef must be non-empty strings")
-    return str(value).rstrip("/").rsplit("/", 1)[-1]
-
-
-SERVER_FIELDS = {"name", "imageRef", "flavorRef", "networks", "config_drive", "user_data",
-                 "key_name", "metadata", "personality", "adminPass", "min_count",
-                 "max_count", "vmops:mac", "availability_zone", "security_groups",
-                 "description"}
-
-
-def spawn_request(body: Any) -> SpawnRequest:
-    srv = _require(body, "server")
-    _no_unknown(srv, SERVER_FIELDS, "server")
-    name = _field(srv, "name", str, required=True)
-    metadata = _field(srv, "metadata", dict, default={})
-    if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise Invalid(reason="metadata keys and values must be strings")
-    files = []
-    for item in _field(srv, "personality", list, default=[]):
-        if not isinstance(item, dict) or not isinstance(item.get("path"), str) \
-                or not isinstance(item.get("contents"), str):
-            raise Invalid(reason="each personality item needs a 'path' and base64 'contents'")
-        files.append((item["path"], _b64(item["contents"], f"contents of {item['path']}")))
-    user_data = _field(srv, "user_data", str)
-    return SpawnRequest(
-        name=name, image=_ref(srv.get("imageRef")), flavor=_ref(srv.get("flavorRef")),
-        mac=_field(srv, "vmops:mac", str), config_drive=_field(srv, "config_drive", bool,
-                                                                default=False),
-        user_data=_b64(user_data, "user_data") if user_data is not None else None,
-        key_name=_field(srv, "key_name", str), files=tuple(files), properties=metadata,
-        admin_password=_field(srv, "adminPass", str))
+MAX_NAME_FILTER_CHARS = 255
 
 
 class Routes:
@@ -95,11 +32,23 @@ class Routes:
         self.catalog = catalog
         self.store = compute.store
         self.doctor = doctor
+        self.metrics = Metrics(compute)
 
     def router(self) -> Router:
         r = Router()
-        r.add("GET", "/", self.versions)
-        r.add("GET", P, self.version)
+        r.add("GET", "/", discovery.compute_versions)
+        r.add("GET", P, discovery.compute_current)
+        self._server_routes(r)
+        self._catalog_routes(r)
+        image_service.add_routes(r, self.store)
+        r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions)
+        r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current)
+        r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
+        r.add("GET", "/metrics", self.metrics.scrape)
+        r.add("GET", "/openapi.json", openapi.serve)
+        return r
+
+    def _server_routes(self, r: Router) -> None:
         r.add("GET", f"{P}/servers", self.list_servers)
         r.add("GET", f"{P}/servers/detail", self.list_servers_detail)
         r.add("POST", f"{P}/servers", self.create_server)
@@ -107,13 +56,16 @@ class Routes:
         r.add("DELETE", f"{P}/servers/{{id}}", self.delete_server)
         r.add("POST", f"{P}/servers/{{id}}/action", self.server_action)
         r.add("GET", f"{P}/servers/{{id}}/console-log", self.console_log)
+
+    def _catalog_routes(self, r: Router) -> None:
         r.add("GET", f"{P}/flavors", self.list_flavors)
-        r.add("GET", f"{P}/flavors/detail", self.list_flavors)
+        r.add("GET", f"{P}/flavors/detail", self.list_flavors_detail)
         r.add("POST", f"{P}/flavors", self.create_flavor)
         r.add("GET", f"{P}/flavors/{{id}}", self.show_flavor)
         r.add("DELETE", f"{P}/flavors/{{id}}", self.delete_flavor)
+        r.add("GET", f"{P}/flavors/{{id}}/os-extra_specs", self.flavor_extra_specs)
         r.add("GET", f"{P}/images", self.list_images)
-        r.add("GET", f"{P}/images/detail", self.list_images)
+        r.add("GET", f"{P}/images/detail", self.list_images_detail)
         r.add("POST", f"{P}/images", self.import_image)
         r.add("POST", f"{P}/images/prune", self.prune_images)
         r.add("GET", f"{P}/images/{{id}}", self.show_image)
@@ -122,101 +74,103 @@ class Routes:
         r.add("POST", f"{P}/os-keypairs", self.add_keypair)
         r.add("GET", f"{P}/os-keypairs/{{id}}", self.show_keypair)
         r.add("DELETE", f"{P}/os-keypairs/{{id}}", self.delete_keypair)
-        r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
-        return r
-
-    # -- versions ------------------------------------------------------------
-    def _version_doc(self) -> dict[str, Any]:
-        return {"id": "v2.1", "status": "CURRENT", "version": "2.1", "min_version": "2.1",
-                "updated": "2013-07-23T11:33:21Z",
-                "links": [{"rel": "self", "href": f"{P}/"}]}
-
-    def versions(self, req: Request) -> Response:
-        return Response(200, {"versions": [self._version_doc()]})
-
-    def version(self, req: Request) -> Response:
-        return Response(200, {"version": self._version_doc()})
 
     # -- servers -------------------------------------------------------------
-    def _servers(self, req: Request) -> list[Any]:
+    def _servers(self, req: Request) -> list[Instance]:
+        """Nova's list filters: name (a regular expression), status, image,
+        flavor; then marker and limit. Other query parameters are ignored, as
+        Nova does below microversion 2.75."""
         insts = self.store.instances()
         name = req.arg("name")
         if name:
-            insts = [i for i in insts if i.name == name]
-        return insts
+            pattern = _name_pattern(name)
+            insts = [i for i in insts if pattern.search(i.name)]
+        status = req.arg("status")
+        if status:
+            insts = [i for i in insts if views.server_status(i) == status.upper()]
+        for arg, attr in (("image", "image_id"), ("flavor", "flavor_id")):
+            wanted = req.arg(arg)
+            if wanted:
+                insts = [i for i in insts if getattr(i, attr) == wanted]
+        return _page(insts, req, lambda i: i.id)
 
     def list_servers(self, req: Request) -> Response:
-        return Response(200, {"servers": [views.server_brief(i) for i in self._servers(req)]})
+        base = req.base_url
+        return Response(200, {"servers": [views.server_brief(i, base)
+                                          for i in self._servers(req)]})
 
     def list_servers_detail(self, req: Request) -> Response:
-        return Response(200, {"servers": [views.server(i) for i in self._servers(req)]})
+        base = req.base_url
+        return Response(200, {"servers": [views.server(i, base) for i in self._servers(req)]})
 
     def create_server(self, req: Request) -> Response:
-        inst = self.compute.create(spawn_request(req.json()))
-        return Response(202, {"server": {**views.server_brief(inst), "OS-DCF:diskConfig":
-                                         "MANUAL", "security_groups": []}})
+        spawn = parse.spawn_request(req.json())
+        if spawn.key_name is not None:
+            try:
+                self.store.keypair(spawn.key_name)
+            except KeypairNotFound:
+                raise Invalid(reason=f"invalid key_name {spawn.key_name!r}: no such keypair "
+                              "(add it with POST /os-keypairs)") from None
+        with self.metrics.operation("spawn"):
+            try:
+                inst = self.compute.create(spawn)
+            except (ImageNotFound, FlavorNotFound) as exc:
+                raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad ref
+        created = views.server_created(inst, req.base_url)
+        return Response(202, {"server": created},
+                        headers={"Location": created["links"][0]["href"]})
 
     def show_server(self, req: Request) -> Response:
         inst = self.compute.instance(req.params["id"])
-        return Response(200, {"server": views.server(inst, self.compute.live_info(inst))})
+        live = self.compute.live_info(inst)
+        return Response(200, {"server": views.server(inst, req.base_url, live)})
 
     def delete_server(self, req: Request) -> Response:
         inst = self.compute.instance(req.params["id"])
-        self.compute.destroy(inst.id)
+        with self.metrics.operation("destroy"):
+            self.compute.destroy(inst.id)
         return Response(204)
 
     def server_action(self, req: Request) -> Response:
-        body = req.json()
-        if not isinstance(body, dict) or len(body) != 1:
-            raise Invalid(reason="an action body is a JSON object with exactly one action")
-        (action, arg), = body.items()
-        ref = req.params["id"]
+        action, arg = parse.one_action(req.json())
+        inst = self.compute.instance(req.params["id"])
         if action == "os-getConsoleOutput":
-            return self._console_output(ref, arg)
+            data = self.compute.console_log(inst.id, tail_lines=parse.console_length(arg))
+            return Response(200, {"output": data.decode("utf-8", errors="replace")})
         handler = self._actions().get(action)
         if handler is None:
             raise Invalid(reason=f"unknown action {action!r}; known: "
                           f"{', '.join(sorted(self._actions()))}, os-getConsoleOutput")
-        handler(ref, arg if arg is not None else {})
+        verb, run = handler
+        with self.metrics.operation(verb):
+            run(inst.id, arg)
         return Response(202)
 
-    def _actions(self) -> dict[str, Callable[[str, Any], Any]]:
+    def _actions(self) -> dict[str, tuple[str, Callable[[str, Any], Any]]]:
         c = self.compute
+
+        def simple(action: str, verb: Callable[[str], Any]) -> Callable[[str, Any], Any]:
+            def run(ref: str, arg: Any) -> Any:
+                parse.no_argument(action, arg)
+                return verb(ref)
+            return run
+
         return {
-            "pause": lambda ref, _: c.pause(ref),
-            "unpause": lambda ref, _: c.unpause(ref),
-            "suspend": lambda ref, _: c.suspend(ref),
-            "resume": lambda ref, _: c.resume(ref),
-            "os-start": lambda ref, _: c.start(ref),
-            "os-stop": self._stop,
-            "reboot": self._reboot,
+            "pause": ("pause", simple("pause", c.pause)),
+            "unpause": ("unpause", simple("unpause", c.unpause)),
+            "suspend": ("suspend", simple("suspend", c.suspend)),
+            "resume": ("resume", simple("resume", c.resume)),
+            "os-start": ("start", simple("os-start", c.start)),
+            "os-stop": ("stop", self._stop),
+            "reboot": ("reboot", self._reboot),
         }
 
     def _stop(self, ref: str, arg: Any) -> None:
-        if not isinstance(arg, dict):
-            raise Invalid(reason="os-stop takes null or an object")
-        _no_unknown(arg, {"vmops:timeout", "vmops:hard"}, "os-stop")
-        timeout = _field(arg, "vmops:timeout", (int, float))
-        if timeout is not None and not 0 <= timeout <= 3600:
-            raise Invalid(reason="vmops:timeout must be from 0 to 3600 seconds")
-        self.compute.stop(ref, timeout=timeout, hard=_field(arg, "vmops:hard", bool,
-                                                            default=False))
+        timeout, hard = parse.stop_options(arg)
+        self.compute.stop(ref, timeout=timeout, hard=hard)
 
     def _reboot(self, ref: str, arg: Any) -> None:
-        if not isinstance(arg, dict):
-            raise Invalid(reason="reboot takes an object: {\"type\": \"SOFT\" or \"HARD\"}")
-        kind = _field(arg, "type", str, required=True).upper()
-        if kind not in ("SOFT", "HARD"):
-            raise Invalid(reason=f"reboot type must be SOFT or HARD, not {kind!r}")
-        self.compute.reboot(ref, hard=kind == "HARD")
-
-    def _console_output(self, ref: str, arg: Any) -> Response:
-        length = arg.get("length") if isinstance(arg, dict) else None
-        if length is not None and (not isinstance(length, int) or isinstance(length, bool)
-                                   or length < 0):
-            raise Invalid(reason="length must be a non-negative integer")
-        data = self.compute.console_log(ref, tail_lines=length)
-        return Response(200, {"output": data.decode("utf-8", errors="replace")})
+        self.compute.reboot(ref, hard=parse.reboot_hard(arg))
 
     def console_log(self, req: Request) -> Response:
         """vmops' own: the raw bytes, optionally the last N lines, optionally followed."""
@@ -238,53 +192,82 @@ class Routes:
 
     # -- flavors -------------------------------------------------------------
     def list_flavors(self, req: Request) -> Response:
-        return Response(200, {"flavors": [views.flavor(f) for f in self.store.flavors()]})
+        flavors = _page(self.store.flavors(), req, lambda f: f.id)
+        return Response(200, {"flavors": [views.flavor_brief(f, req.base_url)
+                                          for f in flavors]})
+
+    def list_flavors_detail(self, req: Request) -> Response:
+        flavors = _page(self.store.flavors(), req, lambda f: f.id)
+        return Response(200, {"flavors": [views.flavor(f, req.base_url) for f in flavors]})
 
     def show_flavor(self, req: Request) -> Response:
-        return Response(200, {"flavor": views.flavor(self.store.flavor(req.params["id"]))})
+        flavor = self.store.flavor(req.params["id"])
+        return Response(200, {"flavor": views.flavor(flavor, req.base_url)})
+
+    def flavor_extra_specs(self, req: Request) -> Response:
+        """vmops flavors have no extra specs; clients ask when showing one."""
+        self.store.flavor(req.params["id"])
+        return Response(200, {"extra_specs": {}})
 
     def create_flavor(self, req: Request) -> Response:
-        f = _require(req.json(), "flavor")
-        _no_unknown(f, {"name", "ram", "vcpus", "disk", "OS-FLV-EXT-DATA:ephemeral", "id",
-                        "swap", "rxtx_factor", "os-flavor-access:is_public", "description"},
-                    "flavor")
+        f = parse.section(req.json(), "flavor")
+        parse.no_unknown(f, {"name", "ram", "vcpus", "disk", "OS-FLV-EXT-DATA:ephemeral",
+                             "id", "swap", "rxtx_factor", "os-flavor-access:is_public"},
+                         "flavor")
+        _refuse_unsupported(f, {"swap": (0, ""), "rxtx_factor": (1, 1.0),
+                                "os-flavor-access:is_public": (True,)})
         flavor = self.catalog.create_flavor(
-            _field(f, "name", str, required=True), _field(f, "ram", int, required=True),
-            _field(f, "vcpus", int, required=True), _field(f, "disk", int, required=True),
-            _field(f, "OS-FLV-EXT-DATA:ephemeral", int, default=0), _field(f, "id", str))
-        return Response(200, {"flavor": views.flavor(flavor)})
+            parse.field(f, "name", str, required=True),
+            parse.field(f, "ram", int, required=True),
+            parse.field(f, "vcpus", int, required=True),
+            parse.field(f, "disk", int, required=True),
+            parse.field(f, "OS-FLV-EXT-DATA:ephemeral", int, default=0),
+            parse.field(f, "id", str))
+        return Response(200, {"flavor": views.flavor(flavor, req.base_url)})
 
     def delete_flavor(self, req: Request) -> Response:
         self.catalog.delete_flavor(req.params["id"])
         return Response(202)
 
-    # -- images --------------------------------------------------------------
-    def _image_view(self, image: Any) -> dict[str, Any]:
-        return views.image(image, self.store.instances_using("image_id", image.id))
+    # -- images (Nova's image proxy shapes, and vmops' import) ---------------
+    def _image_view(self, image: Any, base: str) -> dict[str, Any]:
+        return views.image(image, self.store.instances_using("image_id", image.id), base)
 
     def list_images(self, req: Request) -> Response:
-        return Response(200, {"images": [self._image_view(i) for i in self.store.images()]})
+        images = _page(self.store.images(), req, lambda i: i.id)
+        return Response(200, {"images": [
+            {"id": i.id, "name": i.name, "links": views.link(req.base_url, "images", i.id)}
+            for i in images]})
+
+    def list_images_detail(self, req: Request) -> Response:
+        images = _page(self.store.images(), req, lambda i: i.id)
+        return Response(200, {"images": [self._image_view(i, req.base_url) for i in images]})
 
     def show_image(self, req: Request) -> Response:
-        return Response(200, {"image": self._image_view(self.store.image(req.params["id"]))})
+        image = self.store.image(req.params["id"])
+        return Response(200, {"image": self._image_view(image, req.base_url)})
 
     def import_image(self, req: Request) -> Response:
         """vmops' own: {"image": {"name", "source", "checksum"?, "disk_format"?}}."""
-        i = _require(req.json(), "image")
-        _no_unknown(i, {"name", "source", "checksum", "disk_format"}, "image")
+        i = parse.section(req.json(), "image")
+        parse.no_unknown(i, {"name", "source", "checksum", "disk_format"}, "image")
         image = self.catalog.import_image(
-            _field(i, "name", str, required=True), _field(i, "source", str, required=True),
-            _field(i, "checksum", str), _field(i, "disk_format", str))
-        return Response(202, {"image": self._image_view(image)})
+            parse.field(i, "name", str, required=True),
+            parse.field(i, "source", str, required=True),
+            parse.field(i, "checksum", str), parse.field(i, "disk_format", str))
+        return Response(202, {"image": self._image_view(image, req.base_url)})
 
     def delete_image(self, req: Request) -> Response:
         self.catalog.delete_image(req.params["id"])
         return Response(204)
 
     def prune_images(self, req: Request) -> Response:
-        body = req.json() or {}
-        age = body.get("older_than", self.compute.settings.image_cache_max_age) \
-            if isinstance(body, dict) else None
+        body = req.json()
+        body = {} if body is None else body
+        if not isinstance(body, dict):
+            raise Invalid(reason="the request body must be a JSON object")
+        parse.no_unknown(body, {"older_than"}, "the request body")
+        age = body.get("older_than", self.compute.settings.image_cache_max_age)
         if not isinstance(age, int | float) or isinstance(age, bool) or age < 0:
             raise Invalid(reason="older_than must be a non-negative number of seconds")
         return Response(200, {"removed": self.catalog.prune_images(float(age))})
@@ -295,15 +278,19 @@ class Routes:
                                            for k in self.store.keypairs()]})
 
     def show_keypair(self, req: Request) -> Response:
-        return Response(200, {"keypair": views.keypair(self.store.keypair(req.params["id"]))})
+        keypair = self.store.keypair(req.params["id"])
+        return Response(200, {"keypair": views.keypair_detail(keypair)})
 
     def add_keypair(self, req: Request) -> Response:
-        k = _require(req.json(), "keypair")
-        _no_unknown(k, {"name", "public_key", "type"}, "keypair")
-        public_key = _field(k, "public_key", str)
+        k = parse.section(req.json(), "keypair")
+        parse.no_unknown(k, {"name", "public_key", "type"}, "keypair")
+        if parse.field(k, "type", str, default="ssh") != "ssh":
+            raise Invalid(reason="vmops keeps SSH keys only: type must be 'ssh'")
+        public_key = parse.field(k, "public_key", str)
         if public_key is None:
             raise Invalid(reason="vmops only imports keys: give 'public_key'")
-        keypair = self.catalog.add_keypair(_field(k, "name", str, required=True), public_key)
+        keypair = self.catalog.add_keypair(parse.field(k, "name", str, required=True),
+                                           public_key)
         return Response(200, {"keypair": views.keypair(keypair)})
 
     def delete_keypair(self, req: Request) -> Response:
@@ -314,3 +301,35 @@ class Routes:
     def host_checks(self, req: Request) -> Response:
         return Response(200, {"checks": self.doctor()})
 
+
+def _name_pattern(text: str) -> re.Pattern[str]:
+    if len(text) > MAX_NAME_FILTER_CHARS:
+        raise Invalid(reason=f"the name filter is over {MAX_NAME_FILTER_CHARS} characters")
+    try:
+        return re.compile(text)
+    except re.error as exc:
+        raise Invalid(reason=f"the name filter is not a valid regular expression: "
+                      f"{exc}") from None
+
+
+def _page(items: list[Any], req: Request, key: Callable[[Any], str]) -> list[Any]:
+    """Nova's marker/limit paging: the items after ``marker``, at most ``limit``."""
+    marker = req.arg("marker")
+    if marker:
+        ids = [key(i) for i in items]
+        if marker not in ids:
+            raise Invalid(reason=f"marker {marker!r} not found")
+        items = items[ids.index(marker) + 1:]
+    limit = req.arg("limit")
+    if limit is not None:
+        if not limit.isdigit():
+            raise Invalid(reason="limit must be a non-negative integer")
+        items = items[:int(limit)]
+    return items
+
+
+def _refuse_unsupported(obj: dict[str, Any], only: dict[str, tuple[Any, ...]]) -> None:
+    for name, allowed in only.items():
+        if name in obj and obj[name] is not None and obj[name] not in allowed:
+            raise Invalid(reason=f"vmops does not support {name}={obj[name]!r}; "
+                          f"allowed: {', '.join(map(repr, allowed))}")

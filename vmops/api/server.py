@@ -15,20 +15,22 @@ import re
 import socket
 import socketserver
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
-from vmops.errors import Invalid, NotFound, VmopsError
+from vmops.errors import ConfigError, Invalid, NotFound, VmopsError
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
-MICROVERSION = "2.1"
+MICROVERSION = "2.1"  # the only compute microversion served: min and max
+VERSION_HEADERS = ("openstack-api-version", "x-openstack-nova-api-version")
 
 
 @dataclass
@@ -51,6 +53,17 @@ class Request:
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else None
+
+    @property
+    def base_url(self) -> str:
+        """Where the client reached us, for the links in answers."""
+        host = self.headers.get("host") or "localhost"
+        if not _HOST.match(host):
+            host = "localhost"
+        return f"http://{host}"
+
+
+_HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
 @dataclass
@@ -81,7 +94,7 @@ class Router:
             if method != req.method:
                 allowed.append(method)
                 continue
-            req.params = match.groupdict()
+            req.params = {k: unquote(v) for k, v in match.groupdict().items()}
             return handler(req)
         if allowed:
             return fault(405, "badMethod", f"{req.method} is not allowed on {req.path}; "
@@ -93,12 +106,45 @@ def fault(status: int, name: str, message: str) -> Response:
     return Response(status, {name: {"code": status, "message": message}})
 
 
+def requested_microversion(headers: dict[str, str]) -> str | None:
+    """The compute microversion a client asked for, or None.
+
+    Raises Invalid for a malformed header; the caller answers 406 for a
+    well-formed version vmops does not serve, as Nova does.
+    """
+    value = headers.get(VERSION_HEADERS[0])
+    if value is not None:
+        for part in value.split(","):
+            service, _, version = part.strip().partition(" ")
+            if service.lower() == "compute":
+                value = version.strip()
+                break
+        else:
+            return None  # a version for another service only
+    else:
+        value = headers.get(VERSION_HEADERS[1])
+    if value is None:
+        return None
+    if value.lower() == "latest":
+        return MICROVERSION
+    if not re.fullmatch(r"[1-9]\d*\.(0|[1-9]\d*)", value):
+        raise Invalid(reason=f"invalid microversion {value!r}: use MAJOR.MINOR, e.g. 2.1")
+    return value
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s " + format, self.client_address, *args)
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """Malformed requests (bad request line, huge headers) get a JSON fault too."""
+        self.close_connection = True
+        name = "badRequest" if code < 500 else "computeFault"
+        self._send(fault(code, name, message or HTTPStatus(code).phrase))
 
     def _serve(self) -> None:
         try:
@@ -112,27 +158,58 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _respond(self) -> Response:
         if self.server.token and not self._token_ok():
+            self.close_connection = True  # the body, if any, is left unread
             return fault(401, "unauthorized", "authentication required")
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self.close_connection = True
-            return fault(413, "overLimit", f"request body over {MAX_BODY_BYTES} bytes")
-        body = self.rfile.read(length) if length else b""
+        body = self._read_body()
+        if isinstance(body, Response):
+            return body
         url = urlsplit(self.path)
         req = Request(self.command, url.path, parse_qs(url.query),
                       {k.lower(): v for k, v in self.headers.items()}, body)
         try:
+            version = requested_microversion(req.headers)
+            if version is not None and version != MICROVERSION:
+                return fault(406, "computeFault", f"Version {version} is not supported by "
+                             f"the API. Minimum is {MICROVERSION} and maximum is "
+                             f"{MICROVERSION}.")
             return self.server.router.dispatch(req)
         except VmopsError as exc:
             return fault(exc.http_status, exc.fault_name, exc.message)
+
+    def _read_body(self) -> bytes | Response:
+        """The request body, or the fault answering a body we will not read."""
+        if self.headers.get("Transfer-Encoding"):
+            self.close_connection = True
+            return fault(411, "badRequest", "send the body with a Content-Length, not chunked")
+        raw = self.headers.get("Content-Length") or "0"
+        if not raw.isdigit():
+            self.close_connection = True
+            return fault(400, "badRequest", f"invalid Content-Length {raw[:40]!r}")
+        length = int(raw)
+        if length > MAX_BODY_BYTES:
+            self.close_connection = True
+            return fault(413, "overLimit", f"request body of {length} bytes is over the "
+                         f"limit of {MAX_BODY_BYTES} bytes")
+        body = self.rfile.read(length) if length else b""
+        kind = (self.headers.get("Content-Type") or "application/json").split(";")[0]
+        if body and kind.strip().lower() not in ("application/json", ""):
+            return fault(415, "badMediaType", f"unsupported Content-Type {kind[:80]!r}: "
+                         "send application/json")
+        return body
 
     def _token_ok(self) -> bool:
         sent = self.headers.get("X-Auth-Token", "")
         return hmac.compare_digest(sent.encode(), self.server.token.encode())
 
     def _send(self, resp: Response) -> None:
+        request_id = f"req-{uuid.uuid4()}"
         headers = {"OpenStack-API-Version": f"compute {MICROVERSION}",
-                   "X-OpenStack-Nova-API-Version": MICROVERSION, **resp.headers}
+                   "X-OpenStack-Nova-API-Version": MICROVERSION,
+                   "Vary": "OpenStack-API-Version, X-OpenStack-Nova-API-Version",
+                   "X-OpenStack-Request-Id": request_id, "X-Compute-Request-Id": request_id,
+                   **resp.headers}
+        if self.close_connection:
+            headers["Connection"] = "close"
         if resp.stream is not None:
             self._send_stream(resp, headers)
             return
@@ -187,20 +264,33 @@ class _UnixServer(_Server):
         return conn, ("unix", 0)
 
 
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (127.0.0.1)."""
+    host, _, port = listen.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(option="listen", value=listen, allowed="HOST:PORT, e.g. 127.0.0.1:8774")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 def serve(router: Router, socket_path: Path, listen: str = "",
           token: str = "") -> list[_Server]:
     """Start the servers in daemon threads; the caller keeps them to shut down."""
     socket_path.unlink(missing_ok=True)
     old_umask = os.umask(0o077)  # the socket's permissions are the access control
     try:
-        unix = _UnixServer(str(socket_path), _Handler)
+        address: Any = str(socket_path)  # typeshed knows only (host, port) addresses
+        unix = _UnixServer(address, _Handler)
     finally:
         os.umask(old_umask)
     unix.router, unix.token = router, ""
     servers: list[_Server] = [unix]
     if listen:
-        host, _, port = listen.rpartition(":")
-        tcp = _Server((host.strip("[]") or "127.0.0.1", int(port)), _Handler)
+        host, port = _host_port(listen)
+        tcp = (_Server6 if ":" in host else _Server)((host, port), _Handler)
         tcp.router, tcp.token = router, token
         servers.append(tcp)
     for srv in servers:

@@ -14,6 +14,8 @@ from vmops.hypervisor.base import PowerState
 from vmops.store import Flavor, Image, Instance, Keypair
 
 API_PREFIX = "/v2.1"
+TENANT = "vmops"  # one host, one owner: project and user ids are fixed
+AVAILABILITY_ZONE = "nova"
 
 
 def iso_time(ts: float | None) -> str | None:
@@ -22,50 +24,74 @@ def iso_time(ts: float | None) -> str | None:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
-def link(kind: str, ident: str) -> list[dict[str, str]]:
-    return [{"rel": "self", "href": f"{API_PREFIX}/{kind}/{ident}"},
-            {"rel": "bookmark", "href": f"/{kind}/{ident}"}]
+def link(base: str, kind: str, ident: str) -> list[dict[str, str]]:
+    """Nova's self and bookmark links; ``base`` is the URL the client used
+    (``http://host:port``), so the links work from where the client stands."""
+    return [{"rel": "self", "href": f"{base}{API_PREFIX}/{kind}/{ident}"},
+            {"rel": "bookmark", "href": f"{base}/{kind}/{ident}"}]
 
 
-def server_brief(inst: Instance) -> dict[str, Any]:
-    return {"id": inst.id, "name": inst.name, "links": link("servers", inst.id)}
+def server_brief(inst: Instance, base: str) -> dict[str, Any]:
+    return {"id": inst.id, "name": inst.name, "links": link(base, "servers", inst.id)}
 
 
-def server(inst: Instance, live: dict[str, Any] | None = None) -> dict[str, Any]:
+def server_created(inst: Instance, base: str) -> dict[str, Any]:
+    return {**server_brief(inst, base), "OS-DCF:diskConfig": "MANUAL",
+            "security_groups": [{"name": "default"}]}
+
+
+# Nova reports progress only in these states.
+_PROGRESS_STATUSES = {"BUILD", "ACTIVE"}
+
+
+STATUSES = ("ACTIVE", "BUILD", "SHUTOFF", "PAUSED", "SUSPENDED", "REBOOT", "HARD_REBOOT",
+            "ERROR", "DELETED")
+
+
+def server_status(inst: Instance) -> str:
+    return states.server_status(inst.vm_state, inst.task_state)
+
+
+def server(inst: Instance, base: str, live: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A server at microversion 2.1, plus vmops' own ``vmops:`` keys."""
     power = PowerState(inst.power_state)
-    flavor = inst.flavor
+    status = server_status(inst)
     body: dict[str, Any] = {
-        **server_brief(inst),
-        "status": states.server_status(inst.vm_state, inst.task_state),
+        **server_brief(inst, base),
+        "status": status,
         "OS-EXT-STS:vm_state": inst.vm_state,
         "OS-EXT-STS:task_state": inst.task_state,
         "OS-EXT-STS:power_state": states.NOVA_POWER_STATE[power],
         "OS-SRV-USG:launched_at": iso_time(inst.launched_at),
+        "OS-SRV-USG:terminated_at": None,
         "created": iso_time(inst.created_at),
         "updated": iso_time(inst.updated_at),
-        "flavor": {"id": flavor.get("id"), "original_name": flavor.get("name"),
-                   "ram": flavor.get("ram_mib"), "vcpus": flavor.get("vcpus"),
-                   "disk": flavor.get("root_gb"), "ephemeral": flavor.get("ephemeral_gb")},
-        "image": {"id": inst.image_id, "links": link("images", inst.image_id)},
-        "addresses": {"user": [{"OS-EXT-IPS-MAC:mac_addr": mac, "version": 4,
-                                "addr": None, "OS-EXT-IPS:type": "fixed"}
-                               for mac in inst.macs]},
+        "flavor": {"id": inst.flavor_id, "links": link(base, "flavors", inst.flavor_id)[1:]},
+        "image": {"id": inst.image_id, "links": link(base, "images", inst.image_id)[1:]},
+        # User-mode networking: the guest has no address the host can reach.
+        "addresses": {},
         "metadata": dict(inst.properties),
         "key_name": inst.key_name,
         "config_drive": "True" if inst.config_drive else "",
         "hostId": "",
-        "tenant_id": "vmops",
-        "user_id": "vmops",
+        "tenant_id": TENANT,
+        "user_id": TENANT,
         "accessIPv4": "",
         "accessIPv6": "",
+        "OS-DCF:diskConfig": "MANUAL",
+        "OS-EXT-AZ:availability_zone": AVAILABILITY_ZONE,
         "OS-EXT-SRV-ATTR:instance_name": "vmops-" + inst.name,
         "os-extended-volumes:volumes_attached": [],
+        "security_groups": [{"name": "default"}],
+        "vmops:flavor": _flavor_snapshot(inst.flavor),
         "vmops:power_state": power.value,
         "vmops:image_name": inst.image_name,
         "vmops:disks": [{"role": d.role, "path": d.path, "format": d.format,
                          "target": d.target, "device": d.device} for d in inst.disks],
         "vmops:macs": list(inst.macs),
     }
+    if status in _PROGRESS_STATUSES:
+        body["progress"] = 0
     if inst.fault:
         body["fault"] = {"code": 500, "message": inst.fault, "created": iso_time(inst.updated_at)}
     if live:
@@ -73,21 +99,32 @@ def server(inst: Instance, live: dict[str, Any] | None = None) -> dict[str, Any]
     return body
 
 
-def flavor(f: Flavor) -> dict[str, Any]:
+def _flavor_snapshot(flavor: dict[str, Any]) -> dict[str, Any]:
+    """The flavor as it was at spawn (Nova embeds it from microversion 2.47 on)."""
+    return {"id": flavor.get("id"), "name": flavor.get("name"), "ram": flavor.get("ram_mib"),
+            "vcpus": flavor.get("vcpus"), "disk": flavor.get("root_gb"),
+            "ephemeral": flavor.get("ephemeral_gb")}
+
+
+def flavor_brief(f: Flavor, base: str) -> dict[str, Any]:
+    return {"id": f.id, "name": f.name, "links": link(base, "flavors", f.id)}
+
+
+def flavor(f: Flavor, base: str) -> dict[str, Any]:
     return {"id": f.id, "name": f.name, "ram": f.ram_mib, "vcpus": f.vcpus, "disk": f.root_gb,
             "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gb, "swap": "",
             "rxtx_factor": 1.0, "os-flavor-access:is_public": True,
             "OS-FLV-DISABLED:disabled": False, "description": None,
-            "vmops:builtin": f.builtin, "links": link("flavors", f.id)}
+            "vmops:builtin": f.builtin, "links": link(base, "flavors", f.id)}
 
 
-def image(img: Image, users: list[str]) -> dict[str, Any]:
+def image(img: Image, users: list[str], base: str) -> dict[str, Any]:
     status = {"queued": "SAVING", "saving": "SAVING", "active": "ACTIVE",
               "error": "ERROR"}[img.status]
     return {"id": img.id, "name": img.name, "status": status, "minDisk": 0, "minRam": 0,
             "progress": _progress(img), "created": iso_time(img.created_at),
             "updated": iso_time(img.updated_at), "OS-EXT-IMG-SIZE:size": img.file_size,
-            "metadata": {}, "links": link("images", img.id),
+            "metadata": {}, "links": link(base, "images", img.id),
             "vmops:format": img.format, "vmops:virtual_size": img.virtual_size,
             "vmops:checksum": img.checksum, "vmops:source": img.source,
             "vmops:bytes_done": img.bytes_done, "vmops:bytes_total": img.bytes_total,
@@ -105,3 +142,9 @@ def _progress(img: Image) -> int:
 def keypair(k: Keypair) -> dict[str, Any]:
     return {"name": k.name, "public_key": k.public_key, "fingerprint": k.fingerprint,
             "type": k.type, "created_at": iso_time(k.created_at)}
+
+
+def keypair_detail(k: Keypair) -> dict[str, Any]:
+    """GET /os-keypairs/{name}: Nova adds the bookkeeping fields."""
+    return {**keypair(k), "user_id": TENANT, "id": 0, "deleted": False,
+            "updated_at": None, "deleted_at": None}

@@ -105,7 +105,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print_json(servers)
         return 0
     rows = [[s["name"], s["id"], s["status"].lower(), s["vmops:power_state"],
-             s["flavor"]["original_name"], s["vmops:image_name"], s["created"]]
+             s["vmops:flavor"]["name"], s["vmops:image_name"], s["created"]]
             for s in servers]
     print_table(["NAME", "UUID", "STATUS", "POWER", "FLAVOR", "IMAGE", "CREATED"], rows)
     return 0
@@ -117,11 +117,11 @@ def _show_server(client: Client, ref: str, as_json: bool) -> int:
         print_json(s)
         return 0
     live = s.get("vmops:live", {})
-    flavor = s["flavor"]
+    flavor = s["vmops:flavor"]
     items = [
         ("name", s["name"]), ("uuid", s["id"]), ("status", s["status"].lower()),
         ("power state", s["vmops:power_state"]), ("task", s["OS-EXT-STS:task_state"] or "-"),
-        ("flavor", f"{flavor['original_name']} ({flavor['ram']} MiB, {flavor['vcpus']} vCPU, "
+        ("flavor", f"{flavor['name']} ({flavor['ram']} MiB, {flavor['vcpus']} vCPU, "
                    f"{flavor['disk']} GiB)"),
         ("image", s["vmops:image_name"]),
         ("max memory", human_bytes(live["max_memory_kib"] * 1024) if live else "-"),

@@ -1,0 +1,346 @@
+"""The OpenAPI 3.1 document for everything vmops serves.
+
+Built here, served at ``/openapi.json`` and kept as ``docs/openapi.json``
+(``python -m vmops.api.openapi > docs/openapi.json``; a unit test checks the
+file is current). The unit tests validate every answer they get against it,
+and a fuzz test (schemathesis) sends it generated requests.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from vmops.api import discovery
+from vmops.api.server import MAX_BODY_BYTES, Request, Response
+
+P = discovery.COMPUTE_PREFIX
+IMG = discovery.IMAGE_PREFIX
+
+
+def ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: dict[str, Any], optional: dict[str, Any] | None = None,
+        extra: bool = True) -> dict[str, Any]:
+    """An object schema: ``required`` and ``optional`` properties."""
+    schema: dict[str, Any] = {"type": "object", "properties": {**required, **(optional or {})},
+                              "required": sorted(required)}
+    if not extra:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def array(items: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "array", "items": items}
+
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+NUM = {"type": "number"}
+BOOL = {"type": "boolean"}
+ANY_OBJ = {"type": "object"}
+NULL_STR = {"type": ["string", "null"]}
+NULL_INT = {"type": ["integer", "null"]}
+TIME = {"type": ["string", "null"], "format": "date-time"}
+LINKS = array(obj({"rel": STR, "href": STR}))
+STR_MAP = {"type": "object", "additionalProperties": STR}
+
+
+def _schemas() -> dict[str, Any]:
+    return {
+        "Fault": {"type": "object", "minProperties": 1, "maxProperties": 1,
+                  "additionalProperties": obj({"code": INT, "message": STR})},
+        "ComputeVersion": obj({"id": STR, "status": STR, "version": STR, "min_version": STR,
+                               "updated": STR, "links": LINKS}),
+        "ServerBrief": obj({"id": STR, "name": STR, "links": LINKS}),
+        "ServerCreated": obj({"id": STR, "links": LINKS, "OS-DCF:diskConfig": STR,
+                              "security_groups": array(obj({"name": STR}))}),
+        "Server": _server_schema(),
+        "ServerCreate": _server_create_schema(),
+        "FlavorBrief": obj({"id": STR, "name": STR, "links": LINKS}),
+        "Flavor": obj({"id": STR, "name": STR, "ram": INT, "vcpus": INT, "disk": INT,
+                       "OS-FLV-EXT-DATA:ephemeral": INT, "swap": {"type": ["string", "integer"]},
+                       "rxtx_factor": NUM, "os-flavor-access:is_public": BOOL,
+                       "OS-FLV-DISABLED:disabled": BOOL, "links": LINKS,
+                       "vmops:builtin": BOOL}),
+        "ImageBrief": obj({"id": STR, "name": STR, "links": LINKS}),
+        "Image": obj({"id": STR, "name": STR, "status": {"enum": ["SAVING", "ACTIVE", "ERROR"]},
+                      "progress": INT, "minDisk": INT, "minRam": INT, "created": TIME,
+                      "updated": TIME, "metadata": ANY_OBJ, "links": LINKS,
+                      "OS-EXT-IMG-SIZE:size": INT, "vmops:format": STR,
+                      "vmops:virtual_size": INT, "vmops:checksum": STR, "vmops:source": STR,
+                      "vmops:bytes_done": INT, "vmops:bytes_total": NULL_INT,
+                      "vmops:fault": STR, "vmops:used_by": array(STR)}),
+        "GlanceImage": obj({
+            "id": STR, "name": STR, "status": {"enum": ["queued", "saving", "active", "killed"]},
+            "visibility": STR, "protected": BOOL, "checksum": NULL_STR, "os_hash_algo": NULL_STR,
+            "os_hash_value": NULL_STR, "size": NULL_INT, "virtual_size": NULL_INT,
+            "disk_format": NULL_STR, "container_format": NULL_STR, "min_ram": INT,
+            "min_disk": INT, "tags": array(STR), "created_at": TIME, "updated_at": TIME,
+            "owner": STR, "self": STR, "file": STR, "schema": STR}),
+        "Keypair": obj({"name": STR, "public_key": STR, "fingerprint": STR},
+                       {"type": STR, "created_at": TIME, "user_id": STR, "id": INT,
+                        "deleted": BOOL, "updated_at": TIME, "deleted_at": TIME}),
+        "Check": obj({"name": STR, "ok": BOOL, "required": BOOL, "detail": STR,
+                      "advice": STR}),
+    }
+
+
+def _server_schema() -> dict[str, Any]:
+    status = {"enum": ["ACTIVE", "BUILD", "SHUTOFF", "PAUSED", "SUSPENDED", "REBOOT",
+                       "HARD_REBOOT", "ERROR", "DELETED", "UNKNOWN"]}
+    return obj({
+        "id": STR, "name": STR, "links": LINKS, "status": status,
+        "OS-EXT-STS:vm_state": STR, "OS-EXT-STS:task_state": NULL_STR,
+        "OS-EXT-STS:power_state": INT, "OS-SRV-USG:launched_at": TIME,
+        "OS-SRV-USG:terminated_at": TIME, "created": TIME, "updated": TIME,
+        "flavor": obj({"id": STR, "links": LINKS}), "image": obj({"id": STR, "links": LINKS}),
+        "addresses": ANY_OBJ, "metadata": STR_MAP, "key_name": NULL_STR, "config_drive": STR,
+        "hostId": STR, "tenant_id": STR, "user_id": STR, "accessIPv4": STR, "accessIPv6": STR,
+        "OS-DCF:diskConfig": STR, "OS-EXT-AZ:availability_zone": STR,
+        "OS-EXT-SRV-ATTR:instance_name": STR,
+        "os-extended-volumes:volumes_attached": array(ANY_OBJ),
+        "security_groups": array(obj({"name": STR})),
+        "vmops:flavor": obj({"id": NULL_STR, "name": NULL_STR, "ram": NULL_INT,
+                             "vcpus": NULL_INT, "disk": NULL_INT, "ephemeral": NULL_INT}),
+        "vmops:power_state": STR, "vmops:image_name": STR,
+        "vmops:disks": array(obj({"role": STR, "path": STR, "format": STR, "target": STR,
+                                  "device": STR})),
+        "vmops:macs": array(STR),
+    }, {
+        "progress": INT,
+        "fault": obj({"code": INT, "message": STR, "created": TIME}),
+        "vmops:live": obj({"state": STR, "max_memory_kib": INT, "memory_kib": INT,
+                           "vcpus": INT, "cpu_time_ns": INT}),
+    })
+
+
+def _server_create_schema() -> dict[str, Any]:
+    return obj({"server": obj({"name": STR, "imageRef": STR, "flavorRef": STR}, {
+        "config_drive": BOOL, "user_data": STR, "key_name": STR, "metadata": STR_MAP,
+        "personality": array(obj({"path": STR, "contents": STR}, extra=False)),
+        "adminPass": STR, "min_count": INT, "max_count": INT,
+        "networks": {"enum": ["auto", "none"]}, "availability_zone": STR,
+        "security_groups": array(obj({"name": STR})),
+        "OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]},
+        "block_device_mapping_v2": array(obj({"uuid": STR, "source_type": {"enum": ["image"]},
+                                              "destination_type": {"enum": ["local"]},
+                                              "boot_index": {"enum": [0, "0"]}},
+                                             {"delete_on_termination": BOOL,
+                                              "device_type": {"enum": ["disk"]},
+                                              "disk_bus": STR}, extra=False)),
+        "vmops:mac": STR}, extra=False)})
+
+
+# -- operations ------------------------------------------------------------------
+def json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def ok(schema: dict[str, Any] | None, status: str = "200", text: str = "OK") -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": text}
+    if schema is not None:
+        answer.update(json_body(schema))
+    return {status: answer}
+
+
+def op(summary: str, answers: dict[str, Any], body: dict[str, Any] | None = None,
+       params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One operation; every error answer is a Nova fault body."""
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {**answers, "default": {"description": "a fault: "
+                                              "{name: {code, message}}",
+                                              **json_body(ref("Fault"))}},
+    }
+    if body is not None:
+        operation["requestBody"] = {"required": True, **json_body(body)}
+    if params:
+        operation["parameters"] = params
+    return operation
+
+
+def path_id(what: str) -> dict[str, Any]:
+    return {"name": "id", "in": "path", "required": True, "schema": STR,
+            "description": f"the {what}'s id or name"}
+
+
+def query(name: str, text: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema or STR,
+            "description": text}
+
+
+PAGING = [query("limit", "at most this many", {"type": "integer", "minimum": 0}),
+          query("marker", "the items after this id")]
+SERVER_FILTERS = [query("name", "a regular expression the name must match"),
+                  query("status", "ACTIVE, SHUTOFF, ..."), query("image", "an image id"),
+                  query("flavor", "a flavor id"), *PAGING]
+
+
+def _server_paths() -> dict[str, Any]:
+    servers = obj({"servers": array(ref("ServerBrief"))})
+    action = {"oneOf": [
+        obj({"reboot": obj({"type": {"enum": ["SOFT", "HARD"]}}, extra=False)}, extra=False),
+        *(obj({name: {"type": ["object", "null"], "maxProperties": 0}}, extra=False)
+          for name in ("pause", "unpause", "suspend", "resume", "os-start")),
+        obj({"os-stop": {"type": ["object", "null"], "additionalProperties": False,
+                         "properties": {"vmops:timeout": NUM, "vmops:hard": BOOL}}},
+            extra=False),
+        obj({"os-getConsoleOutput": {"type": ["object", "null"], "additionalProperties": False,
+                                     "properties": {"length": {"type": ["integer", "null"]}}}},
+            extra=False),
+    ]}
+    return {
+        f"{P}/servers": {
+            "get": op("List servers (id, name, links)", ok(servers), params=SERVER_FILTERS),
+            "post": op("Create a server; it builds in the background",
+                       ok(obj({"server": ref("ServerCreated")}), "202", "Accepted"),
+                       body=ref("ServerCreate")),
+        },
+        f"{P}/servers/detail": {
+            "get": op("List servers with details",
+                      ok(obj({"servers": array(ref("Server"))})), params=SERVER_FILTERS)},
+        f"{P}/servers/{{id}}": {
+            "parameters": [path_id("server")],
+            "get": op("Show a server", ok(obj({"server": ref("Server")}))),
+            "delete": op("Destroy a server and everything it has",
+                         ok(None, "204", "Destroyed")),
+        },
+        f"{P}/servers/{{id}}/action": {
+            "parameters": [path_id("server")],
+            "post": op("Run an action: reboot, os-stop, os-start, pause, unpause, suspend, "
+                       "resume (202, continues in the background), os-getConsoleOutput (200)",
+                       {**ok(obj({"output": STR})), **ok(None, "202", "Accepted")},
+                       body=action),
+        },
+        f"{P}/servers/{{id}}/console-log": {
+            "parameters": [path_id("server")],
+            "get": op("vmops: the raw console log", {"200": {
+                "description": "the log's bytes",
+                "content": {"application/octet-stream": {"schema": STR}}}},
+                params=[query("tail", "only the last N lines", {"type": "integer",
+                                                                "minimum": 0}),
+                        query("follow", "1: keep sending new output", {"enum": ["0", "1"]})]),
+        },
+    }
+
+
+def _catalog_paths() -> dict[str, Any]:
+    flavor_create = obj({"flavor": obj(
+        {"name": STR, "ram": INT, "vcpus": INT, "disk": INT},
+        {"OS-FLV-EXT-DATA:ephemeral": INT, "id": STR, "swap": INT, "rxtx_factor": NUM,
+         "os-flavor-access:is_public": BOOL}, extra=False)}, extra=False)
+    image_import = obj({"image": obj({"name": STR, "source": STR},
+                                     {"checksum": STR, "disk_format": STR}, extra=False)},
+                       extra=False)
+    keypair_add = obj({"keypair": obj({"name": STR, "public_key": STR}, {"type": STR},
+                                      extra=False)}, extra=False)
+    return {
+        f"{P}/flavors": {
+            "get": op("List flavors", ok(obj({"flavors": array(ref("FlavorBrief"))})),
+                      params=PAGING),
+            "post": op("Create a flavor", ok(obj({"flavor": ref("Flavor")})),
+                       body=flavor_create)},
+        f"{P}/flavors/detail": {"get": op("List flavors with details", ok(obj(
+            {"flavors": array(ref("Flavor"))})), params=PAGING)},
+        f"{P}/flavors/{{id}}": {
+            "parameters": [path_id("flavor")],
+            "get": op("Show a flavor", ok(obj({"flavor": ref("Flavor")}))),
+            "delete": op("Delete an unused flavor", ok(None, "202", "Deleted"))},
+        f"{P}/flavors/{{id}}/os-extra_specs": {
+            "parameters": [path_id("flavor")],
+            "get": op("A flavor's extra specs (always none)",
+                      ok(obj({"extra_specs": STR_MAP})))},
+        f"{P}/images": {
+            "get": op("List images", ok(obj({"images": array(ref("ImageBrief"))})),
+                      params=PAGING),
+            "post": op("vmops: import an image from a file or URL; it imports in the "
+                       "background", ok(obj({"image": ref("Image")}), "202", "Accepted"),
+                       body=image_import)},
+        f"{P}/images/detail": {"get": op("List images with details", ok(obj(
+            {"images": array(ref("Image"))})), params=PAGING)},
+        f"{P}/images/prune": {"post": op(
+            "vmops: remove images unused for longer than older_than seconds",
+            ok(obj({"removed": array(STR)})),
+            body={"type": ["object", "null"], "additionalProperties": False,
+                  "properties": {"older_than": {"type": "number", "minimum": 0}}})},
+        f"{P}/images/{{id}}": {
+            "parameters": [path_id("image")],
+            "get": op("Show an image", ok(obj({"image": ref("Image")}))),
+            "delete": op("Delete an unused image", ok(None, "204", "Deleted"))},
+        f"{P}/os-keypairs": {
+            "get": op("List keypairs", ok(obj({"keypairs": array(obj(
+                {"keypair": ref("Keypair")}))}))),
+            "post": op("Import a public key", ok(obj({"keypair": ref("Keypair")})),
+                       body=keypair_add)},
+        f"{P}/os-keypairs/{{id}}": {
+            "parameters": [{**path_id("keypair"), "description": "the keypair's name"}],
+            "get": op("Show a keypair", ok(obj({"keypair": ref("Keypair")}))),
+            "delete": op("Delete a keypair", ok(None, "202", "Deleted"))},
+        f"{P}/os-vmops/doctor": {"get": op("vmops: the host checks",
+                                           ok(obj({"checks": array(ref("Check"))})))},
+    }
+
+
+def _other_paths() -> dict[str, Any]:
+    versions = obj({"versions": array(ref("ComputeVersion"))})
+    image_versions = obj({"versions": array(obj({"id": STR, "status": STR, "links": LINKS}))})
+    identity_version = obj({"id": STR, "status": STR, "links": LINKS})
+    glance_list = obj({"images": array(ref("GlanceImage")), "first": STR, "schema": STR},
+                      {"next": STR})
+    glance_filters = [query(n, f"only images whose {n} is this (or in:a,b)")
+                      for n in ("name", "id", "status", "visibility", "disk_format")]
+    return {
+        "/": {"get": op("Compute API versions", ok(versions))},
+        P: {"get": op("The compute API version (min and max microversion)",
+                      ok(obj({"version": ref("ComputeVersion")})))},
+        discovery.IMAGE_ROOT: {"get": op("Image API versions", ok(image_versions))},
+        IMG: {"get": op("Image API versions", ok(image_versions))},
+        f"{IMG}/images": {"get": op("Glance v2: list images", ok(glance_list),
+                                  params=[*glance_filters, *PAGING])},
+        f"{IMG}/images/{{id}}": {"parameters": [path_id("image")],
+                               "get": op("Glance v2: show an image", ok(ref("GlanceImage")))},
+        discovery.IDENTITY_ROOT: {"get": op("Identity version document only", ok(obj(
+            {"versions": obj({"values": array(identity_version)})})))},
+        discovery.IDENTITY_PREFIX: {"get": op("Identity version document only", ok(obj(
+            {"version": identity_version})))},
+        "/metrics": {"get": op("Prometheus metrics", {"200": {
+            "description": "text exposition format 0.0.4",
+            "content": {"text/plain": {"schema": STR}}}})},
+        "/openapi.json": {"get": op("This document", ok(ANY_OBJ))},
+    }
+
+
+def document() -> dict[str, Any]:
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "vmops API", "version": discovery.MAX_MICROVERSION,
+            "description": "The part of the OpenStack Compute API v2.1 one host needs, a "
+            "minimal image service (Glance v2) and identity version document for OpenStack "
+            "clients, vmops' own additions (vmops: keys, image import, console log, host "
+            "checks) and Prometheus metrics. Over TCP every request needs the token in "
+            f"X-Auth-Token (or Authorization: Bearer). Bodies are at most {MAX_BODY_BYTES} "
+            "bytes of JSON.",
+        },
+        "servers": [{"url": "/"}],
+        "components": {
+            "schemas": _schemas(),
+            "securitySchemes": {"token": {"type": "apiKey", "in": "header",
+                                          "name": "X-Auth-Token"}},
+        },
+        "security": [{"token": []}],
+        "paths": {**_other_paths(), **_server_paths(), **_catalog_paths()},
+    }
+
+
+def serve(req: Request) -> Response:
+    return Response(200, document())
+
+
+if __name__ == "__main__":
+    json.dump(document(), sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")

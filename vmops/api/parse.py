@@ -1,0 +1,247 @@
+"""Reading request bodies: every check a body must pass before anything changes.
+
+Each helper raises :class:`~vmops.errors.Invalid` (400, ``badRequest``) with a
+message naming the field and what is allowed, as Nova's schema checks do.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from vmops.compute.manager import SpawnRequest
+from vmops.errors import Invalid
+
+# Nova's limits on server create (Compute API v2.1 schemas).
+MAX_USER_DATA_CHARS = 65535
+MAX_METADATA_ITEMS = 128
+MAX_METADATA_CHARS = 255
+
+
+def section(body: Any, key: str) -> dict[str, Any]:
+    """``body[key]``, which must be a JSON object."""
+    if not isinstance(body, dict) or not isinstance(body.get(key), dict):
+        raise Invalid(reason=f"the request body must be a JSON object with a {key!r} object")
+    value: dict[str, Any] = body[key]
+    return value
+
+
+def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...],
+          required: bool = False, default: Any = None) -> Any:
+    """``obj[name]`` checked against ``kind`` (a bool is never an int here)."""
+    if name not in obj or obj[name] is None:
+        if required:
+            raise Invalid(reason=f"{name!r} is required")
+        return default
+    value = obj[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise Invalid(reason=f"{name!r} must be {' or '.join(_kind_name(k) for k in kinds)}, "
+                      f"got {_kind_name(type(value))}")
+    return value
+
+
+def _kind_name(kind: type) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            dict: "an object", list: "a list", type(None): "null"}.get(kind, kind.__name__)
+
+
+def no_unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise Invalid(reason=f"unknown field(s) in {where}: {', '.join(unknown)}; "
+                      f"allowed: {', '.join(sorted(allowed))}")
+
+
+def base64_bytes(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise Invalid(reason=f"{what} must be base64") from None
+
+
+def reference(srv: dict[str, Any], name: str) -> str:
+    """imageRef/flavorRef: an id, a name, or a link ending in the id."""
+    value = srv.get(name)
+    if not isinstance(value, str | int) or isinstance(value, bool) or value == "":
+        raise Invalid(reason=f"{name!r} is required: a non-empty string (an id or a name)")
+    ref = str(value).rstrip("/").rsplit("/", 1)[-1]
+    if not ref:
+        raise Invalid(reason=f"{name!r} {value!r} names nothing")
+    return ref
+
+
+def non_negative_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise Invalid(reason=f"{what} must be a non-negative integer")
+    return value
+
+
+# -- server create -------------------------------------------------------------
+SERVER_FIELDS = {"name", "imageRef", "flavorRef", "networks", "config_drive", "user_data",
+                 "key_name", "metadata", "personality", "adminPass", "min_count",
+                 "max_count", "return_reservation_id", "vmops:mac", "availability_zone",
+                 "security_groups", "OS-DCF:diskConfig", "block_device_mapping_v2"}
+BDM_FIELDS = {"uuid", "boot_index", "source_type", "destination_type",
+              "delete_on_termination", "device_type", "disk_bus"}
+
+
+def spawn_request(body: Any) -> SpawnRequest:
+    """The body of POST /servers, checked whole before anything is made."""
+    if isinstance(body, dict):
+        no_unknown(body, {"server", "os:scheduler_hints", "OS-SCH-HNT:scheduler_hints"},
+                   "the request body")
+    srv = section(body, "server")
+    no_unknown(srv, SERVER_FIELDS, "server")
+    _check_one_server(srv)
+    _check_placement(srv)
+    user_data = field(srv, "user_data", str)
+    if user_data is not None and len(user_data) > MAX_USER_DATA_CHARS:
+        raise Invalid(reason=f"user_data is {len(user_data)} base64 characters, at most "
+                      f"{MAX_USER_DATA_CHARS} allowed")
+    return SpawnRequest(
+        name=field(srv, "name", str, required=True), image=_image(srv),
+        flavor=reference(srv, "flavorRef"), mac=field(srv, "vmops:mac", str),
+        config_drive=_config_drive(srv),
+        user_data=base64_bytes(user_data, "user_data") if user_data is not None else None,
+        key_name=field(srv, "key_name", str), files=_personality(srv),
+        properties=metadata(field(srv, "metadata", dict, default={})),
+        admin_password=field(srv, "adminPass", str))
+
+
+def _image(srv: dict[str, Any]) -> str:
+    """imageRef, or the one block device mapping that says the same thing
+    (boot from the image onto a local disk), as OpenStackClient sends."""
+    bdms = field(srv, "block_device_mapping_v2", list, default=[])
+    if not bdms:
+        return reference(srv, "imageRef")
+    bdm = bdms[0]
+    if len(bdms) != 1 or not isinstance(bdm, dict) or set(bdm) - BDM_FIELDS \
+            or bdm.get("source_type") != "image" or bdm.get("destination_type") != "local" \
+            or str(bdm.get("boot_index")) != "0" or not isinstance(bdm.get("uuid"), str) \
+            or bdm.get("delete_on_termination") not in (None, True) \
+            or bdm.get("device_type") not in (None, "disk"):
+        raise Invalid(reason="vmops has no block storage: block_device_mapping_v2 may only "
+                      "boot the image onto a local disk (source_type image, destination_type "
+                      "local, boot_index 0)")
+    image = str(bdm["uuid"])
+    if srv.get("imageRef") not in (None, "", image):
+        raise Invalid(reason="imageRef and the block device mapping name different images")
+    return image
+
+
+def _check_one_server(srv: dict[str, Any]) -> None:
+    for name in ("min_count", "max_count"):
+        count = field(srv, name, (int, str), default=1)
+        if str(count) != "1":
+            raise Invalid(reason=f"{name} must be 1: vmops creates one server per request")
+    if field(srv, "return_reservation_id", bool, default=False):
+        raise Invalid(reason="return_reservation_id is not supported: one server per request")
+
+
+def _check_placement(srv: dict[str, Any]) -> None:
+    """Networks, zones and security groups: only what one host with user-mode
+    networking has, so nothing asked for is silently dropped."""
+    networks = srv.get("networks")
+    if networks not in (None, "auto", "none", []):
+        raise Invalid(reason="vmops gives each server one user-mode NIC: leave 'networks' "
+                      "out, or give \"auto\" or \"none\"")
+    zone = field(srv, "availability_zone", str)
+    if zone not in (None, "", "nova"):
+        raise Invalid(reason=f"availability zone {zone!r} does not exist; this host is 'nova'")
+    groups = field(srv, "security_groups", list, default=[])
+    if any(g != {"name": "default"} for g in groups):
+        raise Invalid(reason="vmops has only the security group 'default'")
+    disk_config = field(srv, "OS-DCF:diskConfig", str)
+    if disk_config not in (None, "AUTO", "MANUAL"):
+        raise Invalid(reason="OS-DCF:diskConfig must be AUTO or MANUAL")
+
+
+def _config_drive(srv: dict[str, Any]) -> bool:
+    value = field(srv, "config_drive", (bool, str), default=False)
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text not in ("", "true", "false", "1", "0", "yes", "no", "on", "off"):
+        raise Invalid(reason=f"config_drive must be true or false, not {value!r}")
+    return text in ("true", "1", "yes", "on")
+
+
+def _personality(srv: dict[str, Any]) -> tuple[tuple[str, bytes], ...]:
+    files = []
+    for item in field(srv, "personality", list, default=[]):
+        if not isinstance(item, dict) or set(item) != {"path", "contents"} \
+                or not isinstance(item["path"], str) or not isinstance(item["contents"], str):
+            raise Invalid(reason="each personality item is {\"path\": ..., \"contents\": "
+                          "base64}, nothing else")
+        files.append((item["path"], base64_bytes(item["contents"],
+                                                 f"contents of {item['path']}")))
+    return tuple(files)
+
+
+def metadata(items: dict[str, Any]) -> dict[str, str]:
+    if len(items) > MAX_METADATA_ITEMS:
+        raise Invalid(reason=f"metadata has {len(items)} items, at most "
+                      f"{MAX_METADATA_ITEMS} allowed")
+    for key, value in items.items():
+        if not isinstance(value, str):
+            raise Invalid(reason=f"metadata value of {key!r} must be a string")
+        if not 1 <= len(key) <= MAX_METADATA_CHARS or len(value) > MAX_METADATA_CHARS:
+            raise Invalid(reason=f"metadata keys are 1 to {MAX_METADATA_CHARS} characters and "
+                          f"values at most {MAX_METADATA_CHARS}")
+    return dict(items)
+
+
+# -- actions -------------------------------------------------------------------
+def one_action(body: Any) -> tuple[str, Any]:
+    if not isinstance(body, dict) or len(body) != 1:
+        raise Invalid(reason="an action body is a JSON object with exactly one action")
+    ((action, arg),) = body.items()
+    return action, arg
+
+
+def no_argument(action: str, arg: Any) -> None:
+    """pause, unpause, suspend, resume, os-start: null or {} only."""
+    if arg not in (None, {}):
+        raise Invalid(reason=f"{action} takes null (or an empty object)")
+
+
+def stop_options(arg: Any) -> tuple[float | None, bool]:
+    """os-stop: null, or vmops' own {"vmops:timeout": s, "vmops:hard": bool}."""
+    if arg is None:
+        return None, False
+    if not isinstance(arg, dict):
+        raise Invalid(reason="os-stop takes null or an object")
+    no_unknown(arg, {"vmops:timeout", "vmops:hard"}, "os-stop")
+    timeout = field(arg, "vmops:timeout", (int, float))
+    if timeout is not None and not 0 <= timeout <= 3600:
+        raise Invalid(reason="vmops:timeout must be from 0 to 3600 seconds")
+    return timeout, field(arg, "vmops:hard", bool, default=False)
+
+
+def reboot_hard(arg: Any) -> bool:
+    if not isinstance(arg, dict):
+        raise Invalid(reason="reboot takes an object: {\"type\": \"SOFT\" or \"HARD\"}")
+    no_unknown(arg, {"type"}, "reboot")
+    kind: str = field(arg, "type", str, required=True).upper()
+    if kind not in ("SOFT", "HARD"):
+        raise Invalid(reason=f"reboot type must be SOFT or HARD, not {kind!r}")
+    return kind == "HARD"
+
+
+def console_length(arg: Any) -> int | None:
+    """os-getConsoleOutput: {"length": N} (a number or numeric string) or null."""
+    if arg is None:
+        return None
+    if not isinstance(arg, dict):
+        raise Invalid(reason="os-getConsoleOutput takes an object: {\"length\": N}")
+    no_unknown(arg, {"length"}, "os-getConsoleOutput")
+    length = arg.get("length")
+    if length is None:
+        return None
+    if isinstance(length, str) and length.lstrip("-").isdigit():
+        length = int(length)
+    if isinstance(length, int) and not isinstance(length, bool) and length == -1:
+        return None  # Nova: -1 means everything
+    return non_negative_int(length, "length")
