@@ -198,7 +198,11 @@ class _Handler(BaseHTTPRequestHandler):
         return body
 
     def _token_ok(self) -> bool:
-        sent = self.headers.get("X-Auth-Token", "")
+        """X-Auth-Token (OpenStack clients) or Authorization: Bearer (Prometheus)."""
+        sent = self.headers.get("X-Auth-Token")
+        if sent is None:
+            scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
+            sent = value.strip() if scheme.lower() == "bearer" else ""
         return hmac.compare_digest(sent.encode(), self.server.token.encode())
 
     def _send(self, resp: Response) -> None:
