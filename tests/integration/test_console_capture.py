@@ -199,8 +199,11 @@ def test_every_line_arrives_once_and_in_order_across_rotations(
             data = _lines(batch * 20, 20, width=20)
             console.qemu.send(data)
             sent += data
-            target = len(sent)
-            _wait_for("the follower to catch up", lambda n=target: len(received) >= n)
+
+            def caught_up(n: int = len(sent)) -> bool:
+                return len(received) >= n
+
+            _wait_for("the follower to catch up", caught_up)
     finally:
         stop.set()
         follower_done.wait(BOUND)
@@ -240,7 +243,11 @@ def test_each_new_qemu_is_a_new_generation(consoles: Callable[[], Console]) -> N
         console.qemu.accept()
         console.qemu.send(b"boot %d\n" % boot)
         logged = b"".join(b"boot %d\n" % n for n in range(1, boot + 1))
-        _wait_for("the output stored", lambda want=logged: read_log(console.log_dir) == want)
+
+        def stored(want: bytes = logged) -> bool:
+            return read_log(console.log_dir) == want
+
+        _wait_for("the output stored", stored)
         console.qemu.exit()  # power off: the capture process waits for the next QEMU
         _wait_for("disconnected", lambda: capture_generation(console.log_dir)[0] is False)
     assert capture_generation(console.log_dir) == (False, 3)
@@ -382,3 +389,15 @@ def test_capture_pid_ignores_a_recycled_pid(consoles: Callable[[], Console]) -> 
     other.log_dir.mkdir()
     other.files.pid.write_text(f"{pid}\n")
     assert capture_pid(other.log_dir) is None
+
+
+def test_start_capture_refuses_what_cannot_work(consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    with pytest.raises(HypervisorError, match="at least 1 byte"):
+        start_capture(console.socket, console.log_dir, 0)
+    too_long = console.socket.parent / ("s" * 120 + ".sock")
+    with pytest.raises(HypervisorError, match="longer than"):
+        start_capture(too_long, console.log_dir, 4096)
+    assert capture_pid(console.log_dir) is None
+    with pytest.raises(HypervisorError, match="no console capture process is running"):
+        wait_connected(console.log_dir, 0, timeout=BOUND)

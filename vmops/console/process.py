@@ -54,6 +54,10 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
     running = capture_pid(log_dir)
     if running is not None:
         return running
+    if max_bytes < 1:
+        raise HypervisorError(
+            reason=f"the console log size limit must be at least 1 byte, not {max_bytes}"
+        )
     socket = socket.absolute()
     if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
         raise HypervisorError(
@@ -77,7 +81,10 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
     )
     with _children_lock:
         _children[proc.pid] = proc
-    return _wait_started(proc, log_dir, command)
+    try:
+        return _wait_started(proc, log_dir, command)
+    finally:
+        _reap(proc.pid)  # forget it at once if it did not stay
 
 
 def capture_pid(log_dir: Path) -> int | None:
@@ -170,6 +177,7 @@ def _wait_started(proc: subprocess.Popen[bytes], log_dir: Path, command: list[st
             )
         time.sleep(_POLL_INTERVAL / 2)
     proc.kill()
+    proc.wait()
     raise HypervisorError(
         reason=f"the console capture process for {log_dir} did not start within {_START_TIMEOUT:g}s"
     )
