@@ -1,0 +1,195 @@
+"""A real vmops service for the benchmarks, driven through its HTTP API.
+
+Like the functional tests: ``python -m vmops serve`` on a fresh short state
+directory under /tmp with ``VMOPS_ACCEL=tcg``. ``close()`` destroys every
+instance through the API, stops the service, kills anything still running
+from the state directory (QEMU, capture processes) and removes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, kill_pids, pids_mentioning, remove_tree, short_tmpdir
+from vmops import console
+from vmops.cli.client import ApiError, Client
+
+IMAGE = "tiny"
+FLAVOR = "m1.tiny"  # 512 MiB, 1 vCPU, 1 GiB root disk, no ephemeral disk
+START_TIMEOUT_S = 120.0
+BUILD_TIMEOUT_S = 180.0
+
+
+class VmopsService:
+    def __init__(self) -> None:
+        self.state_dir = short_tmpdir("vm")
+        self.env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir),
+                    "VMOPS_ACCEL": "tcg", "VMOPS_IMAGE_CACHE_PRUNE_INTERVAL": "0"}
+        self.client = Client(self.state_dir, autostart=False, timeout=300.0)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- paths -----------------------------------------------------------------
+    @property
+    def instances_dir(self) -> Path:
+        return self.state_dir / "instances"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def libvirt_root(self) -> Path:
+        return self.state_dir / "libvirt"
+
+    def domain_xml_file(self, name: str) -> Path:
+        """libvirt's saved (inactive) definition of an instance's domain."""
+        return self.libvirt_root / "etc" / "qemu" / f"vmops-{name}.xml"
+
+    def domain_xml(self, name: str) -> str:
+        return self.domain_xml_file(name).read_text()
+
+    # -- the process -------------------------------------------------------------
+    def start(self) -> float:
+        """Start ``vmops serve``; return how long until it answered (s)."""
+        log = (self.state_dir / "serve.out").open("ab")
+        started = time.monotonic()
+        self.proc = subprocess.Popen([sys.executable, "-m", "vmops", "serve"], env=self.env,
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                     start_new_session=True, cwd=REPO)
+        log.close()
+        while not self.client._answers():
+            if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
+                raise RuntimeError("vmops serve did not start: " + self.log_tail())
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop_process(self) -> None:
+        """Stop the service only: its VMs keep running (as with vmops itself)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def log_tail(self, lines: int = 15) -> str:
+        text = ""
+        for name in ("serve.out",):
+            with contextlib.suppress(OSError):
+                text += (self.state_dir / name).read_text(errors="replace")
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+    def close(self) -> None:
+        try:
+            if self.proc is not None and self.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    self.destroy_all()
+        finally:
+            self.stop_process()
+            kill_pids(pids_mentioning(str(self.state_dir)))
+            remove_tree(self.state_dir)
+
+    # -- catalog -----------------------------------------------------------------
+    def ensure_image(self, path: Path, name: str = IMAGE) -> None:
+        try:
+            self.client.get(f"/images/{name}")
+            return
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        image = self.client.post("/images", {"image": {"name": name,
+                                                       "source": str(path)}})["image"]
+        deadline = time.monotonic() + 300
+        while image["status"] == "SAVING" and time.monotonic() < deadline:
+            time.sleep(0.1)
+            image = self.client.get(f"/images/{image['id']}")["image"]
+        if image["status"] != "ACTIVE":
+            raise RuntimeError(f"image import failed: {image.get('vmops:fault')}")
+
+    # -- servers -----------------------------------------------------------------
+    def post_server(self, name: str, config_drive: bool = False) -> str:
+        body = {"server": {"name": name, "imageRef": IMAGE, "flavorRef": FLAVOR,
+                           "config_drive": config_drive}}
+        server: dict[str, Any] = self.client.post("/servers", body)["server"]
+        return str(server["id"])
+
+    def brief(self, name: str) -> dict[str, Any]:
+        """The record alone, by name (no libvirt call in the service)."""
+        found = self.client.get(f"/servers/detail?name={name}")["servers"]
+        if not found:
+            raise RuntimeError(f"no server named {name}")
+        server: dict[str, Any] = found[0]
+        return server
+
+    def wait_built(self, name: str, interval: float = 0.01,
+                   timeout: float = BUILD_TIMEOUT_S) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.brief(name)
+            if server["status"] != "BUILD":
+                if server["status"] != "ACTIVE":
+                    fault = server.get("fault", {}).get("message")
+                    raise RuntimeError(f"spawn of {name} ended {server['status']}: {fault}")
+                return server
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} still building after {timeout:g}s")
+            time.sleep(interval)
+
+    def spawn(self, name: str, config_drive: bool = False) -> str:
+        server_id = self.post_server(name, config_drive)
+        self.wait_built(name)
+        return server_id
+
+    def action(self, server_id: str, body: dict[str, Any]) -> None:
+        self.client.post(f"/servers/{server_id}/action", body)
+
+    def wait_idle(self, name: str, interval: float = 0.002,
+                  timeout: float = 300.0) -> dict[str, Any]:
+        """Until the instance's task ends (record only, polled by name)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            server = self.brief(name)
+            if server["OS-EXT-STS:task_state"] is None:
+                if server.get("fault"):
+                    raise RuntimeError(f"{name}: {server['fault']['message']}")
+                return server
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} still busy after {timeout:g}s")
+            time.sleep(interval)
+
+    def console_log(self, server_id: str) -> bytes:
+        """Read the console log files directly: no load on the service."""
+        with contextlib.suppress(OSError):
+            return console.read_log(self.instances_dir / server_id)
+        return b""
+
+    def destroy(self, server_id: str) -> None:
+        with contextlib.suppress(ApiError):
+            self.client.delete(f"/servers/{server_id}")
+
+    def destroy_all(self, parallel: int = 4) -> None:
+        ids = [s["id"] for s in self.client.get("/servers")["servers"]]
+        def worker(chunk: list[str]) -> None:
+            for server_id in chunk:
+                self.destroy(server_id)
+
+        threads = [threading.Thread(target=worker, args=(ids[i::parallel],))
+                   for i in range(parallel)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def server_count(self) -> int:
+        return len(self.client.get("/servers")["servers"])
