@@ -1,0 +1,215 @@
+"""The bench's outputs: the terminal table, results JSON, a markdown report and
+PNG plots (with matplotlib, an optional dependency: without it the plots
+are skipped with a note)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, Row
+
+COLUMNS = ("scenario", "vmops ms", "baseline ms", "ratio", "target", "result")
+
+
+def machine_info() -> dict[str, Any]:
+    """Where the numbers come from."""
+    cpu = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        found = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        cpu = found.group(1).strip() if found else ""
+    except OSError:
+        pass
+    mem_gib = None
+    try:
+        found = re.search(r"^MemTotal:\s*(\d+) kB", Path("/proc/meminfo").read_text(),
+                          re.MULTILINE)
+        mem_gib = round(int(found.group(1)) / 1024**2, 1) if found else None
+    except OSError:
+        pass
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "memory_gib": mem_gib,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "qemu": _first_line(["qemu-system-x86_64", "--version"]),
+        "libvirt": _libvirt_version(),
+        "accel": "tcg",
+        "commit": _first_line(["git", "-C", str(REPO), "describe", "--always", "--dirty"]),
+    }
+
+
+def _first_line(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.strip().splitlines()[0] if out.strip() else ""
+
+
+def _libvirt_version() -> str:
+    try:
+        import libvirt
+
+        v = libvirt.getVersion()
+    except Exception:  # noqa: BLE001 - informational only
+        return ""
+    return f"{v // 1_000_000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def verdict(row: Row) -> str:
+    if row.get("error"):
+        return "ERROR"
+    if row.get("skipped"):
+        return "SKIP"
+    return {True: "PASS", False: "FAIL", None: "-"}[row.get("passed")]
+
+
+def table_rows(rows: list[Row]) -> list[list[str]]:
+    return [[str(r["scenario"]), _fmt(r.get("vmops_median_ms")),
+             _fmt(r.get("baseline_median_ms")), _fmt(r.get("ratio"), 2),
+             str(r.get("target") or "-"), verdict(r)] for r in rows]
+
+
+def format_table(rows: list[Row]) -> str:
+    body = table_rows(rows)
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c)
+              for i, c in enumerate(COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(b, widths, strict=True)) for b in body]
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any], plots: list[Path]) -> str:
+    m = results["machine"]
+    rows: list[Row] = results["rows"]
+    out = [f"# vmops bench results ({'quick' if results['quick'] else 'full'} run)", "",
+           f"{m['date']}, {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB, "
+           f"kernel {m['kernel']}, {m['qemu']}, libvirt {m['libvirt']}, accel {m['accel']}, "
+           f"commit {m['commit']}. Run took {results['duration_s']:.0f} s.", "",
+           "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    out += ["| " + " | ".join(b) + " |" for b in table_rows(rows)]
+    notes = []
+    for r in rows:
+        if r.get("phases_ms"):
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in r["phases_ms"].items())
+            notes.append(f"- {r['scenario']}: vmops phases (median ms): {parts}; libvirt "
+                         f"define {r.get('libvirt_define_ms')}, start "
+                         f"{r.get('libvirt_start_ms')}; bare QEMU {r.get('qemu_median_ms')}.")
+        if "vmops_throughput_per_s" in r:
+            notes.append(f"- {r['scenario']}: throughput vmops "
+                         f"{r['vmops_throughput_per_s']}/s vs libvirt "
+                         f"{r['baseline_throughput_per_s']}/s; spread vmops "
+                         f"{r['vmops_spread_ms']} ms vs libvirt {r['baseline_spread_ms']} ms.")
+        if "libvirt_lookup_info_ms" in r:
+            notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
+                         f"{r['libvirt_lookup_info_ms']} ms.")
+        if r.get("error"):
+            notes.append(f"- {r['scenario']}: ERROR {r['error']}")
+        if r.get("skipped"):
+            notes.append(f"- {r['scenario']}: skipped: {r['skipped']}")
+    if notes:
+        out += ["", "Notes:", "", *notes]
+    if plots:
+        out += ["", *[f"![{p.stem}]({p.name})" for p in plots]]
+    return "\n".join(out) + "\n"
+
+
+def write(out_dir: Path, results: dict[str, Any]) -> list[Path]:
+    """results.json, report.md and the plots; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json"]
+    written[0].write_text(json.dumps(results, indent=2, default=str) + "\n")
+    plots = write_plots(out_dir, results["rows"])
+    md = out_dir / "report.md"
+    md.write_text(markdown(results, plots))
+    return [*written, md, *plots]
+
+
+def write_plots(out_dir: Path, rows: list[Row]) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("bench: matplotlib is not installed: no plots (pip install '.[bench]')")
+        return []
+    plots = []
+    spawn = next((r for r in rows if r.get("phases_ms")), None)
+    if spawn is not None:
+        plots.append(_spawn_plot(plt, out_dir / "spawn_phases.png", spawn))
+    mgmt = [r for r in rows if r.get("op") in ("list", "show") and "instances" in r]
+    if mgmt:
+        plots.append(_mgmt_plot(plt, out_dir / "mgmt_latency.png", mgmt))
+    return plots
+
+
+def _spawn_plot(plt: Any, path: Path, row: Row) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    bars = {
+        "vmops": list(row["phases_ms"].items()),
+        "libvirt-python": [("define", row.get("libvirt_define_ms") or 0.0),
+                           ("create", row.get("libvirt_start_ms") or 0.0)],
+        "bare QEMU": [("launch to running", row.get("qemu_median_ms") or 0.0)],
+    }
+    cmap = plt.get_cmap("tab20")
+    colours: dict[str, Any] = {}
+    for x, parts in enumerate(bars.values()):
+        bottom = 0.0
+        for phase, value in parts:
+            colour = colours.setdefault(phase, cmap(len(colours) % 20))
+            ax.bar(x, value, bottom=bottom, color=colour, label=phase, width=0.6)
+            bottom += value
+        ax.text(x, bottom, f"{bottom:.0f} ms", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(bars)), list(bars))
+    ax.set_ylabel("ms (median)")
+    ax.set_title("Spawn to running, image cached: where the time goes")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _mgmt_plot(plt: Any, path: Path, rows: list[Row]) -> Path:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for op in ("list", "show"):
+        pts = sorted((r["instances"], r["vmops_median_ms"]) for r in rows if r["op"] == op)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"vmops {op}")
+    bulk = sorted({(r["instances"], r["baseline_median_ms"]) for r in rows if r["op"] == "list"})
+    ax.plot([p[0] for p in bulk], [p[1] for p in bulk], marker="s", linestyle="--",
+            label="libvirt getAllDomainStats")
+    one = sorted((r["instances"], r["libvirt_lookup_info_ms"]) for r in rows
+                 if "libvirt_lookup_info_ms" in r)
+    if one:
+        ax.plot([p[0] for p in one], [p[1] for p in one], marker="^", linestyle=":",
+                label="libvirt lookup + info (1 domain)")
+    ax.set_xlabel("instances (stopped)")
+    ax.set_ylabel("ms (median)")
+    ax.set_title("Management plane latency vs number of instances")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
