@@ -56,7 +56,8 @@ def take_lock(state_dir: Path) -> IO[str]:
 
 def setup_logging(state_dir: Path, foreground: bool) -> None:
     handlers: list[logging.Handler] = [logging.FileHandler(state_dir / LOG_FILE)]
-    if foreground:
+    # Started by the CLI, stderr already is the log file: do not write twice.
+    if foreground and sys.stderr.isatty():
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

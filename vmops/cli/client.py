@@ -103,7 +103,7 @@ class Client:
         env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir)}
         with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vmops", "serve", "--state-dir", str(self.state_dir)],
+                [sys.executable, "-m", "vmops", "--state-dir", str(self.state_dir), "serve"],
                 stdin=null, stdout=log, stderr=log, start_new_session=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:

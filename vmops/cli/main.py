@@ -416,6 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
             parent: Any = sub) -> argparse.ArgumentParser:
         sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
         sp.set_defaults(func=func)
+        # Accepted after the command too (`vmops serve --state-dir X`).
+        sp.add_argument("--state-dir", type=Path, default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
         if json_flag:
             sp.add_argument("--json", action="store_true", help="machine-readable output")
         return sp
