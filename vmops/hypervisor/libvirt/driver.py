@@ -219,8 +219,8 @@ class LibvirtHypervisor:
         finally:
             self._callback_id = None
             self._events.put(None)
-            if self._dispatcher is not None:
-                self._dispatcher.join(timeout=5)
+            if self._dispatcher not in (None, threading.current_thread()):
+                self._dispatcher.join(timeout=5)  # a callback may be the one closing
 
     @property
     def conn(self) -> Any:
