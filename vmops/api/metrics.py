@@ -135,7 +135,10 @@ class MeteredTaskLocks(TaskLocks):
         if thread == threading.get_ident() and pending is not None:
             pending.append((verb, t0, instance_id))
             return
-        self._operations.record(verb, self._result_of(instance_id), time.monotonic() - t0)
+        try:
+            self._operations.record(verb, self._result_of(instance_id), time.monotonic() - t0)
+        except Exception:  # noqa: BLE001 - metrics must never break an operation
+            log.exception("metrics: could not record %s of %s", verb, instance_id)
 
 
 class Metrics:

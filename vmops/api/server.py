@@ -29,6 +29,7 @@ from vmops.errors import ConfigError, Invalid, NotFound, VmopsError
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
+MAX_DISCARD_BYTES = 16 * MAX_BODY_BYTES
 MICROVERSION = "2.1"  # the only compute microversion served: min and max
 VERSION_HEADERS = ("openstack-api-version", "x-openstack-nova-api-version")
 
@@ -79,15 +80,19 @@ Handler = Callable[[Request], Response]
 
 class Router:
     def __init__(self) -> None:
-        self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
+        self._routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
 
-    def add(self, method: str, pattern: str, handler: Handler) -> None:
-        regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern)
-        self._routes.append((method, re.compile(f"^{regex}/?$"), handler))
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        """``template`` is a path with ``{name}`` for each parameter."""
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
+        self._routes.append((method, re.compile(f"^{regex}/?$"), handler, template))
+
+    def templates(self) -> list[tuple[str, str]]:
+        return [(method, template) for method, _, _, template in self._routes]
 
     def dispatch(self, req: Request) -> Response:
         allowed = []
-        for method, regex, handler in self._routes:
+        for method, regex, handler, _ in self._routes:
             match = regex.match(req.path)
             if not match:
                 continue
@@ -143,6 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
                    explain: str | None = None) -> None:
         """Malformed requests (bad request line, huge headers) get a JSON fault too."""
         self.close_connection = True
+        if self.request_version == "HTTP/0.9":  # unparsed: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
         name = "badRequest" if code < 500 else "computeFault"
         self._send(fault(code, name, message or HTTPStatus(code).phrase))
 
@@ -188,6 +195,7 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(raw)
         if length > MAX_BODY_BYTES:
             self.close_connection = True
+            self._discard(length)
             return fault(413, "overLimit", f"request body of {length} bytes is over the "
                          f"limit of {MAX_BODY_BYTES} bytes")
         body = self.rfile.read(length) if length else b""
@@ -196,6 +204,16 @@ class _Handler(BaseHTTPRequestHandler):
             return fault(415, "badMediaType", f"unsupported Content-Type {kind[:80]!r}: "
                          "send application/json")
         return body
+
+    def _discard(self, length: int) -> None:
+        """Read and drop a body we refuse, so the client reads our answer
+        instead of a broken pipe; past MAX_DISCARD_BYTES just close."""
+        left = length if length <= MAX_DISCARD_BYTES else 0
+        while left > 0:
+            chunk = self.rfile.read(min(left, 65536))
+            if not chunk:
+                break
+            left -= len(chunk)
 
     def _token_ok(self) -> bool:
         """X-Auth-Token (OpenStack clients) or Authorization: Bearer (Prometheus)."""
@@ -298,7 +316,8 @@ def serve(router: Router, socket_path: Path, listen: str = "",
         tcp.router, tcp.token = router, token
         servers.append(tcp)
     for srv in servers:
-        threading.Thread(target=srv.serve_forever, name="api", daemon=True).start()
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, name="api",
+                         daemon=True).start()
     return servers
 
 
