@@ -79,7 +79,7 @@ def test_duplicate_name_refused(vmops: Vmops) -> None:
 
 def test_image_import_refuses_missing_and_non_images(vmops: Vmops, tmp_path: Path) -> None:
     images_dir = vmops.state_dir / "images"
-    before = sorted(p.name for p in images_dir.rglob("*") if p.is_file())
+    before = _cached_files(images_dir)
     proc = vmops.run("image", "import", "ghost", str(tmp_path / "missing.qcow2"), check=False)
     assert proc.returncode != 0 and "does not exist" in proc.stderr
     text = tmp_path / "notes.txt"
@@ -88,8 +88,14 @@ def test_image_import_refuses_missing_and_non_images(vmops: Vmops, tmp_path: Pat
     assert proc.returncode != 0 and "refused" in proc.stderr
     names = [i["name"] for i in vmops.json("image", "list")]
     assert "ghost" not in names and "notes" not in names
-    after = sorted(p.name for p in images_dir.rglob("*") if p.is_file())
+    after = _cached_files(images_dir)
     assert after == before
+
+
+def _cached_files(images_dir: Path) -> list[str]:
+    """Image files and temporaries; the cache's own lock files (.locks/) aside."""
+    return sorted(str(p.relative_to(images_dir)) for p in images_dir.rglob("*")
+                  if p.is_file() and not p.relative_to(images_dir).parts[0] == ".locks")
 
 
 def test_second_service_refused(vmops: Vmops) -> None:
