@@ -60,8 +60,12 @@ class SpawnRequest:
 
 class Compute:
     def __init__(self, settings: Settings, store: Store, hypervisor: Hypervisor,
-                 accel: Accel, host_problems: Callable[[], list[str]]) -> None:
+                 accel: Accel, host_problems: Callable[[], list[str]],
+                 capture: Any = console) -> None:
         self.settings = settings
+        # The console capture processes: the vmops.console module, or a
+        # stand-in with the same functions in unit tests.
+        self.console = capture
         self.store = store
         self.hv = hypervisor
         self.accel = accel
@@ -168,12 +172,12 @@ class Compute:
         so the log holds the guest's output from its very first byte."""
         log_dir = self.instance_dir(inst)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
-        console.start_capture(self.console_socket(inst), log_dir,
+        self.console.start_capture(self.console_socket(inst), log_dir,
                               self.settings.console_log_max_bytes)
-        _, generation = console.capture_generation(log_dir)
+        _, generation = self.console.capture_generation(log_dir)
         self.hv.start(inst.id, paused=True)
         try:
-            console.wait_connected(log_dir, generation, timeout=30.0)
+            self.console.wait_connected(log_dir, generation, timeout=30.0)
         except VmopsError:
             self.hv.power_off(inst.id)
             raise
@@ -197,7 +201,7 @@ class Compute:
         if self.hv.exists(inst.id):
             self.hv.power_off(inst.id)
             self.hv.undefine(inst.id)
-        console.stop_capture(self.instance_dir(inst))
+        self.console.stop_capture(self.instance_dir(inst))
         shutil.rmtree(self.instance_dir(inst), ignore_errors=True)
         self.console_socket(inst).unlink(missing_ok=True)
 
@@ -385,7 +389,8 @@ class Compute:
 
     def console_log(self, ref: str, tail_lines: int | None = None) -> bytes:
         inst = self.store.instance(ref)
-        return console.read_log(self.instance_dir(inst), tail_lines=tail_lines)
+        data: bytes = self.console.read_log(self.instance_dir(inst), tail_lines=tail_lines)
+        return data
 
     # -- recovery ------------------------------------------------------------
     def recover(self) -> None:
@@ -415,7 +420,7 @@ class Compute:
         inst = self._refresh(inst)
         if inst.power_state in (PowerState.RUNNING.value, PowerState.PAUSED.value,
                                 PowerState.BLOCKED.value):
-            console.start_capture(self.console_socket(inst), self.instance_dir(inst),
+            self.console.start_capture(self.console_socket(inst), self.instance_dir(inst),
                                   self.settings.console_log_max_bytes)
         elif (inst.vm_state == states.STOPPED and inst.desired_running
               and self.settings.resume_guests_state_on_host_boot):

@@ -1,0 +1,238 @@
+"""Compute logic on the fake hypervisor, with real disks (qemu-img) and records.
+
+No QEMU runs: the fake stands in for libvirt and ``FakeCapture`` for the
+console capture processes. What a real guest sees is proven by
+tests/functional; this proves ordering, state rules, rollback and recovery.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmops import config
+from vmops.compute import states
+from vmops.compute.catalog import Catalog
+from vmops.compute.manager import Compute, SpawnRequest
+from vmops.disks.cache import ImageCache
+from vmops.errors import (
+    FlavorTooSmall,
+    HostNotReady,
+    HypervisorError,
+    InstanceBusy,
+    InvalidName,
+    InvalidState,
+)
+from vmops.hypervisor.base import Accel, PowerState
+from vmops.hypervisor.fake import FakeHypervisor
+from vmops.store import Store
+
+pytestmark = pytest.mark.integration
+MIB = 1024 * 1024
+
+
+class FakeCapture:
+    """The vmops.console functions, with every capture connecting at once."""
+
+    def __init__(self) -> None:
+        self.running: set[Path] = set()
+        self.generation = 0
+
+    def start_capture(self, socket: Path, log_dir: Path, max_bytes: int) -> int:
+        self.running.add(log_dir)
+        return 1
+
+    def capture_generation(self, log_dir: Path) -> tuple[bool, int]:
+        return True, self.generation
+
+    def wait_connected(self, log_dir: Path, after_generation: int, timeout: float) -> int:
+        self.generation += 1
+        return self.generation
+
+    def stop_capture(self, log_dir: Path) -> None:
+        self.running.discard(log_dir)
+
+    def read_log(self, log_dir: Path, tail_lines: int | None = None) -> bytes:
+        return b""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Any]:
+    settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
+    store = Store(settings.db_path)
+    hv = FakeHypervisor()
+    capture = FakeCapture()
+    problems: list[str] = []
+    compute = Compute(settings, store, hv, Accel.TCG, lambda: problems, capture=capture)
+    catalog = Catalog(store, ImageCache(settings.images_dir))
+    base = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    catalog.import_image("base", str(base), background=False)
+    return {"settings": settings, "store": store, "hv": hv, "compute": compute,
+            "catalog": catalog, "capture": capture, "problems": problems, "tmp": tmp_path}
+
+
+def _spawn(env: dict[str, Any], name: str = "web1", **kw: Any) -> Any:
+    req = SpawnRequest(name=name, image="base", flavor=kw.pop("flavor", "m1.tiny"), **kw)
+    return env["compute"].create(req, background=False)
+
+
+def test_spawn_runs_the_domain_and_records_it(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    assert (inst.vm_state, inst.task_state, inst.power_state) == ("active", None, "running")
+    hv: FakeHypervisor = env["hv"]
+    spec = hv.spec_of(inst.id)
+    assert spec.name == "vmops-web1" and spec.memory_mib == 512
+    assert [d.target for d in spec.disks] == ["vda"]
+    assert Path(inst.disks[0].path).is_file() and inst.disks[0].format == "qcow2"
+    assert env["compute"].instance_dir(inst) in env["capture"].running
+
+
+def test_refused_spawns_leave_nothing(env: dict[str, Any]) -> None:
+    catalog: Catalog = env["catalog"]
+    big = env["tmp"] / "big.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(big), "2G"], check=True)
+    catalog.import_image("big", str(big), background=False)
+    with pytest.raises(FlavorTooSmall, match=r"1073741824.*2147483648"):
+        env["compute"].create(SpawnRequest("web1", "big", "m1.tiny"), background=False)
+    with pytest.raises(InvalidName):
+        _spawn(env, name="bad/name")
+    env["problems"].append("qemu-system-x86_64: not found (apt-get install qemu-system-x86)")
+    with pytest.raises(HostNotReady, match="apt-get install qemu-system-x86"):
+        _spawn(env)
+    assert env["store"].instances() == []
+    assert env["hv"].list_uuids() == []
+    assert list(env["settings"].instances_dir.glob("*")) == []
+
+
+def test_failed_define_rolls_back_and_records_error(env: dict[str, Any]) -> None:
+    env["hv"].fail_next("define", HypervisorError(reason="boom"))
+    inst = _spawn(env)
+    assert inst.vm_state == "error" and "boom" in inst.fault
+    assert inst.disks == ()
+    assert not env["compute"].instance_dir(inst).exists()
+    assert env["hv"].list_uuids() == []
+    env["compute"].destroy(inst.id)
+    assert env["store"].instances() == []
+
+
+def test_failed_start_removes_domain_disks_and_capture(env: dict[str, Any]) -> None:
+    env["hv"].fail_next("start", HypervisorError(reason="no QEMU"))
+    inst = _spawn(env)
+    assert inst.vm_state == "error" and "no QEMU" in inst.fault
+    assert env["hv"].list_uuids() == []
+    assert env["capture"].running == set()
+    assert not env["compute"].instance_dir(inst).exists()
+
+
+def test_destroy_is_idempotent(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    env["compute"].destroy("web1")
+    env["compute"].destroy("web1")
+    assert env["hv"].list_uuids() == [] and env["store"].instances() == []
+    assert not env["compute"].instance_dir(inst).exists()
+
+
+def test_power_cycle_and_state_rules(env: dict[str, Any]) -> None:
+    c: Compute = env["compute"]
+    _spawn(env)
+    assert c.pause("web1").vm_state == "paused"
+    with pytest.raises(InvalidState, match="cannot pause instance 'web1' while it is paused"):
+        c.pause("web1")
+    assert c.unpause("web1").vm_state == "active"
+    assert c.suspend("web1").vm_state == "suspended"
+    with pytest.raises(InvalidState, match="cannot start .* while it is suspended"):
+        c.start("web1")
+    assert c.resume("web1").vm_state == "active"
+    assert c.stop("web1").vm_state == "stopped"
+    for verb in (c.pause, c.unpause, c.suspend, c.resume, c.stop):
+        with pytest.raises(InvalidState, match="while it is stopped"):
+            verb("web1")
+    assert c.start("web1").power_state == "running"
+
+
+def test_soft_stop_falls_back_to_hard(env: dict[str, Any]) -> None:
+    env["hv"].obey_power_button = False
+    _spawn(env)
+    inst = env["compute"].stop("web1", timeout=0.5)
+    assert inst.vm_state == "stopped"
+
+
+def test_soft_reboot_falls_back_to_hard(env: dict[str, Any]) -> None:
+    hv: FakeHypervisor = env["hv"]
+    hv.obey_power_button = False
+    c = Compute(config.load(env["settings"].state_dir, env={}, wait_soft_reboot_seconds=1,
+                            shutdown_retry_interval=1),
+                env["store"], hv, Accel.TCG, lambda: [], capture=env["capture"])
+    inst = _spawn(env)
+    c.reboot("web1")
+    assert hv.domains[inst.id].resets == 1
+    assert c.instance("web1").vm_state == "active"
+
+
+def test_busy_instance_refuses_a_second_operation(env: dict[str, Any]) -> None:
+    c: Compute = env["compute"]
+    _spawn(env)
+    _spawn(env, name="web2")
+    env["hv"].obey_power_button = False
+    stopper = threading.Thread(target=c.stop, args=("web1",), kwargs={"timeout": 2})
+    stopper.start()
+    try:
+        while c.tasks.current(c.instance("web1").id) is None:
+            pass
+        with pytest.raises(InstanceBusy, match="powering-off"):
+            c.pause("web1")
+        assert c.pause("web2").vm_state == "paused"  # others are not held up
+    finally:
+        stopper.join()
+
+
+def test_guest_shutdown_event_updates_the_record(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    env["hv"].guest_shutdown(inst.id)
+    inst = env["store"].instance("web1")
+    assert (inst.vm_state, inst.power_state) == ("stopped", "shutoff")
+    assert inst.desired_running is False
+
+
+def test_recover_rolls_back_an_interrupted_spawn(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    env["store"].update_instance(inst, vm_state=states.BUILDING, task_state=states.SPAWNING)
+    env["compute"].recover()
+    inst = env["store"].instance("web1")
+    assert inst.vm_state == "error" and "interrupted" in inst.fault
+    assert env["hv"].list_uuids() == []
+    assert not env["compute"].instance_dir(inst).exists()
+
+
+def test_recover_sees_what_happened_while_down(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    hv: FakeHypervisor = env["hv"]
+    hv.domains[inst.id].state = PowerState.SHUTOFF  # no event: the service was down
+    env["compute"].recover()
+    assert env["store"].instance("web1").vm_state == "stopped"
+
+
+def test_recover_restarts_guests_after_host_boot_when_asked(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    hv: FakeHypervisor = env["hv"]
+    hv.domains[inst.id].state = PowerState.SHUTOFF
+    settings = config.load(env["settings"].state_dir, env={},
+                           resume_guests_state_on_host_boot=True)
+    c = Compute(settings, env["store"], hv, Accel.TCG, lambda: [], capture=env["capture"])
+    c.recover()
+    assert c.instance("web1").vm_state == "active"
+    assert hv.domains[inst.id].state is PowerState.RUNNING
+
+
+def test_foreign_domains_are_never_touched(env: dict[str, Any]) -> None:
+    hv: FakeHypervisor = env["hv"]
+    hv.add_foreign_domain("11111111-2222-3333-4444-555555555555", "users-own")
+    _spawn(env)
+    env["compute"].recover()
+    assert "11111111-2222-3333-4444-555555555555" in hv.foreign
+    assert len(hv.list_uuids()) == 1
