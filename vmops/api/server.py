@@ -163,6 +163,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other method (TRACE, QUERY, ...) gets 405 or 404, not a 501."""
+        if name.startswith("do_"):
+            return self._serve
+        raise AttributeError(name)
+
     def _respond(self) -> Response:
         if self.server.token and not self._token_ok():
             self.close_connection = True  # the body, if any, is left unread
