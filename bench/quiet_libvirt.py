@@ -1,4 +1,4 @@
-"""The libvirt binding, imported with libvirt's own logging at errors only.
+"""The libvirt binding, imported with libvirt's own log output off.
 
 The embedded driver otherwise prints a "tainted: high-privileges" warning
 for every domain the baseline starts. libvirt reads the variable once, at
@@ -9,7 +9,7 @@ it always does.
 import os
 
 _saved = os.environ.get("LIBVIRT_LOG_OUTPUTS")
-os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", "4:stderr")
+os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", "4:file:/dev/null")
 import libvirt  # noqa: E402
 
 if _saved is None:

@@ -117,7 +117,9 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
             notes.append(f"- {r['scenario']}: throughput vmops "
                          f"{r['vmops_throughput_per_s']}/s vs libvirt "
                          f"{r['baseline_throughput_per_s']}/s; spread vmops "
-                         f"{r['vmops_spread_ms']} ms vs libvirt {r['baseline_spread_ms']} ms.")
+                         f"{r['vmops_spread_ms']} ms vs libvirt {r['baseline_spread_ms']} ms; "
+                         f"API connects refused with EAGAIN and retried: "
+                         f"{r.get('api_eagain_retries', 0)}.")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")

@@ -84,7 +84,7 @@ def run(quick: bool) -> list[Row]:
     svc = s.vmops
     lv = s.baseline
     tpl = s.template(config_drive=True)
-    reps = 3 if quick else 7
+    reps = 2 if quick else 7
 
     watch = FsWatch()
     for d in (svc.instances_dir, svc.run_dir, svc.domain_xml_file("x").parent):

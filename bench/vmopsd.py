@@ -28,12 +28,37 @@ START_TIMEOUT_S = 120.0
 BUILD_TIMEOUT_S = 180.0
 
 
+class RetryingClient(Client):
+    """vmops' API client, retrying a connect refused with EAGAIN.
+
+    vmops' API server keeps socketserver's default listen backlog of 5; with
+    more clients at once than that, and the service busy, connecting to its
+    UNIX socket fails at once with EAGAIN (the client sets a timeout, so the
+    socket is non-blocking). The bench retries and counts it.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir, autostart=False, timeout=300.0)
+        self.eagain_retries = 0
+        self._lock = threading.Lock()
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        for _ in range(500):
+            try:
+                return super().request(method, path, body)
+            except BlockingIOError:
+                with self._lock:
+                    self.eagain_retries += 1
+                time.sleep(0.01)
+        return super().request(method, path, body)
+
+
 class VmopsService:
     def __init__(self) -> None:
         self.state_dir = short_tmpdir("vm")
         self.env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir),
                     "VMOPS_ACCEL": "tcg", "VMOPS_IMAGE_CACHE_PRUNE_INTERVAL": "0"}
-        self.client = Client(self.state_dir, autostart=False, timeout=300.0)
+        self.client = RetryingClient(self.state_dir)
         self.proc: subprocess.Popen[bytes] | None = None
 
     # -- paths -----------------------------------------------------------------
