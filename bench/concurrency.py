@@ -1,0 +1,157 @@
+"""Eight spawns at once: vmops against eight parallel libvirt-python creates.
+
+    python -m bench concurrency [--quick]
+
+- vmops: eight threads each ``POST /servers`` at the same moment; one
+  poller reads ``GET /servers/detail`` every 20 ms and notes when each
+  record turns ACTIVE.
+- libvirt: eight threads each ``defineXML`` + ``create`` of vmops' domain
+  XML (renamed, on fresh disk copies made beforehand) on the baseline root.
+
+Reported: the makespan (start to the last one running) as the compared
+time, throughput (spawns per second over the makespan) and spread (last
+minus first to finish). No target: for information.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import threading
+import time
+from typing import Any
+
+from bench import session
+from bench.common import Row, alternate, make_row, median, now
+from bench.virt import make_disks, new_uuid, rewrite_domain_xml
+
+WIDTH = 8
+TIMEOUT_S = 300.0
+
+
+def run(quick: bool) -> list[Row]:
+    s = session.get()
+    svc = s.vmops
+    lv = s.baseline
+    tpl = s.template(config_drive=False)
+    reps = 1 if quick else 3
+    retries_before = svc.client.eagain_retries
+    vm_make: list[float] = []
+    vm_spread: list[float] = []
+    lv_make: list[float] = []
+    lv_spread: list[float] = []
+
+    def vmops_side(r: int) -> None:
+        names = [f"cc-{r}-{k}" for k in range(WIDTH)]
+        ids: list[str] = []
+        errors: list[BaseException] = []
+        go = threading.Barrier(WIDTH + 1)
+
+        def post(name: str) -> None:
+            go.wait()
+            try:
+                ids.append(svc.post_server(name))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=post, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        try:
+            go.wait()
+            t0 = now()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            done: dict[str, float] = {}
+            deadline = time.monotonic() + TIMEOUT_S
+            while len(done) < WIDTH:
+                for server in svc.client.get("/servers/detail")["servers"]:
+                    if server["name"] in names and server["name"] not in done:
+                        if server["status"] == "ERROR":
+                            raise RuntimeError(f"{server['name']}: {server.get('fault')}")
+                        if server["status"] == "ACTIVE":
+                            done[server["name"]] = now()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"only {len(done)} of {WIDTH} spawns done")
+                time.sleep(0.02)
+            ends = sorted(done.values())
+            vm_make.append((ends[-1] - t0) * 1000.0)
+            vm_spread.append((ends[-1] - ends[0]) * 1000.0)
+        finally:
+            for t in threads:
+                t.join()
+            _parallel([lambda i=i: svc.destroy(i) for i in ids])
+
+    def libvirt_side(r: int) -> None:
+        xmls = []
+        dirs = []
+        for k in range(WIDTH):
+            wd = s.workdir(f"cc-lv-{r}-{k}")
+            dirs.append(wd)
+            disks = make_disks(tpl.disks, wd)
+            xmls.append(rewrite_domain_xml(tpl.domain_xml, f"cc-lv-{r}-{k}", new_uuid(),
+                                           disks, lv.run_dir / f"cc{k}.sock"))
+        doms: list[Any] = []
+        ends: list[float] = []
+        errors: list[BaseException] = []
+        go = threading.Barrier(WIDTH + 1)
+        lock = threading.Lock()
+
+        def create(xml: str) -> None:
+            go.wait()
+            try:
+                dom = lv.define(xml)
+                with lock:
+                    doms.append(dom)
+                dom.create()
+                with lock:
+                    ends.append(now())
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create, args=(x,)) for x in xmls]
+        for t in threads:
+            t.start()
+        try:
+            go.wait()
+            t0 = now()
+            for t in threads:
+                t.join()
+            if errors:
+                raise errors[0]
+            ends.sort()
+            lv_make.append((ends[-1] - t0) * 1000.0)
+            lv_spread.append((ends[-1] - ends[0]) * 1000.0)
+        finally:
+            for t in threads:
+                t.join()
+            _parallel([lambda d=d: lv.remove(d) for d in doms])
+            for wd in dirs:
+                shutil.rmtree(wd, ignore_errors=True)
+
+    alternate(reps, vmops_side, libvirt_side)
+    vm_m = median(vm_make)
+    lv_m = median(lv_make)
+    return [make_row(
+        f"concurrency_{WIDTH}_spawns", vm_make, lv_make, None,
+        vmops_throughput_per_s=round(WIDTH / (vm_m / 1000.0), 3) if vm_m else None,
+        baseline_throughput_per_s=round(WIDTH / (lv_m / 1000.0), 3) if lv_m else None,
+        vmops_spread_ms=round(median(vm_spread) or 0.0, 1),
+        api_eagain_retries=svc.client.eagain_retries - retries_before,
+        baseline_spread_ms=round(median(lv_spread) or 0.0, 1))]
+
+
+def _parallel(actions: list[Any]) -> None:
+    threads = [threading.Thread(target=a) for a in actions]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+if __name__ == "__main__":
+    from bench.runner import main
+
+    sys.exit(main(["--only", "concurrency", *sys.argv[1:]]))
