@@ -1,0 +1,125 @@
+"""Management plane: list and show latency at 10, 100 and 200 instances.
+
+    python -m bench mgmt_plane [--quick]
+
+The instances are stopped (defined, not running): one real instance
+spawned and ``stop --hard``-ed through the API, and clones of it added by
+``bench/seed.py`` while the service is briefly stopped (vmops cannot create
+an instance without booting it; see that module). The baseline root holds
+as many defined domains, from the same domain XML.
+
+- list: ``GET /servers/detail`` (what ``vmops list`` calls).
+- show: ``GET /servers/{id}`` of a different instance each time (the record
+  plus the live libvirt state, what ``vmops show`` calls).
+- baseline for both: one ``getAllDomainStats()`` call on the baseline root,
+  the bulk call that returns state, CPU, memory and disks of every domain.
+  ``libvirt_lookup_info_ms`` adds ``lookupByUUIDString`` + ``info()`` of one
+  domain, the single-domain equivalent of show.
+
+No target: the point is how each grows with the number of instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from typing import Any
+
+from bench import session
+from bench.common import Row, alternate, make_row, median, ms_since, now
+from bench.virt import new_uuid, rewrite_domain_xml
+
+log = logging.getLogger("bench")
+
+TEMPLATE = "mp-0"
+
+
+def run(quick: bool) -> list[Row]:
+    s = session.get()
+    svc = s.vmops
+    lv = s.baseline
+    tpl = s.template(config_drive=False)
+    levels = (10, 100) if quick else (10, 100, 200)
+    reps = 10 if quick else 25
+    rows: list[Row] = []
+    lv_domains: list[Any] = []
+    fake_disks = {dev: s.work / "mp-missing" / f"{dev}.{t.format}"
+                  for dev, t in tpl.disks.items()}
+    try:
+        server_id = svc.spawn(TEMPLATE)
+        svc.action(server_id, {"os-stop": {"vmops:hard": True}})
+        svc.wait_idle(TEMPLATE, interval=0.05)
+        for n in levels:
+            have = svc.server_count()
+            if have < n:
+                svc.stop_process()
+                subprocess.run([sys.executable, "-m", "bench.seed", str(svc.state_dir),
+                                TEMPLATE, str(n - have), "mp-", str(have)],
+                               check=True, env=svc.env)
+                svc.start()
+            while len(lv_domains) < n:
+                i = len(lv_domains)
+                lv_domains.append(lv.define(rewrite_domain_xml(
+                    tpl.domain_xml, f"mp-lv-{i}", new_uuid(), fake_disks,
+                    lv.run_dir / f"mp{i}.sock")))
+            ids = [x["id"] for x in svc.client.get("/servers")["servers"]]
+            if len(ids) != n:
+                raise RuntimeError(f"vmops lists {len(ids)} instances, expected {n}")
+            rows += _measure(svc, lv, lv_domains, ids, n, reps)
+    finally:
+        for dom in lv_domains:
+            lv.remove(dom)
+        svc.destroy_all()
+    return rows
+
+
+def _measure(svc: Any, lv: Any, lv_domains: list[Any], ids: list[str], n: int,
+             reps: int) -> list[Row]:
+    list_ms: list[float] = []
+    show_ms: list[float] = []
+    bulk_ms: list[float] = []
+    one_ms: list[float] = []
+    lv_uuids = [d.UUIDString() for d in lv_domains]
+
+    def vmops_list(_i: int) -> None:
+        t0 = now()
+        servers = svc.client.get("/servers/detail")["servers"]
+        list_ms.append(ms_since(t0))
+        assert len(servers) == n
+
+    def vmops_show(i: int) -> None:
+        t0 = now()
+        svc.client.get(f"/servers/{ids[(i * 7) % n]}")
+        show_ms.append(ms_since(t0))
+
+    def libvirt_bulk(_i: int) -> None:
+        t0 = now()
+        stats = lv.conn.getAllDomainStats(0, 0)
+        bulk_ms.append(ms_since(t0))
+        assert len(stats) == n
+
+    def libvirt_one(i: int) -> None:
+        t0 = now()
+        lv.conn.lookupByUUIDString(lv_uuids[(i * 7) % n]).info()
+        one_ms.append(ms_since(t0))
+
+    for warm in (vmops_list, vmops_show, libvirt_bulk, libvirt_one):
+        warm(0)
+    list_ms.clear()
+    show_ms.clear()
+    bulk_ms.clear()
+    one_ms.clear()
+    alternate(reps, vmops_list, vmops_show, libvirt_bulk, libvirt_one)
+    common = {"instances": n}
+    return [
+        make_row(f"mgmt_list_{n}", list_ms, bulk_ms, None, op="list", **common),
+        make_row(f"mgmt_show_{n}", show_ms, bulk_ms, None, op="show",
+                 libvirt_lookup_info_ms=round(median(one_ms) or 0.0, 3), **common),
+    ]
+
+
+if __name__ == "__main__":
+    from bench.runner import main
+
+    sys.exit(main(["--only", "mgmt_plane", *sys.argv[1:]]))
