@@ -356,8 +356,6 @@ class Compute:
                 fault="the domain is missing from the hypervisor")
         power = self.hv.info(inst.id).state
         vm_state = states.VM_STATE_OF_POWER[power]
-        if inst.vm_state == states.ERROR and inst.disks:
-            vm_state = states.ERROR if power is PowerState.NOSTATE else vm_state
         if (vm_state, power.value) == (inst.vm_state, inst.power_state):
             return inst
         return self.store.update_instance(inst, vm_state=vm_state, power_state=power.value)
