@@ -95,7 +95,7 @@ def test_image_import_refuses_missing_and_non_images(vmops: Vmops, tmp_path: Pat
 def _cached_files(images_dir: Path) -> list[str]:
     """Image files and temporaries; the cache's own lock files (.locks/) aside."""
     return sorted(str(p.relative_to(images_dir)) for p in images_dir.rglob("*")
-                  if p.is_file() and not p.relative_to(images_dir).parts[0] == ".locks")
+                  if p.is_file() and p.relative_to(images_dir).parts[0] != ".locks")
 
 
 def test_second_service_refused(vmops: Vmops) -> None:
