@@ -10,6 +10,7 @@ instance file) was left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -184,3 +185,53 @@ def vmops(vmops_session: Vmops) -> Iterator[Vmops]:
     for server in vmops_session.client.get("/servers")["servers"]:
         if server["id"] not in before:
             vmops_session.client.delete(f"/servers/{server['id']}")
+
+
+def _servers(vm: Vmops) -> list[dict[str, Any]]:
+    servers: list[dict[str, Any]] = vm.client.get("/servers")["servers"]
+    return servers
+
+
+def destroy_servers(vm: Vmops, keep: set[str] | frozenset[str] = frozenset()) -> None:
+    """Destroy every instance of ``vm``'s service whose id is not in ``keep``."""
+    for server in _servers(vm):
+        if server["id"] not in keep:
+            vm.client.delete(f"/servers/{server['id']}")
+
+
+def _kill_leftover_processes(state_dir: Path) -> None:
+    """SIGKILL the QEMU and capture processes a failed test left in ``state_dir``."""
+    for line in leftovers(state_dir):
+        pid = line.split(maxsplit=1)[0]
+        if pid.isdigit():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def separate_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
+    """A service of its own, in a new short state dir, with extra settings
+    (``use_cow_images="false"`` sets VMOPS_USE_COW_IMAGES), the test image
+    imported as "tiny". At the end, even on failure, its instances are
+    destroyed (the service restarted first if a test left it stopped), it is
+    stopped, and nothing may be left behind."""
+    path = Path(tempfile.mkdtemp(prefix="vmops-", dir="/tmp"))
+    vm = Vmops(path)
+    vm.env.update({f"VMOPS_{k.upper()}": v for k, v in settings.items()})
+    try:
+        vm.service = start_service(path, vm.env)  # type: ignore[attr-defined]
+        try:
+            vm.import_image("tiny", test_image_dir / "tiny.qcow2")
+            yield vm
+        finally:
+            try:
+                if vm.service.poll() is not None:  # type: ignore[attr-defined]
+                    vm.service = start_service(path, vm.env)  # type: ignore[attr-defined]
+                destroy_servers(vm)
+            finally:
+                stop_service(vm.service)  # type: ignore[attr-defined]
+        left = leftovers(path)
+        assert not left, f"left behind: {left}"
+    finally:
+        _kill_leftover_processes(path)
+        shutil.rmtree(path, ignore_errors=True)
