@@ -90,18 +90,18 @@ class Operations:
             seen = sorted(self._seen.items())
         out = _header("vmops_operations_total", "counter",
                       "Compute operations that ended, by verb and result (ok, error, refused).")
-        out += [_sample("vmops_operations_total", {"verb": v, "result": r}, row[0])
+        out += [_sample("vmops_operations_total", {"verb": v, "result": r}, int(row[0]))
                 for (v, r), row in seen]
         name = "vmops_operation_duration_seconds"
         out += _header(name, "histogram", "How long compute operations took, by verb and "
                        "result.")
         for (verb, result), row in seen:
             labels = {"verb": verb, "result": result}
-            out += [_sample(f"{name}_bucket", {**labels, "le": f"{b:g}"}, row[2 + i])
+            out += [_sample(f"{name}_bucket", {**labels, "le": f"{b:g}"}, int(row[2 + i]))
                     for i, b in enumerate(BUCKETS)]
-            out.append(_sample(f"{name}_bucket", {**labels, "le": "+Inf"}, row[0]))
+            out.append(_sample(f"{name}_bucket", {**labels, "le": "+Inf"}, int(row[0])))
             out.append(_sample(f"{name}_sum", labels, row[1]))
-            out.append(_sample(f"{name}_count", labels, row[0]))
+            out.append(_sample(f"{name}_count", labels, int(row[0])))
         return out
 
 

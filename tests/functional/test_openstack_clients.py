@@ -1,0 +1,207 @@
+"""OpenStack's own clients against a real service on TCP, real guests.
+
+The `openstack` command line and openstacksdk, with exactly the clouds.yaml
+of docs/openstack-clients.md (its port and token filled in). Two guests in
+all: one driven by the command line through every action, one by the SDK.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openstack import config as os_config
+from openstack import connection, exceptions
+
+from tests.functional.conftest import REPO, Vmops, separate_service
+
+# openstacksdk warns about its own deprecations on every call.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+TOKEN = "functional-test-token"
+OPENSTACK = str(Path(sys.executable).parent / "openstack")
+DOC = REPO / "docs" / "openstack-clients.md"
+BEAT = r"VMOPS-HEARTBEAT \d+"
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free: int = probe.getsockname()[1]
+    return free
+
+
+@pytest.fixture(scope="module")
+def tcp_vmops(test_image_dir: Path, port: int) -> Iterator[Vmops]:
+    """A service of its own listening on 127.0.0.1:port with a token."""
+    with separate_service(test_image_dir, listen=f"127.0.0.1:{port}", api_token=TOKEN) as vm:
+        yield vm
+
+
+def clouds_yaml(port: int, token: str = TOKEN) -> str:
+    """The clouds.yaml block of the docs, for this port and token."""
+    block = re.search(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
+    assert block, f"no clouds.yaml block in {DOC}"
+    return block.group(1).replace(":8774", f":{port}").replace("TOKEN", token)
+
+
+@pytest.fixture(scope="module")
+def clouds(tmp_path_factory: pytest.TempPathFactory, port: int) -> Path:
+    path = tmp_path_factory.mktemp("os") / "clouds.yaml"
+    path.write_text(clouds_yaml(port))
+    return path
+
+
+class OpenStackCLI:
+    def __init__(self, clouds: Path, cwd: Path) -> None:
+        self.env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd),
+                    "OS_CLIENT_CONFIG_FILE": str(clouds), "OS_CLOUD": "vmops"}
+        self.cwd = cwd
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([OPENSTACK, *args], env=self.env, cwd=self.cwd, text=True,
+                              capture_output=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"openstack {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-f", "json").stdout)
+
+
+@pytest.fixture(scope="module")
+def cli(tcp_vmops: Vmops, clouds: Path) -> OpenStackCLI:
+    return OpenStackCLI(clouds, clouds.parent)
+
+
+@pytest.fixture(scope="module")
+def sdk(tcp_vmops: Vmops, clouds: Path) -> connection.Connection:
+    cloud = os_config.OpenStackConfig(config_files=[str(clouds)]).get_one(cloud="vmops")
+    return connection.Connection(config=cloud)
+
+
+def wait_idle(sdk: connection.Connection, name: str, status: str,
+              timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        server = sdk.compute.find_server(name, ignore_missing=False)
+        if server.status == status and server.task_state is None:
+            return server
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} is {server.status}/{server.task_state}, not {status}")
+        time.sleep(0.2)
+
+
+def test_catalog_commands(cli: OpenStackCLI, tmp_path: Path) -> None:
+    assert cli.json("server", "list") == []
+    flavors = {f["Name"]: f for f in cli.json("flavor", "list")}
+    assert flavors["m1.tiny"]["RAM"] == 512
+    assert cli.json("flavor", "show", "m1.tiny")["vcpus"] == 1
+    (image,) = cli.json("image", "list")
+    assert (image["Name"], image["Status"]) == ("tiny", "active")
+    assert cli.json("image", "show", "tiny")["disk_format"] == "qcow2"
+    key = tmp_path / "k.pub"
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHl0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5"
+                   " me@host\n")
+    cli.run("keypair", "create", "--public-key", str(key), "me")
+    assert [k["Name"] for k in cli.json("keypair", "list")] == ["me"]
+    cli.run("keypair", "delete", "me")
+    assert cli.json("keypair", "list") == []
+
+
+def test_without_the_token_nothing_is_told(cli: OpenStackCLI, port: int, clouds: Path) -> None:
+    """keystoneauth reports a 401 on its version discovery as "Unable to find
+    a version discovery document"; the docs say so."""
+    none = subprocess.run([OPENSTACK, "--os-auth-type", "none", "--os-endpoint",
+                           f"http://127.0.0.1:{port}/v2.1", "server", "list"],
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(clouds.parent)},
+                          cwd="/", capture_output=True, text=True, timeout=120)
+    assert none.returncode != 0 and "version discovery document" in none.stderr
+    wrong = clouds.parent / "wrong.yaml"
+    wrong.write_text(clouds_yaml(port, token="not-the-token"))
+    bad = OpenStackCLI(wrong, clouds.parent).run("server", "list", check=False)
+    assert bad.returncode != 0 and "version discovery document" in bad.stderr
+    assert bad.stdout == ""
+    for path in ("/", "/v2.1/servers", "/metrics", "/openapi.json"):
+        with pytest.raises(urllib.error.HTTPError) as raised:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
+        assert raised.value.code == 401
+        assert json.loads(raised.value.read()) == {
+            "unauthorized": {"code": 401, "message": "authentication required"}}
+
+
+def test_server_lifecycle_with_the_openstack_cli(cli: OpenStackCLI, sdk: connection.Connection,
+                                                 tcp_vmops: Vmops, port: int) -> None:
+    created = cli.json("server", "create", "--image", "tiny", "--flavor", "m1.tiny", "web1",
+                       "--wait")
+    assert created["status"] == "ACTIVE"
+    shown = cli.json("server", "show", "web1")
+    assert (shown["status"], shown["OS-EXT-STS:vm_state"]) == ("ACTIVE", "active")
+    assert shown["OS-EXT-STS:power_state"] == 1  # -f json: Nova's number (Running)
+    assert shown["flavor"].startswith("m1.tiny") and shown["image"].startswith("tiny")
+    assert [s["Name"] for s in cli.json("server", "list")] == ["web1"]
+    tcp_vmops.wait_console("web1", BEAT, count=2)
+    lines = cli.run("console", "log", "show", "web1", "--lines", "3").stdout.splitlines()
+    assert len(lines) == 3 and any("VMOPS-HEARTBEAT" in line for line in lines)
+    _scrape_shows(port, "vmops-web1")
+    for args, status, power in [
+            (["server", "pause"], "PAUSED", 3),
+            (["server", "unpause"], "ACTIVE", 1),
+            (["server", "suspend"], "SUSPENDED", 4),
+            (["server", "resume"], "ACTIVE", 1),
+            (["server", "stop"], "SHUTOFF", 4),
+            (["server", "start"], "ACTIVE", 1),
+            (["server", "reboot"], "ACTIVE", 1),
+            (["server", "reboot", "--hard"], "ACTIVE", 1)]:
+        cli.run(*args, "web1")
+        wait_idle(sdk, "web1", status)
+        server = cli.json("server", "show", "web1")
+        assert (server["status"], server["OS-EXT-STS:power_state"]) == (status, power), args
+    refused = cli.run("server", "unpause", "web1", check=False)
+    assert refused.returncode != 0 and "409" in refused.stderr
+    cli.run("server", "delete", "web1", "--wait")
+    assert cli.json("server", "list") == []
+
+
+def _scrape_shows(port: int, domain: str) -> None:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics",
+                                     headers={"Authorization": f"Bearer {TOKEN}"})
+    text = urllib.request.urlopen(request, timeout=10).read().decode()
+    assert f'libvirt_domain_info_cpu_time_seconds_total{{domain="{domain}"}}' in text
+    assert re.search(rf'libvirt_domain_block_stats_read_bytes_total{{domain="{domain}",'
+                     r'source_file="[^"]+",target_device="vda"} [1-9]', text)
+    assert 'vmops_operations_total{verb="spawn",result="ok"}' in text
+
+
+def test_openstacksdk(sdk: connection.Connection, tcp_vmops: Vmops) -> None:
+    image = sdk.image.find_image("tiny", ignore_missing=False)
+    flavor = sdk.compute.find_flavor("m1.tiny", ignore_missing=False)
+    server = sdk.compute.create_server(name="sdk1", image_id=image.id, flavor_id=flavor.id)
+    server = sdk.compute.wait_for_server(server, wait=120)
+    assert (server.status, server.vm_state, server.power_state) == ("ACTIVE", "active", 1)
+    tcp_vmops.wait_console("sdk1", BEAT)
+    output = sdk.compute.get_server_console_output(server, length=2)["output"]
+    assert output.count("\n") <= 2 and "VMOPS" in output
+    with pytest.raises(exceptions.ConflictException):
+        sdk.compute.start_server(server)
+    with pytest.raises(exceptions.NotFoundException):
+        sdk.compute.get_server("00000000-0000-0000-0000-000000000000")
+    with pytest.raises(exceptions.BadRequestException):
+        sdk.compute.create_server(name="bad name", image_id=image.id, flavor_id=flavor.id)
+    sdk.compute.stop_server(server)
+    assert wait_idle(sdk, "sdk1", "SHUTOFF").power_state == 4
+    sdk.compute.delete_server(server)
+    sdk.compute.wait_for_delete(server, wait=60)
+    assert list(sdk.compute.servers()) == []
