@@ -33,6 +33,7 @@ class Routes:
         self.store = compute.store
         self.doctor = doctor
         self.metrics = Metrics(compute)
+        self.server_list = views.ServerList()
 
     def router(self) -> Router:
         r = Router()
@@ -100,8 +101,10 @@ class Routes:
                                           for i in self._servers(req)]})
 
     def list_servers_detail(self, req: Request) -> Response:
-        base = req.base_url
-        return Response(200, {"servers": [views.server(i, base) for i in self._servers(req)]})
+        insts = self._servers(req)
+        complete = not req.query  # unfiltered: these are all the instances
+        return Response(200, self.server_list.encode(insts, req.base_url, complete),
+                        headers={"Content-Type": "application/json"})
 
     def create_server(self, req: Request) -> Response:
         spawn = parse.spawn_request(req.json())

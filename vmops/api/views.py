@@ -6,6 +6,7 @@ read them; vmops' additions live under ``vmops:`` keys.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -148,3 +149,24 @@ def keypair_detail(k: Keypair) -> dict[str, Any]:
     """GET /os-keypairs/{name}: Nova adds the bookkeeping fields."""
     return {**keypair(k), "user_id": TENANT, "id": 0, "deleted": False,
             "updated_at": None, "deleted_at": None}
+
+
+class ServerList:
+    """``GET /servers/detail`` as JSON bytes, each server's part kept until its
+    record changes (every change sets ``updated_at``): listing 200 servers
+    then costs a lookup each, not a rendering. Safe across threads: entries
+    are replaced whole, never changed."""
+
+    def __init__(self) -> None:
+        self._parts: dict[str, tuple[float, str, bytes]] = {}
+
+    def encode(self, insts: list[Instance], base: str, complete: bool) -> bytes:
+        """``complete``: ``insts`` are all the instances, so forget the others."""
+        fresh: dict[str, tuple[float, str, bytes]] = {}
+        for inst in insts:
+            part = self._parts.get(inst.id)
+            if part is None or part[:2] != (inst.updated_at, base):
+                part = (inst.updated_at, base, json.dumps(server(inst, base)).encode())
+            fresh[inst.id] = part
+        self._parts = fresh if complete else {**self._parts, **fresh}
+        return b'{"servers": [' + b", ".join(p[2] for p in fresh.values()) + b"]}"
