@@ -645,3 +645,21 @@ def api_routes(api: Api) -> list[tuple[str, str]]:
     routes = Routes(api.compute, Catalog(api.store, ImageCache(Path("/nonexistent"))),
                     lambda: [])
     return routes.router().templates()
+
+
+def test_server_list_follows_every_record_change(api: Api) -> None:
+    inst = api.add_instance("web1")
+    api.add_instance("web2")
+
+    def detail() -> dict[str, str]:
+        return {s["name"]: s["status"] for s in api.get("/v2.1/servers/detail").body["servers"]}
+
+    assert detail() == {"web1": "ACTIVE", "web2": "ACTIVE"}
+    api.store.update_instance(inst, vm_state=states.STOPPED)
+    assert detail() == {"web1": "SHUTOFF", "web2": "ACTIVE"}
+    assert api.get("/v2.1/servers/detail?name=web2").body["servers"][0]["name"] == "web2"
+    api.call("DELETE", "/v2.1/servers/web1")
+    assert detail() == {"web2": "ACTIVE"}
+    other_host = api.get("/v2.1/servers/detail", headers={"Host": "example.test:8774"})
+    assert other_host.body["servers"][0]["links"][0]["href"].startswith(
+        "http://example.test:8774/v2.1/servers/")
