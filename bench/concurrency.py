@@ -1,6 +1,6 @@
 """Eight spawns at once: vmops against eight parallel libvirt-python creates.
 
-    python -m bench concurrency [--quick]
+    python -m bench --only concurrency [--quick]     (or: python -m bench.concurrency)
 
 - vmops: eight threads each ``POST /servers`` at the same moment; one
   poller reads ``GET /servers/detail`` every 20 ms and notes when each
@@ -34,7 +34,7 @@ def run(quick: bool) -> list[Row]:
     svc = s.vmops
     lv = s.baseline
     tpl = s.template(config_drive=False)
-    reps = 1 if quick else 3
+    reps = 1 if quick else 4
     retries_before = svc.client.eagain_retries
     vm_make: list[float] = []
     vm_spread: list[float] = []

@@ -1,6 +1,6 @@
 """Power operations: vmops' API against the same libvirt call made directly.
 
-    python -m bench lifecycle [--quick]
+    python -m bench --only lifecycle [--quick]     (or: python -m bench.lifecycle)
 
 One running vmops instance and one running baseline domain (vmops' domain
 XML on the bench's own embed root). Each repetition runs the sequence
@@ -50,7 +50,7 @@ def run(quick: bool) -> list[Row]:
     svc = s.vmops
     lv = s.baseline
     tpl = s.template(config_drive=False)
-    reps = 1 if quick else 5
+    reps = 1 if quick else 7
     wd = s.workdir("lc-lv")
     disks = make_disks(tpl.disks, wd)
     dom = lv.define(rewrite_domain_xml(tpl.domain_xml, "lc-lv", new_uuid(), disks,

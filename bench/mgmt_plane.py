@@ -1,6 +1,6 @@
 """Management plane: list and show latency at 10, 100 and 200 instances.
 
-    python -m bench mgmt_plane [--quick]
+    python -m bench --only mgmt_plane [--quick]     (or: python -m bench.mgmt_plane)
 
 The instances are stopped (defined, not running): one real instance
 spawned and ``stop --hard``-ed through the API, and clones of it added by

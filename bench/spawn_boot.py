@@ -1,6 +1,6 @@
 """Spawn to guest userspace: until ``VMOPS-BOOT-COMPLETE`` is on the console.
 
-    python -m bench spawn_boot [--quick]
+    python -m bench --only spawn_boot [--quick]     (or: python -m bench.spawn_boot)
 
 - vmops: ``POST /servers`` (m1.tiny, no config drive) until the line is in
   the instance's console log (read from its files every 50 ms).
@@ -31,7 +31,7 @@ def run(quick: bool) -> list[Row]:
     s = session.get()
     svc = s.vmops
     tpl = s.template(config_drive=False)
-    reps = 1 if quick else 3
+    reps = 1 if quick else 5
     vmops_ms: list[float] = []
     qemu_ms: list[float] = []
 

@@ -78,6 +78,10 @@ class VmopsService:
         """libvirt's saved (inactive) definition of an instance's domain."""
         return self.libvirt_root / "etc" / "qemu" / f"vmops-{name}.xml"
 
+    def domain_status_file(self, name: str) -> Path:
+        """libvirt's status XML of a running domain, rewritten at each change."""
+        return self.libvirt_root / "run" / "qemu" / f"vmops-{name}.xml"
+
     def domain_xml(self, name: str) -> str:
         return self.domain_xml_file(name).read_text()
 
