@@ -1,0 +1,150 @@
+"""The bench's own logic, without VMs: ``pytest bench/tests``.
+
+Nothing here times anything or asserts speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from bench import report
+from bench.common import Target, alternate, make_row
+from bench.fswatch import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FsWatch
+from bench.runner import normalize, parse_args
+from bench.virt import qemu_command, rewrite_domain_xml
+
+DOMAIN = """<domain type='qemu'>
+  <name>vmops-web1</name>
+  <uuid>11111111-2222-3333-4444-555555555555</uuid>
+  <metadata><vmops:instance xmlns:vmops="https://vmops.dev/xmlns/instance/1"/></metadata>
+  <memory unit='KiB'>524288</memory>
+  <vcpu placement='static'>2</vcpu>
+  <os><type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type><boot dev='hd'/></os>
+  <cpu mode='maximum'/>
+  <devices>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='writeback' discard='unmap'/>
+      <source file='/state/instances/u/root.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw' cache='writeback'/>
+      <source file='/state/instances/u/config.iso'/>
+      <target dev='hda' bus='ide'/>
+      <readonly/>
+    </disk>
+    <interface type='user'><mac address='52:54:00:aa:bb:cc'/><model type='virtio'/></interface>
+    <serial type='unix'><source mode='bind' path='/state/run/u.sock'/><target port='0'/></serial>
+    <console type='unix'><source mode='bind' path='/state/run/u.sock'/>
+      <target type='serial' port='0'/></console>
+    <memballoon model='virtio'><stats period='10'/></memballoon>
+  </devices>
+</domain>"""
+
+
+def test_target_ratio_or_slack() -> None:
+    t = Target(1.2, slack_ms=10.0)
+    assert t.passed(12.0, 10.0)
+    assert t.passed(19.0, 9.0)  # over 1.2x, within +10 ms
+    assert not t.passed(400.0, 300.0)
+    assert Target(1.1).text() == "<= 1.1x"
+    assert "baseline + 10 ms" in t.text()
+
+
+def test_make_row_medians_ratio_verdict() -> None:
+    row = make_row("x", [10.0, 30.0, 20.0], [10.0, 10.0, 12.0], Target(1.5))
+    assert row["vmops_median_ms"] == 20.0 and row["baseline_median_ms"] == 10.0
+    assert row["ratio"] == 2.0 and row["passed"] is False
+    assert make_row("y", [1.0], [2.0], None)["passed"] is None
+
+
+def test_alternate_rotates_who_goes_first() -> None:
+    calls: list[str] = []
+    alternate(3, lambda i: calls.append(f"a{i}"), lambda i: calls.append(f"b{i}"))
+    assert calls == ["a0", "b0", "b1", "a1", "a2", "b2"]
+
+
+def test_normalize_rows_of_the_older_modules() -> None:
+    old = normalize({"scenario": "configdrive.build_tree", "median_ms": 0.2, "p90_ms": 0.3,
+                     "target": "median < 10 ms", "pass": True}, "configdrive")
+    assert old["vmops_median_ms"] == 0.2 and old["baseline_median_ms"] is None
+    assert old["passed"] is True and "pass" not in old and old["p90_ms"] == 0.3
+    disks = normalize({"scenario": "cow", "vmops_median_ms": 3.0, "baseline_median_ms": 2.0,
+                       "ratio": 1.5, "target": "<= 1.5x", "pass": False}, "disks")
+    assert disks["passed"] is False and disks["ratio"] == 1.5
+    no_ratio = normalize({"scenario": "c", "vmops_median_ms": 3.0,
+                          "baseline_median_ms": 1.5}, "console")
+    assert no_ratio["ratio"] == 2.0 and no_ratio["passed"] is None
+
+
+def test_parse_args_only() -> None:
+    args = parse_args(["--quick", "--only", "lifecycle,mgmt_plane"])
+    assert args.quick and args.names == ["lifecycle", "mgmt_plane"]
+
+
+def test_rewrite_domain_xml_moves_every_path() -> None:
+    xml = rewrite_domain_xml(DOMAIN, "base-1", "99999999-2222-3333-4444-555555555555",
+                             {"vda": Path("/b/vda.qcow2"), "hda": Path("/b/hda.raw")},
+                             Path("/b/s.sock"))
+    assert "/state/" not in xml
+    assert "<name>base-1</name>" in xml and "99999999-" in xml
+    assert "/b/vda.qcow2" in xml and "/b/hda.raw" in xml and xml.count("/b/s.sock") == 2
+
+
+def test_qemu_command_mirrors_the_domain() -> None:
+    cmd = qemu_command(DOMAIN, {"vda": Path("/b/vda.qcow2"), "hda": Path("/b/hda.raw")},
+                       Path("/b/qmp.sock"), ["-serial", "file:/b/log"])
+    text = " ".join(cmd)
+    assert cmd[:3] == ["qemu-system-x86_64", "-accel", "tcg"]
+    assert "-machine pc-i440fx-7.2" in text and "-cpu max" in text
+    assert "-m 512M" in text and "-smp 2" in text
+    assert ("file=/b/vda.qcow2,format=qcow2,cache=writeback,if=virtio,discard=unmap"
+            in text)
+    assert "file=/b/hda.raw,format=raw,cache=writeback,media=cdrom,if=ide,index=0" in text
+    assert "user,model=virtio-net-pci,mac=52:54:00:aa:bb:cc" in text
+    assert "virtio-balloon-pci" in text
+
+
+def test_fswatch_sees_created_and_renamed_files(tmp_path: Path) -> None:
+    watch = FsWatch()
+    try:
+        watch.watch(tmp_path, auto=True)
+        sub = tmp_path / "inst"
+        sub.mkdir()
+        (tmp_path / "a.tmp").write_text("x")
+        os.rename(tmp_path / "a.tmp", tmp_path / "a")
+        deadline = time.monotonic() + 10
+        while watch.first(tmp_path / "a", IN_MOVED_TO) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        (sub / "disk").write_text("y")
+        while watch.first(sub / "disk", IN_CLOSE_WRITE) is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watch.first(sub, IN_CREATE) is not None
+        assert watch.first(tmp_path / "a", IN_MOVED_TO) is not None
+        assert watch.first(sub / "disk", IN_CREATE | IN_CLOSE_WRITE) is not None
+    finally:
+        watch.close()
+
+
+def test_report_files(tmp_path: Path) -> None:
+    rows = [normalize(make_row("spawn_running_vs_libvirt", [3.0], [2.0], None,
+                               phases_ms={"disks": 1.0, "define": 2.0},
+                               libvirt_define_ms=1.0, libvirt_start_ms=1.0,
+                               qemu_median_ms=0.5), "spawn_running"),
+            normalize(make_row("mgmt_list_10", [1.0], [0.5], None, op="list", instances=10),
+                      "mgmt_plane"),
+            normalize(make_row("mgmt_show_10", [1.0], [0.5], None, op="show", instances=10,
+                               libvirt_lookup_info_ms=0.1), "mgmt_plane"),
+            normalize({"scenario": "console", "skipped": "no module"}, "console")]
+    results = {"machine": report.machine_info(), "quick": True, "scenarios": [],
+               "duration_s": 1.0, "rows": rows}
+    written = report.write(tmp_path, results)
+    assert json.loads((tmp_path / "results.json").read_text())["rows"][0]["ratio"] == 1.5
+    md = (tmp_path / "report.md").read_text()
+    assert "| spawn_running_vs_libvirt | 3.0 | 2.0 | 1.50 |" in md and "SKIP" in md
+    assert all(p.exists() for p in written)
+    assert "spawn_running_vs_libvirt" in report.format_table(rows)
