@@ -26,7 +26,8 @@ from openstack import connection, exceptions
 from tests.functional.conftest import REPO, Vmops, separate_service
 
 # openstacksdk warns about its own deprecations on every call.
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
 
 TOKEN = "functional-test-token"
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
