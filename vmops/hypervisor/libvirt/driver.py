@@ -390,7 +390,9 @@ class LibvirtHypervisor:
     def bulk_stats(self) -> dict[str, dict[str, int | float]]:
         stats: dict[str, dict[str, int | float]] = {}
         for dom, values in self.conn.getAllDomainStats(_STATS, 0):
-            if self._is_marked(dom):
+            # A domain's mark only goes with an undefine (which drops it from
+            # _marked), so a known one needs no metadata call: one call per scrape.
+            if str(dom.UUIDString()) in self._marked or self._is_marked(dom):
                 stats[str(dom.UUIDString())] = {
                     k: (v if isinstance(v, float) else int(v))
                     for k, v in values.items() if isinstance(v, int | float)}
