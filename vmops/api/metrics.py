@@ -17,30 +17,19 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from vmops.api import views
 from vmops.api.server import Request, Response
-from vmops.compute import states
 from vmops.compute.manager import DOMAIN_PREFIX, Compute
-from vmops.compute.tasks import TaskLocks
-from vmops.errors import InstanceNotFound, VmopsError
+from vmops.errors import VmopsError
 from vmops.store import Instance
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-
-VERB_OF_TASK = {
-    states.SPAWNING: "spawn", states.DELETING: "destroy", states.REBOOTING: "reboot",
-    states.REBOOTING_HARD: "hard-reboot", states.POWERING_OFF: "stop",
-    states.POWERING_ON: "start", states.PAUSING: "pause", states.UNPAUSING: "unpause",
-    states.SUSPENDING: "suspend", states.RESUMING: "resume",
-}
 
 # (metric suffix, libvirt statistic, scale, help)
 INFO_METRICS = (
@@ -105,75 +94,11 @@ class Operations:
         return out
 
 
-_local = threading.local()
-
-
-class MeteredTaskLocks(TaskLocks):
-    """TaskLocks that time each operation from taking the instance to
-    releasing it. A release in the thread of an API call is left to that
-    call to record (it knows whether the operation was refused); others
-    (background work) are recorded here, with the result read from the record."""
-
-    def __init__(self, operations: Operations, result_of: Callable[[str], str]) -> None:
-        super().__init__()
-        self._operations = operations
-        self._result_of = result_of
-        self._started: dict[str, tuple[str, float, int]] = {}
-
-    def acquire(self, instance_id: str, instance_name: str, task: str) -> None:
-        super().acquire(instance_id, instance_name, task)
-        self._started[instance_id] = (task, time.monotonic(), threading.get_ident())
-
-    def release(self, instance_id: str) -> None:
-        started = self._started.pop(instance_id, None)
-        super().release(instance_id)
-        if started is None:
-            return
-        task, t0, thread = started
-        verb = VERB_OF_TASK.get(task, task)
-        pending = getattr(_local, "pending", None)
-        if thread == threading.get_ident() and pending is not None:
-            pending.append((verb, t0, instance_id))
-            return
-        try:
-            self._operations.record(verb, self._result_of(instance_id), time.monotonic() - t0)
-        except Exception:  # noqa: BLE001 - metrics must never break an operation
-            log.exception("metrics: could not record %s of %s", verb, instance_id)
-
-
 class Metrics:
     def __init__(self, compute: Compute) -> None:
         self.compute = compute
         self.operations = Operations()
-        tasks = MeteredTaskLocks(self.operations, self._result_of)
-        tasks._running.update(compute.tasks._running)  # locks held before we started
-        compute.tasks = tasks
-
-    def _result_of(self, instance_id: str) -> str:
-        try:
-            inst = self.compute.store.instance(instance_id)
-        except InstanceNotFound:
-            return "ok"  # destroyed
-        return "error" if inst.vm_state == states.ERROR or inst.fault else "ok"
-
-    @contextmanager
-    def operation(self, verb: str) -> Iterator[None]:
-        """Around an API call of a compute verb: records refusals (and work
-        finished within the call); background work is recorded when it ends."""
-        _local.pending = []
-        t0 = time.monotonic()
-        try:
-            yield
-        except VmopsError as exc:
-            result = "refused" if exc.http_status < 500 else "error"
-            self.operations.record(verb, result, time.monotonic() - t0)
-            raise
-        else:
-            for done_verb, started, instance_id in _local.pending:
-                self.operations.record(done_verb, self._result_of(instance_id),
-                                       time.monotonic() - started)
-        finally:
-            _local.pending = None
+        compute.operation_observers.append(self.operations.record)
 
     # -- the scrape ------------------------------------------------------------
     def scrape(self, req: Request) -> Response:

@@ -72,6 +72,8 @@ class Compute:
         self._host_problems = host_problems
         self.tasks = TaskLocks()
         self.background_actions = False  # the service sets it: actions answer at once
+        # Called with (verb, result, seconds) when an operation ends.
+        self.operation_observers: list[Callable[[str, str, float], None]] = []
         self._state_changed = threading.Condition()
         hypervisor.on_lifecycle_event(self._on_lifecycle_event)
 
@@ -87,11 +89,24 @@ class Compute:
 
     # -- spawn ---------------------------------------------------------------
     def create(self, req: SpawnRequest, background: bool = True) -> Instance:
-        """Validate, record, then spawn (in a thread unless background=False).
+        """Validate, record, then spawn (in a thread unless background=False)."""
+        started = time.monotonic()
+        try:
+            inst, image = self._record_spawn(req)
+        except VmopsError as exc:
+            self._ended("spawn", started, exc)
+            raise
+        args = (inst, image, req.admin_password, started)
+        if not background:
+            self._spawn(*args)
+            return self.store.instance(inst.id)
+        threading.Thread(target=self._spawn, args=args, name=f"spawn-{inst.name}",
+                         daemon=True).start()
+        return inst
 
-        Everything that can be refused is checked before the record is
-        written, so a refused spawn leaves nothing behind.
-        """
+    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image]:
+        """Everything that can be refused is checked before the record is
+        written, so a refused spawn leaves nothing behind."""
         problems = self._host_problems()
         if problems:
             raise HostNotReady(reason="; ".join(problems))
@@ -117,12 +132,7 @@ class Compute:
             desired_running=True))
         self.store.update_image(image)  # last used now: prune ages images by it
         self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
-        if not background:
-            self._spawn(inst, image, req.admin_password)
-            return self.store.instance(inst.id)
-        threading.Thread(target=self._spawn, args=(inst, image, req.admin_password),
-                         name=f"spawn-{inst.name}", daemon=True).start()
-        return inst
+        return inst, image
 
     def _active_image(self, ref: str) -> Image:
         image = self.store.image(ref)
@@ -131,9 +141,11 @@ class Compute:
                                state=f"{image.status} (not yet imported)")
         return image
 
-    def _spawn(self, inst: Instance, image: Image, admin_password: str | None) -> None:
+    def _spawn(self, inst: Instance, image: Image, admin_password: str | None,
+               started: float) -> None:
         from vmops.compute import spawn as spawn_steps
 
+        failure: Exception | None = None
         try:
             disks = spawn_steps.create_disks(self, inst, image, admin_password)
             inst = self.store.update_instance(inst, disks=tuple(disks))
@@ -144,6 +156,7 @@ class Compute:
                                        launched_at=time.time(),
                                        power_state=PowerState.RUNNING.value)
         except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
+            failure = exc
             log.exception("spawn of %s failed", inst.name)
             self._teardown(inst)
             fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
@@ -153,6 +166,7 @@ class Compute:
         finally:
             self.tasks.release(inst.id)
             self._notify()
+            self._ended("spawn", started, failure)
 
     def domain_spec(self, inst: Instance) -> DomainSpec:
         flavor = inst.flavor
@@ -173,7 +187,7 @@ class Compute:
         log_dir = self.instance_dir(inst)
         self.settings.run_dir.mkdir(parents=True, exist_ok=True)
         self.console.start_capture(self.console_socket(inst), log_dir,
-                              self.settings.console_log_max_bytes)
+                                   self.settings.console_log_max_bytes)
         _, generation = self.console.capture_generation(log_dir)
         self.hv.start(inst.id, paused=True)
         try:
@@ -190,11 +204,17 @@ class Compute:
             inst = self.store.instance(ref)
         except InstanceNotFound:
             return
-        with self.tasks.hold(inst.id, inst.name, states.DELETING):
-            self.store.update_instance(inst, task_state=states.DELETING)
-            self._teardown(inst)
-            self.store.delete_instance(inst.id)
+        started = time.monotonic()
+        try:
+            with self.tasks.hold(inst.id, inst.name, states.DELETING):
+                self.store.update_instance(inst, task_state=states.DELETING)
+                self._teardown(inst)
+                self.store.delete_instance(inst.id)
+        except Exception as exc:
+            self._ended("destroy", started, exc)
+            raise
         self._notify()
+        self._ended("destroy", started)
 
     def _teardown(self, inst: Instance) -> None:
         """Remove the domain, the capture process and every file of ``inst``."""
@@ -235,25 +255,50 @@ class Compute:
         """Check the state and take the instance (at once, so a refusal is
         immediate), then do ``work`` in this thread or, with
         ``self.background_actions``, in a new one (the API answers 202)."""
-        inst = self._begin(ref, action, task, allowed)
+        started = time.monotonic()
+        try:
+            inst = self._begin(ref, action, task, allowed)
+        except VmopsError as exc:
+            self._ended(action, started, exc)
+            raise
+        args = (inst, action, started, work, changes)
         if not self.background_actions:
-            return self._work(inst, work, changes, reraise=True)
-        threading.Thread(target=self._work, args=(inst, work, changes, False),
-                         name=f"{task}-{inst.name}", daemon=True).start()
+            return self._work(*args, reraise=True)
+        threading.Thread(target=self._work, args=args, name=f"{task}-{inst.name}",
+                         daemon=True).start()
         return inst
 
-    def _work(self, inst: Instance, work: Callable[[Instance], None],
-              changes: dict[str, Any], reraise: bool) -> Instance:
+    def _work(self, inst: Instance, action: str, started: float,
+              work: Callable[[Instance], None], changes: dict[str, Any],
+              reraise: bool = False) -> Instance:
         try:
             work(inst)
         except Exception as exc:
-            log.exception("%s of %s failed", inst.task_state, inst.name)
+            log.exception("%s of %s failed", action, inst.name)
             fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
             inst = self._finish(inst, fault=fault)
+            self._ended(action, started, exc)
             if reraise:
                 raise
             return inst
-        return self._finish(inst, **changes)
+        inst = self._finish(inst, **changes)
+        self._ended(action, started)
+        return inst
+
+    def _ended(self, verb: str, started: float, failure: BaseException | None = None) -> None:
+        """Tell the observers (metrics) an operation ended: ok, refused or error."""
+        if failure is None:
+            result = "ok"
+        elif isinstance(failure, VmopsError) and failure.http_status < 500:
+            result = "refused"
+        else:
+            result = "error"
+        seconds = time.monotonic() - started
+        for observer in self.operation_observers:
+            try:
+                observer(verb, result, seconds)
+            except Exception:  # noqa: BLE001 - an observer must never break an operation
+                log.exception("operation observer failed")
 
     def pause(self, ref: str) -> Instance:
         return self._run(ref, "pause", states.PAUSING, (states.ACTIVE,),
