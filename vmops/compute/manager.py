@@ -164,9 +164,9 @@ class Compute:
                                        power_state=PowerState.NOSTATE.value,
                                        desired_running=False, fault=fault, disks=())
         finally:
+            self._ended("spawn", started, failure)
             self.tasks.release(inst.id)
             self._notify()
-            self._ended("spawn", started, failure)
 
     def domain_spec(self, inst: Instance) -> DomainSpec:
         flavor = inst.flavor
@@ -210,11 +210,11 @@ class Compute:
                 self.store.update_instance(inst, task_state=states.DELETING)
                 self._teardown(inst)
                 self.store.delete_instance(inst.id)
+                self._ended("destroy", started)
         except Exception as exc:
             self._ended("destroy", started, exc)
             raise
         self._notify()
-        self._ended("destroy", started)
 
     def _teardown(self, inst: Instance) -> None:
         """Remove the domain, the capture process and every file of ``inst``."""
@@ -239,7 +239,10 @@ class Compute:
             self.tasks.release(inst.id)
             raise
 
-    def _finish(self, inst: Instance, **changes: Any) -> Instance:
+    def _finish(self, inst: Instance, action: str, started: float,
+                failure: Exception | None = None, **changes: Any) -> Instance:
+        """Record the outcome, then release the instance (in that order, so
+        whoever sees the task end also sees its record and metrics)."""
         try:
             power = self.hv.info(inst.id).state
             changes.setdefault("vm_state", states.VM_STATE_OF_POWER[power])
@@ -247,6 +250,7 @@ class Compute:
             return self.store.update_instance(inst, task_state=None, power_state=power.value,
                                               **changes)
         finally:
+            self._ended(action, started, failure)
             self.tasks.release(inst.id)
             self._notify()
 
@@ -276,14 +280,11 @@ class Compute:
         except Exception as exc:
             log.exception("%s of %s failed", action, inst.name)
             fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
-            inst = self._finish(inst, fault=fault)
-            self._ended(action, started, exc)
+            inst = self._finish(inst, action, started, exc, fault=fault)
             if reraise:
                 raise
             return inst
-        inst = self._finish(inst, **changes)
-        self._ended(action, started)
-        return inst
+        return self._finish(inst, action, started, **changes)
 
     def _ended(self, verb: str, started: float, failure: BaseException | None = None) -> None:
         """Tell the observers (metrics) an operation ended: ok, refused or error."""
