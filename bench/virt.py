@@ -131,8 +131,9 @@ def make_disks(templates: dict[str, DiskTemplate], workdir: Path) -> dict[str, P
 
 
 def rewrite_domain_xml(domain_xml: str, name: str, uuid: str, disks: dict[str, Path],
-                       console_socket: Path) -> str:
-    """vmops' domain with another name, UUID, disk files and serial socket."""
+                       console_socket: Path, serial_file: Path | None = None) -> str:
+    """vmops' domain with another name, UUID, disk files and serial socket
+    (or, with ``serial_file``, the serial port written to that file)."""
     root = ET.fromstring(domain_xml)
     for tag, value in (("name", name), ("uuid", uuid)):
         element = root.find(tag)
@@ -147,8 +148,14 @@ def rewrite_domain_xml(domain_xml: str, name: str, uuid: str, disks: dict[str, P
     for kind in ("serial", "console"):
         for dev in root.iter(kind):
             source = dev.find("source")
-            if source is not None and "path" in source.attrib:
+            if source is None or "path" not in source.attrib:
+                continue
+            if serial_file is None:
                 source.set("path", str(console_socket))
+            else:
+                dev.set("type", "file")
+                source.attrib.clear()
+                source.set("path", str(serial_file))
     return ET.tostring(root, encoding="unicode")
 
 

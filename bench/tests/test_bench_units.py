@@ -148,3 +148,10 @@ def test_report_files(tmp_path: Path) -> None:
     assert "| spawn_running_vs_libvirt | 3.0 | 2.0 | 1.50 |" in md and "SKIP" in md
     assert all(p.exists() for p in written)
     assert "spawn_running_vs_libvirt" in report.format_table(rows)
+
+
+def test_rewrite_domain_xml_serial_to_file() -> None:
+    xml = rewrite_domain_xml(DOMAIN, "b", "99999999-2222-3333-4444-555555555555", {},
+                             Path("/b/s.sock"), serial_file=Path("/b/serial.log"))
+    assert "s.sock" not in xml and xml.count("/b/serial.log") == 2
+    assert "<serial type=\"file\">" in xml and "mode=" not in xml
