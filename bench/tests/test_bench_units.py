@@ -154,4 +154,4 @@ def test_rewrite_domain_xml_serial_to_file() -> None:
     xml = rewrite_domain_xml(DOMAIN, "b", "99999999-2222-3333-4444-555555555555", {},
                              Path("/b/s.sock"), serial_file=Path("/b/serial.log"))
     assert "s.sock" not in xml and xml.count("/b/serial.log") == 2
-    assert "<serial type=\"file\">" in xml and "mode=" not in xml
+    assert "<serial type=\"file\">" in xml and "bind" not in xml
