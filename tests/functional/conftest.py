@@ -199,9 +199,21 @@ def destroy_servers(vm: Vmops, keep: set[str] | frozenset[str] = frozenset()) ->
             vm.client.delete(f"/servers/{server['id']}")
 
 
+def processes_of(state_dir: Path) -> list[str]:
+    """"pid args" of the QEMU and capture processes tied to ``state_dir``.
+
+    ``ps -ww``: without it ps may cut lines at 80 columns (when it cannot
+    tell the terminal's width), before the state dir in the arguments.
+    """
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True,
+                        check=True).stdout
+    return [line.strip() for line in ps.splitlines()
+            if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line)]
+
+
 def _kill_leftover_processes(state_dir: Path) -> None:
     """SIGKILL the QEMU and capture processes a failed test left in ``state_dir``."""
-    for line in leftovers(state_dir):
+    for line in processes_of(state_dir):
         pid = line.split(maxsplit=1)[0]
         if pid.isdigit():
             with contextlib.suppress(ProcessLookupError):
@@ -230,7 +242,7 @@ def separate_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
                 destroy_servers(vm)
             finally:
                 stop_service(vm.service)  # type: ignore[attr-defined]
-        left = leftovers(path)
+        left = leftovers(path) + processes_of(path)
         assert not left, f"left behind: {left}"
     finally:
         _kill_leftover_processes(path)

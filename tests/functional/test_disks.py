@@ -16,6 +16,7 @@ from tests.functional.conftest import (
     Vmops,
     destroy_servers,
     leftovers,
+    processes_of,
     separate_service,
 )
 
@@ -130,7 +131,8 @@ def test_too_small_flavor_refused_and_leaves_nothing(vmops: Vmops, tmp_path: Pat
         assert "dksmall" not in [s["name"] for s in vmops.json("list")]
         assert vmops.run("show", "dksmall", check=False).returncode != 0
         assert _domain_files(vmops, "dksmall") == []
-        assert leftovers(vmops.state_dir) == []  # no disk, no QEMU, no capture process
+        assert leftovers(vmops.state_dir) == []  # no disk
+        assert processes_of(vmops.state_dir) == []  # no QEMU, no capture process
     finally:
         vmops.run("image", "delete", "dk-big")
 
