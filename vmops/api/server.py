@@ -285,6 +285,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # Room for bursts (8 spawns at once from scripts): the default of 5
+    # makes a unix-socket connect fail with EAGAIN.
+    request_queue_size = 128
     router: Router
     token: str
 

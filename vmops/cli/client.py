@@ -21,6 +21,7 @@ from vmops.errors import ServiceUnavailable, VmopsError
 
 PREFIX = "/v2.1"
 START_TIMEOUT_S = 60.0
+CONNECT_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 
 class ApiError(VmopsError):
@@ -37,10 +38,21 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(str(self._path))
-        self.sock = sock
+        for delay in CONNECT_RETRY_DELAYS:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(str(self._path))
+            except BlockingIOError:  # the service's accept queue is full: a burst
+                sock.close()
+                time.sleep(delay)
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
+            return
+        raise ServiceUnavailable(reason=f"{self._path} stays busy: too many clients at once")
 
 
 class Client:

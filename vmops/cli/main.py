@@ -36,6 +36,7 @@ def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dic
     """Poll until the server leaves BUILD (spawn) or its task ends (actions)."""
     deadline = time.monotonic() + WAIT_TIMEOUT_S
     shown = None
+    delay = 0.01  # quick operations (pause: ~10 ms) should return about as fast
     while True:
         server = _server_ref(client, server_id)
         task = server["OS-EXT-STS:task_state"]
@@ -50,7 +51,8 @@ def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dic
             shown = task
         if time.monotonic() > deadline:
             raise VmopsError(f"gave up waiting for {server['name']} after {WAIT_TIMEOUT_S:g}s")
-        time.sleep(0.2)
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 # -- servers ------------------------------------------------------------------
