@@ -126,6 +126,7 @@ class Instance:
     disks: tuple[DiskRecord, ...] = ()
     config_drive: bool = False
     key_name: str | None = None
+    key_data: str | None = None  # the public key as it was at spawn
     properties: dict[str, str] = field(default_factory=dict)
     user_data: str | None = None  # base64, kept to rebuild the config drive
     injected_files: tuple[tuple[str, str], ...] = ()  # (path, base64 content)

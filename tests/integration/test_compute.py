@@ -236,3 +236,29 @@ def test_foreign_domains_are_never_touched(env: dict[str, Any]) -> None:
     env["compute"].recover()
     assert "11111111-2222-3333-4444-555555555555" in hv.foreign
     assert len(hv.list_uuids()) == 1
+
+
+def test_rebuild_config_drive_only_when_stopped(env: dict[str, Any]) -> None:
+    from vmops.configdrive import read_iso
+    from vmops.errors import Invalid
+
+    c: Compute = env["compute"]
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB8n8e8hQ8mC2s7rC9yq0n2rZ5h1qJ9x2r7b0l3n4m5o me"
+    env["catalog"].add_keypair("k1", key)
+    inst = _spawn(env, config_drive=True, key_name="k1", user_data=b"hello")
+    drive = Path(next(d.path for d in inst.disks if d.role == "config"))
+    first = read_iso(drive)
+    with pytest.raises(InvalidState, match="while it is running"):
+        c.rebuild_config_drive("web1")
+    env["store"].delete_keypair("k1")  # the drive keeps the key it was made with
+    c.stop("web1", hard=True)
+    c.rebuild_config_drive("web1")
+    again = read_iso(drive)
+    assert again["openstack/latest/user_data"] == b"hello"
+    assert again["openstack/latest/meta_data.json"] != b""
+    assert b"k1" in again["openstack/latest/meta_data.json"]
+    assert set(again) == set(first)
+    _spawn(env, name="web2")
+    c.stop("web2", hard=True)
+    with pytest.raises(Invalid, match="no config drive"):
+        c.rebuild_config_drive("web2")

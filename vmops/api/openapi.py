@@ -185,7 +185,8 @@ def _server_paths() -> dict[str, Any]:
     action = {"oneOf": [
         obj({"reboot": obj({"type": {"enum": ["SOFT", "HARD"]}}, extra=False)}, extra=False),
         *(obj({name: {"type": ["object", "null"], "maxProperties": 0}}, extra=False)
-          for name in ("pause", "unpause", "suspend", "resume", "os-start")),
+          for name in ("pause", "unpause", "suspend", "resume", "os-start",
+                       "vmops:rebuildConfigDrive")),
         obj({"os-stop": {"type": ["object", "null"], "additionalProperties": False,
                          "properties": {"vmops:timeout": NUM, "vmops:hard": BOOL}}},
             extra=False),
@@ -212,7 +213,8 @@ def _server_paths() -> dict[str, Any]:
         f"{P}/servers/{{id}}/action": {
             "parameters": [path_id("server")],
             "post": op("Run an action: reboot, os-stop, os-start, pause, unpause, suspend, "
-                       "resume (202, continues in the background), os-getConsoleOutput (200)",
+                       "resume, vmops:rebuildConfigDrive (stopped servers only) (202, "
+                       "continues in the background), os-getConsoleOutput (200)",
                        {**ok(obj({"output": STR})), **ok(None, "202", "Accepted")},
                        body=action),
         },

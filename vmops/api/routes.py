@@ -160,6 +160,8 @@ class Routes:
             "suspend": simple("suspend", c.suspend),
             "resume": simple("resume", c.resume),
             "os-start": simple("os-start", c.start),
+            "vmops:rebuildConfigDrive": simple("vmops:rebuildConfigDrive",
+                                               c.rebuild_config_drive),
             "os-stop": self._stop,
             "reboot": self._reboot,
         }

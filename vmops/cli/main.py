@@ -463,7 +463,10 @@ def build_parser() -> argparse.ArgumentParser:
                                ("pause", "pause", "stop the vCPUs, keep memory"),
                                ("unpause", "unpause", "run the vCPUs again"),
                                ("suspend", "suspend", "save memory to disk, end QEMU"),
-                               ("resume", "resume", "restore a suspended instance")):
+                               ("resume", "resume", "restore a suspended instance"),
+                               ("rebuild-config-drive", "vmops:rebuildConfigDrive",
+                                "write a stopped instance's config drive again (without "
+                                "the admin password)")):
         sp = cmd(verb, _simple(action), text)
         sp.add_argument("name")
 

@@ -24,7 +24,7 @@ from vmops.compute import states
 from vmops.compute.names import check_instance_name, check_mac, generate_mac
 from vmops.compute.tasks import TaskLocks
 from vmops.config import Settings
-from vmops.errors import HostNotReady, InstanceNotFound, InvalidState, VmopsError
+from vmops.errors import HostNotReady, InstanceNotFound, Invalid, InvalidState, VmopsError
 from vmops.hypervisor.base import (
     Accel,
     DiskBus,
@@ -126,6 +126,7 @@ class Compute:
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
             flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(flavor),
             image_name=image.name, macs=(mac,), config_drive=use_drive, key_name=req.key_name,
+            key_data=self.store.keypair(req.key_name).public_key if req.key_name else None,
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
@@ -332,6 +333,21 @@ class Compute:
 
         return self._run(ref, "stop", states.POWERING_OFF, (states.ACTIVE, states.PAUSED),
                          work, desired_running=False)
+
+    def rebuild_config_drive(self, ref: str) -> Instance:
+        """Write the config drive again from the record, while the guest is off
+        (so it never sees the drive change under it)."""
+        from vmops.compute import spawn as spawn_steps
+
+        inst = self.store.instance(ref)
+        if not inst.config_drive:
+            raise Invalid(reason=f"instance {inst.name!r} has no config drive to rebuild")
+
+        def work(inst: Instance) -> None:
+            spawn_steps.write_config_drive(self, inst, admin_password=None)
+
+        return self._run(ref, "rebuild-config-drive", states.REBUILDING_CONFIG_DRIVE,
+                         (states.STOPPED,), work)
 
     def reboot(self, ref: str, hard: bool = False) -> Instance:
         if hard:

@@ -37,22 +37,21 @@ def _limits(compute: Compute) -> configdrive.Limits:
                               max_injected_file_path_bytes=s.max_injected_path_length)
 
 
-def _metadata(compute: Compute, inst_id: str, name: str, mac: str, key_name: str | None,
+def _metadata(inst_id: str, name: str, mac: str, public_keys: dict[str, str],
               properties: dict[str, str], files: tuple[tuple[str, bytes], ...],
               user_data: bytes | None, admin_password: str | None) -> configdrive.InstanceMetadata:
-    keys = {}
-    if key_name:
-        keys[key_name] = compute.store.keypair(key_name).public_key
     return configdrive.InstanceMetadata(
         uuid=inst_id, name=name, hostname=name, properties=dict(properties),
-        public_keys=keys, injected_files=tuple(files), user_data=user_data,
+        public_keys=public_keys, injected_files=tuple(files), user_data=user_data,
         admin_password=admin_password, nics=[configdrive.Nic(mac=mac)],
         random_seed=configdrive.new_random_seed(), project_id="vmops")
 
 
 def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
-    md = _metadata(compute, inst_id, req.name, mac, req.key_name, req.properties, req.files,
-                   req.user_data, req.admin_password)
+    keys = {req.key_name: compute.store.keypair(req.key_name).public_key} if req.key_name \
+        else {}
+    md = _metadata(inst_id, req.name, mac, keys, req.properties, req.files, req.user_data,
+                   req.admin_password)
     configdrive.validate(md, _limits(compute))
 
 
@@ -68,7 +67,12 @@ def create_disks(compute: Compute, inst: Instance, image: Image,
                                                      ephemeral_gb * GIB)
         disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
     if inst.config_drive:
-        disks.append(_config_drive(compute, inst, inst_dir, admin_password, len(disks)))
+        path = write_config_drive(compute, inst, admin_password)
+        if compute.settings.config_drive_format == "cdrom":
+            disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
+        else:
+            target = "vd" + "abcdefgh"[len(disks)]
+            disks.append(DiskRecord("config", str(path), "raw", target, device="disk"))
     return disks
 
 
@@ -83,16 +87,16 @@ def _root_disk(compute: Compute, inst: Instance, image: Image, inst_dir: Path) -
     return DiskRecord("root", str(facts.path), facts.format, "vda")
 
 
-def _config_drive(compute: Compute, inst: Instance, inst_dir: Path,
-                  admin_password: str | None, n_disks: int) -> DiskRecord:
+def write_config_drive(compute: Compute, inst: Instance, admin_password: str | None) -> Path:
+    """(Re)write the instance's config drive from its record. The admin
+    password is not recorded, so only the first drive can carry it."""
     files = tuple((p, base64.b64decode(c)) for p, c in inst.injected_files)
     user_data = base64.b64decode(inst.user_data) if inst.user_data else None
-    md = _metadata(compute, inst.id, inst.name, inst.macs[0], inst.key_name, inst.properties,
-                   files, user_data, admin_password)
-    path = inst_dir / "config.iso"
+    keys = {inst.key_name: inst.key_data} if inst.key_name and inst.key_data else {}
+    md = _metadata(inst.id, inst.name, inst.macs[0], keys, inst.properties, files, user_data,
+                   admin_password)
+    path = compute.instance_dir(inst) / "config.iso"
     configdrive.build_config_drive(
         md, path, _limits(compute),
         include_admin_password=compute.settings.config_drive_inject_password)
-    if compute.settings.config_drive_format == "cdrom":
-        return DiskRecord("config", str(path), "raw", "hda", device="cdrom")
-    return DiskRecord("config", str(path), "raw", "vd" + "abcdefgh"[n_disks], device="disk")
+    return path

@@ -23,6 +23,7 @@ PAUSING = "pausing"
 UNPAUSING = "unpausing"
 SUSPENDING = "suspending"
 RESUMING = "resuming"
+REBUILDING_CONFIG_DRIVE = "rebuilding-config-drive"
 
 # What the hypervisor reports, as the vm_state it implies.
 VM_STATE_OF_POWER = {
