@@ -143,7 +143,8 @@ def stop_service(proc: subprocess.Popen[bytes]) -> None:
 def leftovers(state_dir: Path) -> list[str]:
     """QEMU and capture processes, and instance files, tied to this state dir."""
     found = []
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True,
+                        text=True).stdout
     for line in ps.splitlines():
         if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line):
             found.append(line.strip())

@@ -24,7 +24,7 @@ def _beats(vmops: Vmops, name: str) -> list[int]:
 
 
 def _qemu_running(vmops: Vmops, name: str) -> bool:
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True).stdout
     return any("qemu-system" in line and f"guest=vmops-{name}," in line
                for line in ps.splitlines())
 

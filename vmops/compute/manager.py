@@ -458,8 +458,8 @@ class Compute:
         for inst in self.store.instances():
             try:
                 self._recover_one(inst)
-            except VmopsError as exc:
-                log.error("could not recover %s: %s", inst.name, exc.message)
+            except Exception:  # noqa: BLE001 - one instance must not stop the service
+                log.exception("could not recover %s", inst.name)
         known = {i.id for i in self.store.instances()}
         for orphan in set(self.hv.list_uuids()) - known:
             log.warning("domain %s carries vmops' mark but has no record; left alone", orphan)
@@ -473,6 +473,7 @@ class Compute:
                 return
             self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
                                        disks=(), power_state=PowerState.NOSTATE.value,
+                                       desired_running=False,
                                        fault="spawn was interrupted by a service restart")
             return
         if inst.task_state is not None:
