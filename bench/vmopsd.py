@@ -181,7 +181,8 @@ class VmopsService:
         return server_id
 
     def action(self, server_id: str, body: dict[str, Any]) -> None:
-        self.client.post(f"/servers/{server_id}/action", body)
+        """Run an action; the service answers when it has ended (vmops:wait)."""
+        self.client.post(f"/servers/{server_id}/action?vmops:wait=300", body)
 
     def wait_idle(self, name: str, interval: float = 0.002,
                   timeout: float = 300.0) -> dict[str, Any]:

@@ -315,6 +315,19 @@ def test_actions_answer_202_and_run(api: Api) -> None:
     assert (server["status"], server["OS-EXT-STS:power_state"]) == ("SHUTOFF", 4)
 
 
+def test_action_with_wait_answers_when_it_has_ended(api: Api) -> None:
+    api.add_instance("web1")
+    answer = api.post("/v2.1/servers/web1/action?vmops:wait=30", {"pause": None})
+    assert answer.status == 200
+    server = answer.body["server"]
+    assert (server["status"], server["OS-EXT-STS:task_state"]) == ("PAUSED", None)
+    for bad in ("soon", "-1", "4000"):
+        answer = api.post(f"/v2.1/servers/web1/action?vmops:wait={bad}", {"unpause": None})
+        assert answer.status == 400 and "vmops:wait" in answer.fault()[1]
+    # A refused wait leaves the action undone.
+    assert api.get("/v2.1/servers/web1").body["server"]["status"] == "PAUSED"
+
+
 def _wait_idle(api: Api, name: str) -> dict[str, Any]:
     for _ in range(200):
         server: dict[str, Any] = api.get(f"/v2.1/servers/{name}").body["server"]

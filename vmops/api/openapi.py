@@ -215,8 +215,13 @@ def _server_paths() -> dict[str, Any]:
             "post": op("Run an action: reboot, os-stop, os-start, pause, unpause, suspend, "
                        "resume, vmops:rebuildConfigDrive (stopped servers only) (202, "
                        "continues in the background), os-getConsoleOutput (200)",
-                       {**ok(obj({"output": STR})), **ok(None, "202", "Accepted")},
-                       body=action),
+                       {**ok(obj({}, {"output": STR, "server": ref("Server")})),
+                        **ok(None, "202", "Accepted")},
+                       body=action,
+                       params=[query("vmops:wait", "vmops: answer 200 with the server when "
+                                     "the action has ended, waiting at most this many "
+                                     "seconds (202 if it has not)",
+                                     {"type": "number", "minimum": 0, "maximum": 3600})]),
         },
         f"{P}/servers/{{id}}/console-log": {
             "parameters": [path_id("server")],

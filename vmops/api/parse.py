@@ -245,3 +245,14 @@ def console_length(arg: Any) -> int | None:
     if isinstance(length, int) and not isinstance(length, bool) and length == -1:
         return None  # Nova: -1 means everything
     return non_negative_int(length, "length")
+
+
+def wait_seconds(text: str | None) -> float:
+    """The ``vmops:wait`` query argument: seconds to wait for an action to end."""
+    try:
+        seconds = float(text or "")
+    except ValueError:
+        raise Invalid(reason="vmops:wait must be a number of seconds") from None
+    if not 0 <= seconds <= 3600:
+        raise Invalid(reason="vmops:wait must be from 0 to 3600 seconds")
+    return seconds

@@ -142,8 +142,14 @@ class Routes:
         if handler is None:
             raise Invalid(reason=f"unknown action {action!r}; known: "
                           f"{', '.join(sorted(self._actions()))}, os-getConsoleOutput")
+        wait = req.arg("vmops:wait")
+        seconds = parse.wait_seconds(wait) if wait is not None else None
         handler(inst.id, arg)
-        return Response(202)
+        # vmops' own: answer when the action has ended, so a client need not poll.
+        if seconds is None or not self.compute.wait_idle(inst.id, seconds):
+            return Response(202)
+        inst = self.compute.instance(inst.id)
+        return Response(200, {"server": views.server(inst, req.base_url)})
 
     def _actions(self) -> dict[str, Callable[[str, Any], Any]]:
         c = self.compute

@@ -186,10 +186,14 @@ def cmd_console_log(args: argparse.Namespace) -> int:
 def _action(args: argparse.Namespace, body: dict[str, Any]) -> int:
     client = _client(args)
     server = _server_ref(client, args.name)
-    client.post(f"/servers/{server['id']}/action", body)
-    if getattr(args, "no_wait", False):
-        return 0
-    server = _wait_server(client, server["id"], "idle", args.json)
+    if not args.json:
+        print(f"{server['name']}: {args.command}...", file=sys.stderr, flush=True)
+    # The service answers when the action has ended (or after a minute: then poll).
+    done = client.post(f"/servers/{server['id']}/action?vmops:wait=60", body)
+    if isinstance(done, dict) and "server" in done:
+        server = done["server"]
+    else:
+        server = _wait_server(client, server["id"], "idle", quiet=True)
     fault = server.get("fault")
     if fault:
         print(f"vmops: {args.command} of {args.name} failed: {fault['message']}",

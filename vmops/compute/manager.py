@@ -439,6 +439,17 @@ class Compute:
         with self._state_changed:
             self._state_changed.notify_all()
 
+    def wait_idle(self, instance_id: str, timeout: float) -> bool:
+        """Block until no operation holds the instance; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._state_changed:
+            while self.tasks.current(instance_id) is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._state_changed.wait(remaining)
+        return True
+
     def live_info(self, inst: Instance) -> dict[str, Any]:
         if inst.vm_state == states.BUILDING or not self.hv.exists(inst.id):
             return {}
