@@ -53,6 +53,9 @@ class FakeCapture:
         self.generation += 1
         return self.generation
 
+    def poke_capture(self, log_dir: Path) -> None:
+        pass
+
     def stop_capture(self, log_dir: Path) -> None:
         self.running.discard(log_dir)
 

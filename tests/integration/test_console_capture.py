@@ -29,6 +29,7 @@ from vmops.console import (
     capture_generation,
     capture_pid,
     follow,
+    poke_capture,
     read_log,
     start_capture,
     stop_capture,
@@ -270,6 +271,25 @@ def test_start_paused_then_resume_captures_the_first_byte(
     console.qemu.send(first_words)
     console.qemu.wait_stored()
     assert read_log(console.log_dir) == first_words
+
+
+def test_a_poke_only_wakes_the_capture(consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    pid = console.start()
+    _wait_for("the capture's state", console.files.state.exists)
+    _, before = capture_generation(console.log_dir)
+    for _ in range(5):  # nothing to connect to yet: pokes change nothing
+        poke_capture(console.log_dir)
+    assert capture_pid(console.log_dir) == pid
+    console.qemu.start()
+    poke_capture(console.log_dir)
+    assert wait_connected(console.log_dir, before, timeout=BOUND) == before + 1
+    console.qemu.accept()
+    poke_capture(console.log_dir)  # while connected: still harmless
+    console.qemu.send(b"still here\n")
+    console.qemu.wait_stored()
+    assert read_log(console.log_dir) == b"still here\n"
+    assert capture_pid(console.log_dir) == pid
 
 
 def test_capture_survives_its_parent_and_runs_in_its_own_session(

@@ -191,6 +191,7 @@ class Compute:
         log_dir = self._start_capture(inst)
         _, generation = self.console.capture_generation(log_dir)
         self.hv.start(inst.id, paused=True)
+        self.console.poke_capture(log_dir)
         try:
             self.console.wait_connected(log_dir, generation, timeout=30.0)
         except VmopsError:

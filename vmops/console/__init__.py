@@ -9,6 +9,7 @@ from vmops.console.log import follow, read_log, remove_logs
 from vmops.console.process import (
     capture_generation,
     capture_pid,
+    poke_capture,
     start_capture,
     stop_capture,
     wait_connected,
@@ -20,6 +21,7 @@ __all__ = [
     "capture_generation",
     "capture_pid",
     "follow",
+    "poke_capture",
     "read_log",
     "remove_logs",
     "start_capture",

@@ -51,11 +51,17 @@ class StopSignal:
         signal.set_wakeup_fd(write_fd)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._handle)
+        # SIGUSR1 only wakes a wait (through the pipe): vmops sends it once
+        # QEMU serves the socket, so we connect now rather than at the next retry.
+        signal.signal(signal.SIGUSR1, self._wake)
         # Own session, so no terminal can hang us up; ignore it anyway.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.requested = True
+
+    def _wake(self, signum: int, frame: FrameType | None) -> None:
+        pass
 
     def sleep(self, seconds: float) -> None:
         """Sleep, but return at once when a stop signal arrives."""

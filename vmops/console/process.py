@@ -9,6 +9,7 @@ for it, and the state file it keeps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -102,6 +103,18 @@ def capture_generation(log_dir: Path) -> tuple[bool, int]:
     state = _read_state(LogFiles(log_dir))
     connected = state.connected and state.pid is not None and state.pid == capture_pid(log_dir)
     return connected, state.generation
+
+
+def poke_capture(log_dir: Path) -> None:
+    """Tell the capture process to try connecting now (QEMU just started).
+
+    Only a process that has written its state file gets the signal: it
+    installs its SIGUSR1 handler before that, and the default action of
+    SIGUSR1 would kill it."""
+    state = _read_state(LogFiles(log_dir))
+    if state.pid is not None and state.pid == capture_pid(log_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, signal.SIGUSR1)
 
 
 def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
