@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, kill_pids, pids_mentioning, remove_tree, short_tmpdir
-from vmops import console
+from vmops import config, console
 from vmops.cli.client import ApiError, Client
 
 IMAGE = "tiny"
@@ -58,21 +58,22 @@ class VmopsService:
         self.state_dir = short_tmpdir("vm")
         self.env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir),
                     "VMOPS_ACCEL": "tcg", "VMOPS_IMAGE_CACHE_PRUNE_INTERVAL": "0"}
+        self.settings = config.load(self.state_dir, env={})
         self.client = RetryingClient(self.state_dir)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    # -- paths -----------------------------------------------------------------
+    # -- paths (the service's own, from its settings) ---------------------------
     @property
     def instances_dir(self) -> Path:
-        return self.state_dir / "instances"
+        return self.settings.instances_dir
 
     @property
     def run_dir(self) -> Path:
-        return self.state_dir / "run"
+        return self.settings.run_dir
 
     @property
     def libvirt_root(self) -> Path:
-        return self.state_dir / "libvirt"
+        return self.state_dir / "libvirt"  # what the default embed URI names
 
     def domain_xml_file(self, name: str) -> Path:
         """libvirt's saved (inactive) definition of an instance's domain."""
