@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import re
+import select
+import subprocess
+import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.functional.conftest import Vmops, start_service, stop_service
 
@@ -48,3 +53,32 @@ def test_service_restart_loses_no_console_output(vmops: Vmops) -> None:
     vmops.wait_console("rs1", rf"VMOPS-HEARTBEAT {before + 2}\b")
     beats = [int(n) for n in re.findall(rb"VMOPS-HEARTBEAT (\d+)", vmops.console("rs1"))]
     assert beats == list(range(1, len(beats) + 1))
+
+
+def test_console_log_follow_streams_new_output(vmops: Vmops) -> None:
+    vmops.run("spawn", "fo1", "--image", "tiny", "--flavor", "m1.tiny")
+    vmops.wait_console("fo1", r"VMOPS-HEARTBEAT 2\b")
+    last = int(re.findall(rb"VMOPS-HEARTBEAT (\d+)", vmops.console("fo1"))[-1])
+    proc = subprocess.Popen([sys.executable, "-m", "vmops", "console-log", "fo1", "--follow"],
+                            env=vmops.env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        seen = b""
+        wanted = f"VMOPS-HEARTBEAT {last + 3}".encode()
+        deadline = time.monotonic() + 60
+        while wanted not in seen:
+            if time.monotonic() > deadline:  # a bound on the wait, not a speed check
+                pytest.fail(f"--follow did not show {wanted!r}; got {seen[-300:]!r}")
+            ready, _, _ = select.select([proc.stdout], [], [], 5)
+            if not ready:
+                continue  # nothing yet: check the bound again
+            line = proc.stdout.readline()
+            if not line:
+                pytest.fail(f"--follow ended early; got {seen[-300:]!r}")
+            seen += line
+        # What was already there first, then the new lines, in order, once each.
+        beats = [int(n) for n in re.findall(rb"VMOPS-HEARTBEAT (\d+)", seen)]
+        assert beats == list(range(1, last + 4))
+    finally:
+        proc.kill()
+        proc.wait()
