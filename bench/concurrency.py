@@ -15,10 +15,12 @@ minus first to finish). No target: for information.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bench import session
@@ -44,26 +46,11 @@ def run(quick: bool) -> list[Row]:
     def vmops_side(r: int) -> None:
         names = [f"cc-{r}-{k}" for k in range(WIDTH)]
         ids: list[str] = []
-        errors: list[BaseException] = []
-        go = threading.Barrier(WIDTH + 1)
-
         def post(name: str) -> None:
-            go.wait()
-            try:
-                ids.append(svc.post_server(name))
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            ids.append(svc.post_server(name))
 
-        threads = [threading.Thread(target=post, args=(n,)) for n in names]
-        for t in threads:
-            t.start()
         try:
-            go.wait()
-            t0 = now()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+            t0 = _all_at_once([functools.partial(post, n) for n in names])
             done: dict[str, float] = {}
             deadline = time.monotonic() + TIMEOUT_S
             while len(done) < WIDTH:
@@ -80,8 +67,6 @@ def run(quick: bool) -> list[Row]:
             vm_make.append((ends[-1] - t0) * 1000.0)
             vm_spread.append((ends[-1] - ends[0]) * 1000.0)
         finally:
-            for t in threads:
-                t.join()
             _parallel([lambda i=i: svc.destroy(i) for i in ids])
 
     def libvirt_side(r: int) -> None:
@@ -95,38 +80,22 @@ def run(quick: bool) -> list[Row]:
                                            disks, lv.run_dir / f"cc{k}.sock"))
         doms: list[Any] = []
         ends: list[float] = []
-        errors: list[BaseException] = []
-        go = threading.Barrier(WIDTH + 1)
         lock = threading.Lock()
 
         def create(xml: str) -> None:
-            go.wait()
-            try:
-                dom = lv.define(xml)
-                with lock:
-                    doms.append(dom)
-                dom.create()
-                with lock:
-                    ends.append(now())
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+            dom = lv.define(xml)
+            with lock:
+                doms.append(dom)
+            dom.create()
+            with lock:
+                ends.append(now())
 
-        threads = [threading.Thread(target=create, args=(x,)) for x in xmls]
-        for t in threads:
-            t.start()
         try:
-            go.wait()
-            t0 = now()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+            t0 = _all_at_once([functools.partial(create, x) for x in xmls])
             ends.sort()
             lv_make.append((ends[-1] - t0) * 1000.0)
             lv_spread.append((ends[-1] - ends[0]) * 1000.0)
         finally:
-            for t in threads:
-                t.join()
             _parallel([lambda d=d: lv.remove(d) for d in doms])
             for wd in dirs:
                 shutil.rmtree(wd, ignore_errors=True)
@@ -141,6 +110,31 @@ def run(quick: bool) -> list[Row]:
         vmops_spread_ms=round(median(vm_spread) or 0.0, 1),
         api_eagain_retries=svc.client.eagain_retries - retries_before,
         baseline_spread_ms=round(median(lv_spread) or 0.0, 1))]
+
+
+def _all_at_once(actions: list[Callable[[], object]]) -> float:
+    """Run ``actions`` in threads released together; when all have ended,
+    return the release time, or raise the first error one of them raised."""
+    go = threading.Barrier(len(actions) + 1)
+    errors: list[BaseException] = []
+
+    def run(action: Callable[[], object]) -> None:
+        go.wait()
+        try:
+            action()
+        except BaseException as exc:  # noqa: BLE001 - raised below, in the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(a,)) for a in actions]
+    for t in threads:
+        t.start()
+    go.wait()
+    released = now()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return released
 
 
 def _parallel(actions: list[Any]) -> None:
