@@ -42,6 +42,9 @@ class Request:
     headers: dict[str, str]
     body: bytes
     params: dict[str, str] = field(default_factory=dict)
+    # Over the unix socket the client is the socket's owner (root already);
+    # over TCP it is any token holder: some requests are limited for those.
+    via_unix_socket: bool = False
 
     def json(self) -> Any:
         if not self.body:
@@ -187,7 +190,8 @@ class _Handler(BaseHTTPRequestHandler):
             return body
         url = urlsplit(self.path)
         req = Request(self.command, url.path, parse_qs(url.query),
-                      {k.lower(): v for k, v in self.headers.items()}, body)
+                      {k.lower(): v for k, v in self.headers.items()}, body,
+                      via_unix_socket=self.server.address_family == socket.AF_UNIX)
         try:
             version = requested_microversion(req.headers)
             if version is not None and version != MICROVERSION:
