@@ -24,7 +24,14 @@ from vmops.compute import states
 from vmops.compute.names import check_instance_name, check_mac, generate_mac
 from vmops.compute.tasks import TaskLocks
 from vmops.config import Settings
-from vmops.errors import HostNotReady, InstanceNotFound, Invalid, InvalidState, VmopsError
+from vmops.errors import (
+    HostNotReady,
+    HypervisorError,
+    InstanceNotFound,
+    Invalid,
+    InvalidState,
+    VmopsError,
+)
 from vmops.hypervisor.base import (
     Accel,
     DiskBus,
@@ -162,11 +169,7 @@ class Compute:
         except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
             failure = exc
             log.exception("spawn of %s failed", inst.name)
-            self._teardown(inst)
-            fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
-            self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
-                                       power_state=PowerState.NOSTATE.value,
-                                       desired_running=False, fault=fault, disks=())
+            self._record_error(inst, _fault_of(exc), self._teardown(inst), disks=())
         finally:
             self._ended("spawn", started, failure)
             self.tasks.release(inst.id)
@@ -195,7 +198,8 @@ class Compute:
         try:
             self.console.wait_connected(log_dir, generation, timeout=30.0)
         except VmopsError:
-            self.hv.power_off(inst.id)
+            # Raise the capture's error, not one from powering off.
+            _best_effort("power off", inst, lambda: self.hv.power_off(inst.id))
             raise
         self.hv.unpause(inst.id)
 
@@ -217,23 +221,62 @@ class Compute:
         started = time.monotonic()
         try:
             with self.tasks.hold(inst.id, inst.name, states.DELETING):
-                self.store.update_instance(inst, task_state=states.DELETING)
-                self._teardown(inst)
-                self.store.delete_instance(inst.id)
+                inst = self.store.update_instance(inst, task_state=states.DELETING)
+                self._remove_or_record_error(inst, "destroy")
                 self._ended("destroy", started)
         except Exception as exc:
             self._ended("destroy", started, exc)
             raise
-        self._notify()
+        finally:
+            self._notify()
 
-    def _teardown(self, inst: Instance) -> None:
-        """Remove the domain, the capture process and every file of ``inst``."""
-        if self.hv.exists(inst.id):
-            self.hv.power_off(inst.id)
-            self.hv.undefine(inst.id)
-        self.console.stop_capture(self.instance_dir(inst))
-        shutil.rmtree(self.instance_dir(inst), ignore_errors=True)
-        self.console_socket(inst).unlink(missing_ok=True)
+    def _remove_or_record_error(self, inst: Instance, verb: str) -> None:
+        """Tear ``inst`` down and delete its record; if any step failed, keep
+        the record (in ERROR, saying what is left) so destroy can be retried,
+        and raise. A record is never dropped while its domain may remain."""
+        failures = self._teardown(inst)
+        if not failures:
+            self.store.delete_instance(inst.id)
+            return
+        fault = f"{verb} did not complete: {failures[0]}"
+        self._record_error(inst, fault, failures[1:])
+        raise HypervisorError(reason=f"{inst.name}: {fault}")
+
+    def _teardown(self, inst: Instance) -> list[str]:
+        """Remove the domain, the capture process and every file of ``inst``.
+
+        Every step is tried even if one before it failed: a rollback that
+        stops half-way leaves more behind. Returns what failed, in order
+        (empty if everything is gone)."""
+        failures: list[str] = []
+
+        def step(what: str, action: Callable[[], object]) -> None:
+            failure = _best_effort(what, inst, action)
+            if failure is not None:
+                failures.append(failure)
+
+        def remove_domain() -> None:
+            if self.hv.exists(inst.id):
+                self.hv.power_off(inst.id)
+                self.hv.undefine(inst.id)
+
+        step("remove the domain", remove_domain)
+        step("stop the console capture",
+             lambda: self.console.stop_capture(self.instance_dir(inst)))
+        step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))
+        step("remove the console socket",
+             lambda: self.console_socket(inst).unlink(missing_ok=True))
+        return failures
+
+    def _record_error(self, inst: Instance, fault: str, cleanup_failures: list[str],
+                      **changes: Any) -> None:
+        """End ``inst`` in ERROR with ``fault`` (the first failure's reason);
+        what the rollback could not undo is added after it."""
+        if cleanup_failures:
+            fault += "; the rollback also failed to " + "; to ".join(cleanup_failures)
+        self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
+                                   power_state=PowerState.NOSTATE.value,
+                                   desired_running=False, fault=fault, **changes)
 
     # -- power operations ----------------------------------------------------
     def _begin(self, ref: str, action: str, task: str, allowed: tuple[str, ...]) -> Instance:
@@ -252,9 +295,21 @@ class Compute:
     def _finish(self, inst: Instance, action: str, started: float,
                 failure: Exception | None = None, **changes: Any) -> Instance:
         """Record the outcome, then release the instance (in that order, so
-        whoever sees the task end also sees its record and metrics)."""
+        whoever sees the task end also sees its record and metrics).
+
+        The record always leaves the task state: if the hypervisor cannot say
+        what state the domain is in, the instance ends in ERROR with the first
+        failure's reason (the next action refreshes it from the hypervisor)."""
         try:
-            power = self.hv.info(inst.id).state
+            try:
+                power = self.hv.info(inst.id).state
+            except Exception as exc:  # noqa: BLE001 - the record must leave the task
+                log.exception("%s of %s: cannot read the domain's state", action, inst.name)
+                first = changes.get("fault") or f"cannot read the domain's state: " \
+                    f"{_fault_of(exc)}"
+                return self.store.update_instance(
+                    inst, **{**changes, "task_state": None, "vm_state": states.ERROR,
+                             "power_state": PowerState.NOSTATE.value, "fault": first})
             changes.setdefault("vm_state", states.VM_STATE_OF_POWER[power])
             changes.setdefault("fault", "")
             return self.store.update_instance(inst, task_state=None, power_state=power.value,
@@ -289,8 +344,7 @@ class Compute:
             work(inst)
         except Exception as exc:
             log.exception("%s of %s failed", action, inst.name)
-            fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
-            inst = self._finish(inst, action, started, exc, fault=fault)
+            inst = self._finish(inst, action, started, exc, fault=_fault_of(exc))
             if reraise:
                 raise
             return inst
@@ -485,16 +539,14 @@ class Compute:
             log.warning("domain %s carries vmops' mark but has no record; left alone", orphan)
 
     def _recover_one(self, inst: Instance) -> None:
-        if inst.task_state in (states.SPAWNING, states.DELETING):
-            log.warning("%s: %s was interrupted; rolling it back", inst.name, inst.task_state)
-            self._teardown(inst)
-            if inst.task_state == states.DELETING:
-                self.store.delete_instance(inst.id)
-                return
-            self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
-                                       disks=(), power_state=PowerState.NOSTATE.value,
-                                       desired_running=False,
-                                       fault="spawn was interrupted by a service restart")
+        if inst.task_state == states.DELETING:
+            log.warning("%s: destroy was interrupted; finishing it", inst.name)
+            self._remove_or_record_error(inst, "destroy (interrupted by a service restart)")
+            return
+        if inst.task_state == states.SPAWNING:
+            log.warning("%s: spawn was interrupted; rolling it back", inst.name)
+            self._record_error(inst, "spawn was interrupted by a service restart",
+                               self._teardown(inst), disks=())
             return
         if inst.task_state is not None:
             inst = self.store.update_instance(inst, task_state=None)
@@ -506,6 +558,27 @@ class Compute:
               and self.settings.resume_guests_state_on_host_boot):
             log.info("%s was running before the host restarted; starting it", inst.name)
             self.start(inst.id)
+
+
+def _fault_of(exc: BaseException) -> str:
+    """The reason an instance's fault shows for ``exc``."""
+    return exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
+
+
+def _best_effort(what: str, inst: Instance, action: Callable[[], object]) -> str | None:
+    """Run one clean-up step; log a failure and return it as "what: why"."""
+    try:
+        action()
+    except Exception as exc:  # noqa: BLE001 - clean-up goes on past any failure
+        log.exception("%s: could not %s", inst.name, what)
+        return f"{what}: {_fault_of(exc)}"
+    return None
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove ``path`` and everything below it; a missing one is fine."""
+    if path.exists() or path.is_symlink():
+        shutil.rmtree(path)
 
 
 def _flavor_snapshot(flavor: Flavor) -> dict[str, Any]:

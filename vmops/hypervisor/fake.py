@@ -13,7 +13,7 @@ import itertools
 import threading
 from dataclasses import dataclass
 
-from vmops.errors import AlreadyExists, InstanceNotFound, VmopsError
+from vmops.errors import AlreadyExists, InstanceNotFound
 from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Check,
@@ -52,15 +52,16 @@ class FakeHypervisor:
         self.connected = False
         self.domains: dict[str, FakeDomain] = {}
         self.foreign: dict[str, str] = {}  # UUID -> name of domains vmops did not make
-        self._failures: dict[str, VmopsError] = {}
+        self._failures: dict[str, tuple[int, Exception]] = {}  # operation -> (skip, error)
         self._callbacks: list[EventCallback] = []
         self._lock = threading.RLock()
         self._pids = itertools.count(40000)
 
     # -- test hooks ------------------------------------------------------------
-    def fail_next(self, operation: str, error: VmopsError) -> None:
-        """Make the next call of method ``operation`` raise ``error``."""
-        self._failures[operation] = error
+    def fail_next(self, operation: str, error: Exception, skip: int = 0) -> None:
+        """Make a call of method ``operation`` raise ``error``: the next one,
+        or the one after ``skip`` calls that succeed. Once only."""
+        self._failures[operation] = (skip, error)
 
     def add_foreign_domain(self, uuid: str, name: str) -> None:
         """A domain without vmops' mark: invisible, and its UUID/name are taken."""
@@ -116,6 +117,7 @@ class FakeHypervisor:
             return sorted(self.domains)
 
     def exists(self, uuid: str) -> bool:
+        self._maybe_fail("exists")
         return uuid.lower() in self.domains
 
     def info(self, uuid: str) -> DomainInfo:
@@ -208,9 +210,15 @@ class FakeHypervisor:
 
     # -- helpers ---------------------------------------------------------------
     def _maybe_fail(self, operation: str) -> None:
-        error = self._failures.pop(operation, None)
-        if error is not None:
-            raise error
+        with self._lock:
+            planned = self._failures.pop(operation, None)
+            if planned is None:
+                return
+            skip, error = planned
+            if skip > 0:
+                self._failures[operation] = (skip - 1, error)
+                return
+        raise error
 
     def _domain(self, uuid: str, operation: str | None = None) -> FakeDomain:
         if operation is not None:
