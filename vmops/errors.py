@@ -26,6 +26,9 @@ one place each (``hypervisor/libvirt/driver.py`` and ``disks/qemu_img.py``).
     ├── HostNotReady (503)      a required host check failed (see ``vmops doctor``)
     ├── ServiceUnavailable (503)  the CLI cannot reach (or start) the service
     ├── ServiceAlreadyRunning (409)
+    ├── StoreError (500)        vmops.db cannot be used as it is; the service refuses to start
+    │   ├── DatabaseTooNew      written by a newer vmops: refused, never modified
+    │   └── MigrationFailed     a forward migration failed: rolled back, backup kept
     └── HypervisorError (500)   libvirt/QEMU failed in a way we did not expect
         └── DiskError           qemu-img failed or was killed by its limits
 """
@@ -148,6 +151,26 @@ class ServiceAlreadyRunning(VmopsError):
     http_status = 409
     msg_fmt = (
         "another vmops service (pid %(pid)s) is already serving state directory %(state_dir)s"
+    )
+
+
+class StoreError(VmopsError):
+    msg_fmt = "the database %(path)s cannot be used: %(reason)s"
+
+
+class DatabaseTooNew(StoreError):
+    msg_fmt = (
+        "the database %(path)s has schema version %(found)d, newer than this vmops "
+        "understands (%(supported)d): it was written by a newer vmops. Run that version, "
+        "or restore a backup made before the upgrade; the file was not modified"
+    )
+
+
+class MigrationFailed(StoreError):
+    msg_fmt = (
+        "upgrading the database %(path)s to schema version %(version)d failed: %(reason)s. "
+        "Nothing was changed (the migration was rolled back); a copy taken before it "
+        "is %(backup)s"
     )
 
 

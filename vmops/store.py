@@ -4,15 +4,47 @@ One file in the state directory, WAL mode. A record is written before the
 thing it describes is made (an instance row exists before its domain), so
 a crash never leaves a VM that vmops does not know about. ``destroy``
 deletes the instance row last, once everything it describes is gone.
+
+Schema versions and migrations
+------------------------------
+The schema version is SQLite's ``PRAGMA user_version``. ``MIGRATIONS`` lists
+the numbered steps that bring a database from one version to the next;
+version 1 is the schema of the first releases, which stored no version (a
+database with tables and ``user_version`` 0 is a version 1 database).
+
+Opening a store (the service does at start) reads the version first, then:
+
+- newer than ``SCHEMA_VERSION``: refused with ``DatabaseTooNew``; the file
+  is not modified;
+- older, with records in it: the file is copied with SQLite's backup API to
+  ``vmops.db.v<old>-<time>.bak`` (mode 0600), then every pending step runs
+  in ONE transaction that also sets ``user_version``; any failure rolls all
+  of it back and raises ``MigrationFailed`` naming the backup.
+
+To change the schema, append a step; never edit a released one::
+
+    Migration(2, "instances: the network they are on",
+              "ALTER TABLE instances ADD COLUMN network_id TEXT NOT NULL DEFAULT ''"),
+    Migration(3, "keypairs: comment split out", _split_keypair_comment),
+
+A step is SQL (one or more statements; no BEGIN/COMMIT, no VACUUM) or a
+function ``(sqlite3.Connection) -> None`` that runs statements on the
+connection it is given and never commits. Give new columns a DEFAULT (or
+fill them in the step) so that existing rows stay valid, and add a case to
+tests/unit/test_store_migrations.py: it migrates a database made by the
+release before versions existed (tests/unit/fixtures/store_v1.db) to the
+latest version and checks every record.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -20,13 +52,18 @@ from typing import Any
 
 from vmops.errors import (
     AlreadyExists,
+    DatabaseTooNew,
     FlavorNotFound,
     ImageNotFound,
     InstanceNotFound,
     KeypairNotFound,
+    MigrationFailed,
 )
 
-SCHEMA = """
+log = logging.getLogger(__name__)
+
+# Schema version 1: the tables as the unversioned releases made them.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS flavors (
     id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, ram_mib INTEGER NOT NULL,
     vcpus INTEGER NOT NULL, root_gb INTEGER NOT NULL, ephemeral_gb INTEGER NOT NULL,
@@ -46,6 +83,107 @@ CREATE TABLE IF NOT EXISTS instances (
     image_id TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
     fault TEXT NOT NULL, body TEXT NOT NULL);
 """
+
+
+@dataclass(frozen=True)
+class Migration:
+    """The step that brings a database from ``version - 1`` to ``version``."""
+
+    version: int
+    purpose: str
+    step: str | Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(db: sqlite3.Connection) -> int:
+    """The database's schema version; an unversioned one with tables is version 1."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'instances'").fetchone():
+        return 1
+    return version
+
+
+def refuse_newer(db: sqlite3.Connection, path: Path, supported: int) -> int:
+    """The database's schema version, if this code understands it."""
+    found = schema_version(db)
+    if found > supported:
+        raise DatabaseTooNew(path=path, found=found, supported=supported)
+    return found
+
+
+def migrate(db: sqlite3.Connection, path: Path,
+            migrations: Sequence[Migration] = MIGRATIONS) -> Path | None:
+    """Bring ``db`` (opened in autocommit mode) to the last version of ``migrations``.
+
+    Returns the backup taken first, or None when no step had to run.
+    """
+    latest = migrations[-1].version
+    found = refuse_newer(db, path, latest)
+    pending = [m for m in migrations if m.version > found]
+    stored = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if not pending and stored == found:
+        return None
+    # A new (empty) database has nothing to lose; an unversioned version 1
+    # database only gets its number written.
+    backup = _backup(db, path, found) if pending and found else None
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for migration in pending:
+            _run_step(db, migration.step)
+        db.execute(f"PRAGMA user_version = {int(latest)}")
+        db.execute("COMMIT")
+    except Exception as exc:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise MigrationFailed(path=path, version=latest, reason=str(exc) or repr(exc),
+                              backup=backup or "none (the database had no records)") from exc
+    if pending and found:
+        log.warning("database %s migrated from schema version %d to %d (%s); the old one "
+                    "was copied to %s", path, found, latest,
+                    "; ".join(m.purpose for m in pending), backup)
+    return backup
+
+
+def _run_step(db: sqlite3.Connection, step: str | Callable[[sqlite3.Connection], None]) -> None:
+    if callable(step):
+        step(db)
+        return
+    # executescript() would COMMIT first: run the statements one by one instead.
+    statement = ""
+    for line in step.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            db.execute(statement)
+            statement = ""
+    if statement.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {statement.strip()!r}")
+
+
+def _backup(db: sqlite3.Connection, path: Path, version: int) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target = path.with_name(f"{path.name}.v{version}-{stamp}.bak")
+    n = 0
+    while True:
+        try:
+            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileExistsError:
+            n += 1
+            target = path.with_name(f"{path.name}.v{version}-{stamp}-{n}.bak")
+    os.close(fd)
+    copy = sqlite3.connect(str(target))
+    try:
+        db.backup(copy)
+    finally:
+        copy.close()
+    return target
+
 
 @dataclass(frozen=True)
 class Flavor:
@@ -156,15 +294,22 @@ def _instance_from_row(row: sqlite3.Row) -> Instance:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+        """Open (or create) the database and migrate it to the latest schema version."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        with self._lock:
+        try:
+            # The version is read before anything is written: a database from
+            # a newer vmops must be refused unmodified (journal mode included).
+            refuse_newer(self._db, path, migrations[-1].version)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(SCHEMA)
+            migrate(self._db, path, migrations)
+        except BaseException:
+            self._db.close()
+            raise
         self._seed_flavors()
 
     def close(self) -> None:
@@ -312,6 +457,9 @@ class Store:
             db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 
     def instances_using(self, column: str, value: str) -> list[str]:
-        assert column in ("image_id", "flavor_id")
+        # The column name is spliced into the SQL: only these two, checked
+        # with a test that survives `python -O`.
+        if column not in ("image_id", "flavor_id"):
+            raise ValueError(f"instances_using: no instance column {column!r} to match")
         return [r["name"] for r in
                 self._query(f"SELECT name FROM instances WHERE {column} = ?", value)]

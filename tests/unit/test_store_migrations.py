@@ -1,0 +1,176 @@
+"""Schema versions: a database made by an earlier release opens, is migrated
+and keeps every record; a newer one is refused untouched."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from vmops.errors import DatabaseTooNew, MigrationFailed
+from vmops.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    DiskRecord,
+    Flavor,
+    Instance,
+    Migration,
+    Store,
+)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def v1_db(tmp_path: Path) -> Path:
+    """A copy of a database written by the unversioned store (commit b329af1)."""
+    db = tmp_path / "vmops.db"
+    shutil.copy(FIXTURES / "store_v1.db", db)
+    return db
+
+
+def _user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        db.close()
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_migrations_are_numbered_from_one_without_gaps() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+    assert MIGRATIONS[-1].version == SCHEMA_VERSION
+
+
+def test_v1_fixture_is_migrated_and_every_record_kept(v1_db: Path) -> None:
+    assert _user_version(v1_db) == 0
+    store = Store(v1_db)
+    assert _user_version(v1_db) == SCHEMA_VERSION
+    assert {f.name for f in store.flavors()} == {
+        "m1.tiny", "m1.small", "m1.medium", "m1.large", "m1.xlarge", "c1", "big.2"}
+    assert store.flavor("c1") == Flavor("c1", "c1", 256, 1, 1, 1, False,
+                                        store.flavor("c1").created_at)
+    assert [(i.name, i.status) for i in store.images()] == [
+        ("broken", "error"), ("tiny", "active")]
+    assert store.image("tiny").virtual_size == 64 << 20
+    assert store.image("broken").fault == "download failed: connection refused"
+    assert [k.name for k in store.keypairs()] == ["mykey", "other"]
+    assert store.keypair("mykey").public_key.startswith("ssh-ed25519 ")
+    assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
+    web1 = store.instance("web1")
+    assert (web1.vm_state, web1.power_state, web1.desired_running) == ("active", "running", True)
+    assert web1.flavor["name"] == "m1.tiny"
+    web2 = store.instance("22222222-2222-4222-8222-222222222222")
+    assert web2.config_drive and web2.key_name == "mykey"
+    assert [d.role for d in web2.disks] == ["root", "ephemeral", "config"]
+    assert web2.disks[2] == DiskRecord("config", "/var/lib/vmops/instances/2222/config.iso",
+                                       "raw", "sda", "cdrom")
+    assert web2.properties == {"role": "web"}
+    assert web2.injected_files == (("/etc/motd", "aGVsbG8K"),)
+    assert store.instance("db1").fault.startswith("spawn failed")
+    assert sorted(store.instances_using("flavor_id", "c1")) == ["web2"]
+    assert sorted(store.instances_using("image_id", "img-tiny")) == ["db1", "web1", "web2"]
+
+
+def test_v1_records_usable_after_migration(v1_db: Path) -> None:
+    store = Store(v1_db)
+    store.update_instance(store.instance("web2"), vm_state="active", power_state="running")
+    store.delete_instance(store.instance("db1").id)
+    store.delete_keypair("other")
+    store.add_instance(Instance(id="new", name="web3", vm_state="building",
+                                task_state="spawning", power_state="nostate",
+                                flavor_id="c1", image_id="img-tiny"))
+    store.close()
+    store = Store(v1_db)
+    assert [i.name for i in store.instances()] == ["web1", "web2", "web3"]
+    assert store.instance("web2").vm_state == "active"
+    assert [k.name for k in store.keypairs()] == ["mykey"]
+
+
+def test_stamping_a_v1_database_takes_no_backup(v1_db: Path) -> None:
+    Store(v1_db).close()
+    assert sorted(p.name for p in v1_db.parent.iterdir() if ".bak" in p.name) == []
+
+
+def _with(*steps: Migration) -> tuple[Migration, ...]:
+    return (*MIGRATIONS, *steps)
+
+
+def _add_network_id(db: sqlite3.Connection) -> None:
+    db.execute("UPDATE instances SET network_id = 'default'")
+
+
+LATER = _with(
+    Migration(SCHEMA_VERSION + 1, "instances.network_id",
+              "ALTER TABLE instances ADD COLUMN network_id TEXT NOT NULL DEFAULT '';\n"
+              "CREATE INDEX instances_network ON instances (network_id);"),
+    Migration(SCHEMA_VERSION + 2, "fill network_id", _add_network_id),
+)
+
+
+def test_later_steps_run_after_a_backup(v1_db: Path) -> None:
+    before = Store(v1_db)
+    names = [i.name for i in before.instances()]
+    before.close()
+    store = Store(v1_db, LATER)
+    assert _user_version(v1_db) == SCHEMA_VERSION + 2
+    rows = store._query("SELECT name, network_id FROM instances ORDER BY name")
+    assert [tuple(r) for r in rows] == [("db1", "default"), ("web1", "default"),
+                                        ("web2", "default")]
+    assert [i.name for i in store.instances()] == names
+    (backup,) = v1_db.parent.glob("vmops.db.v1-*.bak")
+    assert backup.stat().st_mode & 0o777 == 0o600
+    assert _user_version(backup) == SCHEMA_VERSION
+    assert [i.name for i in Store(backup).instances()] == names
+    store.close()
+    Store(v1_db, LATER).close()  # already there: no second backup
+    assert len(list(v1_db.parent.glob("*.bak"))) == 1
+
+
+def test_a_failing_step_rolls_every_step_back(v1_db: Path) -> None:
+    def explode(db: sqlite3.Connection) -> None:
+        raise RuntimeError("disk on fire")
+
+    failing = _with(*LATER[-2:-1], Migration(SCHEMA_VERSION + 2, "explodes", explode))
+    with pytest.raises(MigrationFailed, match="disk on fire") as caught:
+        Store(v1_db, failing)
+    assert ".bak" in caught.value.message
+    assert _user_version(v1_db) == 0
+    db = sqlite3.connect(v1_db)
+    assert "network_id" not in [r[1] for r in db.execute("PRAGMA table_info(instances)")]
+    db.close()
+    assert [i.name for i in Store(v1_db).instances()] == ["web1", "web2", "db1"]
+
+
+def test_a_new_database_is_created_at_the_latest_version_without_backup(
+        tmp_path: Path) -> None:
+    Store(tmp_path / "vmops.db").close()
+    assert _user_version(tmp_path / "vmops.db") == SCHEMA_VERSION
+    assert list(tmp_path.glob("*.bak")) == []
+
+
+def test_a_newer_database_is_refused_and_not_modified(tmp_path: Path) -> None:
+    path = tmp_path / "vmops.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE instances (id TEXT, future TEXT)")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    digest = _digest(path)
+    with pytest.raises(DatabaseTooNew, match=rf"schema version {SCHEMA_VERSION + 1}, newer"):
+        Store(path)
+    assert _digest(path) == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vmops.db"]
+
+
+def test_instances_using_refuses_other_columns(tmp_path: Path) -> None:
+    store = Store(tmp_path / "vmops.db")
+    with pytest.raises(ValueError, match="no instance column"):
+        store.instances_using("name = name OR 1", "x")
