@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import base64
 import dataclasses
+import getpass
+import math
 import os
 import sys
 import time
@@ -71,8 +73,9 @@ def cmd_spawn(args: argparse.Namespace) -> int:
         body["personality"] = [
             {"path": guest, "contents": base64.b64encode(_read(local, "file")).decode()}
             for guest, local in (_pair(f, "--file", "GUEST_PATH=LOCAL_FILE") for f in args.file)]
-    if args.admin_password:
-        body["adminPass"] = args.admin_password
+    admin_password = _admin_password(args)
+    if admin_password is not None:
+        body["adminPass"] = admin_password
     client = _client(args)
     created = client.post("/servers", {"server": body})["server"]
     if args.no_wait:
@@ -85,6 +88,31 @@ def cmd_spawn(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return _show_server(client, server["id"], args.json)
+
+
+def _admin_password(args: argparse.Namespace) -> str | None:
+    """The admin password from a file, stdin or a prompt: never from the
+    command line alone, where every local user sees it in ``ps``."""
+    if args.admin_password_file is not None:
+        if args.admin_password_file == "-":
+            text = sys.stdin.read()
+        else:
+            text = _read(args.admin_password_file, "admin password file").decode(
+                "utf-8", "replace")
+        password = text.removesuffix("\n").removesuffix("\r")  # the line's end only
+        if not password:
+            raise VmopsError(f"the admin password file {args.admin_password_file} is empty")
+        return password
+    if args.admin_password_prompt:
+        if not sys.stdin.isatty():
+            raise VmopsError("--admin-password-prompt needs a terminal; use "
+                             "--admin-password-file - to read it from stdin")
+        password = getpass.getpass("Admin password: ")
+        if password != getpass.getpass("Again: "):
+            raise VmopsError("the two admin passwords differ")
+        return password or None
+    password: str | None = args.admin_password
+    return password
 
 
 def _read(path: str, what: str) -> bytes:
@@ -412,6 +440,30 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 # -- parser -------------------------------------------------------------------
+def seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number (``float`` alone takes
+    ``nan`` and ``inf``, and NaN compares false with every bound)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite, non-negative number "
+                                         "of seconds")
+    return value
+
+
+def count(text: str) -> int:
+    """An argparse type: a non-negative integer."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vmops", description="VM lifecycle engine for one host.")
     p.add_argument("--state-dir", type=Path, default=None,
@@ -441,7 +493,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="inject a file through the config drive (repeatable)")
     sp.add_argument("--property", action="append", metavar="KEY=VALUE",
                     help="instance metadata (repeatable)")
-    sp.add_argument("--admin-password", help="goes on the config drive only if configured")
+    secret = sp.add_mutually_exclusive_group()
+    secret.add_argument("--admin-password-file", metavar="FILE",
+                        help="read the admin password from FILE ('-': stdin); it goes on the "
+                             "config drive only if configured")
+    secret.add_argument("--admin-password-prompt", action="store_true",
+                        help="ask for the admin password on the terminal")
+    secret.add_argument("--admin-password", metavar="PASSWORD",
+                        help="the admin password itself: visible to every local user in "
+                             "`ps`; prefer --admin-password-file or --admin-password-prompt")
     sp.add_argument("--no-wait", action="store_true", help="return while it is still building")
     cmd("list", cmd_list, "list instances")
     sp = cmd("show", cmd_show, "show one instance")
@@ -452,12 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("console-log", cmd_console_log, "print the guest's serial console output",
              json_flag=False)
     sp.add_argument("name")
-    sp.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
+    sp.add_argument("--tail", type=count, metavar="N", help="only the last N lines")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
 
     sp = cmd("stop", cmd_stop, "shut down (ACPI, then hard after the timeout)")
     sp.add_argument("name")
-    sp.add_argument("--timeout", type=float, help="seconds to wait for the guest (config: "
+    sp.add_argument("--timeout", type=seconds, help="seconds to wait for the guest (config: "
                     "shutdown_timeout)")
     sp.add_argument("--hard", action="store_true", help="pull the plug at once")
     sp = cmd("reboot", cmd_reboot, "reboot (soft, falling back to hard)")
@@ -488,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("delete", cmd_image_delete, "delete an unused image", json_flag=False, parent=image)
     sp.add_argument("name")
     sp = cmd("prune", cmd_image_prune, "remove unused images", parent=image)
-    sp.add_argument("--older-than", type=float, metavar="SECONDS")
+    sp.add_argument("--older-than", type=seconds, metavar="SECONDS")
 
     flavor = sub.add_parser("flavor", help="manage flavors").add_subparsers(
         dest="flavor_command", required=True, metavar="ACTION")
@@ -497,10 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp = cmd("create", cmd_flavor_create, "create a flavor", parent=flavor)
     sp.add_argument("name")
-    sp.add_argument("--ram", type=int, required=True, metavar="MiB")
-    sp.add_argument("--vcpus", type=int, required=True, metavar="N")
-    sp.add_argument("--disk", type=int, required=True, metavar="GiB")
-    sp.add_argument("--ephemeral", type=int, default=0, metavar="GiB")
+    sp.add_argument("--ram", type=count, required=True, metavar="MiB")
+    sp.add_argument("--vcpus", type=count, required=True, metavar="N")
+    sp.add_argument("--disk", type=count, required=True, metavar="GiB")
+    sp.add_argument("--ephemeral", type=count, default=0, metavar="GiB")
     sp = cmd("delete", cmd_flavor_delete, "delete an unused flavor", json_flag=False,
              parent=flavor)
     sp.add_argument("name")
