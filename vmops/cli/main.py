@@ -111,8 +111,8 @@ def _admin_password(args: argparse.Namespace) -> str | None:
         if password != getpass.getpass("Again: "):
             raise VmopsError("the two admin passwords differ")
         return password or None
-    password: str | None = args.admin_password
-    return password
+    given: str | None = args.admin_password
+    return given
 
 
 def _read(path: str, what: str) -> bytes:
