@@ -4,37 +4,54 @@ Every error a user can see is a :class:`VmopsError`. Each class carries a
 message template with named fields and the HTTP status the API answers
 with; libvirt and qemu-img errors are converted into this tree in exactly
 one place each (``hypervisor/libvirt/driver.py`` and ``disks/qemu_img.py``).
+A full disk (``ENOSPC``, SQLite's "database or disk is full") may surface
+anywhere; :func:`storage_full` turns it into :class:`StorageFull`, and the
+API does so at its edge (``api/server.py``).
 
     VmopsError (500)
     ├── NotFound (404)
     │   ├── InstanceNotFound
     │   ├── ImageNotFound
     │   ├── FlavorNotFound
-    │   └── KeypairNotFound
+    │   ├── KeypairNotFound
+    │   ├── SecurityGroupNotFound
+    │   ├── SecurityGroupRuleNotFound
+    │   └── PortForwardNotFound
     ├── Conflict (409)
     │   ├── AlreadyExists
     │   ├── InvalidState        operation makes no sense in the current state
     │   ├── InstanceBusy        another operation holds the instance
-    │   └── InUse               image/flavor still used by instances
+    │   ├── InUse               image/flavor/group still used by instances
+    │   ├── AddressInUse        a MAC or IPv4 address another port has
+    │   ├── SubnetFull          no free address on the vmops network
+    │   └── PortTaken           a host port already forwarded or listened on
     ├── Invalid (400)
     │   ├── InvalidName
     │   ├── InvalidFlavor
     │   ├── InvalidImage        not a disk image, unsafe, truncated, ...
+    │   │   ├── ImageSourceUnreachable  one answer for any URL that gave no image
+    │   │   └── ImportLimitExceeded     over an import's byte, time or rate bound
     │   ├── FlavorTooSmall      root_gb smaller than the image's virtual size
     │   └── ConfigDriveInvalid  injected files, user data, metadata over limits
+    ├── Forbidden (403)
+    │   └── ImageSourceForbidden  a host path outside image_import_dirs, over TCP
     ├── ConfigError (400)       a bad setting: names the option and what is allowed
+    ├── StorageFull (507)       no space left: names what is full
     ├── HostNotReady (503)      a required host check failed (see ``vmops doctor``)
     ├── ServiceUnavailable (503)  the CLI cannot reach (or start) the service
     ├── ServiceAlreadyRunning (409)
     ├── StoreError (500)        vmops.db cannot be used as it is; the service refuses to start
     │   ├── DatabaseTooNew      written by a newer vmops: refused, never modified
     │   └── MigrationFailed     a forward migration failed: rolled back, backup kept
-    └── HypervisorError (500)   libvirt/QEMU failed in a way we did not expect
-        └── DiskError           qemu-img failed or was killed by its limits
+    ├── HypervisorError (500)   libvirt/QEMU failed in a way we did not expect
+    │   └── DiskError           qemu-img failed or was killed by its limits
+    └── NetworkError (500)      the bridge, dnsmasq or nft could not be set up
 """
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any, ClassVar
 
 
@@ -79,6 +96,18 @@ class KeypairNotFound(NotFound):
     msg_fmt = "no keypair named %(name)r"
 
 
+class SecurityGroupNotFound(NotFound):
+    msg_fmt = "no security group named or with id %(group)r"
+
+
+class SecurityGroupRuleNotFound(NotFound):
+    msg_fmt = "no security group rule with id %(rule)r"
+
+
+class PortForwardNotFound(NotFound):
+    msg_fmt = "no port forward %(forward)r"
+
+
 class Conflict(VmopsError):
     http_status = 409
     fault_name = "conflictingRequest"
@@ -101,6 +130,18 @@ class InUse(Conflict):
     msg_fmt = "%(kind)s %(name)r is used by instances: %(users)s"
 
 
+class AddressInUse(Conflict):
+    msg_fmt = "%(what)s %(value)s is already used by %(user)s"
+
+
+class SubnetFull(Conflict):
+    msg_fmt = "network %(network)s (%(cidr)s) has no free address left"
+
+
+class PortTaken(Conflict):
+    msg_fmt = "host port %(proto)s/%(port)s on %(address)s is taken: %(by)s"
+
+
 class Invalid(VmopsError):
     http_status = 400
     fault_name = "badRequest"
@@ -119,6 +160,19 @@ class InvalidImage(Invalid):
     msg_fmt = "invalid image: %(reason)s"
 
 
+class ImageSourceUnreachable(InvalidImage):
+    """Refused, timed out, 401, 404, a redirect to another scheme...: all the
+    same to the client, so an import cannot be used to scan ports; the
+    service log says which."""
+
+    msg_fmt = ("cannot download %(source)s: the source is unreachable or did not send "
+               "the image (the service log has details)")
+
+
+class ImportLimitExceeded(InvalidImage):
+    msg_fmt = "import of %(source)s stopped: %(reason)s"
+
+
 class FlavorTooSmall(Invalid):
     msg_fmt = (
         "flavor %(flavor)r has a %(flavor_bytes)d-byte root disk, smaller than "
@@ -130,10 +184,51 @@ class ConfigDriveInvalid(Invalid):
     msg_fmt = "invalid config drive content: %(reason)s"
 
 
+class Forbidden(VmopsError):
+    http_status = 403
+    fault_name = "forbidden"
+    msg_fmt = "forbidden: %(reason)s"
+
+
+class ImageSourceForbidden(Forbidden):
+    """Worded the same whether or not the path exists, and without its size."""
+
+    msg_fmt = ("cannot import %(source)s: API clients over TCP may import host files only "
+               "from the directories in the image_import_dirs setting (%(dirs)s)")
+
+
 class ConfigError(VmopsError):
     http_status = 400
     fault_name = "badRequest"
     msg_fmt = "bad setting %(option)s=%(value)r: %(allowed)s"
+
+
+class StorageFull(VmopsError):
+    http_status = 507
+    fault_name = "insufficientStorage"
+    msg_fmt = ("no space left: %(what)s is full; free space (destroy instances, prune "
+               "images) and try again")
+
+
+# Errors that mean "no space": the disk, a quota, or SQLite's view of either.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_full(exc: BaseException) -> StorageFull | None:
+    """``exc`` as a :class:`StorageFull` when it says a disk is full, else None.
+
+    Branches on error codes (``errno``, SQLite's extended code), never on
+    message text.
+    """
+    if isinstance(exc, StorageFull):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        where = f"the file system holding {exc.filename}" if exc.filename else "a file system"
+        return StorageFull(what=where)
+    if isinstance(exc, sqlite3.Error) \
+            and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL:
+        return StorageFull(what="the file system holding the vmops database")
+    return None
 
 
 class HostNotReady(VmopsError):
@@ -180,3 +275,7 @@ class HypervisorError(VmopsError):
 
 class DiskError(HypervisorError):
     msg_fmt = "disk operation failed: %(reason)s"
+
+
+class NetworkError(VmopsError):
+    msg_fmt = "network set-up failed: %(reason)s"

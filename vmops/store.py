@@ -44,6 +44,7 @@ import os
 import sqlite3
 import threading
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -51,13 +52,20 @@ from pathlib import Path
 from typing import Any
 
 from vmops.errors import (
+    AddressInUse,
     AlreadyExists,
+    Conflict,
     DatabaseTooNew,
     FlavorNotFound,
     ImageNotFound,
     InstanceNotFound,
+    InUse,
     KeypairNotFound,
     MigrationFailed,
+    PortForwardNotFound,
+    PortTaken,
+    SecurityGroupNotFound,
+    SecurityGroupRuleNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -94,8 +102,36 @@ class Migration:
     step: str | Callable[[sqlite3.Connection], None]
 
 
+# Schema version 2: the vmops network. Every NIC is a port (user-mode ones
+# too, with no address); security groups, their rules and members; port
+# forwards. An instance's rows here go with it (``delete_instance``).
+SCHEMA_V2 = """
+CREATE TABLE networks (
+    name TEXT PRIMARY KEY, bridge TEXT NOT NULL, cidr TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE ports (
+    id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, position INTEGER NOT NULL,
+    mode TEXT NOT NULL, network TEXT NOT NULL, mac TEXT NOT NULL UNIQUE, ip TEXT,
+    tap TEXT UNIQUE, created_at REAL NOT NULL, UNIQUE (network, ip));
+CREATE INDEX ports_instance ON ports (instance_id);
+CREATE TABLE security_groups (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, description TEXT NOT NULL,
+    created_at REAL NOT NULL);
+CREATE TABLE security_group_rules (
+    id TEXT PRIMARY KEY, group_id TEXT NOT NULL, direction TEXT NOT NULL,
+    protocol TEXT NOT NULL, port_min INTEGER, port_max INTEGER, remote_cidr TEXT,
+    remote_group_id TEXT, created_at REAL NOT NULL);
+CREATE TABLE instance_security_groups (
+    instance_id TEXT NOT NULL, group_id TEXT NOT NULL, PRIMARY KEY (instance_id, group_id));
+CREATE TABLE port_forwards (
+    id TEXT PRIMARY KEY, instance_id TEXT NOT NULL, protocol TEXT NOT NULL,
+    host_address TEXT NOT NULL, host_port INTEGER NOT NULL, guest_port INTEGER NOT NULL,
+    created_at REAL NOT NULL, UNIQUE (protocol, host_address, host_port));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
+    Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
+    Migration(3, "the default security group", lambda db: _seed_default_group(db)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -293,6 +329,79 @@ def _instance_from_row(row: sqlite3.Row) -> Instance:
                                                         if k in known})
 
 
+@dataclass(frozen=True)
+class NetworkRecord:
+    name: str
+    bridge: str
+    cidr: str
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Port:
+    """One NIC of an instance: on the vmops bridge (mode ``bridge``, with an
+    address and a tap) or QEMU user-mode (mode ``user``, neither)."""
+
+    id: str
+    instance_id: str
+    position: int
+    mode: str  # a vmops.network.model.NicMode value
+    network: str
+    mac: str
+    ip: str | None = None
+    tap: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    id: str
+    name: str
+    description: str = ""
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class SecurityGroupRule:
+    id: str
+    group_id: str
+    direction: str  # ingress | egress
+    protocol: str  # tcp | udp | icmp | any
+    port_min: int | None = None
+    port_max: int | None = None
+    remote_cidr: str | None = None
+    remote_group_id: str | None = None
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class PortForward:
+    id: str
+    instance_id: str
+    protocol: str  # tcp | udp
+    host_address: str  # 0.0.0.0: every address of the host
+    host_port: int
+    guest_port: int
+    created_at: float = 0.0
+
+
+DEFAULT_GROUP = "default"
+
+
+def _seed_default_group(db: sqlite3.Connection) -> None:
+    """Every install has the ``default`` group, with OpenStack's rules:
+    ingress from members of the same group, all egress."""
+    group_id = str(uuidlib.uuid4())
+    now = time.time()
+    db.execute("INSERT INTO security_groups VALUES (?, ?, ?, ?)",
+               (group_id, DEFAULT_GROUP, "Default security group", now))
+    for rule in (SecurityGroupRule(str(uuidlib.uuid4()), group_id, "ingress", "any",
+                                   remote_group_id=group_id, created_at=now),
+                 SecurityGroupRule(str(uuidlib.uuid4()), group_id, "egress", "any",
+                                   created_at=now)):
+        Store._insert_rule(db, rule)
+
+
 class Store:
     def __init__(self, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         """Open (or create) the database and migrate it to the latest schema version."""
@@ -350,10 +459,20 @@ class Store:
                      flavor.ephemeral_gb, 1, 0.0))
 
     def add_flavor(self, flavor: Flavor) -> Flavor:
+        """Ids and names share one namespace (``flavor(ref)`` takes either):
+        a new flavor's id and name must each be no flavor's id or name."""
         flavor = replace(flavor, created_at=time.time())
         row = asdict(flavor)
         row["builtin"] = int(flavor.builtin)
-        self._insert("flavors", row, "flavor", flavor.name)
+        with self._tx() as db:
+            taken = db.execute("SELECT id, name FROM flavors WHERE id IN (?, ?) OR name IN (?, ?)",
+                               (flavor.id, flavor.name, flavor.id, flavor.name)).fetchone()
+            if taken is not None:
+                raise Conflict(reason=f"flavor {taken['name']!r} (id {taken['id']!r}) already "
+                               f"has the id or name {flavor.id!r} or {flavor.name!r}; a "
+                               "flavor's id and name must name no other flavor")
+            db.execute(f"INSERT INTO flavors ({', '.join(row)}) VALUES "
+                       f"({', '.join('?' for _ in row)})", tuple(row.values()))
         return flavor
 
     def flavors(self) -> list[Flavor]:
@@ -361,10 +480,15 @@ class Store:
         return [Flavor(**{**dict(r), "builtin": bool(r["builtin"])}) for r in rows]
 
     def flavor(self, ref: str) -> Flavor:
-        rows = self._query("SELECT * FROM flavors WHERE id = ? OR name = ? ORDER BY id = ? DESC",
-                           ref, ref, ref)
+        """The flavor whose id or name is ``ref``. Two (only in a database
+        from before ids were checked against names) is refused, not guessed."""
+        rows = self._query("SELECT * FROM flavors WHERE id = ? OR name = ?", ref, ref)
         if not rows:
             raise FlavorNotFound(flavor=ref)
+        if len(rows) > 1:
+            raise Conflict(reason=f"{ref!r} is the id of one flavor and the name of another; "
+                           "name it by " + " or ".join(
+                               repr(r["id"] if r["id"] != ref else r["name"]) for r in rows))
         return Flavor(**{**dict(rows[0]), "builtin": bool(rows[0]["builtin"])})
 
     def delete_flavor(self, flavor_id: str) -> None:
@@ -421,11 +545,55 @@ class Store:
             db.execute("DELETE FROM keypairs WHERE name = ?", (name,))
 
     # -- instances -----------------------------------------------------------
-    def add_instance(self, inst: Instance) -> Instance:
+    def add_instance(self, inst: Instance, ports: Sequence[Port] = (),
+                     group_ids: Sequence[str] = (),
+                     choose_ip: Callable[[set[str]], str] | None = None) -> Instance:
+        """Record an instance with its ports and groups, in one transaction.
+
+        A port of mode ``bridge`` whose ``ip`` is None gets one from
+        ``choose_ip(addresses in use)``, chosen inside the transaction, so two
+        spawns never get the same address.
+        """
         now = time.time()
         inst = replace(inst, created_at=now, updated_at=now)
-        self._insert("instances", _instance_to_row(inst), "instance", inst.name)
+        row = _instance_to_row(inst)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM instances WHERE name = ? OR id = ?",
+                          (inst.name, inst.id)).fetchone():
+                raise AlreadyExists(kind="instance", name=inst.name)
+            db.execute(f"INSERT INTO instances ({', '.join(row)}) VALUES "
+                       f"({', '.join('?' for _ in row)})", tuple(row.values()))
+            for port in ports:
+                port = replace(port, created_at=now)
+                if port.mode == "bridge" and port.ip is None:
+                    if choose_ip is None:
+                        raise ValueError("a bridge port with no address needs choose_ip")
+                    used = {r["ip"] for r in db.execute(
+                        "SELECT ip FROM ports WHERE network = ? AND ip IS NOT NULL",
+                        (port.network,))}
+                    port = replace(port, ip=choose_ip(used))
+                self._check_port_free(db, port)
+                prow = asdict(port)
+                db.execute(f"INSERT INTO ports ({', '.join(prow)}) VALUES "
+                           f"({', '.join('?' for _ in prow)})", tuple(prow.values()))
+            for group_id in group_ids:
+                db.execute("INSERT OR IGNORE INTO instance_security_groups VALUES (?, ?)",
+                           (inst.id, group_id))
         return inst
+
+    @staticmethod
+    def _check_port_free(db: sqlite3.Connection, port: Port) -> None:
+        row = db.execute("SELECT i.name FROM ports p JOIN instances i ON i.id = p.instance_id "
+                         "WHERE p.mac = ?", (port.mac,)).fetchone()
+        if row:
+            raise AddressInUse(what="MAC address", value=port.mac, user=f"instance {row[0]!r}")
+        if port.ip is not None:
+            row = db.execute(
+                "SELECT i.name FROM ports p JOIN instances i ON i.id = p.instance_id "
+                "WHERE p.network = ? AND p.ip = ?", (port.network, port.ip)).fetchone()
+            if row:
+                raise AddressInUse(what="IP address", value=port.ip,
+                                   user=f"instance {row[0]!r}")
 
     def update_instance(self, inst: Instance | str, **changes: Any) -> Instance:
         """Apply ``changes`` to the stored row (re-read under the lock, so two
@@ -453,8 +621,182 @@ class Store:
         return _instance_from_row(rows[0])
 
     def delete_instance(self, instance_id: str) -> None:
+        """The instance and every network row of it (ports, forwards, groups)."""
         with self._tx() as db:
+            self._delete_network_rows(db, instance_id)
             db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    @staticmethod
+    def _delete_network_rows(db: sqlite3.Connection, instance_id: str) -> None:
+        for table in ("ports", "port_forwards", "instance_security_groups"):
+            db.execute(f"DELETE FROM {table} WHERE instance_id = ?", (instance_id,))
+
+    # -- networks and ports --------------------------------------------------
+    def network(self, name: str) -> NetworkRecord | None:
+        rows = self._query("SELECT * FROM networks WHERE name = ?", name)
+        return NetworkRecord(**dict(rows[0])) if rows else None
+
+    def add_network(self, record: NetworkRecord) -> NetworkRecord:
+        record = replace(record, created_at=time.time())
+        self._insert("networks", asdict(record), "network", record.name)
+        return record
+
+    def ports(self, instance_id: str | None = None) -> list[Port]:
+        if instance_id is None:
+            rows = self._query("SELECT * FROM ports ORDER BY instance_id, position")
+        else:
+            rows = self._query("SELECT * FROM ports WHERE instance_id = ? ORDER BY position",
+                               instance_id)
+        return [Port(**dict(r)) for r in rows]
+
+    # -- security groups -----------------------------------------------------
+    def add_security_group(self, group: SecurityGroup,
+                           rules: Sequence[SecurityGroupRule] = ()) -> SecurityGroup:
+        now = time.time()
+        group = replace(group, created_at=now)
+        try:
+            with self._tx() as db:
+                row = asdict(group)
+                db.execute("INSERT INTO security_groups VALUES (?, ?, ?, ?)",
+                           tuple(row.values()))
+                for rule in rules:
+                    self._insert_rule(db, replace(rule, created_at=now))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(kind="security group", name=group.name) from None
+        return group
+
+    @staticmethod
+    def _insert_rule(db: sqlite3.Connection, rule: SecurityGroupRule) -> None:
+        row = asdict(rule)
+        db.execute(f"INSERT INTO security_group_rules ({', '.join(row)}) VALUES "
+                   f"({', '.join('?' for _ in row)})", tuple(row.values()))
+
+    def update_security_group(self, group: SecurityGroup, **changes: Any) -> SecurityGroup:
+        group = replace(group, **changes)
+        try:
+            with self._tx() as db:
+                db.execute("UPDATE security_groups SET name = ?, description = ? WHERE id = ?",
+                           (group.name, group.description, group.id))
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(kind="security group", name=group.name) from None
+        return group
+
+    def security_groups(self) -> list[SecurityGroup]:
+        rows = self._query("SELECT * FROM security_groups ORDER BY name")
+        return [SecurityGroup(**dict(r)) for r in rows]
+
+    def security_group(self, ref: str) -> SecurityGroup:
+        rows = self._query("SELECT * FROM security_groups WHERE id = ? OR name = ? "
+                           "ORDER BY id = ? DESC", ref, ref, ref)
+        if not rows:
+            raise SecurityGroupNotFound(group=ref)
+        return SecurityGroup(**dict(rows[0]))
+
+    def delete_security_group(self, group_id: str) -> None:
+        """Refused while an instance is a member or another group's rule names it."""
+        with self._tx() as db:
+            users = [r[0] for r in db.execute(
+                "SELECT i.name FROM instance_security_groups m JOIN instances i "
+                "ON i.id = m.instance_id WHERE m.group_id = ? ORDER BY i.name", (group_id,))]
+            name = db.execute("SELECT name FROM security_groups WHERE id = ?",
+                              (group_id,)).fetchone()
+            if users:
+                raise InUse(kind="security group", name=name[0] if name else group_id,
+                            users=", ".join(users))
+            refs = [r[0] for r in db.execute(
+                "SELECT g.name FROM security_group_rules r JOIN security_groups g "
+                "ON g.id = r.group_id WHERE r.remote_group_id = ? AND r.group_id != ?",
+                (group_id, group_id))]
+            if refs:
+                raise Conflict(reason=f"security group {name[0] if name else group_id!r} is "
+                               f"the remote group of rules in: {', '.join(sorted(set(refs)))}")
+            db.execute("DELETE FROM security_group_rules WHERE group_id = ?", (group_id,))
+            db.execute("DELETE FROM security_groups WHERE id = ?", (group_id,))
+
+    def add_security_group_rule(self, rule: SecurityGroupRule) -> SecurityGroupRule:
+        rule = replace(rule, created_at=time.time())
+        with self._tx() as db:
+            self._insert_rule(db, rule)
+        return rule
+
+    def security_group_rules(self, group_id: str | None = None) -> list[SecurityGroupRule]:
+        if group_id is None:
+            rows = self._query("SELECT * FROM security_group_rules ORDER BY created_at, id")
+        else:
+            rows = self._query("SELECT * FROM security_group_rules WHERE group_id = ? "
+                               "ORDER BY created_at, id", group_id)
+        return [SecurityGroupRule(**dict(r)) for r in rows]
+
+    def security_group_rule(self, rule_id: str) -> SecurityGroupRule:
+        rows = self._query("SELECT * FROM security_group_rules WHERE id = ?", rule_id)
+        if not rows:
+            raise SecurityGroupRuleNotFound(rule=rule_id)
+        return SecurityGroupRule(**dict(rows[0]))
+
+    def delete_security_group_rule(self, rule_id: str) -> None:
+        self.security_group_rule(rule_id)
+        with self._tx() as db:
+            db.execute("DELETE FROM security_group_rules WHERE id = ?", (rule_id,))
+
+    def instance_group_ids(self, instance_id: str | None = None) -> dict[str, list[str]]:
+        """instance id -> ids of its security groups."""
+        if instance_id is None:
+            rows = self._query("SELECT * FROM instance_security_groups ORDER BY group_id")
+        else:
+            rows = self._query("SELECT * FROM instance_security_groups WHERE instance_id = ? "
+                               "ORDER BY group_id", instance_id)
+        members: dict[str, list[str]] = {}
+        for r in rows:
+            members.setdefault(r["instance_id"], []).append(r["group_id"])
+        return members
+
+    def set_instance_group(self, instance_id: str, group_id: str, member: bool) -> None:
+        with self._tx() as db:
+            if member:
+                db.execute("INSERT OR IGNORE INTO instance_security_groups VALUES (?, ?)",
+                           (instance_id, group_id))
+            else:
+                db.execute("DELETE FROM instance_security_groups WHERE instance_id = ? "
+                           "AND group_id = ?", (instance_id, group_id))
+
+    # -- port forwards -------------------------------------------------------
+    def add_port_forward(self, fwd: PortForward) -> PortForward:
+        """Refused when the host port is forwarded already (on that address,
+        or on every address: 0.0.0.0 overlaps them all)."""
+        fwd = replace(fwd, created_at=time.time())
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT i.name, f.host_address FROM port_forwards f JOIN instances i "
+                "ON i.id = f.instance_id WHERE f.protocol = ? AND f.host_port = ? AND "
+                "(f.host_address = ? OR f.host_address = '0.0.0.0' OR ? = '0.0.0.0')",
+                (fwd.protocol, fwd.host_port, fwd.host_address, fwd.host_address)).fetchone()
+            if row:
+                raise PortTaken(proto=fwd.protocol, port=fwd.host_port,
+                                address=fwd.host_address,
+                                by=f"forwarded to instance {row[0]!r} already")
+            data = asdict(fwd)
+            db.execute(f"INSERT INTO port_forwards ({', '.join(data)}) VALUES "
+                       f"({', '.join('?' for _ in data)})", tuple(data.values()))
+        return fwd
+
+    def port_forwards(self, instance_id: str | None = None) -> list[PortForward]:
+        if instance_id is None:
+            rows = self._query("SELECT * FROM port_forwards ORDER BY host_port, protocol")
+        else:
+            rows = self._query("SELECT * FROM port_forwards WHERE instance_id = ? "
+                               "ORDER BY host_port, protocol", instance_id)
+        return [PortForward(**dict(r)) for r in rows]
+
+    def port_forward(self, forward_id: str) -> PortForward:
+        rows = self._query("SELECT * FROM port_forwards WHERE id = ?", forward_id)
+        if not rows:
+            raise PortForwardNotFound(forward=forward_id)
+        return PortForward(**dict(rows[0]))
+
+    def delete_port_forward(self, forward_id: str) -> None:
+        self.port_forward(forward_id)
+        with self._tx() as db:
+            db.execute("DELETE FROM port_forwards WHERE id = ?", (forward_id,))
 
     def instances_using(self, column: str, value: str) -> list[str]:
         # The column name is spliced into the SQL: only these two, checked

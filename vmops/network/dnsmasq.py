@@ -1,0 +1,164 @@
+"""The vmops network's DHCP and DNS server: one dnsmasq, supervised.
+
+dnsmasq serves only the vmops bridge. It hands out exactly the addresses
+vmops reserved (``dhcp-range=...,static``: a MAC with no reservation gets
+nothing), and answers DNS for guest names in the network's domain. Both
+come from two files vmops writes (``hosts.dhcp``, ``hosts.dns``); dnsmasq
+re-reads them on SIGHUP, so a new guest never restarts it.
+
+dnsmasq runs as a daemon of its own with a pid file, like the console
+capture processes: a service restart does not interrupt DHCP, and the
+service finds it again by the pid file and its command line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmops.errors import NetworkError
+from vmops.network.model import NetworkPlan, PortPlan
+
+log = logging.getLogger(__name__)
+
+LEASE_TIME = "1h"
+START_TIMEOUT_S = 10
+
+
+@dataclass(frozen=True)
+class DnsmasqFiles:
+    """Where one network's dnsmasq keeps its files (a private directory)."""
+
+    root: Path
+
+    @property
+    def conf(self) -> Path:
+        return self.root / "dnsmasq.conf"
+
+    @property
+    def dhcp_hosts(self) -> Path:
+        return self.root / "hosts.dhcp"
+
+    @property
+    def dns_hosts(self) -> Path:
+        return self.root / "hosts.dns"
+
+    @property
+    def leases(self) -> Path:
+        return self.root / "dnsmasq.leases"
+
+    @property
+    def pid(self) -> Path:
+        return self.root / "dnsmasq.pid"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "dnsmasq.log"
+
+
+def render_conf(net: NetworkPlan, files: DnsmasqFiles) -> str:
+    """dnsmasq's whole configuration (it reads no other file)."""
+    return "\n".join([
+        f"interface={net.bridge}",
+        "bind-interfaces",
+        "except-interface=lo",
+        f"listen-address={net.gateway}",
+        f"dhcp-range={net.cidr.network_address},static,{net.cidr.netmask},{LEASE_TIME}",
+        f"dhcp-hostsfile={files.dhcp_hosts}",
+        f"addn-hosts={files.dns_hosts}",
+        f"dhcp-leasefile={files.leases}",
+        f"dhcp-option=option:router,{net.gateway}",
+        f"dhcp-option=option:dns-server,{net.gateway}",
+        f"domain={net.domain}",
+        f"local=/{net.domain}/",
+        "dhcp-authoritative",
+        "no-hosts",
+        "user=root",
+        f"pid-file={files.pid}",
+        f"log-facility={files.log}",
+        "",
+    ])
+
+
+def render_dhcp_hosts(ports: Iterable[PortPlan]) -> str:
+    """``MAC,IP,hostname`` per port: the only leases dnsmasq will give."""
+    return "".join(f"{p.mac},{p.ip},{p.hostname}\n" for p in ports)
+
+
+def render_dns_hosts(net: NetworkPlan, ports: Iterable[PortPlan]) -> str:
+    return "".join(f"{p.ip} {p.hostname}.{net.domain} {p.hostname}\n" for p in ports)
+
+
+class Dnsmasq:
+    """Start, find, reload and stop the network's dnsmasq."""
+
+    def __init__(self, net: NetworkPlan, root: Path) -> None:
+        self.net = net
+        self.files = DnsmasqFiles(root)
+
+    def write(self, ports: Iterable[PortPlan]) -> None:
+        ports = list(ports)
+        self.files.root.mkdir(parents=True, exist_ok=True)
+        _write_atomic(self.files.conf, render_conf(self.net, self.files))
+        _write_atomic(self.files.dhcp_hosts, render_dhcp_hosts(ports))
+        _write_atomic(self.files.dns_hosts, render_dns_hosts(self.net, ports))
+
+    def pid(self) -> int | None:
+        """The running dnsmasq of this network, or None."""
+        try:
+            pid = int(self.files.pid.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            return None
+        if str(self.files.conf).encode() not in b" ".join(cmdline):
+            return None  # the pid was reused by some other process
+        return pid
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def ensure(self, ports: Iterable[PortPlan]) -> None:
+        """Write the files; reload a running dnsmasq, or start one."""
+        self.write(ports)
+        pid = self.pid()
+        if pid is None:
+            self.start()
+            return
+        try:
+            os.kill(pid, signal.SIGHUP)
+        except ProcessLookupError:
+            self.start()
+
+    def start(self) -> None:
+        cmd = ["dnsmasq", f"--conf-file={self.files.conf}"]
+        try:
+            # dnsmasq forks into the background once it has bound its
+            # sockets; a non-zero exit means it could not.
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S,
+                                  start_new_session=True)
+        except FileNotFoundError:
+            raise NetworkError(reason="dnsmasq is not installed (Debian: dnsmasq-base)") from None
+        except subprocess.TimeoutExpired:
+            raise NetworkError(reason=f"dnsmasq did not start in {START_TIMEOUT_S} s") from None
+        if done.returncode != 0:
+            raise NetworkError(reason=f"dnsmasq did not start: {done.stderr.strip()}")
+        log.info("dnsmasq started for %s (pid %s)", self.net.bridge, self.pid())
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        self.files.pid.unlink(missing_ok=True)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
