@@ -106,6 +106,46 @@ class Settings:
         return self.state_dir / "instances"
 
     @property
+    image_import_max_bytes: int = _opt(
+        64 << 30, "Largest image an import may bring in, in bytes (counted as received, "
+        "before any conversion). An import never takes more than the images directory's "
+        "free space less image_import_reserve_bytes either.", minimum=1)
+    image_import_reserve_bytes: int = _opt(
+        1 << 30, "Free space, in bytes, an import always leaves on the file system of the "
+        "images directory; one that would eat into it stops with an error.", minimum=0)
+    image_import_timeout: int = _opt(
+        7200, "Longest time a URL import may take from connecting to the last byte, in "
+        "seconds.", minimum=1, maximum=7 * 86400)
+    image_import_min_rate: int = _opt(
+        16384, "Slowest a URL import may go, in bytes per second averaged over "
+        "image_import_rate_window; a slower one stops with an error (0: no minimum).",
+        minimum=0)
+    image_import_rate_window: int = _opt(
+        60, "Seconds over which a URL import's rate is measured against "
+        "image_import_min_rate; also the longest wait for any single read.",
+        minimum=1, maximum=3600)
+    image_import_dirs: str = _opt(
+        "", "Directories (absolute, separated by ':') whose files API clients over TCP may "
+        "import as images. Empty: TCP clients may import from URLs only. Clients on the "
+        "unix socket (its owner) may import any host path.")
+
+    network_mode: str = _opt(
+        "auto", "How new instances' NICs are connected by default: bridge (the vmops "
+        "network: an address the host and other guests reach, DHCP, NAT, port forwards, "
+        "security groups; needs root), user (QEMU user-mode: no root needed, nothing "
+        "reaches the guest), or auto (bridge when the service runs as root, else user). "
+        "A spawn may ask for either.", choices=("auto", "bridge", "user"))
+    network_bridge: str = _opt(
+        "vmops0", "Name of the bridge vmops owns (at most 15 characters); its nftables "
+        "tables are named vmops_<bridge>.")
+    network_subnet: str = _opt(
+        "", "IPv4 subnet of the vmops network in CIDR form. Empty: the first of "
+        "10.213.0.0/24, 10.213.1.0/24, 10.214.0.0/24, 10.215.0.0/24, 10.97.0.0/24 that no "
+        "host route overlaps. Fixed once the network exists (guests hold addresses in it).")
+    network_host_access: bool = _opt(
+        True, "The host (the bridge's address: the operator, `vmops ssh`) reaches every "
+        "guest whatever its security groups say. Off: the host is subject to the groups' "
+        "ingress rules like anyone else.")
     def run_dir(self) -> Path:
         """Short paths for UNIX sockets (their paths are limited to 107 bytes)."""
         return self.state_dir / "run"
@@ -129,6 +169,16 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
             text = str(raw).strip().lower()
             if text in ("1", "true", "yes", "on"):
                 return True
+    @property
+    def image_import_dir_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(d) for d in self.image_import_dirs.split(":") if d)
+
+    @property
+    def effective_network_mode(self) -> str:
+        if self.network_mode == "auto":
+            return "bridge" if os.geteuid() == 0 else "user"
+        return self.network_mode
+
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
@@ -214,3 +264,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(option=str(path), value="...", allowed=f"valid TOML ({exc})") from None
+    if not all(d.is_absolute() for d in settings.image_import_dir_paths):
+        raise ConfigError(option="image_import_dirs", value=settings.image_import_dirs,
+                          allowed="absolute directory paths separated by ':'")

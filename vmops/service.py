@@ -23,7 +23,6 @@ from vmops.api.server import serve
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
-from vmops.disks.cache import ImageCache
 from vmops.errors import ServiceAlreadyRunning
 from vmops.hypervisor import open_hypervisor
 from vmops.store import Store
@@ -101,7 +100,7 @@ class Service:
             log.error("host check failed: %s", problem)
         self.store = Store(s.db_path)
         self.compute = Compute(s, self.store, self.hv, accel, lambda: problems)
-        catalog = Catalog(self.store, ImageCache(s.images_dir))
+        catalog = Catalog.from_settings(s, self.store)
         self.compute.recover()
         self.compute.background_actions = True
         routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks])
@@ -119,6 +118,7 @@ class Service:
             except Exception:  # noqa: BLE001 - a failed prune must not stop the service
                 log.exception("image prune failed")
 
+        catalog.recover_imports()
     def _shutdown(self) -> None:
         for srv in self._servers:
             srv.shutdown()

@@ -261,7 +261,8 @@ class Routes:
         image = self.catalog.import_image(
             parse.field(i, "name", str, required=True),
             parse.field(i, "source", str, required=True),
-            parse.field(i, "checksum", str), parse.field(i, "disk_format", str))
+            parse.field(i, "checksum", str), parse.field(i, "disk_format", str),
+            any_host_path=req.via_unix_socket)  # a TCP client: image_import_dirs only
         return Response(202, {"image": self._image_view(image, req.base_url)})
 
     def delete_image(self, req: Request) -> Response:

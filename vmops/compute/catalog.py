@@ -1,4 +1,13 @@
-"""Images, flavors and keypairs: the things instances are made from."""
+"""Images, flavors and keypairs: the things instances are made from.
+
+An image import is checked here before anything is read: a URL must be
+http(s), a host path absolute and, for a restricted caller (an API client
+over TCP), inside the ``image_import_dirs`` setting, judged on the text
+alone so a refusal reveals nothing about the file. The record keeps the
+source without ``user:password@``; the import itself runs in a thread
+(:meth:`ImageCache.import_image`). An import the service did not live to
+finish is settled at the next start (:meth:`Catalog.recover_imports`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +17,16 @@ import logging
 import threading
 import time
 import uuid as uuidlib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from vmops.compute.names import check_resource_name
-from vmops.disks.cache import ImageCache
-from vmops.errors import InUse, Invalid, InvalidFlavor, VmopsError
+from vmops.config import Settings
+from vmops.disks.cache import CachedImage, ImageCache
+from vmops.disks.sources import URL_SCHEMES, ImportLimits, is_url, redact_url
+from vmops.errors import ImageSourceForbidden, InUse, Invalid, InvalidFlavor, VmopsError
 from vmops.store import Flavor, Image, Keypair, Store
+from vmops.text import escape_controls, has_controls
 
 log = logging.getLogger(__name__)
 
@@ -22,26 +35,35 @@ MAX_RAM_MIB = 4 * 1024 * 1024
 MAX_VCPUS = 1024
 MAX_DISK_GB = 64 * 1024
 PROGRESS_EVERY_S = 0.25
+UNFINISHED = ("queued", "saving")  # image states of an import in progress
+INTERRUPTED = ("the import was interrupted when the vmops service stopped; delete the image "
+               "and import it again")
 
 
 class Catalog:
-    def __init__(self, store: Store, cache: ImageCache) -> None:
+    def __init__(self, store: Store, cache: ImageCache,
+                 host_import_dirs: tuple[Path, ...] = ()) -> None:
         self.store = store
         self.cache = cache
+        self.host_import_dirs = host_import_dirs
+
+    @classmethod
+    def from_settings(cls, settings: Settings, store: Store) -> Catalog:
+        cache = ImageCache(settings.images_dir, ImportLimits.from_settings(settings))
+        return cls(store, cache, settings.image_import_dir_paths)
 
     # -- images --------------------------------------------------------------
     def import_image(self, name: str, source: str, checksum: str | None = None,
-                     disk_format: str | None = None, background: bool = True) -> Image:
+                     disk_format: str | None = None, background: bool = True,
+                     any_host_path: bool = True) -> Image:
+        """``any_host_path`` False (API clients over TCP): host paths only
+        inside ``host_import_dirs``."""
         check_resource_name(name, "image")
-        if not source.startswith(("http://", "https://")):
-            path = Path(source)
-            if not path.is_absolute():
-                raise Invalid(reason=f"image source {source!r} must be an absolute path or URL")
-            if not path.is_file():
-                raise Invalid(reason=f"image file {source} does not exist or is not a file")
+        allowed = None if any_host_path else self.host_import_dirs
+        check_image_source(source, allowed)
         image = self.store.add_image(Image(id=str(uuidlib.uuid4()), name=name, status="queued",
-                                           source=source))
-        args = (image, source, checksum, disk_format)
+                                           source=shown_source(source)))
+        args = (image, source, checksum, disk_format, allowed)
         if not background:
             self._import(*args)
             return self.store.image(image.id)
@@ -50,7 +72,7 @@ class Catalog:
         return image
 
     def _import(self, image: Image, source: str, checksum: str | None,
-                disk_format: str | None) -> None:
+                disk_format: str | None, allowed_dirs: tuple[Path, ...] | None) -> None:
         last = [0.0]
 
         def progress(done: int, total: int | None) -> None:
@@ -62,17 +84,45 @@ class Catalog:
 
         try:
             cached = self.cache.import_image(source, expected_checksum=checksum,
-                                             declared_format=disk_format, progress=progress)
+                                             declared_format=disk_format, progress=progress,
+                                             allowed_dirs=allowed_dirs)
         except Exception as exc:  # noqa: BLE001 - the record must say why
             fault = exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
-            log.warning("import of image %s failed: %s", image.name, fault)
+            fault = fault.replace(source, image.source)  # never a password, whatever failed
+            log.warning("import of image %s failed: %s", image.name, escape_controls(fault))
             self.store.update_image(self.store.image(image.id), status="error", fault=fault)
             return
+        self._activate(self.store.image(image.id), cached)
+
+    def _activate(self, image: Image, cached: CachedImage) -> None:
         self.store.update_image(
-            self.store.image(image.id), status="active", format=cached.format,
-            virtual_size=cached.virtual_size, file_size=cached.file_size,
-            checksum=cached.checksum, path=str(cached.path), bytes_done=cached.file_size,
-            bytes_total=cached.file_size)
+            image, status="active", format=cached.format, virtual_size=cached.virtual_size,
+            file_size=cached.file_size, checksum=cached.checksum, path=str(cached.path),
+            bytes_done=cached.file_size, bytes_total=cached.file_size, fault="")
+
+    def recover_imports(self) -> None:
+        """At service start: settle the imports the last service left unfinished.
+
+        One that stored its file before the service died is finished; any
+        other is failed with a reason (its source may need credentials the
+        record never kept). Then no import runs, so every temp file goes.
+        """
+        for image in self.store.images():
+            if image.status not in UNFINISHED:
+                continue
+            try:
+                cached = self.cache.finished_import(image.source, image.created_at)
+            except VmopsError:
+                cached = None
+            if cached is not None:
+                log.info("import of image %s had finished before the service stopped", image.name)
+                self._activate(image, cached)
+            else:
+                log.warning("import of image %s was interrupted: marked error", image.name)
+                self.store.update_image(image, status="error", fault=INTERRUPTED)
+        removed = self.cache.remove_temp_files()
+        if removed:
+            log.info("removed %d temp files of interrupted imports", len(removed))
 
     def delete_image(self, ref: str) -> None:
         image = self.store.image(ref)
@@ -120,6 +170,38 @@ class Catalog:
         check_resource_name(name, "keypair")
         return self.store.add_keypair(Keypair(name=name, public_key=public_key.strip(),
                                               fingerprint=ssh_fingerprint(public_key)))
+
+
+def shown_source(source: str) -> str:
+    """A source as records, answers and logs may show it: no credentials."""
+    return redact_url(source) if is_url(source) else source
+
+
+def check_image_source(source: str, allowed_dirs: tuple[Path, ...] | None) -> None:
+    """Refuse, from the text alone, a source that may not be imported.
+
+    ``allowed_dirs`` None: any absolute host path. Nothing is opened or
+    looked up, so the answer is the same whether or not a file exists.
+    """
+    if has_controls(source):
+        raise Invalid(reason="the image source contains a control character")
+    if is_url(source):
+        try:
+            parts = urlsplit(source)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError:
+            raise Invalid(reason="the image source is not a valid URL") from None
+        if parts.scheme.lower() not in URL_SCHEMES or not parts.hostname:
+            raise Invalid(reason=f"image source {shown_source(source)!r}: only local paths "
+                          "and http(s) URLs can be imported")
+        return
+    path = PurePosixPath(source)
+    if not path.is_absolute() or ".." in path.parts:
+        raise Invalid(reason=f"image source {source!r} must be an absolute path without '..' "
+                      "or an http(s) URL")
+    if allowed_dirs is not None and not any(path.is_relative_to(d) for d in allowed_dirs):
+        raise ImageSourceForbidden(source=source, dirs=", ".join(map(str, allowed_dirs))
+                                   or "none are set")
 
 
 def _check_range(what: str, value: int, low: int, high: int, unit: str) -> None:

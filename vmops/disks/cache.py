@@ -1,7 +1,8 @@
 """The image cache: imported images, content-addressed and read-only.
 
-An import streams the source (local path or http(s) URL) into a temp file
-inside the cache root while hashing it, checks the expected checksum,
+An import streams the source (local path or http(s) URL, opened by
+:mod:`vmops.disks.sources` within the bounds of :class:`ImportLimits`) into
+a temp file inside the cache root while hashing it, checks the expected checksum,
 inspects the headers with :mod:`vmops.disks.inspector` before qemu-img
 ever opens the file, and then stores it as ``<root>/<sha256>.<fmt>``:
 qcow2 and raw as they came, vpc/vhdx/vmdk converted to qcow2, so every
@@ -18,6 +19,8 @@ a URL still re-fetches (the URL's content may have changed).
 Nothing partial is ever visible: work happens in ``.import-*`` temp files
 that are removed on any failure, and the finished file is fsynced and
 hard-linked into place (a link never replaces a base a VM may be using).
+A process killed mid-import leaves its temp file: the service removes them
+at start (:meth:`ImageCache.remove_temp_files`), when none can be in use.
 
 Last use is kept in the file's atime (``touch``), leaving mtime as the
 content's time; ``prune`` ages files by the later of the two.
@@ -28,29 +31,34 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import http.client
 import json
 import os
 import re
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from vmops.config import Settings
 from vmops.disks import qemu_img
 from vmops.disks.inspector import inspect_image, normalize_format
+from vmops.disks.sources import (
+    CHUNK,
+    Budget,
+    ImportLimits,
+    Pace,
+    is_url,
+    open_source,
+    redact_url,
+)
 from vmops.errors import DiskError, Invalid, InvalidImage
 
 Progress = Callable[[int, int | None], None]
 
-CHUNK = 1 << 20
 _ZEROS = bytes(CHUNK)
-HTTP_TIMEOUT_S = 60
 STORED_FORMATS = ("qcow2", "raw")
 _CACHED_NAME = re.compile(r"^([0-9a-f]{64})\.(qcow2|raw)$")
 _TEMP_PREFIX = ".import-"
@@ -104,8 +112,9 @@ class _Memo:
 
 
 class ImageCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: ImportLimits | None = None) -> None:
         self.root = root.absolute()  # paths handed out end up in records and overlays
+        self.limits = limits or ImportLimits.from_settings(Settings())
         self._lock_dir = root / ".locks"
         self._lock_dir.mkdir(parents=True, exist_ok=True)
         self._guard = threading.Lock()
@@ -120,8 +129,13 @@ class ImageCache:
         expected_checksum: str | None = None,
         declared_format: str | None = None,
         progress: Progress | None = None,
+        allowed_dirs: tuple[Path, ...] | None = None,
     ) -> CachedImage:
-        """Bring ``source`` into the cache (or find it there) and describe it."""
+        """Bring ``source`` into the cache (or find it there) and describe it.
+
+        ``allowed_dirs``: a host path must really be inside one of these
+        (None: any path), and a refusal says nothing about the file.
+        """
         expected = parse_checksum(expected_checksum) if expected_checksum else None
         declared = normalize_format(declared_format) if declared_format else None
         hit = self._lookup_expected(expected, declared)
@@ -136,7 +150,8 @@ class ImageCache:
             )
             if reuse is not None:
                 return reuse
-            image, source_format = self._import_locked(source, expected, declared, progress)
+            image, source_format = self._import_locked(source, expected, declared, progress,
+                                                       allowed_dirs)
             generation = seen.generation + 1 if seen else 1
             self._write_memo(key, _Memo(generation, image.checksum, str(image.path), source_format))
             return image
@@ -147,9 +162,10 @@ class ImageCache:
         expected: Checksum | None,
         declared: str | None,
         progress: Progress | None,
+        allowed_dirs: tuple[Path, ...] | None,
     ) -> tuple[CachedImage, str]:
         with self._temp(".download") as download:
-            sha256 = self._fetch(source, download, expected, progress)
+            sha256 = self._fetch(source, download, expected, progress, allowed_dirs)
             facts = inspect_image(download, declared)
             stored = facts.format if facts.format in STORED_FORMATS else "qcow2"
             final = self.root / f"{sha256}.{stored}"
@@ -195,33 +211,48 @@ class ImageCache:
     # -- fetching --------------------------------------------------------------
 
     def _fetch(
-        self, source: str, dest: Path, expected: Checksum | None, progress: Progress | None
+        self,
+        source: str,
+        dest: Path,
+        expected: Checksum | None,
+        progress: Progress | None,
+        allowed_dirs: tuple[Path, ...] | None = None,
     ) -> str:
-        """Copy ``source`` to ``dest``; return its sha256, checking ``expected``."""
-        sha256 = hashlib.sha256()
-        other = hashlib.new(expected.algorithm) if expected else None
-        stream, total = _open_source(source)
-        with contextlib.closing(stream), dest.open("wb") as out:
-            done = 0
-            if progress:
-                progress(0, total)
-            while chunk := _read(stream, source):
-                _write_sparse(out, chunk)
-                sha256.update(chunk)
-                if other:
-                    other.update(chunk)
-                done += len(chunk)
+        """Copy ``source`` to ``dest`` within the limits; return its sha256,
+        checking ``expected``."""
+        shown = redact_url(source) if is_url(source) else source
+        budget = Budget(self.limits, self.root, shown)  # before any traffic
+        hashes = [hashlib.sha256()] + ([hashlib.new(expected.algorithm)] if expected else [])
+        src = open_source(source, self.limits, allowed_dirs)
+        try:
+            budget.check_length(src.length)
+            pace = Pace(self.limits, shown) if is_url(source) else None
+            with dest.open("wb") as out:
+                done = 0
                 if progress:
-                    progress(done, total)
-            out.truncate(done)  # a trailing hole was only seeked over
-        if total is not None and done != total:
-            raise InvalidImage(reason=f"{source}: got {done} of {total} bytes; transfer cut short")
-        if expected and other and other.hexdigest() != expected.hexdigest:
+                    progress(0, src.length)
+                while chunk := src.read():
+                    done += len(chunk)
+                    budget.check(done)
+                    _write_sparse(out, chunk)
+                    for h in hashes:
+                        h.update(chunk)
+                    if pace:
+                        pace.check(done)
+                    if progress:
+                        progress(done, src.length)
+                out.truncate(done)  # a trailing hole was only seeked over
+        finally:
+            src.close()
+        if src.length is not None and done != src.length:
+            raise InvalidImage(reason=f"{shown}: got {done} of {src.length} bytes; "
+                               "transfer cut short")
+        if expected and hashes[-1].hexdigest() != expected.hexdigest:
             raise InvalidImage(
-                reason=f"{source}: checksum mismatch: expected {expected.algorithm}:"
-                f"{expected.hexdigest}, got {expected.algorithm}:{other.hexdigest()}"
+                reason=f"{shown}: checksum mismatch: expected {expected.algorithm}:"
+                f"{expected.hexdigest}, got {expected.algorithm}:{hashes[-1].hexdigest()}"
             )
-        return sha256.hexdigest()
+        return hashes[0].hexdigest()
 
     # -- reuse -----------------------------------------------------------------
 
@@ -323,6 +354,30 @@ class ImageCache:
 
     # -- locks, memos, temps ---------------------------------------------------
 
+    def remove_temp_files(self) -> list[Path]:
+        """Remove every import's temp file: only when no import can be running
+        (the service, at start)."""
+        removed = []
+        for tmp in [*self.root.glob(_TEMP_PREFIX + "*"), *self._lock_dir.glob("*.tmp")]:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+        return removed
+
+    def finished_import(self, source: str, since: float) -> CachedImage | None:
+        """The image an import of ``source`` stored at or after ``since`` (a
+        time.time()), if one did and the file is still there."""
+        key = hashlib.sha256(source.encode()).hexdigest()[:32]
+        memo_file = self._lock_dir / f"{key}.json"
+        try:
+            finished_at = memo_file.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        memo = self._read_memo(key)
+        if memo is None or finished_at < since:
+            return None
+        return self._reuse(Path(memo.path))
+
     @contextlib.contextmanager
     def _source_lock(self, key: str) -> Iterator[None]:
         with self._guard:
@@ -358,33 +413,9 @@ class ImageCache:
                 os.unlink(name)
 
 
-def _open_source(source: str) -> tuple[BinaryIO, int | None]:
-    """Open a local path or an http(s) URL; return the stream and its length."""
-    if "://" not in source:
-        try:
-            f = open(source, "rb")  # noqa: SIM115 - the caller closes it
-        except OSError as exc:
-            raise InvalidImage(reason=f"cannot read {source}: {exc.strerror}") from exc
-        return f, os.fstat(f.fileno()).st_size
-    if not source.startswith(("http://", "https://")):
-        raise InvalidImage(reason=f"{source}: only local paths and http(s) URLs can be imported")
-    try:
-        response = urllib.request.urlopen(source, timeout=HTTP_TIMEOUT_S)
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        raise InvalidImage(reason=f"cannot download {source}: {exc}") from exc
-    return response, response.length
-
-
 def _write_sparse(out: BinaryIO, chunk: bytes) -> None:
     """Seek over all-zero chunks so raw images stay sparse in the cache."""
     if chunk == _ZEROS[: len(chunk)]:
         out.seek(len(chunk), os.SEEK_CUR)
     else:
         out.write(chunk)
-
-
-def _read(stream: BinaryIO, source: str) -> bytes:
-    try:
-        return stream.read(CHUNK)
-    except (OSError, http.client.HTTPException) as exc:
-        raise InvalidImage(reason=f"reading {source} failed: {exc!r}") from exc
