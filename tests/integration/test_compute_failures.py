@@ -167,3 +167,41 @@ def test_recovery_of_a_destroy_whose_undefine_fails(env: dict[str, Any]) -> None
     assert "undefine refused" in record.fault
     env["compute"].destroy("web1")
     assert env["store"].instances() == [] and hv.list_uuids() == []
+
+
+def test_qemu_killed_is_a_crash_with_a_fault_not_a_clean_stop(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    env["hv"].guest_crash(inst.id)
+    record = env["store"].instance("web1")
+    assert (record.vm_state, record.power_state) == (states.STOPPED, "crashed")
+    assert "QEMU died" in record.fault
+    assert record.desired_running is True  # it was meant to run
+    # A restart without resume_guests_state_on_host_boot leaves it crashed.
+    env["compute"].recover()
+    record = env["store"].instance("web1")
+    assert (record.vm_state, record.power_state) == (states.STOPPED, "crashed")
+    # Started by hand, it runs and the fault is gone.
+    started = env["compute"].start("web1")
+    assert (started.vm_state, started.fault) == (states.ACTIVE, "")
+
+
+def test_crashed_guest_meant_to_run_is_restarted_when_asked(env: dict[str, Any]) -> None:
+    from vmops import config
+
+    inst = _spawn(env)
+    hv: FakeHypervisor = env["hv"]
+    hv.guest_crash(inst.id)
+    settings = config.load(env["settings"].state_dir, env={},
+                           resume_guests_state_on_host_boot=True)
+    c = Compute(settings, env["store"], hv, env["compute"].accel, lambda: [],
+                capture=env["capture"])
+    c.recover()
+    assert c.instance("web1").vm_state == states.ACTIVE
+    assert hv.domains[inst.id].boots == 2
+
+
+def test_guest_poweroff_is_still_a_clean_stop(env: dict[str, Any]) -> None:
+    inst = _spawn(env)
+    env["hv"].guest_shutdown(inst.id)
+    record = env["store"].instance("web1")
+    assert (record.power_state, record.fault, record.desired_running) == ("shutoff", "", False)

@@ -159,7 +159,7 @@ def test_guest_side_stops(hv: FakeHypervisor) -> None:
     hv.guest_crash(UUID)
     hv.start(UUID)
     hv.guest_shutdown(UUID)
-    assert seen[1] == (PowerState.SHUTOFF, "crashed")
+    assert seen[1] == (PowerState.CRASHED, "failed")
     assert seen[3] == (PowerState.SHUTOFF, "shutdown")
     with pytest.raises(InvalidState):
         hv.guest_shutdown(UUID)

@@ -75,11 +75,11 @@ E = libvirt
      "shutdown"),
     (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, PowerState.SHUTOFF,
      "destroyed"),
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_CRASHED, PowerState.SHUTOFF,
+    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_CRASHED, PowerState.CRASHED,
      "crashed"),
     (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SAVED, PowerState.SUSPENDED,
      "suspended"),
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED, PowerState.SHUTOFF, "failed"),
+    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED, PowerState.CRASHED, "failed"),
     (E.VIR_DOMAIN_EVENT_CRASHED, E.VIR_DOMAIN_EVENT_CRASHED_PANICKED, PowerState.CRASHED,
      "crashed"),
     (E.VIR_DOMAIN_EVENT_PMSUSPENDED, E.VIR_DOMAIN_EVENT_PMSUSPENDED_MEMORY,
@@ -89,6 +89,30 @@ def test_lifecycle_events(event: int, detail: int, state: PowerState, word: str)
     mapped = lifecycle_event(UUID, event, detail)
     assert mapped is not None
     assert (mapped.uuid, mapped.state, mapped.detail) == (UUID, state, word)
+
+
+@pytest.mark.parametrize(("detail", "shutdown_detail", "says"), [
+    (E.VIR_DOMAIN_EVENT_STOPPED_FAILED, None, "QEMU died"),
+    (E.VIR_DOMAIN_EVENT_STOPPED_CRASHED, None, "guest crashed"),
+    (E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, E.VIR_DOMAIN_EVENT_SHUTDOWN_HOST, "signal"),
+])
+def test_stops_nobody_asked_for_carry_a_fault(detail: int, shutdown_detail: int | None,
+                                               says: str) -> None:
+    mapped = lifecycle_event(UUID, E.VIR_DOMAIN_EVENT_STOPPED, detail, shutdown_detail)
+    assert mapped is not None and says in mapped.fault
+
+
+@pytest.mark.parametrize(("detail", "shutdown_detail"), [
+    (E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, E.VIR_DOMAIN_EVENT_SHUTDOWN_GUEST),
+    (E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, E.VIR_DOMAIN_EVENT_SHUTDOWN_FINISHED),
+    (E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN, None),
+    # vmops' own power off: libvirt signals QEMU, so SHUTDOWN_HOST comes first.
+    (E.VIR_DOMAIN_EVENT_STOPPED_DESTROYED, E.VIR_DOMAIN_EVENT_SHUTDOWN_HOST),
+    (E.VIR_DOMAIN_EVENT_STOPPED_SAVED, None),
+])
+def test_asked_for_stops_carry_no_fault(detail: int, shutdown_detail: int | None) -> None:
+    mapped = lifecycle_event(UUID, E.VIR_DOMAIN_EVENT_STOPPED, detail, shutdown_detail)
+    assert mapped is not None and mapped.fault == ""
 
 
 @pytest.mark.parametrize("event", [

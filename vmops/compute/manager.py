@@ -480,6 +480,8 @@ class Compute:
                 inst, vm_state=states.ERROR, power_state=PowerState.NOSTATE.value,
                 fault="the domain is missing from the hypervisor")
         power = self.hv.info(inst.id).state
+        if power is PowerState.SHUTOFF and inst.power_state == PowerState.CRASHED.value:
+            power = PowerState.CRASHED  # libvirt forgets why it stopped; the record knows
         vm_state = states.VM_STATE_OF_POWER[power]
         if (vm_state, power.value) == (inst.vm_state, inst.power_state):
             return inst
@@ -493,7 +495,12 @@ class Compute:
         changes: dict[str, Any] = {"power_state": event.state.value}
         if self.tasks.current(inst.id) is None and inst.vm_state != states.BUILDING:
             changes["vm_state"] = states.VM_STATE_OF_POWER[event.state]
-            if event.state in (PowerState.SHUTOFF, PowerState.CRASHED):
+            if event.fault:
+                # QEMU died or the guest crashed: it was meant to run, so
+                # resume_guests_state_on_host_boot starts it again.
+                log.warning("%s: %s", inst.name, event.fault)
+                changes["fault"] = event.fault
+            elif event.state in (PowerState.SHUTOFF, PowerState.CRASHED):
                 changes["desired_running"] = False  # the guest stopped by itself
         self.store.update_instance(inst, **changes)
         self._notify()

@@ -127,6 +127,9 @@ class LifecycleEvent:
     uuid: str
     state: PowerState
     detail: str  # e.g. "shutdown", "crashed", "started", "suspended"
+    # Why the domain stopped when neither the guest nor vmops asked it to
+    # (QEMU killed, the guest crashed), in the user's words; "" otherwise.
+    fault: str = ""
 
 
 EventCallback = Callable[[LifecycleEvent], None]

@@ -74,10 +74,12 @@ class FakeHypervisor:
         self._stop(uuid, PowerState.SHUTOFF, "shutdown")
 
     def guest_crash(self, uuid: str) -> None:
-        """QEMU dies or the guest panics; on_crash=destroy shuts it off."""
+        """QEMU is killed (SIGKILL): libvirt says STOPPED_FAILED, and the
+        domain is shut off."""
         with self._lock:
             check_state("hard-reboot", uuid, self._domain(uuid).state)  # any running state
-        self._stop(uuid, PowerState.SHUTOFF, "crashed")
+        self._stop(uuid, PowerState.SHUTOFF, "failed",
+                   event_state=PowerState.CRASHED, fault="QEMU died (fake: killed)")
 
     # -- connection ------------------------------------------------------------
     def connect(self) -> None:
@@ -239,14 +241,15 @@ class FakeHypervisor:
             self._checked(uuid, action).state = state
         self._emit(uuid, state, detail)
 
-    def _stop(self, uuid: str, state: PowerState, detail: str) -> None:
+    def _stop(self, uuid: str, state: PowerState, detail: str,
+              event_state: PowerState | None = None, fault: str = "") -> None:
         with self._lock:
             d = self._domain(uuid)
             d.state, d.pid = state, None
-        self._emit(uuid, state, detail)
+        self._emit(uuid, event_state or state, detail, fault)
 
-    def _emit(self, uuid: str, state: PowerState, detail: str) -> None:
-        event = LifecycleEvent(uuid=uuid.lower(), state=state, detail=detail)
+    def _emit(self, uuid: str, state: PowerState, detail: str, fault: str = "") -> None:
+        event = LifecycleEvent(uuid=uuid.lower(), state=state, detail=detail, fault=fault)
         for callback in list(self._callbacks):
             callback(event)
 

@@ -73,7 +73,11 @@ _POWER_STATE = {
 # (event, detail) -> (new power state, detail word); detail None: any detail.
 # Not delivered: DEFINED and UNDEFINED (no power change), and SHUTDOWN, which
 # QEMU sends when it has finished (guest poweroff, or killed by destroy),
-# always just before the STOPPED event that carries the new state.
+# always just before the STOPPED event that carries the new state; its
+# detail is kept to tell a signal to QEMU from a guest poweroff.
+# STOPPED_FAILED is what libvirt sends when QEMU's monitor closed without a
+# shutdown (QEMU killed by SIGKILL, or it aborted); STOPPED_CRASHED when the
+# guest crashed and on_crash stopped it. Both are a crash, as Nova reports it.
 _EVENTS: dict[tuple[int, int | None], tuple[PowerState, str]] = {
     (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_RESTORED):
         (PowerState.RUNNING, "restored"),
@@ -87,15 +91,32 @@ _EVENTS: dict[tuple[int, int | None], tuple[PowerState, str]] = {
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED):
         (PowerState.SHUTOFF, "destroyed"),
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
-        (PowerState.SHUTOFF, "crashed"),
+        (PowerState.CRASHED, "crashed"),
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED):
         (PowerState.SUSPENDED, "suspended"),
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
-        (PowerState.SHUTOFF, "failed"),
+        (PowerState.CRASHED, "failed"),
     (libvirt.VIR_DOMAIN_EVENT_STOPPED, None): (PowerState.SHUTOFF, "stopped"),
     (libvirt.VIR_DOMAIN_EVENT_PMSUSPENDED, None): (PowerState.PMSUSPENDED, "pmsuspended"),
     (libvirt.VIR_DOMAIN_EVENT_CRASHED, None): (PowerState.CRASHED, "crashed"),
 }
+
+
+# Faults of the stops nobody asked for, by libvirt's (event, detail).
+_FAULTS: dict[tuple[int, int | None], str] = {
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED):
+        "QEMU died: its process ended without the guest shutting down (killed by a "
+        "signal, or it failed); libvirt reports the emulator failed",
+    (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED):
+        "QEMU stopped because the guest crashed; libvirt reports a guest crash",
+    (libvirt.VIR_DOMAIN_EVENT_CRASHED, libvirt.VIR_DOMAIN_EVENT_CRASHED_PANICKED):
+        "the guest crashed: its kernel panicked",
+    (libvirt.VIR_DOMAIN_EVENT_CRASHED, None): "the guest crashed",
+}
+# A STOPPED_SHUTDOWN that follows SHUTDOWN_HOST: QEMU shut down because a
+# process on the host signalled it (SIGTERM, SIGINT, SIGHUP), not the guest.
+_FAULT_HOST_SIGNAL = ("QEMU died: it was stopped by a signal from the host, not by the "
+                      "guest or vmops; libvirt reports a host-initiated shutdown")
 
 
 def library_version() -> str:
@@ -103,12 +124,22 @@ def library_version() -> str:
     return _version(libvirt.getVersion())
 
 
-def lifecycle_event(uuid: str, event: int, detail: int) -> LifecycleEvent | None:
-    """libvirt's lifecycle (event, detail) as vmops' event, or None to drop it."""
+def lifecycle_event(uuid: str, event: int, detail: int,
+                    shutdown_detail: int | None = None) -> LifecycleEvent | None:
+    """libvirt's lifecycle (event, detail) as vmops' event, or None to drop it.
+
+    ``shutdown_detail``: the detail of the SHUTDOWN event that came just
+    before, if one did (QEMU sends it before it stops).
+    """
     found = _EVENTS.get((event, detail)) or _EVENTS.get((event, None))
     if found is None:
         return None
-    return LifecycleEvent(uuid=uuid, state=found[0], detail=found[1])
+    fault = _FAULTS.get((event, detail)) or _FAULTS.get((event, None), "")
+    if (event, detail) == (libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                           libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN) \
+            and shutdown_detail == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN_HOST:
+        fault = _FAULT_HOST_SIGNAL
+    return LifecycleEvent(uuid=uuid, state=found[0], detail=found[1], fault=fault)
 
 
 def error_for(code: int, message: str, action: str, uuid: str | None) -> VmopsError:
@@ -178,6 +209,9 @@ class LibvirtHypervisor:
         self._events: queue.Queue[tuple[Any, int, int] | None] = queue.Queue()
         self._dispatcher: threading.Thread | None = None
         self._marked: set[str] = set()  # vmops' domains seen, for UNDEFINED events
+        # UUID -> detail of its last SHUTDOWN event, until its STOPPED event;
+        # only the dispatcher thread touches it.
+        self._shutdown_details: dict[str, int] = {}
 
     # -- connection ------------------------------------------------------------
     def connect(self) -> None:
@@ -418,9 +452,14 @@ class LibvirtHypervisor:
         if event == libvirt.VIR_DOMAIN_EVENT_UNDEFINED:
             self._marked.discard(uuid)
             return
+        if event == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN:
+            self._shutdown_details[uuid] = detail
+            return
+        shutdown_detail = self._shutdown_details.pop(uuid, None) \
+            if event == libvirt.VIR_DOMAIN_EVENT_STOPPED else None
         if uuid not in self._marked and not self._is_marked(dom):
             return
-        lifecycle = lifecycle_event(uuid, event, detail)
+        lifecycle = lifecycle_event(uuid, event, detail, shutdown_detail)
         if lifecycle is None:
             return
         for callback in list(self._callbacks):
