@@ -205,3 +205,11 @@ def test_guest_poweroff_is_still_a_clean_stop(env: dict[str, Any]) -> None:
     env["hv"].guest_shutdown(inst.id)
     record = env["store"].instance("web1")
     assert (record.power_state, record.fault, record.desired_running) == ("shutoff", "", False)
+
+
+def test_spawn_without_a_drive_still_refuses_unprintable_metadata(env: dict[str, Any]) -> None:
+    from vmops.errors import ConfigDriveInvalid
+
+    with pytest.raises(ConfigDriveInvalid, match="bidirectional override"):
+        _spawn(env, properties={"role": "web\u202e"})
+    assert env["store"].instances() == []

@@ -492,3 +492,50 @@ def test_build_config_drive_validates_before_writing(tmp_path: Path) -> None:
     build_config_drive(full(), dest, Limits(), include_admin_password=True)
     meta = json.loads(read_iso(dest)["openstack/latest/meta_data.json"])
     assert meta["admin_pass"] == SECRET
+
+
+# -- what cannot be a file path or a printable value -------------------------
+
+
+@pytest.mark.parametrize("path", ["/.", "/etc/.", "/etc/./motd", "/etc//motd", "//etc/motd",
+                                  "/" + "a" * 256 + "/b"])
+def test_refuses_what_cannot_be_one_file_path(path: str) -> None:
+    limits = Limits(max_injected_file_path_bytes=1024)
+    message = _refused(_with_files((path, b"x")), limits)
+    assert "injected file path" in message
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("a\ud800b", "lone surrogate"),
+    ("a\x1bb", "control character"),
+    ("a\x85b", "control character"),  # C1: NEL
+    ("a\x9bb", "control character"),  # C1: CSI
+    ("a\u202eb", "bidirectional override"),
+    ("a\u2066b", "bidirectional override"),
+])
+def test_refuses_unprintable_paths_keys_and_values(text: str, problem: str) -> None:
+    assert problem in _refused(_with_files(("/etc/" + text, b"x")))
+    assert problem in _refused(dataclasses.replace(full(), properties={text: "v"}))
+    assert problem in _refused(dataclasses.replace(full(), properties={"k": text}))
+    assert problem in _refused(dataclasses.replace(full(), public_keys={"k": text}))
+
+
+def test_accepts_printable_unicode() -> None:
+    md = dataclasses.replace(full(), properties={"ville": "Zürich – 東京 ✓"},
+                             injected_files=[("/etc/motd-été", b"x")])
+    validate(md, Limits())
+
+
+def test_refuses_a_huge_public_key() -> None:
+    from vmops.configdrive.metadata import MAX_PUBLIC_KEY_BYTES
+
+    key = "ssh-ed25519 " + "A" * 900_000
+    message = _refused(dataclasses.replace(full(), public_keys={"big": key}))
+    assert "900012 bytes" in message and str(MAX_PUBLIC_KEY_BYTES) in message
+    at_limit = "ssh-rsa " + "A" * (MAX_PUBLIC_KEY_BYTES - len("ssh-rsa "))
+    validate(dataclasses.replace(full(), public_keys={"ok": at_limit}), Limits())
+
+
+def test_refuses_unprintable_admin_password_without_showing_it() -> None:
+    md = dataclasses.replace(full(), admin_password=SECRET + "\x00")
+    assert "admin password" in _refused(md)  # _refused checks SECRET is not shown

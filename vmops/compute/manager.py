@@ -126,8 +126,10 @@ class Compute:
         spawn_steps.check_root_fits(flavor, image)
         use_drive = req.config_drive or self.settings.force_config_drive
         instance_id = str(uuidlib.uuid4())
-        if use_drive:
-            spawn_steps.validate_config_drive(self, req, instance_id, mac)
+        # Checked with or without a drive: the properties, files and key are
+        # recorded, shown by the API and may go on a drive rebuilt later.
+        spawn_steps.validate_config_drive(self, req, instance_id, mac)
+        ports, group_ids = self._plan_nics(req, instance_id, mac)
         inst = self.store.add_instance(Instance(
             id=instance_id, name=req.name, vm_state=states.BUILDING,
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,

@@ -47,6 +47,19 @@ EC2_VERSIONS: Final = ("2009-04-04",)
 
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$", re.IGNORECASE)
 _SHOWN_CHARS: Final = 40
+# What no file path or metadata text may hold: C0 and C1 control characters
+# (DEL included), and the bidirectional embeddings, overrides and isolates
+# (U+202A-U+202E, U+2066-U+2069) that make text display in another order
+# than a program reads it.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# A lone surrogate (U+D800-U+DFFF) is not a character: it has no UTF-8 form.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# An OpenSSH public key line is at most about 3 KB (RSA 16384 is 2.8 KB of
+# base64; certificates a little more): 16 KiB leaves room for any real key
+# and its comment, and keeps a pasted file (or garbage) off the config drive.
+MAX_PUBLIC_KEY_BYTES: Final = 16 * 1024
+# The longest name of one path component on Linux filesystems (NAME_MAX).
+_MAX_COMPONENT_BYTES: Final = 255
 
 
 # --------------------------------------------------------------------------- inputs
@@ -113,6 +126,8 @@ def validate(md: InstanceMetadata, limits: Limits) -> None:
     _check_injected_files(md.injected_files, limits)
     _check_user_data(md.user_data, limits)
     _check_properties(md.properties, limits)
+    _check_public_keys(md.public_keys)
+    _check_admin_password(md.admin_password)
     for index, nic in enumerate(md.nics):
         _check_nic(index, nic)
     _check_vendor_data(md.vendor_data)
@@ -147,16 +162,34 @@ def _check_injected_files(files: Sequence[tuple[str, bytes]], limits: Limits) ->
             )
 
 
+def _unprintable(text: str) -> str | None:
+    """Why ``text`` cannot be shown or stored as it reads, or None."""
+    if _SURROGATE.search(text):
+        return "a lone surrogate (not a character; it has no UTF-8 form)"
+    if _UNPRINTABLE.search(text):
+        return "a NUL, control character or bidirectional override"
+    return None
+
+
 def _check_injected_path(path: str, limits: Limits) -> None:
-    if any(ord(char) < 32 or ord(char) == 127 for char in path):
-        raise _refuse(f"injected file path {_shown(path)} contains a NUL or control character")
+    problem = _unprintable(path)
+    if problem is not None:
+        raise _refuse(f"injected file path {_shown(path)} contains {problem}")
     if not path.startswith("/"):
         raise _refuse(f"injected file path {_shown(path)} is relative; it must start with '/'")
-    if ".." in path.split("/"):
+    components = path[1:].split("/")
+    if ".." in components:
         raise _refuse(f"injected file path {_shown(path)} contains a '..' component")
-    if path.endswith("/"):
+    if path.endswith("/") or components[-1] == ".":
         raise _refuse(f"injected file path {_shown(path)} names a directory, not a file")
-    size = len(path.encode("utf-8", "surrogatepass"))
+    if "." in components or "" in components:
+        raise _refuse(f"injected file path {_shown(path)} has an empty or '.' component; "
+                      "give it in its one plain form (/etc/motd)")
+    for component in components:
+        if len(component.encode()) > _MAX_COMPONENT_BYTES:
+            raise _refuse(f"injected file path {_shown(path)} has a name longer than "
+                          f"{_MAX_COMPONENT_BYTES} bytes")
+    size = len(path.encode())
     if size > limits.max_injected_file_path_bytes:
         raise _refuse(
             f"injected file path {_shown(path)} is {size} bytes long; "
@@ -181,6 +214,12 @@ def _check_properties(properties: Mapping[str, str], limits: Limits) -> None:
     for key, value in properties.items():
         if not key:
             raise _refuse("a metadata property has an empty key")
+        problem = _unprintable(key)
+        if problem is not None:
+            raise _refuse(f"metadata key {_shown(key)} contains {problem}")
+        problem = _unprintable(value)
+        if problem is not None:
+            raise _refuse(f"the value of metadata key {_shown(key)} contains {problem}")
         if len(key) > limits.max_metadata_key_chars:
             raise _refuse(
                 f"metadata key {_shown(key)} is {len(key)} characters; "
@@ -191,6 +230,25 @@ def _check_properties(properties: Mapping[str, str], limits: Limits) -> None:
                 f"the value of metadata key {_shown(key)} is {len(value)} characters; "
                 f"at most {limits.max_metadata_value_chars} are allowed"
             )
+
+
+def _check_public_keys(keys: Mapping[str, str]) -> None:
+    for name, key in keys.items():
+        size = len(key.encode("utf-8", "surrogatepass"))
+        if size > MAX_PUBLIC_KEY_BYTES:
+            raise _refuse(f"public key {_shown(name)} is {size} bytes; an SSH public key "
+                          f"is at most {MAX_PUBLIC_KEY_BYTES} bytes")
+        problem = _unprintable(key.removesuffix("\n"))  # a key file's line end is fine
+        if problem is not None:
+            raise _refuse(f"public key {_shown(name)} contains {problem}; "
+                          "it must be one line of text")
+
+
+def _check_admin_password(password: str | None) -> None:
+    # Never shown: the message names the problem only.
+    if password is not None and _unprintable(password) is not None:
+        raise _refuse("the admin password contains a lone surrogate, a control character "
+                      "or a bidirectional override")
 
 
 def _check_nic(index: int, nic: Nic) -> None:
