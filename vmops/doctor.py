@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
+from vmops import file_modes
 from vmops.errors import ConfigError
 from vmops.hypervisor.base import Accel, Check, Hypervisor
 from vmops.hypervisor.libvirt import (
@@ -73,6 +74,7 @@ def run_checks(state_dir: Path, uri: str, accel: str,
         _program(QEMU, "apt-get install qemu-system-x86"),
         _program("qemu-img", "apt-get install qemu-utils"),
         _state_dir_writable(state_dir),
+        _state_dir_private(state_dir, embed_root(uri)),
     ]
     root = embed_root(uri)
     if root is not None:
@@ -176,13 +178,28 @@ def _program(name: str, advice: str) -> Check:
 def _state_dir_writable(state_dir: Path) -> Check:
     name = "state directory"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        with file_modes.private_umask():
+            state_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=state_dir, prefix=".doctor-"):
             pass
     except OSError as e:
         return Check(name=name, ok=False, required=True, detail=f"{state_dir}: {e}",
                      advice="choose a writable state_dir, or run as its owner")
     return Check(name=name, ok=True, required=True, detail=f"{state_dir} is writable")
+
+
+def _state_dir_private(state_dir: Path, libvirt_root: Path | None = None) -> Check:
+    name = "state directory permissions"
+    loose = file_modes.loose_files(state_dir, libvirt_root)
+    if not loose:
+        return Check(name=name, ok=True, required=False,
+                     detail=f"only its owner can use {state_dir} and what is in it")
+    shown = ", ".join(str(f) for f in loose[:5]) + (
+        f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+    return Check(name=name, ok=False, required=False,
+                 detail=f"other users may read or enter {len(loose)} path(s): {shown}",
+                 advice="starting `vmops serve` makes them private; or: "
+                        f"chmod -R go-rwx {state_dir}")
 
 
 def _embed_root_path(root: Path) -> Check:

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 from typing import IO, Any
 
-from vmops import doctor
+from vmops import doctor, file_modes
 from vmops.api.routes import Routes
 from vmops.api.server import serve
 from vmops.compute.catalog import Catalog
@@ -25,6 +25,7 @@ from vmops.compute.manager import Compute
 from vmops.config import Settings
 from vmops.errors import ServiceAlreadyRunning
 from vmops.hypervisor import open_hypervisor
+from vmops.hypervisor.libvirt import embed_root
 from vmops.store import Store
 
 log = logging.getLogger("vmops")
@@ -62,6 +63,18 @@ def setup_logging(state_dir: Path, foreground: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def tighten_state_dir(state_dir: Path, libvirt_root: Path | None = None) -> None:
+    """Take group/other access away from what an older vmops left open (once)."""
+    changed, failed = file_modes.tighten(file_modes.loose_files(state_dir, libvirt_root))
+    if changed:
+        log.warning("%d path(s) in %s could be read by other users; made private (0700 "
+                    "directories, 0600 files, 0400 images): %s", len(changed), state_dir,
+                    ", ".join(str(c) for c in changed[:10])
+                    + (f" and {len(changed) - 10} more" if len(changed) > 10 else ""))
+    for problem in failed:
+        log.error("could not make private: %s", problem)
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -70,9 +83,13 @@ class Service:
 
     def run(self, foreground: bool = True) -> None:
         s = self.settings
+        # Everything this process and its children (libvirt, QEMU, capture
+        # processes) create is the user's alone: see vmops/file_modes.py.
+        os.umask(file_modes.PRIVATE_UMASK)
         lock = take_lock(s.state_dir)
         setup_logging(s.state_dir, foreground)
         try:
+            tighten_state_dir(s.state_dir, embed_root(s.effective_libvirt_uri))
             self._start()
             log.info("vmops serving %s on %s%s", s.state_dir, s.api_socket,
                      f" and {s.listen}" if s.listen else "")

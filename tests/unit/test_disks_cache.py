@@ -136,7 +136,7 @@ def test_import_local_raw(cache: ImageCache, source: Path) -> None:
     image = cache.import_image(str(source))
     digest = sha256_of(source)
     assert image == CachedImage(digest, cache.root / f"{digest}.raw", "raw", 2 * MiB, 2 * MiB)
-    assert stat.S_IMODE(image.path.stat().st_mode) == 0o444
+    assert stat.S_IMODE(image.path.stat().st_mode) == 0o400  # read-only, vmops' user only
     assert image.path.read_bytes() == source.read_bytes()
     # The hole in the source stays a hole in the cache.
     assert image.path.stat().st_blocks * 512 <= MiB + 64 * 1024

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from vmops import file_modes
 from vmops.errors import ServiceUnavailable, VmopsError
 
 PREFIX = "/v2.1"
@@ -108,15 +109,19 @@ class Client:
     # -- the service ---------------------------------------------------------
     def start_service(self) -> None:
         """Start `vmops serve` for this state directory, detached, and wait for it."""
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.state_dir / "vmops.log"
         print(f"vmops: starting the service for {self.state_dir} (log: {log_path})",
               file=sys.stderr)
         env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir)}
-        with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "vmops", "--state-dir", str(self.state_dir), "serve"],
-                stdin=null, stdout=log, stderr=log, start_new_session=True, env=env)
+        # The state directory, the log and all the service makes are the
+        # user's alone from the start (the service inherits the umask).
+        with file_modes.private_umask():
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as log, open(os.devnull, "rb") as null:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "vmops", "--state-dir", str(self.state_dir),
+                     "serve"],
+                    stdin=null, stdout=log, stderr=log, start_new_session=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._answers():

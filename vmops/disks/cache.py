@@ -197,7 +197,9 @@ class ImageCache:
 
     def _publish(self, tmp: Path, final: Path) -> None:
         """Make ``tmp`` durable and read-only, then link it in as ``final``."""
-        os.chmod(tmp, 0o444)
+        # Read-only, and only for vmops' user (QEMU runs as that user): an
+        # imported file may have been readable by root alone.
+        os.chmod(tmp, 0o400)
         with tmp.open("rb") as f:
             os.fsync(f.fileno())
         with contextlib.suppress(FileExistsError):  # same content stored by another source
