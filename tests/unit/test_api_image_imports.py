@@ -1,0 +1,47 @@
+"""Image imports through the API: what a client over TCP may import and learn."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.unit.test_api import Api, start_api
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    service, servers = start_api(tmp_path)
+    yield service
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+    service.store.close()
+
+
+def test_tcp_clients_may_not_import_host_files_by_default(api: Api) -> None:
+    answers = {src: api.post("/v2.1/images", {"image": {"name": "x", "source": src}})
+               for src in ("/etc/passwd", "/nonexistent/disk.raw")}
+    for answer in answers.values():
+        assert answer.status == 403 and answer.fault()[0] == "forbidden"
+    # Worded alike whether the file exists, without its size; nothing recorded.
+    shown = [a.fault()[1].replace(src, "P") for src, a in answers.items()]
+    assert shown[0] == shown[1]
+    assert str(os.path.getsize("/etc/passwd")) not in shown[0]
+    assert [i["name"] for i in api.get("/v2.1/images").body["images"]] == ["tiny"]
+
+
+def test_tcp_imports_store_urls_without_credentials(api: Api) -> None:
+    answer = api.post("/v2.1/images", {"image": {
+        "name": "remote", "source": "http://bob:hunter2@127.0.0.1:9/disk.raw"}})
+    assert answer.status == 202
+    assert answer.body["image"]["vmops:source"] == "http://127.0.0.1:9/disk.raw"
+    assert "hunter2" not in repr(api.store.images())
+
+
+def test_sources_with_control_characters_are_refused(api: Api) -> None:
+    answer = api.post("/v2.1/images", {"image": {
+        "name": "x", "source": "http://127.0.0.1:9/a\r\nb\u001b[2J.raw"}})
+    assert answer.status == 400
