@@ -236,3 +236,19 @@ def test_interrupted_imports_are_settled_at_start(tmp_path: Path) -> None:
     assert sorted(p.name for p in cache.root.iterdir()) == [".locks", Path(
         store.image(done.id).path).name]
     store.close()
+
+
+def test_the_cli_shows_image_fields_escaped(capsys: pytest.CaptureFixture[str]) -> None:
+    from vmops.cli import main as cli
+
+    evil = "http://example.test/a\x1b]0;owned\x07\r\nFAKE: line.raw"
+    cli._print_image({"name": "x", "id": "1", "status": "ERROR", "vmops:format": "",
+                      "vmops:virtual_size": 0, "OS-EXT-IMG-SIZE:size": 0,
+                      "vmops:checksum": "", "vmops:source": evil, "vmops:used_by": []},
+                     as_json=False)
+    cli.print_table(["SOURCE"], [[evil]])
+    cli.print_error(f"image x refused: cannot download {evil}")
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert "\x1b" not in text and "\r" not in text and "\x07" not in text
+    assert not any(line.startswith("FAKE") for line in (out + err).splitlines())

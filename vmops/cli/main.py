@@ -19,7 +19,14 @@ from typing import Any
 
 from vmops import config
 from vmops.cli.client import Client
-from vmops.cli.output import human_bytes, print_json, print_kv, print_table, progress_bar
+from vmops.cli.output import (
+    human_bytes,
+    print_error,
+    print_json,
+    print_kv,
+    print_table,
+    progress_bar,
+)
 from vmops.errors import VmopsError
 
 WAIT_TIMEOUT_S = 900.0
@@ -271,7 +278,7 @@ def cmd_image_import(args: argparse.Namespace) -> int:
         print(file=sys.stderr)
     if image["status"] == "ERROR":
         client.delete(f"/images/{image['id']}")
-        print(f"vmops: image {args.name} refused: {image['vmops:fault']}", file=sys.stderr)
+        print_error(f"image {args.name} refused: {image['vmops:fault']}")
         return 1
     return _print_image(image, args.json)
 
@@ -591,7 +598,7 @@ def main(argv: list[str] | None = None) -> int:
         rc: int = args.func(args)
         return rc
     except VmopsError as exc:
-        print(f"vmops: error: {exc.message}", file=sys.stderr)
+        print_error(f"error: {exc.message}")
         return 1
     except KeyboardInterrupt:
         return 130
