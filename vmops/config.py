@@ -9,6 +9,7 @@ so the service refuses to start instead of failing later.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -50,6 +51,24 @@ class Settings:
         "", "Also serve the API on TCP HOST:PORT (requires api_token). Empty: unix socket only.")
     api_token: str = _opt(
         "", "Token TCP clients must send as X-Auth-Token. Never logged.")
+    api_request_timeout: float = _opt(
+        30.0, "Seconds an API client has to send a request's line and headers, counted from "
+        "when it connected or got its last answer; then the connection is closed (this also "
+        "ends idle keep-alive connections).", minimum=1.0, maximum=3600.0)
+    api_body_timeout: float = _opt(
+        60.0, "Seconds an API client has to send a request's body once its headers are in "
+        "(answered 408 after that), and to take each part of an answer.",
+        minimum=1.0, maximum=3600.0)
+    api_max_connections: int = _opt(
+        128, "Most TCP connections to the API at once, from all clients; more are answered "
+        "503 and closed. The unix socket is not counted.", minimum=1, maximum=65536)
+    api_max_connections_per_client: int = _opt(
+        16, "Most TCP connections to the API at once from one client address.",
+        minimum=1, maximum=65536)
+    api_descriptor_reserve: int = _opt(
+        64, "File descriptors TCP clients can never take: a TCP connection is refused when "
+        "fewer are free, so the unix socket, disks and libvirt always have some.",
+        minimum=8, maximum=65536)
     use_cow_images: bool = _opt(
         True, "Root disks are qcow2 overlays on the cached base image; off: full copies.")
     dynamic_memory_ratio: float = _opt(
@@ -87,25 +106,6 @@ class Settings:
         86400, "Unused cached images older than this many seconds are pruned.", minimum=0)
     image_cache_prune_interval: int = _opt(
         3600, "Seconds between automatic prunes of the image cache (0: never).", minimum=0)
-
-    # -- derived paths -------------------------------------------------------
-    @property
-    def db_path(self) -> Path:
-        return self.state_dir / "vmops.db"
-
-    @property
-    def api_socket(self) -> Path:
-        return self.state_dir / "vmops.sock"
-
-    @property
-    def images_dir(self) -> Path:
-        return self.state_dir / "images"
-
-    @property
-    def instances_dir(self) -> Path:
-        return self.state_dir / "instances"
-
-    @property
     image_import_max_bytes: int = _opt(
         64 << 30, "Largest image an import may bring in, in bytes (counted as received, "
         "before any conversion). An import never takes more than the images directory's "
@@ -146,9 +146,38 @@ class Settings:
         True, "The host (the bridge's address: the operator, `vmops ssh`) reaches every "
         "guest whatever its security groups say. Off: the host is subject to the groups' "
         "ingress rules like anyone else.")
+
+    # -- derived paths -------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "vmops.db"
+
+    @property
+    def api_socket(self) -> Path:
+        return self.state_dir / "vmops.sock"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.state_dir / "images"
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.state_dir / "instances"
+
+    @property
     def run_dir(self) -> Path:
         """Short paths for UNIX sockets (their paths are limited to 107 bytes)."""
         return self.state_dir / "run"
+
+    @property
+    def image_import_dir_paths(self) -> tuple[Path, ...]:
+        return tuple(Path(d) for d in self.image_import_dirs.split(":") if d)
+
+    @property
+    def effective_network_mode(self) -> str:
+        if self.network_mode == "auto":
+            return "bridge" if os.geteuid() == 0 else "user"
+        return self.network_mode
 
     @property
     def effective_libvirt_uri(self) -> str:
@@ -169,16 +198,6 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
             text = str(raw).strip().lower()
             if text in ("1", "true", "yes", "on"):
                 return True
-    @property
-    def image_import_dir_paths(self) -> tuple[Path, ...]:
-        return tuple(Path(d) for d in self.image_import_dirs.split(":") if d)
-
-    @property
-    def effective_network_mode(self) -> str:
-        if self.network_mode == "auto":
-            return "bridge" if os.geteuid() == 0 else "user"
-        return self.network_mode
-
             if text in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
@@ -187,9 +206,9 @@ def _coerce(f: dataclasses.Field[Any], raw: Any) -> Any:
                 raise ValueError(raw)
             return int(raw)
         if kind == "float":
-            if isinstance(raw, bool):
+            if isinstance(raw, bool) or not math.isfinite(value := float(raw)):
                 raise ValueError(raw)
-            return float(raw)
+            return value
         if kind == "Path":
             return Path(str(raw)).expanduser()
         if not isinstance(raw, str):
@@ -253,6 +272,9 @@ def load(state_dir: Path | None = None, env: Mapping[str, str] | None = None,
     if settings.listen and not settings.api_token:
         raise ConfigError(option="listen", value=settings.listen,
                           allowed="TCP listening requires api_token (or VMOPS_API_TOKEN)")
+    if not all(d.is_absolute() for d in settings.image_import_dir_paths):
+        raise ConfigError(option="image_import_dirs", value=settings.image_import_dirs,
+                          allowed="absolute directory paths separated by ':'")
     return settings
 
 
@@ -264,6 +286,3 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(option=str(path), value="...", allowed=f"valid TOML ({exc})") from None
-    if not all(d.is_absolute() for d in settings.image_import_dir_paths):
-        raise ConfigError(option="image_import_dirs", value=settings.image_import_dirs,
-                          allowed="absolute directory paths separated by ':'")

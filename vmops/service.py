@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from vmops import doctor, file_modes
 from vmops.api.routes import Routes
-from vmops.api.server import serve
+from vmops.api.server import Limits, serve
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
@@ -121,7 +121,11 @@ class Service:
         self.compute.recover()
         self.compute.background_actions = True
         routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks])
-        self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token)
+        limits = Limits(request_timeout=s.api_request_timeout, body_timeout=s.api_body_timeout,
+                        max_connections=s.api_max_connections,
+                        max_connections_per_client=s.api_max_connections_per_client,
+                        descriptor_reserve=s.api_descriptor_reserve)
+        self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token, limits)
         if s.image_cache_prune_interval:
             threading.Thread(target=self._prune_loop, args=(catalog,), name="prune",
                              daemon=True).start()

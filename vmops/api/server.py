@@ -3,19 +3,31 @@
 Request and response shapes live in ``routes.py`` and ``views.py``; this
 module only moves bytes, checks the token and turns errors into Nova's
 fault bodies (``{"itemNotFound": {"code": 404, "message": ...}}``).
+
+What a client can hold is bounded (:class:`Limits`): time to send a
+request's headers (idle keep-alive connections included) and its body,
+TCP connections in all and per client address, and a reserve of file
+descriptors TCP clients never get, so the unix socket always answers.
 """
 
 from __future__ import annotations
 
+import errno
 import hmac
+import io
 import json
 import logging
+import math
 import os
 import re
+import resource
 import socket
 import socketserver
+import sqlite3
 import threading
+import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -24,12 +36,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from vmops.errors import ConfigError, Invalid, NotFound, VmopsError
+from vmops.errors import ConfigError, Invalid, NotFound, VmopsError, storage_full
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024
 MAX_DISCARD_BYTES = 16 * MAX_BODY_BYTES
+# Nova's deepest bodies (server create: personality items) nest 4 levels.
+MAX_JSON_DEPTH = 32
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 MICROVERSION = "2.1"  # the only compute microversion served: min and max
 VERSION_HEADERS = ("openstack-api-version", "x-openstack-nova-api-version")
 
@@ -47,12 +62,7 @@ class Request:
     via_unix_socket: bool = False
 
     def json(self) -> Any:
-        if not self.body:
-            return None
-        try:
-            return json.loads(self.body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Invalid(reason=f"the request body is not valid JSON: {exc}") from None
+        return decode_json(self.body)
 
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
@@ -65,6 +75,56 @@ class Request:
         if not _HOST.match(host):
             host = "localhost"
         return f"http://{host}"
+
+
+def decode_json(body: bytes) -> Any:
+    """The JSON ``body`` (None if empty): nesting bounded before it is parsed
+    (Python's parser recurses), and only finite numbers (JSON has no NaN or
+    Infinity, and 1e999 would be one)."""
+    if not body:
+        return None
+    depth = json_depth(body)
+    if depth > MAX_JSON_DEPTH:
+        raise Invalid(reason=f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(body, parse_constant=_non_finite, parse_float=_finite_float)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise Invalid(reason=f"the request body is not valid JSON: {exc}") from None
+
+
+def json_depth(body: bytes) -> int:
+    """How deep the arrays and objects in ``body`` nest, strings skipped,
+    in time linear in its size (only the brackets are looked at in Python).
+    Malformed JSON gets some number; the parser refuses it afterwards."""
+    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot nest deeper than it has brackets
+    # Drop escapes (an escaped backslash first), then everything but quotes
+    # and brackets; then the even pieces between quotes are outside strings.
+    plain = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    structure = plain.translate(None, _NOT_STRUCTURE)
+    outside = b"".join(structure.split(b'"')[::2])
+    depth = deepest = 0
+    for byte in outside:
+        depth += 1 if byte in b"[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_JSON_DEPTH:
+                break
+    return deepest
+
+
+_NOT_STRUCTURE = bytes(b for b in range(256) if b not in b'"[]{}')
+
+
+def _non_finite(name: str) -> Any:
+    raise Invalid(reason=f"{name} is not a number JSON allows; give a finite number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise Invalid(reason=f"the number {text[:40]} is too large")
+    return value
 
 
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
@@ -152,6 +212,14 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         if self.connection.family in (socket.AF_INET, socket.AF_INET6):
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = _DeadlineReader(self.connection)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        """One request; its line and headers must all arrive in time (that
+        time starts when the connection is idle, so it bounds idle ones too)."""
+        self._reader.deadline = time.monotonic() + self.server.limits.request_timeout
+        super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         log.debug("%s " + format, self.client_address, *args)
@@ -201,6 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self.server.router.dispatch(req)
         except VmopsError as exc:
             return fault(exc.http_status, exc.fault_name, exc.message)
+        except (OSError, sqlite3.Error) as exc:
+            full = storage_full(exc)
+            if full is None:
+                raise
+            log.error("%s %s: %s", self.command, url.path, full.message)
+            return fault(full.http_status, full.fault_name, full.message)
 
     def _read_body(self) -> bytes | Response:
         """The request body, or the fault answering a body we will not read."""
@@ -208,16 +282,27 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return fault(411, "badRequest", "send the body with a Content-Length, not chunked")
         raw = self.headers.get("Content-Length") or "0"
-        if not raw.isdigit():
+        if not _CONTENT_LENGTH.fullmatch(raw):
             self.close_connection = True
             return fault(400, "badRequest", f"invalid Content-Length {raw[:40]!r}")
         length = int(raw)
-        if length > MAX_BODY_BYTES:
+        timeout = self.server.limits.body_timeout
+        self._reader.deadline = time.monotonic() + timeout
+        try:
+            if length > MAX_BODY_BYTES:
+                self.close_connection = True
+                self._discard(length)
+                return fault(413, "overLimit", f"request body of {length} bytes is over the "
+                             f"limit of {MAX_BODY_BYTES} bytes")
+            body = self.rfile.read(length) if length else b""
+        except TimeoutError:
             self.close_connection = True
-            self._discard(length)
-            return fault(413, "overLimit", f"request body of {length} bytes is over the "
-                         f"limit of {MAX_BODY_BYTES} bytes")
-        body = self.rfile.read(length) if length else b""
+            return fault(408, "requestTimeout", f"the request body did not arrive within "
+                         f"{timeout:g} seconds")
+        if len(body) < length:
+            self.close_connection = True
+            return fault(400, "badRequest", "the request body is shorter than its "
+                         "Content-Length")
         kind = (self.headers.get("Content-Type") or "application/json").split(";")[0]
         if body and kind.strip().lower() not in ("application/json", ""):
             return fault(415, "badMediaType", f"unsupported Content-Type {kind[:80]!r}: "
@@ -243,6 +328,9 @@ class _Handler(BaseHTTPRequestHandler):
         return hmac.compare_digest(sent.encode(), self.server.token.encode())
 
     def _send(self, resp: Response) -> None:
+        # A client that does not take its answer is as slow as one that
+        # does not send its body.
+        self.connection.settimeout(self.server.limits.body_timeout)
         request_id = f"req-{uuid.uuid4()}"
         headers = {"OpenStack-API-Version": f"compute {MICROVERSION}",
                    "X-OpenStack-Nova-API-Version": MICROVERSION,
@@ -283,8 +371,47 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                     self.wfile.flush()
             self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side with a deadline for what is being read (the
+    headers, the body), not just for each read: a client trickling one byte
+    at a time runs out of time as surely as a silent one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.deadline: float | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.deadline is not None:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the client was too slow")
+            self.sock.settimeout(left)
+        return self.sock.recv_into(buffer)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What clients may hold; see the ``api_*`` settings for each one."""
+
+    request_timeout: float = 30.0
+    body_timeout: float = 60.0
+    max_connections: int = 128
+    max_connections_per_client: int = 16
+    descriptor_reserve: int = 64
+
+
+# Sent, without reading the request, to a TCP client over the limits.
+_BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+         b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s")
+_ACCEPT_STARVED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_MAX_ACCEPT_PAUSE_S = 1.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -294,16 +421,105 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 128
     router: Router
     token: str
+    limits: Limits = Limits()
+    capped = True  # TCP: connections counted and capped; the unix socket is not
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._lock = threading.Lock()
+        self._open: dict[socket.socket, str] = {}
+        self._per_client: Counter[str] = Counter()
+        self._accept_pause = 0.0
+        self._stopping = threading.Event()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """Accept; out of descriptors (or memory), wait before trying again,
+        longer each time, instead of spinning on a socket that stays readable."""
+        try:
+            conn, address = self.accept()
+        except OSError as exc:
+            if exc.errno in _ACCEPT_STARVED:
+                self._accept_pause = min(max(0.01, 2 * self._accept_pause), _MAX_ACCEPT_PAUSE_S)
+                log.warning("cannot accept API connections (%s); pausing %.2fs",
+                            exc.strerror, self._accept_pause)
+                self.pause_accepting(self._accept_pause)
+            raise
+        self._accept_pause = 0.0
+        return conn, address
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        return self.socket.accept()
+
+    def pause_accepting(self, seconds: float) -> None:
+        self._stopping.wait(seconds)
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        if not self.capped:
+            return True
+        client = str(client_address[0])
+        with self._lock:
+            why = self._over_limits(client)
+            if why is None:
+                self._open[request] = client
+                self._per_client[client] += 1
+                return True
+        log.info("refused an API connection from %s: %s", client, why)
+        body = json.dumps(fault(503, "serviceUnavailable", f"too many connections: {why}; "
+                                "try again later").body).encode()
+        try:
+            request.setblocking(False)
+            request.send(_BUSY % (len(body), body))
+        except OSError:
+            pass
+        return False
+
+    def _over_limits(self, client: str) -> str | None:
+        lim = self.limits
+        if len(self._open) >= lim.max_connections:
+            return f"{lim.max_connections} are open, the most allowed"
+        if self._per_client[client] >= lim.max_connections_per_client:
+            return (f"{lim.max_connections_per_client} are open from {client}, the most "
+                    "allowed from one address")
+        if free_descriptors() < lim.descriptor_reserve:
+            return "the service is short of file descriptors"
+        return None
+
+    def shutdown_request(self, request: Any) -> None:
+        if self.capped:
+            with self._lock:
+                client = self._open.pop(request, None)
+                if client is not None:
+                    self._per_client[client] -= 1
+                    if not self._per_client[client]:
+                        del self._per_client[client]
+        super().shutdown_request(request)
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        super().shutdown()
+
+
+def free_descriptors() -> int:
+    """How many more files this process may open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    try:
+        used = len(os.listdir("/proc/self/fd")) - 1  # less listdir's own
+    except OSError as exc:
+        return 0 if exc.errno in _ACCEPT_STARVED else 1 << 30
+    return soft - used
 
 
 class _UnixServer(_Server):
     address_family = socket.AF_UNIX
+    capped = False
 
     def server_bind(self) -> None:
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = "vmops", 0
 
-    def get_request(self) -> tuple[socket.socket, Any]:
+    def accept(self) -> tuple[socket.socket, Any]:
         conn, _ = self.socket.accept()
         return conn, ("unix", 0)
 
@@ -321,8 +537,9 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 def serve(router: Router, socket_path: Path, listen: str = "",
-          token: str = "") -> list[_Server]:
+          token: str = "", limits: Limits | None = None) -> list[_Server]:
     """Start the servers in daemon threads; the caller keeps them to shut down."""
+    limits = limits or Limits()
     socket_path.unlink(missing_ok=True)
     old_umask = os.umask(0o077)  # the socket's permissions are the access control
     try:
@@ -330,12 +547,12 @@ def serve(router: Router, socket_path: Path, listen: str = "",
         unix = _UnixServer(address, _Handler)
     finally:
         os.umask(old_umask)
-    unix.router, unix.token = router, ""
+    unix.router, unix.token, unix.limits = router, "", limits
     servers: list[_Server] = [unix]
     if listen:
         host, port = _host_port(listen)
         tcp = (_Server6 if ":" in host else _Server)((host, port), _Handler)
-        tcp.router, tcp.token = router, token
+        tcp.router, tcp.token, tcp.limits = router, token, limits
         servers.append(tcp)
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, name="api",
@@ -343,4 +560,4 @@ def serve(router: Router, socket_path: Path, listen: str = "",
     return servers
 
 
-__all__ = ["HTTPStatus", "Request", "Response", "Router", "fault", "serve"]
+__all__ = ["HTTPStatus", "Limits", "Request", "Response", "Router", "fault", "serve"]
