@@ -468,9 +468,10 @@ class Store:
             taken = db.execute("SELECT id, name FROM flavors WHERE id IN (?, ?) OR name IN (?, ?)",
                                (flavor.id, flavor.name, flavor.id, flavor.name)).fetchone()
             if taken is not None:
-                raise Conflict(reason=f"flavor {taken['name']!r} (id {taken['id']!r}) already "
-                               f"has the id or name {flavor.id!r} or {flavor.name!r}; a "
-                               "flavor's id and name must name no other flavor")
+                raise AlreadyExists(
+                    f"flavor {taken['name']!r} (id {taken['id']!r}) already has the id or "
+                    f"name {flavor.id!r} or {flavor.name!r}: a flavor's id and name must "
+                    "each name no other flavor", kind="flavor", name=flavor.name)
             db.execute(f"INSERT INTO flavors ({', '.join(row)}) VALUES "
                        f"({', '.join('?' for _ in row)})", tuple(row.values()))
         return flavor

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
+import re
 from typing import Any
 
 from vmops.compute.manager import SpawnRequest
@@ -76,6 +78,31 @@ def non_negative_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise Invalid(reason=f"{what} must be a non-negative integer")
     return value
+
+
+def seconds(value: Any, what: str, maximum: float | None = None) -> float:
+    """A finite, non-negative number of seconds (a JSON number: NaN, Infinity
+    and numbers past a float's range are refused, not compared)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or (isinstance(value, float) and not math.isfinite(value)) or value < 0 \
+            or (maximum is not None and value > maximum) or value > MAX_SECONDS:
+        allowed = f"a number from 0 to {maximum:g}" if maximum is not None \
+            else "a finite, non-negative number"
+        raise Invalid(reason=f"{what} must be {allowed} of seconds")
+    return float(value)
+
+
+def count_arg(text: str, what: str) -> int:
+    """A query argument that is a count (limit, tail): ASCII digits only
+    (``str.isdigit`` also takes superscripts, which ``int`` refuses)."""
+    if not _COUNT.fullmatch(text):
+        raise Invalid(reason=f"{what} must be a non-negative integer of at most 9 digits")
+    return int(text)
+
+
+_COUNT = re.compile(r"[0-9]{1,9}")
+# A century: far past any wait or age anyone means, and well inside a float.
+MAX_SECONDS = 100 * 365 * 86400
 
 
 # -- server create -------------------------------------------------------------
@@ -214,9 +241,9 @@ def stop_options(arg: Any) -> tuple[float | None, bool]:
     if not isinstance(arg, dict):
         raise Invalid(reason="os-stop takes null or an object")
     no_unknown(arg, {"vmops:timeout", "vmops:hard"}, "os-stop")
-    timeout = field(arg, "vmops:timeout", (int, float))
-    if timeout is not None and not 0 <= timeout <= 3600:
-        raise Invalid(reason="vmops:timeout must be from 0 to 3600 seconds")
+    timeout = arg.get("vmops:timeout")
+    if timeout is not None:
+        timeout = seconds(timeout, "vmops:timeout", 3600)
     return timeout, field(arg, "vmops:hard", bool, default=False)
 
 
@@ -238,21 +265,19 @@ def console_length(arg: Any) -> int | None:
         raise Invalid(reason="os-getConsoleOutput takes an object: {\"length\": N}")
     no_unknown(arg, {"length"}, "os-getConsoleOutput")
     length = arg.get("length")
-    if length is None:
-        return None
-    if isinstance(length, str) and length.lstrip("-").isdigit():
-        length = int(length)
-    if isinstance(length, int) and not isinstance(length, bool) and length == -1:
+    if length is None or (length in ("-1", -1) and not isinstance(length, bool)):
         return None  # Nova: -1 means everything
+    if isinstance(length, str):
+        return count_arg(length, "length")
+    if isinstance(length, float) and length.is_integer():
+        length = int(length)  # Nova's schema takes 10.0 as 10
     return non_negative_int(length, "length")
 
 
 def wait_seconds(text: str | None) -> float:
     """The ``vmops:wait`` query argument: seconds to wait for an action to end."""
     try:
-        seconds = float(text or "")
+        value = float(text or "")
     except ValueError:
         raise Invalid(reason="vmops:wait must be a number of seconds") from None
-    if not 0 <= seconds <= 3600:
-        raise Invalid(reason="vmops:wait must be from 0 to 3600 seconds")
-    return seconds
+    return seconds(value, "vmops:wait", 3600)

@@ -20,7 +20,7 @@ import uuid as uuidlib
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from vmops.compute.names import check_resource_name
+from vmops.compute.names import check_resource_id, check_resource_name
 from vmops.config import Settings
 from vmops.disks.cache import CachedImage, ImageCache
 from vmops.disks.sources import URL_SCHEMES, ImportLimits, is_url, redact_url
@@ -154,6 +154,8 @@ class Catalog:
         _check_range("vcpus", vcpus, 1, MAX_VCPUS, "vCPUs")
         _check_range("disk", disk_gb, 0, MAX_DISK_GB, "GiB")
         _check_range("ephemeral", ephemeral_gb, 0, MAX_DISK_GB, "GiB")
+        if flavor_id is not None:
+            check_resource_id(flavor_id, "flavor")
         return self.store.add_flavor(Flavor(id=flavor_id or str(uuidlib.uuid4()), name=name,
                                             ram_mib=ram_mib, vcpus=vcpus, root_gb=disk_gb,
                                             ephemeral_gb=ephemeral_gb))

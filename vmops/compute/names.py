@@ -11,8 +11,14 @@ from vmops.errors import Invalid, InvalidName
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 # Names of flavors, images and keypairs are not hostnames, but are typed in
-# shells and stored in file names: printable, no path separators.
-_RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+# shells and stored in file names: printable, no path separators. Flavor ids
+# chosen by a client follow the same rule. (fullmatch: ``$`` would let a
+# trailing newline through.)
+_RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+# Instance and image ids are UUIDs, and ``{id}`` in the API takes an id or a
+# name: a name of that form could be another's id.
+_UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+_LOOKS_LIKE_ID = "it has the form of an id (a UUID): names and ids are looked up alike"
 
 
 def check_instance_name(name: str) -> str:
@@ -24,26 +30,38 @@ def check_instance_name(name: str) -> str:
         raise InvalidName(name=name, reason="it contains a path separator")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise InvalidName(name=name, reason="it contains a control character")
-    if not _HOSTNAME.match(name):
+    if not _HOSTNAME.fullmatch(name):
         raise InvalidName(
             name=name, reason="use only letters, digits and '-', not first or last, "
             "so it is a valid hostname")
+    if _UUID.fullmatch(name):
+        raise InvalidName(name=name, reason=_LOOKS_LIKE_ID)
     return name
 
 
 def check_resource_name(name: str, kind: str) -> str:
     if not name:
         raise InvalidName(name=name, reason=f"a {kind} name cannot be empty")
-    if not _RESOURCE.match(name):
+    if not _RESOURCE.fullmatch(name):
         raise InvalidName(
-            name=name, reason=f"a {kind} name is up to 255 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit")
+            name=name[:80], reason=f"a {kind} name is up to 255 letters, digits, '.', '_' or "
+            "'-', starting with a letter or digit")
+    if _UUID.fullmatch(name):
+        raise InvalidName(name=name, reason=_LOOKS_LIKE_ID)
     return name
+
+
+def check_resource_id(ident: str, kind: str) -> str:
+    """An id a client chooses (flavors): the same characters as a name."""
+    if not _RESOURCE.fullmatch(ident):
+        raise Invalid(reason=f"invalid {kind} id {ident[:80]!r}: an id is 1 to 255 letters, "
+                      "digits, '.', '_' or '-', starting with a letter or digit")
+    return ident
 
 
 def check_mac(mac: str) -> str:
     mac = mac.strip().lower()
-    if not _MAC.match(mac):
+    if not _MAC.fullmatch(mac):
         raise Invalid(reason=f"MAC address {mac!r} is not of the form 52:54:00:12:34:56")
     if int(mac[:2], 16) & 1:
         raise Invalid(reason=f"MAC address {mac!r} is a multicast address")
