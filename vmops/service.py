@@ -23,15 +23,23 @@ from vmops.api.server import Limits, serve
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
-from vmops.errors import ServiceAlreadyRunning
+from vmops.errors import ServiceAlreadyRunning, VmopsError
 from vmops.hypervisor import open_hypervisor
+from vmops.hypervisor.base import Check, Hypervisor
 from vmops.hypervisor.libvirt import embed_root
+from vmops.network.manager import Network
+from vmops.network.model import NicMode
 from vmops.store import Store
 
 log = logging.getLogger("vmops")
 
 LOCK_FILE = "vmops.lock"
 LOG_FILE = "vmops.log"
+# How often the service looks for dead console capture processes. QEMU drops
+# serial output while no capture is connected, so this bounds the gap in the
+# log to about 2 s; each look reads one pid file and /proc entry per running
+# instance, cheap enough to need no watcher thread per instance.
+CAPTURE_CHECK_INTERVAL = 2.0
 
 
 def take_lock(state_dir: Path) -> IO[str]:
@@ -75,6 +83,46 @@ def tighten_state_dir(state_dir: Path, libvirt_root: Path | None = None) -> None
         log.error("could not make private: %s", problem)
 
 
+def open_network(s: Settings, store: Store) -> Network:
+    """The vmops network, set up (bridge, dnsmasq, rules) when bridge mode
+    is on. If that fails the service still starts, with user-mode NICs only,
+    and says why; ``vmops doctor`` tells what to fix."""
+    wanted = s.effective_network_mode == NicMode.BRIDGE
+    network = Network(store, s.state_dir, s.network_bridge, s.network_subnet,
+                      s.network_host_access, enabled=wanted)
+    if not wanted:
+        return network
+    try:
+        network.setup()
+    except VmopsError as exc:
+        log.error("the vmops network could not be set up, so new instances get user-mode "
+                  "NICs only: %s", exc.message)
+        network.disable(exc.message)
+    return network
+
+
+def report_unrecorded(hv: Hypervisor, orphans: list[str], database: Path,
+                      started_empty: bool) -> Check:
+    """Say loudly when the service starts with an empty database next to domains
+    vmops made (their records are lost, e.g. a 0-byte vmops.db); doctor's check."""
+    names = [_domain_label(hv, uuid) for uuid in orphans]
+    if names and started_empty:
+        log.warning(
+            "%s was empty or missing, so vmops starts with no instance records, but %d "
+            "domain(s) carry vmops' mark: %s. Their records are lost; vmops will not manage "
+            "or remove them. If this is not a new install, stop the service and restore "
+            "%s from a copy (e.g. a .bak made at an upgrade)",
+            database, len(names), ", ".join(names), database.name)
+    return doctor.unrecorded_domains(names, database, started_empty)
+
+
+def _domain_label(hv: Hypervisor, uuid: str) -> str:
+    try:
+        return f"{hv.info(uuid).name} ({uuid})"
+    except VmopsError:
+        return uuid
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -110,25 +158,41 @@ class Service:
         self.hv = open_hypervisor(s.effective_libvirt_uri, accel)
         self.hv.connect()
         checks = doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
-                                   hypervisor=self.hv)
+                                   hypervisor=self.hv, database=s.db_path)
         problems = [f"{c.name}: {c.detail} ({c.advice})" for c in checks
                     if c.required and not c.ok]
         for problem in problems:
             log.error("host check failed: %s", problem)
         self.store = Store(s.db_path)
-        self.compute = Compute(s, self.store, self.hv, accel, lambda: problems)
+        self.network = open_network(s, self.store)
+        self.compute = Compute(s, self.store, self.hv, accel, lambda: problems,
+                               network=self.network)
         catalog = Catalog.from_settings(s, self.store)
-        self.compute.recover()
+        orphans = self.compute.recover()
+        checks.append(report_unrecorded(self.hv, orphans, s.db_path, self.store.started_empty))
+        catalog.recover_imports()
         self.compute.background_actions = True
+        self.network.start_watcher()
         routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks])
         limits = Limits(request_timeout=s.api_request_timeout, body_timeout=s.api_body_timeout,
                         max_connections=s.api_max_connections,
                         max_connections_per_client=s.api_max_connections_per_client,
                         descriptor_reserve=s.api_descriptor_reserve)
         self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token, limits)
+        threading.Thread(target=self._capture_watch_loop, name="capture-watch",
+                         daemon=True).start()
         if s.image_cache_prune_interval:
             threading.Thread(target=self._prune_loop, args=(catalog,), name="prune",
                              daemon=True).start()
+
+    def _capture_watch_loop(self) -> None:
+        """Restart killed console capture processes within seconds, not at
+        the next service start: the guest's output is lost while none runs."""
+        while not self._stop.wait(CAPTURE_CHECK_INTERVAL):
+            try:
+                self.compute.restart_dead_captures()
+            except Exception:  # noqa: BLE001 - the watch must not stop the service
+                log.exception("console capture watch failed")
 
     def _prune_loop(self, catalog: Catalog) -> None:
         while not self._stop.wait(self.settings.image_cache_prune_interval):
@@ -139,8 +203,10 @@ class Service:
             except Exception:  # noqa: BLE001 - a failed prune must not stop the service
                 log.exception("image prune failed")
 
-        catalog.recover_imports()
     def _shutdown(self) -> None:
+        network = getattr(self, "network", None)
+        if network is not None:
+            network.stop()  # dnsmasq and the rules stay: guests keep their network
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()

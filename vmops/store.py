@@ -55,6 +55,7 @@ from vmops.errors import (
     AddressInUse,
     AlreadyExists,
     Conflict,
+    DatabaseCorrupt,
     DatabaseTooNew,
     FlavorNotFound,
     ImageNotFound,
@@ -66,6 +67,7 @@ from vmops.errors import (
     PortTaken,
     SecurityGroupNotFound,
     SecurityGroupRuleNotFound,
+    StoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,47 @@ def refuse_newer(db: sqlite3.Connection, path: Path, supported: int) -> int:
     if found > supported:
         raise DatabaseTooNew(path=path, found=found, supported=supported)
     return found
+
+
+@contextmanager
+def _corruption_refused(path: Path) -> Iterator[None]:
+    """SQLite's "malformed" and "not a database" errors as DatabaseCorrupt."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise DatabaseCorrupt(path=path, reason=str(exc)) from None
+        raise
+
+
+def _quick_check(db: sqlite3.Connection, path: Path) -> None:
+    """SQLite's quick_check: a truncated or damaged file is refused (O(size),
+    milliseconds for a store of this kind)."""
+    problems = [str(r[0]) for r in db.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise DatabaseCorrupt(path=path, reason="; ".join(problems))
+
+
+def database_problem(path: Path, supported: int = SCHEMA_VERSION) -> str | None:
+    """Why the service would refuse the database at ``path`` (read-only: for
+    ``vmops doctor``), or why its records are gone; None if it is usable."""
+    if not path.exists():
+        return None
+    if path.stat().st_size == 0:
+        return (f"{path} is empty (0 bytes): if vmops ran here before, its records are lost; "
+                "restore a copy with the service stopped (VMs without a record stay unmanaged)")
+    db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        with _corruption_refused(path):
+            refuse_newer(db, path, supported)
+            _quick_check(db, path)
+    except StoreError as exc:
+        return exc.message
+    except sqlite3.Error as exc:
+        return f"{path} cannot be read: {exc}"
+    finally:
+        db.close()
+    return None
 
 
 def migrate(db: sqlite3.Connection, path: Path,
@@ -410,9 +453,13 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
         try:
-            # The version is read before anything is written: a database from
-            # a newer vmops must be refused unmodified (journal mode included).
-            refuse_newer(self._db, path, migrations[-1].version)
+            # Checked before anything is written: a damaged database, or one
+            # from a newer vmops, is refused unmodified (journal mode included).
+            with _corruption_refused(path):
+                refuse_newer(self._db, path, migrations[-1].version)
+                _quick_check(self._db, path)
+                # A missing or 0-byte file opens as a new, empty database.
+                self.started_empty = schema_version(self._db) == 0
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             migrate(self._db, path, migrations)
@@ -626,6 +673,11 @@ class Store:
         with self._tx() as db:
             self._delete_network_rows(db, instance_id)
             db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+
+    def release_network(self, instance_id: str) -> None:
+        """Forget an instance's ports, forwards and memberships (destroy)."""
+        with self._tx() as db:
+            self._delete_network_rows(db, instance_id)
 
     @staticmethod
     def _delete_network_rows(db: sqlite3.Connection, instance_id: str) -> None:

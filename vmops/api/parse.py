@@ -134,7 +134,43 @@ def spawn_request(body: Any) -> SpawnRequest:
         user_data=base64_bytes(user_data, "user_data") if user_data is not None else None,
         key_name=field(srv, "key_name", str), files=_personality(srv),
         properties=metadata(field(srv, "metadata", dict, default={})),
-        admin_password=field(srv, "adminPass", str))
+        admin_password=field(srv, "adminPass", str), **_networks(srv),
+        security_groups=_security_groups(srv))
+
+
+# The networks a server may name in "networks": [{"uuid": ...}].
+NETWORK_MODES = {"vmops": "bridge", "user": "user"}
+
+
+def _networks(srv: dict[str, Any]) -> dict[str, Any]:
+    """Nova's "networks": "auto" (or absent) takes the network_mode setting;
+    one entry names the vmops network or user-mode, with an optional fixed_ip."""
+    networks = srv.get("networks")
+    if networks in (None, "auto", "none", []):
+        return {}
+    if not isinstance(networks, list) or len(networks) != 1 \
+            or not isinstance(networks[0], dict):
+        raise Invalid(reason="'networks' is \"auto\" or one entry such as "
+                      "[{\"uuid\": \"vmops\", \"fixed_ip\": \"10.213.0.5\"}]: "
+                      "vmops gives a server one NIC")
+    entry = networks[0]
+    no_unknown(entry, {"uuid", "fixed_ip", "tag"}, "networks[0]")
+    name = field(entry, "uuid", str, default="vmops")
+    if name not in NETWORK_MODES:
+        raise Invalid(reason=f"network {name!r} does not exist: 'vmops' (the bridge) or "
+                      "'user' (QEMU user-mode)")
+    return {"network": NETWORK_MODES[name], "fixed_ip": field(entry, "fixed_ip", str)}
+
+
+def _security_groups(srv: dict[str, Any]) -> tuple[str, ...]:
+    groups = field(srv, "security_groups", list, default=[])
+    names = []
+    for group in groups:
+        if not isinstance(group, dict) or set(group) != {"name"} \
+                or not isinstance(group["name"], str):
+            raise Invalid(reason='each security group is {"name": "..."}')
+        names.append(group["name"])
+    return tuple(names)
 
 
 def _image(srv: dict[str, Any]) -> str:
@@ -168,18 +204,11 @@ def _check_one_server(srv: dict[str, Any]) -> None:
 
 
 def _check_placement(srv: dict[str, Any]) -> None:
-    """Networks, zones and security groups: only what one host with user-mode
-    networking has, so nothing asked for is silently dropped."""
-    networks = srv.get("networks")
-    if networks not in (None, "auto", "none", []):
-        raise Invalid(reason="vmops gives each server one user-mode NIC: leave 'networks' "
-                      "out, or give \"auto\" or \"none\"")
+    """Zones and disk config: only what one host has, so nothing asked for
+    is silently dropped."""
     zone = field(srv, "availability_zone", str)
     if zone not in (None, "", "nova"):
         raise Invalid(reason=f"availability zone {zone!r} does not exist; this host is 'nova'")
-    groups = field(srv, "security_groups", list, default=[])
-    if any(g != {"name": "default"} for g in groups):
-        raise Invalid(reason="vmops has only the security group 'default'")
     disk_config = field(srv, "OS-DCF:diskConfig", str)
     if disk_config not in (None, "AUTO", "MANUAL"):
         raise Invalid(reason="OS-DCF:diskConfig must be AUTO or MANUAL")

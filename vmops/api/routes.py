@@ -20,7 +20,7 @@ from vmops.api.server import Request, Response, Router
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.errors import FlavorNotFound, ImageNotFound, Invalid, KeypairNotFound
-from vmops.store import Instance
+from vmops.store import Instance, Port
 
 P = views.API_PREFIX
 MAX_NAME_FILTER_CHARS = 255
@@ -104,8 +104,30 @@ class Routes:
     def list_servers_detail(self, req: Request) -> Response:
         insts = self._servers(req)
         complete = not req.query  # unfiltered: these are all the instances
-        return Response(200, self.server_list.encode(insts, req.base_url, complete),
+        return Response(200, self.server_list.encode(insts, req.base_url, complete,
+                                                     self._network_views()),
                         headers={"Content-Type": "application/json"})
+
+    def _network_views(self) -> Callable[[Instance], views.ServerNetwork]:
+        """Each instance's NICs and groups, read from the store once (on the
+        first instance whose view is not cached)."""
+        cache: dict[str, Any] = {}
+
+        def net_of(inst: Instance) -> views.ServerNetwork:
+            if not cache:
+                ports: dict[str, list[Port]] = {}
+                for port in self.store.ports():
+                    ports.setdefault(port.instance_id, []).append(port)
+                cache.update(ports=ports, members=self.store.instance_group_ids(),
+                             names={g.id: g.name for g in self.store.security_groups()})
+            nics = cache["ports"].get(inst.id) or self.compute.nics(inst)
+            groups = [cache["names"].get(g, g) for g in cache["members"].get(inst.id, [])]
+            return views.ServerNetwork(tuple(nics), tuple(sorted(groups)))
+
+        return net_of
+
+    def _network_view(self, inst: Instance) -> views.ServerNetwork:
+        return self._network_views()(inst)
 
     def create_server(self, req: Request) -> Response:
         spawn = parse.spawn_request(req.json())
@@ -119,14 +141,15 @@ class Routes:
             inst = self.compute.create(spawn)
         except (ImageNotFound, FlavorNotFound) as exc:
             raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad ref
-        created = views.server_created(inst, req.base_url)
+        created = views.server_created(inst, req.base_url, self._network_view(inst))
         return Response(202, {"server": created},
                         headers={"Location": created["links"][0]["href"]})
 
     def show_server(self, req: Request) -> Response:
         inst = self.compute.instance(req.params["id"])
         live = self.compute.live_info(inst)
-        return Response(200, {"server": views.server(inst, req.base_url, live)})
+        return Response(200, {"server": views.server(inst, req.base_url, live,
+                                                     self._network_view(inst))})
 
     def delete_server(self, req: Request) -> Response:
         inst = self.compute.instance(req.params["id"])
@@ -150,7 +173,8 @@ class Routes:
         if seconds is None or not self.compute.wait_idle(inst.id, seconds):
             return Response(202)
         inst = self.compute.instance(inst.id)
-        return Response(200, {"server": views.server(inst, req.base_url)})
+        return Response(200, {"server": views.server(inst, req.base_url,
+                                                     net=self._network_view(inst))})
 
     def _actions(self) -> dict[str, Callable[[str, Any], Any]]:
         c = self.compute

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from vmops.compute import states
 from vmops.hypervisor.base import PowerState
-from vmops.store import Flavor, Image, Instance, Keypair
+from vmops.store import Flavor, Image, Instance, Keypair, Port
 
 API_PREFIX = "/v2.1"
 TENANT = "vmops"  # one host, one owner: project and user ids are fixed
@@ -36,9 +38,35 @@ def server_brief(inst: Instance, base: str) -> dict[str, Any]:
     return {"id": inst.id, "name": inst.name, "links": link(base, "servers", inst.id)}
 
 
-def server_created(inst: Instance, base: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ServerNetwork:
+    """What the server view shows of an instance's network."""
+
+    nics: tuple[Port, ...] = ()
+    groups: tuple[str, ...] = ()  # security group names
+
+
+def server_created(inst: Instance, base: str,
+                   net: ServerNetwork = ServerNetwork()) -> dict[str, Any]:
     return {**server_brief(inst, base), "OS-DCF:diskConfig": "MANUAL",
-            "security_groups": [{"name": "default"}]}
+            "security_groups": [{"name": g} for g in net.groups]}
+
+
+def addresses(nics: Sequence[Port]) -> dict[str, list[dict[str, Any]]]:
+    """Nova's ``addresses``: addresses by network name. User-mode NICs have
+    none anyone can reach, so they are not listed (``vmops:nics`` shows them)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for nic in nics:
+        if nic.ip:
+            out.setdefault(nic.network, []).append(
+                {"version": 4, "addr": nic.ip, "OS-EXT-IPS:type": "fixed",
+                 "OS-EXT-IPS-MAC:mac_addr": nic.mac})
+    return out
+
+
+def nic(port: Port) -> dict[str, Any]:
+    return {"mac": port.mac, "mode": port.mode, "network": port.network, "ip": port.ip,
+            "tap": port.tap}
 
 
 # Nova reports progress only in these states.
@@ -53,7 +81,8 @@ def server_status(inst: Instance) -> str:
     return states.server_status(inst.vm_state, inst.task_state)
 
 
-def server(inst: Instance, base: str, live: dict[str, Any] | None = None) -> dict[str, Any]:
+def server(inst: Instance, base: str, live: dict[str, Any] | None = None,
+           net: ServerNetwork = ServerNetwork()) -> dict[str, Any]:
     """A server at microversion 2.1, plus vmops' own ``vmops:`` keys."""
     power = PowerState(inst.power_state)
     status = server_status(inst)
@@ -69,8 +98,7 @@ def server(inst: Instance, base: str, live: dict[str, Any] | None = None) -> dic
         "updated": iso_time(inst.updated_at),
         "flavor": {"id": inst.flavor_id, "links": link(base, "flavors", inst.flavor_id)[1:]},
         "image": {"id": inst.image_id, "links": link(base, "images", inst.image_id)[1:]},
-        # User-mode networking: the guest has no address the host can reach.
-        "addresses": {},
+        "addresses": addresses(net.nics),
         "metadata": dict(inst.properties),
         "key_name": inst.key_name,
         "config_drive": "True" if inst.config_drive else "",
@@ -83,13 +111,14 @@ def server(inst: Instance, base: str, live: dict[str, Any] | None = None) -> dic
         "OS-EXT-AZ:availability_zone": AVAILABILITY_ZONE,
         "OS-EXT-SRV-ATTR:instance_name": "vmops-" + inst.name,
         "os-extended-volumes:volumes_attached": [],
-        "security_groups": [{"name": "default"}],
+        "security_groups": [{"name": g} for g in net.groups],
         "vmops:flavor": _flavor_snapshot(inst.flavor),
         "vmops:power_state": power.value,
         "vmops:image_name": inst.image_name,
         "vmops:disks": [{"role": d.role, "path": d.path, "format": d.format,
                          "target": d.target, "device": d.device} for d in inst.disks],
         "vmops:macs": list(inst.macs),
+        "vmops:nics": [nic(p) for p in net.nics],
     }
     if status in _PROGRESS_STATUSES:
         body["progress"] = 0
@@ -160,13 +189,16 @@ class ServerList:
     def __init__(self) -> None:
         self._parts: dict[str, tuple[float, str, bytes]] = {}
 
-    def encode(self, insts: list[Instance], base: str, complete: bool) -> bytes:
-        """``complete``: ``insts`` are all the instances, so forget the others."""
+    def encode(self, insts: list[Instance], base: str, complete: bool,
+               net_of: Callable[[Instance], ServerNetwork]) -> bytes:
+        """``complete``: ``insts`` are all the instances, so forget the others.
+        A change of an instance's network (a group joined) touches its record."""
         fresh: dict[str, tuple[float, str, bytes]] = {}
         for inst in insts:
             part = self._parts.get(inst.id)
             if part is None or part[:2] != (inst.updated_at, base):
-                part = (inst.updated_at, base, json.dumps(server(inst, base)).encode())
+                part = (inst.updated_at, base,
+                        json.dumps(server(inst, base, net=net_of(inst))).encode())
             fresh[inst.id] = part
         self._parts = fresh if complete else {**self._parts, **fresh}
         return b'{"servers": [' + b", ".join(p[2] for p in fresh.values()) + b"]}"

@@ -11,6 +11,7 @@ import base64
 import logging
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid as uuidlib
@@ -27,10 +28,12 @@ from vmops.config import Settings
 from vmops.errors import (
     HostNotReady,
     HypervisorError,
+    InstanceBusy,
     InstanceNotFound,
     Invalid,
     InvalidState,
     VmopsError,
+    storage_full,
 )
 from vmops.hypervisor.base import (
     Accel,
@@ -43,7 +46,9 @@ from vmops.hypervisor.base import (
     NicSpec,
     PowerState,
 )
-from vmops.store import DiskRecord, Flavor, Image, Instance, Store
+from vmops.network.manager import USER_NETWORK, Network
+from vmops.network.model import NicMode
+from vmops.store import DEFAULT_GROUP, DiskRecord, Flavor, Image, Instance, Port, Store
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +68,22 @@ class SpawnRequest:
     files: tuple[tuple[str, bytes], ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
     admin_password: str | None = field(default=None, repr=False)
+    network: str | None = None  # "bridge" or "user"; None: the network_mode setting
+    fixed_ip: str | None = None  # an address on the vmops network, else the first free
+    security_groups: tuple[str, ...] = ()  # names or ids; none given: "default"
 
 
 class Compute:
     def __init__(self, settings: Settings, store: Store, hypervisor: Hypervisor,
                  accel: Accel, host_problems: Callable[[], list[str]],
-                 capture: Any = console) -> None:
+                 capture: Any = console, network: Network | None = None) -> None:
         self.settings = settings
         # The console capture processes: the vmops.console module, or a
         # stand-in with the same functions in unit tests.
         self.console = capture
         self.store = store
+        # The vmops network; None (unit tests) or disabled: user-mode NICs only.
+        self.network = network
         self.hv = hypervisor
         self.accel = accel
         self._host_problems = host_problems
@@ -139,10 +149,46 @@ class Compute:
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
-            desired_running=True))
+            desired_running=True), ports=ports, group_ids=group_ids,
+            choose_ip=self.network.choose_ip if self.network and self.network.enabled else None)
         self.store.update_image(image)  # last used now: prune ages images by it
         self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
         return inst, image
+
+    def _plan_nics(self, req: SpawnRequest, instance_id: str,
+                   mac: str) -> tuple[list[Port], list[str]]:
+        """The instance's port records and security groups, checked."""
+        bridged = self.network is not None and self.network.enabled
+        if req.network is None:
+            mode = NicMode(self.settings.effective_network_mode)
+            if mode is NicMode.BRIDGE and not bridged:
+                mode = NicMode.USER  # auto as root, but the network is off
+        else:
+            try:
+                mode = NicMode(req.network)
+            except ValueError:
+                raise Invalid(reason=f"network {req.network!r}: bridge (the vmops network) "
+                              "or user (QEMU user-mode)") from None
+        if mode is NicMode.USER:
+            if req.fixed_ip or req.security_groups:
+                raise Invalid(reason="a fixed IP and security groups need the vmops network "
+                              "(network bridge), not user-mode networking")
+            return [Port(str(uuidlib.uuid4()), instance_id, 0, mode.value, USER_NETWORK,
+                         mac)], []
+        if self.network is None:
+            raise Invalid(reason="the vmops network is not available here")
+        ports = self.network.new_ports(instance_id, mode, [mac], req.fixed_ip)
+        names = req.security_groups or (DEFAULT_GROUP,)
+        group_ids = list(dict.fromkeys(self.store.security_group(n).id for n in names))
+        return ports, group_ids
+
+    def nics(self, inst: Instance) -> list[Port]:
+        """The instance's NICs; records from before ports existed are user-mode."""
+        ports = self.store.ports(inst.id)
+        if ports or not inst.macs:
+            return ports
+        return [Port("", inst.id, n, NicMode.USER.value, USER_NETWORK, mac)
+                for n, mac in enumerate(inst.macs)]
 
     def _active_image(self, ref: str) -> Image:
         image = self.store.image(ref)
@@ -160,6 +206,9 @@ class Compute:
             # The capture process takes ~50 ms to start (a Python interpreter):
             # start it first so that overlaps making the disks and the domain.
             self._start_capture(inst)
+            if self.network is not None and any(
+                    p.mode == NicMode.BRIDGE for p in self.store.ports(inst.id)):
+                self.network.apply()  # DHCP knows the MAC, the rules the tap, before boot
             disks = spawn_steps.create_disks(self, inst, image, admin_password)
             inst = self.store.update_instance(inst, disks=tuple(disks))
             self.hv.define(self.domain_spec(inst))
@@ -183,12 +232,18 @@ class Compute:
             uuid=inst.id, name=DOMAIN_PREFIX + inst.name, memory_mib=int(flavor["ram_mib"]),
             vcpus=int(flavor["vcpus"]),
             disks=tuple(_disk_spec(d) for d in inst.disks),
-            nics=tuple(NicSpec(mac=m) for m in inst.macs),
+            nics=tuple(self._nic_spec(p) for p in self.nics(inst)),
             console_socket=self.console_socket(inst), accel=self.accel,
             dynamic_memory_ratio=self.settings.dynamic_memory_ratio,
             limit_cpu_features=self.settings.limit_cpu_features,
             metadata={"name": inst.name, "flavor": str(flavor["name"]),
                       "image": inst.image_name})
+
+    def _nic_spec(self, port: Port) -> NicSpec:
+        if port.mode == NicMode.BRIDGE and self.network is not None:
+            return NicSpec(mac=port.mac, kind="bridge", source=self.network.plan.bridge,
+                           target=port.tap)
+        return NicSpec(mac=port.mac)
 
     def _boot(self, inst: Instance) -> None:
         """Start QEMU paused, wait for the console capture, then run the vCPUs,
@@ -223,7 +278,7 @@ class Compute:
         started = time.monotonic()
         try:
             with self.tasks.hold(inst.id, inst.name, states.DELETING):
-                inst = self.store.update_instance(inst, task_state=states.DELETING)
+                inst = self._mark_deleting(inst)
                 self._remove_or_record_error(inst, "destroy")
                 self._ended("destroy", started)
         except Exception as exc:
@@ -231,6 +286,19 @@ class Compute:
             raise
         finally:
             self._notify()
+
+    def _mark_deleting(self, inst: Instance) -> Instance:
+        """Record that destroy has begun, so a restart finishes it. On a full
+        disk that write fails, and destroy, which frees space, must not: it
+        goes on unrecorded (the task lock still keeps other verbs out)."""
+        try:
+            return self.store.update_instance(inst, task_state=states.DELETING)
+        except (OSError, sqlite3.Error) as exc:
+            if storage_full(exc) is None:
+                raise
+            log.warning("%s: the disk is full, so destroy goes on without recording that "
+                        "it began", inst.name)
+            return inst
 
     def _remove_or_record_error(self, inst: Instance, verb: str) -> None:
         """Tear ``inst`` down and delete its record; if any step failed, keep
@@ -268,6 +336,12 @@ class Compute:
         step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))
         step("remove the console socket",
              lambda: self.console_socket(inst).unlink(missing_ok=True))
+        if self.network is not None:
+            network = self.network
+            step("release the instance's network (addresses, forwards, rules)",
+                 lambda: network.release(inst))
+        else:
+            step("forget the instance's ports", lambda: self.store.release_network(inst.id))
         return failures
 
     def _record_error(self, inst: Instance, fault: str, cleanup_failures: list[str],
@@ -535,17 +609,60 @@ class Compute:
         data: bytes = self.console.read_log(self.instance_dir(inst), tail_lines=tail_lines)
         return data
 
+    # -- console capture watch -------------------------------------------------
+    def restart_dead_captures(self) -> list[str]:
+        """Restart the capture process of every instance whose QEMU runs but
+        whose capture is gone (killed); the new one marks the gap in the log.
+        Returns the names of the instances whose capture was restarted."""
+        restarted = []
+        for inst in self.store.instances():
+            if inst.power_state not in _CAPTURED_POWER_STATES:
+                continue
+            if self.console.capture_pid(self.instance_dir(inst)) is not None:
+                continue
+            try:
+                # Held while restarting, so a destroy cannot remove the
+                # instance between our check and the new process.
+                self.tasks.acquire(inst.id, inst.name, "restarting-console-capture")
+            except InstanceBusy:
+                continue  # an operation is on it; its own steps see to the capture
+            try:
+                if self._restart_capture(inst):
+                    restarted.append(inst.name)
+            except Exception:  # noqa: BLE001 - the watch goes on for the others
+                log.exception("%s: could not restart the console capture", inst.name)
+            finally:
+                self.tasks.release(inst.id)
+        return restarted
+
+    def _restart_capture(self, inst: Instance) -> bool:
+        current = self.store.instance(inst.id)  # as it is now that we hold it
+        if current.power_state not in _CAPTURED_POWER_STATES:
+            return False
+        log_dir = self.instance_dir(current)
+        if self.console.capture_pid(log_dir) is not None:
+            return False
+        log.warning("%s: the console capture process is gone; restarting it", inst.name)
+        self._start_capture(current)
+        self.console.poke_capture(log_dir)  # QEMU serves the socket: connect now
+        return True
+
     # -- recovery ------------------------------------------------------------
-    def recover(self) -> None:
-        """Reconcile every record with the hypervisor after a service start."""
+    def recover(self) -> list[str]:
+        """Reconcile every record with the hypervisor after a service start.
+
+        Returns the UUIDs of vmops' domains that have no record (left alone).
+        """
         for inst in self.store.instances():
             try:
                 self._recover_one(inst)
             except Exception:  # noqa: BLE001 - one instance must not stop the service
                 log.exception("could not recover %s", inst.name)
         known = {i.id for i in self.store.instances()}
-        for orphan in set(self.hv.list_uuids()) - known:
+        orphans = sorted(set(self.hv.list_uuids()) - known)
+        for orphan in orphans:
             log.warning("domain %s carries vmops' mark but has no record; left alone", orphan)
+        return orphans
 
     def _recover_one(self, inst: Instance) -> None:
         if inst.task_state == states.DELETING:
@@ -560,13 +677,17 @@ class Compute:
         if inst.task_state is not None:
             inst = self.store.update_instance(inst, task_state=None)
         inst = self._refresh(inst)
-        if inst.power_state in (PowerState.RUNNING.value, PowerState.PAUSED.value,
-                                PowerState.BLOCKED.value):
+        if inst.power_state in _CAPTURED_POWER_STATES:
             self._start_capture(inst)
         elif (inst.vm_state == states.STOPPED and inst.desired_running
               and self.settings.resume_guests_state_on_host_boot):
             log.info("%s was running before the host restarted; starting it", inst.name)
             self.start(inst.id)
+
+
+# Power states in which QEMU serves the console socket, so a capture must run.
+_CAPTURED_POWER_STATES = frozenset({PowerState.RUNNING.value, PowerState.PAUSED.value,
+                                    PowerState.BLOCKED.value})
 
 
 def _fault_of(exc: BaseException) -> str:

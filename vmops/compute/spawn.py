@@ -37,21 +37,21 @@ def _limits(compute: Compute) -> configdrive.Limits:
                               max_injected_file_path_bytes=s.max_injected_path_length)
 
 
-def _metadata(inst_id: str, name: str, mac: str, public_keys: dict[str, str],
+def _metadata(inst_id: str, name: str, nics: list[configdrive.Nic], public_keys: dict[str, str],
               properties: dict[str, str], files: tuple[tuple[str, bytes], ...],
               user_data: bytes | None, admin_password: str | None) -> configdrive.InstanceMetadata:
     return configdrive.InstanceMetadata(
         uuid=inst_id, name=name, hostname=name, properties=dict(properties),
         public_keys=public_keys, injected_files=tuple(files), user_data=user_data,
-        admin_password=admin_password, nics=[configdrive.Nic(mac=mac)],
+        admin_password=admin_password, nics=nics,
         random_seed=configdrive.new_random_seed(), project_id="vmops")
 
 
 def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
     keys = {req.key_name: compute.store.keypair(req.key_name).public_key} if req.key_name \
         else {}
-    md = _metadata(inst_id, req.name, mac, keys, req.properties, req.files, req.user_data,
-                   req.admin_password)
+    md = _metadata(inst_id, req.name, [configdrive.Nic(mac=mac)], keys, req.properties,
+                   req.files, req.user_data, req.admin_password)
     configdrive.validate(md, _limits(compute))
 
 
@@ -93,10 +93,25 @@ def write_config_drive(compute: Compute, inst: Instance, admin_password: str | N
     files = tuple((p, base64.b64decode(c)) for p, c in inst.injected_files)
     user_data = base64.b64decode(inst.user_data) if inst.user_data else None
     keys = {inst.key_name: inst.key_data} if inst.key_name and inst.key_data else {}
-    md = _metadata(inst.id, inst.name, inst.macs[0], keys, inst.properties, files, user_data,
-                   admin_password)
+    md = _metadata(inst.id, inst.name, _drive_nics(compute, inst), keys, inst.properties,
+                   files, user_data, admin_password)
     path = compute.instance_dir(inst) / "config.iso"
     configdrive.build_config_drive(
         md, path, _limits(compute),
         include_admin_password=compute.settings.config_drive_inject_password)
     return path
+
+
+def _drive_nics(compute: Compute, inst: Instance) -> list[configdrive.Nic]:
+    """NICs on the vmops network are configured statically (cloud-init
+    needs no DHCP, and the address is the one vmops recorded); user-mode
+    ones use DHCP."""
+    nics = []
+    for port in compute.nics(inst):
+        if port.ip and compute.network is not None and compute.network.enabled:
+            plan = compute.network.plan
+            nics.append(configdrive.Nic(mac=port.mac, address=port.ip, prefix=plan.prefix,
+                                        gateway=str(plan.gateway), dns=(str(plan.gateway),)))
+        else:
+            nics.append(configdrive.Nic(mac=port.mac))
+    return nics

@@ -89,6 +89,9 @@ class NicSpec:
     # (a libvirt network by name) or "bridge" (a host bridge by name).
     kind: str = "user"
     source: str | None = None
+    # The tap's name (bridge NICs): chosen by vmops, so its firewall rules
+    # can name the tap before the domain exists.
+    target: str | None = None
 
 
 @dataclass(frozen=True)

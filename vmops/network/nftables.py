@@ -1,6 +1,9 @@
 """The vmops firewall: two nftables tables, rendered from a :class:`Plan`
 and replaced atomically with one ``nft -f``.
 
+Both are named ``vmops_<bridge>`` (below: ``vmops``), so two state
+directories with two bridges never touch each other's rules.
+
 ``table bridge vmops`` stops spoofing where a frame enters the bridge
 (per port: its own MAC, its own IPv4 address, no DHCP server). It is
 stateless, because this layer has no connection tracking on every kernel.
@@ -45,29 +48,31 @@ from vmops.network.model import (
     RulePlan,
 )
 
-TABLE = "vmops"
 NFT_TIMEOUT_S = 30
+
+
+def table_name(bridge: str) -> str:
+    return f"vmops_{bridge}"
 
 
 def render(plan: Plan) -> str:
     """The whole ruleset, as one ``nft -f`` transaction that replaces our
     two tables (declare, delete, define: atomic, and no error when absent)."""
+    table = table_name(plan.network.bridge)
     lines = [
-        f"table bridge {TABLE} {{}}",
-        f"delete table bridge {TABLE}",
-        f"table inet {TABLE} {{}}",
-        f"delete table inet {TABLE}",
+        render_delete(plan.network.bridge).rstrip("\n"),
         "",
-        *_bridge_table(plan),
+        *_bridge_table(plan, table),
         "",
-        *_inet_table(plan),
+        *_inet_table(plan, table),
     ]
     return "\n".join(lines) + "\n"
 
 
-def render_delete() -> str:
-    return "\n".join([f"table bridge {TABLE} {{}}", f"delete table bridge {TABLE}",
-                      f"table inet {TABLE} {{}}", f"delete table inet {TABLE}"]) + "\n"
+def render_delete(bridge: str) -> str:
+    table = table_name(bridge)
+    return "\n".join([f"table bridge {table} {{}}", f"delete table bridge {table}",
+                      f"table inet {table} {{}}", f"delete table inet {table}"]) + "\n"
 
 
 def apply(ruleset: str) -> None:
@@ -83,17 +88,17 @@ def apply(ruleset: str) -> None:
         raise NetworkError(reason=f"nft refused the vmops ruleset: {done.stderr.strip()}")
 
 
-def table_present() -> bool:
-    done = subprocess.run(["nft", "list", "table", "inet", TABLE], capture_output=True,
-                          timeout=NFT_TIMEOUT_S)
+def table_present(bridge: str) -> bool:
+    done = subprocess.run(["nft", "list", "table", "inet", table_name(bridge)],
+                          capture_output=True, timeout=NFT_TIMEOUT_S)
     return done.returncode == 0
 
 
 # --------------------------------------------------------------------------- bridge
 
 
-def _bridge_table(plan: Plan) -> list[str]:
-    out = [f"table bridge {TABLE} {{",
+def _bridge_table(plan: Plan, table: str) -> list[str]:
+    out = [f"table bridge {table} {{",
            "\tchain prerouting {",
            "\t\ttype filter hook prerouting priority -200; policy accept;"]
     if plan.ports:
@@ -125,10 +130,10 @@ def _port_chain(port: PortPlan) -> list[str]:
 # --------------------------------------------------------------------------- inet
 
 
-def _inet_table(plan: Plan) -> list[str]:
+def _inet_table(plan: Plan, table: str) -> list[str]:
     net = plan.network
     br = f'"{net.bridge}"'
-    out = [f"table inet {TABLE} {{"]
+    out = [f"table inet {table} {{"]
     for group in plan.groups:
         out += _member_set(group.id, plan.group_members(group.id))
 

@@ -125,6 +125,8 @@ class Interface:
             if not s.source:
                 raise ValueError(f"a {s.kind!r} NIC needs a source (the {s.kind}'s name)")
             _sub(nic, "source", {s.kind: s.source})
+        if s.target:
+            _sub(nic, "target", {"dev": s.target})
         _sub(nic, "model", {"type": s.model})
 
 
