@@ -27,6 +27,7 @@ from vmops.hypervisor.libvirt import (
     embed_root_too_long,
     missing_qemu_driver_user,
 )
+from vmops.store import database_problem
 
 __all__ = ["Check", "kvm_works", "resolve_accel", "run_checks"]
 
@@ -61,12 +62,14 @@ KVM_PROBE_OUTPUT = b"PLMC"
 
 
 def run_checks(state_dir: Path, uri: str, accel: str,
-               hypervisor: Hypervisor | None = None) -> list[Check]:
+               hypervisor: Hypervisor | None = None,
+               database: Path | None = None) -> list[Check]:
     """Every host check for serving ``state_dir`` through ``uri``.
 
     Pass the service's connected ``hypervisor``: an embedded libvirt root can
     be held by one process only, so without it the root is probed from a
     child process, or reported as held when another process has it.
+    ``database``: vmops.db, checked read-only (the service refuses a damaged one).
     """
     checks = [
         _libvirt_python(),
@@ -75,6 +78,7 @@ def run_checks(state_dir: Path, uri: str, accel: str,
         _program("qemu-img", "apt-get install qemu-utils"),
         _state_dir_writable(state_dir),
         _state_dir_private(state_dir, embed_root(uri)),
+        *([_database(database)] if database is not None else []),
     ]
     root = embed_root(uri)
     if root is not None:
@@ -200,6 +204,33 @@ def _state_dir_private(state_dir: Path, libvirt_root: Path | None = None) -> Che
                  detail=f"other users may read or enter {len(loose)} path(s): {shown}",
                  advice="starting `vmops serve` makes them private; or: "
                         f"chmod -R go-rwx {state_dir}")
+
+
+def _database(path: Path) -> Check:
+    name = "database"
+    problem = database_problem(path)
+    if problem is not None:
+        return Check(name=name, ok=False, required=True, detail=problem,
+                     advice="the service will not start on a damaged database; see the "
+                            "detail for how to restore it")
+    return Check(name=name, ok=True, required=True,
+                 detail=f"{path} passes SQLite's quick_check" if path.exists()
+                 else f"{path} does not exist yet (made at the first start)")
+
+
+def unrecorded_domains(names: list[str], database: Path, started_empty: bool) -> Check:
+    """The service's word, after recovery, on vmops' domains without a record."""
+    name = "instance records"
+    if not names:
+        return Check(name=name, ok=True, required=False,
+                     detail="every domain with vmops' mark has a record")
+    why = (f"{database} was empty or missing when the service started, so their records "
+           "are lost" if started_empty else "their records are gone")
+    return Check(name=name, ok=False, required=False,
+                 detail=f"{len(names)} domain(s) carry vmops' mark but have no record "
+                        f"({why}); vmops leaves them alone: {', '.join(names)}",
+                 advice="stop the service and restore vmops.db from a copy (e.g. a "
+                        "vmops.db.v*.bak), or remove those domains with virsh")
 
 
 def _embed_root_path(root: Path) -> Check:

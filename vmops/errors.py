@@ -41,6 +41,7 @@ API does so at its edge (``api/server.py``).
     ├── ServiceUnavailable (503)  the CLI cannot reach (or start) the service
     ├── ServiceAlreadyRunning (409)
     ├── StoreError (500)        vmops.db cannot be used as it is; the service refuses to start
+    │   ├── DatabaseCorrupt     truncated or damaged (PRAGMA quick_check): refused
     │   ├── DatabaseTooNew      written by a newer vmops: refused, never modified
     │   └── MigrationFailed     a forward migration failed: rolled back, backup kept
     ├── HypervisorError (500)   libvirt/QEMU failed in a way we did not expect
@@ -251,6 +252,15 @@ class ServiceAlreadyRunning(VmopsError):
 
 class StoreError(VmopsError):
     msg_fmt = "the database %(path)s cannot be used: %(reason)s"
+
+
+class DatabaseCorrupt(StoreError):
+    msg_fmt = (
+        "the database %(path)s is damaged (%(reason)s), so vmops will not start on it: "
+        "a damaged file could lose or make up records. Keep it, and either restore a "
+        "copy (the newest %(path)s.v*.bak from an upgrade, or your own backup) or move it "
+        "aside to start with no records (running VMs are then left alone, unmanaged)"
+    )
 
 
 class DatabaseTooNew(StoreError):

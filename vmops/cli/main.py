@@ -413,7 +413,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
         s = config.load(args.state_dir)
         checks = [dataclasses.asdict(c) for c in
-                  doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel)]
+                  doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
+                                    database=s.db_path)]
     failed = [c for c in checks if c["required"] and not c["ok"]]
     if args.json:
         print_json(checks)
