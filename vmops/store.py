@@ -24,12 +24,12 @@ Opening a store (the service does at start) reads the version first, then:
 To change the schema, append a step; never edit a released one::
 
     Migration(2, "instances: the network they are on",
-              "ALTER TABLE instances ADD COLUMN network_id TEXT NOT NULL DEFAULT ''"),
+              "ALTER TABLE instances ADD COLUMN network_id TEXT NOT NULL DEFAULT '';"),
     Migration(3, "keypairs: comment split out", _split_keypair_comment),
 
-A step is SQL (one or more statements; no BEGIN/COMMIT, no VACUUM) or a
-function ``(sqlite3.Connection) -> None`` that runs statements on the
-connection it is given and never commits. Give new columns a DEFAULT (or
+A step is SQL (one or more statements, each ending in ";"; no BEGIN/COMMIT,
+no VACUUM) or a function ``(sqlite3.Connection) -> None`` that runs
+statements on the connection it is given and never commits. Give new columns a DEFAULT (or
 fill them in the step) so that existing rows stay valid, and add a case to
 tests/unit/test_store_migrations.py: it migrates a database made by the
 release before versions existed (tests/unit/fixtures/store_v1.db) to the
@@ -134,6 +134,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
     Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
     Migration(3, "the default security group", lambda db: _seed_default_group(db)),
+    Migration(4, "images: the guest's login user (for `vmops ssh`)",
+              "ALTER TABLE images ADD COLUMN login_user TEXT NOT NULL DEFAULT '';"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -302,6 +304,7 @@ class Image:
     fault: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    login_user: str = ""  # the guest's user to log in as ('' : unknown; ssh uses root)
 
 
 @dataclass(frozen=True)
