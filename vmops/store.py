@@ -481,10 +481,14 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full
+                # disk among them): a second ROLLBACK would fail and hide
+                # the error. A failed COMMIT leaves the transaction open.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def _query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
