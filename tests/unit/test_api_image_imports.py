@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_api import Api, start_api
+from vmops.compute.catalog import INTERRUPTED
+from vmops.store import Image
 
 
 @pytest.fixture
@@ -45,3 +47,12 @@ def test_sources_with_control_characters_are_refused(api: Api) -> None:
     answer = api.post("/v2.1/images", {"image": {
         "name": "x", "source": "http://127.0.0.1:9/a\r\nb\u001b[2J.raw"}})
     assert answer.status == 400
+
+
+def test_spawning_from_a_failed_import_says_why(api: Api) -> None:
+    api.store.add_image(Image(id="broken-id", name="broken", status="error",
+                              fault=INTERRUPTED))
+    answer = api.post("/v2.1/servers", {"server": {
+        "name": "vm1", "imageRef": "broken", "flavorRef": "1"}})
+    assert answer.status == 409
+    assert f"import failed: {INTERRUPTED}" in answer.fault()[1]

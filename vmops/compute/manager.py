@@ -193,6 +193,8 @@ class Compute:
     def _active_image(self, ref: str) -> Image:
         image = self.store.image(ref)
         if image.status != "active":
+            why = f"import failed: {image.fault}" if image.status == "error" \
+                else "still importing"
             raise InvalidState(action="spawn from", instance=f"image {image.name}",
                                state=f"{image.status} (not yet imported)")
         return image
