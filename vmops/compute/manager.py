@@ -196,7 +196,7 @@ class Compute:
             why = f"import failed: {image.fault}" if image.status == "error" \
                 else "still importing"
             raise InvalidState(action="spawn from", instance=f"image {image.name}",
-                               state=f"{image.status} (not yet imported)")
+                               state=f"{image.status} ({why})")
         return image
 
     def _spawn(self, inst: Instance, image: Image, admin_password: str | None,
