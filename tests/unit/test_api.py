@@ -543,6 +543,23 @@ def test_nova_image_shapes_for_the_cli(api: Api) -> None:
     assert api.post("/v2.1/images/prune", {"older_than": 10 ** 9}).body == {"removed": []}
 
 
+def test_image_login_user_is_recorded_and_shown(api: Api) -> None:
+    made = api.post("/v2.1/images", {"image": {
+        "name": "deb", "source": "http://127.0.0.1:9/d.qcow2", "login_user": "debian"}})
+    assert made.status == 202
+    image = api.get("/v2.1/images/deb").body["image"]
+    assert image["vmops:login_user"] == "debian"
+    assert image["metadata"] == {"os_admin_user": "debian"}  # Glance's property name
+    assert api.get("/image/v2/images/deb").body["os_admin_user"] == "debian"
+    tiny = api.get("/v2.1/images/tiny").body["image"]
+    assert (tiny["vmops:login_user"], tiny["metadata"]) == (None, {})
+    for bad in ("Debian", "1x", "-x", "a b", "debian\n", "x" * 33, 7):
+        answer = api.post("/v2.1/images", {"image": {"name": "bad", "source": "http://127.0.0.1:9/x",
+                                                     "login_user": bad}})
+        assert answer.status == 400, bad
+    assert api.get("/v2.1/images/bad").status == 404
+
+
 def test_doctor(api: Api) -> None:
     assert api.get("/v2.1/os-vmops/doctor").body["checks"][0]["ok"] is True
 

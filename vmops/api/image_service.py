@@ -100,4 +100,5 @@ def image(img: Image) -> dict[str, Any]:
         "created_at": views.iso_time(img.created_at), "updated_at": views.iso_time(img.updated_at),
         "self": f"/v2/images/{img.id}", "file": f"/v2/images/{img.id}/file",
         "schema": "/v2/schemas/image",
+        **views.image_properties(img),  # Glance puts properties at the top level
     }

@@ -73,14 +73,16 @@ def _schemas() -> dict[str, Any]:
                       "OS-EXT-IMG-SIZE:size": INT, "vmops:format": STR,
                       "vmops:virtual_size": INT, "vmops:checksum": STR, "vmops:source": STR,
                       "vmops:bytes_done": INT, "vmops:bytes_total": NULL_INT,
-                      "vmops:fault": STR, "vmops:used_by": array(STR)}),
+                      "vmops:fault": STR, "vmops:used_by": array(STR),
+                      "vmops:login_user": NULL_STR}),
         "GlanceImage": obj({
             "id": STR, "name": STR, "status": {"enum": ["queued", "saving", "active", "killed"]},
             "visibility": STR, "protected": BOOL, "checksum": NULL_STR, "os_hash_algo": NULL_STR,
             "os_hash_value": NULL_STR, "size": NULL_INT, "virtual_size": NULL_INT,
             "disk_format": NULL_STR, "container_format": NULL_STR, "min_ram": INT,
             "min_disk": INT, "tags": array(STR), "created_at": TIME, "updated_at": TIME,
-            "owner": STR, "self": STR, "file": STR, "schema": STR}),
+            "owner": STR, "self": STR, "file": STR, "schema": STR},
+            {"os_admin_user": STR}),
         "Keypair": obj({"name": STR, "public_key": STR, "fingerprint": STR},
                        {"type": STR, "created_at": TIME, "user_id": STR, "id": INT,
                         "deleted": BOOL, "updated_at": TIME, "deleted_at": TIME}),
@@ -241,7 +243,8 @@ def _catalog_paths() -> dict[str, Any]:
         {"OS-FLV-EXT-DATA:ephemeral": INT, "id": STR, "swap": INT, "rxtx_factor": NUM,
          "os-flavor-access:is_public": BOOL}, extra=False)}, extra=False)
     image_import = obj({"image": obj({"name": STR, "source": STR},
-                                     {"checksum": STR, "disk_format": STR}, extra=False)},
+                                     {"checksum": STR, "disk_format": STR, "login_user": STR},
+                                     extra=False)},
                        extra=False)
     keypair_add = obj({"keypair": obj({"name": STR, "public_key": STR}, {"type": STR},
                                       extra=False)}, extra=False)

@@ -279,14 +279,17 @@ class Routes:
         return Response(200, {"image": self._image_view(image, req.base_url)})
 
     def import_image(self, req: Request) -> Response:
-        """vmops' own: {"image": {"name", "source", "checksum"?, "disk_format"?}}."""
+        """vmops' own: {"image": {"name", "source", "checksum"?, "disk_format"?,
+        "login_user"?}}."""
         i = parse.section(req.json(), "image")
-        parse.no_unknown(i, {"name", "source", "checksum", "disk_format"}, "image")
+        parse.no_unknown(i, {"name", "source", "checksum", "disk_format", "login_user"},
+                         "image")
         image = self.catalog.import_image(
             parse.field(i, "name", str, required=True),
             parse.field(i, "source", str, required=True),
             parse.field(i, "checksum", str), parse.field(i, "disk_format", str),
-            any_host_path=req.via_unix_socket)  # a TCP client: image_import_dirs only
+            any_host_path=req.via_unix_socket,  # a TCP client: image_import_dirs only
+            login_user=parse.field(i, "login_user", str, default=""))
         return Response(202, {"image": self._image_view(image, req.base_url)})
 
     def delete_image(self, req: Request) -> Response:

@@ -154,11 +154,18 @@ def image(img: Image, users: list[str], base: str) -> dict[str, Any]:
     return {"id": img.id, "name": img.name, "status": status, "minDisk": 0, "minRam": 0,
             "progress": _progress(img), "created": iso_time(img.created_at),
             "updated": iso_time(img.updated_at), "OS-EXT-IMG-SIZE:size": img.file_size,
-            "metadata": {}, "links": link(base, "images", img.id),
+            "metadata": image_properties(img), "links": link(base, "images", img.id),
             "vmops:format": img.format, "vmops:virtual_size": img.virtual_size,
             "vmops:checksum": img.checksum, "vmops:source": img.source,
             "vmops:bytes_done": img.bytes_done, "vmops:bytes_total": img.bytes_total,
-            "vmops:fault": img.fault, "vmops:used_by": users}
+            "vmops:fault": img.fault, "vmops:used_by": users,
+            "vmops:login_user": img.login_user or None}
+
+
+def image_properties(img: Image) -> dict[str, str]:
+    """The image's properties under Glance's names: ``os_admin_user`` is the
+    user to log in as (Glance's default for Linux: root)."""
+    return {"os_admin_user": img.login_user} if img.login_user else {}
 
 
 def _progress(img: Image) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import re
 import threading
 import time
 import uuid as uuidlib
@@ -35,6 +36,8 @@ MAX_RAM_MIB = 4 * 1024 * 1024
 MAX_VCPUS = 1024
 MAX_DISK_GB = 64 * 1024
 PROGRESS_EVERY_S = 0.25
+# A login name as useradd takes it (Debian's default NAME_REGEX, 32 bytes).
+LOGIN_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")  # fullmatch: "$" passes a newline
 UNFINISHED = ("queued", "saving")  # image states of an import in progress
 INTERRUPTED = ("the import was interrupted when the vmops service stopped; delete the image "
                "and import it again")
@@ -55,14 +58,16 @@ class Catalog:
     # -- images --------------------------------------------------------------
     def import_image(self, name: str, source: str, checksum: str | None = None,
                      disk_format: str | None = None, background: bool = True,
-                     any_host_path: bool = True) -> Image:
+                     any_host_path: bool = True, login_user: str = "") -> Image:
         """``any_host_path`` False (API clients over TCP): host paths only
-        inside ``host_import_dirs``."""
+        inside ``host_import_dirs``. ``login_user``: the guest's user that
+        ``vmops ssh`` logs in as (e.g. ``debian``); '' for root."""
         check_resource_name(name, "image")
+        check_login_user(login_user)
         allowed = None if any_host_path else self.host_import_dirs
         check_image_source(source, allowed)
         image = self.store.add_image(Image(id=str(uuidlib.uuid4()), name=name, status="queued",
-                                           source=shown_source(source)))
+                                           source=shown_source(source), login_user=login_user))
         args = (image, source, checksum, disk_format, allowed)
         if not background:
             self._import(*args)
@@ -177,6 +182,13 @@ class Catalog:
 def shown_source(source: str) -> str:
     """A source as records, answers and logs may show it: no credentials."""
     return redact_url(source) if is_url(source) else source
+
+
+def check_login_user(user: str) -> None:
+    if user and not LOGIN_USER.fullmatch(user):
+        raise Invalid(reason=f"login user {escape_controls(user)!r} is not a user name "
+                      "(lower-case letters, digits, '_' and '-', at most 32, not starting "
+                      "with a digit or '-')")
 
 
 def check_image_source(source: str, allowed_dirs: tuple[Path, ...] | None) -> None:
