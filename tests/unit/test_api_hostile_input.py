@@ -94,6 +94,10 @@ def test_counts_in_the_query_are_ascii_digits(api: Api, query: str) -> None:
     assert api.get(f"/v2.1/servers?{query}").status == 400
 
 
+def test_image_service_limit_in_other_digits_is_400(api: Api) -> None:
+    assert api.get("/image/v2/images?limit=%C2%B2").status == 400
+
+
 def test_content_length_in_other_digits_is_400(api: Api) -> None:
     answer = api.raw("POST", "/v2.1/images/prune", b"{}",
                      {"X-Auth-Token": TOKEN, "Content-Length": "²"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmops.api import discovery, views
+from vmops.api import discovery, parse, views
 from vmops.api.server import Request, Response, Router
 from vmops.errors import ImageNotFound, Invalid
 from vmops.store import Image, Store
@@ -61,9 +61,7 @@ class ImageService:
 def _limit(text: str | None) -> int:
     if text is None:
         return MAX_LIMIT
-    if not text.isdigit():
-        raise Invalid(reason="limit must be a non-negative integer")
-    return min(int(text), MAX_LIMIT)
+    return min(parse.count_arg(text, "limit"), MAX_LIMIT)
 
 
 def _matches(img: Image, req: Request) -> bool:

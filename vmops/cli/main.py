@@ -218,6 +218,39 @@ def cmd_console_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ssh(args: argparse.Namespace) -> int:
+    from vmops.cli import ssh
+
+    ssh.exec_ssh(ssh_command(_client(args), args))
+    return 1  # not reached: exec replaced this process
+
+
+def ssh_command(client: Client, args: argparse.Namespace) -> list[str]:
+    """The ssh command line for ``vmops ssh``, from the service's records."""
+    from vmops.cli import ssh
+
+    server = _server_ref(client, args.name)
+    ssh.check_reachable_state(server)
+    key_name = ssh.injected_key_name(server)
+    address = ssh.guest_address(server)
+    image = _get_or_none(client, f"/images/{server['image']['id']}", "image")
+    keypair = _get_or_none(client, f"/os-keypairs/{key_name}", "keypair")
+    login = ssh.Login(address=address, user=ssh.login_user(image, args.user),
+                      identity=ssh.known_identity(args.state_dir, keypair, key_name),
+                      host_key_alias=f"vmops-{server['id']}")
+    return ssh.ssh_argv(login, args.state_dir, args.command_args)
+
+
+def _get_or_none(client: Client, path: str, kind: str) -> dict[str, Any] | None:
+    try:
+        found: dict[str, Any] = client.get(path)[kind]
+    except VmopsError as exc:
+        if getattr(exc, "status", None) != 404:
+            raise
+        return None
+    return found
+
+
 def _action(args: argparse.Namespace, body: dict[str, Any]) -> int:
     client = _client(args)
     server = _server_ref(client, args.name)
@@ -266,6 +299,8 @@ def cmd_image_import(args: argparse.Namespace) -> int:
         body["checksum"] = args.checksum
     if args.format:
         body["disk_format"] = args.format
+    if args.login_user:
+        body["login_user"] = args.login_user
     client = _client(args)
     image = client.post("/images", {"image": body})["image"]
     started = time.monotonic()
@@ -292,6 +327,7 @@ def _print_image(image: dict[str, Any], as_json: bool) -> int:
               ("virtual size", human_bytes(image["vmops:virtual_size"])),
               ("file size", human_bytes(image["OS-EXT-IMG-SIZE:size"])),
               ("checksum", image["vmops:checksum"]), ("source", image["vmops:source"]),
+              ("login user", image.get("vmops:login_user") or "- (vmops ssh: root)"),
               ("used by", ", ".join(image["vmops:used_by"]) or "-")])
     return 0
 
@@ -380,6 +416,23 @@ def cmd_keypair_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keypair_create(args: argparse.Namespace) -> int:
+    """Make a key with ssh-keygen; the service gets the public half only."""
+    from vmops.cli import ssh
+
+    path, public_key = ssh.generate_key(args.state_dir, args.name)
+    try:
+        k = _client(args).post("/os-keypairs", {"keypair": {"name": args.name,
+                                                             "public_key": public_key}})
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    k = k["keypair"]
+    print_json({**k, "private_key_file": str(path)}) if args.json else print(
+        f"created keypair {k['name']} ({k['fingerprint']}); private key: {path}")
+    return 0
+
+
 def cmd_keypair_list(args: argparse.Namespace) -> int:
     keys = [k["keypair"] for k in _client(args).get("/os-keypairs")["keypairs"]]
     if args.json:
@@ -391,8 +444,11 @@ def cmd_keypair_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keypair_delete(args: argparse.Namespace) -> int:
+    from vmops.cli import ssh
+
     _client(args).delete(f"/os-keypairs/{args.name}")
-    print(f"deleted keypair {args.name}")
+    removed = ssh.forget_key(args.state_dir, args.name)
+    print(f"deleted keypair {args.name}" + (" and its private key" if removed else ""))
     return 0
 
 
@@ -522,6 +578,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--tail", type=count, metavar="N", help="only the last N lines")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
+    sp = cmd("ssh", cmd_ssh, "log in to the guest with ssh, at its address on the vmops "
+             "network", json_flag=False)
+    sp.description = (
+        "Run the system ssh to the guest's address on the vmops network, with the key "
+        "injected at spawn (--key-name): if vmops made that keypair (`vmops keypair create`) "
+        "its private key in <state dir>/keys is used; otherwise ssh uses your own keys and "
+        "agent, which must hold the private half. Host keys are kept in <state dir>/"
+        "known_hosts (a new guest's is accepted the first time).")
+    sp.add_argument("name")
+    sp.add_argument("--user", "-l", help="user to log in as (default: the image's login user, "
+                    "set with `image import --login-user`, else root)")
+    sp.add_argument("command_args", nargs="*", metavar="-- COMMAND",
+                    help="run this command instead of a login shell (everything after "
+                         "'--' is passed as it is)")
 
     sp = cmd("stop", cmd_stop, "shut down (ACPI, then hard after the timeout)")
     sp.add_argument("name")
@@ -550,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("source")
     sp.add_argument("--checksum", help="expected sha256 (or sha256:HEX)")
     sp.add_argument("--format", help="declared format: qcow2, raw, vhd, vhdx, vmdk")
+    sp.add_argument("--login-user", metavar="USER",
+                    help="the guest's user that `vmops ssh` logs in as (e.g. debian for "
+                         "Debian's cloud images; default: root)")
     cmd("list", cmd_image_list, "list images", parent=image)
     sp = cmd("show", cmd_image_show, "show one image", parent=image)
     sp.add_argument("name")
@@ -578,8 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("add", cmd_keypair_add, "add a public key", parent=keypair)
     sp.add_argument("name")
     sp.add_argument("--public-key", required=True, metavar="FILE")
+    sp = cmd("create", cmd_keypair_create, "make an ed25519 keypair; vmops keeps the private "
+             "key in <state dir>/keys/NAME and `vmops ssh` uses it", parent=keypair)
+    sp.add_argument("name")
     cmd("list", cmd_keypair_list, "list keypairs", parent=keypair)
-    sp = cmd("delete", cmd_keypair_delete, "delete a keypair", json_flag=False, parent=keypair)
+    sp = cmd("delete", cmd_keypair_delete, "delete a keypair (and the private key vmops made)",
+             json_flag=False, parent=keypair)
     sp.add_argument("name")
 
     sp = cmd("serve", cmd_serve, "run the engine for one state directory", json_flag=False)
@@ -589,8 +666,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """argparse, except that for ``ssh`` everything after the first ``--`` is
+    the remote command, as it is (argparse would read its options as ours,
+    or refuse ``--user`` given between the name and ``--``)."""
+    parser = build_parser()
+    cut = argv.index("--") if "--" in argv else len(argv)
+    if "ssh" in argv[:cut]:
+        args = parser.parse_args(argv[:cut])
+        if args.command == "ssh":
+            args.command_args = [*args.command_args, *argv[cut + 1:]]
+            return args
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         if args.state_dir is None:
             args.state_dir = config.load().state_dir
