@@ -36,6 +36,9 @@ SERVICE_ENV = {
     "VMOPS_WAIT_SOFT_REBOOT_SECONDS": "10",
     "VMOPS_SHUTDOWN_RETRY_INTERVAL": "2",
     "VMOPS_SHUTDOWN_TIMEOUT": "20",
+    # User-mode NICs unless a test asks for the vmops network (test_network.py
+    # gives each of its services a bridge of its own, and removes it).
+    "VMOPS_NETWORK_MODE": "user",
 }
 
 

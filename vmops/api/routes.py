@@ -14,7 +14,7 @@ from typing import Any
 import re2
 
 from vmops import console
-from vmops.api import discovery, image_service, openapi, parse, views
+from vmops.api import discovery, image_service, network_api, openapi, parse, views
 from vmops.api.metrics import Metrics
 from vmops.api.server import Request, Response, Router
 from vmops.compute.catalog import Catalog
@@ -43,6 +43,7 @@ class Routes:
         self._server_routes(r)
         self._catalog_routes(r)
         image_service.add_routes(r, self.store)
+        network_api.add_routes(r, self.compute)
         r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions)
         r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current)
         r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
@@ -58,6 +59,7 @@ class Routes:
         r.add("DELETE", f"{P}/servers/{{id}}", self.delete_server)
         r.add("POST", f"{P}/servers/{{id}}/action", self.server_action)
         r.add("GET", f"{P}/servers/{{id}}/console-log", self.console_log)
+        r.add("GET", f"{P}/servers/{{id}}/os-security-groups", self.server_groups)
 
     def _catalog_routes(self, r: Router) -> None:
         r.add("GET", f"{P}/flavors", self.list_flavors)
@@ -156,9 +158,30 @@ class Routes:
         self.compute.destroy(inst.id)
         return Response(204)
 
+    def server_groups(self, req: Request) -> Response:
+        """Compute 2.1's view of a server's groups (ingress rules only, as Nova's)."""
+        inst = self.compute.instance(req.params["id"])
+        ids = self.store.instance_group_ids(inst.id).get(inst.id, [])
+        groups = [self.store.security_group(g) for g in ids]
+        return Response(200, {"security_groups": [
+            {"id": g.id, "name": g.name, "description": g.description,
+             "tenant_id": views.TENANT, "rules": []} for g in groups]})
+
+    def _group_membership(self, inst_id: str, arg: Any, member: bool) -> None:
+        if not isinstance(arg, dict) or set(arg) != {"name"} or not isinstance(arg["name"], str):
+            raise Invalid(reason='the action takes {"name": "<security group>"}')
+        network = self.compute.network
+        if network is None or not any(p.ip for p in self.store.ports(inst_id)):
+            raise Invalid(reason="security groups apply to NICs on the vmops network; "
+                          "this server has none")
+        network.set_membership(self.store.instance(inst_id), arg["name"], member)
+
     def server_action(self, req: Request) -> Response:
         action, arg = parse.one_action(req.json())
         inst = self.compute.instance(req.params["id"])
+        if action in ("addSecurityGroup", "removeSecurityGroup"):
+            self._group_membership(inst.id, arg, action == "addSecurityGroup")
+            return Response(202)
         if action == "os-getConsoleOutput":
             data = self.compute.console_log(inst.id, tail_lines=parse.console_length(arg))
             return Response(200, {"output": data.decode("utf-8", errors="replace")})

@@ -70,7 +70,9 @@ class Client:
         for attempt in (1, 2):
             conn = _UnixConnection(self.socket, self.timeout)
             try:
-                conn.request(method, PREFIX + path, body=payload, headers=headers)
+                # Paths are the compute API's, or absolute ("/network/...").
+                full = path if path.startswith(("/network/", "/image/")) else PREFIX + path
+                conn.request(method, full, body=payload, headers=headers)
                 return conn.getresponse()
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 conn.close()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmops import config
+from vmops.cli import network as network_cli
 from vmops.cli.client import Client
 from vmops.cli.output import (
     human_bytes,
@@ -70,6 +71,13 @@ def cmd_spawn(args: argparse.Namespace) -> int:
                             "flavorRef": args.flavor, "config_drive": args.config_drive}
     if args.mac:
         body["vmops:mac"] = args.mac
+    if args.network or args.ip:
+        network: dict[str, str] = {"uuid": "user" if args.network == "user" else "vmops"}
+        if args.ip:
+            network["fixed_ip"] = args.ip
+        body["networks"] = [network]
+    if args.security_group:
+        body["security_groups"] = [{"name": g} for g in args.security_group]
     if args.user_data:
         body["user_data"] = base64.b64encode(_read(args.user_data, "user data")).decode()
     if args.key_name:
@@ -142,10 +150,20 @@ def cmd_list(args: argparse.Namespace) -> int:
         print_json(servers)
         return 0
     rows = [[s["name"], s["id"], s["status"].lower(), s["vmops:power_state"],
-             s["vmops:flavor"]["name"], s["vmops:image_name"], s["created"]]
+             _address(s), s["vmops:flavor"]["name"], s["vmops:image_name"], s["created"]]
             for s in servers]
-    print_table(["NAME", "UUID", "STATUS", "POWER", "FLAVOR", "IMAGE", "CREATED"], rows)
+    print_table(["NAME", "UUID", "STATUS", "POWER", "ADDRESS", "FLAVOR", "IMAGE", "CREATED"],
+                rows)
     return 0
+
+
+def _address(server: dict[str, Any]) -> str:
+    """The first reachable address, or how the NIC is connected."""
+    for entries in server.get("addresses", {}).values():
+        for entry in entries:
+            return str(entry["addr"])
+    nics = server.get("vmops:nics") or []
+    return "user-mode" if nics else "-"
 
 
 def _show_server(client: Client, ref: str, as_json: bool) -> int:
@@ -170,8 +188,13 @@ def _show_server(client: Client, ref: str, as_json: bool) -> int:
     ]
     items += [(f"disk {d['target']}", f"{d['role']} {d['format']} {d['device']} {d['path']}")
               for d in s["vmops:disks"]]
-    items += [(f"nic {i}", f"mac {mac} (user-mode networking)")
-              for i, mac in enumerate(s["vmops:macs"])]
+    nics = s.get("vmops:nics") or [{"mac": m, "mode": "user", "ip": None}
+                                    for m in s["vmops:macs"]]
+    items += [(f"nic {i}", f"mac {n['mac']} " + (
+        f"address {n['ip']} on the vmops network (tap {n['tap']})" if n["ip"]
+        else "user-mode networking (not reachable)")) for i, n in enumerate(nics)]
+    if s.get("security_groups"):
+        items.append(("security groups", ", ".join(g["name"] for g in s["security_groups"])))
     if s.get("fault"):
         items.append(("fault", s["fault"]["message"]))
     print_kv(items)
@@ -471,6 +494,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         checks = [dataclasses.asdict(c) for c in
                   doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
                                     database=s.db_path)]
+        checks += [dataclasses.asdict(c) for c in offline_network_checks(s)]
     failed = [c for c in checks if c["required"] and not c["ok"]]
     if args.json:
         print_json(checks)
@@ -483,6 +507,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print("this host can run VMs" if not failed else
           f"this host cannot run VMs: {len(failed)} required check(s) failed")
     return 1 if failed else 0
+
+
+def offline_network_checks(s: config.Settings) -> list[Any]:
+    """The network checks when no service runs: its subnet from vmops.db."""
+    from vmops.network.checks import network_checks
+    from vmops.network.manager import NETWORK_NAME
+    from vmops.store import recorded_network_cidr
+
+    subnet = recorded_network_cidr(s.db_path, NETWORK_NAME) or s.network_subnet
+    return network_checks(s.effective_network_mode, s.network_bridge, subnet)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -550,6 +584,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--image", required=True)
     sp.add_argument("--flavor", required=True)
     sp.add_argument("--mac", help="MAC address of the NIC (default: generated 52:54:00:...)")
+    sp.add_argument("--network", choices=("bridge", "user"),
+                    help="bridge: the vmops network (an address others reach); user: QEMU "
+                         "user-mode (default: the network_mode setting)")
+    sp.add_argument("--ip", metavar="ADDRESS", help="a fixed address on the vmops network "
+                    "(default: the first free one)")
+    sp.add_argument("--security-group", action="append", metavar="GROUP",
+                    help="security group to join (repeatable; default: default)")
     sp.add_argument("--config-drive", action="store_true", help="attach an OpenStack config drive")
     sp.add_argument("--user-data", metavar="FILE")
     sp.add_argument("--key-name")
@@ -658,6 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = cmd("delete", cmd_keypair_delete, "delete a keypair (and the private key vmops made)",
              json_flag=False, parent=keypair)
     sp.add_argument("name")
+
+    network_cli.add_commands(sub, cmd, _client)
 
     sp = cmd("serve", cmd_serve, "run the engine for one state directory", json_flag=False)
     sp.add_argument("--listen", metavar="HOST:PORT", help="also serve the API on TCP")

@@ -286,6 +286,7 @@ class Network:
             raise Invalid(reason=f"instance {inst.name!r} is not in security group "
                           f"{group.name!r}")
         self.store.set_instance_group(inst.id, group.id, member)
+        self.store.update_instance(inst.id)  # its view (security_groups) changed
         self.apply()
 
 
