@@ -27,6 +27,7 @@ from vmops.errors import ServiceAlreadyRunning, VmopsError
 from vmops.hypervisor import open_hypervisor
 from vmops.hypervisor.base import Check, Hypervisor
 from vmops.hypervisor.libvirt import embed_root
+from vmops.network.checks import network_checks
 from vmops.network.manager import Network
 from vmops.network.model import NicMode
 from vmops.store import Store
@@ -101,6 +102,18 @@ def open_network(s: Settings, store: Store) -> Network:
     return network
 
 
+def network_health(s: Settings, network: Network) -> list[Check]:
+    """Doctor's network checks, after set-up (which turns forwarding on)."""
+    cidr = str(network.plan.cidr) if network.enabled else s.network_subnet
+    found = network_checks(s.effective_network_mode, s.network_bridge, cidr)
+    if s.effective_network_mode == NicMode.BRIDGE and not network.enabled:
+        found.insert(0, Check(name="vmops network", ok=False, required=False,
+                              detail=f"not set up ({network.disabled_reason}): new instances "
+                                     "get user-mode NICs only",
+                              advice="fix what the checks below say, then restart the service"))
+    return found
+
+
 def report_unrecorded(hv: Hypervisor, orphans: list[str], database: Path,
                       started_empty: bool) -> Check:
     """Say loudly when the service starts with an empty database next to domains
@@ -165,6 +178,7 @@ class Service:
             log.error("host check failed: %s", problem)
         self.store = Store(s.db_path)
         self.network = open_network(s, self.store)
+        checks.extend(network_health(s, self.network))
         self.compute = Compute(s, self.store, self.hv, accel, lambda: problems,
                                network=self.network)
         catalog = Catalog.from_settings(s, self.store)

@@ -198,6 +198,22 @@ def database_problem(path: Path, supported: int = SCHEMA_VERSION) -> str | None:
     return None
 
 
+def recorded_network_cidr(path: Path, name: str) -> str | None:
+    """The subnet a network was made with, read-only (for ``vmops doctor``
+    without the service); None when there is none or it cannot be read."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    try:
+        db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT cidr FROM networks WHERE name = ?", (name,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return None  # no such table yet (an older schema), or damaged: doctor says so
+    return str(row[0]) if row else None
+
+
 def migrate(db: sqlite3.Connection, path: Path,
             migrations: Sequence[Migration] = MIGRATIONS) -> Path | None:
     """Bring ``db`` (opened in autocommit mode) to the last version of ``migrations``.
