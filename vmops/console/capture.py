@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -34,6 +35,11 @@ from vmops.console.layout import DEFAULT_MAX_BYTES, EXIT_ALREADY_RUNNING, LogFil
 from vmops.console.rotation import RotatingLog
 
 RETRY_INTERVAL = 0.05
+# Written into the log by a capture process that finds its predecessor ended
+# without cleaning up (killed): what the guest wrote in between was lost.
+# Starts a line of its own (the guest's last line may be unfinished).
+GAP_MARKER = (b"\r\n[vmops: the console capture was restarted at %s; guest output since "
+              b"the previous capture process stopped may be missing]\r\n")
 RECV_BYTES = 64 * 1024
 # On SIGTERM, read what is already queued on the socket, but not forever if
 # the guest keeps writing.
@@ -98,6 +104,10 @@ class Capture:
             # Continue the count of a previous capture process so that
             # "generation > G" keeps meaning "a newer connection".
             self.generation = _saved_generation(self.files.state)
+            if self.files.pid.exists():
+                # The previous process removes its pid file as it exits; we
+                # hold the lock, so it is dead: it was killed.
+                self._store(GAP_MARKER % _utc_now())
             self._save_state()
             _write_atomically(self.files.pid, f"{os.getpid()}\n")
             self._serve()
@@ -199,6 +209,10 @@ class Capture:
         # the connection and says so.
         with contextlib.suppress(OSError):
             _write_atomically(self.files.state, json.dumps(state) + "\n")
+
+
+def _utc_now() -> bytes:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()).encode()
 
 
 def _try_lock(path: Path) -> int | None:
