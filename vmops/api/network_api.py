@@ -16,7 +16,7 @@ from typing import Any
 from vmops.api import parse, views
 from vmops.api.server import Request, Response, Router
 from vmops.compute.manager import Compute
-from vmops.errors import Invalid, NetworkError
+from vmops.errors import Invalid
 from vmops.network.manager import Network
 from vmops.store import PortForward, SecurityGroup, SecurityGroupRule
 
@@ -46,12 +46,9 @@ class NetworkApi:
     def __init__(self, compute: Compute) -> None:
         self.compute = compute
         self.store = compute.store
-
-    @property
-    def network(self) -> Network:
-        if self.compute.network is None:
-            raise NetworkError(reason="this service has no vmops network")
-        return self.compute.network
+        # Without a network (user-mode only) groups and rules are still
+        # records: they apply once the network is on.
+        self.network = compute.network or Network.off(compute.store)
 
     def versions(self, req: Request) -> Response:
         return Response(200, {"versions": [{"id": "v2.0", "status": "CURRENT", "links": [

@@ -59,6 +59,23 @@ def _schemas() -> dict[str, Any]:
         "ServerCreated": obj({"id": STR, "links": LINKS, "OS-DCF:diskConfig": STR,
                               "security_groups": array(obj({"name": STR}))}),
         "Server": _server_schema(),
+        "SecurityGroup": obj({"id": STR, "name": STR, "description": STR,
+                              "project_id": STR, "tenant_id": STR, "stateful": BOOL,
+                              "security_group_rules": array(ref("SecurityGroupRule")),
+                              "tags": array(STR), "revision_number": INT,
+                              "created_at": TIME, "updated_at": TIME}),
+        "SecurityGroupRule": obj({
+            "id": STR, "security_group_id": STR, "direction": {"enum": ["ingress", "egress"]},
+            "ethertype": {"enum": ["IPv4"]}, "protocol": NULL_STR,
+            "port_range_min": NULL_INT, "port_range_max": NULL_INT,
+            "remote_ip_prefix": NULL_STR, "remote_group_id": NULL_STR,
+            "remote_address_group_id": NULL_STR, "description": STR, "project_id": STR,
+            "tenant_id": STR, "revision_number": INT, "tags": array(STR),
+            "created_at": TIME, "updated_at": TIME}),
+        "PortForward": obj({"id": STR, "server_id": STR, "server_name": STR,
+                            "protocol": {"enum": ["tcp", "udp"]}, "host_address": STR,
+                            "host_port": INT, "guest_address": NULL_STR, "guest_port": INT,
+                            "created_at": TIME}),
         "ServerCreate": _server_create_schema(),
         "FlavorBrief": obj({"id": STR, "name": STR, "links": LINKS}),
         "Flavor": obj({"id": STR, "name": STR, "ram": INT, "vcpus": INT, "disk": INT,
@@ -112,6 +129,8 @@ def _server_schema() -> dict[str, Any]:
         "vmops:disks": array(obj({"role": STR, "path": STR, "format": STR, "target": STR,
                                   "device": STR})),
         "vmops:macs": array(STR),
+        "vmops:nics": array(obj({"mac": STR, "mode": {"enum": ["bridge", "user"]},
+                                 "network": STR, "ip": NULL_STR, "tap": NULL_STR})),
     }, {
         "progress": INT,
         "fault": obj({"code": INT, "message": STR, "created": TIME}),
@@ -125,7 +144,10 @@ def _server_create_schema() -> dict[str, Any]:
         "config_drive": BOOL, "user_data": STR, "key_name": STR, "metadata": STR_MAP,
         "personality": array(obj({"path": STR, "contents": STR}, extra=False)),
         "adminPass": STR, "min_count": INT, "max_count": INT,
-        "networks": {"enum": ["auto", "none"]}, "availability_zone": STR,
+        "networks": {"oneOf": [{"enum": ["auto", "none"]}, array(obj(
+            {}, {"uuid": {"enum": ["vmops", "user"]}, "fixed_ip": STR, "tag": STR},
+            extra=False))]},
+        "availability_zone": STR,
         "security_groups": array(obj({"name": STR})),
         "OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]},
         "block_device_mapping_v2": array(obj({"uuid": STR, "source_type": {"enum": ["image"]},
@@ -189,6 +211,8 @@ def _server_paths() -> dict[str, Any]:
         *(obj({name: {"type": ["object", "null"], "maxProperties": 0}}, extra=False)
           for name in ("pause", "unpause", "suspend", "resume", "os-start",
                        "vmops:rebuildConfigDrive")),
+        *(obj({name: obj({"name": STR}, extra=False)}, extra=False)
+          for name in ("addSecurityGroup", "removeSecurityGroup")),
         obj({"os-stop": {"type": ["object", "null"], "additionalProperties": False,
                          "properties": {"vmops:timeout": NUM, "vmops:hard": BOOL}}},
             extra=False),
@@ -324,6 +348,71 @@ def _other_paths() -> dict[str, Any]:
     }
 
 
+def _network_paths() -> dict[str, Any]:
+    net = "/network/v2.0"
+    group = obj({"security_group": ref("SecurityGroup")})
+    rule = obj({"security_group_rule": ref("SecurityGroupRule")})
+    forward = obj({"port_forward": ref("PortForward")})
+    gone = ok(None, "204", "Deleted")
+    return {
+        f"{P}/servers/{{id}}/os-security-groups": {
+            "parameters": [path_id("server")],
+            "get": op("The server's security groups (Compute 2.1)", ok(obj(
+                {"security_groups": array(obj({"id": STR, "name": STR, "description": STR,
+                                                "tenant_id": STR, "rules": array(ANY_OBJ)}))}
+            )))},
+        "/network": {"get": op("Networking API versions", ok(obj({"versions": array(
+            obj({"id": STR, "status": STR, "links": LINKS}))})))},
+        f"{net}/security-groups": {
+            "get": op("Neutron v2.0: list security groups", ok(obj(
+                {"security_groups": array(ref("SecurityGroup"))})),
+                params=[query("name", "only this name"), query("id", "only this id")]),
+            "post": op("Neutron v2.0: create a security group (no rules)", ok(group, "201"),
+                       body=obj({"security_group": obj({"name": STR}, {
+                           "description": STR, "project_id": STR, "tenant_id": STR,
+                           "stateful": BOOL}, extra=False)}))},
+        f"{net}/security-groups/{{id}}": {
+            "parameters": [path_id("security group")],
+            "get": op("Neutron v2.0: show a security group", ok(group)),
+            "put": op("Neutron v2.0: rename or describe a security group", ok(group),
+                      body=obj({"security_group": obj({}, {"name": STR, "description": STR},
+                                                      extra=False)})),
+            "delete": op("Neutron v2.0: delete a security group no instance is in", gone)},
+        f"{net}/security-group-rules": {
+            "get": op("Neutron v2.0: list rules", ok(obj(
+                {"security_group_rules": array(ref("SecurityGroupRule"))})),
+                params=[query("security_group_id", "only this group's")]),
+            "post": op("Neutron v2.0: add a rule (applied to running guests at once)",
+                       ok(rule, "201"), body=obj({"security_group_rule": obj(
+                           {"security_group_id": STR, "direction": {"enum": [
+                               "ingress", "egress"]}},
+                           {"ethertype": {"enum": ["IPv4"]},
+                            "protocol": {"type": ["string", "integer", "null"]},
+                            "port_range_min": NULL_INT, "port_range_max": NULL_INT,
+                            "remote_ip_prefix": NULL_STR, "remote_group_id": NULL_STR,
+                            "description": STR, "project_id": STR, "tenant_id": STR,
+                            "remote_address_group_id": {"type": "null"}},
+                           extra=False)}))},
+        f"{net}/security-group-rules/{{id}}": {
+            "parameters": [{**path_id("rule"), "description": "the rule's id"}],
+            "get": op("Neutron v2.0: show a rule", ok(rule)),
+            "delete": op("Neutron v2.0: delete a rule", gone)},
+        f"{P}/os-vmops/port-forwards": {
+            "get": op("vmops: list port forwards", ok(obj(
+                {"port_forwards": array(ref("PortForward"))})),
+                params=[query("server", "only this server's (id or name)")]),
+            "post": op("vmops: forward a host port to a server's port", ok(forward, "201"),
+                       body=obj({"port_forward": obj(
+                           {"server": STR, "host_port": INT, "guest_port": INT},
+                           {"protocol": {"enum": ["tcp", "udp"]}, "host_address": STR},
+                           extra=False)}))},
+        f"{P}/os-vmops/port-forwards/{{id}}": {
+            "parameters": [{**path_id("port forward"), "description": "the forward's id"}],
+            "get": op("vmops: show a port forward", ok(forward)),
+            "delete": op("vmops: remove a port forward", gone)},
+    }
+
+
 def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
@@ -343,7 +432,8 @@ def document() -> dict[str, Any]:
                                           "name": "X-Auth-Token"}},
         },
         "security": [{"token": []}],
-        "paths": {**_other_paths(), **_server_paths(), **_catalog_paths()},
+        "paths": {**_other_paths(), **_server_paths(), **_catalog_paths(),
+                  **_network_paths()},
     }
 
 

@@ -104,6 +104,11 @@ class Network:
         host.enable_forwarding()
         self.apply()
 
+    @classmethod
+    def off(cls, store: Store) -> Network:
+        """A network that keeps records but sets nothing up (user-mode only)."""
+        return cls(store, Path("/nonexistent"), "vmops0", "", host_access=True, enabled=False)
+
     def disable(self, reason: str) -> None:
         self.enabled = False
         self.disabled_reason = reason
