@@ -64,6 +64,11 @@ CASES: dict[str, DomainSpec] = {
               NicSpec(mac="52:54:00:AB:CD:EF", kind="bridge", source="br0")),
         emulator="/usr/bin/qemu-system-x86_64",
     ),
+    # A NIC on the vmops network: the tap is named by vmops, so its firewall
+    # rules can name it before the domain exists.
+    "vmops_bridge_nic": dataclasses.replace(
+        BASIC, nics=(NicSpec(mac="52:54:00:12:34:56", kind="bridge", source="vmops0",
+                             target="vmt0b5e6a3c8f3"),)),
 }
 
 
