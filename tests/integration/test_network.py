@@ -329,3 +329,22 @@ def test_release_leaves_no_rule_or_reservation(lab: Lab) -> None:
     assert lab.network._dnsmasq is not None
     assert a.port.mac not in lab.network._dnsmasq.files.dhcp_hosts.read_text()
     assert lab.store.ports(inst.id) == [] and lab.store.port_forwards(inst.id) == []
+
+
+def test_a_second_state_directory_cannot_take_the_same_bridge(lab: Lab,
+                                                              tmp_path: Path) -> None:
+    from vmops.errors import NetworkError
+
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    store = Store(other_dir / "vmops.db")
+    other = Network(store, other_dir, lab.bridge, "10.251.78.0/24", host_access=True,
+                    enabled=True)
+    try:
+        with pytest.raises(NetworkError, match="served by another vmops state directory"):
+            other.setup()
+        # Nothing of the first one was touched.
+        assert nftables.table_present(lab.bridge)
+        assert lab.network._dnsmasq is not None and lab.network._dnsmasq.running()
+    finally:
+        store.close()

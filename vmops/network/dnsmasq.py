@@ -158,6 +158,31 @@ class Dnsmasq:
         self.files.pid.unlink(missing_ok=True)
 
 
+def other_server(bridge: str, ours: Path) -> Path | None:
+    """The configuration of a vmops dnsmasq serving ``bridge`` for another
+    state directory, if one runs: two services on one bridge would undo each
+    other's rules and reservations."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith(b"dnsmasq"):
+            continue
+        for arg in args[1:]:
+            if not arg.startswith(b"--conf-file="):
+                continue
+            conf = Path(arg.split(b"=", 1)[1].decode(errors="replace"))
+            if conf == ours:
+                continue
+            try:
+                if f"interface={bridge}\n" in conf.read_text():
+                    return conf
+            except OSError:
+                continue
+    return None
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)

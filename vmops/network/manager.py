@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vmops.errors import ConfigError, Invalid, NetworkError, PortTaken
-from vmops.network import host, ipam, nftables
+from vmops.network import dnsmasq, host, ipam, nftables
 from vmops.network.dnsmasq import Dnsmasq
 from vmops.network.model import (
     Direction,
@@ -99,6 +99,11 @@ class Network:
                         record.cidr, record.cidr)
         self._plan = NetworkPlan(record.name, record.bridge, ipaddress.IPv4Network(record.cidr))
         self._dnsmasq = Dnsmasq(self._plan, self.root)
+        other = dnsmasq.other_server(record.bridge, self._dnsmasq.files.conf)
+        if other is not None:
+            raise NetworkError(reason=f"bridge {record.bridge} is served by another vmops "
+                               f"state directory ({other.parent.parent}); give this one "
+                               "another network_bridge")
         self.root.mkdir(parents=True, exist_ok=True)
         host.ensure_bridge(self._plan)
         host.enable_forwarding()
