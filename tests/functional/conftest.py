@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 
 from vmops.cli.client import Client
+from vmops.network import nftables
 
 REPO = Path(__file__).resolve().parents[2]
 BOOT_TIMEOUT_S = 120.0
@@ -251,3 +253,27 @@ def separate_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
     finally:
         _kill_leftover_processes(path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def bridged_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
+    """``separate_service`` on the vmops network, with a bridge and subnet of
+    its own; at the end its dnsmasq, nftables tables and bridge are removed
+    too (a stopped service leaves them to its guests, on purpose)."""
+    tag = secrets.token_hex(3)
+    bridge = f"vmf{tag}"
+    subnet = f"10.252.{int(tag[:2], 16)}.0/24"
+    state_dirs: list[Path] = []
+    try:
+        with separate_service(test_image_dir, network_mode="bridge", network_bridge=bridge,
+                              network_subnet=subnet, **settings) as vm:
+            state_dirs.append(vm.state_dir)
+            yield vm
+    finally:
+        for state_dir in state_dirs:
+            conf = state_dir / "network" / "dnsmasq.conf"
+            subprocess.run(["pkill", "-f", f"^dnsmasq --conf-file={conf}$"], check=False)
+        for family in ("inet", "bridge"):
+            subprocess.run(["nft", "delete", "table", family, nftables.table_name(bridge)],
+                           capture_output=True, check=False)
+        subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)

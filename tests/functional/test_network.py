@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import Vmops, separate_service
-from vmops.network import nftables
+from tests.functional.conftest import Vmops, bridged_service
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the vmops network needs root")
 
@@ -43,32 +42,6 @@ done
 
 def sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=30)
-
-
-@contextlib.contextmanager
-def bridged_service(test_image_dir: Path) -> Iterator[Vmops]:
-    tag = secrets.token_hex(3)
-    bridge = f"vmf{tag}"
-    subnet = f"10.252.{int(tag[:2], 16)}.0/24"
-    try:
-        with separate_service(test_image_dir, network_mode="bridge", network_bridge=bridge,
-                              network_subnet=subnet) as vm:
-            yield vm
-    finally:
-        _remove_network(bridge)
-
-
-def _remove_network(bridge: str) -> None:
-    """What the service leaves for the guests (on purpose: a restart keeps
-    their network) goes with the test."""
-    for pidfile in Path("/tmp").glob("vmops-*/network/dnsmasq.pid"):
-        conf = pidfile.parent / "dnsmasq.conf"
-        if conf.exists() and f"interface={bridge}\n" in conf.read_text():
-            with contextlib.suppress(ProcessLookupError, ValueError):
-                os.kill(int(pidfile.read_text().strip()), 15)
-    for family in ("inet", "bridge"):
-        sh("nft", "delete", "table", family, nftables.table_name(bridge), check=False)
-    sh("ip", "link", "del", bridge, check=False)
 
 
 @contextlib.contextmanager
@@ -171,3 +144,30 @@ def test_a_guest_reaches_another_only_when_a_group_allows(test_image_dir: Path) 
         before = vm.console("client").count(b"VMOPS-FETCH")
         vm.wait_console("client", r"VMOPS-FETCH", count=before + 3)
         assert vm.console("client").rsplit(b"VMOPS-FETCH", 2)[-1].startswith(b" []")
+
+
+def test_a_host_reboot_gives_every_guest_its_network_back(test_image_dir: Path) -> None:
+    from tests.functional.conftest import start_service, stop_service
+    from tests.functional.test_recovery import _capture_pids, _kill, _qemu_pids
+
+    with bridged_service(test_image_dir, resume_guests_state_on_host_boot="true") as vm:
+        server = spawn_with_script(vm, "web", HTTPD_SCRIPT.format(name="web"))
+        address = address_of(server)
+        vm.wait_console("web", "VMOPS-HTTPD-UP")
+        bridge = vm.env["VMOPS_NETWORK_BRIDGE"]
+        # What a reboot ends: QEMU (its tap with it), the capture, dnsmasq,
+        # the bridge and every nftables rule.
+        stop_service(vm.service)  # type: ignore[attr-defined]
+        _kill(_qemu_pids(vm, "web") + _capture_pids(vm, str(server["id"])))
+        dnsmasq_pid = (vm.state_dir / "network" / "dnsmasq.pid").read_text().strip()
+        _kill([int(dnsmasq_pid)])
+        for family in ("inet", "bridge"):
+            sh("nft", "delete", "table", family, f"vmops_{bridge}")
+        sh("ip", "link", "del", bridge)
+
+        vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
+        vm.wait_status("web", "ACTIVE")
+        vm.wait_console("web", rf"VMOPS-IP eth0 {address}/24", count=2)
+        vm.wait_console("web", "VMOPS-HTTPD-UP", count=2)
+        assert fetch(f"http://{address}/") == "page-of-web"
+        assert address_of(vm.server("web")) == address

@@ -23,7 +23,7 @@ import pytest
 from openstack import config as os_config
 from openstack import connection, exceptions
 
-from tests.functional.conftest import REPO, Vmops, separate_service
+from tests.functional.conftest import REPO, Vmops, bridged_service
 
 # openstacksdk warns about its own deprecations on every call.
 pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -45,8 +45,9 @@ def port() -> int:
 
 @pytest.fixture(scope="module")
 def tcp_vmops(test_image_dir: Path, port: int) -> Iterator[Vmops]:
-    """A service of its own listening on 127.0.0.1:port with a token."""
-    with separate_service(test_image_dir, listen=f"127.0.0.1:{port}", api_token=TOKEN) as vm:
+    """A service of its own listening on 127.0.0.1:port with a token, its
+    guests on a vmops network of their own."""
+    with bridged_service(test_image_dir, listen=f"127.0.0.1:{port}", api_token=TOKEN) as vm:
         yield vm
 
 
@@ -170,6 +171,25 @@ def test_server_lifecycle_with_the_openstack_cli(cli: OpenStackCLI, sdk: connect
         wait_idle(sdk, "web1", status)
         server = cli.json("server", "show", "web1")
         assert (server["status"], server["OS-EXT-STS:power_state"]) == (status, power), args
+    # The vmops network and its security groups, through the networking
+    # service's commands and Compute's add/remove security group.
+    address = cli.json("server", "show", "web1")["addresses"]
+    assert re.fullmatch(r"\{'vmops': \['10\.252\.\d+\.\d+'\]\}|vmops=10\.252\.\d+\.\d+",
+                        str(address)), address
+    cli.json("security", "group", "create", "web", "--description", "web servers")
+    rule = cli.json("security", "group", "rule", "create", "--protocol", "tcp", "--dst-port",
+                    "80", "--remote-ip", "198.51.100.0/24", "web")
+    assert (rule["port_range_min"], rule["remote_ip_prefix"]) == (80, "198.51.100.0/24")
+    assert {g["Name"] for g in cli.json("security", "group", "list")} == {"default", "web"}
+    cli.run("server", "add", "security", "group", "web1", "web")
+    groups = cli.json("server", "show", "web1")["security_groups"]
+    assert sorted(g["name"] for g in groups) == ["default", "web"], groups
+    ruleset = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
+    assert "198.51.100.0/24 tcp dport 80 accept" in ruleset
+    in_use = cli.run("security", "group", "delete", "web", check=False)
+    assert in_use.returncode != 0 and "web1" in in_use.stderr
+    cli.run("server", "remove", "security", "group", "web1", "web")
+    cli.run("security", "group", "delete", "web")
     refused = cli.run("server", "unpause", "web1", check=False)
     assert refused.returncode != 0 and "409" in refused.stderr
     cli.run("server", "delete", "web1", "--wait")
