@@ -34,6 +34,8 @@ SCENARIOS: dict[str, str] = {
     "console": "bench.console",
     "spawn_running": "bench.spawn_running",
     "spawn_boot": "bench.spawn_boot",
+    "spawn_address": "bench.spawn_address",
+    "net_throughput": "bench.net_throughput",
     "lifecycle": "bench.lifecycle",
     "concurrency": "bench.concurrency",
     "mgmt_plane": "bench.mgmt_plane",

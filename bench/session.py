@@ -16,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.bridged import BridgedService
 from bench.common import CLEANUP, remove_tree, short_tmpdir, test_image
 from bench.virt import DiskTemplate, LibvirtBaseline, disk_templates
 from bench.vmopsd import VmopsService
@@ -36,6 +37,7 @@ class Session:
     def __init__(self) -> None:
         self._vmops: VmopsService | None = None
         self._baseline: LibvirtBaseline | None = None
+        self._bridged: BridgedService | None = None
         self._templates: dict[bool, Template] = {}
         self.work = short_tmpdir("work")
         self.service_start_s: float | None = None
@@ -63,6 +65,19 @@ class Session:
             lv.open()
         return self._baseline
 
+    @property
+    def bridged(self) -> BridgedService:
+        """A second service, on a bridge of its own (the network scenarios)."""
+        if self._bridged is None:
+            bridged = BridgedService()
+            try:
+                bridged.start()
+            except BaseException:
+                bridged.close()
+                raise
+            self._bridged = bridged
+        return self._bridged
+
     def template(self, config_drive: bool) -> Template:
         """vmops' domain XML and disk recipes, from one real spawn."""
         if config_drive not in self._templates:
@@ -89,11 +104,19 @@ class Session:
         finally:
             self._baseline = None
             try:
-                if self._vmops is not None:
-                    self._vmops.close()
+                if self._bridged is not None:
+                    self._bridged.close()
             finally:
-                self._vmops = None
-                remove_tree(self.work)
+                self._bridged = None
+                self._close_vmops()
+
+    def _close_vmops(self) -> None:
+        try:
+            if self._vmops is not None:
+                self._vmops.close()
+        finally:
+            self._vmops = None
+            remove_tree(self.work)
 
 
 _session: Session | None = None

@@ -1,13 +1,17 @@
 """A real vmops service for the benchmarks, driven through its HTTP API.
 
 Like the functional tests: ``python -m vmops serve`` on a fresh short state
-directory under /tmp with ``VMOPS_ACCEL=tcg``. ``close()`` destroys every
+directory under /tmp with ``VMOPS_ACCEL=tcg`` and user-mode NICs (as root
+the default would be the vmops network on ``vmops0``, the bridge a real
+install on this host uses; the network scenarios run a service of their own
+on a bridge of their own: bench/bridged.py). ``close()`` destroys every
 instance through the API, stops the service, kills anything still running
 from the state directory (QEMU, capture processes) and removes it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
@@ -54,10 +58,12 @@ class RetryingClient(Client):
 
 
 class VmopsService:
-    def __init__(self) -> None:
+    def __init__(self, settings_env: dict[str, str] | None = None) -> None:
+        """``settings_env``: more ``VMOPS_*`` settings for the service."""
         self.state_dir = short_tmpdir("vm")
         self.env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir),
-                    "VMOPS_ACCEL": "tcg", "VMOPS_IMAGE_CACHE_PRUNE_INTERVAL": "0"}
+                    "VMOPS_ACCEL": "tcg", "VMOPS_IMAGE_CACHE_PRUNE_INTERVAL": "0",
+                    "VMOPS_NETWORK_MODE": "user", **(settings_env or {})}
         self.settings = config.load(self.state_dir, env={})
         self.client = RetryingClient(self.state_dir)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -148,11 +154,21 @@ class VmopsService:
             raise RuntimeError(f"image import failed: {image.get('vmops:fault')}")
 
     # -- servers -----------------------------------------------------------------
-    def post_server(self, name: str, config_drive: bool = False) -> str:
-        body = {"server": {"name": name, "imageRef": IMAGE, "flavorRef": FLAVOR,
-                           "config_drive": config_drive}}
-        server: dict[str, Any] = self.client.post("/servers", body)["server"]
-        return str(server["id"])
+    def post_server(self, name: str, config_drive: bool = False,
+                    user_data: bytes | None = None, network: str | None = None,
+                    fixed_ip: str | None = None) -> str:
+        """``network``: "vmops" (the bridge, with ``fixed_ip`` if given) or
+        "user"; None: the service's mode. ``user_data`` implies a config drive."""
+        server: dict[str, Any] = {"name": name, "imageRef": IMAGE, "flavorRef": FLAVOR,
+                                  "config_drive": config_drive or user_data is not None}
+        if user_data is not None:
+            server["user_data"] = base64.b64encode(user_data).decode()
+        if network is not None:
+            server["networks"] = [{"uuid": network}]
+            if fixed_ip is not None:
+                server["networks"][0]["fixed_ip"] = fixed_ip
+        created: dict[str, Any] = self.client.post("/servers", {"server": server})["server"]
+        return str(created["id"])
 
     def brief(self, name: str) -> dict[str, Any]:
         """The record alone, by name (no libvirt call in the service)."""
