@@ -120,6 +120,12 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
                          f"{r['vmops_spread_ms']} ms vs libvirt {r['baseline_spread_ms']} ms; "
                          f"API connects refused with EAGAIN and retried: "
                          f"{r.get('api_eagain_retries', 0)}.")
+        if "rate_ratio" in r:
+            notes.append(f"- {r['scenario']}: guest to host over the vmops bridge "
+                         f"{_fmt(r.get('bridge_mib_per_s'))} MiB/s, over user-mode "
+                         f"{_fmt(r.get('user_mib_per_s'))} MiB/s: bridge / user "
+                         f"{_fmt(r.get('rate_ratio'), 2)} (the ms columns: one transfer of "
+                         f"{r.get('transfer_bytes')} bytes).")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")
