@@ -2,7 +2,8 @@
 (tools/cloudimage), configured by vmops' config drive alone.
 
 Slow (a first build takes minutes; a boot to cloud-init's final stage takes
-70-90 s under TCG), so deselected by default: `scripts/test-slow` runs it.
+2-3 minutes under TCG on a shared 2-core machine), so deselected by default:
+`scripts/test-slow` runs it.
 The guest reports through a runcmd in the user-data that writes to the
 serial console; nothing inside the image knows about vmops.
 """
@@ -27,7 +28,7 @@ IMAGE = "debian-12"
 FLAVOR = "ci.debian"
 KEY_NAME = "ci-key"
 BUILD_TIMEOUT_S = 1800.0
-CLOUD_INIT_TIMEOUT_S = 400.0  # a wait bound only: ~70-90 s under TCG
+CLOUD_INIT_TIMEOUT_S = 400.0  # a wait bound only: 2-3 minutes under TCG
 # cloud-init writes this to the console when its last stage ends.
 FINISHED = r"Cloud-init v\. \S+ finished at [^\r\n]*Datasource (\S+)"
 USER_DATA = """\
