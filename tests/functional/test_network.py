@@ -158,7 +158,9 @@ def test_a_host_reboot_gives_every_guest_its_network_back(test_image_dir: Path) 
         # What a reboot ends: QEMU (its tap with it), the capture, dnsmasq,
         # the bridge and every nftables rule.
         stop_service(vm.service)  # type: ignore[attr-defined]
-        _kill(_qemu_pids(vm, "web") + _capture_pids(vm, str(server["id"])))
+        qemu, capture = _qemu_pids(vm, "web"), _capture_pids(vm, str(server["id"]))
+        assert len(qemu) == 1 and len(capture) == 1, (qemu, capture)
+        _kill(qemu + capture)
         dnsmasq_pid = (vm.state_dir / "network" / "dnsmasq.pid").read_text().strip()
         _kill([int(dnsmasq_pid)])
         for family in ("inet", "bridge"):
@@ -166,6 +168,7 @@ def test_a_host_reboot_gives_every_guest_its_network_back(test_image_dir: Path) 
         sh("ip", "link", "del", bridge)
 
         vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
+        vm.wait_console("web", "VMOPS-BOOT-COMPLETE", count=2)
         vm.wait_status("web", "ACTIVE")
         vm.wait_console("web", rf"VMOPS-IP eth0 {address}/24", count=2)
         vm.wait_console("web", "VMOPS-HTTPD-UP", count=2)

@@ -150,6 +150,24 @@ class Dnsmasq:
             raise NetworkError(reason=f"dnsmasq did not start: {done.stderr.strip()}")
         log.info("dnsmasq started for %s (pid %s)", self.net.bridge, self.pid())
 
+    def release(self, ports: Iterable[PortPlan]) -> None:
+        """Forget the leases of ``ports`` now, not when they expire: the next
+        instance given one of these addresses has another MAC, and dnsmasq
+        would refuse it the address while the old lease lasts."""
+        for port in ports:
+            try:
+                done = subprocess.run(["dhcp_release", self.net.bridge, str(port.ip), port.mac],
+                                      capture_output=True, text=True, timeout=START_TIMEOUT_S)
+            except FileNotFoundError:
+                log.warning("dhcp_release is not installed (Debian: dnsmasq-utils): the lease "
+                            "of %s stays until it expires", port.ip)
+                return
+            except subprocess.TimeoutExpired:
+                done = None
+            if done is None or done.returncode != 0:
+                log.warning("could not release the DHCP lease of %s (%s)", port.ip,
+                            done.stderr.strip() if done else "timed out")
+
     def stop(self) -> None:
         pid = self.pid()
         if pid is not None:

@@ -230,10 +230,13 @@ class Network:
     def release(self, inst: Instance) -> None:
         """Forget the instance's ports, forwards and memberships, then reload
         (the tap itself goes with the domain)."""
+        leased = [p for p in self._port_plans() if p.instance_id == inst.id]
         ports = self.store.ports(inst.id)
         self.store.release_network(inst.id)
         if self.enabled and any(p.mode == NicMode.BRIDGE for p in ports):
             self.apply()
+            if self._dnsmasq is not None:
+                self._dnsmasq.release(leased)
 
     # -- port forwards -------------------------------------------------------
     def add_forward(self, inst: Instance, protocol: str, host_port: int, guest_port: int,
