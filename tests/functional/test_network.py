@@ -64,6 +64,25 @@ def outside_namespace() -> Iterator[str]:
         sh("ip", "link", "del", host_end, check=False)
 
 
+def network_diagnostics(vm: Vmops, bridge: str) -> str:
+    """What to look at when a guest gets no address: the service's and
+    dnsmasq's logs, the reservations and leases, the rules, the bridge."""
+    net = vm.state_dir / "network"
+
+    def tail(path: Path) -> str:
+        return path.read_text(errors="replace")[-2000:] if path.exists() else "(none)"
+
+    parts = {"vmops.log": tail(vm.state_dir / "vmops.log"),
+             "dnsmasq.log": tail(net / "dnsmasq.log"),
+             "hosts.dhcp": tail(net / "hosts.dhcp"),
+             "leases": tail(net / "dnsmasq.leases"),
+             "bridge table": sh("nft", "list", "table", "bridge", f"vmops_{bridge}",
+                                check=False).stdout,
+             "bridge links": sh("bridge", "link", check=False).stdout,
+             "dnsmasq processes": sh("pgrep", "-a", "dnsmasq", check=False).stdout}
+    return "\n".join(f"--- {name}\n{text}" for name, text in parts.items())
+
+
 def spawn_with_script(vm: Vmops, name: str, script: str, *extra: str) -> dict[str, object]:
     path = vm.state_dir / f"{name}-user-data"
     path.write_text(script)
@@ -154,6 +173,7 @@ def test_a_host_reboot_gives_every_guest_its_network_back(test_image_dir: Path) 
         server = spawn_with_script(vm, "web", HTTPD_SCRIPT.format(name="web"))
         address = address_of(server)
         vm.wait_console("web", "VMOPS-HTTPD-UP")
+        vm.wait_console("web", rf"VMOPS-IP eth0 {address}/24")  # DHCP comes after the script
         bridge = vm.env["VMOPS_NETWORK_BRIDGE"]
         # What a reboot ends: QEMU (its tap with it), the capture, dnsmasq,
         # the bridge and every nftables rule.
@@ -170,7 +190,10 @@ def test_a_host_reboot_gives_every_guest_its_network_back(test_image_dir: Path) 
         vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
         vm.wait_console("web", "VMOPS-BOOT-COMPLETE", count=2)
         vm.wait_status("web", "ACTIVE")
-        vm.wait_console("web", rf"VMOPS-IP eth0 {address}/24", count=2)
+        try:
+            vm.wait_console("web", rf"VMOPS-IP eth0 {address}/24", count=2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{network_diagnostics(vm, bridge)}") from None
         vm.wait_console("web", "VMOPS-HTTPD-UP", count=2)
         assert fetch(f"http://{address}/") == "page-of-web"
         assert address_of(vm.server("web")) == address
