@@ -189,6 +189,11 @@ def test_dhcp_gives_each_guest_its_reserved_address(lab: Lab) -> None:
     assert a.port.ip != b.port.ip
     assert lab.dhcp(a) == a.port.ip
     assert lab.dhcp(b) == b.port.ip
+    # dnsmasq's files (its log and leases with MACs and names) are private.
+    root = lab.network.root
+    modes = {p.name: p.stat().st_mode & 0o777 for p in root.iterdir()}
+    assert set(modes.values()) == {0o600}, modes
+    assert root.stat().st_mode & 0o077 == 0
 
 
 def test_a_mac_with_no_reservation_gets_no_address(lab: Lab) -> None:

@@ -104,7 +104,13 @@ class Dnsmasq:
 
     def write(self, ports: Iterable[PortPlan]) -> None:
         ports = list(ports)
-        self.files.root.mkdir(parents=True, exist_ok=True)
+        self.files.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # dnsmasq creates its own files 0644/0640 whatever the umask; made
+        # here first, they stay the user's alone (it keeps an existing file).
+        for path in (self.files.log, self.files.leases, self.files.pid):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            os.fchmod(fd, 0o600)
+            os.close(fd)
         _write_atomic(self.files.conf, render_conf(self.net, self.files))
         _write_atomic(self.files.dhcp_hosts, render_dhcp_hosts(ports))
         _write_atomic(self.files.dns_hosts, render_dns_hosts(self.net, ports))
@@ -203,5 +209,7 @@ def other_server(bridge: str, ours: Path) -> Path | None:
 
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
     os.replace(tmp, path)

@@ -104,7 +104,8 @@ class Network:
             raise NetworkError(reason=f"bridge {record.bridge} is served by another vmops "
                                f"state directory ({other.parent.parent}); give this one "
                                "another network_bridge")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)
         host.ensure_bridge(self._plan)
         host.enable_forwarding()
         self.apply()
