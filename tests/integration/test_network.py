@@ -364,3 +364,44 @@ def test_an_address_released_by_destroy_is_leased_again_at_once(lab: Lab) -> Non
     b = lab.spawn("pgb")
     assert b.port.ip == a.port.ip and b.port.mac != a.port.mac
     assert lab.dhcp(b) == b.port.ip
+
+
+UDP_ECHO = ("import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "s.bind(('0.0.0.0', {port}))\n"
+            "while True:\n"
+            "    data, peer = s.recvfrom(512)\n"
+            "    s.sendto(b'echo:' + data, peer)\n")
+UDP_ASK = ("import socket, sys\n"
+           "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+           "s.settimeout(2)\n"
+           "for _ in range(3):\n"
+           "    s.sendto(b'ping', ('{host}', {port}))\n"
+           "    try:\n"
+           "        print(s.recvfrom(512)[0].decode())\n"
+           "        break\n"
+           "    except OSError:\n"
+           "        pass\n")
+
+
+def test_a_udp_forward_from_outside(lab: Lab) -> None:
+    outside = lab.outside()
+    a = lab.spawn("pga")
+    assert lab.dhcp(a) == a.port.ip
+    echo = subprocess.Popen(["ip", "netns", "exec", a.ns, sys.executable, "-c",
+                             UDP_ECHO.format(port=5300)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.servers.append(echo)
+    time.sleep(0.5)
+    lab.network.add_rule("default", "ingress", "udp", 5300, 5300,
+                         remote_cidr="198.51.100.0/24")
+    lab.network.add_forward(lab.store.instance("pga"), "udp", 15300, 5300)
+    ask = ["ip", "netns", "exec", outside, sys.executable, "-c",
+           UDP_ASK.format(host=OUTSIDE_HOST, port=15300)]
+    assert subprocess.run(ask, capture_output=True, text=True,
+                          timeout=30).stdout.strip() == "echo:ping"
+    # Only the forwarded port reaches the guest.
+    ask_other = ["ip", "netns", "exec", outside, sys.executable, "-c",
+                 UDP_ASK.format(host=OUTSIDE_HOST, port=15301)]
+    assert subprocess.run(ask_other, capture_output=True, text=True,
+                          timeout=30).stdout.strip() == ""
