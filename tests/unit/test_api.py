@@ -507,6 +507,17 @@ def test_keypairs(api: Api) -> None:
     assert api.get("/v2.1/os-keypairs/me").status == 404
 
 
+@pytest.mark.parametrize("public_key", [
+    "ssh-ed25519 " + "A" * 900_000,  # far beyond any SSH key: refused at once, not at spawn
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHl0ZXN0 me\u202etxt.exe",  # a bidi override
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHl0ZXN0 me\nssh-rsa AAAA other",  # two lines
+])
+def test_keypairs_refuse_what_is_not_one_key(api: Api, public_key: str) -> None:
+    answer = api.post("/v2.1/os-keypairs", {"keypair": {"name": "k", "public_key": public_key}})
+    assert answer.status in (400, 413), answer.body
+    assert api.get("/v2.1/os-keypairs/k").status == 404
+
+
 def test_glance_images(api: Api) -> None:
     listed = api.get("/image/v2/images").body
     (tiny,) = listed["images"]

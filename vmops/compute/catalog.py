@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from vmops.compute.names import check_resource_id, check_resource_name
 from vmops.config import Settings
+from vmops.configdrive.metadata import MAX_PUBLIC_KEY_BYTES
 from vmops.disks.cache import CachedImage, ImageCache
 from vmops.disks.sources import URL_SCHEMES, ImportLimits, is_url, redact_url
 from vmops.errors import ImageSourceForbidden, InUse, Invalid, InvalidFlavor, VmopsError
@@ -175,6 +176,13 @@ class Catalog:
     # -- keypairs ------------------------------------------------------------
     def add_keypair(self, name: str, public_key: str) -> Keypair:
         check_resource_name(name, "keypair")
+        # Refused here, not first at a spawn that would put it on a drive.
+        size = len(public_key.encode("utf-8", "surrogatepass"))
+        if size > MAX_PUBLIC_KEY_BYTES:
+            raise Invalid(reason=f"public key is {size} bytes; an SSH public key is at most "
+                          f"{MAX_PUBLIC_KEY_BYTES} bytes")
+        if any(not c.isprintable() for c in public_key.strip()):
+            raise Invalid(reason="public key must be one line of printable text")
         return self.store.add_keypair(Keypair(name=name, public_key=public_key.strip(),
                                               fingerprint=ssh_fingerprint(public_key)))
 
