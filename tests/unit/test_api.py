@@ -11,7 +11,6 @@ import re
 import socket
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,16 +158,6 @@ def start_api(state_dir: Path, token: str = TOKEN) -> tuple[Api, list[Any]]:
         port = probe.getsockname()[1]
     servers = server.serve(routes.router(), settings.api_socket, f"127.0.0.1:{port}", token)
     return Api(port, compute, hv, store), servers
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    service, servers = start_api(tmp_path)
-    yield service
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-    service.store.close()
 
 
 # -- versions, microversions, access ----------------------------------------------

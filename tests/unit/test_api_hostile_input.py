@@ -8,29 +8,19 @@ import errno
 import json
 import sqlite3
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.unit.test_api import TOKEN, Api, start_api
+from tests.unit.test_api import TOKEN, Api
 from vmops import config
 from vmops.api import server
 from vmops.api.server import MAX_JSON_DEPTH, decode_json, json_depth
 from vmops.cli.main import build_parser
 from vmops.errors import ConfigError, Invalid, StorageFull, storage_full
 from vmops.store import Flavor, Image, Instance, Keypair
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    service, servers = start_api(tmp_path)
-    yield service
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-    service.store.close()
 
 
 def _post_raw(api: Api, path: str, body: bytes) -> Any:

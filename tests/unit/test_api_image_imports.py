@@ -3,24 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-
-from tests.unit.test_api import Api, start_api
+from tests.unit.test_api import Api
 from vmops.compute.catalog import INTERRUPTED
 from vmops.store import Image
-
-
-@pytest.fixture
-def api(tmp_path: Path) -> Iterator[Api]:
-    service, servers = start_api(tmp_path)
-    yield service
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-    service.store.close()
 
 
 def test_tcp_clients_may_not_import_host_files_by_default(api: Api) -> None:
