@@ -17,12 +17,12 @@ import contextlib
 import logging
 import os
 import signal
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from vmops.errors import NetworkError
+from vmops.network.host import run_tool
 from vmops.network.model import NetworkPlan, PortPlan
 
 log = logging.getLogger(__name__)
@@ -143,15 +143,9 @@ class Dnsmasq:
 
     def start(self) -> None:
         cmd = ["dnsmasq", f"--conf-file={self.files.conf}"]
-        try:
-            # dnsmasq forks into the background once it has bound its
-            # sockets; a non-zero exit means it could not.
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=START_TIMEOUT_S,
-                                  start_new_session=True)
-        except FileNotFoundError:
-            raise NetworkError(reason="dnsmasq is not installed (Debian: dnsmasq-base)") from None
-        except subprocess.TimeoutExpired:
-            raise NetworkError(reason=f"dnsmasq did not start in {START_TIMEOUT_S} s") from None
+        # dnsmasq forks into the background once it has bound its sockets; a
+        # non-zero exit means it could not.
+        done = run_tool(cmd, "dnsmasq-base", START_TIMEOUT_S, new_session=True)
         if done.returncode != 0:
             raise NetworkError(reason=f"dnsmasq did not start: {done.stderr.strip()}")
         log.info("dnsmasq started for %s (pid %s)", self.net.bridge, self.pid())
@@ -162,17 +156,15 @@ class Dnsmasq:
         would refuse it the address while the old lease lasts."""
         for port in ports:
             try:
-                done = subprocess.run(["dhcp_release", self.net.bridge, str(port.ip), port.mac],
-                                      capture_output=True, text=True, timeout=START_TIMEOUT_S)
-            except FileNotFoundError:
-                log.warning("dhcp_release is not installed (Debian: dnsmasq-utils): the lease "
-                            "of %s stays until it expires", port.ip)
-                return
-            except subprocess.TimeoutExpired:
-                done = None
-            if done is None or done.returncode != 0:
+                done = run_tool(["dhcp_release", self.net.bridge, str(port.ip), port.mac],
+                                "dnsmasq-utils", START_TIMEOUT_S)
+            except NetworkError as exc:
+                log.warning("the DHCP lease of %s stays until it expires: %s", port.ip,
+                            exc.message)
+                continue
+            if done.returncode != 0:
                 log.warning("could not release the DHCP lease of %s (%s)", port.ip,
-                            done.stderr.strip() if done else "timed out")
+                            done.stderr.strip())
 
     def stop(self) -> None:
         pid = self.pid()

@@ -24,12 +24,21 @@ DEFAULT_SUBNETS = tuple(f"10.{second}.{third}.0/24"
 SYSCTL = Path("/proc/sys")
 
 
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_tool(cmd: list[str], package: str, timeout: float, input: str | None = None,
+             new_session: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run one of the network's tools; a missing tool or a hang is a
+    :class:`NetworkError` naming the Debian package or the time."""
     try:
-        done = subprocess.run(["ip", *args], capture_output=True, text=True,
-                              timeout=IP_TIMEOUT_S)
+        return subprocess.run(cmd, input=input, capture_output=True, text=True,
+                              timeout=timeout, start_new_session=new_session)
     except FileNotFoundError:
-        raise NetworkError(reason="ip is not installed (Debian: iproute2)") from None
+        raise NetworkError(reason=f"{cmd[0]} is not installed (Debian: {package})") from None
+    except subprocess.TimeoutExpired:
+        raise NetworkError(reason=f"{cmd[0]} did not finish in {timeout:g} s") from None
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = run_tool(["ip", *args], "iproute2", IP_TIMEOUT_S)
     if check and done.returncode != 0:
         raise NetworkError(reason=f"ip {' '.join(args)}: {done.stderr.strip()}")
     return done

@@ -35,10 +35,10 @@ ever changed.
 from __future__ import annotations
 
 import ipaddress
-import subprocess
 from collections.abc import Iterable
 
 from vmops.errors import NetworkError
+from vmops.network.host import run_tool
 from vmops.network.model import (
     Direction,
     ForwardPlan,
@@ -77,20 +77,14 @@ def render_delete(bridge: str) -> str:
 
 def apply(ruleset: str) -> None:
     """Load ``ruleset`` in one transaction: all of it, or nothing."""
-    try:
-        done = subprocess.run(["nft", "-f", "-"], input=ruleset, capture_output=True,
-                              text=True, timeout=NFT_TIMEOUT_S)
-    except FileNotFoundError:
-        raise NetworkError(reason="nft is not installed (Debian: nftables)") from None
-    except subprocess.TimeoutExpired:
-        raise NetworkError(reason=f"nft did not finish in {NFT_TIMEOUT_S} s") from None
+    done = run_tool(["nft", "-f", "-"], "nftables", NFT_TIMEOUT_S, input=ruleset)
     if done.returncode != 0:
         raise NetworkError(reason=f"nft refused the vmops ruleset: {done.stderr.strip()}")
 
 
 def table_present(bridge: str) -> bool:
-    done = subprocess.run(["nft", "list", "table", "inet", table_name(bridge)],
-                          capture_output=True, timeout=NFT_TIMEOUT_S)
+    done = run_tool(["nft", "list", "table", "inet", table_name(bridge)], "nftables",
+                    NFT_TIMEOUT_S)
     return done.returncode == 0
 
 
