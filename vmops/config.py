@@ -43,7 +43,10 @@ class Settings:
         "(default /var/lib/vmops as root, $XDG_STATE_HOME/vmops otherwise).")
     libvirt_uri: str = _opt(
         "", "libvirt connection URI. Empty: embedded qemu:///embed?root=<state_dir>/libvirt, "
-        "no daemon needed. Any other URI works, e.g. qemu:///system or qemu+ssh://host/system.")
+        "no daemon needed: the mode vmops is tested in. A local daemon (qemu:///system) is "
+        "not tested: its QEMU user must be able to read the state directory. Remote URIs "
+        "(qemu+ssh://...) do not work: disks, config drives and sockets are made in the "
+        "local state directory.")
     accel: str = _opt(
         "auto", "CPU acceleration: kvm, tcg (software emulation), or auto (kvm when a probe "
         "shows it really works, else tcg).", choices=("auto", "kvm", "tcg"))
@@ -225,11 +228,19 @@ def describe_allowed(f: dataclasses.Field[Any]) -> str:
         return "one of " + ", ".join(meta["choices"])
     words = {"bool": "true or false", "int": "an integer", "float": "a number",
              "Path": "a directory path", "str": "a string"}[kind]
-    if meta["minimum"] is not None and meta["maximum"] is not None:
-        words += f" from {meta['minimum']:g} to {meta['maximum']:g}"
-    elif meta["minimum"] is not None:
-        words += f" of at least {meta['minimum']:g}"
+    low, high = (_number(meta["minimum"], kind), _number(meta["maximum"], kind))
+    if low is not None and high is not None:
+        words += f" from {low} to {high}"
+    elif low is not None:
+        words += f" of at least {low}"
     return words
+
+
+def _number(value: float | None, kind: str) -> str | None:
+    """A bound as a user types it: integers whole (67108864, not 6.71089e+07)."""
+    if value is None:
+        return None
+    return str(int(value)) if kind == "int" or float(value).is_integer() else f"{value:g}"
 
 
 def _check(f: dataclasses.Field[Any], value: Any) -> None:

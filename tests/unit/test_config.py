@@ -64,3 +64,13 @@ def test_docs_list_every_option() -> None:
     doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
     for f in config.options():
         assert f"`{f.name}`" in doc, f"docs/configuration.md does not describe {f.name}"
+
+
+def test_allowed_ranges_print_integers_whole() -> None:
+    fields = {f.name: f for f in config.options()}
+    assert config.describe_allowed(fields["max_injected_file_bytes"]) == \
+        "an integer from 0 to 67108864"
+    assert config.describe_allowed(fields["dynamic_memory_ratio"]) == "a number from 1 to 64"
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    for f in config.options():
+        assert config.describe_allowed(f) in doc, f"docs/configuration.md: {f.name}'s range"
