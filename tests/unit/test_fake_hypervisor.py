@@ -210,6 +210,31 @@ def test_fail_next_fails_once(hv: FakeHypervisor) -> None:
     hv.start(UUID)
 
 
+def test_every_call_is_recorded_once_and_can_fail(hv: FakeHypervisor) -> None:
+    """The fault-injection tests rely on it: what ``calls`` lists is exactly
+    what was called, and ``fail_next`` can fail each of those."""
+    hv.calls.clear()
+    calls: list[tuple[str, Callable[[], object]]] = [
+        ("list_uuids", hv.list_uuids), ("exists", lambda: hv.exists(UUID)),
+        ("info", lambda: hv.info(UUID)), ("domain_xml", lambda: hv.domain_xml(UUID)),
+        ("start", lambda: hv.start(UUID)), ("qemu_pid", lambda: hv.qemu_pid(UUID)),
+        ("pause", lambda: hv.pause(UUID)), ("unpause", lambda: hv.unpause(UUID)),
+        ("reboot_hard", lambda: hv.reboot_hard(UUID)), ("bulk_stats", hv.bulk_stats),
+        ("suspend", lambda: hv.suspend(UUID)),
+        ("has_saved_memory", lambda: hv.has_saved_memory(UUID)),
+        ("discard_saved_memory", lambda: hv.discard_saved_memory(UUID)),
+        ("start", lambda: hv.start(UUID)), ("shutdown", lambda: hv.shutdown(UUID)),
+        ("power_off", lambda: hv.power_off(UUID)), ("undefine", lambda: hv.undefine(UUID)),
+        ("define", lambda: hv.define(SPEC)),
+    ]
+    for name, call in calls:
+        hv.fail_next(name, HypervisorError(reason=name))
+        with pytest.raises(HypervisorError, match=name):
+            call()
+        call()
+    assert hv.calls == [name for name, _ in calls for _ in range(2)]
+
+
 def test_info_and_stats(hv: FakeHypervisor) -> None:
     hv.define(dataclasses.replace(SPEC, memory_mib=1024, dynamic_memory_ratio=2.0))
     info = hv.info(UUID)

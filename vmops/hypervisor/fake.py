@@ -5,6 +5,9 @@ It refuses exactly what the libvirt driver refuses (both use
 synchronously, on the calling thread, after the change. Test hooks stand in
 for the guest and for failures: :meth:`guest_shutdown`, :meth:`guest_crash`,
 ``obey_power_button``, :meth:`fail_next` and :meth:`add_foreign_domain`.
+Every call of a protocol method that names a domain, or lists them, is
+recorded in ``calls`` (its method name), and any of them can be made to fail:
+the fault-injection tests find the calls a verb makes there, then fail each.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ class FakeHypervisor:
         self.domains: dict[str, FakeDomain] = {}
         self.foreign: dict[str, str] = {}  # UUID -> name of domains vmops did not make
         self._failures: dict[str, tuple[int, Exception]] = {}  # operation -> (skip, error)
+        self.calls: list[str] = []  # method names, in call order
         self._callbacks: list[EventCallback] = []
         self._lock = threading.RLock()
         self._pids = itertools.count(40000)
@@ -112,9 +116,10 @@ class FakeHypervisor:
                 self.domains[uuid] = FakeDomain(spec=spec)
 
     def domain_xml(self, uuid: str) -> str:
-        return build_domain_xml(self._domain(uuid).spec)
+        return build_domain_xml(self._domain(uuid, "domain_xml").spec)
 
     def list_uuids(self) -> list[str]:
+        self._maybe_fail("list_uuids")
         with self._lock:
             return sorted(self.domains)
 
@@ -178,7 +183,7 @@ class FakeHypervisor:
         self._stop(uuid, PowerState.SUSPENDED, "suspended")
 
     def has_saved_memory(self, uuid: str) -> bool:
-        return self._domain(uuid).saved_memory
+        return self._domain(uuid, "has_saved_memory").saved_memory
 
     def discard_saved_memory(self, uuid: str) -> None:
         with self._lock:
@@ -190,19 +195,21 @@ class FakeHypervisor:
     def undefine(self, uuid: str) -> None:
         self._maybe_fail("undefine")
         with self._lock:
-            if uuid.lower() not in self.domains:
+            d = self.domains.get(uuid.lower())
+            if d is None:
                 return
-            self._checked(uuid, "undefine")
+            check_state("undefine", uuid, d.state)  # not _checked: one call, one record
             del self.domains[uuid.lower()]
 
     def qemu_pid(self, uuid: str) -> int | None:
-        return self._domain(uuid).pid
+        return self._domain(uuid, "qemu_pid").pid
 
     # -- events and statistics -------------------------------------------------
     def on_lifecycle_event(self, callback: EventCallback) -> None:
         self._callbacks.append(callback)
 
     def bulk_stats(self) -> dict[str, dict[str, int | float]]:
+        self._maybe_fail("bulk_stats")
         with self._lock:
             return {uuid: {"state.state": _LIBVIRT_STATE[d.state],
                            "cpu.time": d.cpu_time_ns,
@@ -212,7 +219,9 @@ class FakeHypervisor:
 
     # -- helpers ---------------------------------------------------------------
     def _maybe_fail(self, operation: str) -> None:
+        """Record a call of ``operation``; raise if a failure is planned for it."""
         with self._lock:
+            self.calls.append(operation)
             planned = self._failures.pop(operation, None)
             if planned is None:
                 return
