@@ -136,6 +136,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "the default security group", lambda db: _seed_default_group(db)),
     Migration(4, "images: the guest's login user (for `vmops ssh`)",
               "ALTER TABLE images ADD COLUMN login_user TEXT NOT NULL DEFAULT '';"),
+    Migration(5, "images: the instance a snapshot was taken of",
+              "ALTER TABLE images ADD COLUMN instance_uuid TEXT NOT NULL DEFAULT '';"),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -321,6 +323,7 @@ class Image:
     created_at: float = 0.0
     updated_at: float = 0.0
     login_user: str = ""  # the guest's user to log in as ('' : unknown; ssh uses root)
+    instance_uuid: str = ""  # the instance a snapshot was taken of ('': imported)
 
 
 @dataclass(frozen=True)

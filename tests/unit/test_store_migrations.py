@@ -62,6 +62,7 @@ def test_v1_fixture_is_migrated_and_every_record_kept(v1_db: Path) -> None:
     assert store.image("tiny").virtual_size == 64 << 20
     assert store.image("broken").fault == "download failed: connection refused"
     assert store.image("tiny").login_user == ""  # version 4: unknown, so ssh uses root
+    assert store.image("tiny").instance_uuid == ""  # version 5: imported, not a snapshot
     assert [k.name for k in store.keypairs()] == ["mykey", "other"]
     assert store.keypair("mykey").public_key.startswith("ssh-ed25519 ")
     assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
