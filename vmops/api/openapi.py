@@ -99,7 +99,8 @@ def _schemas() -> dict[str, Any]:
             "disk_format": NULL_STR, "container_format": NULL_STR, "min_ram": INT,
             "min_disk": INT, "tags": array(STR), "created_at": TIME, "updated_at": TIME,
             "owner": STR, "self": STR, "file": STR, "schema": STR},
-            {"os_admin_user": STR}),
+            {"os_admin_user": STR, "image_type": {"enum": ["snapshot"]},
+             "instance_uuid": STR}),
         "Keypair": obj({"name": STR, "public_key": STR, "fingerprint": STR},
                        {"type": STR, "created_at": TIME, "user_id": STR, "id": INT,
                         "deleted": BOOL, "updated_at": TIME, "deleted_at": TIME}),
@@ -216,6 +217,10 @@ def _server_paths() -> dict[str, Any]:
         obj({"os-stop": {"type": ["object", "null"], "additionalProperties": False,
                          "properties": {"vmops:timeout": NUM, "vmops:hard": BOOL}}},
             extra=False),
+        obj({"createImage": obj({"name": STR}, {"metadata": obj({}, extra=False)},
+                                extra=False)}, extra=False),
+        obj({"rebuild": obj({"imageRef": STR}, {"preserve_ephemeral": {"enum": [False]}},
+                            extra=False)}, extra=False),
         obj({"os-getConsoleOutput": {"type": ["object", "null"], "additionalProperties": False,
                                      "properties": {"length": {"type": ["integer", "null"]}}}},
             extra=False),
@@ -239,8 +244,11 @@ def _server_paths() -> dict[str, Any]:
         f"{P}/servers/{{id}}/action": {
             "parameters": [path_id("server")],
             "post": op("Run an action: reboot, os-stop, os-start, pause, unpause, suspend, "
-                       "resume, vmops:rebuildConfigDrive (stopped servers only) (202, "
-                       "continues in the background), os-getConsoleOutput (200)",
+                       "resume, vmops:rebuildConfigDrive (stopped servers only), rebuild "
+                       "(a new root disk from imageRef; same id, MACs, addresses, flavor), "
+                       "createImage (a snapshot of the root disk: the new image's URL in "
+                       "Location) (202, continues in the background), "
+                       "os-getConsoleOutput (200)",
                        {**ok(obj({}, {"output": STR, "server": ref("Server")})),
                         **ok(None, "202", "Accepted")},
                        body=action,

@@ -286,6 +286,32 @@ def reboot_hard(arg: Any) -> bool:
     return kind == "HARD"
 
 
+def create_image_name(arg: Any) -> str:
+    """createImage: {"name": "...", "metadata": {}}; image properties are
+    not kept by vmops, so metadata must be empty."""
+    if not isinstance(arg, dict):
+        raise Invalid(reason='createImage takes an object: {"name": "<image name>"}')
+    no_unknown(arg, {"name", "metadata"}, "createImage")
+    if arg.get("metadata") not in (None, {}):
+        raise Invalid(reason="vmops images have no metadata: createImage's metadata must "
+                      "be empty")
+    name: str = field(arg, "name", str, required=True)
+    return name
+
+
+def rebuild_image(arg: Any) -> str:
+    """rebuild: {"imageRef": "..."}; the rest of the server is kept, so
+    Nova's optional changes (name, metadata, adminPass, ...) are refused."""
+    if not isinstance(arg, dict):
+        raise Invalid(reason='rebuild takes an object: {"imageRef": "<image>"}')
+    no_unknown(arg, {"imageRef", "preserve_ephemeral"}, "rebuild")
+    if arg.get("preserve_ephemeral") not in (None, False):
+        raise Invalid(reason="preserve_ephemeral is not supported (as with Nova's libvirt "
+                      "driver): rebuild gives the instance a blank ephemeral disk")
+    image: str = field(arg, "imageRef", str, required=True)
+    return image
+
+
 def console_length(arg: Any) -> int | None:
     """os-getConsoleOutput: {"length": N} (a number or numeric string) or null."""
     if arg is None:

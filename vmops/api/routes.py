@@ -191,21 +191,25 @@ class Routes:
                           f"{', '.join(sorted(self._actions()))}, os-getConsoleOutput")
         wait = req.arg("vmops:wait")
         seconds = parse.wait_seconds(wait) if wait is not None else None
-        handler(inst.id, arg)
+        # An action with an answer of its own returns it (headers and body).
+        answer = handler(inst.id, arg, req.base_url) or Response(202)
         # vmops' own: answer when the action has ended, so a client need not poll.
         if seconds is None or not self.compute.wait_idle(inst.id, seconds):
-            return Response(202)
+            return answer
         inst = self.compute.instance(inst.id)
         return Response(200, {"server": views.server(inst, req.base_url,
-                                                     net=self._network_view(inst))})
+                                                     net=self._network_view(inst))},
+                        headers=answer.headers)
 
-    def _actions(self) -> dict[str, Callable[[str, Any], Any]]:
+    def _actions(self) -> dict[str, Callable[[str, Any, str], Response | None]]:
+        """Each action's handler: (server id, argument, base URL) -> its own
+        answer, or None for a bare 202."""
         c = self.compute
 
-        def simple(action: str, verb: Callable[[str], Any]) -> Callable[[str, Any], Any]:
-            def run(ref: str, arg: Any) -> Any:
+        def simple(action: str, verb: Callable[[str], Any]) -> Callable[[str, Any, str], None]:
+            def run(ref: str, arg: Any, _base: str) -> None:
                 parse.no_argument(action, arg)
-                return verb(ref)
+                verb(ref)
             return run
 
         return {
@@ -218,14 +222,28 @@ class Routes:
                                                c.rebuild_config_drive),
             "os-stop": self._stop,
             "reboot": self._reboot,
+            "createImage": self._create_image,
+            "rebuild": self._rebuild,
         }
 
-    def _stop(self, ref: str, arg: Any) -> None:
+    def _stop(self, ref: str, arg: Any, _base: str) -> None:
         timeout, hard = parse.stop_options(arg)
         self.compute.stop(ref, timeout=timeout, hard=hard)
 
-    def _reboot(self, ref: str, arg: Any) -> None:
+    def _reboot(self, ref: str, arg: Any, _base: str) -> None:
         self.compute.reboot(ref, hard=parse.reboot_hard(arg))
+
+    def _create_image(self, ref: str, arg: Any, base: str) -> Response:
+        """Nova 2.1: 202, no body, the new image's URL in Location."""
+        image = self.compute.snapshot(ref, parse.create_image_name(arg), self.catalog.cache)
+        return Response(202, headers={"Location": views.link(base, "images", image.id)[0]["href"]})
+
+    def _rebuild(self, ref: str, arg: Any, _base: str) -> None:
+        """202 without a body (Nova sends the server too; clients read it back)."""
+        try:
+            self.compute.rebuild(ref, parse.rebuild_image(arg))
+        except ImageNotFound as exc:
+            raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad imageRef
 
     def console_log(self, req: Request) -> Response:
         """vmops' own: the raw bytes, optionally the last N lines, optionally followed."""

@@ -164,8 +164,12 @@ def image(img: Image, users: list[str], base: str) -> dict[str, Any]:
 
 def image_properties(img: Image) -> dict[str, str]:
     """The image's properties under Glance's names: ``os_admin_user`` is the
-    user to log in as (Glance's default for Linux: root)."""
-    return {"os_admin_user": img.login_user} if img.login_user else {}
+    user to log in as (Glance's default for Linux: root); a snapshot carries
+    Nova's ``image_type`` snapshot and the ``instance_uuid`` it was taken of."""
+    props = {"os_admin_user": img.login_user} if img.login_user else {}
+    if img.instance_uuid:
+        props.update(image_type="snapshot", instance_uuid=img.instance_uuid)
+    return props
 
 
 def _progress(img: Image) -> int:

@@ -308,6 +308,29 @@ def cmd_reboot(args: argparse.Namespace) -> int:
     return _action(args, {"reboot": {"type": "HARD" if args.hard else "SOFT"}})
 
 
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    return _action(args, {"rebuild": {"imageRef": args.image}})
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """createImage, then wait for the task to end: the image is ACTIVE, or
+    gone (a failed snapshot deletes it) and the server's fault says why."""
+    client = _client(args)
+    server = _server_ref(client, args.name)
+    if not args.json:
+        print(f"{server['name']}: snapshot to image {args.image_name}...", file=sys.stderr,
+              flush=True)
+    client.post(f"/servers/{server['id']}/action", {"createImage": {"name": args.image_name}})
+    server = _wait_server(client, server["id"], "idle", quiet=True)
+    image = _get_or_none(client, f"/images/{args.image_name}", "image")
+    if image is None or image["status"] != "ACTIVE":
+        fault = (server.get("fault") or {}).get("message") or \
+            (image or {}).get("vmops:fault") or "the image is gone"
+        print_error(f"snapshot of {args.name} failed: {fault}")
+        return 1
+    return _print_image(image, args.json)
+
+
 def _simple(action: str) -> Any:
     return lambda args: _action(args, {action: None})
 
@@ -652,6 +675,15 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the admin password)")):
         sp = cmd(verb, _simple(action), text)
         sp.add_argument("name")
+
+    sp = cmd("snapshot", cmd_snapshot, "copy an instance's root disk into a new image (a "
+             "running guest is paused for the copy)")
+    sp.add_argument("name")
+    sp.add_argument("image_name")
+    sp = cmd("rebuild", cmd_rebuild, "give an instance a new root disk from an image, "
+             "keeping its id, MAC, address, flavor and metadata (the ephemeral disk is wiped)")
+    sp.add_argument("name")
+    sp.add_argument("--image", required=True)
 
     image = sub.add_parser("image", help="manage images").add_subparsers(
         dest="image_command", required=True, metavar="ACTION")

@@ -44,6 +44,10 @@ INTERRUPTED = ("the import was interrupted when the vmops service stopped; delet
                "and import it again")
 
 
+SNAPSHOT_INTERRUPTED = ("the snapshot was interrupted when the vmops service stopped; "
+                        "delete the image and take the snapshot again")
+
+
 class Catalog:
     def __init__(self, store: Store, cache: ImageCache,
                  host_import_dirs: tuple[Path, ...] = ()) -> None:
@@ -101,10 +105,7 @@ class Catalog:
         self._activate(self.store.image(image.id), cached)
 
     def _activate(self, image: Image, cached: CachedImage) -> None:
-        self.store.update_image(
-            image, status="active", format=cached.format, virtual_size=cached.virtual_size,
-            file_size=cached.file_size, checksum=cached.checksum, path=str(cached.path),
-            bytes_done=cached.file_size, bytes_total=cached.file_size, fault="")
+        activate_image(self.store, image, cached)
 
     def recover_imports(self) -> None:
         """At service start: settle the imports the last service left unfinished.
@@ -115,6 +116,10 @@ class Catalog:
         """
         for image in self.store.images():
             if image.status not in UNFINISHED:
+                continue
+            if image.instance_uuid:
+                log.warning("snapshot %s was interrupted: marked error", image.name)
+                self.store.update_image(image, status="error", fault=SNAPSHOT_INTERRUPTED)
                 continue
             try:
                 cached = self.cache.finished_import(image.source, image.created_at)
@@ -185,6 +190,14 @@ class Catalog:
             raise Invalid(reason="public key must be one line of printable text")
         return self.store.add_keypair(Keypair(name=name, public_key=public_key.strip(),
                                               fingerprint=ssh_fingerprint(public_key)))
+
+
+def activate_image(store: Store, image: Image, cached: CachedImage) -> Image:
+    """Record that ``image``'s file is in the cache (an import's, a snapshot's)."""
+    return store.update_image(
+        image, status="active", format=cached.format, virtual_size=cached.virtual_size,
+        file_size=cached.file_size, checksum=cached.checksum, path=str(cached.path),
+        bytes_done=cached.file_size, bytes_total=cached.file_size, fault="")
 
 
 def shown_source(source: str) -> str:

@@ -18,11 +18,16 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vmops import console
 from vmops.compute import states
-from vmops.compute.names import check_instance_name, check_mac, generate_mac
+from vmops.compute.names import (
+    check_instance_name,
+    check_mac,
+    check_resource_name,
+    generate_mac,
+)
 from vmops.compute.tasks import TaskLocks
 from vmops.config import Settings
 from vmops.errors import (
@@ -49,6 +54,9 @@ from vmops.hypervisor.base import (
 from vmops.network.manager import USER_NETWORK, Network
 from vmops.network.model import NicMode
 from vmops.store import DEFAULT_GROUP, DiskRecord, Flavor, Image, Instance, Port, Store
+
+if TYPE_CHECKING:
+    from vmops.disks.cache import ImageCache
 
 log = logging.getLogger(__name__)
 
@@ -490,6 +498,79 @@ class Compute:
         return self._run(ref, "rebuild-config-drive", states.REBUILDING_CONFIG_DRIVE,
                          (states.STOPPED,), work)
 
+    # -- snapshot and rebuild --------------------------------------------------
+    def snapshot(self, ref: str, image_name: str, cache: ImageCache) -> Image:
+        """Nova's createImage: the root disk, flattened, becomes image
+        ``image_name`` (SAVING, then ACTIVE). Consistency and what the guest
+        sees: :mod:`vmops.compute.snapshot`. A refused snapshot leaves no
+        image; a failed one deletes it (as Nova does) and records the fault
+        on the instance."""
+        from vmops.compute import snapshot as snapshot_steps
+
+        check_resource_name(image_name, "image")
+        inst = self.store.instance(ref)
+        image = self.store.add_image(Image(
+            id=str(uuidlib.uuid4()), name=image_name, status="saving",
+            source=f"snapshot of instance {inst.name}", instance_uuid=inst.id,
+            login_user=self._login_user_of(inst)))
+
+        def work(inst: Instance) -> None:
+            try:
+                snapshot_steps.take(self, inst, image, cache)
+            except BaseException:
+                self.store.delete_image(image.id)
+                raise
+
+        try:
+            self._run(inst.id, "snapshot", states.IMAGE_SNAPSHOT,
+                      (states.ACTIVE, states.STOPPED, states.PAUSED, states.SUSPENDED), work)
+        except VmopsError:
+            self.store.delete_image(image.id)  # refused (or failed): no image is left
+            raise
+        return image
+
+    def _login_user_of(self, inst: Instance) -> str:
+        """A snapshot runs the same guest: it keeps its image's login user."""
+        try:
+            return self.store.image(inst.image_id).login_user
+        except VmopsError:
+            return ""  # the image was deleted since
+
+    def rebuild(self, ref: str, image_ref: str) -> Instance:
+        """Nova's rebuild: a new root disk from ``image_ref``; the same uuid,
+        name, MACs, addresses, flavor and metadata; a blank ephemeral disk and
+        the config drive written again (see ``spawn.stage_disks``). Active or
+        errored instances end running, stopped ones stopped (Nova stops them
+        again). Refused, with nothing changed, if the flavor's root disk is
+        smaller than the image."""
+        from vmops.compute import spawn as spawn_steps
+
+        inst = self.store.instance(ref)
+        image = self._active_image(image_ref)
+        spawn_steps.check_root_fits(spawn_steps.recorded_flavor(inst), image)
+
+        def work(inst: Instance) -> None:
+            boot = inst.vm_state != states.STOPPED
+            staged = spawn_steps.stage_disks(self, inst, image)
+            try:
+                if self.hv.exists(inst.id) and not self._is_off(inst) and \
+                        not self._shutdown_gracefully(inst, self.settings.shutdown_timeout):
+                    self.hv.power_off(inst.id)
+            except BaseException:
+                spawn_steps.discard_staged(self, inst)
+                raise
+            disks = spawn_steps.install_disks(self, inst, staged)
+            inst = self.store.update_instance(inst, image_id=image.id, image_name=image.name,
+                                              disks=disks, desired_running=boot)
+            self.store.update_image(image)  # last used now: prune ages images by it
+            self.hv.define(self.domain_spec(inst))
+            if boot:
+                self._boot(inst)
+                self.store.update_instance(inst, launched_at=time.time())
+
+        return self._run(inst.id, "rebuild", states.REBUILDING,
+                         (states.ACTIVE, states.STOPPED, states.ERROR), work)
+
     def reboot(self, ref: str, hard: bool = False) -> Instance:
         if hard:
             return self._run(ref, "hard-reboot", states.REBOOTING_HARD,
@@ -676,6 +757,10 @@ class Compute:
             self._record_error(inst, "spawn was interrupted by a service restart",
                                self._teardown(inst), disks=())
             return
+        if inst.task_state == states.IMAGE_SNAPSHOT:
+            from vmops.compute import snapshot as snapshot_steps
+
+            snapshot_steps.recover(self, inst)
         if inst.task_state is not None:
             inst = self.store.update_instance(inst, task_state=None)
         inst = self._refresh(inst)

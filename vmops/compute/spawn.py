@@ -7,7 +7,9 @@ spawn back is removing that directory (``Compute._teardown``).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from vmops.compute.manager import Compute, SpawnRequest
 
 GIB = 1024**3
+REBUILD_STAGING = "rebuild"  # a directory inside the instance's own
 
 
 def check_root_fits(flavor: Flavor, image: Image) -> None:
@@ -28,6 +31,15 @@ def check_root_fits(flavor: Flavor, image: Image) -> None:
     if wanted and wanted < image.virtual_size:
         raise FlavorTooSmall(flavor=flavor.name, flavor_bytes=wanted, image=image.name,
                              image_bytes=image.virtual_size)
+
+
+def recorded_flavor(inst: Instance) -> Flavor:
+    """The flavor as the instance recorded it at spawn (the flavor may have
+    been deleted since)."""
+    f = inst.flavor
+    return Flavor(id=str(f["id"]), name=str(f["name"]), ram_mib=int(f["ram_mib"]),
+                  vcpus=int(f["vcpus"]), root_gb=int(f["root_gb"]),
+                  ephemeral_gb=int(f["ephemeral_gb"]))
 
 
 def _limits(compute: Compute) -> configdrive.Limits:
@@ -56,8 +68,9 @@ def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac
 
 
 def create_disks(compute: Compute, inst: Instance, image: Image,
-                 admin_password: str | None) -> list[DiskRecord]:
-    inst_dir = compute.instance_dir(inst)
+                 admin_password: str | None, inst_dir: Path | None = None) -> list[DiskRecord]:
+    """The instance's disks, in its directory (or ``inst_dir``: rebuild's staging)."""
+    inst_dir = inst_dir or compute.instance_dir(inst)
     inst_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(inst_dir, 0o700)
     disks = [_root_disk(compute, inst, image, inst_dir)]
@@ -67,7 +80,7 @@ def create_disks(compute: Compute, inst: Instance, image: Image,
                                                      ephemeral_gb * GIB)
         disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
     if inst.config_drive:
-        path = write_config_drive(compute, inst, admin_password)
+        path = write_config_drive(compute, inst, admin_password, inst_dir)
         if compute.settings.config_drive_format == "cdrom":
             disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
         else:
@@ -87,7 +100,8 @@ def _root_disk(compute: Compute, inst: Instance, image: Image, inst_dir: Path) -
     return DiskRecord("root", str(facts.path), facts.format, "vda")
 
 
-def write_config_drive(compute: Compute, inst: Instance, admin_password: str | None) -> Path:
+def write_config_drive(compute: Compute, inst: Instance, admin_password: str | None,
+                       inst_dir: Path | None = None) -> Path:
     """(Re)write the instance's config drive from its record. The admin
     password is not recorded, so only the first drive can carry it."""
     files = tuple((p, base64.b64decode(c)) for p, c in inst.injected_files)
@@ -95,7 +109,7 @@ def write_config_drive(compute: Compute, inst: Instance, admin_password: str | N
     keys = {inst.key_name: inst.key_data} if inst.key_name and inst.key_data else {}
     md = _metadata(inst.id, inst.name, _drive_nics(compute, inst), keys, inst.properties,
                    files, user_data, admin_password)
-    path = compute.instance_dir(inst) / "config.iso"
+    path = (inst_dir or compute.instance_dir(inst)) / "config.iso"
     configdrive.build_config_drive(
         md, path, _limits(compute),
         include_admin_password=compute.settings.config_drive_inject_password)
@@ -115,3 +129,42 @@ def _drive_nics(compute: Compute, inst: Instance) -> list[configdrive.Nic]:
         else:
             nics.append(configdrive.Nic(mac=port.mac))
     return nics
+
+
+# -- rebuild ---------------------------------------------------------------------
+def stage_disks(compute: Compute, inst: Instance, image: Image) -> list[DiskRecord]:
+    """Rebuild's new disks, made beside the ones in use (which stay untouched
+    until :func:`install_disks`): a root disk from ``image``, a blank
+    ephemeral disk (Nova's libvirt driver wipes it: rebuild destroys every
+    local disk and spawns again, and refuses ``preserve_ephemeral``), and the
+    config drive written again from the record (no admin password: it is not
+    recorded)."""
+    staging = compute.instance_dir(inst) / REBUILD_STAGING
+    discard_staged(compute, inst)  # what an interrupted rebuild left
+    try:
+        return create_disks(compute, inst, image, admin_password=None, inst_dir=staging)
+    except BaseException:
+        discard_staged(compute, inst)
+        raise
+
+
+def discard_staged(compute: Compute, inst: Instance) -> None:
+    shutil.rmtree(compute.instance_dir(inst) / REBUILD_STAGING, ignore_errors=True)
+
+
+def install_disks(compute: Compute, inst: Instance,
+                  staged: list[DiskRecord]) -> tuple[DiskRecord, ...]:
+    """Move the staged disks over the old ones (the guest is off) and remove
+    any old disk the new set has no file for."""
+    inst_dir = compute.instance_dir(inst)
+    installed = []
+    for disk in staged:
+        dest = inst_dir / Path(disk.path).name
+        os.replace(disk.path, dest)
+        installed.append(dataclasses.replace(disk, path=str(dest)))
+    kept = {d.path for d in installed}
+    for old in inst.disks:
+        if old.path not in kept:
+            Path(old.path).unlink(missing_ok=True)
+    discard_staged(compute, inst)
+    return tuple(installed)

@@ -24,6 +24,8 @@ UNPAUSING = "unpausing"
 SUSPENDING = "suspending"
 RESUMING = "resuming"
 REBUILDING_CONFIG_DRIVE = "rebuilding-config-drive"
+IMAGE_SNAPSHOT = "image_snapshot"  # Nova's names for these two
+REBUILDING = "rebuilding"
 
 # What the hypervisor reports, as the vm_state it implies.
 VM_STATE_OF_POWER = {
@@ -67,6 +69,8 @@ def server_status(vm_state: str, task_state: str | None) -> str:
         return "REBOOT"
     if task_state == REBOOTING_HARD:
         return "HARD_REBOOT"
+    if task_state == REBUILDING:
+        return "REBUILD"
     if task_state == DELETING:
         return "DELETED" if vm_state == "deleted" else _STATUS.get(vm_state, "UNKNOWN")
     return _STATUS.get(vm_state, "UNKNOWN")

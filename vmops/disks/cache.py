@@ -185,6 +185,24 @@ class ImageCache:
             inspect_image(converted, "qcow2")
             self._publish(converted, final)
 
+    def add_snapshot(self, write: Callable[[Path], None]) -> CachedImage:
+        """Store the qcow2 that ``write(path)`` makes (an instance's disk,
+        flattened) as a base, checked as any import is: the same inspector,
+        then ``qemu-img check``. Named by the sha256 of its bytes."""
+        with self._temp(".snapshot") as made:
+            write(made)
+            inspect_image(made, "qcow2")
+            self._validate_with_qemu(made, "qcow2")
+            digest = hashlib.sha256()
+            with made.open("rb") as f:
+                while chunk := f.read(CHUNK):
+                    digest.update(chunk)
+            final = self.root / f"{digest.hexdigest()}.qcow2"
+            if not final.exists():
+                self._publish(made, final)
+            self.touch(final)
+            return self._describe(final)
+
     @staticmethod
     def _validate_with_qemu(path: Path, fmt: str) -> None:
         """Let qemu-img check qcow2 metadata (L2 tables etc.) the headers do not show."""
@@ -354,8 +372,6 @@ class ImageCache:
                     tmp.unlink()
         return removed
 
-    # -- locks, memos, temps ---------------------------------------------------
-
     def remove_temp_files(self) -> list[Path]:
         """Remove every import's temp file: only when no import can be running
         (the service, at start)."""
@@ -379,6 +395,8 @@ class ImageCache:
         if memo is None or finished_at < since:
             return None
         return self._reuse(Path(memo.path))
+
+    # -- locks, memos, temps ---------------------------------------------------
 
     @contextlib.contextmanager
     def _source_lock(self, key: str) -> Iterator[None]:

@@ -94,6 +94,13 @@ def create_ephemeral_disk(dest: Path, size_bytes: int) -> DiskFacts:
     return DiskFacts(path=dest, format=DISK_FORMAT)
 
 
+def copy_flattened(src: Path, fmt: str, dest: Path, held_open: bool) -> None:
+    """Write a standalone qcow2 copy of an instance's disk to ``dest`` (an
+    existing empty file), its base read through. ``held_open``: a QEMU has
+    the disk open; the caller has stopped its vCPUs, so nothing writes it."""
+    qemu_img.convert(src, fmt, dest, DISK_FORMAT, force_share=held_open)
+
+
 @contextlib.contextmanager
 def _new_disk(dest: Path) -> Iterator[None]:
     """Claim ``dest`` exclusively; remove it again if making it fails."""

@@ -68,10 +68,16 @@ def check(path: Path, fmt: str) -> dict[str, Any]:
     return result
 
 
-def convert(src: Path, src_fmt: str, dest: Path, dest_fmt: str) -> None:
-    """Copy ``src`` into a new standalone image ``dest`` (holes stay sparse)."""
+def convert(src: Path, src_fmt: str, dest: Path, dest_fmt: str,
+            force_share: bool = False) -> None:
+    """Copy ``src`` into a new standalone image ``dest`` (holes stay sparse;
+    a backing chain is read through, so ``dest`` has no backing file).
+
+    ``force_share``: read a disk a QEMU holds open (``-U``); only safe while
+    that QEMU does not write it (paused, or its vCPUs stopped)."""
+    share = ["-U"] if force_share else []
     _run(
-        ["convert", "-q", "-f", src_fmt, "-O", dest_fmt, _abs(src), _abs(dest)],
+        ["convert", "-q", *share, "-f", src_fmt, "-O", dest_fmt, _abs(src), _abs(dest)],
         limits=COPY_LIMITS,
     )
 
