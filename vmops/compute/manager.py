@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops import console
-from vmops.compute import states
+from vmops.compute import crash_points, states
 from vmops.compute.names import (
     check_instance_name,
     check_mac,
@@ -213,17 +213,22 @@ class Compute:
 
         failure: Exception | None = None
         try:
+            crash_points.reached("spawn", "after-record")
             # The capture process takes ~50 ms to start (a Python interpreter):
             # start it first so that overlaps making the disks and the domain.
             self._start_capture(inst)
+            crash_points.reached("spawn", "after-capture")
             if self.network is not None and any(
                     p.mode == NicMode.BRIDGE for p in self.store.ports(inst.id)):
                 self.network.apply()  # DHCP knows the MAC, the rules the tap, before boot
             disks = spawn_steps.create_disks(self, inst, image, admin_password)
             inst = self.store.update_instance(inst, disks=tuple(disks))
+            crash_points.reached("spawn", "after-disks")
             self.hv.define(self.domain_spec(inst))
             self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
+            crash_points.reached("spawn", "after-define")
             self._boot(inst)
+            crash_points.reached("spawn", "after-boot")
             self.store.update_instance(inst, vm_state=states.ACTIVE, task_state=None,
                                        launched_at=time.time(),
                                        power_state=PowerState.RUNNING.value)
@@ -289,6 +294,7 @@ class Compute:
         try:
             with self.tasks.hold(inst.id, inst.name, states.DELETING):
                 inst = self._mark_deleting(inst)
+                crash_points.reached("destroy", "after-mark")
                 self._remove_or_record_error(inst, "destroy")
                 self._ended("destroy", started)
         except Exception as exc:
@@ -316,6 +322,7 @@ class Compute:
         and raise. A record is never dropped while its domain may remain."""
         failures = self._teardown(inst)
         if not failures:
+            crash_points.reached("destroy", "after-teardown")
             self.store.delete_instance(inst.id)
             return
         fault = f"{verb} did not complete: {failures[0]}"
@@ -427,7 +434,9 @@ class Compute:
               work: Callable[[Instance], None], changes: dict[str, Any],
               reraise: bool = False) -> Instance:
         try:
+            crash_points.reached(action, "after-begin")
             work(inst)
+            crash_points.reached(action, "after-work")
         except Exception as exc:
             log.exception("%s of %s failed", action, inst.name)
             inst = self._finish(inst, action, started, exc, fault=_fault_of(exc))
