@@ -63,6 +63,7 @@ class Env:
     hv: FakeHypervisor
     capture: SocketCapture
     compute: Compute
+    cache: ImageCache
 
     def spawn(self, name: str) -> Instance:
         return self.compute.create(SpawnRequest(name, "base", "m1.tiny"), background=False)
@@ -76,9 +77,9 @@ def _make_env(tmp: Path) -> Env:
     compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=capture)
     base = tmp / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
-    Catalog(store, ImageCache(settings.images_dir)).import_image("base", str(base),
-                                                                 background=False)
-    return Env(settings, store, hv, capture, compute)
+    cache = ImageCache(settings.images_dir)
+    Catalog(store, cache).import_image("base", str(base), background=False)
+    return Env(settings, store, hv, capture, compute, cache)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ VERBS: dict[str, Verb] = {
     "unpause": Verb(_spawned("pause"), lambda env: env.compute.unpause(VICTIM)),
     "suspend": Verb(_spawned(), lambda env: env.compute.suspend(VICTIM)),
     "resume": Verb(_spawned("suspend"), lambda env: env.compute.resume(VICTIM)),
+    "rebuild": Verb(_spawned(), lambda env: env.compute.rebuild(VICTIM, "base")),
+    "snapshot": Verb(_spawned(), lambda env: env.compute.snapshot(VICTIM, "snap", env.cache)),
 }
 
 
@@ -177,6 +180,16 @@ def _bystander_intact(env: Env, bystander: Instance, ports: list[Port]) -> None:
     assert env.store.ports(bystander.id) == ports
 
 
+def _images_consistent(env: Env) -> None:
+    """Every image file has its record and every record its file (a failed
+    snapshot leaves neither), and none is stuck saving."""
+    images = env.store.images()
+    assert all(i.status == "active" for i in images), [(i.name, i.status) for i in images]
+    files = {p for p in env.settings.images_dir.rglob("*")
+             if p.is_file() and ".locks" not in p.parts}  # the cache's own lock files
+    assert files == {Path(i.path) for i in images}
+
+
 def _record(env: Env, name: str) -> Instance | None:
     try:
         return env.store.instance(name)
@@ -217,4 +230,5 @@ def test_hypervisor_failure_at_each_call(tmp_path: Path, verb: str, call: str,
     env.compute.destroy(VICTIM)
     _nothing_left_of(env, victim_id)
     _bystander_intact(env, bystander, bystander_ports)
+    _images_consistent(env)
     assert env.hv.list_uuids() == [bystander.id]

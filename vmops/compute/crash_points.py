@@ -9,9 +9,9 @@ setting, and nothing but a test should set it; unset, a step costs one
 environment lookup.
 
 The steps, in the order a verb passes them, are ``SPAWN_STEPS``,
-``DESTROY_STEPS`` and, for every power action (``stop``, ``start``,
-``reboot``, ``hard-reboot``, ``pause``, ``unpause``, ``suspend``,
-``resume``, ``rebuild-config-drive``), ``ACTION_STEPS``.
+``DESTROY_STEPS`` and, for every other verb (under the action name its
+metrics use: ``stop``, ``suspend``, ``hard-reboot``, ``snapshot``, ...),
+``ACTION_STEPS``.
 """
 
 from __future__ import annotations
