@@ -67,7 +67,10 @@ LOGIN_USER = "debian"  # cloud-init's default user in Debian's cloud.cfg
 PACKAGES = (
     "systemd-sysv", "udev", "dbus", "initramfs-tools", "linux-image-cloud-amd64",
     "cloud-init", "cloud-guest-utils", "openssh-server", "sudo",
-    "ifupdown", "isc-dhcp-client", "netbase", "iproute2",
+    # net-tools: cloud-init's ifupdown (ENI) renderer writes a route, the
+    # default one from network_data.json included, as `post-up route add
+    # ... || true`; without `route` the guest silently has no default route.
+    "ifupdown", "isc-dhcp-client", "netbase", "iproute2", "net-tools",
     "e2fsprogs", "procps", "locales", "less", "ca-certificates",
 )  # fmt: skip
 
