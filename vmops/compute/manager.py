@@ -620,7 +620,12 @@ class Compute:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            self.hv.shutdown(inst.id)
+            try:
+                self.hv.shutdown(inst.id)
+            except InvalidState:
+                if self._is_off(inst):  # it went off between the check and the press
+                    return True
+                raise
             if self._wait_off(inst, min(interval, remaining)):
                 return True
 
