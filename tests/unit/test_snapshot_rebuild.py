@@ -13,7 +13,9 @@ import pytest
 from tests.unit.test_api import Api
 from tests.unit.test_disks_inspector import qcow2_bytes
 from vmops.compute import states
+from vmops.compute.catalog import SNAPSHOT_INTERRUPTED, Catalog
 from vmops.disks import instance_disks, qemu_img
+from vmops.disks.cache import ImageCache
 from vmops.errors import DiskError
 from vmops.hypervisor.base import PowerState
 from vmops.store import Image
@@ -178,3 +180,21 @@ def test_rebuild_that_cannot_make_its_disks_leaves_the_old_ones(
     after = api.store.instance(inst.id)
     assert (after.disks, after.vm_state) == (inst.disks, states.STOPPED)
     assert not (api.compute.instance_dir(after) / "rebuild").exists()
+
+
+def test_a_snapshot_cut_short_by_a_restart_unpauses_the_guest_and_fails_the_image(
+        api: Api) -> None:
+    inst = api.add_instance("web1")
+    api.hv.pause(inst.id)  # as the snapshot left it
+    # While a task holds it, a pause leaves vm_state as it was.
+    api.store.update_instance(inst, vm_state=states.ACTIVE, task_state=states.IMAGE_SNAPSHOT,
+                              power_state=PowerState.PAUSED.value)
+    api.store.add_image(Image(id="7c0f6d3e-0000-4000-8000-000000000003", name="snap",
+                              status="saving", instance_uuid=inst.id))
+    api.compute.recover()
+    Catalog(api.store, ImageCache(api.compute.settings.images_dir)).recover_imports()
+    assert api.hv.info(inst.id).state is PowerState.RUNNING
+    after = api.store.instance(inst.id)
+    assert (after.vm_state, after.task_state) == (states.ACTIVE, None)
+    image = api.store.image("snap")
+    assert (image.status, image.fault) == ("error", SNAPSHOT_INTERRUPTED)
