@@ -1,8 +1,9 @@
 """OpenStack's own clients against a real service on TCP, real guests.
 
 The `openstack` command line and openstacksdk, with exactly the clouds.yaml
-of docs/openstack-clients.md (its port and token filled in). Two guests in
-all: one driven by the command line through every action, one by the SDK.
+of docs/openstack-clients.md (its port and token filled in). Three guests
+in all, one at a time: one driven by the command line through every power
+action, one snapshotted and rebuilt on its snapshot, one by the SDK.
 """
 
 from __future__ import annotations
@@ -226,3 +227,22 @@ def test_openstacksdk(sdk: connection.Connection, tcp_vmops: Vmops) -> None:
     sdk.compute.delete_server(server)
     sdk.compute.wait_for_delete(server, wait=60)
     assert list(sdk.compute.servers()) == []
+
+
+def test_snapshot_and_rebuild_with_the_openstack_cli(cli: OpenStackCLI,
+                                                     sdk: connection.Connection,
+                                                     tcp_vmops: Vmops) -> None:
+    cli.json("server", "create", "--image", "tiny", "--flavor", "m1.tiny", "snap1", "--wait")
+    try:
+        image = cli.json("server", "image", "create", "--name", "snap1-image", "--wait",
+                         "snap1")
+        assert (image["name"], image["status"]) == ("snap1-image", "active")
+        before = cli.json("server", "show", "snap1")
+        assert before["status"] == "ACTIVE"
+        cli.run("server", "rebuild", "--image", "snap1-image", "--wait", "snap1")
+        after = wait_idle(sdk, "snap1", "ACTIVE")
+        assert after.id == before["id"]
+        assert after.image["id"] == image["id"]
+    finally:
+        cli.run("server", "delete", "snap1", "--wait", check=False)
+        tcp_vmops.run("image", "delete", "snap1-image", check=False)
