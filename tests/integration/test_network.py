@@ -305,12 +305,12 @@ def test_a_forwarded_or_listened_port_is_refused(lab: Lab) -> None:
 def test_what_goes_missing_is_put_back(lab: Lab) -> None:
     a = lab.spawn("pga")
     assert lab.dhcp(a) == a.port.ip
-    pid = lab.network._dnsmasq.pid() if lab.network._dnsmasq else None
+    pid = lab.network.dhcp.pid()
     assert pid
     os.kill(pid, 9)
     sh("nft", "delete", "table", "inet", nftables.table_name(lab.bridge))
     deadline = time.monotonic() + 5
-    while lab.network._dnsmasq and lab.network._dnsmasq.pid() == pid \
+    while lab.network.dhcp.pid() == pid \
             and time.monotonic() < deadline:
         time.sleep(0.1)
     repaired = lab.network.check()
@@ -331,8 +331,7 @@ def test_release_leaves_no_rule_or_reservation(lab: Lab) -> None:
     lab.network.release(inst)
     ruleset = sh("nft", "list", "ruleset").stdout
     assert a.port.tap not in ruleset and "18082" not in ruleset
-    assert lab.network._dnsmasq is not None
-    assert a.port.mac not in lab.network._dnsmasq.files.dhcp_hosts.read_text()
+    assert a.port.mac not in lab.network.dhcp.files.dhcp_hosts.read_text()
     assert lab.store.ports(inst.id) == [] and lab.store.port_forwards(inst.id) == []
 
 
@@ -350,7 +349,7 @@ def test_a_second_state_directory_cannot_take_the_same_bridge(lab: Lab,
             other.setup()
         # Nothing of the first one was touched.
         assert nftables.table_present(lab.bridge)
-        assert lab.network._dnsmasq is not None and lab.network._dnsmasq.running()
+        assert lab.network.dhcp.running()
     finally:
         store.close()
 

@@ -78,6 +78,13 @@ class Network:
                                f"{self.disabled_reason}")
         return self._plan
 
+    @property
+    def dhcp(self) -> Dnsmasq:
+        """The network's dnsmasq (once set up)."""
+        if self._dnsmasq is None:
+            raise NetworkError(reason=f"the vmops network is not set up: {self.disabled_reason}")
+        return self._dnsmasq
+
     def setup(self) -> None:
         """Make (or find) the bridge, its subnet, dnsmasq and the rules. Run
         at every service start; running guests keep their taps and leases."""
@@ -154,9 +161,8 @@ class Network:
             if not nftables.table_present(plan.bridge):
                 self._apply_rules()
                 repaired.append("nftables table")
-            assert self._dnsmasq is not None
-            if not self._dnsmasq.running():
-                self._dnsmasq.ensure(self._port_plans())
+            if not self.dhcp.running():
+                self.dhcp.ensure(self._port_plans())
                 repaired.append("dnsmasq")
         for what in repaired:
             log.warning("vmops network: %s was gone; put back", what)
@@ -169,8 +175,7 @@ class Network:
             return
         with self._lock:
             self._apply_rules()
-            assert self._dnsmasq is not None
-            self._dnsmasq.ensure(self._port_plans())
+            self.dhcp.ensure(self._port_plans())
 
     def _apply_rules(self) -> None:
         nftables.apply(nftables.render(self.full_plan()))
