@@ -81,7 +81,7 @@ def test_image_import_refuses_missing_and_non_images(vmops: Vmops, tmp_path: Pat
     images_dir = vmops.state_dir / "images"
     before = _cached_files(images_dir)
     proc = vmops.run("image", "import", "ghost", str(tmp_path / "missing.qcow2"), check=False)
-    assert proc.returncode != 0 and "does not exist" in proc.stderr
+    assert proc.returncode != 0 and "No such file or directory" in proc.stderr
     text = tmp_path / "notes.txt"
     text.write_text("hello, this is not a disk image\n")
     proc = vmops.run("image", "import", "notes", str(text), check=False)
