@@ -174,31 +174,36 @@ class Network:
         if not self.enabled:
             return
         with self._lock:
-            self._apply_rules()
-            self.dhcp.ensure(self._port_plans())
+            plan = self._apply_rules()
+            self.dhcp.ensure(plan.ports)
 
-    def _apply_rules(self) -> None:
-        nftables.apply(nftables.render(self.full_plan()))
+    def _apply_rules(self) -> Plan:
+        """Load the ruleset; the plan it was rendered from (read once)."""
+        plan = self.full_plan()
+        nftables.apply(nftables.render(plan))
+        return plan
 
     def full_plan(self) -> Plan:
         ports = self._port_plans()
-        by_ip = {str(p.ip): p for p in ports}
+        # A forward goes to the first bridge address of its instance.
+        ip_of: dict[str, ipaddress.IPv4Address] = {}
+        for port in ports:
+            ip_of.setdefault(port.instance_id, port.ip)
         rules: dict[str, list[RulePlan]] = {}
         for rule in self.store.security_group_rules():
             rules.setdefault(rule.group_id, []).append(_rule_plan(rule))
         groups = tuple(GroupPlan(g.id, g.name, tuple(rules.get(g.id, ())))
                        for g in self.store.security_groups())
-        ip_of = {p.instance_id: p.ip for p in self.store.ports() if p.ip}
         forwards = []
         for fwd in self.store.port_forwards():
             guest = ip_of.get(fwd.instance_id)
-            if guest is None or guest not in by_ip:
+            if guest is None:
                 continue
             forwards.append(ForwardPlan(
                 fwd.id, Protocol(fwd.protocol),
                 None if fwd.host_address == "0.0.0.0" else ipaddress.IPv4Address(
                     fwd.host_address),
-                fwd.host_port, ipaddress.IPv4Address(guest), fwd.guest_port))
+                fwd.host_port, guest, fwd.guest_port))
         return Plan(self.plan, ports, groups, tuple(forwards), host_access=self.host_access)
 
     def _port_plans(self) -> tuple[PortPlan, ...]:
