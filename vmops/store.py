@@ -46,7 +46,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -130,6 +130,115 @@ CREATE TABLE port_forwards (
     created_at REAL NOT NULL, UNIQUE (protocol, host_address, host_port));
 """
 
+# Schema version 6: projects and users (the built-in identity service), and
+# what each project owns. Instance and image names stop being unique (Nova
+# and Glance allow duplicates); a keypair's name is unique per user. Records
+# made before this version belong to the ``admin`` project and user this
+# step creates. Also the records of Nova's smaller APIs: instance actions,
+# server groups and quotas.
+IDENTITY_DOMAIN = "default"
+ADMIN_NAME = "admin"
+ROLES = ("admin", "member", "reader")
+
+SCHEMA_V6 = """
+CREATE TABLE projects (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, domain_id TEXT NOT NULL,
+    description TEXT NOT NULL, enabled INTEGER NOT NULL, created_at REAL NOT NULL,
+    UNIQUE (domain_id, name));
+CREATE TABLE users (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, domain_id TEXT NOT NULL,
+    password_hash TEXT NOT NULL, default_project_id TEXT, email TEXT NOT NULL,
+    enabled INTEGER NOT NULL, created_at REAL NOT NULL, UNIQUE (domain_id, name));
+CREATE TABLE roles (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE role_assignments (
+    user_id TEXT NOT NULL, project_id TEXT NOT NULL, role_id TEXT NOT NULL,
+    PRIMARY KEY (user_id, project_id, role_id));
+CREATE TABLE tokens (
+    id_hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, project_id TEXT,
+    methods TEXT NOT NULL, audit_id TEXT NOT NULL, issued_at REAL NOT NULL,
+    expires_at REAL NOT NULL);
+CREATE INDEX tokens_expiry ON tokens (expires_at);
+
+CREATE TABLE instances_v6 (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, vm_state TEXT NOT NULL,
+    task_state TEXT, power_state TEXT NOT NULL, flavor_id TEXT NOT NULL,
+    image_id TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    fault TEXT NOT NULL, body TEXT NOT NULL,
+    project_id TEXT NOT NULL, user_id TEXT NOT NULL);
+INSERT INTO instances_v6 SELECT id, name, vm_state, task_state, power_state, flavor_id,
+    image_id, created_at, updated_at, fault, body, :project, :user FROM instances;
+DROP TABLE instances;
+ALTER TABLE instances_v6 RENAME TO instances;
+CREATE INDEX instances_name ON instances (name);
+CREATE INDEX instances_project ON instances (project_id);
+
+CREATE TABLE images_v6 (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL,
+    format TEXT NOT NULL, virtual_size INTEGER NOT NULL, file_size INTEGER NOT NULL,
+    checksum TEXT NOT NULL, path TEXT NOT NULL, source TEXT NOT NULL,
+    bytes_done INTEGER NOT NULL, bytes_total INTEGER, fault TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL,
+    login_user TEXT NOT NULL, instance_uuid TEXT NOT NULL,
+    owner TEXT NOT NULL, visibility TEXT NOT NULL, extra TEXT NOT NULL);
+INSERT INTO images_v6 SELECT id, name, status, format, virtual_size, file_size, checksum,
+    path, source, bytes_done, bytes_total, fault, created_at, updated_at, login_user,
+    instance_uuid, :project, 'public', '{}' FROM images;
+DROP TABLE images;
+ALTER TABLE images_v6 RENAME TO images;
+CREATE INDEX images_name ON images (name);
+
+CREATE TABLE keypairs_v6 (
+    user_id TEXT NOT NULL, name TEXT NOT NULL, public_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, type TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (user_id, name));
+INSERT INTO keypairs_v6 SELECT :user, name, public_key, fingerprint, type, created_at
+    FROM keypairs;
+DROP TABLE keypairs;
+ALTER TABLE keypairs_v6 RENAME TO keypairs;
+
+ALTER TABLE security_groups ADD COLUMN project_id TEXT NOT NULL DEFAULT '';
+UPDATE security_groups SET project_id = :project;
+
+CREATE TABLE instance_actions (
+    request_id TEXT NOT NULL, instance_id TEXT NOT NULL, action TEXT NOT NULL,
+    project_id TEXT NOT NULL, user_id TEXT NOT NULL, start_time REAL NOT NULL,
+    finish_time REAL, result TEXT, message TEXT, PRIMARY KEY (instance_id, request_id));
+CREATE TABLE server_groups (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, policy TEXT NOT NULL,
+    project_id TEXT NOT NULL, user_id TEXT NOT NULL, created_at REAL NOT NULL);
+CREATE TABLE server_group_members (
+    group_id TEXT NOT NULL, instance_id TEXT NOT NULL UNIQUE,
+    PRIMARY KEY (group_id, instance_id));
+CREATE TABLE quotas (
+    project_id TEXT NOT NULL, resource TEXT NOT NULL, hard_limit INTEGER NOT NULL,
+    PRIMARY KEY (project_id, resource));
+"""
+
+
+def _identity_and_ownership(db: sqlite3.Connection) -> None:
+    """Schema 6: the admin project and user, the roles, and every older
+    record given to them."""
+    project_id, user_id = uuidlib.uuid4().hex, uuidlib.uuid4().hex
+    now = time.time()
+    names = {"project": project_id, "user": user_id}
+    statement = ""
+    for line in SCHEMA_V6.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            params = {k: v for k, v in names.items() if f":{k}" in statement}
+            db.execute(statement, params)
+            statement = ""
+    db.execute("INSERT INTO projects VALUES (?, ?, ?, ?, 1, ?)",
+               (project_id, ADMIN_NAME, IDENTITY_DOMAIN, "Bootstrap project for vmops", now))
+    db.execute("INSERT INTO users VALUES (?, ?, ?, '', ?, '', 1, ?)",
+               (user_id, ADMIN_NAME, IDENTITY_DOMAIN, project_id, now))
+    for role in ROLES:
+        role_id = uuidlib.uuid4().hex
+        db.execute("INSERT INTO roles VALUES (?, ?)", (role_id, role))
+        db.execute("INSERT INTO role_assignments VALUES (?, ?, ?)",
+                   (user_id, project_id, role_id))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
     Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
@@ -138,6 +247,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               "ALTER TABLE images ADD COLUMN login_user TEXT NOT NULL DEFAULT '';"),
     Migration(5, "images: the instance a snapshot was taken of",
               "ALTER TABLE images ADD COLUMN instance_uuid TEXT NOT NULL DEFAULT '';"),
+    Migration(6, "identity (projects, users, roles, tokens), what each project owns; "
+              "instance actions, server groups and quotas", _identity_and_ownership),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -324,6 +435,19 @@ class Image:
     updated_at: float = 0.0
     login_user: str = ""  # the guest's user to log in as ('' : unknown; ssh uses root)
     instance_uuid: str = ""  # the instance a snapshot was taken of ('': imported)
+    owner: str = ""  # the project that owns it
+    visibility: str = "public"  # Glance's: public | private | shared | community
+    extra: dict[str, Any] = field(default_factory=dict)  # Glance's other properties
+
+
+def _image_to_row(image: Image) -> dict[str, Any]:
+    row = asdict(image)
+    row["extra"] = json.dumps(image.extra, sort_keys=True)
+    return row
+
+
+def _image_from_row(row: sqlite3.Row) -> Image:
+    return Image(**{**dict(row), "extra": json.loads(row["extra"])})
 
 
 @dataclass(frozen=True)
@@ -333,6 +457,7 @@ class Keypair:
     fingerprint: str
     type: str = "ssh"
     created_at: float = 0.0
+    user_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -371,10 +496,12 @@ class Instance:
     injected_files: tuple[tuple[str, str], ...] = ()  # (path, base64 content)
     launched_at: float | None = None
     desired_running: bool = False  # was it meant to be running (host-boot resume)
+    project_id: str = ""  # (a column) the project that owns it
+    user_id: str = ""  # (a column) the user who made it
 
 
 _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", "image_id",
-            "created_at", "updated_at", "fault")
+            "created_at", "updated_at", "fault", "project_id", "user_id")
 
 
 def _instance_to_row(inst: Instance) -> dict[str, Any]:
@@ -424,6 +551,7 @@ class SecurityGroup:
     name: str
     description: str = ""
     created_at: float = 0.0
+    project_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -458,8 +586,8 @@ def _seed_default_group(db: sqlite3.Connection) -> None:
     ingress from members of the same group, all egress."""
     group_id = str(uuidlib.uuid4())
     now = time.time()
-    db.execute("INSERT INTO security_groups VALUES (?, ?, ?, ?)",
-               (group_id, DEFAULT_GROUP, "Default security group", now))
+    db.execute("INSERT INTO security_groups (id, name, description, created_at) "
+               "VALUES (?, ?, ?, ?)", (group_id, DEFAULT_GROUP, "Default security group", now))
     for rule in (SecurityGroupRule(str(uuidlib.uuid4()), group_id, "ingress", "any",
                                    remote_group_id=group_id, created_at=now),
                  SecurityGroupRule(str(uuidlib.uuid4()), group_id, "egress", "any",
@@ -512,6 +640,15 @@ class Store:
     def _query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    # Public for the record modules that keep their own tables in this
+    # database (vmops/identity, vmops/api/nova_extras): one connection, one lock.
+    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE ... COMMIT, ROLLBACK on error)."""
+        return self._tx()
+
+    def query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
+        return self._query(sql, *args)
 
     def _insert(self, table: str, row: dict[str, Any], kind: str, name: str) -> None:
         cols = ", ".join(row)
@@ -573,26 +710,26 @@ class Store:
     def add_image(self, image: Image) -> Image:
         now = time.time()
         image = replace(image, created_at=now, updated_at=now)
-        self._insert("images", asdict(image), "image", image.name)
+        self._insert("images", _image_to_row(image), "image", image.name)
         return image
 
     def update_image(self, image: Image, **changes: Any) -> Image:
         image = replace(image, updated_at=time.time(), **changes)
-        row = asdict(image)
+        row = _image_to_row(image)
         sets = ", ".join(f"{k} = ?" for k in row)
         with self._tx() as db:
             db.execute(f"UPDATE images SET {sets} WHERE id = ?", (*row.values(), image.id))
         return image
 
     def images(self) -> list[Image]:
-        return [Image(**dict(r)) for r in self._query("SELECT * FROM images ORDER BY name")]
+        return [_image_from_row(r) for r in self._query("SELECT * FROM images ORDER BY name")]
 
     def image(self, ref: str) -> Image:
         rows = self._query("SELECT * FROM images WHERE id = ? OR name = ? ORDER BY id = ? DESC",
                            ref, ref, ref)
         if not rows:
             raise ImageNotFound(image=ref)
-        return Image(**dict(rows[0]))
+        return _image_from_row(rows[0])
 
     def delete_image(self, image_id: str) -> None:
         with self._tx() as db:
@@ -736,8 +873,8 @@ class Store:
         try:
             with self._tx() as db:
                 row = asdict(group)
-                db.execute("INSERT INTO security_groups VALUES (?, ?, ?, ?)",
-                           tuple(row.values()))
+                db.execute(f"INSERT INTO security_groups ({', '.join(row)}) VALUES "
+                           f"({', '.join('?' for _ in row)})", tuple(row.values()))
                 for rule in rules:
                     self._insert_rule(db, replace(rule, created_at=now))
         except sqlite3.IntegrityError:

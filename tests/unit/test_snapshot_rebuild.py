@@ -77,7 +77,6 @@ def test_refused_snapshots_leave_no_image(api: Api, copies: list[dict[str, Any]]
     api.store.update_instance(inst, vm_state=states.ACTIVE)
     api.hv.define(api.compute.domain_spec(inst))
     api.hv.start(inst.id)
-    assert api.post(ACTION, {"createImage": {"name": "tiny"}}).status == 409  # name taken
     for bad in ({"name": "snap", "metadata": {"k": "v"}}, {}, {"name": "a/b"}, None):
         assert api.post(ACTION, {"createImage": bad}).status == 400, bad
     assert [i.name for i in api.store.images()] == ["tiny"]

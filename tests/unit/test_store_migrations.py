@@ -69,6 +69,19 @@ def test_v1_fixture_is_migrated_and_every_record_kept(v1_db: Path) -> None:
     web1 = store.instance("web1")
     assert (web1.vm_state, web1.power_state, web1.desired_running) == ("active", "running", True)
     assert web1.flavor["name"] == "m1.tiny"
+    # version 6: everything older belongs to the admin project and user it made
+    (admin_project,) = store.query("SELECT id FROM projects WHERE name = 'admin'")
+    (admin_user,) = store.query("SELECT id, default_project_id FROM users WHERE name = 'admin'")
+    assert admin_user[1] == admin_project[0]
+    assert {i.project_id for i in store.instances()} == {admin_project[0]}
+    assert {i.user_id for i in store.instances()} == {admin_user[0]}
+    assert {(i.owner, i.visibility, str(i.extra)) for i in store.images()} == {
+        (admin_project[0], "public", "{}")}
+    assert {k.user_id for k in store.keypairs()} == {admin_user[0]}
+    roles = store.query("SELECT r.name FROM role_assignments a JOIN roles r ON r.id = a.role_id "
+                        "WHERE a.user_id = ? AND a.project_id = ?", admin_user[0],
+                        admin_project[0])
+    assert sorted(r[0] for r in roles) == ["admin", "member", "reader"]
     web2 = store.instance("22222222-2222-4222-8222-222222222222")
     assert web2.config_drive and web2.key_name == "mykey"
     assert [d.role for d in web2.disks] == ["root", "ephemeral", "config"]
