@@ -193,7 +193,7 @@ def test_microversion_headers(api: Api) -> None:
     assert bad.status == 400
 
 
-@pytest.mark.parametrize("path", ["/", "/v2.1/servers", "/metrics", "/openapi.json",
+@pytest.mark.parametrize("path", ["/v2.1/servers", "/metrics", "/openapi.json",
                                   "/image/v2/images", "/v2.1/servers/nope"])
 @pytest.mark.parametrize("token", [None, "", "wrong", TOKEN + "x"])
 def test_tcp_without_the_token_gets_401_and_nothing_else(api: Api, path: str,
@@ -201,6 +201,14 @@ def test_tcp_without_the_token_gets_401_and_nothing_else(api: Api, path: str,
     answer = api.get(path, token=token)
     assert answer.status == 401
     assert answer.fault() == ("unauthorized", "authentication required")
+
+
+@pytest.mark.parametrize("path", ["/", "/v2.1", "/image", "/image/v2", "/identity",
+                                  "/identity/v3", "/network"])
+def test_version_documents_answer_without_a_token(api: Api, path: str) -> None:
+    """As Nova, Glance and Keystone do: clients read them before they authenticate."""
+    assert api.get(path, token=None).status == 200
+    assert api.get(path, token="wrong").status == 200
 
 
 def test_bearer_token_is_accepted(api: Api) -> None:

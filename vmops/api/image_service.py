@@ -22,8 +22,8 @@ MAX_LIMIT = 1000
 
 def add_routes(r: Router, store: Store) -> None:
     images = ImageService(store)
-    r.add("GET", discovery.IMAGE_ROOT, discovery.image_versions)
-    r.add("GET", PREFIX, discovery.image_versions)
+    r.add("GET", discovery.IMAGE_ROOT, discovery.image_versions, public=True)
+    r.add("GET", PREFIX, discovery.image_versions, public=True)
     r.add("GET", f"{PREFIX}/images", images.list)
     r.add("GET", f"{PREFIX}/images/{{id}}", images.show)
 

@@ -26,7 +26,7 @@ FORWARDS = f"{views.API_PREFIX}/os-vmops/port-forwards"
 
 def add_routes(r: Router, compute: Compute) -> None:
     api = NetworkApi(compute)
-    r.add("GET", "/network", api.versions)
+    r.add("GET", "/network", api.versions, public=True)
     r.add("GET", f"{NET_PREFIX}/security-groups", api.list_groups)
     r.add("POST", f"{NET_PREFIX}/security-groups", api.create_group)
     r.add("GET", f"{NET_PREFIX}/security-groups/{{id}}", api.show_group)

@@ -38,14 +38,14 @@ class Routes:
 
     def router(self) -> Router:
         r = Router()
-        r.add("GET", "/", discovery.compute_versions)
-        r.add("GET", P, discovery.compute_current)
+        r.add("GET", "/", discovery.compute_versions, public=True)
+        r.add("GET", P, discovery.compute_current, public=True)
         self._server_routes(r)
         self._catalog_routes(r)
         image_service.add_routes(r, self.store)
         network_api.add_routes(r, self.compute)
-        r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions)
-        r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current)
+        r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions, public=True)
+        r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current, public=True)
         r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
         r.add("GET", "/metrics", self.metrics.scrape)
         r.add("GET", "/openapi.json", openapi.serve)

@@ -49,6 +49,54 @@ MICROVERSION = "2.1"  # the only compute microversion served: min and max
 VERSION_HEADERS = ("openstack-api-version", "x-openstack-nova-api-version")
 
 
+@dataclass(frozen=True)
+class Context:
+    """Who is asking: the user, the project their token is scoped to, and
+    their roles in it (``admin``, ``member``, ``reader``)."""
+
+    user_id: str
+    project_id: str
+    roles: frozenset[str]
+    user_name: str = ""
+    project_name: str = ""
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles
+
+    @property
+    def can_write(self) -> bool:
+        """``reader`` (alone) may only read."""
+        return bool(self.roles & {"admin", "member"})
+
+
+# Over the unix socket (its owner is root already) and with the fixed
+# ``api_token``: the admin user in the admin project (ids filled in by the
+# authenticator when it knows them).
+ADMIN = Context("", "", frozenset({"admin", "member", "reader"}), "admin", "admin")
+# A request without a (valid) token, on a public route.
+ANONYMOUS = Context("", "", frozenset())
+
+
+class Authenticator:
+    """Turns a request's token into a :class:`Context`, or None (401).
+
+    This default knows only the fixed ``api_token``; the identity service
+    (vmops/identity) replaces it with one that also knows issued tokens.
+    """
+
+    def __init__(self, api_token: str = "") -> None:
+        self.api_token = api_token
+
+    def admin(self) -> Context:
+        return ADMIN
+
+    def context(self, token: str) -> Context | None:
+        if self.api_token and hmac.compare_digest(token.encode(), self.api_token.encode()):
+            return self.admin()
+        return None
+
+
 @dataclass
 class Request:
     method: str
@@ -60,6 +108,7 @@ class Request:
     # Over the unix socket the client is the socket's owner (root already);
     # over TCP it is any token holder: some requests are limited for those.
     via_unix_socket: bool = False
+    context: Context = ADMIN
 
     def json(self) -> Any:
         return decode_json(self.body)
@@ -144,11 +193,22 @@ Handler = Callable[[Request], Response]
 class Router:
     def __init__(self) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
+        self._public: set[tuple[str, str]] = set()
 
-    def add(self, method: str, template: str, handler: Handler) -> None:
-        """``template`` is a path with ``{name}`` for each parameter."""
+    def add(self, method: str, template: str, handler: Handler, public: bool = False) -> None:
+        """``template`` is a path with ``{name}`` for each parameter. A
+        ``public`` route answers without a token (version documents, the
+        identity service's token requests)."""
         regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
         self._routes.append((method, re.compile(f"^{regex}/?$"), handler, template))
+        if public:
+            self._public.add((method, template))
+
+    def is_public(self, method: str, path: str) -> bool:
+        for route_method, regex, _, template in self._routes:
+            if route_method == method and regex.match(path):
+                return (method, template) in self._public
+        return False
 
     def templates(self) -> list[tuple[str, str]]:
         return [(method, template) for method, _, _, template in self._routes]
@@ -250,16 +310,21 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _respond(self) -> Response:
-        if self.server.token and not self._token_ok():
-            self.close_connection = True  # the body, if any, is left unread
-            return fault(401, "unauthorized", "authentication required")
+        url = urlsplit(self.path)
+        via_unix = self.server.address_family == socket.AF_UNIX
+        auth = self.server.authenticator
+        context = auth.admin() if via_unix else auth.context(self._token())
+        if context is None:
+            if not self.server.router.is_public(self.command, url.path):
+                self.close_connection = True  # the body, if any, is left unread
+                return fault(401, "unauthorized", "authentication required")
+            context = ANONYMOUS
         body = self._read_body()
         if isinstance(body, Response):
             return body
-        url = urlsplit(self.path)
         req = Request(self.command, url.path, parse_qs(url.query),
                       {k.lower(): v for k, v in self.headers.items()}, body,
-                      via_unix_socket=self.server.address_family == socket.AF_UNIX)
+                      via_unix_socket=via_unix, context=context)
         try:
             version = requested_microversion(req.headers)
             if version is not None and version != MICROVERSION:
@@ -319,13 +384,13 @@ class _Handler(BaseHTTPRequestHandler):
                 break
             left -= len(chunk)
 
-    def _token_ok(self) -> bool:
+    def _token(self) -> str:
         """X-Auth-Token (OpenStack clients) or Authorization: Bearer (Prometheus)."""
         sent = self.headers.get("X-Auth-Token")
         if sent is None:
             scheme, _, value = (self.headers.get("Authorization") or "").partition(" ")
             sent = value.strip() if scheme.lower() == "bearer" else ""
-        return hmac.compare_digest(sent.encode(), self.server.token.encode())
+        return sent
 
     def _send(self, resp: Response) -> None:
         # A client that does not take its answer is as slow as one that
@@ -420,7 +485,7 @@ class _Server(ThreadingHTTPServer):
     # makes a unix-socket connect fail with EAGAIN.
     request_queue_size = 128
     router: Router
-    token: str
+    authenticator: Authenticator
     limits: Limits = Limits()
     capped = True  # TCP: connections counted and capped; the unix socket is not
 
@@ -537,9 +602,15 @@ def _host_port(listen: str) -> tuple[str, int]:
 
 
 def serve(router: Router, socket_path: Path, listen: str = "",
-          token: str = "", limits: Limits | None = None) -> list[_Server]:
-    """Start the servers in daemon threads; the caller keeps them to shut down."""
+          token: str = "", limits: Limits | None = None,
+          authenticator: Authenticator | None = None) -> list[_Server]:
+    """Start the servers in daemon threads; the caller keeps them to shut down.
+
+    TCP clients must present ``token`` or, with an ``authenticator``, any
+    token it knows; the unix socket's clients act as admin.
+    """
     limits = limits or Limits()
+    auth = authenticator or Authenticator(token)
     socket_path.unlink(missing_ok=True)
     old_umask = os.umask(0o077)  # the socket's permissions are the access control
     try:
@@ -547,12 +618,12 @@ def serve(router: Router, socket_path: Path, listen: str = "",
         unix = _UnixServer(address, _Handler)
     finally:
         os.umask(old_umask)
-    unix.router, unix.token, unix.limits = router, "", limits
+    unix.router, unix.authenticator, unix.limits = router, auth, limits
     servers: list[_Server] = [unix]
     if listen:
         host, port = _host_port(listen)
         tcp = (_Server6 if ":" in host else _Server)((host, port), _Handler)
-        tcp.router, tcp.token, tcp.limits = router, token, limits
+        tcp.router, tcp.authenticator, tcp.limits = router, auth, limits
         servers.append(tcp)
     for srv in servers:
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.1}, name="api",
@@ -560,4 +631,5 @@ def serve(router: Router, socket_path: Path, listen: str = "",
     return servers
 
 
-__all__ = ["HTTPStatus", "Limits", "Request", "Response", "Router", "fault", "serve"]
+__all__ = ["ADMIN", "ANONYMOUS", "Authenticator", "Context", "HTTPStatus", "Limits", "Request",
+           "Response", "Router", "fault", "serve"]
