@@ -1,0 +1,1 @@
+"""The Tempest harness (scripts/tempest); docs/tempest.md."""
