@@ -35,6 +35,12 @@ def test_a_failed_class_setup_fails_each_of_its_unreported_tests() -> None:
                        "KeyError: 'adminPass'")
 
 
+def test_a_skipped_class_setup_skips_its_tests_with_the_reason() -> None:
+    recorded = [{"id": f"setUpClass ({CLS})", "status": "skip", "reason": "microversion"}]
+    run = report.combine([A], recorded)
+    assert (run.tests[A].status, run.tests[A].reason) == (report.SKIPPED, "microversion")
+
+
 def test_a_test_nobody_reported_is_a_failure_too() -> None:
     run = report.combine([A], [])
     assert run.tests[A].status == report.FAILED

@@ -79,26 +79,34 @@ class Run:
 
 def combine(selected: list[str], recorded: list[dict[str, Any]]) -> Run:
     """The run's outcome from the selected ids and subunit's records."""
-    fixtures: dict[str, str] = {}
+    fixtures: dict[str, str] = {}  # failed class fixtures
+    class_skips: dict[str, str] = {}  # class -> why its setUpClass skipped it all
     by_id: dict[str, Outcome] = {}
     for record in recorded:
         status = SUBUNIT_STATUS.get(record["status"])
-        if FIXTURE_ID.match(record["id"]):
+        fixture = FIXTURE_ID.match(record["id"])
+        if fixture:
             if status == FAILED:
                 fixtures[record["id"]] = record.get("reason", "")
+            elif status == SKIPPED and fixture["fixture"] == "setUpClass":
+                class_skips[fixture["cls"]] = record.get("reason", "")
         elif status is not None:
             by_id[record["id"]] = Outcome(status, record.get("reason", ""),
                                           record.get("seconds"))
     tests: dict[str, Outcome] = {}
     for test_id in selected:
         outcome = by_id.pop(test_id, None)
-        tests[test_id] = outcome if outcome is not None else _unreported(test_id, fixtures)
+        tests[test_id] = (outcome if outcome is not None
+                          else _unreported(test_id, fixtures, class_skips))
     tests.update(by_id)  # reported but not listed: should not happen; kept, not hidden
     return Run(tests, fixtures)
 
 
-def _unreported(test_id: str, fixtures: dict[str, str]) -> Outcome:
-    setup = fixtures.get(f"setUpClass ({test_class(test_id)})")
+def _unreported(test_id: str, fixtures: dict[str, str], class_skips: dict[str, str]) -> Outcome:
+    cls = test_class(test_id)
+    if cls in class_skips:
+        return Outcome(SKIPPED, class_skips[cls])
+    setup = fixtures.get(f"setUpClass ({cls})")
     if setup is not None:
         return Outcome(FAILED, "setUpClass failed: " + setup)
     return Outcome(FAILED, "not reported by Tempest (a worker died, or the run was cut short)")
