@@ -1,0 +1,320 @@
+"""Nova's host APIs at microversion 2.1, describing this one host:
+``os-services``, ``os-hosts``, ``os-hypervisors``, ``os-availability-zone``
+and ``/extensions``.
+
+The vmops service plays every Nova service at once: it is its own
+``nova-conductor`` and ``nova-scheduler`` (zone ``internal``) and the
+``nova-compute`` of zone ``nova``, which is up while libvirt answers. What
+makes no sense for one host (disabling its only compute service, powering
+it off through the API, maintenance mode) answers 501 ``notImplemented``,
+as Nova does for what a driver cannot do. All of these are admin calls
+(the policy in ``policy.py`` says so), but the zone list without details.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from vmops.api import parse, views
+from vmops.api.server import Request, Response, Router
+from vmops.compute import host_facts
+from vmops.compute.manager import DOMAIN_PREFIX, Compute
+from vmops.errors import Invalid, NotFound, NotSupported, VmopsError
+
+P = views.API_PREFIX
+ZONE = views.AVAILABILITY_ZONE
+INTERNAL_ZONE = "internal"
+HYPERVISOR_ID = 1
+# (id, binary, topic, zone): Nova's services, all played by the vmops service.
+SERVICES = ((1, "nova-conductor", "conductor", INTERNAL_ZONE),
+            (2, "nova-scheduler", "scheduler", INTERNAL_ZONE),
+            (3, "nova-compute", "compute", ZONE))
+COMPUTE_BINARY = "nova-compute"
+
+
+def add_routes(r: Router, compute: Compute) -> None:
+    api = HostApi(compute)
+    r.add("GET", f"{P}/os-services", api.list_services)
+    r.add("PUT", f"{P}/os-services/{{action}}", api.update_service)
+    r.add("GET", f"{P}/os-hosts", api.list_hosts)
+    r.add("GET", f"{P}/os-hosts/{{host}}", api.show_host)
+    r.add("PUT", f"{P}/os-hosts/{{host}}", api.update_host)
+    for action in ("startup", "shutdown", "reboot"):
+        r.add("GET", f"{P}/os-hosts/{{host}}/{action}", api.power_action)
+    r.add("GET", f"{P}/os-hypervisors", api.list_hypervisors)
+    r.add("GET", f"{P}/os-hypervisors/detail", api.list_hypervisors_detail)
+    r.add("GET", f"{P}/os-hypervisors/statistics", api.hypervisor_statistics)
+    r.add("GET", f"{P}/os-hypervisors/{{id}}", api.show_hypervisor)
+    r.add("GET", f"{P}/os-hypervisors/{{id}}/uptime", api.hypervisor_uptime)
+    r.add("GET", f"{P}/os-hypervisors/{{pattern}}/search", api.search_hypervisors)
+    r.add("GET", f"{P}/os-hypervisors/{{pattern}}/servers", api.hypervisor_servers)
+    r.add("GET", f"{P}/os-availability-zone", api.list_zones)
+    r.add("GET", f"{P}/os-availability-zone/detail", api.list_zones_detail)
+    r.add("GET", f"{P}/extensions", list_extensions)
+    r.add("GET", f"{P}/extensions/{{alias}}", show_extension)
+
+
+def nova_time(ts: float) -> str:
+    """Nova's service and action times: UTC, microseconds, no zone suffix."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1e6):06d}"
+
+
+class HostNotFound(NotFound):
+    msg_fmt = "Compute host %(host)s could not be found."
+
+
+class HostApi:
+    def __init__(self, compute: Compute) -> None:
+        self.compute = compute
+
+    def _up(self) -> bool:
+        """nova-compute is up while the hypervisor answers."""
+        try:
+            self.compute.hv.list_uuids()
+        except VmopsError:
+            return False
+        return True
+
+    def _facts(self) -> host_facts.HostFacts:
+        return host_facts.gather(self.compute.store.instances(),
+                                 self.compute.settings.state_dir, self.compute.settings.listen)
+
+    def _host(self, name: str) -> str:
+        host = host_facts.hostname()
+        if name != host:
+            raise HostNotFound(host=name)
+        return host
+
+    # -- os-services ---------------------------------------------------------
+    def _services(self) -> list[dict[str, Any]]:
+        host, now, up = host_facts.hostname(), nova_time(time.time()), self._up()
+        return [{"id": ident, "binary": binary, "host": host, "zone": zone,
+                 "status": "enabled", "state": "up" if up or binary != COMPUTE_BINARY
+                 else "down", "updated_at": now, "disabled_reason": None}
+                for ident, binary, _, zone in SERVICES]
+
+    def list_services(self, req: Request) -> Response:
+        services = self._services()
+        for name in ("host", "binary"):
+            wanted = req.arg(name)
+            if wanted:
+                services = [s for s in services if s[name] == wanted]
+        return Response(200, {"services": services})
+
+    def update_service(self, req: Request) -> Response:
+        """PUT /os-services/enable, /disable, /disable-log-reason."""
+        action = req.params["action"]
+        if action not in ("enable", "disable", "disable-log-reason"):
+            raise NotFound("Unknown action")
+        body = req.json()
+        if not isinstance(body, dict):
+            raise Invalid(reason="the request body must be a JSON object with host and binary")
+        parse.no_unknown(body, {"host", "binary", "disabled_reason"}, "the request body")
+        host = parse.field(body, "host", str, required=True)
+        binary = parse.field(body, "binary", str, required=True)
+        if host != host_facts.hostname() or binary not in {s[1] for s in SERVICES}:
+            raise NotFound(f"Compute host {host} with binary {binary} could not be found.")
+        if action == "disable-log-reason":
+            reason = parse.field(body, "disabled_reason", str, required=True)
+            if not 1 <= len(reason) <= 255:
+                raise Invalid(reason="disabled_reason is 1 to 255 characters")
+        if action == "enable":
+            return Response(200, {"service": {"host": host, "binary": binary,
+                                              "status": "enabled"}})
+        raise NotSupported(reason=f"{binary} is the only one of its kind on this host and "
+                           "stays enabled; stop the vmops service to take the host out")
+
+    # -- os-hosts --------------------------------------------------------------
+    def list_hosts(self, req: Request) -> Response:
+        host = host_facts.hostname()
+        hosts = [{"host_name": host, "service": topic, "zone": zone}
+                 for _, _, topic, zone in SERVICES]
+        zone = req.arg("zone")
+        if zone:
+            hosts = [h for h in hosts if h["zone"] == zone]
+        return Response(200, {"hosts": hosts})
+
+    def show_host(self, req: Request) -> Response:
+        host = self._host(req.params["host"])
+        facts = self._facts()
+
+        def resource(project: str, cpu: int, memory_mb: int, disk_gb: int) -> dict[str, Any]:
+            return {"resource": {"host": host, "project": project, "cpu": cpu,
+                                 "memory_mb": memory_mb, "disk_gb": disk_gb}}
+
+        per_project: dict[str, list[int]] = {}
+        for inst in self.compute.store.instances():
+            totals = per_project.setdefault(inst.project_id, [0, 0, 0])
+            totals[0] += int(inst.flavor.get("vcpus", 0))
+            totals[1] += int(inst.flavor.get("ram_mib", 0))
+            totals[2] += int(inst.flavor.get("root_gb", 0)) + int(
+                inst.flavor.get("ephemeral_gb", 0))
+        used_max = [sum(t[n] for t in per_project.values()) for n in range(3)]
+        return Response(200, {"host": [
+            resource("(total)", facts.vcpus, facts.memory_mb, facts.local_gb),
+            resource("(used_now)", facts.vcpus_used, facts.memory_mb_used, facts.local_gb_used),
+            resource("(used_max)", *used_max),
+            *(resource(project, *totals) for project, totals in sorted(per_project.items()))]})
+
+    def update_host(self, req: Request) -> Response:
+        body = req.json()
+        if not isinstance(body, dict) or not body:
+            raise Invalid(reason='give "status" and/or "maintenance_mode": "enable" or '
+                          '"disable"')
+        parse.no_unknown(body, {"status", "maintenance_mode"}, "the request body")
+        for name in body:
+            value = body[name]
+            if not isinstance(value, str) or value.strip().lower() not in ("enable", "disable"):
+                raise Invalid(reason=f"{name} must be 'enable' or 'disable'")
+        self._host(req.params["host"])
+        raise NotSupported(reason="this host is the only one: it cannot be disabled or put "
+                           "in maintenance mode through the API")
+
+    def power_action(self, req: Request) -> Response:
+        self._host(req.params["host"])
+        raise NotSupported(reason="vmops does not power its host on, off or reboot it")
+
+    # -- os-hypervisors --------------------------------------------------------
+    def _brief(self, facts: host_facts.HostFacts) -> dict[str, Any]:
+        return {"id": HYPERVISOR_ID, "hypervisor_hostname": facts.hostname,
+                "state": "up" if self._up() else "down", "status": "enabled"}
+
+    def _detail(self, facts: host_facts.HostFacts) -> dict[str, Any]:
+        return {**self._brief(facts), "vcpus": facts.vcpus, "memory_mb": facts.memory_mb,
+                "local_gb": facts.local_gb, "vcpus_used": facts.vcpus_used,
+                "memory_mb_used": facts.memory_mb_used, "local_gb_used": facts.local_gb_used,
+                "hypervisor_type": host_facts.HYPERVISOR_TYPE,
+                "hypervisor_version": facts.hypervisor_version,
+                "free_ram_mb": facts.free_ram_mb, "free_disk_gb": facts.free_disk_gb,
+                "current_workload": facts.current_workload, "running_vms": facts.running_vms,
+                "cpu_info": facts.cpu_info, "disk_available_least": facts.disk_available_least,
+                "host_ip": facts.host_ip,
+                "service": {"id": SERVICES[-1][0], "host": facts.hostname,
+                            "disabled_reason": None}}
+
+    def _hypervisor(self, ident: str) -> host_facts.HostFacts:
+        if ident != str(HYPERVISOR_ID):
+            raise NotFound(f"Hypervisor with ID '{ident}' could not be found.")
+        return self._facts()
+
+    def list_hypervisors(self, req: Request) -> Response:
+        return Response(200, {"hypervisors": [self._brief(self._facts())]})
+
+    def list_hypervisors_detail(self, req: Request) -> Response:
+        return Response(200, {"hypervisors": [self._detail(self._facts())]})
+
+    def show_hypervisor(self, req: Request) -> Response:
+        return Response(200, {"hypervisor": self._detail(self._hypervisor(req.params["id"]))})
+
+    def hypervisor_uptime(self, req: Request) -> Response:
+        facts = self._hypervisor(req.params["id"])
+        return Response(200, {"hypervisor": {**self._brief(facts),
+                                             "uptime": host_facts.uptime_text()}})
+
+    def hypervisor_statistics(self, req: Request) -> Response:
+        f = self._facts()
+        return Response(200, {"hypervisor_statistics": {
+            "count": 1, "vcpus": f.vcpus, "memory_mb": f.memory_mb, "local_gb": f.local_gb,
+            "vcpus_used": f.vcpus_used, "memory_mb_used": f.memory_mb_used,
+            "local_gb_used": f.local_gb_used, "free_ram_mb": f.free_ram_mb,
+            "free_disk_gb": f.free_disk_gb, "current_workload": f.current_workload,
+            "running_vms": f.running_vms, "disk_available_least": f.disk_available_least}})
+
+    def _matching(self, pattern: str) -> host_facts.HostFacts:
+        """Nova matches hypervisor host names with SQL LIKE '%pattern%'."""
+        facts = self._facts()
+        if pattern.lower() not in facts.hostname.lower():
+            raise NotFound(f"No hypervisor matching '{pattern}' could be found.")
+        return facts
+
+    def search_hypervisors(self, req: Request) -> Response:
+        return Response(200, {"hypervisors": [self._brief(self._matching(
+            req.params["pattern"]))]})
+
+    def hypervisor_servers(self, req: Request) -> Response:
+        """Nova lists ``servers`` only when there are some."""
+        hypervisor = self._brief(self._matching(req.params["pattern"]))
+        servers = [{"uuid": i.id, "name": i.domain_name or DOMAIN_PREFIX + i.name}
+                   for i in self.compute.store.instances()]
+        if servers:
+            hypervisor["servers"] = servers
+        return Response(200, {"hypervisors": [hypervisor]})
+
+    # -- os-availability-zone --------------------------------------------------
+    def list_zones(self, req: Request) -> Response:
+        return Response(200, {"availabilityZoneInfo": [
+            {"zoneName": ZONE, "zoneState": {"available": True}, "hosts": None}]})
+
+    def list_zones_detail(self, req: Request) -> Response:
+        host, now, up = host_facts.hostname(), nova_time(time.time()), self._up()
+        zones: dict[str, dict[str, Any]] = {}
+        for _, binary, _, zone in SERVICES:
+            alive = up or binary != COMPUTE_BINARY
+            zones.setdefault(zone, {}).setdefault(host, {})[binary] = {
+                "available": alive, "active": True, "updated_at": now}
+        return Response(200, {"availabilityZoneInfo": [
+            {"zoneName": name, "zoneState": {"available": True}, "hosts": hosts}
+            for name, hosts in sorted(zones.items())]})
+
+
+# -- /extensions: Nova still lists them at 2.1; these are the ones vmops serves -----
+_NAMESPACE = "http://docs.openstack.org/compute/ext/fake_xml"
+_UPDATED = "2014-12-03T00:00:00Z"
+EXTENSIONS = (
+    ("OS-DCF", "DiskConfig", "Disk Management Extension."),
+    ("OS-EXT-AZ", "ExtendedAvailabilityZone", "Extended Availability Zone support."),
+    ("OS-EXT-IMG-SIZE", "ImageSize", "Adds image size to image listings."),
+    ("OS-EXT-IPS", "ExtendedIps", "Adds type parameter to the ip list."),
+    ("OS-EXT-IPS-MAC", "ExtendedIpsMac", "Adds mac address parameter to the ip list."),
+    ("OS-EXT-SRV-ATTR", "ExtendedServerAttributes", "Extended Server Attributes support."),
+    ("OS-EXT-STS", "ExtendedStatus", "Extended Status support."),
+    ("OS-FLV-DISABLED", "FlavorDisabled", "Support to show the disabled status of a flavor."),
+    ("OS-FLV-EXT-DATA", "FlavorExtraData", "Provide additional data for flavors."),
+    ("OS-SCH-HNT", "SchedulerHints", "Pass arbitrary key/value pairs to the scheduler."),
+    ("OS-SRV-USG", "ServerUsage", "Adds launched_at and terminated_at on Servers."),
+    ("os-availability-zone", "AvailabilityZone", "1. Add availability_zone to the Create "
+     "Server API.\n2. Add availability zones describing."),
+    ("os-config-drive", "ConfigDrive", "Config Drive Extension."),
+    ("os-console-output", "ConsoleOutput", "Console log output support, with tailing "
+     "ability."),
+    ("os-create-server-ext", "Createserverext", "Extended support to the Create Server v1.1 "
+     "API."),
+    ("os-extended-volumes", "ExtendedVolumes", "Extended Volumes support."),
+    ("os-flavor-access", "FlavorAccess", "Flavor access support."),
+    ("os-flavor-extra-specs", "FlavorExtraSpecs", "Flavors extra specs support."),
+    ("os-flavor-manage", "FlavorManage", "Flavor create/delete API support."),
+    ("os-flavor-rxtx", "FlavorRxtx", "Support to show the rxtx status of a flavor."),
+    ("os-flavor-swap", "FlavorSwap", "Support to show the swap status of a flavor."),
+    ("os-hosts", "Hosts", "Admin-only host administration."),
+    ("os-hypervisors", "Hypervisors", "Admin-only hypervisor administration."),
+    ("os-instance-actions", "InstanceActions", "View a log of actions and events taken on "
+     "an instance."),
+    ("os-keypairs", "Keypairs", "Keypair Support."),
+    ("os-quota-class-sets", "QuotaClasses", "Quota classes management support."),
+    ("os-quota-sets", "Quotas", "Quotas management support."),
+    ("os-server-group-quotas", "ServerGroupQuotas", "Adds quota support to server groups."),
+    ("os-server-groups", "ServerGroups", "Server group support."),
+    ("os-server-password", "ServerPassword", "Server password support."),
+    ("os-services", "Services", "Services support."),
+    ("os-simple-tenant-usage", "SimpleTenantUsage", "Simple tenant usage extension."),
+    ("os-suspend-server", "SuspendServer", "Enable suspend/resume server actions."),
+    ("os-used-limits", "UsedLimits", "Provide data on limited resources that are being "
+     "used."),
+)
+
+
+def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
+    return {"alias": alias, "name": name, "description": description, "links": [],
+            "namespace": _NAMESPACE, "updated": _UPDATED}
+
+
+def list_extensions(req: Request) -> Response:
+    return Response(200, {"extensions": [_extension(*e) for e in EXTENSIONS]})
+
+
+def show_extension(req: Request) -> Response:
+    for extension in EXTENSIONS:
+        if extension[0] == req.params["alias"]:
+            return Response(200, {"extension": _extension(*extension)})
+    raise NotFound(f"Extension {req.params['alias']} could not be found.")

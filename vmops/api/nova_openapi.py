@@ -1,0 +1,263 @@
+"""The OpenAPI paths of Nova's smaller APIs (``host_api``, ``quota_api``,
+``server_extras``, ``server_groups_api``), with Nova's exact keys: each
+object is closed (``additionalProperties: false``), as in Tempest's
+response schemas, so the unit tests that check every answer against the
+document check these keys too. Merged into ``openapi.document()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmops.api import quota_api
+from vmops.api.openapi import (
+    BOOL,
+    INT,
+    NULL_STR,
+    NUM,
+    STR,
+    array,
+    obj,
+    ok,
+    op,
+    path_id,
+    query,
+)
+from vmops.compute.quotas import RESOURCES
+from vmops.compute.server_groups import POLICIES
+
+P = "/v2.1"
+ID = {"type": ["integer", "string"]}
+STR_DICT = {"type": "object", "additionalProperties": STR}
+NO_BODY = ok(None, "204", "Done")
+ANY_OBJECT = {"type": "object"}
+
+
+def closed(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return obj(required, optional, extra=False)
+
+
+def _host_paths() -> dict[str, Any]:
+    service = closed({"id": ID, "binary": STR, "host": STR, "zone": STR, "status": STR,
+                      "state": STR, "updated_at": NULL_STR, "disabled_reason": NULL_STR})
+    brief = {"id": ID, "hypervisor_hostname": STR, "state": STR, "status": STR}
+    detail = closed({**brief, "vcpus": INT, "memory_mb": INT, "local_gb": INT,
+                     "vcpus_used": INT, "memory_mb_used": INT, "local_gb_used": INT,
+                     "hypervisor_type": STR, "hypervisor_version": INT, "free_ram_mb": INT,
+                     "free_disk_gb": INT, "current_workload": INT, "running_vms": INT,
+                     "cpu_info": STR, "disk_available_least": {"type": ["integer", "null"]},
+                     "host_ip": NULL_STR,
+                     "service": closed({"id": ID, "host": STR, "disabled_reason": NULL_STR})})
+    stats = closed({name: INT for name in (
+        "count", "vcpus", "memory_mb", "local_gb", "vcpus_used", "memory_mb_used",
+        "local_gb_used", "free_ram_mb", "free_disk_gb", "current_workload", "running_vms",
+        "disk_available_least")})
+    resource = closed({"resource": closed({"host": STR, "project": STR, "cpu": INT,
+                                           "memory_mb": INT, "disk_gb": INT})})
+    zone_state = closed({"available": BOOL})
+    zone_service = closed({"available": BOOL, "active": BOOL, "updated_at": NULL_STR})
+    zone_hosts = {"type": "object", "additionalProperties": {
+        "type": "object", "additionalProperties": zone_service}}
+    extension = closed({"alias": STR, "name": STR, "description": STR, "links": array(STR),
+                        "namespace": STR, "updated": STR})
+    host = [{"name": "host", "in": "path", "required": True, "schema": STR,
+             "description": "the host's name"}]
+    hyp = [path_id("hypervisor")]
+    pattern = [{"name": "pattern", "in": "path", "required": True, "schema": STR,
+                "description": "part of a hypervisor host name"}]
+    hyp_list = closed({"hypervisors": array(closed(brief))})
+    not_supported = "501 notImplemented after the checks: one host cannot do it"
+    return {
+        f"{P}/os-services": {"get": op(
+            "Nova's services, all played by vmops (admin)",
+            ok(closed({"services": array(service)})),
+            params=[query("host", "only this host's"), query("binary", "only this binary")])},
+        f"{P}/os-services/{{action}}": {
+            "parameters": [{"name": "action", "in": "path", "required": True,
+                            "schema": {"enum": ["enable", "disable", "disable-log-reason"]},
+                            "description": "what to do"}],
+            "put": op(f"enable (already so) or disable a service (admin; {not_supported})",
+                      ok(closed({"service": closed({"host": STR, "binary": STR,
+                                                    "status": STR})})),
+                      body=closed({"host": STR, "binary": STR}, {"disabled_reason": STR}))},
+        f"{P}/os-hosts": {"get": op("This host, once per service (admin)", ok(closed(
+            {"hosts": array(closed({"host_name": STR, "service": STR, "zone": STR}))})),
+            params=[query("zone", "only this zone's")])},
+        f"{P}/os-hosts/{{host}}": {
+            "parameters": host,
+            "get": op("The host's resources: total, used now, used at most, per project "
+                      "(admin)", ok(closed({"host": array(resource)}))),
+            "put": op(f"Enable, disable or maintain the host (admin; {not_supported})",
+                      ok(closed({"host": STR}, {"status": STR, "maintenance_mode": STR})),
+                      body=closed({}, {"status": STR, "maintenance_mode": STR}))},
+        **{f"{P}/os-hosts/{{host}}/{action}": {"parameters": host, "get": op(
+            f"Power the host ({action}) (admin; {not_supported})",
+            ok(closed({"host": STR, "power_action": STR})))}
+           for action in ("startup", "shutdown", "reboot")},
+        f"{P}/os-hypervisors": {"get": op("This host's hypervisor (admin)", ok(hyp_list))},
+        f"{P}/os-hypervisors/detail": {"get": op(
+            "This host's hypervisor, with its resources (admin)",
+            ok(closed({"hypervisors": array(detail)})))},
+        f"{P}/os-hypervisors/statistics": {"get": op(
+            "Totals over the hypervisors (this one) (admin)",
+            ok(closed({"hypervisor_statistics": stats})))},
+        f"{P}/os-hypervisors/{{id}}": {"parameters": hyp, "get": op(
+            "Show the hypervisor (id 1) (admin)", ok(closed({"hypervisor": detail})))},
+        f"{P}/os-hypervisors/{{id}}/uptime": {"parameters": hyp, "get": op(
+            "The host's uptime, as uptime(1) prints it (admin)",
+            ok(closed({"hypervisor": closed({**brief, "uptime": STR})})))},
+        f"{P}/os-hypervisors/{{pattern}}/search": {"parameters": pattern, "get": op(
+            "Hypervisors whose host name contains the pattern (admin)", ok(hyp_list))},
+        f"{P}/os-hypervisors/{{pattern}}/servers": {"parameters": pattern, "get": op(
+            "...and their servers (listed only when there are some) (admin)",
+            ok(closed({"hypervisors": array(closed(
+                brief, {"servers": array(closed({"uuid": STR, "name": STR}))}))})))},
+        f"{P}/os-availability-zone": {"get": op("The zones: nova", ok(closed(
+            {"availabilityZoneInfo": array(closed({"zoneName": STR, "zoneState": zone_state,
+                                                   "hosts": {"type": "null"}}))})))},
+        f"{P}/os-availability-zone/detail": {"get": op(
+            "The zones with their hosts and services (admin)", ok(closed(
+                {"availabilityZoneInfo": array(closed({"zoneName": STR,
+                                                       "zoneState": zone_state,
+                                                       "hosts": zone_hosts}))})))},
+        f"{P}/extensions": {"get": op("Nova's extensions that vmops serves",
+                                      ok(closed({"extensions": array(extension)})))},
+        f"{P}/extensions/{{alias}}": {
+            "parameters": [{"name": "alias", "in": "path", "required": True, "schema": STR,
+                            "description": "the extension's alias"}],
+            "get": op("One extension", ok(closed({"extension": extension})))},
+    }
+
+
+def _quota_paths() -> dict[str, Any]:
+    absolute = closed({name: INT for name in (
+        *quota_api.LIMIT_NAMES.values(), "maxImageMeta", *quota_api.USED_NAMES.values())})
+    quota_set = closed({name: INT for name in RESOURCES})
+    with_id = closed({"id": STR, **{name: INT for name in RESOURCES}})
+    detail = closed({"id": STR, **{name: closed({"limit": INT, "in_use": INT, "reserved": INT})
+                                   for name in RESOURCES}})
+    quota_values = {name: {"type": ["integer", "string"]} for name in RESOURCES}
+    server_usage = closed({
+        "instance_id": STR, "name": STR, "tenant_id": STR, "hours": NUM, "memory_mb": INT,
+        "local_gb": INT, "vcpus": INT, "flavor": STR, "started_at": STR,
+        "ended_at": NULL_STR, "state": STR, "uptime": INT})
+    totals = {"tenant_id": STR, "total_hours": NUM, "total_local_gb_usage": NUM,
+              "total_memory_mb_usage": NUM, "total_vcpus_usage": NUM, "start": STR,
+              "stop": STR}
+    project = [{"name": "project", "in": "path", "required": True, "schema": STR,
+                "description": "a project's id"}]
+    period = [query("start", "from (UTC, YYYY-MM-DDTHH:MM:SS[.ffffff]); default now"),
+              query("end", "to; default now")]
+    return {
+        f"{P}/limits": {"get": op(
+            "The project's absolute limits and usage (rate limits: none)",
+            ok(closed({"limits": closed({"rate": array(ANY_OBJECT), "absolute": absolute})})),
+            params=[query("tenant_id", "another project's (admin)")])},
+        f"{P}/os-quota-sets/{{project}}": {
+            "parameters": project,
+            "get": op("A project's quotas (its own, or the defaults)",
+                      ok(closed({"quota_set": with_id})),
+                      params=[query("user_id", "accepted; quotas are per project")]),
+            "put": op("Set some of a project's quotas; force: even below what it uses "
+                      "(admin)", ok(closed({"quota_set": quota_set})),
+                      body=closed({"quota_set": closed({}, {**quota_values, "force": {
+                          "type": ["boolean", "string"]}})})),
+            "delete": op("Back to the defaults (admin)", ok(None, "202", "Accepted"))},
+        f"{P}/os-quota-sets/{{project}}/defaults": {"parameters": project, "get": op(
+            "The default quotas (the quota_* settings)", ok(closed({"quota_set": with_id})))},
+        f"{P}/os-quota-sets/{{project}}/detail": {"parameters": project, "get": op(
+            "A project's quotas with what it uses", ok(closed({"quota_set": detail})))},
+        f"{P}/os-quota-class-sets/{{name}}": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR,
+                            "description": "the class (vmops has one: its defaults)"}],
+            "get": op("The default quotas", ok(closed({"quota_class_set": with_id}))),
+            "put": op("Refused (403): the defaults are vmops' settings", ok(closed(
+                {"quota_class_set": quota_set})), body=closed(
+                {"quota_class_set": closed({}, quota_values)}))},
+        f"{P}/os-simple-tenant-usage": {"get": op(
+            "Every project's usage over a period (admin)",
+            ok(closed({"tenant_usages": array(closed(
+                totals, {"server_usages": array(server_usage)}))})),
+            params=[*period, query("detailed", "1: with each server's usage")])},
+        f"{P}/os-simple-tenant-usage/{{project}}": {"parameters": project, "get": op(
+            "A project's usage over a period ({} if it had none)",
+            ok(closed({"tenant_usage": {"oneOf": [
+                closed({**totals, "server_usages": array(server_usage)}),
+                {"type": "object", "maxProperties": 0}]}})), params=period)},
+    }
+
+
+def _server_paths() -> dict[str, Any]:
+    server = [path_id("server")]
+    metadata = closed({"metadata": STR_DICT})
+    meta = closed({"meta": STR_DICT})
+    address = closed({"version": INT, "addr": STR})
+    addresses = {"type": "object", "additionalProperties": array(address)}
+    action = {"action": STR, "instance_uuid": STR, "request_id": STR, "user_id": STR,
+              "project_id": STR, "start_time": STR, "message": NULL_STR}
+    event = closed({"event": STR, "start_time": STR, "finish_time": NULL_STR,
+                    "result": NULL_STR, "traceback": NULL_STR})
+    key = {"name": "key", "in": "path", "required": True, "schema": STR,
+           "description": "a metadata key"}
+    return {
+        f"{P}/servers/{{id}}/metadata": {
+            "parameters": server,
+            "get": op("The server's metadata", ok(metadata)),
+            "post": op("Add or change metadata items, keeping the others", ok(metadata),
+                       body=metadata),
+            "put": op("Replace all the metadata", ok(metadata), body=metadata)},
+        f"{P}/servers/{{id}}/metadata/{{key}}": {
+            "parameters": [*server, key],
+            "get": op("One metadata item", ok(meta)),
+            "put": op("Set one metadata item (the key in the path and body)", ok(meta),
+                      body=meta),
+            "delete": op("Remove one metadata item", NO_BODY)},
+        f"{P}/servers/{{id}}/ips": {"parameters": server, "get": op(
+            "The server's addresses by network", ok(closed({"addresses": addresses})))},
+        f"{P}/servers/{{id}}/ips/{{network}}": {
+            "parameters": [*server, {"name": "network", "in": "path", "required": True,
+                                     "schema": STR, "description": "a network's name"}],
+            "get": op("The server's addresses on one network", ok(addresses))},
+        f"{P}/servers/{{id}}/os-server-password": {
+            "parameters": server,
+            "get": op("The password a guest posted: always empty (no metadata service)",
+                      ok(closed({"password": STR}))),
+            "delete": op("Clear it (nothing to clear)", NO_BODY)},
+        f"{P}/servers/{{id}}/os-instance-actions": {"parameters": server, "get": op(
+            "The actions taken on the server, newest first",
+            ok(closed({"instanceActions": array(closed(action))})))},
+        f"{P}/servers/{{id}}/os-instance-actions/{{request_id}}": {
+            "parameters": [*server, {"name": "request_id", "in": "path", "required": True,
+                                     "schema": STR, "description": "the request's id"}],
+            "get": op("One action; its events for admins",
+                      ok(closed({"instanceAction": closed(action,
+                                                          {"events": array(event)})})))},
+    }
+
+
+def _server_group_paths() -> dict[str, Any]:
+    group = closed({"id": STR, "name": STR, "members": array(STR)},
+                   {"policies": array({"enum": list(POLICIES)}), "metadata": ANY_OBJECT,
+                    "policy": {"enum": list(POLICIES)}, "rules": ANY_OBJECT,
+                    "project_id": STR, "user_id": STR})
+    create = closed({"server_group": closed({"name": STR}, {
+        "policies": array({"enum": list(POLICIES)}), "policy": {"enum": list(POLICIES)},
+        "rules": ANY_OBJECT})})
+    return {
+        f"{P}/os-server-groups": {
+            "get": op("The project's server groups (all_projects: every one, admin)",
+                      ok(closed({"server_groups": array(group)})),
+                      params=[query("all_projects", "admins: every project's"),
+                              query("offset", "skip this many"),
+                              query("limit", "at most this many")]),
+            "post": op("Create a server group (affinity or anti-affinity)",
+                       ok(closed({"server_group": group})), body=create)},
+        f"{P}/os-server-groups/{{id}}": {
+            "parameters": [path_id("server group")],
+            "get": op("Show a server group", ok(closed({"server_group": group}))),
+            "delete": op("Delete a server group (its members leave it)", NO_BODY)},
+    }
+
+
+def paths() -> dict[str, Any]:
+    return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths()}

@@ -1,0 +1,227 @@
+"""Nova's limits and quota APIs at microversion 2.1: ``/limits``,
+``os-quota-sets``, ``os-quota-class-sets`` and ``os-simple-tenant-usage``.
+
+The limits are the ones vmops enforces (``vmops/compute/quotas.py``). A
+member sees their own project's; an admin any project's. Updating quotas
+and listing every project's usage are admin calls (``policy.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from vmops.api import parse, views
+from vmops.api.server import Request, Response, Router
+from vmops.compute import quotas
+from vmops.compute.manager import Compute
+from vmops.errors import Forbidden, Invalid
+from vmops.store import Instance
+
+P = views.API_PREFIX
+# /limits' absolute names for each quota (Nova's views/limits.py).
+LIMIT_NAMES = {"instances": "maxTotalInstances", "cores": "maxTotalCores",
+               "ram": "maxTotalRAMSize", "key_pairs": "maxTotalKeypairs",
+               "floating_ips": "maxTotalFloatingIps", "metadata_items": "maxServerMeta",
+               "injected_files": "maxPersonality",
+               "injected_file_content_bytes": "maxPersonalitySize",
+               "security_groups": "maxSecurityGroups",
+               "security_group_rules": "maxSecurityGroupRules",
+               "server_groups": "maxServerGroups",
+               "server_group_members": "maxServerGroupMembers"}
+USED_NAMES = {"instances": "totalInstancesUsed", "cores": "totalCoresUsed",
+              "ram": "totalRAMUsed", "floating_ips": "totalFloatingIpsUsed",
+              "security_groups": "totalSecurityGroupsUsed",
+              "server_groups": "totalServerGroupsUsed"}
+DEFAULT_CLASS = "default"
+
+
+def add_routes(r: Router, compute: Compute) -> None:
+    api = QuotaApi(compute)
+    r.add("GET", f"{P}/limits", api.limits)
+    r.add("GET", f"{P}/os-quota-sets/{{project}}", api.show_quotas)
+    r.add("PUT", f"{P}/os-quota-sets/{{project}}", api.update_quotas)
+    r.add("DELETE", f"{P}/os-quota-sets/{{project}}", api.reset_quotas)
+    r.add("GET", f"{P}/os-quota-sets/{{project}}/defaults", api.default_quotas)
+    r.add("GET", f"{P}/os-quota-sets/{{project}}/detail", api.quota_details)
+    r.add("GET", f"{P}/os-quota-class-sets/{{name}}", api.show_quota_class)
+    r.add("PUT", f"{P}/os-quota-class-sets/{{name}}", api.update_quota_class)
+    r.add("GET", f"{P}/os-simple-tenant-usage", api.list_usage)
+    r.add("GET", f"{P}/os-simple-tenant-usage/{{project}}", api.show_usage)
+
+
+def own_project(req: Request, project_id: str) -> str:
+    """``project_id`` if the caller may see it: their own, or any for an admin."""
+    if not req.context.is_admin and project_id != req.context.project_id:
+        raise Forbidden(f"Policy doesn't allow access to project {project_id}'s "
+                        "quotas or usage.")
+    return project_id
+
+
+class QuotaApi:
+    def __init__(self, compute: Compute) -> None:
+        self.compute = compute
+        self.quotas = compute.quotas
+
+    # -- /limits ---------------------------------------------------------------
+    def limits(self, req: Request) -> Response:
+        """Nova 2.1: ``?tenant_id=`` shows another project's (admins only)."""
+        project = own_project(req, req.arg("tenant_id") or req.context.project_id)
+        limits = self.quotas.limits(project)
+        used = self.quotas.usage(project)
+        absolute = {name: limits[q] for q, name in LIMIT_NAMES.items()}
+        absolute["maxImageMeta"] = limits["metadata_items"]
+        absolute.update({name: used[q] for q, name in USED_NAMES.items()})
+        return Response(200, {"limits": {"rate": [], "absolute": absolute}})
+
+    # -- os-quota-sets -----------------------------------------------------------
+    def show_quotas(self, req: Request) -> Response:
+        """``?user_id=`` is accepted and shows the project's: vmops keeps
+        quotas per project only."""
+        project = own_project(req, req.params["project"])
+        return Response(200, {"quota_set": {"id": project, **self.quotas.limits(project)}})
+
+    def default_quotas(self, req: Request) -> Response:
+        return Response(200, {"quota_set": {"id": req.params["project"],
+                                            **self.quotas.defaults()}})
+
+    def quota_details(self, req: Request) -> Response:
+        project = own_project(req, req.params["project"])
+        limits = self.quotas.limits(project)
+        used = self.quotas.usage(project, req.arg("user_id") or req.context.user_id)
+        return Response(200, {"quota_set": {"id": project, **{
+            name: {"limit": limits[name], "in_use": used[name], "reserved": 0}
+            for name in quotas.RESOURCES}}})
+
+    def update_quotas(self, req: Request) -> Response:
+        if req.arg("user_id") is not None:
+            raise Invalid(reason="vmops keeps quotas per project, not per user: "
+                          "drop user_id")
+        values, force = _quota_body(req.json(), "quota_set", allow_force=True)
+        limits = self.quotas.update(req.params["project"], values, force)
+        return Response(200, {"quota_set": limits})
+
+    def reset_quotas(self, req: Request) -> Response:
+        self.quotas.reset(req.params["project"])
+        return Response(202)
+
+    # -- os-quota-class-sets: one class, "default", read from the settings ---------
+    def show_quota_class(self, req: Request) -> Response:
+        return Response(200, {"quota_class_set": {"id": req.params["name"],
+                                                  **self.quotas.defaults()}})
+
+    def update_quota_class(self, req: Request) -> Response:
+        _quota_body(req.json(), "quota_class_set", allow_force=False)
+        raise Forbidden("vmops takes its default quotas from its settings (quota_* in "
+                        "vmops.toml): change them there, or set a project's own with "
+                        "PUT /os-quota-sets/{project_id}")
+
+    # -- os-simple-tenant-usage ------------------------------------------------
+    def list_usage(self, req: Request) -> Response:
+        start, stop = _period(req)
+        detailed = req.arg("detailed") == "1"
+        usages = _usages(self.compute.store.instances(), start, stop, detailed)
+        return Response(200, {"tenant_usages": list(usages.values())})
+
+    def show_usage(self, req: Request) -> Response:
+        project = own_project(req, req.params["project"])
+        start, stop = _period(req)
+        insts = [i for i in self.compute.store.instances() if i.project_id == project]
+        usage = _usages(insts, start, stop, detailed=True).get(project, {})
+        return Response(200, {"tenant_usage": usage})
+
+
+def _quota_body(body: Any, key: str, allow_force: bool) -> tuple[dict[str, int], bool]:
+    """Nova's schema: each quota an integer (or its digits in a string) from
+    -1 (unlimited) up, ``force`` a boolean (or "True"/"False")."""
+    values = parse.section(body, key)
+    parse.no_unknown(body, {key}, "the request body")
+    parse.no_unknown(values, set(quotas.RESOURCES) | ({"force"} if allow_force else set()),
+                     key)
+    force = _boolean(values.get("force", False))
+    limits = {name: _limit(name, value) for name, value in values.items() if name != "force"}
+    return limits, force
+
+
+def _limit(name: str, value: Any) -> int:
+    if isinstance(value, str) and value.lstrip("-").isdigit() and value.isascii():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not quotas.UNLIMITED <= value <= quotas.MAX_LIMIT:
+        raise Invalid(reason=f"{name} must be an integer from -1 (unlimited) to "
+                      f"{quotas.MAX_LIMIT}")
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no",
+                                                    "on", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise Invalid(reason="force must be true or false")
+
+
+# -- usage -----------------------------------------------------------------------
+_FORMATS = ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%d %H:%M:%S.%f")
+
+
+def _parse_time(text: str | None, now: float) -> float:
+    if not text:
+        return now
+    for fmt in _FORMATS:
+        try:
+            return datetime.strptime(text, fmt).replace(tzinfo=UTC).timestamp()
+        except ValueError:
+            continue
+    raise Invalid(reason=f"Datetime is in invalid format: {text[:40]!r}; give "
+                  "YYYY-MM-DDTHH:MM:SS[.ffffff] (UTC)")
+
+
+def _period(req: Request) -> tuple[float, float]:
+    now = time.time()
+    start, stop = _parse_time(req.arg("start"), now), _parse_time(req.arg("end"), now)
+    if start > stop:
+        raise Invalid(reason="Invalid start time. The start time cannot occur after the "
+                      "end time.")
+    return start, stop
+
+
+def _iso(ts: float) -> str:
+    """As Nova's JSON gives a naive UTC datetime: microseconds, no zone."""
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None).isoformat(
+        timespec="microseconds")
+
+
+def _usages(insts: list[Instance], start: float, stop: float,
+            detailed: bool) -> dict[str, dict[str, Any]]:
+    """Nova's usage of each project over [start, stop]: servers that were
+    launched before ``stop``, charged from launch (or ``start``) to ``stop``.
+    Deleted servers are gone from vmops' records and are not counted."""
+    now = time.time()
+    out: dict[str, dict[str, Any]] = {}
+    for inst in insts:
+        if inst.launched_at is None or inst.launched_at >= stop:
+            continue
+        hours = max(0.0, stop - max(inst.launched_at, start)) / 3600.0
+        flavor = inst.flavor
+        local_gb = int(flavor.get("root_gb", 0)) + int(flavor.get("ephemeral_gb", 0))
+        vcpus, memory_mb = int(flavor.get("vcpus", 0)), int(flavor.get("ram_mib", 0))
+        server: dict[str, Any] = {
+            "instance_id": inst.id, "name": inst.name, "tenant_id": inst.project_id,
+            "hours": hours, "memory_mb": memory_mb, "local_gb": local_gb, "vcpus": vcpus,
+            "flavor": str(flavor.get("name", "")), "started_at": _iso(inst.launched_at),
+            "ended_at": None, "state": inst.vm_state, "uptime": int(now - inst.launched_at)}
+        summary = out.setdefault(inst.project_id, {
+            "tenant_id": inst.project_id, "total_local_gb_usage": 0.0,
+            "total_vcpus_usage": 0.0, "total_memory_mb_usage": 0.0, "total_hours": 0.0,
+            "start": _iso(start), "stop": _iso(stop), **({"server_usages": []}
+                                                         if detailed else {})})
+        summary["total_local_gb_usage"] += local_gb * hours
+        summary["total_vcpus_usage"] += vcpus * hours
+        summary["total_memory_mb_usage"] += memory_mb * hours
+        summary["total_hours"] += hours
+        if detailed:
+            summary["server_usages"].append(server)
+    return out
