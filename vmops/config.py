@@ -102,6 +102,10 @@ class Settings:
     shutdown_retry_interval: int = _opt(
         5, "Seconds between ACPI power-button presses during a graceful stop.",
         minimum=1, maximum=600)
+    volume_detach_timeout: int = _opt(
+        30, "Seconds a volume detach waits for the running guest to release the disk "
+        "(libvirt's device-removed event); then the volume stays attached (in-use) and the "
+        "detach is reported failed, so no write is lost.", minimum=1, maximum=600)
     resume_guests_state_on_host_boot: bool = _opt(
         False, "Start again, when the service starts, the VMs that were running before the "
         "host rebooted.")
@@ -166,6 +170,11 @@ class Settings:
     @property
     def instances_dir(self) -> Path:
         return self.state_dir / "instances"
+
+    @property
+    def volumes_dir(self) -> Path:
+        """The local volume pool: one file per volume."""
+        return self.state_dir / "volumes"
 
     @property
     def run_dir(self) -> Path:

@@ -12,6 +12,7 @@ API does so at its edge (``api/server.py``).
     ├── NotFound (404)
     │   ├── InstanceNotFound
     │   ├── ImageNotFound
+    │   │   └── ImageGone (410)   deleted while its data was being uploaded
     │   ├── FlavorNotFound
     │   ├── KeypairNotFound
     │   ├── SecurityGroupNotFound
@@ -31,12 +32,15 @@ API does so at its edge (``api/server.py``).
     │   ├── InvalidImage        not a disk image, unsafe, truncated, ...
     │   │   ├── ImageSourceUnreachable  one answer for any URL that gave no image
     │   │   └── ImportLimitExceeded     over an import's byte, time or rate bound
+    │   │       └── ImportTooLarge (413)  over its bytes, or the free space it may take
+    │   ├── RequestBodyIncomplete  a streamed body cut short or badly chunked
     │   ├── FlavorTooSmall      root_gb smaller than the image's virtual size
     │   └── ConfigDriveInvalid  injected files, user data, metadata over limits
     ├── Forbidden (403)
     │   └── ImageSourceForbidden  a host path outside image_import_dirs, over TCP
     ├── ConfigError (400)       a bad setting: names the option and what is allowed
     ├── StorageFull (507)       no space left: names what is full
+    ├── RequestBodyTimeout (408)  a streamed body's next part did not come in time
     ├── HostNotReady (503)      a required host check failed (see ``vmops doctor``)
     ├── ServiceUnavailable (503)  the CLI cannot reach (or start) the service
     ├── ServiceAlreadyRunning (409)
@@ -87,6 +91,12 @@ class InstanceNotFound(NotFound):
 
 class ImageNotFound(NotFound):
     msg_fmt = "no image named or with id %(image)r"
+
+
+class ImageGone(ImageNotFound):
+    http_status = 410
+    msg_fmt = ("image %(image)s was deleted while its data was being uploaded; the data "
+               "was not kept")
 
 
 class FlavorNotFound(NotFound):
@@ -174,6 +184,18 @@ class ImportLimitExceeded(InvalidImage):
     msg_fmt = "import of %(source)s stopped: %(reason)s"
 
 
+class ImportTooLarge(ImportLimitExceeded):
+    """Over image_import_max_bytes or the free space an import may take:
+    413, as Glance answers an upload over its size cap."""
+
+    http_status = 413
+    fault_name = "overLimit"
+
+
+class RequestBodyIncomplete(Invalid):
+    msg_fmt = "the request body is incomplete: %(reason)s"
+
+
 class FlavorTooSmall(Invalid):
     msg_fmt = (
         "flavor %(flavor)r has a %(flavor_bytes)d-byte root disk, smaller than "
@@ -230,6 +252,12 @@ def storage_full(exc: BaseException) -> StorageFull | None:
             and (getattr(exc, "sqlite_errorcode", 0) & 0xFF) == sqlite3.SQLITE_FULL:
         return StorageFull(what="the file system holding the vmops database")
     return None
+
+
+class RequestBodyTimeout(VmopsError):
+    http_status = 408
+    fault_name = "requestTimeout"
+    msg_fmt = "the next part of the request body did not arrive within %(seconds)g seconds"
 
 
 class HostNotReady(VmopsError):

@@ -239,6 +239,21 @@ def _identity_and_ownership(db: sqlite3.Connection) -> None:
                    (user_id, project_id, role_id))
 
 
+# Schema version 7: volumes (vmops/volumes), each owned by a project, and
+# their attachments (one per volume; a device name once per instance).
+SCHEMA_V7 = """
+CREATE TABLE volumes (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+    size_gb INTEGER NOT NULL, status TEXT NOT NULL, format TEXT NOT NULL,
+    path TEXT NOT NULL, image_id TEXT NOT NULL, bootable INTEGER NOT NULL,
+    fault TEXT NOT NULL, project_id TEXT NOT NULL, user_id TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX volumes_project ON volumes (project_id);
+CREATE TABLE volume_attachments (
+    id TEXT PRIMARY KEY, volume_id TEXT NOT NULL UNIQUE, instance_id TEXT NOT NULL,
+    device TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (instance_id, device));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
     Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
@@ -249,6 +264,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               "ALTER TABLE images ADD COLUMN instance_uuid TEXT NOT NULL DEFAULT '';"),
     Migration(6, "identity (projects, users, roles, tokens), what each project owns; "
               "instance actions, server groups and quotas", _identity_and_ownership),
+    Migration(7, "volumes and their attachments", SCHEMA_V7),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

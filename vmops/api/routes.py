@@ -42,7 +42,7 @@ class Routes:
         r.add("GET", P, discovery.compute_current, public=True)
         self._server_routes(r)
         self._catalog_routes(r)
-        image_service.add_routes(r, self.store)
+        image_service.add_routes(r, self.catalog)
         network_api.add_routes(r, self.compute)
         r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions, public=True)
         r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current, public=True)
@@ -330,7 +330,8 @@ class Routes:
             parse.field(i, "source", str, required=True),
             parse.field(i, "checksum", str), parse.field(i, "disk_format", str),
             any_host_path=req.via_unix_socket,  # a TCP client: image_import_dirs only
-            login_user=parse.field(i, "login_user", str, default=""))
+            login_user=parse.field(i, "login_user", str, default=""),
+            host_paths=req.context.is_admin, owner=req.context.project_id)
         return Response(202, {"image": self._image_view(image, req.base_url)})
 
     def delete_image(self, req: Request) -> Response:

@@ -54,6 +54,7 @@ from vmops.hypervisor.base import (
 from vmops.network.manager import USER_NETWORK, Network
 from vmops.network.model import NicMode
 from vmops.store import DEFAULT_GROUP, DiskRecord, Flavor, Image, Instance, Port, Store
+from vmops.volumes import records as volume_records
 
 if TYPE_CHECKING:
     from vmops.disks.cache import ImageCache
@@ -246,7 +247,8 @@ class Compute:
         return DomainSpec(
             uuid=inst.id, name=DOMAIN_PREFIX + inst.name, memory_mib=int(flavor["ram_mib"]),
             vcpus=int(flavor["vcpus"]),
-            disks=tuple(_disk_spec(d) for d in inst.disks),
+            disks=tuple(_disk_spec(d) for d in inst.disks)
+            + volume_records.disk_specs(self.store, inst.id),
             nics=tuple(self._nic_spec(p) for p in self.nics(inst)),
             console_socket=self.console_socket(inst), accel=self.accel,
             dynamic_memory_ratio=self.settings.dynamic_memory_ratio,
@@ -348,6 +350,9 @@ class Compute:
                 self.hv.undefine(inst.id)
 
         step("remove the domain", remove_domain)
+        if not failures:  # the domain is gone: its volumes are free, their files kept
+            step("release the instance's volumes",
+                 lambda: volume_records.VolumeRecords(self.store).release_instance(inst.id))
         step("stop the console capture",
              lambda: self.console.stop_capture(self.instance_dir(inst)))
         step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))

@@ -45,7 +45,10 @@ ALLOWED_STATES: dict[str, frozenset[PowerState]] = {
     "pause": frozenset({PowerState.RUNNING, PowerState.BLOCKED}),
     "unpause": frozenset({PowerState.PAUSED}),
     "suspend": frozenset({PowerState.RUNNING, PowerState.BLOCKED, PowerState.PAUSED}),
+    "inject an NMI into": frozenset({PowerState.RUNNING, PowerState.BLOCKED}),
     "undefine": frozenset(PowerState) - ACTIVE_STATES,
+    "attach a disk to": frozenset(PowerState) - {PowerState.SUSPENDED},
+    "detach a disk from": frozenset(PowerState) - {PowerState.SUSPENDED},
 }
 
 
@@ -223,6 +226,13 @@ class Hypervisor(Protocol):
         From RUNNING, BLOCKED or PAUSED; afterwards the state is SUSPENDED."""
         ...
 
+    def inject_nmi(self, uuid: str) -> None:
+        """Send a non-maskable interrupt to the guest's CPUs (what a crash
+        dump is triggered with: the guest kernel decides what it does).
+
+        From RUNNING or BLOCKED."""
+        ...
+
     def has_saved_memory(self, uuid: str) -> bool: ...
 
     def discard_saved_memory(self, uuid: str) -> None:
@@ -237,6 +247,29 @@ class Hypervisor(Protocol):
 
     def qemu_pid(self, uuid: str) -> int | None:
         """The QEMU process of a running domain; None when it has none."""
+        ...
+
+    def attach_disk(self, uuid: str, disk: DiskSpec) -> None:
+        """Add ``disk`` to the persistent definition and, while QEMU runs,
+        hot-plug it into the guest (libvirt's attach with CONFIG|LIVE).
+
+        From any state but SUSPENDED (the saved memory knows the old
+        devices). AlreadyExists if the domain has a disk with its target."""
+        ...
+
+    def detach_disk(self, uuid: str, target: str, timeout: float) -> None:
+        """Take the disk ``target`` out: from the running guest first, waiting
+        up to ``timeout`` seconds for the guest to release it (libvirt's
+        device-removed event), then from the persistent definition.
+
+        If the guest does not release it in time, DetachTimeout is raised
+        and the disk stays in the definition (the guest may still write to
+        it). A disk the domain does not have is not an error. Not while
+        SUSPENDED."""
+        ...
+
+    def disk_targets(self, uuid: str) -> dict[str, str]:
+        """The disks of the persistent definition: target -> source path."""
         ...
 
     def on_lifecycle_event(self, callback: EventCallback) -> None:

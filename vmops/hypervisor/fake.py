@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import itertools
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vmops.errors import AlreadyExists, InstanceNotFound
+from vmops.errors import AlreadyExists, DetachTimeout, InstanceNotFound
 from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Check,
+    DiskSpec,
     DomainInfo,
     DomainSpec,
     EventCallback,
@@ -45,6 +46,7 @@ class FakeDomain:
     pid: int | None = None
     boots: int = 0
     resets: int = 0
+    nmis: int = 0  # non-maskable interrupts injected (the guest's kernel would see them)
     cpu_time_ns: int = 0
 
 
@@ -52,6 +54,8 @@ class FakeHypervisor:
     def __init__(self, obey_power_button: bool = True) -> None:
         # False: the guest ignores the ACPI button (tests of the hard fallback).
         self.obey_power_button = obey_power_button
+        # False: the guest never releases a hot-unplugged disk (detach times out).
+        self.guest_releases_disks = True
         self.connected = False
         self.domains: dict[str, FakeDomain] = {}
         self.foreign: dict[str, str] = {}  # UUID -> name of domains vmops did not make
@@ -182,6 +186,10 @@ class FakeHypervisor:
             self._emit(uuid, PowerState.PAUSED, "paused")
         self._stop(uuid, PowerState.SUSPENDED, "suspended")
 
+    def inject_nmi(self, uuid: str) -> None:
+        with self._lock:
+            self._checked(uuid, "inject an NMI into").nmis += 1  # no lifecycle event
+
     def has_saved_memory(self, uuid: str) -> bool:
         return self._domain(uuid, "has_saved_memory").saved_memory
 
@@ -203,6 +211,31 @@ class FakeHypervisor:
 
     def qemu_pid(self, uuid: str) -> int | None:
         return self._domain(uuid, "qemu_pid").pid
+
+    # -- disks -----------------------------------------------------------------
+    def attach_disk(self, uuid: str, disk: DiskSpec) -> None:
+        with self._lock:
+            d = self._checked(uuid, "attach a disk to")
+            if any(x.target == disk.target for x in d.spec.disks):
+                raise AlreadyExists(kind=f"disk of domain {d.spec.name}", name=disk.target)
+            spec = replace(d.spec, disks=(*d.spec.disks, disk))
+            build_domain_xml(spec)  # the same validation as the libvirt driver
+            d.spec = spec
+
+    def detach_disk(self, uuid: str, target: str, timeout: float) -> None:
+        with self._lock:
+            d = self._checked(uuid, "detach a disk from")
+            if not any(x.target == target for x in d.spec.disks):
+                return
+            # A paused guest's vCPUs cannot answer the unplug request either.
+            if d.state in ACTIVE_STATES and (not self.guest_releases_disks
+                                             or d.state is PowerState.PAUSED):
+                raise DetachTimeout(instance=d.spec.name, target=target, seconds=timeout)
+            d.spec = replace(d.spec, disks=tuple(x for x in d.spec.disks if x.target != target))
+
+    def disk_targets(self, uuid: str) -> dict[str, str]:
+        spec = self._domain(uuid, "disk_targets").spec
+        return {x.target: str(x.path) for x in spec.disks}
 
     # -- events and statistics -------------------------------------------------
     def on_lifecycle_event(self, callback: EventCallback) -> None:
@@ -240,7 +273,10 @@ class FakeHypervisor:
         return d
 
     def _checked(self, uuid: str, action: str) -> FakeDomain:
-        operation = {"shut down": "shutdown", "hard-reboot": "reboot_hard"}.get(action, action)
+        operation = {"shut down": "shutdown", "hard-reboot": "reboot_hard",
+                     "attach a disk to": "attach_disk",
+                     "detach a disk from": "detach_disk",
+                     "inject an NMI into": "inject_nmi"}.get(action, action)
         d = self._domain(uuid, operation)
         check_state(action, uuid, d.state)
         return d

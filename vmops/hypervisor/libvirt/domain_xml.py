@@ -250,3 +250,35 @@ def build_domain_xml(spec: DomainSpec) -> str:
     root = Domain.from_spec(spec).element()
     ET.indent(root)
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def disk_xml(spec: DiskSpec) -> str:
+    """One ``<disk>`` element, as in a domain, for attach and detach calls."""
+    holder = ET.Element("devices")
+    Disk(spec).append_to(holder)
+    return ET.tostring(holder[0], encoding="unicode")
+
+
+def disks_of(domain_xml: str) -> dict[str, tuple[str, str]]:
+    """The disks of a domain's XML: target -> (source file, alias); the
+    alias is only in a running domain's live XML ('' otherwise)."""
+    found: dict[str, tuple[str, str]] = {}
+    for disk in ET.fromstring(domain_xml).iterfind("./devices/disk"):
+        target = disk.find("target")
+        if target is None or not target.get("dev"):
+            continue
+        source, alias = disk.find("source"), disk.find("alias")
+        found[str(target.get("dev"))] = (
+            (source.get("file") or "") if source is not None else "",
+            (alias.get("name") or "") if alias is not None else "")
+    return found
+
+
+def disk_element(domain_xml: str, target: str) -> str | None:
+    """The ``<disk>`` element of ``target`` in a domain's XML, as libvirt
+    wrote it (what a detach call is given back); None if there is none."""
+    for disk in ET.fromstring(domain_xml).iterfind("./devices/disk"):
+        found = disk.find("target")
+        if found is not None and found.get("dev") == target:
+            return ET.tostring(disk, encoding="unicode")
+    return None

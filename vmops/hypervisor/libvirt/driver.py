@@ -16,6 +16,7 @@ import functools
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ import libvirt
 
 from vmops.errors import (
     AlreadyExists,
+    DetachTimeout,
     HostNotReady,
     HypervisorError,
     InstanceNotFound,
@@ -34,6 +36,7 @@ from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Accel,
     Check,
+    DiskSpec,
     DomainInfo,
     DomainSpec,
     EventCallback,
@@ -48,7 +51,13 @@ from vmops.hypervisor.libvirt import (
     pid_file_dir,
     prepare_embed_root,
 )
-from vmops.hypervisor.libvirt.domain_xml import VMOPS_XMLNS, build_domain_xml
+from vmops.hypervisor.libvirt.domain_xml import (
+    VMOPS_XMLNS,
+    build_domain_xml,
+    disk_element,
+    disk_xml,
+    disks_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +221,9 @@ class LibvirtHypervisor:
         # UUID -> detail of its last SHUTDOWN event, until its STOPPED event;
         # only the dispatcher thread touches it.
         self._shutdown_details: dict[str, int] = {}
+        # (UUID, device alias) -> the unplug waiting for the guest to release it.
+        self._unplugs: dict[tuple[str, str], _Unplug] = {}
+        self._device_callback_ids: list[int] = []
 
     # -- connection ------------------------------------------------------------
     def connect(self) -> None:
@@ -239,6 +251,10 @@ class LibvirtHypervisor:
         self._dispatcher.start()
         self._callback_id = self._conn.domainEventRegisterAny(
             None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._queue_event, None)
+        self._device_callback_ids = [
+            self._conn.domainEventRegisterAny(None, event, self._device_event, released)
+            for event, released in ((libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, True),
+                                    (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, False))]
 
     def close(self) -> None:
         if self._conn is None:
@@ -247,11 +263,14 @@ class LibvirtHypervisor:
         try:
             if self._callback_id is not None:
                 conn.domainEventDeregisterAny(self._callback_id)
+            for callback_id in self._device_callback_ids:
+                conn.domainEventDeregisterAny(callback_id)
             conn.close()
         except libvirt.libvirtError as e:
             log.warning("closing %s: %s", self.uri, e.get_error_message())
         finally:
             self._callback_id = None
+            self._device_callback_ids = []
             self._events.put(None)
             if self._dispatcher not in (None, threading.current_thread()):
                 self._dispatcher.join(timeout=5)  # a callback may be the one closing
@@ -380,6 +399,10 @@ class LibvirtHypervisor:
     def suspend(self, uuid: str) -> None:
         self._checked(uuid, "suspend").managedSave(0)
 
+    @_translated("inject an NMI into")
+    def inject_nmi(self, uuid: str) -> None:
+        self._checked(uuid, "inject an NMI into").injectNMI(0)
+
     @_translated("look for saved memory of")
     def has_saved_memory(self, uuid: str) -> bool:
         return bool(self._domain(uuid).hasManagedSaveImage(0))
@@ -415,6 +438,65 @@ class LibvirtHypervisor:
             return int((pid_dir / f"{dom.name()}.pid").read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    # -- disks -----------------------------------------------------------------
+    @_translated("attach a disk to")
+    def attach_disk(self, uuid: str, disk: DiskSpec) -> None:
+        dom = self._checked(uuid, "attach a disk to")
+        if disk.target in disks_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+            raise AlreadyExists(kind=f"disk of domain {dom.name()}", name=disk.target)
+        flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if self._power_state(dom) in ACTIVE_STATES:
+            flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        dom.attachDeviceFlags(disk_xml(disk), flags)
+
+    @_translated("detach a disk from")
+    def detach_disk(self, uuid: str, target: str, timeout: float) -> None:
+        dom = self._checked(uuid, "detach a disk from")
+        if self._power_state(dom) in ACTIVE_STATES:
+            self._unplug(dom, target, timeout)
+        # Only once the guest has let go: until then the disk stays in the
+        # definition too, so a restart gives the guest the disk it still uses.
+        element = disk_element(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE), target)
+        if element is not None:
+            dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+
+    def _unplug(self, dom: Any, target: str, timeout: float) -> None:
+        """Ask the running guest to release ``target`` and wait for libvirt's
+        device-removed event (the live XML is looked at too, in case the
+        event came before we listened)."""
+        live = dom.XMLDesc(0)
+        element = disk_element(live, target)
+        if element is None:
+            return
+        key = (str(dom.UUIDString()), disks_of(live)[target][1])
+        unplug = self._unplugs[key] = _Unplug()
+        try:
+            dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+            deadline = time.monotonic() + timeout
+            while not unplug.done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+                if target not in disks_of(dom.XMLDesc(0)):
+                    return
+                if time.monotonic() >= deadline:
+                    raise DetachTimeout(instance=dom.name(), target=target, seconds=timeout)
+            if not unplug.released:
+                raise DetachTimeout(f"the guest of {dom.name()} refused to release disk "
+                                    f"{target}; it stays attached", instance=dom.name(),
+                                    target=target, seconds=timeout)
+        finally:
+            self._unplugs.pop(key, None)
+
+    def _device_event(self, _conn: Any, dom: Any, alias: str, released: bool) -> None:
+        # On libvirt's event loop thread: only wake the waiter.
+        unplug = self._unplugs.get((str(dom.UUIDString()), str(alias)))
+        if unplug is not None:
+            unplug.released = released
+            unplug.done.set()
+
+    @_translated("read the disks of")
+    def disk_targets(self, uuid: str) -> dict[str, str]:
+        xml = self._domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+        return {target: source for target, (source, _) in disks_of(xml).items()}
 
     # -- events and statistics -------------------------------------------------
     def on_lifecycle_event(self, callback: EventCallback) -> None:
@@ -505,6 +587,14 @@ class LibvirtHypervisor:
         if state is PowerState.SHUTOFF and dom.hasManagedSaveImage(0):
             return PowerState.SUSPENDED
         return state
+
+
+class _Unplug:
+    """A live detach waiting for the guest: ``done`` is set by the event."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.released = False
 
 
 def _unless_flag_unsupported(call: Callable[[], object],

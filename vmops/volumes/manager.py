@@ -1,0 +1,358 @@
+"""The volume verbs: create, delete, extend, attach and detach, with their
+state rules (Cinder's and Nova's), ordering and rollback.
+
+Ordering, so that a crash never loses track of a disk:
+
+- create: the record first (``creating``), then the file; a failure or a
+  restart in between ends in ``error`` with no file left;
+- attach: the attachment row first (``attaching``), then the disk into the
+  domain (definition and running guest), then ``in-use``; a failed attach
+  removes the row again;
+- detach: ``detaching``, then the disk out of the guest (waiting for it to
+  let go) and out of the definition, then the row goes (``available``); a
+  guest that does not let go in time leaves the volume ``in-use`` with the
+  reason as its fault, and the disk where it was;
+- a service start (:meth:`Volumes.reconcile`) settles every volume caught
+  in between by looking at what the domain has.
+
+An instance's volumes are in every domain definition vmops writes for it
+(the spec is made from the records), so they survive stop/start,
+suspend/resume, rebuild and a service restart. Destroy powers the domain
+off and undefines it, then releases its volumes (``available``, the files
+kept); snapshot copies the root disk only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import uuid as uuidlib
+from collections.abc import Callable
+from pathlib import Path
+
+from vmops.compute import states
+from vmops.compute.manager import Compute
+from vmops.errors import (
+    Conflict,
+    Invalid,
+    InvalidName,
+    InvalidState,
+    VmopsError,
+    VolumeNotFound,
+)
+from vmops.store import Instance
+from vmops.volumes import pool
+from vmops.volumes.records import (
+    Attachment,
+    Volume,
+    VolumeRecords,
+    VolumeStatus,
+    volume_disk,
+)
+
+log = logging.getLogger(__name__)
+
+GIB = pool.GIB
+MAX_SIZE_GB = 65536
+MAX_NAME_CHARS = 255
+DEVICE = re.compile(r"^(?:/dev/)?(vd[a-z])$")
+# Where an instance may get a volume: Nova's states for attach and detach.
+ATTACH_STATES = (states.ACTIVE, states.PAUSED, states.STOPPED)
+ATTACHING_TASK = "attaching_volume"
+DETACHING_TASK = "detaching_volume"
+
+
+class Volumes:
+    def __init__(self, compute: Compute) -> None:
+        self.compute = compute
+        self.store = compute.store
+        self.records = VolumeRecords(compute.store)
+        self.pool = compute.settings.volumes_dir
+
+    @property
+    def background(self) -> bool:
+        """Whether slow work runs in a thread (the service: the API answers 202)."""
+        return self.compute.background_actions
+
+    # -- lookups ---------------------------------------------------------------
+    def volume(self, ref: str, project_id: str | None = None) -> Volume:
+        return self.records.get(ref, project_id)
+
+    def volumes(self, project_id: str | None = None) -> list[Volume]:
+        return self.records.all(project_id)
+
+    def attachment_of(self, volume_id: str) -> Attachment | None:
+        return self.records.attachment_of(volume_id)
+
+    def attached_to(self, instance_id: str) -> list[Attachment]:
+        """An instance's attachments, by device (the server view's
+        ``os-extended-volumes:volumes_attached``)."""
+        return self.records.attachments(instance_id)
+
+    # -- create, delete, extend --------------------------------------------------
+    def create(self, name: str, size_gb: int, image_ref: str | None = None,
+               fmt: str = "qcow2", description: str = "", project_id: str = "",
+               user_id: str = "") -> Volume:
+        """Record the volume (``creating``), then make its file, in a thread
+        when :attr:`background`. Everything that can be refused is checked
+        before the record is written."""
+        _check_name(name)
+        _check_size(size_gb)
+        pool.check_format(fmt)
+        image = None
+        if image_ref:
+            image = self.store.image(image_ref)
+            if image.status != "active":
+                raise InvalidState(action="create a volume from", instance=f"image {image.name}",
+                                   state=image.status)
+            if image.virtual_size > size_gb * GIB:
+                raise Invalid(reason=f"a volume of {size_gb} GiB cannot hold image "
+                              f"{image.name!r}, whose disk is {image.virtual_size} bytes "
+                              f"({-(-image.virtual_size // GIB)} GiB)")
+        pool.check_fits(self.pool, size_gb * GIB, name)
+        volume_id = str(uuidlib.uuid4())
+        volume = self.records.add(Volume(
+            id=volume_id, name=name, size_gb=size_gb, status=VolumeStatus.CREATING,
+            format=fmt, path=str(pool.volume_path(self.pool, volume_id, fmt)),
+            description=description, image_id=image.id if image else "",
+            bootable=image is not None, project_id=project_id, user_id=user_id))
+
+        def make() -> None:
+            if image is None:
+                pool.create_blank(Path(volume.path), fmt, size_gb * GIB)
+            else:
+                pool.create_from_image(Path(image.path), image.format, Path(volume.path), fmt,
+                                       size_gb * GIB)
+
+        return self._in_background(volume, "create", make, VolumeStatus.ERROR,
+                                   status=VolumeStatus.AVAILABLE)
+
+    def delete(self, ref: str, project_id: str | None = None) -> None:
+        """Refused while attached (Cinder: in-use) or busy."""
+        volume = self.records.begin_delete(self.records.get(ref, project_id).id)
+        try:
+            pool.remove(Path(volume.path))
+        except OSError as exc:
+            self.records.update(volume.id, status=VolumeStatus.ERROR_DELETING,
+                                fault=f"cannot remove {volume.path}: {exc.strerror}")
+            raise
+        self.records.delete(volume.id)
+
+    def extend(self, ref: str, size_gb: int, project_id: str | None = None) -> Volume:
+        """Grow an available volume to ``size_gb`` (Cinder's os-extend; an
+        attached one is refused, as Cinder before 3.42)."""
+        volume = self.records.get(ref, project_id)
+        _check_size(size_gb)
+        if size_gb <= volume.size_gb:
+            raise Invalid(reason=f"new size {size_gb} GiB must be larger than volume "
+                          f"{volume.name!r}'s {volume.size_gb} GiB")
+        pool.check_fits(self.pool, (size_gb - volume.size_gb) * GIB, volume.name)
+        volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.AVAILABLE}),
+                                    VolumeStatus.EXTENDING)
+        return self._in_background(
+            volume, "extend", lambda: pool.extend(Path(volume.path), volume.format,
+                                                  size_gb * GIB),
+            VolumeStatus.AVAILABLE, status=VolumeStatus.AVAILABLE, size_gb=size_gb)
+
+    def _in_background(self, volume: Volume, verb: str, work: Callable[[], None],
+                       failed: VolumeStatus, **done: object) -> Volume:
+        def run() -> Volume:
+            try:
+                work()
+            except Exception as exc:  # noqa: BLE001 - recorded on the volume
+                log.exception("%s of volume %s failed", verb, volume.name)
+                fault = exc.message if isinstance(exc, VmopsError) else str(exc)
+                self.records.update(volume.id, status=failed, fault=f"{verb} failed: {fault}")
+                raise
+            return self.records.update(volume.id, fault="", **done)
+
+        if not self.background:
+            return run()
+        threading.Thread(target=_logged(run), name=f"volume-{verb}-{volume.id[:8]}",
+                         daemon=True).start()
+        return volume
+
+    # -- attach and detach -----------------------------------------------------
+    def attach(self, volume_ref: str, instance_ref: str, device: str | None = None,
+               project_id: str | None = None) -> Attachment:
+        """Plug the volume into the instance: into its definition always, into
+        the running guest too while QEMU runs."""
+        volume = self.records.get(volume_ref, project_id)
+        inst = self.store.instance(instance_ref)
+        with self.compute.tasks.hold(inst.id, inst.name, ATTACHING_TASK):
+            inst = self._ready(inst, "attach a volume to")
+            target = self._device_for(inst, device)
+            attachment = Attachment(id=str(uuidlib.uuid4()), volume_id=volume.id,
+                                    instance_id=inst.id, device=target)
+            volume = self.records.claim(attachment, inst.name)
+            try:
+                self.compute.hv.attach_disk(inst.id, volume_disk(Path(volume.path),
+                                                                 volume.format, target))
+            except BaseException:
+                self.records.release(volume.id)
+                raise
+            self.records.attached(volume.id)
+        log.info("volume %s attached to %s as %s", volume.name, inst.name, target)
+        return attachment
+
+    def detach(self, volume_ref: str, instance_ref: str,
+               project_id: str | None = None) -> Volume:
+        """Take the volume out of the instance (``detaching`` meanwhile; in a
+        thread when :attr:`background`). If the guest does not release it
+        within ``volume_detach_timeout`` it stays ``in-use``, its fault
+        saying so."""
+        volume = self.records.get(volume_ref, project_id)
+        inst = self.store.instance(instance_ref)
+        attachment = self.records.attachment_of(volume.id)
+        if attachment is None or attachment.instance_id != inst.id:
+            raise VolumeNotFound(f"volume {volume.name!r} is not attached to instance "
+                                 f"{inst.name!r}", volume=volume.id)
+        self.compute.tasks.acquire(inst.id, inst.name, DETACHING_TASK)
+        try:
+            inst = self._ready(inst, "detach a volume from")
+            volume = self.records.begin(volume.id, "detach", frozenset({VolumeStatus.IN_USE}),
+                                        VolumeStatus.DETACHING)
+        except BaseException:
+            self.compute.tasks.release(inst.id)
+            raise
+
+        def run() -> Volume:
+            try:
+                self.compute.hv.detach_disk(inst.id, attachment.device,
+                                            float(self.compute.settings.volume_detach_timeout))
+            except Exception as exc:
+                fault = exc.message if isinstance(exc, VmopsError) else str(exc)
+                log.warning("detach of volume %s from %s failed: %s", volume.name, inst.name,
+                            fault)
+                self.records.update(volume.id, status=VolumeStatus.IN_USE,
+                                    fault=f"detach failed: {fault}")
+                raise
+            finally:
+                self.compute.tasks.release(inst.id)
+            log.info("volume %s detached from %s", volume.name, inst.name)
+            return self.records.release(volume.id)
+
+        if not self.background:
+            return run()
+        threading.Thread(target=_logged(run), name=f"volume-detach-{volume.id[:8]}",
+                         daemon=True).start()
+        return volume
+
+    def _ready(self, inst: Instance, action: str) -> Instance:
+        """The instance, as it is now, if volumes may come and go on it."""
+        inst = self.store.instance(inst.id)
+        if inst.vm_state not in ATTACH_STATES or inst.task_state is not None:
+            state = inst.vm_state + (f" ({inst.task_state})" if inst.task_state else "")
+            raise InvalidState(action=action, instance=inst.name, state=state)
+        return inst
+
+    def _device_for(self, inst: Instance, asked: str | None) -> str:
+        """The target asked for (``vdc`` or ``/dev/vdc``) if free, else the
+        first free ``vdb``..``vdz``."""
+        taken = {d.target for d in inst.disks} | {a.device for a in self.attached_to(inst.id)}
+        if asked:
+            match = DEVICE.match(asked)
+            if match is None:
+                raise Invalid(reason=f"device {asked[:40]!r}: a virtio disk name, vdb to vdz "
+                              "(or /dev/vdb)")
+            if match.group(1) in taken or match.group(1) == "vda":
+                raise Conflict(reason=f"device {match.group(1)} of instance {inst.name!r} is "
+                               "in use already")
+            return match.group(1)
+        for letter in "bcdefghijklmnopqrstuvwxyz":
+            if f"vd{letter}" not in taken:
+                return f"vd{letter}"
+        raise Conflict(reason=f"instance {inst.name!r} has no free disk device (vdb to vdz)")
+
+    # -- after a service start -------------------------------------------------
+    def reconcile(self) -> None:
+        """Settle what a restart interrupted: creates end in error (file
+        removed), deletes and extends are finished or undone, and every
+        attachment caught half-way agrees with the domain again."""
+        for volume in self.records.all():
+            try:
+                self._settle(volume)
+            except Exception:  # noqa: BLE001 - one volume must not stop the service
+                log.exception("could not settle volume %s", volume.name)
+        for attachment in self.records.attachments():
+            try:
+                self._settle_attachment(attachment)
+            except Exception:  # noqa: BLE001 - one volume must not stop the service
+                log.exception("could not settle the attachment of volume %s",
+                              attachment.volume_id)
+
+    def _settle(self, volume: Volume) -> None:
+        if volume.status == VolumeStatus.CREATING:
+            pool.remove(Path(volume.path))
+            self.records.update(volume.id, status=VolumeStatus.ERROR,
+                                fault="create was interrupted by a service restart")
+        elif volume.status == VolumeStatus.DELETING:
+            pool.remove(Path(volume.path))
+            self.records.delete(volume.id)
+        elif volume.status == VolumeStatus.EXTENDING:
+            self.records.update(volume.id, status=VolumeStatus.AVAILABLE,
+                                fault="extend was interrupted by a service restart; the "
+                                "size is the one recorded")
+
+    def _settle_attachment(self, attachment: Attachment) -> None:
+        volume = self.records.get(attachment.volume_id)
+        hv = self.compute.hv
+        try:
+            self.store.instance(attachment.instance_id)
+        except VmopsError:
+            log.warning("volume %s was attached to a deleted instance; released", volume.name)
+            self.records.release(volume.id)
+            return
+        if not hv.exists(attachment.instance_id):
+            if volume.status != VolumeStatus.IN_USE:
+                self.records.release(volume.id)  # half-way, and no domain to hold it
+            return
+        present = hv.disk_targets(attachment.instance_id).get(attachment.device) == volume.path
+        if volume.status == VolumeStatus.ATTACHING:
+            if present:
+                self.records.attached(volume.id)
+            else:
+                self.records.release(volume.id)
+        elif volume.status == VolumeStatus.DETACHING:
+            if present:
+                self.records.update(volume.id, status=VolumeStatus.IN_USE,
+                                    fault="detach was interrupted by a service restart; "
+                                    "the volume is still attached")
+            else:
+                self.records.release(volume.id)
+        elif not present:
+            log.warning("volume %s is recorded on %s as %s but the domain lacks it; "
+                        "attaching it again", volume.name, attachment.instance_id,
+                        attachment.device)
+            hv.attach_disk(attachment.instance_id,
+                           volume_disk(Path(volume.path), volume.format, attachment.device))
+
+
+def _check_name(name: str) -> None:
+    """Cinder's: up to 255 characters (empty: unnamed); printable here."""
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidName(name=name[:80] + "...", reason=f"it has {len(name)} characters, at "
+                          f"most {MAX_NAME_CHARS} allowed")
+    if not name.isprintable():
+        raise InvalidName(name=name.encode("unicode_escape").decode()[:80],
+                          reason="it contains a character that is not printable")
+
+
+def _check_size(size_gb: object) -> None:
+    if isinstance(size_gb, bool) or not isinstance(size_gb, int) or size_gb < 1:
+        raise Invalid(reason=f"volume size {size_gb!r}: a whole number of GiB, at least 1")
+    if size_gb > MAX_SIZE_GB:
+        raise Invalid(reason=f"volume size {size_gb} GiB is over the limit of {MAX_SIZE_GB}")
+
+
+def _logged(work: Callable[[], object]) -> Callable[[], None]:
+    """A thread's target: the failure is recorded on the volume already."""
+    def run() -> None:
+        with contextlib.suppress(Exception):
+            work()
+    return run
+
+
+__all__ = ["ATTACH_STATES", "Volumes"]
