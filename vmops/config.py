@@ -154,6 +154,22 @@ class Settings:
         "guest whatever its security groups say. Off: the host is subject to the groups' "
         "ingress rules like anyone else.")
 
+    # -- quotas: each project's default limits (Nova's os-quota-sets; -1: unlimited) --
+    quota_instances: int = _opt(
+        10, "Default most servers a project may have (in any state).", minimum=-1)
+    quota_cores: int = _opt(
+        20, "Default most vCPUs a project's servers may have in all.", minimum=-1)
+    quota_ram: int = _opt(
+        51200, "Default most RAM, in MiB, a project's servers may have in all.", minimum=-1)
+    quota_metadata_items: int = _opt(
+        128, "Default most metadata items one server may carry.", minimum=-1)
+    quota_key_pairs: int = _opt(
+        100, "Default most keypairs one user may keep.", minimum=-1)
+    quota_server_groups: int = _opt(
+        10, "Default most server groups a project may have.", minimum=-1)
+    quota_server_group_members: int = _opt(
+        10, "Default most servers in one server group.", minimum=-1)
+
     # -- derived paths -------------------------------------------------------
     @property
     def db_path(self) -> Path:

@@ -37,7 +37,9 @@ API does so at its edge (``api/server.py``).
     │   ├── FlavorTooSmall      root_gb smaller than the image's virtual size
     │   └── ConfigDriveInvalid  injected files, user data, metadata over limits
     ├── Forbidden (403)
-    │   └── ImageSourceForbidden  a host path outside image_import_dirs, over TCP
+    │   ├── ImageSourceForbidden  a host path outside image_import_dirs, over TCP
+    │   └── QuotaExceeded       over a project's quota (Nova's words for each)
+    ├── NotSupported (501)      a Nova call that makes no sense on one host
     ├── ConfigError (400)       a bad setting: names the option and what is allowed
     ├── StorageFull (507)       no space left: names what is full
     ├── RequestBodyTimeout (408)  a streamed body's next part did not come in time
@@ -218,6 +220,20 @@ class ImageSourceForbidden(Forbidden):
 
     msg_fmt = ("cannot import %(source)s: API clients over TCP may import host files only "
                "from the directories in the image_import_dirs setting (%(dirs)s)")
+
+
+class QuotaExceeded(Forbidden):
+    """Over a project's quota; the message is Nova's for the resource, e.g.
+    "Quota exceeded for instances: Requested 1, but already used 10 of 10
+    instances"."""
+
+    msg_fmt = "%(reason)s"
+
+
+class NotSupported(VmopsError):
+    http_status = 501
+    fault_name = "notImplemented"
+    msg_fmt = "not supported by vmops: %(reason)s"
 
 
 class ConfigError(VmopsError):
