@@ -17,7 +17,8 @@ API does so at its edge (``api/server.py``).
     │   ├── KeypairNotFound
     │   ├── SecurityGroupNotFound
     │   ├── SecurityGroupRuleNotFound
-    │   └── PortForwardNotFound
+    │   ├── PortForwardNotFound
+    │   └── VolumeNotFound
     ├── Conflict (409)
     │   ├── AlreadyExists
     │   ├── InvalidState        operation makes no sense in the current state
@@ -25,7 +26,8 @@ API does so at its edge (``api/server.py``).
     │   ├── InUse               image/flavor/group still used by instances
     │   ├── AddressInUse        a MAC or IPv4 address another port has
     │   ├── SubnetFull          no free address on the vmops network
-    │   └── PortTaken           a host port already forwarded or listened on
+    │   ├── PortTaken           a host port already forwarded or listened on
+    │   └── DetachTimeout       the guest did not release a disk in time (still attached)
     ├── Invalid (400)
     │   ├── InvalidName
     │   ├── InvalidFlavor
@@ -121,6 +123,10 @@ class PortForwardNotFound(NotFound):
     msg_fmt = "no port forward %(forward)r"
 
 
+class VolumeNotFound(NotFound):
+    msg_fmt = "no volume named or with id %(volume)r"
+
+
 class Conflict(VmopsError):
     http_status = 409
     fault_name = "conflictingRequest"
@@ -153,6 +159,12 @@ class SubnetFull(Conflict):
 
 class PortTaken(Conflict):
     msg_fmt = "host port %(proto)s/%(port)s on %(address)s is taken: %(by)s"
+
+
+class DetachTimeout(Conflict):
+    msg_fmt = ("the guest of %(instance)s did not release disk %(target)s within %(seconds)s s; "
+               "it stays attached (the guest may still be writing to it): try again, or "
+               "detach it while the instance is stopped")
 
 
 class Invalid(VmopsError):

@@ -92,15 +92,18 @@ def _schemas() -> dict[str, Any]:
                       "vmops:bytes_done": INT, "vmops:bytes_total": NULL_INT,
                       "vmops:fault": STR, "vmops:used_by": array(STR),
                       "vmops:login_user": NULL_STR}),
-        "GlanceImage": obj({
-            "id": STR, "name": STR, "status": {"enum": ["queued", "saving", "active", "killed"]},
-            "visibility": STR, "protected": BOOL, "checksum": NULL_STR, "os_hash_algo": NULL_STR,
-            "os_hash_value": NULL_STR, "size": NULL_INT, "virtual_size": NULL_INT,
-            "disk_format": NULL_STR, "container_format": NULL_STR, "min_ram": INT,
-            "min_disk": INT, "tags": array(STR), "created_at": TIME, "updated_at": TIME,
-            "owner": STR, "self": STR, "file": STR, "schema": STR},
+        "GlanceImage": {**obj({
+            "id": STR, "name": NULL_STR,
+            "status": {"enum": ["queued", "saving", "active", "killed"]},
+            "visibility": {"enum": ["public", "community", "shared", "private"]},
+            "protected": BOOL, "os_hidden": BOOL, "checksum": NULL_STR,
+            "os_hash_algo": NULL_STR, "os_hash_value": NULL_STR, "size": NULL_INT,
+            "virtual_size": NULL_INT, "disk_format": NULL_STR, "container_format": NULL_STR,
+            "min_ram": INT, "min_disk": INT, "tags": array(STR), "created_at": TIME,
+            "updated_at": TIME, "owner": NULL_STR, "self": STR, "file": STR, "schema": STR},
             {"os_admin_user": STR, "image_type": {"enum": ["snapshot"]},
              "instance_uuid": STR}),
+            "additionalProperties": STR},  # user properties: strings, as Glance's
         "Keypair": obj({"name": STR, "public_key": STR, "fingerprint": STR},
                        {"type": STR, "created_at": TIME, "user_id": STR, "id": INT,
                         "deleted": BOOL, "updated_at": TIME, "deleted_at": TIME}),
@@ -334,17 +337,62 @@ def _other_paths() -> dict[str, Any]:
     glance_list = obj({"images": array(ref("GlanceImage")), "first": STR, "schema": STR},
                       {"next": STR})
     glance_filters = [query(n, f"only images whose {n} is this (or in:a,b)")
-                      for n in ("name", "id", "status", "visibility", "disk_format")]
+                      for n in ("name", "id", "status", "visibility", "owner", "disk_format",
+                                "container_format", "protected")]
+    glance_filters += [query("os_hidden", "true: only hidden images (default false)"),
+                       query("tag", "only images with this tag (repeatable)"),
+                       query("sort_key", "name, status, container_format, disk_format, size, "
+                             "id, created_at (default) or updated_at"),
+                       query("sort_dir", "asc or desc (default)"),
+                       query("sort", "key:dir, the other way to say both")]
+    glance_create = {"type": "object", "additionalProperties": STR, "properties": {
+        "id": STR, "name": NULL_STR, "visibility": STR, "protected": BOOL, "os_hidden": BOOL,
+        "min_disk": INT, "min_ram": INT, "disk_format": NULL_STR,
+        "container_format": NULL_STR, "tags": array(STR), "owner": NULL_STR}}
+    patch = {"type": "array", "items": obj({"op": {"enum": ["add", "remove", "replace"]},
+                                            "path": STR}, {"value": {}})}
+    patch_body = {"required": True, "content": {
+        kind: {"schema": patch} for kind in ("application/openstack-images-v2.1-json-patch",
+                                             "application/openstack-images-v2.0-json-patch")}}
+    binary = {"type": "string", "format": "binary"}
+    image_id = [path_id("image")]
+    tag_params = [path_id("image"), {"name": "tag", "in": "path", "required": True,
+                                     "schema": STR, "description": "the tag"}]
+    done = ok(None, "204", "Done")
     return {
         "/": {"get": op("Compute API versions", ok(versions))},
         P: {"get": op("The compute API version (min and max microversion)",
                       ok(obj({"version": ref("ComputeVersion")})))},
         discovery.IMAGE_ROOT: {"get": op("Image API versions", ok(image_versions))},
         IMG: {"get": op("Image API versions", ok(image_versions))},
-        f"{IMG}/images": {"get": op("Glance v2: list images", ok(glance_list),
-                                  params=[*glance_filters, *PAGING])},
-        f"{IMG}/images/{{id}}": {"parameters": [path_id("image")],
-                               "get": op("Glance v2: show an image", ok(ref("GlanceImage")))},
+        f"{IMG}/images": {
+            "get": op("Glance v2: list the images the caller may see", ok(glance_list),
+                      params=[*glance_filters, *PAGING]),
+            "post": op("Glance v2: create an image (queued; upload its data with PUT "
+                       ".../file)", ok(ref("GlanceImage"), "201", "Created"),
+                       body=glance_create)},
+        f"{IMG}/images/{{id}}": {
+            "parameters": image_id,
+            "get": op("Glance v2: show an image", ok(ref("GlanceImage"))),
+            "patch": {**op("Glance v2: update an image (JSON patch)", ok(ref("GlanceImage"))),
+                      "requestBody": patch_body},
+            "delete": op("Glance v2: delete an image (not protected, not in use)", done)},
+        f"{IMG}/images/{{id}}/file": {
+            "parameters": image_id,
+            "put": {**op("Glance v2: upload the image's data (raw or qcow2 as its disk_format "
+                         "says; Content-Length or chunked)", done),
+                    "requestBody": {"required": True, "content": {
+                        "application/octet-stream": {"schema": binary}}}},
+            "get": op("Glance v2: download the image's data (204 while it has none)", {
+                "200": {"description": "the data",
+                        "content": {"application/octet-stream": {"schema": binary}}},
+                **done})},
+        f"{IMG}/images/{{id}}/tags/{{tag}}": {
+            "parameters": tag_params,
+            "put": op("Glance v2: add a tag", done),
+            "delete": op("Glance v2: remove a tag", done)},
+        f"{IMG}/schemas/image": {"get": op("Glance v2: the image schema", ok(ANY_OBJ))},
+        f"{IMG}/schemas/images": {"get": op("Glance v2: the image list schema", ok(ANY_OBJ))},
         discovery.IDENTITY_ROOT: {"get": op("Identity version document only", ok(obj(
             {"versions": obj({"values": array(identity_version)})})))},
         discovery.IDENTITY_PREFIX: {"get": op("Identity version document only", ok(obj(

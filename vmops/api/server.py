@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from vmops.api.body_stream import BodyStream
 from vmops.errors import ConfigError, Invalid, NotFound, VmopsError, storage_full
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ MAX_DISCARD_BYTES = 16 * MAX_BODY_BYTES
 # Nova's deepest bodies (server create: personality items) nest 4 levels.
 MAX_JSON_DEPTH = 32
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
+# JSON bodies: plain, and the JSON patches of Glance's image update.
+JSON_TYPES = ("application/json", "", "application/openstack-images-v2.0-json-patch",
+              "application/openstack-images-v2.1-json-patch")
 MICROVERSION = "2.1"  # the only compute microversion served: min and max
 VERSION_HEADERS = ("openstack-api-version", "x-openstack-nova-api-version")
 
@@ -109,6 +113,8 @@ class Request:
     # over TCP it is any token holder: some requests are limited for those.
     via_unix_socket: bool = False
     context: Context = ADMIN
+    # The body of a route added with ``stream=True`` (``body`` is then b"").
+    stream: BodyStream | None = None
 
     def json(self) -> Any:
         return decode_json(self.body)
@@ -194,20 +200,31 @@ class Router:
     def __init__(self) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
         self._public: set[tuple[str, str]] = set()
+        self._streamed: set[tuple[str, str]] = set()
 
-    def add(self, method: str, template: str, handler: Handler, public: bool = False) -> None:
+    def add(self, method: str, template: str, handler: Handler, public: bool = False,
+            stream: bool = False) -> None:
         """``template`` is a path with ``{name}`` for each parameter. A
         ``public`` route answers without a token (version documents, the
-        identity service's token requests)."""
+        identity service's token requests). A ``stream`` route reads its
+        body itself from ``req.stream`` (any size, chunked or not)."""
         regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(template))
         self._routes.append((method, re.compile(f"^{regex}/?$"), handler, template))
         if public:
             self._public.add((method, template))
+        if stream:
+            self._streamed.add((method, template))
 
     def is_public(self, method: str, path: str) -> bool:
+        return self._flagged(self._public, method, path)
+
+    def takes_stream(self, method: str, path: str) -> bool:
+        return self._flagged(self._streamed, method, path)
+
+    def _flagged(self, flagged: set[tuple[str, str]], method: str, path: str) -> bool:
         for route_method, regex, _, template in self._routes:
             if route_method == method and regex.match(path):
-                return (method, template) in self._public
+                return (method, template) in flagged
         return False
 
     def templates(self) -> list[tuple[str, str]]:
@@ -294,11 +311,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(fault(code, name, message or HTTPStatus(code).phrase))
 
     def _serve(self) -> None:
+        self._stream: BodyStream | None = None
         try:
             resp = self._respond()
         except Exception:  # noqa: BLE001 - never let a bug drop the connection
             log.exception("unhandled error on %s %s", self.command, self.path)
             resp = fault(500, "computeFault", "internal error; see the service log")
+        if self._stream is not None and not self._stream.drain(MAX_DISCARD_BYTES):
+            self.close_connection = True  # the rest of a streamed body is left unread
         self._send(resp)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _serve
@@ -319,12 +339,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True  # the body, if any, is left unread
                 return fault(401, "unauthorized", "authentication required")
             context = ANONYMOUS
-        body = self._read_body()
+        if self.server.router.takes_stream(self.command, url.path):
+            body: bytes | BodyStream | Response = self._body_stream()
+        else:
+            body = self._read_body()
         if isinstance(body, Response):
             return body
+        if isinstance(body, BodyStream):
+            self._stream, body = body, b""
         req = Request(self.command, url.path, parse_qs(url.query),
                       {k.lower(): v for k, v in self.headers.items()}, body,
-                      via_unix_socket=via_unix, context=context)
+                      via_unix_socket=via_unix, context=context, stream=self._stream)
         try:
             version = requested_microversion(req.headers)
             if version is not None and version != MICROVERSION:
@@ -369,10 +394,32 @@ class _Handler(BaseHTTPRequestHandler):
             return fault(400, "badRequest", "the request body is shorter than its "
                          "Content-Length")
         kind = (self.headers.get("Content-Type") or "application/json").split(";")[0]
-        if body and kind.strip().lower() not in ("application/json", ""):
+        if body and kind.strip().lower() not in JSON_TYPES:
             return fault(415, "badMediaType", f"unsupported Content-Type {kind[:80]!r}: "
                          "send application/json")
         return body
+
+    def _body_stream(self) -> BodyStream | Response:
+        """A streamed body: chunked, or as long as its Content-Length."""
+        coding = (self.headers.get("Transfer-Encoding") or "").strip().lower()
+        if coding and coding != "chunked":
+            self.close_connection = True
+            return fault(501, "notImplemented", f"Transfer-Encoding {coding[:40]!r} is not "
+                         "supported; send chunked or a Content-Length")
+        raw = self.headers.get("Content-Length")
+        if coding and raw is not None:  # RFC 9112 6.3: a request smuggling sign
+            self.close_connection = True
+            return fault(400, "badRequest", "send either Content-Length or chunked, not both")
+        if not coding and not _CONTENT_LENGTH.fullmatch(raw or "0"):
+            self.close_connection = True
+            return fault(400, "badRequest", f"invalid Content-Length {(raw or '')[:40]!r}")
+        length = None if coding else int(raw or "0")
+        return BodyStream(self.rfile, length, self.server.limits.body_timeout,
+                          self._arm_body_read)
+
+    def _arm_body_read(self, seconds: float) -> None:
+        """Each read of a streamed body has its own time limit."""
+        self._reader.deadline = time.monotonic() + seconds
 
     def _discard(self, length: int) -> None:
         """Read and drop a body we refuse, so the client reads our answer

@@ -1,32 +1,52 @@
 """Images, flavors and keypairs: the things instances are made from.
 
 An image import is checked here before anything is read: a URL must be
-http(s), a host path absolute and, for a restricted caller (an API client
-over TCP), inside the ``image_import_dirs`` setting, judged on the text
-alone so a refusal reveals nothing about the file. The record keeps the
-source without ``user:password@``; the import itself runs in a thread
+http(s); a host path absolute, and only an admin may name one: over the
+unix socket any path (its owner is root already), over TCP only inside
+the ``image_import_dirs`` setting, judged on the text alone so a refusal
+reveals nothing about the file. The record keeps the source without
+``user:password@``; the import itself runs in a thread
 (:meth:`ImageCache.import_image`). An import the service did not live to
 finish is settled at the next start (:meth:`Catalog.recover_imports`).
+
+An image may also be made Glance's way: a record first (``queued``, no
+file), then its bytes uploaded (:meth:`Catalog.upload_image`) into the same
+checks and cache. A refused or broken upload leaves no file and the image
+``queued`` again, with the reason in its fault.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import re
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import urlsplit
 
 from vmops.compute.names import check_resource_id, check_resource_name
 from vmops.config import Settings
 from vmops.configdrive.metadata import MAX_PUBLIC_KEY_BYTES
 from vmops.disks.cache import CachedImage, ImageCache
-from vmops.disks.sources import URL_SCHEMES, ImportLimits, is_url, redact_url
-from vmops.errors import ImageSourceForbidden, InUse, Invalid, InvalidFlavor, VmopsError
+from vmops.disks.sources import URL_SCHEMES, ImportLimits, Source, is_url, redact_url
+from vmops.errors import (
+    Conflict,
+    Forbidden,
+    ImageGone,
+    ImageNotFound,
+    ImageSourceForbidden,
+    InUse,
+    Invalid,
+    InvalidFlavor,
+    VmopsError,
+)
 from vmops.store import Flavor, Image, Keypair, Store
 from vmops.text import escape_controls, has_controls
 
@@ -46,6 +66,19 @@ INTERRUPTED = ("the import was interrupted when the vmops service stopped; delet
 
 SNAPSHOT_INTERRUPTED = ("the snapshot was interrupted when the vmops service stopped; "
                         "delete the image and take the snapshot again")
+UPLOAD_INTERRUPTED = ("the upload was interrupted when the vmops service stopped; upload "
+                      "the image data again")
+# The source of an image whose bytes a client uploaded (Glance's PUT .../file);
+# '' is one made by Glance's image create, waiting for its bytes.
+UPLOAD_SOURCE = "upload"
+# Glance's properties kept in an image's ``extra``, next to its user properties.
+GLANCE_BASE = ("disk_format", "container_format", "min_disk", "min_ram", "protected",
+               "os_hidden", "tags", "checksum")
+
+
+def user_properties(image: Image) -> dict[str, Any]:
+    """Glance's user properties of ``image`` (``extra`` less Glance's own)."""
+    return {k: v for k, v in image.extra.items() if k not in GLANCE_BASE}
 
 
 class Catalog:
@@ -54,6 +87,7 @@ class Catalog:
         self.store = store
         self.cache = cache
         self.host_import_dirs = host_import_dirs
+        self._upload_lock = threading.Lock()  # queued -> saving, one upload at a time
 
     @classmethod
     def from_settings(cls, settings: Settings, store: Store) -> Catalog:
@@ -63,16 +97,24 @@ class Catalog:
     # -- images --------------------------------------------------------------
     def import_image(self, name: str, source: str, checksum: str | None = None,
                      disk_format: str | None = None, background: bool = True,
-                     any_host_path: bool = True, login_user: str = "") -> Image:
-        """``any_host_path`` False (API clients over TCP): host paths only
-        inside ``host_import_dirs``. ``login_user``: the guest's user that
-        ``vmops ssh`` logs in as (e.g. ``debian``); '' for root."""
+                     any_host_path: bool = True, login_user: str = "",
+                     host_paths: bool = True, owner: str = "") -> Image:
+        """``host_paths`` False (a caller who is not admin): URLs only.
+        ``any_host_path`` False (an admin over TCP): host paths only inside
+        ``host_import_dirs``. ``login_user``: the guest's user that ``vmops
+        ssh`` logs in as (e.g. ``debian``); '' for root. ``owner``: the
+        project the image belongs to."""
         check_resource_name(name, "image")
         check_login_user(login_user)
         allowed = None if any_host_path else self.host_import_dirs
         check_image_source(source, allowed)
+        if not host_paths and not is_url(source):
+            raise Forbidden(reason=f"cannot import {source}: only an admin may import a host "
+                            "file; import from an http(s) URL, or create the image and "
+                            "upload its data (Glance's PUT /v2/images/{id}/file)")
         image = self.store.add_image(Image(id=str(uuidlib.uuid4()), name=name, status="queued",
-                                           source=shown_source(source), login_user=login_user))
+                                           source=shown_source(source), login_user=login_user,
+                                           owner=owner))
         args = (image, source, checksum, disk_format, allowed)
         if not background:
             self._import(*args)
@@ -117,6 +159,12 @@ class Catalog:
         for image in self.store.images():
             if image.status not in UNFINISHED:
                 continue
+            if image.source in ("", UPLOAD_SOURCE):  # Glance's: waiting for (new) bytes
+                if image.status == "saving":
+                    log.warning("upload of image %s was interrupted: queued again", image.id)
+                    self.store.update_image(image, status="queued", fault=UPLOAD_INTERRUPTED,
+                                            bytes_done=0, bytes_total=None)
+                continue
             if image.instance_uuid:
                 log.warning("snapshot %s was interrupted: marked error", image.name)
                 self.store.update_image(image, status="error", fault=SNAPSHOT_INTERRUPTED)
@@ -135,20 +183,102 @@ class Catalog:
         if removed:
             log.info("removed %d temp files of interrupted imports", len(removed))
 
-    def delete_image(self, ref: str) -> None:
+    def delete_image(self, ref: str, project_id: str | None = None) -> None:
+        """Refused for a protected image (Glance: 403) and one instances use
+        (their disks are overlays on its file). ``project_id``: the caller
+        is not admin, so only instances of that project are named."""
         image = self.store.image(ref)
+        if image.extra.get("protected"):
+            raise Forbidden(reason=f"image {image.id} is protected; set protected to false "
+                            "before deleting it")
         users = self.store.instances_using("image_id", image.id)
         if users:
-            raise InUse(kind="image", name=image.name, users=", ".join(users))
+            shown = users if project_id is None else [
+                i.name for i in self.store.instances()
+                if i.image_id == image.id and i.project_id == project_id]
+            hidden = len(users) - len(shown)
+            named = ", ".join(shown + ([f"{hidden} of other projects"] if hidden else []))
+            raise InUse(kind="image", name=image.name or image.id, users=named)
         self.store.delete_image(image.id)
+        self._remove_file_unless_used(image)
+
+    def _remove_file_unless_used(self, image: Image) -> None:
+        """Remove ``image``'s file unless another record (same bytes) has it."""
         if image.path and not any(i.path == image.path for i in self.store.images()):
             self.cache.remove(Path(image.path))
 
+    def upload_image(self, image_id: str, data: Source) -> Image:
+        """Glance's ``PUT /v2/images/{id}/file``: ``data`` into the cache, as
+        an import is checked, while the image is ``saving``. Refused unless
+        the image is ``queued`` (409). Anything refused or broken leaves no
+        file and the image ``queued`` again, the reason in its fault."""
+        with self._upload_lock:
+            image = self._image_by_id(image_id)
+            if image.status != "queued":
+                raise Conflict(reason=f"image {image_id} is {image.status}: only a queued "
+                               "image takes data (create another image)")
+            disk_format = image.extra.get("disk_format")
+            if not disk_format or not image.extra.get("container_format"):
+                raise Invalid(reason="set the image's disk_format and container_format "
+                              "before uploading its data")
+            if image.extra["container_format"] != "bare":
+                raise Invalid(reason=f"container_format {image.extra['container_format']!r} "
+                              "cannot be uploaded: vmops takes bare disk images only")
+            image = self.store.update_image(image, status="saving", source=UPLOAD_SOURCE,
+                                            fault="", bytes_done=0, bytes_total=data.length)
+        try:
+            cached, md5 = self.cache.import_upload(data, disk_format,
+                                                   progress=self._progress_of(image))
+        except BaseException as exc:
+            fault = exc.message if isinstance(exc, VmopsError) else "the upload failed"
+            log.warning("upload to image %s refused: %s", image.id, escape_controls(fault))
+            self._requeue(image.id, fault)
+            raise
+        try:
+            current = self._image_by_id(image.id)
+        except ImageNotFound:  # deleted while its bytes came in (Glance: 410)
+            self._remove_file_unless_used(dataclasses.replace(image, path=str(cached.path)))
+            raise ImageGone(image=image.id) from None
+        current = activate_image(self.store, current, cached)
+        return self.store.update_image(current, extra={**current.extra, "checksum": md5})
+
+    def _requeue(self, image_id: str, fault: str) -> None:
+        try:
+            image = self._image_by_id(image_id)
+        except ImageNotFound:
+            return
+        self.store.update_image(image, status="queued", fault=fault, bytes_done=0,
+                                bytes_total=None)
+
+    def _progress_of(self, image: Image) -> Callable[[int, int | None], None]:
+        last = [0.0]
+
+        def progress(done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                with contextlib.suppress(ImageNotFound):
+                    self.store.update_image(self._image_by_id(image.id), bytes_done=done,
+                                            bytes_total=total)
+        return progress
+
+    def _image_by_id(self, image_id: str) -> Image:
+        """By id only (Glance's calls name images by id; names repeat)."""
+        image = self.store.image(image_id)
+        if image.id != image_id:
+            raise ImageNotFound(image=image_id)
+        return image
+
     def prune_images(self, older_than_s: float) -> list[str]:
-        """Forget and remove active images no instance uses, unused for that long."""
+        """Forget and remove images no instance uses, unused for that long.
+        Kept whatever their age: protected images, and those made with
+        Glance's calls (their owners uploaded them; nothing can fetch them
+        again)."""
         removed = []
         now = time.time()
         for image in self.store.images():
+            if image.source in ("", UPLOAD_SOURCE) or image.extra.get("protected"):
+                continue
             if self.store.instances_using("image_id", image.id):
                 continue
             if now - image.updated_at < older_than_s:
@@ -179,7 +309,8 @@ class Catalog:
         self.store.delete_flavor(flavor.id)
 
     # -- keypairs ------------------------------------------------------------
-    def add_keypair(self, name: str, public_key: str) -> Keypair:
+    def add_keypair(self, name: str, public_key: str, user_id: str = "") -> Keypair:
+        """``user_id``'s keypair (names are unique per user)."""
         check_resource_name(name, "keypair")
         # Refused here, not first at a spawn that would put it on a drive.
         size = len(public_key.encode("utf-8", "surrogatepass"))
@@ -189,7 +320,8 @@ class Catalog:
         if any(not c.isprintable() for c in public_key.strip()):
             raise Invalid(reason="public key must be one line of printable text")
         return self.store.add_keypair(Keypair(name=name, public_key=public_key.strip(),
-                                              fingerprint=ssh_fingerprint(public_key)))
+                                              fingerprint=ssh_fingerprint(public_key),
+                                              user_id=user_id))
 
 
 def activate_image(store: Store, image: Image, cached: CachedImage) -> Image:

@@ -50,6 +50,7 @@ from vmops.disks.sources import (
     Budget,
     ImportLimits,
     Pace,
+    Source,
     is_url,
     open_source,
     redact_url,
@@ -174,6 +175,27 @@ class ImageCache:
             self.touch(final)
             return self._describe(final), facts.format
 
+    def import_upload(self, src: Source, declared_format: str,
+                      progress: Progress | None = None) -> tuple[CachedImage, str]:
+        """Store the bytes a client uploads (Glance's ``PUT .../file``):
+        raw or qcow2 as declared, checked as any import is. Returns the image
+        and the MD5 of the bytes (Glance's ``checksum``). A declared raw
+        image may be text: the client said what it is."""
+        if declared_format not in STORED_FORMATS:
+            raise InvalidImage(reason=f"disk_format {declared_format!r} cannot be uploaded: "
+                               f"vmops stores {' and '.join(STORED_FORMATS)} images only")
+        budget = Budget(self.limits, self.root, src.shown)
+        text_is_raw = declared_format == "raw"
+        with self._temp(".upload") as upload:
+            sha256, md5 = self._copy(src, upload, budget, Pace(self.limits, src.shown),
+                                     progress, ("sha256", "md5"))
+            facts = inspect_image(upload, declared_format, text_is_raw=text_is_raw)
+            final = self.root / f"{sha256}.{facts.format}"
+            if not final.exists():
+                self._store(upload, facts.format, final)
+            self.touch(final)
+            return self._describe(final, text_is_raw), md5
+
     def _store(self, download: Path, fmt: str, final: Path) -> None:
         if fmt in STORED_FORMATS:
             self._validate_with_qemu(download, fmt)
@@ -242,37 +264,46 @@ class ImageCache:
         checking ``expected``."""
         shown = redact_url(source) if is_url(source) else source
         budget = Budget(self.limits, self.root, shown)  # before any traffic
-        hashes = [hashlib.sha256()] + ([hashlib.new(expected.algorithm)] if expected else [])
+        algorithms = ("sha256", expected.algorithm) if expected else ("sha256",)
         src = open_source(source, self.limits, allowed_dirs)
         try:
-            budget.check_length(src.length)
             pace = Pace(self.limits, shown) if is_url(source) else None
-            with dest.open("wb") as out:
-                done = 0
-                if progress:
-                    progress(0, src.length)
-                while chunk := src.read():
-                    done += len(chunk)
-                    budget.check(done)
-                    _write_sparse(out, chunk)
-                    for h in hashes:
-                        h.update(chunk)
-                    if pace:
-                        pace.check(done)
-                    if progress:
-                        progress(done, src.length)
-                out.truncate(done)  # a trailing hole was only seeked over
+            digests = self._copy(src, dest, budget, pace, progress, algorithms)
         finally:
             src.close()
-        if src.length is not None and done != src.length:
-            raise InvalidImage(reason=f"{shown}: got {done} of {src.length} bytes; "
-                               "transfer cut short")
-        if expected and hashes[-1].hexdigest() != expected.hexdigest:
+        if expected and digests[-1] != expected.hexdigest:
             raise InvalidImage(
                 reason=f"{shown}: checksum mismatch: expected {expected.algorithm}:"
-                f"{expected.hexdigest}, got {expected.algorithm}:{hashes[-1].hexdigest()}"
+                f"{expected.hexdigest}, got {expected.algorithm}:{digests[-1]}"
             )
-        return hashes[0].hexdigest()
+        return digests[0]
+
+    @staticmethod
+    def _copy(src: Source, dest: Path, budget: Budget, pace: Pace | None,
+              progress: Progress | None, algorithms: tuple[str, ...]) -> list[str]:
+        """Copy ``src`` to ``dest`` within ``budget`` (and ``pace``); return
+        the hex digests of the bytes by each of ``algorithms``."""
+        budget.check_length(src.length)
+        hashes = [hashlib.new(a, usedforsecurity=a != "md5") for a in algorithms]
+        with dest.open("wb") as out:
+            done = 0
+            if progress:
+                progress(0, src.length)
+            while chunk := src.read():
+                done += len(chunk)
+                budget.check(done)
+                _write_sparse(out, chunk)
+                for h in hashes:
+                    h.update(chunk)
+                if pace:
+                    pace.check(done)
+                if progress:
+                    progress(done, src.length)
+            out.truncate(done)  # a trailing hole was only seeked over
+        if src.length is not None and done != src.length:
+            raise InvalidImage(reason=f"{src.shown}: got {done} of {src.length} bytes; "
+                               "transfer cut short")
+        return [h.hexdigest() for h in hashes]
 
     # -- reuse -----------------------------------------------------------------
 
@@ -312,11 +343,11 @@ class ImageCache:
             return None
         return self._describe(path)
 
-    def _describe(self, path: Path) -> CachedImage:
+    def _describe(self, path: Path, text_is_raw: bool = False) -> CachedImage:
         match = _CACHED_NAME.match(path.name)
         if match is None:
             raise DiskError(reason=f"{path} is not a cached image")
-        facts = inspect_image(path, match.group(2))
+        facts = inspect_image(path, match.group(2), text_is_raw)
         return CachedImage(
             checksum=match.group(1),
             path=path,

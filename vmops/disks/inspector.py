@@ -14,7 +14,10 @@ Rules, in the order they are applied:
 3. "raw" is what is left when nothing matches, so raw must earn its name:
    the size is a multiple of 512, the first bytes are not the magic of a
    known format (that would be a truncated or damaged image), and the
-   first sector is not plain text (an HTML error page, a VMDK descriptor).
+   first sector is not plain text (an HTML error page, a VMDK descriptor),
+   unless the caller says text is fine (bytes a client uploaded and
+   declared raw: they are what the client meant, and vmops names the
+   format of every disk it hands qemu, so nothing probes them).
    A raw disk with an MBR/GPT partition table is reported by the inspector
    as "gpt" and accepted as raw once its MBR passes the inspector's check.
    A fixed VHD (raw data plus a 512-byte footer at the end) is recognised
@@ -86,12 +89,14 @@ def normalize_format(name: str) -> str:
     return fmt
 
 
-def inspect_image(path: Path, declared_format: str | None = None) -> ImageFacts:
-    """Identify ``path`` from its headers and refuse anything unsafe."""
+def inspect_image(path: Path, declared_format: str | None = None,
+                  text_is_raw: bool = False) -> ImageFacts:
+    """Identify ``path`` from its headers and refuse anything unsafe.
+    ``text_is_raw``: a file of text may be a raw disk (rule 3)."""
     wanted = normalize_format(declared_format) if declared_format else None
     file_size = _regular_file_size(path)
     inspector = _detect(path)
-    fmt = _qemu_format(inspector, path, file_size)
+    fmt = _qemu_format(inspector, path, file_size, text_is_raw)
     if wanted is not None and wanted != fmt:
         raise InvalidImage(reason=f"{path.name}: declared format {wanted!r} but content is {fmt!r}")
     _run_safety_checks(inspector, fmt)
@@ -124,16 +129,17 @@ def _detect(path: Path) -> fi.FileInspector:
     return inspector
 
 
-def _qemu_format(inspector: fi.FileInspector, path: Path, file_size: int) -> str:
+def _qemu_format(inspector: fi.FileInspector, path: Path, file_size: int,
+                 text_is_raw: bool) -> str:
     name = _INSPECTOR_TO_QEMU.get(inspector.NAME, inspector.NAME)
     if name not in ACCEPTED_FORMATS:
         raise InvalidImage(reason=f"{path.name}: {inspector.NAME} images are not supported")
     if name == "raw":  # nothing matched, or only a partition table did
-        return _classify_raw(path, file_size)
+        return _classify_raw(path, file_size, text_is_raw)
     return name
 
 
-def _classify_raw(path: Path, file_size: int) -> str:
+def _classify_raw(path: Path, file_size: int, text_is_raw: bool) -> str:
     """Decide whether a would-be raw file is a raw disk (or a fixed VHD).
 
     A fixed VHD of a partitioned disk starts with its MBR, so the footer is
@@ -153,7 +159,7 @@ def _classify_raw(path: Path, file_size: int) -> str:
                 reason=f"{path.name}: starts like a {fmt} image but its headers do not "
                 "parse (truncated or damaged)"
             )
-    if _is_text(head):
+    if not text_is_raw and _is_text(head):
         raise InvalidImage(reason=f"{path.name}: is a text file, not a disk image")
     return "raw"
 

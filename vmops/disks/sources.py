@@ -40,7 +40,7 @@ from typing import Protocol
 from urllib.parse import SplitResult, unquote, urljoin, urlsplit, urlunsplit
 
 from vmops.config import Settings
-from vmops.errors import ImageSourceUnreachable, ImportLimitExceeded, InvalidImage
+from vmops.errors import ImageSourceUnreachable, ImportLimitExceeded, ImportTooLarge, InvalidImage
 from vmops.text import escape_controls
 
 log = logging.getLogger(__name__)
@@ -372,8 +372,8 @@ class Budget:
                 raise self._over("the images directory's free space fell below "
                                  f"image_import_reserve_bytes ({self.limits.reserve_bytes})")
 
-    def _over(self, reason: str) -> ImportLimitExceeded:
-        return ImportLimitExceeded(source=self.shown, reason=reason)
+    def _over(self, reason: str) -> ImportTooLarge:
+        return ImportTooLarge(source=self.shown, reason=reason)
 
 
 class Pace:
