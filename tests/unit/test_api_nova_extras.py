@@ -312,12 +312,22 @@ def test_quota_below_usage_needs_force(api: Api) -> None:
 
 def test_quota_classes_are_the_defaults(api: Api) -> None:
     shown = get(api, "/os-quota-class-sets/default").body["quota_class_set"]
-    assert set(shown) == QUOTA_KEYS | {"id"}
-    refused = call(api, "PUT", "/os-quota-class-sets/default",
-                   {"quota_class_set": {"instances": 3}})
-    assert refused.status == 403
-    assert call(api, "PUT", "/os-quota-class-sets/default",
-                {"quota_class_set": {"bogus": 3}}).status == 400
+    assert set(shown) == QUOTA_KEYS | {"id"} and shown["id"] == "default"
+    assert shown["instances"] == 10
+    call(api, "PUT", "/os-quota-sets/p2", {"quota_set": {"instances": 4}})
+    updated = call(api, "PUT", "/os-quota-class-sets/default",
+                   {"quota_class_set": {"instances": 3, "cores": "7"}})
+    assert updated.status == 200
+    assert set(updated.body["quota_class_set"]) == QUOTA_KEYS
+    assert (updated.body["quota_class_set"]["instances"],
+            updated.body["quota_class_set"]["cores"]) == (3, 7)
+    assert get(api, "/os-quota-sets/p1/defaults").body["quota_set"]["instances"] == 3
+    assert get(api, "/limits", who=P1).body["limits"]["absolute"]["maxTotalInstances"] == 3
+    assert get(api, "/os-quota-sets/p2").body["quota_set"]["instances"] == 4  # its own
+    for bad in ({"quota_class_set": {"bogus": 3}}, {"quota_class_set": {"cores": -5}},
+                {"quota_class_set": {"instances": 1, "force": True}}):
+        assert call(api, "PUT", "/os-quota-class-sets/default", bad).status == 400, bad
+    assert get(api, "/os-quota-sets/class:default").status == 400
 
 
 def _create(api: Api, who: str = P1, body: dict[str, Any] | None = None,

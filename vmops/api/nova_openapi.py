@@ -171,7 +171,7 @@ def _quota_paths() -> dict[str, Any]:
             "parameters": [{"name": "name", "in": "path", "required": True, "schema": STR,
                             "description": "the class (vmops has one: its defaults)"}],
             "get": op("The default quotas", ok(closed({"quota_class_set": with_id}))),
-            "put": op("Refused (403): the defaults are vmops' settings", ok(closed(
+            "put": op("Change the defaults over the quota_* settings (admin)", ok(closed(
                 {"quota_class_set": quota_set})), body=closed(
                 {"quota_class_set": closed({}, quota_values)}))},
         f"{P}/os-simple-tenant-usage": {"get": op(

@@ -34,7 +34,6 @@ USED_NAMES = {"instances": "totalInstancesUsed", "cores": "totalCoresUsed",
               "ram": "totalRAMUsed", "floating_ips": "totalFloatingIpsUsed",
               "security_groups": "totalSecurityGroupsUsed",
               "server_groups": "totalServerGroupsUsed"}
-DEFAULT_CLASS = "default"
 
 
 def add_routes(r: Router, compute: Compute) -> None:
@@ -79,7 +78,7 @@ class QuotaApi:
     def show_quotas(self, req: Request) -> Response:
         """``?user_id=`` is accepted and shows the project's: vmops keeps
         quotas per project only."""
-        project = own_project(req, req.params["project"])
+        project = own_project(req, _project(req.params["project"]))
         return Response(200, {"quota_set": {"id": project, **self.quotas.limits(project)}})
 
     def default_quotas(self, req: Request) -> Response:
@@ -87,7 +86,7 @@ class QuotaApi:
                                             **self.quotas.defaults()}})
 
     def quota_details(self, req: Request) -> Response:
-        project = own_project(req, req.params["project"])
+        project = own_project(req, _project(req.params["project"]))
         limits = self.quotas.limits(project)
         used = self.quotas.usage(project, req.arg("user_id") or req.context.user_id)
         return Response(200, {"quota_set": {"id": project, **{
@@ -99,23 +98,24 @@ class QuotaApi:
             raise Invalid(reason="vmops keeps quotas per project, not per user: "
                           "drop user_id")
         values, force = _quota_body(req.json(), "quota_set", allow_force=True)
-        limits = self.quotas.update(req.params["project"], values, force)
+        limits = self.quotas.update(_project(req.params["project"]), values, force)
         return Response(200, {"quota_set": limits})
 
     def reset_quotas(self, req: Request) -> Response:
-        self.quotas.reset(req.params["project"])
+        self.quotas.reset(_project(req.params["project"]))
         return Response(202)
 
-    # -- os-quota-class-sets: one class, "default", read from the settings ---------
+    # -- os-quota-class-sets: "default" is every project's defaults ----------------
     def show_quota_class(self, req: Request) -> Response:
-        return Response(200, {"quota_class_set": {"id": req.params["name"],
-                                                  **self.quotas.defaults()}})
+        name = _class_name(req.params["name"])
+        return Response(200, {"quota_class_set": {"id": name,
+                                                  **self.quotas.class_limits(name)}})
 
     def update_quota_class(self, req: Request) -> Response:
-        _quota_body(req.json(), "quota_class_set", allow_force=False)
-        raise Forbidden("vmops takes its default quotas from its settings (quota_* in "
-                        "vmops.toml): change them there, or set a project's own with "
-                        "PUT /os-quota-sets/{project_id}")
+        """Nova's: the values are kept over the settings' (admin)."""
+        name = _class_name(req.params["name"])
+        values, _ = _quota_body(req.json(), "quota_class_set", allow_force=False)
+        return Response(200, {"quota_class_set": self.quotas.update_class(name, values)})
 
     # -- os-simple-tenant-usage ------------------------------------------------
     def list_usage(self, req: Request) -> Response:
@@ -130,6 +130,19 @@ class QuotaApi:
         insts = [i for i in self.compute.store.instances() if i.project_id == project]
         usage = _usages(insts, start, stop, detailed=True).get(project, {})
         return Response(200, {"tenant_usage": usage})
+
+
+def _class_name(name: str) -> str:
+    if not 1 <= len(name) <= 255 or not name.isprintable():
+        raise Invalid(reason="a quota class name is 1 to 255 printable characters")
+    return name
+
+
+def _project(project_id: str) -> str:
+    """A project's id in os-quota-sets (the class rows' keys are not one)."""
+    if project_id.startswith(quotas.CLASS_PREFIX):
+        raise Invalid(reason=f"{project_id[:60]!r} is not a project's id")
+    return project_id
 
 
 def _quota_body(body: Any, key: str, allow_force: bool) -> tuple[dict[str, int], bool]:

@@ -20,6 +20,10 @@ network service is Neutron, but not enforced.
 
 Creates check and record under one lock (:attr:`Quotas.lock`), so two at
 once cannot both take the last unit.
+
+Nova's quota classes live in the same ``quotas`` table, under the key
+``class:<name>`` (never a project's id: those are hex uuids); the ``default``
+class's rows override the settings as every project's defaults.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ RESOURCES = ("instances", "cores", "ram", "floating_ips", "fixed_ips", "metadata
              "key_pairs", "security_groups", "security_group_rules", "server_groups",
              "server_group_members")
 UNLIMITED = -1
+CLASS_PREFIX = "class:"
+DEFAULT_CLASS = "default"
 MAX_LIMIT = 0x7FFFFFFF  # Nova's: a database integer
 # Nova's defaults for what vmops keeps but does not enforce.
 UNENFORCED_DEFAULTS = {"floating_ips": 10, "fixed_ips": -1, "security_groups": 10,
@@ -69,15 +75,30 @@ class Quotas:
 
     # -- limits --------------------------------------------------------------
     def defaults(self) -> dict[str, int]:
-        return defaults(self.settings)
+        """Every project's defaults: the settings, as the default class changed them."""
+        return self.class_limits(DEFAULT_CLASS)
+
+    def class_limits(self, name: str) -> dict[str, int]:
+        return self._overlaid(defaults(self.settings), CLASS_PREFIX + name)
+
+    def update_class(self, name: str, values: Mapping[str, int]) -> dict[str, int]:
+        self._store_limits(CLASS_PREFIX + name, values)
+        return self.class_limits(name)
 
     def limits(self, project_id: str) -> dict[str, int]:
-        limits = self.defaults()
+        return self._overlaid(self.defaults(), project_id)
+
+    def _overlaid(self, limits: dict[str, int], key: str) -> dict[str, int]:
         for row in self.store.query("SELECT resource, hard_limit FROM quotas "
-                                    "WHERE project_id = ?", project_id):
+                                    "WHERE project_id = ?", key):
             if row["resource"] in limits:
                 limits[row["resource"]] = int(row["hard_limit"])
         return limits
+
+    def _store_limits(self, key: str, values: Mapping[str, int]) -> None:
+        with self.store.transaction() as db:
+            for name, limit in values.items():
+                db.execute("INSERT OR REPLACE INTO quotas VALUES (?, ?, ?)", (key, name, limit))
 
     def update(self, project_id: str, values: Mapping[str, int], force: bool) -> dict[str, int]:
         """Set some of a project's limits. Without ``force`` a limit below
@@ -88,10 +109,7 @@ class Quotas:
                 if not force and limit != UNLIMITED and limit < used.get(name, 0):
                     raise Invalid(f"Quota limit {limit} for {name} must be greater than or "
                                   f"equal to already used and reserved {used[name]}.")
-            with self.store.transaction() as db:
-                for name, limit in values.items():
-                    db.execute("INSERT OR REPLACE INTO quotas VALUES (?, ?, ?)",
-                               (project_id, name, limit))
+            self._store_limits(project_id, values)
         return self.limits(project_id)
 
     def reset(self, project_id: str) -> None:
