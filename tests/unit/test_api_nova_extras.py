@@ -239,8 +239,9 @@ def test_availability_zones(api: Api) -> None:
 
 def test_extensions(api: Api) -> None:
     extensions = get(api, "/extensions").body["extensions"]
-    aliases = {e["alias"] for e in extensions}
-    assert {"os-hypervisors", "os-server-groups", "os-instance-actions"} <= aliases
+    aliases = [e["alias"] for e in extensions]
+    assert aliases == sorted(aliases)
+    assert {"os-hypervisors", "os-server-groups", "os-instance-actions"} <= set(aliases)
     assert get(api, "/extensions/os-hosts").body["extension"]["name"] == "Hosts"
     assert get(api, "/extensions/os-floating-ips").status == 404
 
@@ -406,6 +407,7 @@ def test_usage_of_a_project(api: Api) -> None:
     assert {u["tenant_id"] for u in listed["tenant_usages"]} == {"p1", "p2"}
     brief = get(api, "/os-simple-tenant-usage?start=2020-01-01T00:00:00").body
     assert all("server_usages" not in u for u in brief["tenant_usages"])
+    assert get(api, "/os-simple-tenant-usage/?start=2020-01-01T00:00:00").status == 404
 
 
 @pytest.mark.parametrize("query", ["start=yesterday", "end=2020-13-01T00:00:00",

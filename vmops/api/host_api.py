@@ -310,7 +310,8 @@ def _extension(alias: str, name: str, description: str) -> dict[str, Any]:
 
 
 def list_extensions(req: Request) -> Response:
-    return Response(200, {"extensions": [_extension(*e) for e in EXTENSIONS]})
+    """Sorted by alias, as Nova sorts them."""
+    return Response(200, {"extensions": [_extension(*e) for e in sorted(EXTENSIONS)]})
 
 
 def show_extension(req: Request) -> Response:

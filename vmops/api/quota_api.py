@@ -16,7 +16,7 @@ from vmops.api import parse, views
 from vmops.api.server import Request, Response, Router
 from vmops.compute import quotas
 from vmops.compute.manager import Compute
-from vmops.errors import Forbidden, Invalid
+from vmops.errors import Forbidden, Invalid, NotFound
 from vmops.store import Instance
 
 P = views.API_PREFIX
@@ -119,6 +119,8 @@ class QuotaApi:
 
     # -- os-simple-tenant-usage ------------------------------------------------
     def list_usage(self, req: Request) -> Response:
+        if req.path.endswith("/"):  # /os-simple-tenant-usage/: an empty project id
+            raise NotFound("no project with an empty id")
         start, stop = _period(req)
         detailed = req.arg("detailed") == "1"
         usages = _usages(self.compute.store.instances(), start, stop, detailed)
