@@ -85,6 +85,10 @@ class Settings:
         choices=("cdrom", "disk"))
     config_drive_inject_password: bool = _opt(
         False, "Write the admin password onto the config drive.")
+    enable_instance_password: bool = _opt(
+        True, "Server create and rebuild answer an admin password (adminPass), the one given "
+        "or a new random one, as Nova's [api] enable_instance_password. The guest gets it only "
+        "on its config drive with config_drive_inject_password; off: no adminPass is answered.")
     max_injected_files: int = _opt(5, "Most files one spawn may inject.", minimum=0, maximum=1000)
     max_injected_file_bytes: int = _opt(
         10240, "Largest injected file, in bytes.", minimum=0, maximum=64 * 1024 * 1024)

@@ -31,6 +31,7 @@ from vmops.network.checks import network_checks
 from vmops.network.manager import Network
 from vmops.network.model import NicMode
 from vmops.store import Store
+from vmops.volumes.manager import Volumes
 
 log = logging.getLogger("vmops")
 
@@ -183,6 +184,7 @@ class Service:
                                network=self.network)
         catalog = Catalog.from_settings(s, self.store)
         orphans = self.compute.recover()
+        Volumes(self.compute).reconcile()  # after recover: destroys finished release theirs
         checks.append(report_unrecorded(self.hv, orphans, s.db_path, self.store.started_empty))
         catalog.recover_imports()
         self.compute.background_actions = True

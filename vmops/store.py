@@ -514,6 +514,15 @@ class Instance:
     desired_running: bool = False  # was it meant to be running (host-boot resume)
     project_id: str = ""  # (a column) the project that owns it
     user_id: str = ""  # (a column) the user who made it
+    # -- Nova's display fields (in `body`) ----------------------------------
+    hostname: str = ""  # the guest's, derived from the name at spawn ('': the name)
+    domain_name: str = ""  # the libvirt domain's ('': vmops-<name>, as before)
+    description: str | None = None
+    access_ipv4: str = ""
+    access_ipv6: str = ""
+    tags: tuple[str, ...] = ()
+    reservation_id: str = ""  # the request that made it (several at once share it)
+    launch_index: int = 0  # its place in that request
 
 
 _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", "image_id",
@@ -532,6 +541,7 @@ def _instance_from_row(row: sqlite3.Row) -> Instance:
     body["macs"] = tuple(body.get("macs", ()))
     body["disks"] = tuple(DiskRecord(**d) for d in body.get("disks", ()))
     body["injected_files"] = tuple(tuple(p) for p in body.get("injected_files", ()))
+    body["tags"] = tuple(body.get("tags", ()))
     known = {f.name for f in fields(Instance)}
     return Instance(**{k: row[k] for k in _COLUMNS}, **{k: v for k, v in body.items()
                                                         if k in known})
@@ -757,19 +767,31 @@ class Store:
         self._insert("keypairs", asdict(keypair), "keypair", keypair.name)
         return keypair
 
-    def keypairs(self) -> list[Keypair]:
-        return [Keypair(**dict(r)) for r in self._query("SELECT * FROM keypairs ORDER BY name")]
+    def keypairs(self, user_id: str | None = None) -> list[Keypair]:
+        """Every keypair, or ``user_id``'s (a keypair belongs to a user)."""
+        if user_id is None:
+            rows = self._query("SELECT * FROM keypairs ORDER BY name, user_id")
+        else:
+            rows = self._query("SELECT * FROM keypairs WHERE user_id = ? ORDER BY name",
+                               user_id)
+        return [Keypair(**dict(r)) for r in rows]
 
-    def keypair(self, name: str) -> Keypair:
-        rows = self._query("SELECT * FROM keypairs WHERE name = ?", name)
+    def keypair(self, name: str, user_id: str | None = None) -> Keypair:
+        """``user_id``'s keypair ``name``; without a user, the first of that name."""
+        if user_id is None:
+            rows = self._query("SELECT * FROM keypairs WHERE name = ? ORDER BY user_id", name)
+        else:
+            rows = self._query("SELECT * FROM keypairs WHERE name = ? AND user_id = ?",
+                               name, user_id)
         if not rows:
             raise KeypairNotFound(name=name)
         return Keypair(**dict(rows[0]))
 
-    def delete_keypair(self, name: str) -> None:
-        self.keypair(name)
+    def delete_keypair(self, name: str, user_id: str | None = None) -> None:
+        key = self.keypair(name, user_id)
         with self._tx() as db:
-            db.execute("DELETE FROM keypairs WHERE name = ?", (name,))
+            db.execute("DELETE FROM keypairs WHERE name = ? AND user_id = ?",
+                       (name, key.user_id))
 
     # -- instances -----------------------------------------------------------
     def add_instance(self, inst: Instance, ports: Sequence[Port] = (),
@@ -785,8 +807,7 @@ class Store:
         inst = replace(inst, created_at=now, updated_at=now)
         row = _instance_to_row(inst)
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM instances WHERE name = ? OR id = ?",
-                          (inst.name, inst.id)).fetchone():
+            if db.execute("SELECT 1 FROM instances WHERE id = ?", (inst.id,)).fetchone():
                 raise AlreadyExists(kind="instance", name=inst.name)
             db.execute(f"INSERT INTO instances ({', '.join(row)}) VALUES "
                        f"({', '.join('?' for _ in row)})", tuple(row.values()))
@@ -841,10 +862,16 @@ class Store:
         return [_instance_from_row(r) for r in rows]
 
     def instance(self, ref: str) -> Instance:
+        """The instance whose id is ``ref``, else the one named ``ref``;
+        a name several instances share is refused, naming their ids."""
         rows = self._query(
-            "SELECT * FROM instances WHERE id = ? OR name = ? ORDER BY id = ? DESC", ref, ref, ref)
+            "SELECT * FROM instances WHERE id = ? OR name = ? ORDER BY id = ? DESC, created_at",
+            ref, ref, ref)
         if not rows:
             raise InstanceNotFound(instance=ref)
+        if len(rows) > 1 and rows[0]["id"] != ref:
+            raise Conflict(reason=f"{len(rows)} servers are named {ref!r}: "
+                           f"{', '.join(r['id'] for r in rows)}; give an id")
         return _instance_from_row(rows[0])
 
     def delete_instance(self, instance_id: str) -> None:

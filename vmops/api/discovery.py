@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vmops.api.server import Request, Response
+from vmops.api.server import MAX_MICROVERSION, MIN_MICROVERSION, Request, Response, version_text
 
 COMPUTE_PREFIX = "/v2.1"
 IMAGE_ROOT = "/image"
@@ -20,16 +20,14 @@ IMAGE_PREFIX = "/image/v2"
 IDENTITY_ROOT = "/identity"
 IDENTITY_PREFIX = "/identity/v3"
 
-MIN_MICROVERSION = "2.1"
-MAX_MICROVERSION = "2.1"
 IMAGE_VERSION = "v2.0"
 IDENTITY_VERSION = "v3.0"
 
 
 def compute_version(base: str) -> dict[str, Any]:
     return {
-        "id": "v2.1", "status": "CURRENT", "version": MAX_MICROVERSION,
-        "min_version": MIN_MICROVERSION, "updated": "2013-07-23T11:33:21Z",
+        "id": "v2.1", "status": "CURRENT", "version": version_text(MAX_MICROVERSION),
+        "min_version": version_text(MIN_MICROVERSION), "updated": "2013-07-23T11:33:21Z",
         "links": [{"rel": "self", "href": f"{base}{COMPUTE_PREFIX}/"}],
         "media-types": [{"base": "application/json",
                          "type": "application/vnd.openstack.compute+json;version=2.1"}],

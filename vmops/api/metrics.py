@@ -22,7 +22,7 @@ from typing import Any
 
 from vmops.api import views
 from vmops.api.server import Request, Response
-from vmops.compute.manager import DOMAIN_PREFIX, Compute
+from vmops.compute.manager import Compute
 from vmops.errors import VmopsError
 from vmops.store import Instance
 
@@ -128,7 +128,7 @@ def domain_lines(domains: Sequence[tuple[Instance, Mapping[str, Any]]]) -> list[
     for suffix, key, scale, text in INFO_METRICS:
         name = f"libvirt_domain_info_{suffix}"
         out += _header(name, "counter" if suffix.endswith("_total") else "gauge", text)
-        out += [_sample(name, {"domain": DOMAIN_PREFIX + inst.name}, values[key] * scale)
+        out += [_sample(name, {"domain": views.domain_name(inst)}, values[key] * scale)
                 for inst, values in domains if _number(values.get(key))]
     for suffix, stat, text in BLOCK_METRICS:
         name = f"libvirt_domain_block_stats_{suffix}"
@@ -152,14 +152,14 @@ def _block_labels(inst: Instance, values: Mapping[str, Any]) -> Iterator[tuple[i
         disk = inst.disks[i] if i < len(inst.disks) else None
         target = values.get(f"block.{i}.name") or (disk.target if disk else f"block{i}")
         path = values.get(f"block.{i}.path") or (disk.path if disk else "")
-        yield i, {"domain": DOMAIN_PREFIX + inst.name, "source_file": str(path),
+        yield i, {"domain": views.domain_name(inst), "source_file": str(path),
                   "target_device": str(target)}
 
 
 def _net_labels(inst: Instance, values: Mapping[str, Any]) -> Iterator[tuple[int, dict[str,
                                                                                        str]]]:
     for i in range(int(values.get("net.count", 0))):
-        yield i, {"domain": DOMAIN_PREFIX + inst.name, "source_bridge": "",
+        yield i, {"domain": views.domain_name(inst), "source_bridge": "",
                   "target_device": str(values.get(f"net.{i}.name") or f"net{i}")}
 
 
@@ -173,7 +173,7 @@ def instance_lines(instances: list[Instance]) -> list[str]:
     out += _header("vmops_instance_info", "gauge", "One per instance: its id, name, status, "
                    "flavor and image, to join with the libvirt_domain_* metrics on domain.")
     out += [_sample("vmops_instance_info", {
-        "domain": DOMAIN_PREFIX + i.name, "id": i.id, "name": i.name,
+        "domain": views.domain_name(i), "id": i.id, "name": i.name,
         "status": views.server_status(i), "flavor": str(i.flavor.get("name", "")),
         "image": i.image_name}, 1) for i in instances]
     return out

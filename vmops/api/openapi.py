@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from vmops.api import discovery
-from vmops.api.server import MAX_BODY_BYTES, Request, Response
+from vmops.api.server import MAX_BODY_BYTES, MAX_MICROVERSION, Request, Response, version_text
 
 P = discovery.COMPUTE_PREFIX
 IMG = discovery.IMAGE_PREFIX
@@ -46,6 +46,7 @@ NULL_STR = {"type": ["string", "null"]}
 NULL_INT = {"type": ["integer", "null"]}
 TIME = {"type": ["string", "null"], "format": "date-time"}
 LINKS = array(obj({"rel": STR, "href": STR}))
+IMAGE_LINKS = array(obj({"rel": STR, "href": STR}, {"type": STR}))
 STR_MAP = {"type": "object", "additionalProperties": STR}
 
 
@@ -57,7 +58,8 @@ def _schemas() -> dict[str, Any]:
                                "updated": STR, "links": LINKS}),
         "ServerBrief": obj({"id": STR, "name": STR, "links": LINKS}),
         "ServerCreated": obj({"id": STR, "links": LINKS, "OS-DCF:diskConfig": STR,
-                              "security_groups": array(obj({"name": STR}))}),
+                              "security_groups": array(obj({"name": STR}))},
+                             {"adminPass": STR}, extra=False),
         "Server": _server_schema(),
         "SecurityGroup": obj({"id": STR, "name": STR, "description": STR,
                               "project_id": STR, "tenant_id": STR, "stateful": BOOL,
@@ -81,17 +83,19 @@ def _schemas() -> dict[str, Any]:
         "Flavor": obj({"id": STR, "name": STR, "ram": INT, "vcpus": INT, "disk": INT,
                        "OS-FLV-EXT-DATA:ephemeral": INT, "swap": {"type": ["string", "integer"]},
                        "rxtx_factor": NUM, "os-flavor-access:is_public": BOOL,
-                       "OS-FLV-DISABLED:disabled": BOOL, "links": LINKS,
-                       "vmops:builtin": BOOL}),
-        "ImageBrief": obj({"id": STR, "name": STR, "links": LINKS}),
+                       "OS-FLV-DISABLED:disabled": BOOL, "links": LINKS},
+                      {"vmops:builtin": BOOL}, extra=False),
+        "ImageBrief": obj({"id": STR, "name": STR, "links": IMAGE_LINKS}, extra=False),
         "Image": obj({"id": STR, "name": STR, "status": {"enum": ["SAVING", "ACTIVE", "ERROR"]},
                       "progress": INT, "minDisk": INT, "minRam": INT, "created": TIME,
-                      "updated": TIME, "metadata": ANY_OBJ, "links": LINKS,
-                      "OS-EXT-IMG-SIZE:size": INT, "vmops:format": STR,
+                      "updated": TIME, "metadata": ANY_OBJ, "links": IMAGE_LINKS,
+                      "OS-EXT-IMG-SIZE:size": INT},
+                     {"server": obj({"id": STR, "links": LINKS}),
+                      "vmops:format": STR,
                       "vmops:virtual_size": INT, "vmops:checksum": STR, "vmops:source": STR,
                       "vmops:bytes_done": INT, "vmops:bytes_total": NULL_INT,
                       "vmops:fault": STR, "vmops:used_by": array(STR),
-                      "vmops:login_user": NULL_STR}),
+                      "vmops:login_user": NULL_STR}, extra=False),
         "GlanceImage": {**obj({
             "id": STR, "name": NULL_STR,
             "status": {"enum": ["queued", "saving", "active", "killed"]},
@@ -105,49 +109,67 @@ def _schemas() -> dict[str, Any]:
              "instance_uuid": STR}),
             "additionalProperties": STR},  # user properties: strings, as Glance's
         "Keypair": obj({"name": STR, "public_key": STR, "fingerprint": STR},
-                       {"type": STR, "created_at": TIME, "user_id": STR, "id": INT,
-                        "deleted": BOOL, "updated_at": TIME, "deleted_at": TIME}),
+                       {"type": STR, "created_at": NULL_STR, "user_id": STR, "id": INT,
+                        "deleted": BOOL, "updated_at": TIME, "deleted_at": TIME,
+                        "private_key": STR, "vmops:created_at": TIME}, extra=False),
         "Check": obj({"name": STR, "ok": BOOL, "required": BOOL, "detail": STR,
                       "advice": STR}),
     }
 
 
 def _server_schema() -> dict[str, Any]:
+    """A server at any microversion served: what every one has is required,
+    what a microversion, admin rights or X-Vmops-Extra add is optional."""
     status = {"enum": ["ACTIVE", "BUILD", "SHUTOFF", "PAUSED", "SUSPENDED", "REBOOT",
-                       "HARD_REBOOT", "ERROR", "DELETED", "UNKNOWN"]}
+                       "HARD_REBOOT", "REBUILD", "ERROR", "DELETED", "UNKNOWN"]}
+    flavor = {"oneOf": [obj({"id": STR, "links": LINKS}, extra=False),
+                        obj({"vcpus": INT, "ram": INT, "disk": INT, "ephemeral": INT,
+                             "swap": INT, "original_name": STR},
+                            {"extra_specs": STR_MAP}, extra=False)]}
     return obj({
-        "id": STR, "name": STR, "links": LINKS, "status": status,
+        "id": STR, "name": STR, "links": LINKS, "status": status, "tenant_id": STR,
+        "user_id": STR, "metadata": STR_MAP, "hostId": STR,
+        "image": obj({"id": STR, "links": LINKS}), "flavor": flavor,
+        "created": TIME, "updated": TIME, "addresses": ANY_OBJ, "accessIPv4": STR,
+        "accessIPv6": STR, "OS-DCF:diskConfig": STR,
+    }, {
+        "progress": INT,
+        "fault": obj({"code": INT, "message": STR, "created": TIME}),
+        "key_name": NULL_STR, "security_groups": array(obj({"name": STR})),
+        "OS-SRV-USG:launched_at": NULL_STR, "OS-SRV-USG:terminated_at": NULL_STR,
+        "OS-EXT-AZ:availability_zone": STR,
         "OS-EXT-STS:vm_state": STR, "OS-EXT-STS:task_state": NULL_STR,
-        "OS-EXT-STS:power_state": INT, "OS-SRV-USG:launched_at": TIME,
-        "OS-SRV-USG:terminated_at": TIME, "created": TIME, "updated": TIME,
-        "flavor": obj({"id": STR, "links": LINKS}), "image": obj({"id": STR, "links": LINKS}),
-        "addresses": ANY_OBJ, "metadata": STR_MAP, "key_name": NULL_STR, "config_drive": STR,
-        "hostId": STR, "tenant_id": STR, "user_id": STR, "accessIPv4": STR, "accessIPv6": STR,
-        "OS-DCF:diskConfig": STR, "OS-EXT-AZ:availability_zone": STR,
-        "OS-EXT-SRV-ATTR:instance_name": STR,
+        "OS-EXT-STS:power_state": INT, "config_drive": STR,
         "os-extended-volumes:volumes_attached": array(ANY_OBJ),
-        "security_groups": array(obj({"name": STR})),
+        "OS-EXT-SRV-ATTR:host": STR, "OS-EXT-SRV-ATTR:hypervisor_hostname": STR,
+        "OS-EXT-SRV-ATTR:instance_name": STR,
+        "OS-EXT-SRV-ATTR:reservation_id": NULL_STR, "OS-EXT-SRV-ATTR:launch_index": INT,
+        "OS-EXT-SRV-ATTR:kernel_id": STR, "OS-EXT-SRV-ATTR:ramdisk_id": STR,
+        "OS-EXT-SRV-ATTR:hostname": STR, "OS-EXT-SRV-ATTR:root_device_name": STR,
+        "OS-EXT-SRV-ATTR:user_data": NULL_STR,
+        "locked": BOOL, "host_status": STR, "description": NULL_STR, "tags": array(STR),
+        "adminPass": STR,
         "vmops:flavor": obj({"id": NULL_STR, "name": NULL_STR, "ram": NULL_INT,
                              "vcpus": NULL_INT, "disk": NULL_INT, "ephemeral": NULL_INT}),
-        "vmops:power_state": STR, "vmops:image_name": STR,
+        "vmops:power_state": STR, "vmops:image_name": STR, "vmops:fault": STR,
         "vmops:disks": array(obj({"role": STR, "path": STR, "format": STR, "target": STR,
                                   "device": STR})),
         "vmops:macs": array(STR),
         "vmops:nics": array(obj({"mac": STR, "mode": {"enum": ["bridge", "user"]},
                                  "network": STR, "ip": NULL_STR, "tap": NULL_STR})),
-    }, {
-        "progress": INT,
-        "fault": obj({"code": INT, "message": STR, "created": TIME}),
         "vmops:live": obj({"state": STR, "max_memory_kib": INT, "memory_kib": INT,
                            "vcpus": INT, "cpu_time_ns": INT}),
-    })
+    }, extra=False)
 
 
 def _server_create_schema() -> dict[str, Any]:
+    count = {"type": ["integer", "string"]}
     return obj({"server": obj({"name": STR, "imageRef": STR, "flavorRef": STR}, {
         "config_drive": BOOL, "user_data": STR, "key_name": STR, "metadata": STR_MAP,
         "personality": array(obj({"path": STR, "contents": STR}, extra=False)),
-        "adminPass": STR, "min_count": INT, "max_count": INT,
+        "adminPass": STR, "min_count": count, "max_count": count,
+        "return_reservation_id": BOOL, "accessIPv4": STR, "accessIPv6": STR,
+        "description": NULL_STR, "tags": array(STR),
         "networks": {"oneOf": [{"enum": ["auto", "none"]}, array(obj(
             {}, {"uuid": {"enum": ["vmops", "user"]}, "fixed_ip": STR, "tag": STR},
             extra=False))]},
@@ -159,8 +181,9 @@ def _server_create_schema() -> dict[str, Any]:
                                               "boot_index": {"enum": [0, "0"]}},
                                              {"delete_on_termination": BOOL,
                                               "device_type": {"enum": ["disk"]},
-                                              "disk_bus": STR}, extra=False)),
-        "vmops:mac": STR}, extra=False)})
+                                              "disk_bus": STR, "tag": STR}, extra=False)),
+        "vmops:mac": STR}, extra=False)}, {
+        "os:scheduler_hints": ANY_OBJ, "OS-SCH-HNT:scheduler_hints": ANY_OBJ}, extra=False)
 
 
 # -- operations ------------------------------------------------------------------
@@ -205,7 +228,19 @@ PAGING = [query("limit", "at most this many", {"type": "integer", "minimum": 0})
           query("marker", "the items after this id")]
 SERVER_FILTERS = [query("name", "a regular expression the name must match"),
                   query("status", "ACTIVE, SHUTOFF, ..."), query("image", "an image id"),
-                  query("flavor", "a flavor id"), *PAGING]
+                  query("flavor", "a flavor id"),
+                  query("reservation_id", "made by this request (create's reservation id)"),
+                  query("all_tenants", "admin: every project's servers"),
+                  query("project_id", "admin, with all_tenants: this project's only"),
+                  *PAGING]
+FLAVOR_FILTERS = [query("minRam", "at least this many MiB of RAM", {"type": "integer"}),
+                  query("minDisk", "a root disk of at least this many GiB",
+                        {"type": "integer"}),
+                  query("is_public", "admin: true, false or none (all)"),
+                  query("sort_key", "flavorid (default), name, memory_mb, vcpus, root_gb, "
+                        "ephemeral_gb, created_at"),
+                  query("sort_dir", "asc (default) or desc", {"enum": ["asc", "desc"]}),
+                  *PAGING]
 
 
 def _server_paths() -> dict[str, Any]:
@@ -220,29 +255,60 @@ def _server_paths() -> dict[str, Any]:
         obj({"os-stop": {"type": ["object", "null"], "additionalProperties": False,
                          "properties": {"vmops:timeout": NUM, "vmops:hard": BOOL}}},
             extra=False),
-        obj({"createImage": obj({"name": STR}, {"metadata": obj({}, extra=False)},
-                                extra=False)}, extra=False),
-        obj({"rebuild": obj({"imageRef": STR}, {"preserve_ephemeral": {"enum": [False]}},
-                            extra=False)}, extra=False),
+        obj({"createImage": obj({"name": STR}, {"metadata": STR_MAP}, extra=False)},
+            extra=False),
+        obj({"rebuild": obj({"imageRef": STR}, {
+            "preserve_ephemeral": {"enum": [False]}, "name": STR, "metadata": STR_MAP,
+            "adminPass": STR, "accessIPv4": STR, "accessIPv6": STR, "description": NULL_STR,
+            "OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]},
+            "personality": {"type": "array", "maxItems": 0}}, extra=False)}, extra=False),
         obj({"os-getConsoleOutput": {"type": ["object", "null"], "additionalProperties": False,
-                                     "properties": {"length": {"type": ["integer", "null"]}}}},
+                                     "properties": {"length": {"type": ["integer", "string",
+                                                                        "null"]}}}},
             extra=False),
     ]}
+    tags = obj({"tags": array(STR)}, extra=False)
+    tag_path = [path_id("server"), {"name": "tag", "in": "path", "required": True,
+                                    "schema": STR, "description": "a tag"}]
     return {
         f"{P}/servers": {
-            "get": op("List servers (id, name, links)", ok(servers), params=SERVER_FILTERS),
-            "post": op("Create a server; it builds in the background",
-                       ok(obj({"server": ref("ServerCreated")}), "202", "Accepted"),
+            "get": op("List servers (id, name, links): the caller's project's; an admin's "
+                      "with all_tenants=1, everyone's (or project_id's)", ok(servers),
+                      params=SERVER_FILTERS),
+            "post": op("Create a server (max_count: several, named NAME-1, NAME-2, ...); it "
+                       "builds in the background",
+                       ok({"oneOf": [obj({"server": ref("ServerCreated")}, extra=False),
+                                     obj({"reservation_id": STR}, extra=False)]},
+                          "202", "Accepted"),
                        body=ref("ServerCreate")),
         },
+        f"{P}/servers/{{id}}/tags": {
+            "parameters": [path_id("server")],
+            "get": op("The server's tags (2.26)", ok(tags)),
+            "put": op("Replace the server's tags (2.26)", ok(tags), body=tags),
+            "delete": op("Remove every tag (2.26)", ok(None, "204", "Removed"))},
+        f"{P}/servers/{{id}}/tags/{{tag}}": {
+            "parameters": tag_path,
+            "get": op("Whether the server has the tag (2.26): 204, else 404",
+                      ok(None, "204", "It has")),
+            "put": op("Add a tag (2.26)", {**ok(None, "201", "Added"),
+                                           **ok(None, "204", "It had it")}),
+            "delete": op("Remove a tag (2.26)", ok(None, "204", "Removed"))},
         f"{P}/servers/detail": {
             "get": op("List servers with details",
                       ok(obj({"servers": array(ref("Server"))})), params=SERVER_FILTERS)},
         f"{P}/servers/{{id}}": {
             "parameters": [path_id("server")],
             "get": op("Show a server", ok(obj({"server": ref("Server")}))),
-            "delete": op("Destroy a server and everything it has",
-                         ok(None, "204", "Destroyed")),
+            "put": op("Rename a server, set its access addresses or (2.19) description",
+                      ok(obj({"server": ref("Server")})),
+                      body=obj({"server": obj({}, {
+                          "name": STR, "accessIPv4": STR, "accessIPv6": STR,
+                          "description": NULL_STR,
+                          "OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]}}, extra=False)},
+                          extra=False)),
+            "delete": op("Destroy a server and everything it has (while it builds: the "
+                         "build stops, then it goes)", ok(None, "204", "Destroyed")),
         },
         f"{P}/servers/{{id}}/action": {
             "parameters": [path_id("server")],
@@ -250,10 +316,14 @@ def _server_paths() -> dict[str, Any]:
                        "resume, vmops:rebuildConfigDrive (stopped servers only), rebuild "
                        "(a new root disk from imageRef; same id, MACs, addresses, flavor), "
                        "createImage (a snapshot of the root disk: the new image's URL in "
-                       "Location) (202, continues in the background), "
-                       "os-getConsoleOutput (200)",
+                       "Location; from 2.45 its id in the body) (202, continues in the "
+                       "background), os-getConsoleOutput (200)",
                        {**ok(obj({}, {"output": STR, "server": ref("Server")})),
-                        **ok(None, "202", "Accepted")},
+                        "202": {"description": "Accepted (rebuild: the server; createImage "
+                                "from 2.45: the image's id; the others: no body)",
+                                "x-body-optional": True,
+                                **json_body(obj({}, {"server": ref("Server"),
+                                                     "image_id": STR}, extra=False))}},
                        body=action,
                        params=[query("vmops:wait", "vmops: answer 200 with the server when "
                                      "the action has ended, waiting at most this many "
@@ -275,22 +345,25 @@ def _server_paths() -> dict[str, Any]:
 def _catalog_paths() -> dict[str, Any]:
     flavor_create = obj({"flavor": obj(
         {"name": STR, "ram": INT, "vcpus": INT, "disk": INT},
-        {"OS-FLV-EXT-DATA:ephemeral": INT, "id": STR, "swap": INT, "rxtx_factor": NUM,
-         "os-flavor-access:is_public": BOOL}, extra=False)}, extra=False)
+        {"OS-FLV-EXT-DATA:ephemeral": INT, "id": {"type": ["string", "integer"]},
+         "swap": {"type": ["integer", "string"]}, "rxtx_factor": NUM,
+         "os-flavor-access:is_public": {"type": ["boolean", "string"]}}, extra=False)},
+        extra=False)
     image_import = obj({"image": obj({"name": STR, "source": STR},
                                      {"checksum": STR, "disk_format": STR, "login_user": STR},
                                      extra=False)},
                        extra=False)
-    keypair_add = obj({"keypair": obj({"name": STR, "public_key": STR}, {"type": STR},
+    keypair_add = obj({"keypair": obj({"name": STR}, {"public_key": STR, "type": STR,
+                                                      "user_id": STR},
                                       extra=False)}, extra=False)
     return {
         f"{P}/flavors": {
             "get": op("List flavors", ok(obj({"flavors": array(ref("FlavorBrief"))})),
-                      params=PAGING),
+                      params=FLAVOR_FILTERS),
             "post": op("Create a flavor", ok(obj({"flavor": ref("Flavor")})),
                        body=flavor_create)},
         f"{P}/flavors/detail": {"get": op("List flavors with details", ok(obj(
-            {"flavors": array(ref("Flavor"))})), params=PAGING)},
+            {"flavors": array(ref("Flavor"))})), params=FLAVOR_FILTERS)},
         f"{P}/flavors/{{id}}": {
             "parameters": [path_id("flavor")],
             "get": op("Show a flavor", ok(obj({"flavor": ref("Flavor")}))),
@@ -319,12 +392,16 @@ def _catalog_paths() -> dict[str, Any]:
         f"{P}/os-keypairs": {
             "get": op("List keypairs", ok(obj({"keypairs": array(obj(
                 {"keypair": ref("Keypair")}))}))),
-            "post": op("Import a public key", ok(obj({"keypair": ref("Keypair")})),
+            "post": op("Import a public key, or make a pair (no public_key: the private key "
+                       "is answered once); 201 from 2.2",
+                       {**ok(obj({"keypair": ref("Keypair")})),
+                        **ok(obj({"keypair": ref("Keypair")}), "201", "Created")},
                        body=keypair_add)},
         f"{P}/os-keypairs/{{id}}": {
             "parameters": [{**path_id("keypair"), "description": "the keypair's name"}],
             "get": op("Show a keypair", ok(obj({"keypair": ref("Keypair")}))),
-            "delete": op("Delete a keypair", ok(None, "202", "Deleted"))},
+            "delete": op("Delete a keypair (204 from 2.2)",
+                         {**ok(None, "202", "Deleted"), **ok(None, "204", "Deleted")})},
         f"{P}/os-vmops/doctor": {"get": op("vmops: the host checks",
                                            ok(obj({"checks": array(ref("Check"))})))},
     }
@@ -473,11 +550,14 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "vmops API", "version": discovery.MAX_MICROVERSION,
-            "description": "The part of the OpenStack Compute API v2.1 one host needs, a "
+            "title": "vmops API", "version": version_text(MAX_MICROVERSION),
+            "description": "The part of the OpenStack Compute API v2.1 one host needs "
+            "(microversions 2.1 to the version above, sent in OpenStack-API-Version: compute "
+            "2.x), a "
             "minimal image service (Glance v2) and identity version document for OpenStack "
-            "clients, vmops' own additions (vmops: keys, image import, console log, host "
-            "checks) and Prometheus metrics. Over TCP every request needs the token in "
+            "clients, vmops' own additions (vmops: keys, sent only with the request header "
+            "X-Vmops-Extra: 1; image import, console log, host checks) and Prometheus "
+            "metrics. Over TCP every request needs the token in "
             f"X-Auth-Token (or Authorization: Bearer). Bodies are at most {MAX_BODY_BYTES} "
             "bytes of JSON.",
         },

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
+import ipaddress
 import math
 import re
 from typing import Any
 
+from vmops.api.server import Microversion
 from vmops.compute.manager import SpawnRequest
 from vmops.errors import Invalid
 
@@ -109,44 +112,134 @@ MAX_SECONDS = 100 * 365 * 86400
 SERVER_FIELDS = {"name", "imageRef", "flavorRef", "networks", "config_drive", "user_data",
                  "key_name", "metadata", "personality", "adminPass", "min_count",
                  "max_count", "return_reservation_id", "vmops:mac", "availability_zone",
-                 "security_groups", "OS-DCF:diskConfig", "block_device_mapping_v2"}
+                 "security_groups", "OS-DCF:diskConfig", "block_device_mapping_v2",
+                 "accessIPv4", "accessIPv6"}
 BDM_FIELDS = {"uuid", "boot_index", "source_type", "destination_type",
-              "delete_on_termination", "device_type", "disk_bus"}
+              "delete_on_termination", "device_type", "disk_bus", "tag"}
+# Fields added by microversions, from the version on which Nova takes them.
+SERVER_FIELDS_SINCE = {"description": (2, 19), "tags": (2, 52)}
+MAX_SERVERS_PER_REQUEST = 100
+MAX_DESCRIPTION_CHARS = 255
+MAX_TAGS = 50
+MAX_TAG_CHARS = 60
 
 
-def spawn_request(body: Any) -> SpawnRequest:
+@dataclasses.dataclass(frozen=True)
+class ServerCreate:
+    """A checked POST /servers: what to spawn, how many, what to answer."""
+
+    spawn: SpawnRequest
+    min_count: int = 1
+    max_count: int = 1
+    return_reservation_id: bool = False
+
+
+def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
     """The body of POST /servers, checked whole before anything is made."""
     if isinstance(body, dict):
         no_unknown(body, {"server", "os:scheduler_hints", "OS-SCH-HNT:scheduler_hints"},
                    "the request body")
     srv = section(body, "server")
-    no_unknown(srv, SERVER_FIELDS, "server")
-    _check_one_server(srv)
+    no_unknown(srv, SERVER_FIELDS | {k for k, v in SERVER_FIELDS_SINCE.items()
+                                     if version >= v}, "server")
+    min_count, max_count = _counts(srv)
     _check_placement(srv)
     user_data = field(srv, "user_data", str)
     if user_data is not None and len(user_data) > MAX_USER_DATA_CHARS:
         raise Invalid(reason=f"user_data is {len(user_data)} base64 characters, at most "
                       f"{MAX_USER_DATA_CHARS} allowed")
-    return SpawnRequest(
+    spawn = SpawnRequest(
         name=field(srv, "name", str, required=True), image=_image(srv),
         flavor=reference(srv, "flavorRef"), mac=field(srv, "vmops:mac", str),
         config_drive=_config_drive(srv),
         user_data=base64_bytes(user_data, "user_data") if user_data is not None else None,
         key_name=field(srv, "key_name", str), files=_personality(srv),
         properties=metadata(field(srv, "metadata", dict, default={})),
-        admin_password=field(srv, "adminPass", str), **_networks(srv),
-        security_groups=_security_groups(srv))
+        admin_password=field(srv, "adminPass", str), **_networks(srv, version),
+        security_groups=_security_groups(srv), description=description(srv),
+        access_ipv4=access_ip(srv, "accessIPv4", 4), access_ipv6=access_ip(srv, "accessIPv6", 6),
+        tags=tags(field(srv, "tags", list, default=[])))
+    if max_count > 1 and spawn.mac is not None:
+        raise Invalid(reason="vmops:mac names one MAC address: create one server with it")
+    return ServerCreate(spawn, min_count, max_count,
+                        field(srv, "return_reservation_id", bool, default=False))
+
+
+def _counts(srv: dict[str, Any]) -> tuple[int, int]:
+    """min_count and max_count: whole numbers from 1 (or such strings),
+    min_count at most max_count; max_count defaults to min_count."""
+    counts = []
+    for name in ("min_count", "max_count"):
+        value = field(srv, name, (int, str))
+        if value is not None and (not str(value).isdigit() or not str(value).isascii()
+                                  or int(value) < 1):
+            raise Invalid(reason=f"{name} must be a whole number from 1, got {value!r}")
+        counts.append(None if value is None else int(value))
+    low = counts[0] or 1
+    high = counts[1] if counts[1] is not None else low
+    if low > high:
+        raise Invalid(reason=f"min_count ({low}) is more than max_count ({high})")
+    if high > MAX_SERVERS_PER_REQUEST:
+        raise Invalid(reason=f"max_count is {high}; at most {MAX_SERVERS_PER_REQUEST} servers "
+                      "per request")
+    return low, high
+
+
+def description(obj: dict[str, Any]) -> str | None:
+    """A server's description (2.19): null or at most 255 printable characters."""
+    text = field(obj, "description", str)
+    if text is not None and (len(text) > MAX_DESCRIPTION_CHARS or not text.isprintable()):
+        raise Invalid(reason=f"description is at most {MAX_DESCRIPTION_CHARS} printable "
+                      "characters")
+    value: str | None = text
+    return value
+
+
+def access_ip(obj: dict[str, Any], name: str, version: int) -> str:
+    """accessIPv4 / accessIPv6: an address of that version, or "" for none."""
+    text = field(obj, name, str, default="")
+    if text == "":
+        return ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        address = None
+    if address is None or address.version != version:
+        raise Invalid(reason=f"{name} must be an IPv{version} address, not {text!r}")
+    return str(address)
+
+
+def tags(items: list[Any]) -> tuple[str, ...]:
+    """Server tags: at most 50, each 1 to 60 characters without '/' or ','."""
+    if len(items) > MAX_TAGS:
+        raise Invalid(reason=f"{len(items)} tags; a server has at most {MAX_TAGS}")
+    for tag in items:
+        if not isinstance(tag, str) or not 1 <= len(tag) <= MAX_TAG_CHARS \
+                or "/" in tag or "," in tag:
+            raise Invalid(reason=f"invalid tag {tag!r}: 1 to {MAX_TAG_CHARS} characters, "
+                          "no '/' or ','")
+    return tuple(dict.fromkeys(items))
 
 
 # The networks a server may name in "networks": [{"uuid": ...}].
 NETWORK_MODES = {"vmops": "bridge", "user": "user"}
 
 
-def _networks(srv: dict[str, Any]) -> dict[str, Any]:
-    """Nova's "networks": "auto" (or absent) takes the network_mode setting;
-    one entry names the vmops network or user-mode, with an optional fixed_ip."""
+def _networks(srv: dict[str, Any], version: Microversion) -> dict[str, Any]:
+    """Nova's "networks": absent or "auto" takes the network_mode setting,
+    "none" (no network anyone reaches) a user-mode NIC; one entry names the
+    vmops network or user-mode, with an optional fixed_ip. From 2.37 on it
+    is required, as with Nova."""
     networks = srv.get("networks")
-    if networks in (None, "auto", "none", []):
+    if networks is None and version >= (2, 37):
+        raise Invalid(reason="'networks' is required from microversion 2.37: \"auto\", "
+                      "\"none\" or a list such as [{\"uuid\": \"vmops\"}]")
+    if networks in ("auto", "none") and version < (2, 37):
+        raise Invalid(reason=f"networks {networks!r} needs microversion 2.37 or later; "
+                      "give a list, such as [{\"uuid\": \"vmops\"}]")
+    if networks == "none":
+        return {"network": NETWORK_MODES["user"]}
+    if networks in (None, "auto", []):
         return {}
     if not isinstance(networks, list) or len(networks) != 1 \
             or not isinstance(networks[0], dict):
@@ -192,15 +285,6 @@ def _image(srv: dict[str, Any]) -> str:
     if srv.get("imageRef") not in (None, "", image):
         raise Invalid(reason="imageRef and the block device mapping name different images")
     return image
-
-
-def _check_one_server(srv: dict[str, Any]) -> None:
-    for name in ("min_count", "max_count"):
-        count = field(srv, name, (int, str), default=1)
-        if str(count) != "1":
-            raise Invalid(reason=f"{name} must be 1: vmops creates one server per request")
-    if field(srv, "return_reservation_id", bool, default=False):
-        raise Invalid(reason="return_reservation_id is not supported: one server per request")
 
 
 def _check_placement(srv: dict[str, Any]) -> None:
@@ -286,30 +370,80 @@ def reboot_hard(arg: Any) -> bool:
     return kind == "HARD"
 
 
-def create_image_name(arg: Any) -> str:
-    """createImage: {"name": "...", "metadata": {}}; image properties are
-    not kept by vmops, so metadata must be empty."""
+def create_image(arg: Any) -> tuple[str, dict[str, str]]:
+    """createImage: {"name": "...", "metadata": {...}}: the image's name and
+    properties (kept with the image, shown in its metadata)."""
     if not isinstance(arg, dict):
         raise Invalid(reason='createImage takes an object: {"name": "<image name>"}')
     no_unknown(arg, {"name", "metadata"}, "createImage")
-    if arg.get("metadata") not in (None, {}):
-        raise Invalid(reason="vmops images have no metadata: createImage's metadata must "
-                      "be empty")
     name: str = field(arg, "name", str, required=True)
-    return name
+    return name, metadata(field(arg, "metadata", dict, default={}))
 
 
-def rebuild_image(arg: Any) -> str:
-    """rebuild: {"imageRef": "..."}; the rest of the server is kept, so
-    Nova's optional changes (name, metadata, adminPass, ...) are refused."""
+@dataclasses.dataclass(frozen=True)
+class Rebuild:
+    """A checked rebuild: the image, and the record's fields to change."""
+
+    image: str
+    changes: dict[str, Any]
+    admin_password: str | None = None
+
+
+REBUILD_FIELDS = {"imageRef", "preserve_ephemeral", "name", "metadata", "adminPass",
+                  "accessIPv4", "accessIPv6", "OS-DCF:diskConfig", "personality"}
+
+
+def rebuild(arg: Any, version: Microversion = (2, 1)) -> Rebuild:
+    """rebuild: {"imageRef": "...", and Nova's optional changes: name,
+    metadata, adminPass, accessIPv4/6, description (2.19)}; the rest of the
+    server is kept. Personality files cannot be replaced (the drive keeps the
+    spawn's)."""
     if not isinstance(arg, dict):
         raise Invalid(reason='rebuild takes an object: {"imageRef": "<image>"}')
-    no_unknown(arg, {"imageRef", "preserve_ephemeral"}, "rebuild")
+    no_unknown(arg, REBUILD_FIELDS | ({"description"} if version >= (2, 19) else set()),
+               "rebuild")
     if arg.get("preserve_ephemeral") not in (None, False):
         raise Invalid(reason="preserve_ephemeral is not supported (as with Nova's libvirt "
                       "driver): rebuild gives the instance a blank ephemeral disk")
-    image: str = field(arg, "imageRef", str, required=True)
-    return image
+    if arg.get("personality") not in (None, []):
+        raise Invalid(reason="rebuild keeps the files given at spawn: personality must be "
+                      "empty")
+    disk_config = field(arg, "OS-DCF:diskConfig", str)
+    if disk_config not in (None, "AUTO", "MANUAL"):
+        raise Invalid(reason="OS-DCF:diskConfig must be AUTO or MANUAL")
+    image: str = reference(arg, "imageRef")
+    return Rebuild(image, server_changes(arg, version),
+                   field(arg, "adminPass", str))
+
+
+def server_update(body: Any, version: Microversion = (2, 1)) -> dict[str, Any]:
+    """PUT /servers/{id}: {"server": {name, accessIPv4, accessIPv6,
+    OS-DCF:diskConfig, description (2.19)}} -> the record's changes."""
+    srv = section(body, "server")
+    no_unknown(srv, {"name", "accessIPv4", "accessIPv6", "OS-DCF:diskConfig"} |
+               ({"description"} if version >= (2, 19) else set()), "server")
+    disk_config = field(srv, "OS-DCF:diskConfig", str)
+    if disk_config not in (None, "AUTO", "MANUAL"):
+        raise Invalid(reason="OS-DCF:diskConfig must be AUTO or MANUAL")
+    return server_changes(srv, version)
+
+
+def server_changes(obj: dict[str, Any], version: Microversion) -> dict[str, Any]:
+    """The record fields update and rebuild may change (only those given)."""
+    from vmops.compute.names import check_display_name
+
+    changes: dict[str, Any] = {}
+    if "name" in obj:
+        changes["name"] = check_display_name(field(obj, "name", str, required=True))
+    if "metadata" in obj:
+        changes["properties"] = metadata(field(obj, "metadata", dict, default={}))
+    for key, attr, ip_version in (("accessIPv4", "access_ipv4", 4),
+                                  ("accessIPv6", "access_ipv6", 6)):
+        if key in obj:
+            changes[attr] = access_ip(obj, key, ip_version)
+    if "description" in obj and version >= (2, 19):
+        changes["description"] = description(obj)
+    return changes
 
 
 def console_length(arg: Any) -> int | None:
@@ -327,6 +461,31 @@ def console_length(arg: Any) -> int | None:
     if isinstance(length, float) and length.is_integer():
         length = int(length)  # Nova's schema takes 10.0 as 10
     return non_negative_int(length, "length")
+
+
+# Nova's boolean parameters: these spellings, nothing else.
+TRUE_WORDS = {"1", "true", "on", "yes"}
+FALSE_WORDS = {"0", "false", "off", "no"}
+
+
+def boolean(value: Any, what: str) -> bool:
+    """true/false, or a string Nova takes for one ("True", "yes", "0", ...)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.lower() in TRUE_WORDS
+    raise Invalid(reason=f"{what} must be a boolean (true/false, or 'True', 'False', 'yes', "
+                  f"'no', '1', '0', 'on', 'off'), not {value!r}")
+
+
+def whole_number(value: Any, what: str, minimum: int = 0) -> int:
+    """An integer, or a string of digits (Nova's flavor parameters), at
+    least ``minimum``."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 9:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise Invalid(reason=f"{what} must be a whole number from {minimum}, not {value!r}")
+    return value
 
 
 def wait_seconds(text: str | None) -> float:

@@ -7,6 +7,9 @@ service under ``/image`` (``image_service.py``); version documents in
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,16 +17,46 @@ from typing import Any
 import re2
 
 from vmops import console
-from vmops.api import discovery, image_service, network_api, openapi, parse, views
+from vmops.api import (
+    discovery,
+    host_api,
+    image_service,
+    keypairs,
+    network_api,
+    openapi,
+    parse,
+    quota_api,
+    server_extras,
+    server_groups_api,
+    views,
+    volume_api,
+)
 from vmops.api.metrics import Metrics
-from vmops.api.server import Request, Response, Router
+from vmops.api.server import Context, Request, Response, Router
 from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
-from vmops.errors import FlavorNotFound, ImageNotFound, Invalid, KeypairNotFound
+from vmops.compute.manager import Compute, SpawnRequest
+from vmops.errors import (
+    Conflict,
+    FlavorNotFound,
+    Forbidden,
+    ImageNotFound,
+    InstanceNotFound,
+    Invalid,
+    KeypairNotFound,
+    NotFound,
+    VmopsError,
+)
 from vmops.store import Instance, Port
 
 P = views.API_PREFIX
 MAX_NAME_FILTER_CHARS = 255
+# What Nova drops from console output: control characters but tab and newline.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
+
+
+def _may_see(ctx: Context, project_id: str) -> bool:
+    """An admin sees every project's records, anyone else their own project's."""
+    return ctx.is_admin or (bool(ctx.project_id) and project_id == ctx.project_id)
 
 
 class Routes:
@@ -44,6 +77,11 @@ class Routes:
         self._catalog_routes(r)
         image_service.add_routes(r, self.catalog)
         network_api.add_routes(r, self.compute)
+        volume_api.add_routes(r, self.compute)  # Cinder v3 subset, os-volume_attachments
+        host_api.add_routes(r, self.compute)
+        quota_api.add_routes(r, self.compute)
+        server_extras.add_routes(r, self.compute)
+        server_groups_api.add_routes(r, self.compute)
         r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions, public=True)
         r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current, public=True)
         r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
@@ -56,10 +94,17 @@ class Routes:
         r.add("GET", f"{P}/servers/detail", self.list_servers_detail)
         r.add("POST", f"{P}/servers", self.create_server)
         r.add("GET", f"{P}/servers/{{id}}", self.show_server)
+        r.add("PUT", f"{P}/servers/{{id}}", self.update_server)
         r.add("DELETE", f"{P}/servers/{{id}}", self.delete_server)
         r.add("POST", f"{P}/servers/{{id}}/action", self.server_action)
         r.add("GET", f"{P}/servers/{{id}}/console-log", self.console_log)
         r.add("GET", f"{P}/servers/{{id}}/os-security-groups", self.server_groups)
+        r.add("GET", f"{P}/servers/{{id}}/tags", self.list_tags)
+        r.add("PUT", f"{P}/servers/{{id}}/tags", self.replace_tags)
+        r.add("DELETE", f"{P}/servers/{{id}}/tags", self.delete_tags)
+        r.add("GET", f"{P}/servers/{{id}}/tags/{{tag}}", self.check_tag)
+        r.add("PUT", f"{P}/servers/{{id}}/tags/{{tag}}", self.add_tag)
+        r.add("DELETE", f"{P}/servers/{{id}}/tags/{{tag}}", self.delete_tag)
 
     def _catalog_routes(self, r: Router) -> None:
         r.add("GET", f"{P}/flavors", self.list_flavors)
@@ -80,23 +125,63 @@ class Routes:
         r.add("DELETE", f"{P}/os-keypairs/{{id}}", self.delete_keypair)
 
     # -- servers -------------------------------------------------------------
+    def instance(self, req: Request, ref: str | None = None) -> Instance:
+        """The server ``ref`` (default: the path's id) names, if the caller
+        may see it: an admin any, others their project's only (404 for the
+        rest, as Nova). A name several visible servers share is refused,
+        naming their ids."""
+        ref = req.params["id"] if ref is None else ref
+        rows = self.store.query("SELECT id, name, project_id FROM instances WHERE id = ? OR "
+                                "name = ? ORDER BY created_at", ref, ref)
+        rows = [r for r in rows if _may_see(req.context, r["project_id"])]
+        by_id = [r for r in rows if r["id"] == ref]
+        if by_id:
+            rows = by_id
+        if not rows:
+            raise InstanceNotFound(instance=ref)
+        if len(rows) > 1:
+            raise Conflict(reason=f"{len(rows)} servers are named {ref!r}: "
+                           f"{', '.join(r['id'] for r in rows)}; give an id")
+        return self.store.instance(rows[0]["id"])
+
     def _servers(self, req: Request) -> list[Instance]:
-        """Nova's list filters: name (a regular expression), status, image,
-        flavor; then marker and limit. Other query parameters are ignored, as
-        Nova does below microversion 2.75."""
-        insts = self.store.instances()
+        """Nova's list: the caller's project's servers (an admin's with
+        all_tenants: everyone's, or project_id's), newest first; filters name
+        (a regular expression), status, image, flavor; then marker and limit.
+        Other query parameters are ignored, as Nova does below 2.75."""
+        insts = self._scoped(req, self.store.instances())
         name = req.arg("name")
         if name:
             pattern = _name_pattern(name)
             insts = [i for i in insts if pattern.search(i.name)]
         status = req.arg("status")
         if status:
+            if status.upper() not in views.STATUSES:
+                if req.at_least("2.38"):
+                    raise Invalid(reason=f"invalid status {status!r}; one of "
+                                  f"{', '.join(views.STATUSES)}")
+                return []
             insts = [i for i in insts if views.server_status(i) == status.upper()]
-        for arg, attr in (("image", "image_id"), ("flavor", "flavor_id")):
+        for arg, attr in (("image", "image_id"), ("flavor", "flavor_id"),
+                          ("reservation_id", "reservation_id")):
             wanted = req.arg(arg)
             if wanted:
                 insts = [i for i in insts if getattr(i, attr) == wanted]
+        insts.sort(key=lambda i: (i.created_at, i.id), reverse=True)
         return _page(insts, req, lambda i: i.id)
+
+    def _scoped(self, req: Request, insts: list[Instance]) -> list[Instance]:
+        ctx = req.context
+        everyone = req.arg("all_tenants")
+        if everyone is not None and (everyone == "" or parse.boolean(everyone, "all_tenants")):
+            if not ctx.is_admin:
+                raise Forbidden(reason="only an admin may list all projects' servers "
+                                "(all_tenants)")
+            project = req.arg("project_id") or req.arg("tenant_id")
+            return [i for i in insts if not project or i.project_id == project]
+        if ctx.project_id:
+            return [i for i in insts if i.project_id == ctx.project_id]
+        return insts if ctx.is_admin else []
 
     def list_servers(self, req: Request) -> Response:
         base = req.base_url
@@ -106,8 +191,8 @@ class Routes:
     def list_servers_detail(self, req: Request) -> Response:
         insts = self._servers(req)
         complete = not req.query  # unfiltered: these are all the instances
-        return Response(200, self.server_list.encode(insts, req.base_url, complete,
-                                                     self._network_views()),
+        return Response(200, self.server_list.encode(insts, req.base_url, views.View.of(req),
+                                                     complete, self._network_views()),
                         headers={"Content-Type": "application/json"})
 
     def _network_views(self) -> Callable[[Instance], views.ServerNetwork]:
@@ -132,40 +217,88 @@ class Routes:
         return self._network_views()(inst)
 
     def create_server(self, req: Request) -> Response:
-        spawn = parse.spawn_request(req.json())
+        """Nova's create: max_count servers named name-1, name-2, ... when
+        more than one (at least min_count, or none: those made are removed);
+        the reply is the first's, or the reservation id."""
+        create = parse.spawn_request(req.json(), req.microversion)
+        ctx = req.context
+        spawn = dataclasses.replace(create.spawn, project_id=ctx.project_id,
+                                    user_id=ctx.user_id,
+                                    reservation_id=f"r-{secrets.token_hex(4)}")
+        spawn = server_groups_api.with_scheduler_hint(self.compute, req, spawn)
         if spawn.key_name is not None:
             try:
-                self.store.keypair(spawn.key_name)
+                self.store.keypair(spawn.key_name, ctx.user_id)
             except KeypairNotFound:
                 raise Invalid(reason=f"invalid key_name {spawn.key_name!r}: no such keypair "
                               "(add it with POST /os-keypairs)") from None
+        password = spawn.admin_password
+        if password is None and self.compute.settings.enable_instance_password:
+            password = secrets.token_urlsafe(9)  # Nova's 12 characters
+        spawn = dataclasses.replace(spawn, admin_password=password)
+        made = self._spawn_many(spawn, create.min_count, create.max_count)
+        if create.return_reservation_id:
+            return Response(202, {"reservation_id": spawn.reservation_id})
+        shown = password if self.compute.settings.enable_instance_password else None
+        created = views.server_created(made[0], req.base_url, self._network_view(made[0]),
+                                       shown)
+        return Response(202, {"server": created},
+                        headers={"Location": views.link(req.base_url, "servers",
+                                                        made[0].id)[0]["href"]})
+
+    def _spawn_many(self, spawn: SpawnRequest, least: int, most: int) -> list[Instance]:
+        made: list[Instance] = []
+        for index in range(most):
+            one = spawn if most == 1 else dataclasses.replace(
+                spawn, name=f"{spawn.name}-{index + 1}", launch_index=index)
+            try:
+                made.append(self._spawn_one(one))
+            except VmopsError:
+                if len(made) >= least and made:
+                    break  # Nova makes as many as it can, at least min_count
+                for inst in made:
+                    self.compute.delete(inst.id)
+                raise
+        return made
+
+    def _spawn_one(self, spawn: SpawnRequest) -> Instance:
         try:
-            inst = self.compute.create(spawn)
+            return self.compute.create(spawn)
         except (ImageNotFound, FlavorNotFound) as exc:
             raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad ref
-        created = views.server_created(inst, req.base_url, self._network_view(inst))
-        return Response(202, {"server": created},
-                        headers={"Location": created["links"][0]["href"]})
 
     def show_server(self, req: Request) -> Response:
-        inst = self.compute.instance(req.params["id"])
-        live = self.compute.live_info(inst)
-        return Response(200, {"server": views.server(inst, req.base_url, live,
+        inst = self.instance(req)
+        view = views.View.of(req)
+        live = self.compute.live_info(inst) if view.extra else None
+        return Response(200, {"server": views.server(inst, req.base_url, view, live,
                                                      self._network_view(inst))})
 
+    def update_server(self, req: Request) -> Response:
+        """PUT: rename, access addresses, description (2.19). The guest's
+        hostname stays the one it was given at spawn, as with Nova."""
+        changes = parse.server_update(req.json(), req.microversion)
+        inst = self.instance(req)
+        if changes:
+            inst = self.store.update_instance(inst, **changes)
+        return Response(200, {"server": views.server(inst, req.base_url, views.View.of(req),
+                                                     net=self._network_view(inst),
+                                                     full=False)})
+
     def delete_server(self, req: Request) -> Response:
-        inst = self.compute.instance(req.params["id"])
-        self.compute.destroy(inst.id)
+        """Allowed while the server builds: the build stops and it goes."""
+        inst = self.instance(req)
+        self.compute.delete(inst.id)
         return Response(204)
 
     def server_groups(self, req: Request) -> Response:
         """Compute 2.1's view of a server's groups (ingress rules only, as Nova's)."""
-        inst = self.compute.instance(req.params["id"])
+        inst = self.instance(req)
         ids = self.store.instance_group_ids(inst.id).get(inst.id, [])
         groups = [self.store.security_group(g) for g in ids]
         return Response(200, {"security_groups": [
             {"id": g.id, "name": g.name, "description": g.description,
-             "tenant_id": views.TENANT, "rules": []} for g in groups]})
+             "tenant_id": g.project_id or inst.project_id, "rules": []} for g in groups]})
 
     def _group_membership(self, inst_id: str, arg: Any, member: bool) -> None:
         if not isinstance(arg, dict) or set(arg) != {"name"} or not isinstance(arg["name"], str):
@@ -178,13 +311,12 @@ class Routes:
 
     def server_action(self, req: Request) -> Response:
         action, arg = parse.one_action(req.json())
-        inst = self.compute.instance(req.params["id"])
+        inst = self.instance(req)
         if action in ("addSecurityGroup", "removeSecurityGroup"):
             self._group_membership(inst.id, arg, action == "addSecurityGroup")
             return Response(202)
         if action == "os-getConsoleOutput":
-            data = self.compute.console_log(inst.id, tail_lines=parse.console_length(arg))
-            return Response(200, {"output": data.decode("utf-8", errors="replace")})
+            return Response(200, {"output": self._console_output(inst.id, arg)})
         handler = self._actions().get(action)
         if handler is None:
             raise Invalid(reason=f"unknown action {action!r}; known: "
@@ -192,22 +324,36 @@ class Routes:
         wait = req.arg("vmops:wait")
         seconds = parse.wait_seconds(wait) if wait is not None else None
         # An action with an answer of its own returns it (headers and body).
-        answer = handler(inst.id, arg, req.base_url) or Response(202)
+        answer = handler(inst.id, arg, req) or Response(202)
         # vmops' own: answer when the action has ended, so a client need not poll.
         if seconds is None or not self.compute.wait_idle(inst.id, seconds):
             return answer
         inst = self.compute.instance(inst.id)
-        return Response(200, {"server": views.server(inst, req.base_url,
+        return Response(200, {"server": views.server(inst, req.base_url, views.View.of(req),
                                                      net=self._network_view(inst))},
                         headers=answer.headers)
 
-    def _actions(self) -> dict[str, Callable[[str, Any, str], Response | None]]:
-        """Each action's handler: (server id, argument, base URL) -> its own
+    def _console_output(self, instance_id: str, arg: Any) -> str:
+        """Nova's os-getConsoleOutput: control characters but tab and newline
+        dropped (so lines end in "\n"), then the last ``length`` pieces of
+        the text split at newlines (a log ending in a newline ends in an
+        empty piece, as with Nova)."""
+        length = parse.console_length(arg)
+        if length == 0:
+            return ""
+        data = self.compute.console_log(
+            instance_id, tail_lines=None if length is None else length + 1)
+        text = _CONTROL.sub("", data.decode("utf-8", errors="replace"))
+        return text if length is None else "\n".join(text.split("\n")[-length:])
+
+    def _actions(self) -> dict[str, Callable[[str, Any, Request], Response | None]]:
+        """Each action's handler: (server id, argument, request) -> its own
         answer, or None for a bare 202."""
         c = self.compute
 
-        def simple(action: str, verb: Callable[[str], Any]) -> Callable[[str, Any, str], None]:
-            def run(ref: str, arg: Any, _base: str) -> None:
+        def simple(action: str, verb: Callable[[str], Any]) -> Callable[[str, Any, Request],
+                                                                          None]:
+            def run(ref: str, arg: Any, _req: Request) -> None:
                 parse.no_argument(action, arg)
                 verb(ref)
             return run
@@ -226,28 +372,51 @@ class Routes:
             "rebuild": self._rebuild,
         }
 
-    def _stop(self, ref: str, arg: Any, _base: str) -> None:
+    def _stop(self, ref: str, arg: Any, _req: Request) -> None:
         timeout, hard = parse.stop_options(arg)
         self.compute.stop(ref, timeout=timeout, hard=hard)
 
-    def _reboot(self, ref: str, arg: Any, _base: str) -> None:
+    def _reboot(self, ref: str, arg: Any, _req: Request) -> None:
         self.compute.reboot(ref, hard=parse.reboot_hard(arg))
 
-    def _create_image(self, ref: str, arg: Any, base: str) -> Response:
-        """Nova 2.1: 202, no body, the new image's URL in Location."""
-        image = self.compute.snapshot(ref, parse.create_image_name(arg), self.catalog.cache)
-        return Response(202, headers={"Location": views.link(base, "images", image.id)[0]["href"]})
+    def _create_image(self, ref: str, arg: Any, req: Request) -> Response:
+        """Nova: 202, the new image's URL in Location; from 2.45 its id in
+        the body instead."""
+        name, properties = parse.create_image(arg)
+        image = self.compute.snapshot(ref, name, self.catalog.cache, properties=properties,
+                                      owner=req.context.project_id)
+        if req.at_least("2.45"):
+            return Response(202, {"image_id": image.id})
+        return Response(202, headers={
+            "Location": views.link(req.base_url, "images", image.id)[0]["href"]})
 
-    def _rebuild(self, ref: str, arg: Any, _base: str) -> None:
-        """202 without a body (Nova sends the server too; clients read it back)."""
+    def _rebuild(self, ref: str, arg: Any, req: Request) -> Response:
+        """Nova: 202 with the server (and its new admin password)."""
+        rebuild = parse.rebuild(arg, req.microversion)
+        before = self.store.instance(ref)
+        if rebuild.changes:
+            self.store.update_instance(before, **rebuild.changes)
         try:
-            self.compute.rebuild(ref, parse.rebuild_image(arg))
+            inst = self.compute.rebuild(ref, rebuild.image)
         except ImageNotFound as exc:
+            self._undo(before, rebuild.changes)
             raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad imageRef
+        except BaseException:
+            self._undo(before, rebuild.changes)
+            raise
+        body = views.server(inst, req.base_url, views.View.of(req),
+                            net=self._network_view(inst), full=False)
+        if self.compute.settings.enable_instance_password:
+            body["adminPass"] = rebuild.admin_password or secrets.token_urlsafe(9)
+        return Response(202, {"server": body})
+
+    def _undo(self, before: Instance, changes: dict[str, Any]) -> None:
+        if changes:
+            self.store.update_instance(before.id, **{k: getattr(before, k) for k in changes})
 
     def console_log(self, req: Request) -> Response:
         """vmops' own: the raw bytes, optionally the last N lines, optionally followed."""
-        inst = self.compute.instance(req.params["id"])
+        inst = self.instance(req)
         tail = req.arg("tail")
         data = self.compute.console_log(
             inst.id, tail_lines=parse.count_arg(tail, "tail") if tail else None)
@@ -262,19 +431,87 @@ class Routes:
         yield from console.follow(self.compute.instance_dir(self.compute.instance(instance_id)),
                                   stop=stop)
 
+    # -- server tags (2.26) ----------------------------------------------------
+    def _tagged(self, req: Request) -> Instance:
+        if not req.at_least("2.26"):
+            raise NotFound(what=f"no resource at {req.path} (server tags need microversion "
+                           "2.26 or later)")
+        return self.instance(req)
+
+    def list_tags(self, req: Request) -> Response:
+        return Response(200, {"tags": list(self._tagged(req).tags)})
+
+    def replace_tags(self, req: Request) -> Response:
+        inst = self._tagged(req)
+        body = req.json()
+        if not isinstance(body, dict) or set(body) != {"tags"} \
+                or not isinstance(body["tags"], list):
+            raise Invalid(reason='the body is {"tags": ["tag", ...]}')
+        inst = self.store.update_instance(inst, tags=parse.tags(body["tags"]))
+        return Response(200, {"tags": list(inst.tags)})
+
+    def delete_tags(self, req: Request) -> Response:
+        self.store.update_instance(self._tagged(req), tags=())
+        return Response(204)
+
+    def check_tag(self, req: Request) -> Response:
+        if req.params["tag"] not in self._tagged(req).tags:
+            raise NotFound(what=f"tag {req.params['tag']!r} on this server")
+        return Response(204)
+
+    def add_tag(self, req: Request) -> Response:
+        inst = self._tagged(req)
+        tag = req.params["tag"]
+        if tag in inst.tags:
+            return Response(204)
+        inst = self.store.update_instance(inst, tags=parse.tags([*inst.tags, tag]))
+        return Response(201, headers={"Location": f"{req.base_url}{req.path}"})
+
+    def delete_tag(self, req: Request) -> Response:
+        inst = self._tagged(req)
+        tag = req.params["tag"]
+        if tag not in inst.tags:
+            raise NotFound(what=f"tag {tag!r} on this server")
+        self.store.update_instance(inst, tags=tuple(t for t in inst.tags if t != tag))
+        return Response(204)
+
     # -- flavors -------------------------------------------------------------
+    def _flavors(self, req: Request) -> list[Any]:
+        """Nova's flavor list: filters minRam, minDisk and is_public (every
+        vmops flavor is public), sorted by sort_key/sort_dir (default: id
+        ascending), then marker and limit."""
+        flavors = self.store.flavors()
+        for arg, attr in (("minRam", "ram_mib"), ("minDisk", "root_gb")):
+            text = req.arg(arg)
+            if text:
+                least = parse.whole_number(text, arg)
+                flavors = [f for f in flavors if getattr(f, attr) >= least]
+        public = req.arg("is_public")
+        if public is not None and public.lower() != "none" and req.context.is_admin \
+                and not parse.boolean(public, "is_public"):
+            flavors = []  # no private flavors here
+        key = _FLAVOR_SORT_KEYS.get(req.arg("sort_key") or "flavorid")
+        if key is None:
+            raise Invalid(reason=f"invalid sort_key {req.arg('sort_key')!r}; one of "
+                          f"{', '.join(sorted(_FLAVOR_SORT_KEYS))}")
+        direction = (req.arg("sort_dir") or "asc").lower()
+        if direction not in ("asc", "desc"):
+            raise Invalid(reason=f"invalid sort_dir {direction!r}: asc or desc")
+        flavors.sort(key=lambda f: getattr(f, key), reverse=direction == "desc")
+        return _page(flavors, req, lambda f: f.id)
+
     def list_flavors(self, req: Request) -> Response:
-        flavors = _page(self.store.flavors(), req, lambda f: f.id)
         return Response(200, {"flavors": [views.flavor_brief(f, req.base_url)
-                                          for f in flavors]})
+                                          for f in self._flavors(req)]})
 
     def list_flavors_detail(self, req: Request) -> Response:
-        flavors = _page(self.store.flavors(), req, lambda f: f.id)
-        return Response(200, {"flavors": [views.flavor(f, req.base_url) for f in flavors]})
+        view = views.View.of(req)
+        return Response(200, {"flavors": [views.flavor(f, req.base_url, view)
+                                          for f in self._flavors(req)]})
 
     def show_flavor(self, req: Request) -> Response:
         flavor = self.store.flavor(req.params["id"])
-        return Response(200, {"flavor": views.flavor(flavor, req.base_url)})
+        return Response(200, {"flavor": views.flavor(flavor, req.base_url, views.View.of(req))})
 
     def flavor_extra_specs(self, req: Request) -> Response:
         """vmops flavors have no extra specs; clients ask when showing one."""
@@ -282,42 +519,69 @@ class Routes:
         return Response(200, {"extra_specs": {}})
 
     def create_flavor(self, req: Request) -> Response:
+        """Nova's flavor create. Numbers may come as digit strings and
+        is_public as any of Nova's boolean spellings; vmops flavors have no
+        swap, are all public and have rxtx_factor 1, so only those values
+        are taken (anything else is refused, not dropped)."""
         f = parse.section(req.json(), "flavor")
         parse.no_unknown(f, {"name", "ram", "vcpus", "disk", "OS-FLV-EXT-DATA:ephemeral",
                              "id", "swap", "rxtx_factor", "os-flavor-access:is_public"},
                          "flavor")
-        _refuse_unsupported(f, {"swap": (0, ""), "rxtx_factor": (1, 1.0),
-                                "os-flavor-access:is_public": (True,)})
+        if f.get("swap") not in (None, "") and parse.whole_number(f["swap"], "swap") != 0:
+            raise Invalid(reason="vmops flavors have no swap disk: swap must be 0 or \"\"")
+        public = f.get("os-flavor-access:is_public")
+        if public is not None and not parse.boolean(public, "os-flavor-access:is_public"):
+            raise Invalid(reason="vmops flavors are all public: os-flavor-access:is_public "
+                          "must be true")
+        _refuse_unsupported(f, {"rxtx_factor": (1, 1.0)})
+        flavor_id = f.get("id")
+        if isinstance(flavor_id, int) and not isinstance(flavor_id, bool):
+            flavor_id = str(flavor_id)
         flavor = self.catalog.create_flavor(
             parse.field(f, "name", str, required=True),
-            parse.field(f, "ram", int, required=True),
-            parse.field(f, "vcpus", int, required=True),
-            parse.field(f, "disk", int, required=True),
-            parse.field(f, "OS-FLV-EXT-DATA:ephemeral", int, default=0),
-            parse.field(f, "id", str))
-        return Response(200, {"flavor": views.flavor(flavor, req.base_url)})
+            parse.whole_number(parse.field(f, "ram", (int, str), required=True), "ram", 1),
+            parse.whole_number(parse.field(f, "vcpus", (int, str), required=True), "vcpus", 1),
+            parse.whole_number(parse.field(f, "disk", (int, str), required=True), "disk"),
+            parse.whole_number(f.get("OS-FLV-EXT-DATA:ephemeral") or 0,
+                               "OS-FLV-EXT-DATA:ephemeral"),
+            parse.field({"id": flavor_id}, "id", str))
+        return Response(200, {"flavor": views.flavor(flavor, req.base_url, views.View.of(req))})
 
     def delete_flavor(self, req: Request) -> Response:
         self.catalog.delete_flavor(req.params["id"])
         return Response(202)
 
     # -- images (Nova's image proxy shapes, and vmops' import) ---------------
-    def _image_view(self, image: Any, base: str) -> dict[str, Any]:
-        return views.image(image, self.store.instances_using("image_id", image.id), base)
+    def _images(self, req: Request) -> list[Any]:
+        """The images the caller may use: public ones and their project's
+        (an admin: all). Nova's proxy is gone from microversion 2.36."""
+        if req.at_least("2.36"):
+            raise NotFound(what=f"no resource at {req.path} (the image proxy API ends at "
+                           "microversion 2.35; use the image service)")
+        ctx = req.context
+        images = [i for i in self.store.images()
+                  if ctx.is_admin or i.visibility == "public" or i.owner == ctx.project_id]
+        return _page(images, req, lambda i: i.id)
+
+    def _image_view(self, image: Any, req: Request) -> dict[str, Any]:
+        return views.image(image, self.store.instances_using("image_id", image.id),
+                           req.base_url, views.View.of(req))
 
     def list_images(self, req: Request) -> Response:
-        images = _page(self.store.images(), req, lambda i: i.id)
-        return Response(200, {"images": [
-            {"id": i.id, "name": i.name, "links": views.link(req.base_url, "images", i.id)}
-            for i in images]})
+        return Response(200, {"images": [views.image_brief(i, req.base_url)
+                                         for i in self._images(req)]})
 
     def list_images_detail(self, req: Request) -> Response:
-        images = _page(self.store.images(), req, lambda i: i.id)
-        return Response(200, {"images": [self._image_view(i, req.base_url) for i in images]})
+        return Response(200, {"images": [self._image_view(i, req) for i in self._images(req)]})
 
     def show_image(self, req: Request) -> Response:
+        if req.at_least("2.36"):
+            raise NotFound(what=f"no resource at {req.path}")
         image = self.store.image(req.params["id"])
-        return Response(200, {"image": self._image_view(image, req.base_url)})
+        ctx = req.context
+        if not (ctx.is_admin or image.visibility == "public" or image.owner == ctx.project_id):
+            raise ImageNotFound(image=req.params["id"])
+        return Response(200, {"image": self._image_view(image, req)})
 
     def import_image(self, req: Request) -> Response:
         """vmops' own: {"image": {"name", "source", "checksum"?, "disk_format"?,
@@ -332,7 +596,7 @@ class Routes:
             any_host_path=req.via_unix_socket,  # a TCP client: image_import_dirs only
             login_user=parse.field(i, "login_user", str, default=""),
             host_paths=req.context.is_admin, owner=req.context.project_id)
-        return Response(202, {"image": self._image_view(image, req.base_url)})
+        return Response(202, {"image": self._image_view(image, req)})
 
     def delete_image(self, req: Request) -> Response:
         self.catalog.delete_image(req.params["id"])
@@ -349,29 +613,55 @@ class Routes:
         return Response(200, {"removed": self.catalog.prune_images(age)})
 
     # -- keypairs ------------------------------------------------------------
+    def _key_owner(self, req: Request) -> str:
+        """Whose keypairs: the caller's; an admin may name a user (2.10)."""
+        user = req.arg("user_id")
+        if user is not None and req.at_least("2.10"):
+            if not req.context.is_admin and user != req.context.user_id:
+                raise Forbidden(reason="only an admin may name another user's keypairs")
+            return user
+        return req.context.user_id
+
     def list_keypairs(self, req: Request) -> Response:
-        return Response(200, {"keypairs": [{"keypair": views.keypair(k)}
-                                           for k in self.store.keypairs()]})
+        view = views.View.of(req)
+        keys = self.store.keypairs(self._key_owner(req))
+        if req.at_least("2.35"):
+            keys = _page(keys, req, lambda k: k.name)
+        return Response(200, {"keypairs": [{"keypair": views.keypair(k, view)} for k in keys]})
 
     def show_keypair(self, req: Request) -> Response:
-        keypair = self.store.keypair(req.params["id"])
-        return Response(200, {"keypair": views.keypair_detail(keypair)})
+        keypair = self.store.keypair(req.params["id"], self._key_owner(req))
+        return Response(200, {"keypair": views.keypair_detail(keypair, views.View.of(req))})
 
     def add_keypair(self, req: Request) -> Response:
+        """Import a public key, or (none given) make a pair and answer the
+        private key once. 201 from 2.2, with the type (ssh or x509)."""
         k = parse.section(req.json(), "keypair")
-        parse.no_unknown(k, {"name", "public_key", "type"}, "keypair")
-        if parse.field(k, "type", str, default="ssh") != "ssh":
+        allowed = {"name", "public_key"} | ({"type"} if req.at_least("2.2") else set()) \
+            | ({"user_id"} if req.at_least("2.10") else set())
+        parse.no_unknown(k, allowed, "keypair")
+        kind = parse.field(k, "type", str, default="ssh")
+        if kind not in ("ssh", "x509"):
+            raise Invalid(reason=f"keypair type must be ssh or x509, not {kind!r}")
+        if kind != "ssh":
             raise Invalid(reason="vmops keeps SSH keys only: type must be 'ssh'")
+        owner = parse.field(k, "user_id", str, default=req.context.user_id)
+        if owner != req.context.user_id and not req.context.is_admin:
+            raise Forbidden(reason="only an admin may add a keypair for another user")
+        name = parse.field(k, "name", str, required=True)
         public_key = parse.field(k, "public_key", str)
+        private_key = None
         if public_key is None:
-            raise Invalid(reason="vmops only imports keys: give 'public_key'")
-        keypair = self.catalog.add_keypair(parse.field(k, "name", str, required=True),
-                                           public_key)
-        return Response(200, {"keypair": views.keypair(keypair)})
+            private_key, public_key = keypairs.generate()
+        with self.compute.quotas.lock:  # the key_pairs quota: checked and used at once
+            self.compute.quotas.check_key_pairs(req.context.project_id, owner)
+            keypair = self.catalog.add_keypair(name, public_key, user_id=owner)
+        body = views.keypair_created(keypair, views.View.of(req), private_key)
+        return Response(201 if req.at_least("2.2") else 200, {"keypair": body})
 
     def delete_keypair(self, req: Request) -> Response:
-        self.store.delete_keypair(req.params["id"])
-        return Response(202)
+        self.store.delete_keypair(req.params["id"], self._key_owner(req))
+        return Response(204 if req.at_least("2.2") else 202)
 
     # -- host ----------------------------------------------------------------
     def host_checks(self, req: Request) -> Response:
@@ -411,6 +701,12 @@ def _page(items: list[Any], req: Request, key: Callable[[Any], str]) -> list[Any
     if limit is not None:
         items = items[:parse.count_arg(limit, "limit")]
     return items
+
+
+# Nova's flavor sort keys, as vmops' flavor fields.
+_FLAVOR_SORT_KEYS = {"flavorid": "id", "id": "id", "name": "name", "memory_mb": "ram_mib",
+                     "vcpus": "vcpus", "root_gb": "root_gb", "ephemeral_gb": "ephemeral_gb",
+                     "created_at": "created_at"}
 
 
 def _refuse_unsupported(obj: dict[str, Any], only: dict[str, tuple[Any, ...]]) -> None:

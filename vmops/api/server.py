@@ -49,8 +49,21 @@ _CONTENT_LENGTH = re.compile(r"[0-9]{1,18}")
 # JSON bodies: plain, and the JSON patches of Glance's image update.
 JSON_TYPES = ("application/json", "", "application/openstack-images-v2.0-json-patch",
               "application/openstack-images-v2.1-json-patch")
-MICROVERSION = "2.1"  # the only compute microversion served: min and max
+# The compute microversions served (docs/openstack-clients.md says why these).
+MIN_MICROVERSION = (2, 1)
+MAX_MICROVERSION = (2, 52)
 VERSION_HEADERS = ("openstack-api-version", "x-openstack-nova-api-version")
+Microversion = tuple[int, int]
+
+
+def version_text(version: Microversion) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def parse_version(text: str) -> Microversion:
+    """``"2.19"`` -> (2, 19)."""
+    major, _, minor = text.partition(".")
+    return int(major), int(minor)
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ class Request:
     # over TCP it is any token holder: some requests are limited for those.
     via_unix_socket: bool = False
     context: Context = ADMIN
+    # The compute microversion the client asked for (2.1 if none, as Nova).
+    microversion: Microversion = MIN_MICROVERSION
     # The body of a route added with ``stream=True`` (``body`` is then b"").
     stream: BodyStream | None = None
 
@@ -122,6 +137,10 @@ class Request:
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else None
+
+    def at_least(self, version: str) -> bool:
+        """Whether the request's microversion is ``version`` or later."""
+        return self.microversion >= parse_version(version)
 
     @property
     def base_url(self) -> str:
@@ -252,7 +271,8 @@ def fault(status: int, name: str, message: str) -> Response:
 
 
 def requested_microversion(headers: dict[str, str]) -> str | None:
-    """The compute microversion a client asked for, or None.
+    """The compute microversion a client asked for (``latest``: the
+    highest served), or None.
 
     Raises Invalid for a malformed header; the caller answers 406 for a
     well-formed version vmops does not serve, as Nova does.
@@ -271,7 +291,7 @@ def requested_microversion(headers: dict[str, str]) -> str | None:
     if value is None:
         return None
     if value.lower() == "latest":
-        return MICROVERSION
+        return version_text(MAX_MICROVERSION)
     if not re.fullmatch(r"[1-9]\d*\.(0|[1-9]\d*)", value):
         raise Invalid(reason=f"invalid microversion {value!r}: use MAJOR.MINOR, e.g. 2.1")
     return value
@@ -330,6 +350,7 @@ class _Handler(BaseHTTPRequestHandler):
         raise AttributeError(name)
 
     def _respond(self) -> Response:
+        self._microversion = MIN_MICROVERSION  # echoed in the answer's headers
         url = urlsplit(self.path)
         via_unix = self.server.address_family == socket.AF_UNIX
         auth = self.server.authenticator
@@ -352,10 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
                       via_unix_socket=via_unix, context=context, stream=self._stream)
         try:
             version = requested_microversion(req.headers)
-            if version is not None and version != MICROVERSION:
-                return fault(406, "computeFault", f"Version {version} is not supported by "
-                             f"the API. Minimum is {MICROVERSION} and maximum is "
-                             f"{MICROVERSION}.")
+            if version is not None:
+                wanted = parse_version(version)
+                if not MIN_MICROVERSION <= wanted <= MAX_MICROVERSION:
+                    return fault(406, "computeFault", f"Version {version} is not supported "
+                                 f"by the API. Minimum is {version_text(MIN_MICROVERSION)} "
+                                 f"and maximum is {version_text(MAX_MICROVERSION)}.")
+                req.microversion = self._microversion = wanted
             return self.server.router.dispatch(req)
         except VmopsError as exc:
             return fault(exc.http_status, exc.fault_name, exc.message)
@@ -444,8 +468,9 @@ class _Handler(BaseHTTPRequestHandler):
         # does not send its body.
         self.connection.settimeout(self.server.limits.body_timeout)
         request_id = f"req-{uuid.uuid4()}"
-        headers = {"OpenStack-API-Version": f"compute {MICROVERSION}",
-                   "X-OpenStack-Nova-API-Version": MICROVERSION,
+        version = version_text(getattr(self, "_microversion", MIN_MICROVERSION))
+        headers = {"OpenStack-API-Version": f"compute {version}",
+                   "X-OpenStack-Nova-API-Version": version,
                    "Vary": "OpenStack-API-Version, X-OpenStack-Nova-API-Version",
                    "X-OpenStack-Request-Id": request_id, "X-Compute-Request-Id": request_id,
                    **resp.headers}

@@ -66,7 +66,10 @@ class Client:
     # -- transport -----------------------------------------------------------
     def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
         payload = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        # vmops' own keys (vmops:*) come only to clients that ask for them.
+        headers = {"X-Vmops-Extra": "1"}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         for attempt in (1, 2):
             conn = _UnixConnection(self.socket, self.timeout)
             try:

@@ -97,7 +97,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
         return _show_server(client, created["id"], args.json)
     server = _wait_server(client, created["id"], "built", args.json)
     if server["status"] == "ERROR":
-        fault = server.get("fault", {}).get("message", "unknown reason")
+        fault = server.get("vmops:fault") or "unknown reason"
         print(f"vmops: spawn of {args.name} failed: {fault}", file=sys.stderr)
         print(f"vmops: the record is kept as ERROR; remove it with `vmops destroy {args.name}`",
               file=sys.stderr)
@@ -145,7 +145,8 @@ def _pair(text: str, flag: str, form: str) -> tuple[str, str]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    servers = _client(args).get("/servers/detail")["servers"]
+    # Every project's, oldest first (the API answers newest first, as Nova).
+    servers = _client(args).get("/servers/detail?all_tenants=1")["servers"][::-1]
     if args.json:
         print_json(servers)
         return 0
@@ -195,8 +196,8 @@ def _show_server(client: Client, ref: str, as_json: bool) -> int:
         else "user-mode networking (not reachable)")) for i, n in enumerate(nics)]
     if s.get("security_groups"):
         items.append(("security groups", ", ".join(g["name"] for g in s["security_groups"])))
-    if s.get("fault"):
-        items.append(("fault", s["fault"]["message"]))
+    if s.get("vmops:fault"):
+        items.append(("fault", s["vmops:fault"]))
     print_kv(items)
     return 0
 
@@ -285,10 +286,9 @@ def _action(args: argparse.Namespace, body: dict[str, Any]) -> int:
         server = done["server"]
     else:
         server = _wait_server(client, server["id"], "idle", quiet=True)
-    fault = server.get("fault")
+    fault = server.get("vmops:fault")
     if fault:
-        print(f"vmops: {args.command} of {args.name} failed: {fault['message']}",
-              file=sys.stderr)
+        print(f"vmops: {args.command} of {args.name} failed: {fault}", file=sys.stderr)
         return 1
     if args.json:
         print_json(server)
@@ -324,8 +324,8 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     server = _wait_server(client, server["id"], "idle", quiet=True)
     image = _get_or_none(client, f"/images/{args.image_name}", "image")
     if image is None or image["status"] != "ACTIVE":
-        fault = (server.get("fault") or {}).get("message") or \
-            (image or {}).get("vmops:fault") or "the image is gone"
+        fault = server.get("vmops:fault") or (image or {}).get("vmops:fault") or \
+            "the image is gone"
         print_error(f"snapshot of {args.name} failed: {fault}")
         return 1
     return _print_image(image, args.json)
@@ -420,7 +420,8 @@ FLAVOR_COLUMNS = ["NAME", "ID", "RAM MiB", "VCPUS", "DISK GiB", "EPHEMERAL GiB",
 
 
 def cmd_flavor_list(args: argparse.Namespace) -> int:
-    flavors = _client(args).get("/flavors/detail")["flavors"]
+    flavors = sorted(_client(args).get("/flavors/detail")["flavors"],
+                     key=lambda f: (f["ram"], f["vcpus"], f["name"]))
     if args.json:
         print_json(flavors)
     else:

@@ -22,12 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 from vmops import console
 from vmops.compute import crash_points, states
+from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
-    check_instance_name,
+    check_display_name,
     check_mac,
     check_resource_name,
     generate_mac,
+    hostname_of,
 )
+from vmops.compute.quotas import Quotas
+from vmops.compute.server_groups import ServerGroups
 from vmops.compute.tasks import TaskLocks
 from vmops.config import Settings
 from vmops.errors import (
@@ -80,6 +84,15 @@ class SpawnRequest:
     network: str | None = None  # "bridge" or "user"; None: the network_mode setting
     fixed_ip: str | None = None  # an address on the vmops network, else the first free
     security_groups: tuple[str, ...] = ()  # names or ids; none given: "default"
+    project_id: str = ""  # who asks: the instance's owner
+    user_id: str = ""
+    description: str | None = None
+    access_ipv4: str = ""
+    access_ipv6: str = ""
+    tags: tuple[str, ...] = ()
+    reservation_id: str = ""  # several servers of one request share it
+    launch_index: int = 0
+    server_group: str | None = None  # os:scheduler_hints' group: the id of one
 
 
 class Compute:
@@ -101,6 +114,13 @@ class Compute:
         # Called with (verb, result, seconds) when an operation ends.
         self.operation_observers: list[Callable[[str, str, float], None]] = []
         self._state_changed = threading.Condition()
+        # Nova's smaller APIs: limits each project keeps to, server groups,
+        # and the record of every action (vmops/compute/{quotas,...}.py).
+        self.quotas = Quotas(store, settings)
+        self.server_groups = ServerGroups(store, self.quotas)
+        self.actions = ActionLog(store)
+        # Instances deleted while they build: their spawn stops at its next step.
+        self._cancelled: set[str] = set()
         hypervisor.on_lifecycle_event(self._on_lifecycle_event)
 
     # -- lookups -------------------------------------------------------------
@@ -118,10 +138,13 @@ class Compute:
         """Validate, record, then spawn (in a thread unless background=False)."""
         started = time.monotonic()
         try:
-            inst, image = self._record_spawn(req)
+            inst, image, no_host = self._record_spawn(req)
         except VmopsError as exc:
             self._ended("spawn", started, exc)
             raise
+        self.actions.begin(inst, "spawn")
+        if no_host is not None:
+            return self._no_valid_host(inst, no_host, started)
         args = (inst, image, req.admin_password, started)
         if not background:
             self._spawn(*args)
@@ -130,13 +153,27 @@ class Compute:
                          daemon=True).start()
         return inst
 
-    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image]:
+    def _no_valid_host(self, inst: Instance, reason: str, started: float) -> Instance:
+        """Nova's scheduler found no host (an anti-affinity group whose member
+        is here already): the server is recorded in ERROR, nothing is built."""
+        failure = VmopsError(reason)
+        try:
+            self._record_error(inst, reason, [], disks=())
+        finally:
+            self.actions.end(inst.id, failure)
+            self._ended("spawn", started, failure)
+            self.tasks.release(inst.id)
+            self._notify()
+        return self.store.instance(inst.id)
+
+    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image, str | None]:
         """Everything that can be refused is checked before the record is
-        written, so a refused spawn leaves nothing behind."""
+        written, so a refused spawn leaves nothing behind. The third value
+        says why the server gets no host (it is then recorded in ERROR)."""
         problems = self._host_problems()
         if problems:
             raise HostNotReady(reason="; ".join(problems))
-        check_instance_name(req.name)
+        check_display_name(req.name)
         flavor = self.store.flavor(req.flavor)
         image = self._active_image(req.image)
         mac = check_mac(req.mac) if req.mac else generate_mac()
@@ -147,22 +184,49 @@ class Compute:
         instance_id = str(uuidlib.uuid4())
         # Checked with or without a drive: the properties, files and key are
         # recorded, shown by the API and may go on a drive rebuilt later.
+        self.quotas.check_injected_files(req.project_id, req.files)
+        self.quotas.check_metadata(req.project_id, len(req.properties))
         spawn_steps.validate_config_drive(self, req, instance_id, mac)
         ports, group_ids = self._plan_nics(req, instance_id, mac)
-        inst = self.store.add_instance(Instance(
-            id=instance_id, name=req.name, vm_state=states.BUILDING,
+        hostname = hostname_of(req.name, instance_id)
+        with self.quotas.lock:  # checked and recorded at once: no two take the last unit
+            self.quotas.check_servers(req.project_id, flavor)
+            no_host = self.server_groups.check_join(req.server_group, req.project_id) \
+                if req.server_group else None
+            inst = self._add_record(req, instance_id, hostname, flavor, image, mac, use_drive,
+                                    ports, group_ids)
+            if req.server_group:
+                self.server_groups.join(req.server_group, inst.id)
+        self.store.update_image(image)  # last used now: prune ages images by it
+        self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
+        return inst, image, no_host
+
+    def _add_record(self, req: SpawnRequest, instance_id: str, hostname: str, flavor: Flavor,
+                    image: Image, mac: str, use_drive: bool, ports: list[Port],
+                    group_ids: list[str]) -> Instance:
+        return self.store.add_instance(Instance(
+            id=instance_id, name=req.name, hostname=hostname,
+            domain_name=self._domain_name(hostname, instance_id),
+            project_id=req.project_id, user_id=req.user_id, description=req.description,
+            access_ipv4=req.access_ipv4, access_ipv6=req.access_ipv6, tags=req.tags,
+            reservation_id=req.reservation_id, launch_index=req.launch_index,
+            vm_state=states.BUILDING,
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
             flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(flavor),
             image_name=image.name, macs=(mac,), config_drive=use_drive, key_name=req.key_name,
-            key_data=self.store.keypair(req.key_name).public_key if req.key_name else None,
+            key_data=self.store.keypair(req.key_name, req.user_id or None).public_key
+            if req.key_name else None,
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
             desired_running=True), ports=ports, group_ids=group_ids,
             choose_ip=self.network.choose_ip if self.network and self.network.enabled else None)
-        self.store.update_image(image)  # last used now: prune ages images by it
-        self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
-        return inst, image
+
+    def _domain_name(self, hostname: str, instance_id: str) -> str:
+        """``vmops-<hostname>``, or with the id when another domain has that name."""
+        name = DOMAIN_PREFIX + hostname
+        taken = {i.domain_name or DOMAIN_PREFIX + i.name for i in self.store.instances()}
+        return name if name not in taken else f"{DOMAIN_PREFIX}{instance_id}"
 
     def _plan_nics(self, req: SpawnRequest, instance_id: str,
                    mac: str) -> tuple[list[Port], list[str]]:
@@ -214,38 +278,52 @@ class Compute:
 
         failure: Exception | None = None
         try:
-            crash_points.reached("spawn", "after-record")
+            self._spawn_step(inst, "after-record")
             # The capture process takes ~50 ms to start (a Python interpreter):
             # start it first so that overlaps making the disks and the domain.
             self._start_capture(inst)
-            crash_points.reached("spawn", "after-capture")
+            self._spawn_step(inst, "after-capture")
             if self.network is not None and any(
                     p.mode == NicMode.BRIDGE for p in self.store.ports(inst.id)):
                 self.network.apply()  # DHCP knows the MAC, the rules the tap, before boot
             disks = spawn_steps.create_disks(self, inst, image, admin_password)
             inst = self.store.update_instance(inst, disks=tuple(disks))
-            crash_points.reached("spawn", "after-disks")
+            self._spawn_step(inst, "after-disks")
             self.hv.define(self.domain_spec(inst))
             self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
-            crash_points.reached("spawn", "after-define")
+            self._spawn_step(inst, "after-define")
             self._boot(inst)
-            crash_points.reached("spawn", "after-boot")
+            self._spawn_step(inst, "after-boot")
             self.store.update_instance(inst, vm_state=states.ACTIVE, task_state=None,
                                        launched_at=time.time(),
                                        power_state=PowerState.RUNNING.value)
+        except _SpawnCancelled:
+            log.info("%s was deleted while it was building; removing it", inst.name)
+            try:
+                self._remove_or_record_error(inst, "destroy (deleted while building)")
+            except VmopsError as exc:
+                failure = exc  # kept in ERROR, saying what is left
         except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
             failure = exc
             log.exception("spawn of %s failed", inst.name)
             self._record_error(inst, _fault_of(exc), self._teardown(inst), disks=())
         finally:
+            self.actions.end(inst.id, failure)
             self._ended("spawn", started, failure)
             self.tasks.release(inst.id)
             self._notify()
 
+    def _spawn_step(self, inst: Instance, step: str) -> None:
+        """A step of spawn: a crash point, and where a delete stops the build."""
+        crash_points.reached("spawn", step)
+        if inst.id in self._cancelled:
+            raise _SpawnCancelled(inst.id)
+
     def domain_spec(self, inst: Instance) -> DomainSpec:
         flavor = inst.flavor
         return DomainSpec(
-            uuid=inst.id, name=DOMAIN_PREFIX + inst.name, memory_mib=int(flavor["ram_mib"]),
+            uuid=inst.id, name=inst.domain_name or DOMAIN_PREFIX + inst.name,
+            memory_mib=int(flavor["ram_mib"]),
             vcpus=int(flavor["vcpus"]),
             disks=tuple(_disk_spec(d) for d in inst.disks)
             + volume_records.disk_specs(self.store, inst.id),
@@ -286,6 +364,29 @@ class Compute:
         return log_dir
 
     # -- destroy -------------------------------------------------------------
+    def delete(self, ref: str) -> None:
+        """Nova's delete: destroy now or, while the instance builds, stop the
+        build at its next step and destroy it then (in the background; the
+        record says deleting meanwhile, so a restart finishes the job)."""
+        inst = self.store.instance(ref)
+        if self.tasks.current(inst.id) != states.SPAWNING:
+            self.destroy(inst.id)
+            return
+        self._cancelled.add(inst.id)
+        self.store.update_instance(inst, task_state=states.DELETING)
+        threading.Thread(target=self._destroy_after_build, args=(inst.id,),
+                         name=f"delete-{inst.name}", daemon=True).start()
+
+    def _destroy_after_build(self, instance_id: str) -> None:
+        try:
+            while not self.wait_idle(instance_id, 60.0):
+                log.info("%s: still waiting for its build to stop", instance_id)
+            self.destroy(instance_id)
+        except Exception:  # noqa: BLE001 - recorded on the instance; logged here
+            log.exception("%s: delete after build failed", instance_id)
+        finally:
+            self._cancelled.discard(instance_id)
+
     def destroy(self, ref: str) -> None:
         """Idempotent: a missing instance is not an error, and nothing is left."""
         try:
@@ -295,11 +396,14 @@ class Compute:
         started = time.monotonic()
         try:
             with self.tasks.hold(inst.id, inst.name, states.DELETING):
+                self.actions.begin(inst, "destroy")
                 inst = self._mark_deleting(inst)
                 crash_points.reached("destroy", "after-mark")
                 self._remove_or_record_error(inst, "destroy")
+                self.actions.end(inst.id)
                 self._ended("destroy", started)
         except Exception as exc:
+            self.actions.end(inst.id, exc)
             self._ended("destroy", started, exc)
             raise
         finally:
@@ -413,6 +517,7 @@ class Compute:
             return self.store.update_instance(inst, task_state=None, power_state=power.value,
                                               **changes)
         finally:
+            self.actions.end(inst.id, failure)
             self._ended(action, started, failure)
             self.tasks.release(inst.id)
             self._notify()
@@ -428,6 +533,7 @@ class Compute:
         except VmopsError as exc:
             self._ended(action, started, exc)
             raise
+        self.actions.begin(inst, action)
         args = (inst, action, started, work, changes)
         if not self.background_actions:
             return self._work(*args, reraise=True)
@@ -513,7 +619,8 @@ class Compute:
                          (states.STOPPED,), work)
 
     # -- snapshot and rebuild --------------------------------------------------
-    def snapshot(self, ref: str, image_name: str, cache: ImageCache) -> Image:
+    def snapshot(self, ref: str, image_name: str, cache: ImageCache,
+                 properties: dict[str, str] | None = None, owner: str = "") -> Image:
         """Nova's createImage: the root disk, flattened, becomes image
         ``image_name`` (SAVING, then ACTIVE). Consistency and what the guest
         sees: :mod:`vmops.compute.snapshot`. A refused snapshot leaves no
@@ -526,7 +633,8 @@ class Compute:
         image = self.store.add_image(Image(
             id=str(uuidlib.uuid4()), name=image_name, status="saving",
             source=f"snapshot of instance {inst.name}", instance_uuid=inst.id,
-            login_user=self._login_user_of(inst)))
+            login_user=self._login_user_of(inst), extra=dict(properties or {}),
+            owner=owner or inst.project_id, visibility="private"))
 
         def work(inst: Instance) -> None:
             try:
@@ -755,6 +863,7 @@ class Compute:
 
         Returns the UUIDs of vmops' domains that have no record (left alone).
         """
+        self.actions.end_interrupted()
         for inst in self.store.instances():
             try:
                 self._recover_one(inst)
@@ -794,6 +903,11 @@ class Compute:
 # Power states in which QEMU serves the console socket, so a capture must run.
 _CAPTURED_POWER_STATES = frozenset({PowerState.RUNNING.value, PowerState.PAUSED.value,
                                     PowerState.BLOCKED.value})
+
+
+class _SpawnCancelled(Exception):
+    """The instance was deleted while it built: roll the spawn back and
+    remove the record."""
 
 
 def _fault_of(exc: BaseException) -> str:

@@ -39,6 +39,39 @@ def check_instance_name(name: str) -> str:
     return name
 
 
+MAX_DISPLAY_NAME_CHARS = 255
+
+
+def check_display_name(name: str) -> str:
+    """A server's name, as Nova takes it: 1 to 255 printable characters,
+    not starting or ending with whitespace; duplicates allowed (the guest's
+    hostname is derived from it: :func:`hostname_of`)."""
+    if not name:
+        raise InvalidName(name=name, reason="it is empty")
+    if len(name) > MAX_DISPLAY_NAME_CHARS:
+        raise InvalidName(name=name[:80] + "...", reason=f"it has {len(name)} characters, at "
+                          f"most {MAX_DISPLAY_NAME_CHARS} allowed")
+    if not name.isprintable():
+        raise InvalidName(name=name.encode("unicode_escape").decode()[:80],
+                          reason="it contains a character that is not printable")
+    if name != name.strip():
+        raise InvalidName(name=name, reason="it starts or ends with whitespace")
+    if _UUID.fullmatch(name):
+        raise InvalidName(name=name, reason=_LOOKS_LIKE_ID)
+    return name
+
+
+def hostname_of(name: str, instance_id: str) -> str:
+    """The guest's hostname for display name ``name``, the way Nova derives
+    it: Latin-1 only, at most 63 characters, spaces, '_' and '.' made '-',
+    anything else but letters, digits and '-' dropped, lower case, no '-'
+    at either end; ``server-<id>`` if nothing is left."""
+    host = name.encode("latin-1", "ignore").decode("latin-1")[:63]
+    host = re.sub(r"[ _.]", "-", host)
+    host = re.sub(r"[^A-Za-z0-9-]+", "", host).lower().strip("-")
+    return host or f"server-{instance_id}"[:63].rstrip("-")
+
+
 def check_resource_name(name: str, kind: str) -> str:
     if not name:
         raise InvalidName(name=name, reason=f"a {kind} name cannot be empty")

@@ -51,17 +51,19 @@ def _limits(compute: Compute) -> configdrive.Limits:
 
 def _metadata(inst_id: str, name: str, nics: list[configdrive.Nic], public_keys: dict[str, str],
               properties: dict[str, str], files: tuple[tuple[str, bytes], ...],
-              user_data: bytes | None, admin_password: str | None) -> configdrive.InstanceMetadata:
+              user_data: bytes | None, admin_password: str | None,
+              hostname: str = "", project_id: str = "") -> configdrive.InstanceMetadata:
+    """``hostname``: Nova's, derived from the display name at spawn."""
     return configdrive.InstanceMetadata(
-        uuid=inst_id, name=name, hostname=name, properties=dict(properties),
+        uuid=inst_id, name=name, hostname=hostname or name, properties=dict(properties),
         public_keys=public_keys, injected_files=tuple(files), user_data=user_data,
         admin_password=admin_password, nics=nics,
-        random_seed=configdrive.new_random_seed(), project_id="vmops")
+        random_seed=configdrive.new_random_seed(), project_id=project_id or "vmops")
 
 
 def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
-    keys = {req.key_name: compute.store.keypair(req.key_name).public_key} if req.key_name \
-        else {}
+    keys = {req.key_name: compute.store.keypair(req.key_name, req.user_id or None).public_key} \
+        if req.key_name else {}
     md = _metadata(inst_id, req.name, [configdrive.Nic(mac=mac)], keys, req.properties,
                    req.files, req.user_data, req.admin_password)
     configdrive.validate(md, _limits(compute))
@@ -108,7 +110,7 @@ def write_config_drive(compute: Compute, inst: Instance, admin_password: str | N
     user_data = base64.b64decode(inst.user_data) if inst.user_data else None
     keys = {inst.key_name: inst.key_data} if inst.key_name and inst.key_data else {}
     md = _metadata(inst.id, inst.name, _drive_nics(compute, inst), keys, inst.properties,
-                   files, user_data, admin_password)
+                   files, user_data, admin_password, inst.hostname, inst.project_id)
     path = (inst_dir or compute.instance_dir(inst)) / "config.iso"
     configdrive.build_config_drive(
         md, path, _limits(compute),

@@ -207,7 +207,8 @@ class Network:
         return Plan(self.plan, ports, groups, tuple(forwards), host_access=self.host_access)
 
     def _port_plans(self) -> tuple[PortPlan, ...]:
-        names = {i.id: i.name for i in self.store.instances()}
+        # The guest's hostname for DHCP and DNS (older records: the name).
+        names = {i.id: i.hostname or i.name for i in self.store.instances()}
         groups = self.store.instance_group_ids()
         return tuple(
             PortPlan(p.id, p.instance_id, names.get(p.instance_id, p.instance_id[:8]), p.mac,

@@ -138,8 +138,7 @@ class VolumeRecords:
                 raise InUse(kind="volume", name=volume.name,
                             users=f"instance {attached[0]}")
             if volume.status not in DELETABLE:
-                raise InvalidState(action="delete", instance=f"volume {volume.name}",
-                                   state=volume.status)
+                raise _refused("delete", volume)
             return self._update(db, volume_id, status=VolumeStatus.DELETING, fault="")
 
     def begin(self, volume_id: str, action: str, allowed: frozenset[VolumeStatus],
@@ -148,8 +147,7 @@ class VolumeRecords:
         with self.store.transaction() as db:
             volume = self._locked(db, volume_id)
             if volume.status not in allowed:
-                raise InvalidState(action=action, instance=f"volume {volume.name}",
-                                   state=volume.status)
+                raise _refused(action, volume)
             return self._update(db, volume_id, status=status)
 
     def delete(self, volume_id: str) -> None:
@@ -191,8 +189,7 @@ class VolumeRecords:
                     else f"instance {held[0]}"
                 raise InUse(kind="volume", name=volume.name, users=where)
             if volume.status != VolumeStatus.AVAILABLE:
-                raise InvalidState(action="attach", instance=f"volume {volume.name}",
-                                   state=volume.status)
+                raise _refused("attach", volume)
             taken = db.execute("SELECT volume_id FROM volume_attachments WHERE instance_id = ? "
                                "AND device = ?", (attachment.instance_id, attachment.device)
                                ).fetchone()
@@ -226,6 +223,12 @@ class VolumeRecords:
             for volume_id in ids:
                 self._update(db, volume_id, status=VolumeStatus.AVAILABLE, fault="")
         return ids
+
+
+def _refused(action: str, volume: Volume) -> InvalidState:
+    return InvalidState(f"cannot {action} volume {volume.name or volume.id!r} while it is "
+                        f"{volume.status}", action=action, instance=volume.id,
+                        state=volume.status)
 
 
 def disk_specs(store: Store, instance_id: str) -> tuple[DiskSpec, ...]:

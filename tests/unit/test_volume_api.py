@@ -1,0 +1,162 @@
+"""The volume service (Cinder v3 subset) and os-volume_attachments over HTTP,
+on the fake hypervisor: shapes (every answer is checked against the OpenAPI
+document, whose volume objects are closed as Tempest's), bad input, state
+rules and project scoping."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from tests.unit.test_api import Api
+from vmops.api.server import Context
+from vmops.compute import states
+from vmops.volumes.manager import Volumes
+
+V = "/volume/v3"
+
+
+def _wait_status(api: Api, volume_id: str, wanted: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        volume: dict[str, Any] = api.get(f"{V}/volumes/{volume_id}").body["volume"]
+        if volume["status"] == wanted:
+            return volume
+        assert time.monotonic() < deadline, f"volume is {volume['status']}, not {wanted}"
+        time.sleep(0.05)
+
+
+def _create(api: Api, name: str = "data", size: int = 1, **extra: Any) -> dict[str, Any]:
+    answer = api.post(f"{V}/volumes", {"volume": {"name": name, "size": size, **extra}})
+    assert answer.status == 202, answer.body
+    volume: dict[str, Any] = answer.body["volume"]
+    return _wait_status(api, volume["id"], "available")
+
+
+def test_version_documents(api: Api) -> None:
+    root = api.get("/volume")
+    assert root.status == 300 and root.body["versions"][0]["id"] == "v3.0"
+    current = api.get("/volume/v3").body["versions"][0]
+    assert current["links"][-1]["href"] == f"http://127.0.0.1:{api.port}/volume/v3/"
+
+
+def test_create_list_show_extend_delete(api: Api) -> None:
+    answer = api.post(f"{V}/volumes", {"volume": {
+        "name": "data", "size": 1, "description": None, "imageRef": None, "snapshot_id": None,
+        "source_volid": None, "volume_type": None, "availability_zone": None, "metadata": {},
+        "consistencygroup_id": None, "backup_id": None}})  # what cinderclient sends
+    assert answer.status == 202 and answer.body["volume"]["status"] == "creating"
+    volume = _wait_status(api, answer.body["volume"]["id"], "available")
+    assert (volume["size"], volume["bootable"], volume["attachments"]) == (1, "false", [])
+    assert "vmops:format" not in volume
+    extra = api.get(f"{V}/volumes/{volume['id']}", headers={"X-Vmops-Extra": "1"})
+    assert extra.body["volume"]["vmops:format"] == "qcow2"
+    brief = api.get(f"{V}/volumes").body["volumes"]
+    assert [(v["id"], v["name"]) for v in brief] == [(volume["id"], "data")]
+    assert [v["id"] for v in api.get(f"{V}/some-project/volumes/detail").body["volumes"]] \
+        == [volume["id"]]  # an admin may name any project
+    assert api.get(f"{V}/volumes/detail?status=in-use").body["volumes"] == []
+    assert api.post(f"{V}/volumes/{volume['id']}/action",
+                    {"os-extend": {"new_size": 2}}).status == 202
+    assert _wait_status(api, volume["id"], "available")["size"] == 2
+    assert api.call("DELETE", f"{V}/volumes/{volume['id']}").status == 202
+    assert api.get(f"{V}/volumes/{volume['id']}").status == 404
+
+
+@pytest.mark.parametrize("body", [
+    {"volume": {"size": 0}}, {"volume": {"size": -1}}, {"volume": {"size": "1"}},
+    {"volume": {"size": True}}, {"volume": {"name": "x"}}, {"volume": {"size": 1, "bad": 1}},
+    {"volume": {"size": 1, "snapshot_id": "abc"}}, {"volume": {"size": 1, "multiattach": True}},
+    {"volume": {"size": 1, "volume_type": "ssd"}}, {"volume": {"size": 1, "metadata": {"a": "b"}}},
+    {"volume": {"size": 1, "imageRef": "no-such-image"}}, {"volume": []}, [], None,
+    {"volume": {"size": 1, "vmops:format": "vmdk"}}, {"volume": {"size": 10**9}}])
+def test_bad_creates_are_refused_and_leave_nothing(api: Api, body: Any) -> None:
+    answer = api.post(f"{V}/volumes", body)
+    assert answer.status in (400, 404), answer.body
+    assert api.get(f"{V}/volumes").body["volumes"] == []
+
+
+def test_bad_actions(api: Api) -> None:
+    volume = _create(api)
+    action = f"{V}/volumes/{volume['id']}/action"
+    for body in ({"os-extend": {"new_size": 1}}, {"os-extend": {"new_size": "3"}},
+                 {"os-extend": {}}, {"os-extend": 3}, {"os-retype": {}}, {}):
+        assert api.post(action, body).status == 400, body
+    assert api.post(f"{V}/volumes/nope/action", {"os-extend": {"new_size": 3}}).status == 404
+
+
+def test_attach_list_show_detach(api: Api) -> None:
+    inst = api.add_instance("web1")
+    volume = _create(api)
+    base = f"/v2.1/servers/{inst.id}/os-volume_attachments"
+    answer = api.post(base, {"volumeAttachment": {"volumeId": volume["id"]}})
+    assert answer.status == 200
+    assert answer.body["volumeAttachment"] == {"id": volume["id"], "volumeId": volume["id"],
+                                               "serverId": inst.id, "device": "/dev/vdb"}
+    assert api.get(base).body["volumeAttachments"] == [answer.body["volumeAttachment"]]
+    assert api.get(f"{base}/{volume['id']}").body == answer.body
+    shown = api.get(f"{V}/volumes/{volume['id']}").body["volume"]
+    assert shown["status"] == "in-use"
+    assert shown["attachments"][0]["server_id"] == inst.id
+    assert shown["attachments"][0]["device"] == "/dev/vdb"
+    # In use: Cinder's delete and extend are 400, a second attach too (Nova's).
+    assert api.call("DELETE", f"{V}/volumes/{volume['id']}").status == 400
+    assert api.post(f"{V}/volumes/{volume['id']}/action",
+                    {"os-extend": {"new_size": 2}}).status == 400
+    other = api.add_instance("web2")
+    assert api.post(f"/v2.1/servers/{other.id}/os-volume_attachments",
+                    {"volumeAttachment": {"volumeId": volume["id"]}}).status == 400
+    assert api.call("DELETE", f"{base}/{volume['id']}").status == 202
+    _wait_status(api, volume["id"], "available")
+    assert api.get(base).body["volumeAttachments"] == []
+    assert api.get(f"{base}/{volume['id']}").status == 404
+    assert api.call("DELETE", f"{base}/{volume['id']}").status == 404
+
+
+def test_attach_bad_input(api: Api) -> None:
+    inst = api.add_instance("web1")
+    volume = _create(api)
+    base = f"/v2.1/servers/{inst.id}/os-volume_attachments"
+    for body, status in (({"volumeAttachment": {}}, 400),
+                         ({"volumeAttachment": {"volumeId": 7}}, 400),
+                         ({"volumeAttachment": {"volumeId": volume["id"], "x": 1}}, 400),
+                         ({"volumeAttachment": {"volumeId": volume["id"], "device": "vda"}},
+                          400),
+                         ({"volumeAttachment": {"volumeId": volume["id"],
+                                                "device": "/dev/sdq"}}, 400),
+                         ({"volumeAttachment": {"volumeId": "nope"}}, 404)):
+        assert api.post(base, body).status == status, body
+    assert api.post("/v2.1/servers/nope/os-volume_attachments",
+                    {"volumeAttachment": {"volumeId": volume["id"]}}).status == 404
+    suspended = api.add_instance("web3", states.SUSPENDED)
+    answer = api.post(f"/v2.1/servers/{suspended.id}/os-volume_attachments",
+                      {"volumeAttachment": {"volumeId": volume["id"]}})
+    assert answer.status == 409 and "suspended" in answer.fault()[1]
+    assert _wait_status(api, volume["id"], "available")["attachments"] == []
+
+
+def test_a_detach_the_guest_refuses_leaves_it_in_use(api: Api) -> None:
+    inst = api.add_instance("web1")
+    volume = _create(api)
+    base = f"/v2.1/servers/{inst.id}/os-volume_attachments"
+    api.post(base, {"volumeAttachment": {"volumeId": volume["id"]}})
+    api.hv.guest_releases_disks = False
+    assert api.call("DELETE", f"{base}/{volume['id']}").status == 202
+    shown = _wait_status(api, volume["id"], "in-use")
+    assert len(shown["attachments"]) == 1
+    extra = api.get(f"{V}/volumes/{volume['id']}", headers={"X-Vmops-Extra": "1"})
+    assert "did not release" in extra.body["volume"]["vmops:fault"]
+
+
+def test_projects_see_their_own_volumes() -> None:
+    """Scoping, on the manager and the API's helpers (tokens are A's)."""
+    from vmops.api import volume_api
+
+    member = Context("u1", "p1", frozenset({"member"}))
+    admin = Context("u0", "p0", frozenset({"admin"}))
+    assert volume_api._project_filter(member) == "p1"
+    assert volume_api._project_filter(admin) is None
+    assert not volume_api._may_see(member, "p2") and volume_api._may_see(admin, "p2")
+    assert Volumes  # the manager's own scoping: tests/integration/test_volumes.py

@@ -1,0 +1,331 @@
+"""The volume service (a subset of Cinder v3) and the compute API's
+``os-volume_attachments`` (Nova 2.1), both over :mod:`vmops.volumes`.
+
+Cinder v3 at ``/volume/v3``: volumes list (and ``detail``), show, create,
+delete and the ``os-extend`` action, with the project in the path as
+Cinder's endpoints have it (``/volume/v3/{project_id}/volumes``) or without
+(``/volume/v3/volumes``, as Cinder allows from 3.67). Microversion 3.0
+only. A caller sees its own project's volumes; an admin sees every one.
+Cinder's answers for refusals: 400 for a volume in the wrong status or
+attached (Cinder's InvalidVolume), 404 for another project's volume.
+
+Nova 2.1's ``/servers/{id}/os-volume_attachments``: list, attach (200 with
+the attachment), show and detach (202; the volume is ``detaching`` until
+the guest lets go, then ``available``, or ``in-use`` again with a fault).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from vmops.api import parse, views
+from vmops.api.server import Context, Request, Response, Router
+from vmops.compute.manager import Compute
+from vmops.errors import (
+    Conflict,
+    Forbidden,
+    InstanceNotFound,
+    InUse,
+    Invalid,
+    InvalidState,
+    NotFound,
+)
+from vmops.store import Instance
+from vmops.volumes.manager import Volumes
+from vmops.volumes.records import Attachment, Volume, VolumeStatus
+
+VOLUME_ROOT = "/volume"
+VOLUME_PREFIX = "/volume/v3"
+VOLUME_VERSION = "v3.0"
+MAX_LIMIT = 1000
+AVAILABILITY_ZONE = "nova"
+VOLUME_TYPE = "__DEFAULT__"
+# Fields of Cinder's create that vmops takes only empty (a client sends them as null).
+_UNSUPPORTED_CREATE = ("snapshot_id", "source_volid", "backup_id", "consistencygroup_id",
+                       "group_id", "scheduler_hints")
+
+
+def add_routes(r: Router, compute: Compute) -> None:
+    api = VolumeApi(Volumes(compute), compute)
+    r.add("GET", VOLUME_ROOT, volume_versions, public=True)
+    r.add("GET", VOLUME_PREFIX, volume_current, public=True)
+    for base in (f"{VOLUME_PREFIX}/volumes", f"{VOLUME_PREFIX}/{{project_id}}/volumes"):
+        r.add("GET", base, api.list_brief)
+        r.add("POST", base, api.create)
+        r.add("GET", f"{base}/detail", api.list_detail)
+        r.add("GET", f"{base}/{{volume_id}}", api.show)
+        r.add("DELETE", f"{base}/{{volume_id}}", api.delete)
+        r.add("POST", f"{base}/{{volume_id}}/action", api.action)
+    attachments = f"{views.API_PREFIX}/servers/{{id}}/os-volume_attachments"
+    r.add("GET", attachments, api.list_attachments)
+    r.add("POST", attachments, api.attach)
+    r.add("GET", f"{attachments}/{{volume_id}}", api.show_attachment)
+    r.add("DELETE", f"{attachments}/{{volume_id}}", api.detach)
+
+
+# -- version documents -------------------------------------------------------------
+def volume_version(base: str) -> dict[str, Any]:
+    return {
+        "id": VOLUME_VERSION, "status": "CURRENT", "version": "3.0", "min_version": "3.0",
+        "updated": "2016-02-08T12:20:21Z",
+        "links": [{"rel": "describedby", "type": "text/html",
+                   "href": "https://docs.openstack.org/"},
+                  {"rel": "self", "href": f"{base}{VOLUME_PREFIX}/"}],
+        "media-types": [{"base": "application/json",
+                         "type": "application/vnd.openstack.volume+json;version=3"}],
+    }
+
+
+def volume_versions(req: Request) -> Response:
+    """Cinder answers its root with 300 Multiple Choices."""
+    return Response(300, {"versions": [volume_version(req.base_url)]})
+
+
+def volume_current(req: Request) -> Response:
+    return Response(200, {"versions": [volume_version(req.base_url)]})
+
+
+# -- views ---------------------------------------------------------------------------
+def device_path(device: str) -> str:
+    return f"/dev/{device}"
+
+
+def attachment_view(att: Attachment) -> dict[str, Any]:
+    """An attachment inside Cinder's volume view."""
+    return {"id": att.volume_id, "attachment_id": att.id, "volume_id": att.volume_id,
+            "server_id": att.instance_id, "host_name": None,
+            "device": device_path(att.device), "attached_at": views.iso_time(att.created_at)}
+
+
+def volume_view(vol: Volume, att: Attachment | None, base: str,
+                extra: bool = False) -> dict[str, Any]:
+    """A volume in Cinder v3's shape; vmops' own keys only for ``extra``."""
+    href = f"{base}{VOLUME_PREFIX}/{vol.project_id or views.TENANT}/volumes/{vol.id}"
+    view: dict[str, Any] = {
+        "id": vol.id, "name": vol.name or None, "description": vol.description or None,
+        "status": vol.status, "size": vol.size_gb, "availability_zone": AVAILABILITY_ZONE,
+        "bootable": "true" if vol.bootable else "false", "encrypted": False,
+        "multiattach": False, "volume_type": VOLUME_TYPE, "snapshot_id": None,
+        "source_volid": None, "consistencygroup_id": None, "group_id": None,
+        "replication_status": None, "migration_status": None, "metadata": {},
+        "user_id": vol.user_id or views.TENANT,
+        "os-vol-tenant-attr:tenant_id": vol.project_id or views.TENANT,
+        "created_at": views.iso_time(vol.created_at),
+        "updated_at": views.iso_time(vol.updated_at),
+        "attachments": [attachment_view(att)] if att else [],
+        "links": [{"rel": "self", "href": href},
+                  {"rel": "bookmark", "href": href.replace(VOLUME_PREFIX, VOLUME_ROOT, 1)}],
+        "provider_id": None, "service_uuid": None, "shared_targets": False,
+    }
+    if vol.image_id:
+        view["volume_image_metadata"] = {"image_id": vol.image_id}
+    if extra:
+        view["vmops:format"] = vol.format
+        view["vmops:path"] = vol.path
+        view["vmops:fault"] = vol.fault or None
+    return view
+
+
+def nova_attachment(att: Attachment) -> dict[str, Any]:
+    """Nova 2.1's volumeAttachment: its id is the volume's."""
+    return {"id": att.volume_id, "volumeId": att.volume_id, "serverId": att.instance_id,
+            "device": device_path(att.device)}
+
+
+# -- handlers ------------------------------------------------------------------------
+class VolumeApi:
+    def __init__(self, volumes: Volumes, compute: Compute) -> None:
+        self.volumes = volumes
+        self.compute = compute
+
+    # Cinder ------------------------------------------------------------------------
+    def list_brief(self, req: Request) -> Response:
+        page, links = self._page(req)
+        return Response(200, _with_links({"volumes": [
+            {"id": v.id, "name": v.name or None,
+             "links": volume_view(v, None, req.base_url)["links"]} for v in page]}, links))
+
+    def list_detail(self, req: Request) -> Response:
+        page, links = self._page(req)
+        return Response(200, _with_links({"volumes": [
+            self._view(req, v) for v in page]}, links))
+
+    def show(self, req: Request) -> Response:
+        return Response(200, {"volume": self._view(req, self._volume(req))})
+
+    def create(self, req: Request) -> Response:
+        body = parse.section(req.json(), "volume")
+        parse.no_unknown(body, {"size", "name", "description", "imageRef", "volume_type",
+                                "availability_zone", "metadata", "multiattach",
+                                "display_name", "display_description", "vmops:format",
+                                *_UNSUPPORTED_CREATE}, "volume")
+        _refuse_unsupported(body)
+        ctx = _scope_path(req)
+        name = parse.field(body, "name", str) or parse.field(body, "display_name", str) or ""
+        description = parse.field(body, "description", str) \
+            or parse.field(body, "display_description", str) or ""
+        size = parse.field(body, "size", int, required=True)
+        image_ref = parse.field(body, "imageRef", str)
+        volume = self.volumes.create(
+            name, size, image_ref=image_ref, fmt=parse.field(body, "vmops:format", str,
+                                                             default="qcow2"),
+            description=description,
+            project_id=ctx.project_id or req.params.get("project_id", ""),
+            user_id=ctx.user_id)
+        return Response(202, {"volume": self._view(req, volume)})
+
+    def delete(self, req: Request) -> Response:
+        volume = self._volume(req)
+        with _as_cinder():
+            self.volumes.delete(volume.id)
+        return Response(202)
+
+    def action(self, req: Request) -> Response:
+        action, arg = parse.one_action(req.json())
+        volume = self._volume(req)
+        if action != "os-extend":
+            raise Invalid(reason=f"unknown volume action {action!r}; vmops knows os-extend")
+        if not isinstance(arg, dict):
+            raise Invalid(reason='os-extend takes {"new_size": <GiB>}')
+        parse.no_unknown(arg, {"new_size"}, "os-extend")
+        new_size = parse.field(arg, "new_size", int, required=True)
+        with _as_cinder():
+            self.volumes.extend(volume.id, new_size)
+        return Response(202)
+
+    def _view(self, req: Request, volume: Volume) -> dict[str, Any]:
+        return volume_view(volume, self.volumes.attachment_of(volume.id), req.base_url,
+                           extra=req.headers.get("x-vmops-extra") == "1")
+
+    def _volume(self, req: Request) -> Volume:
+        ctx = _scope_path(req)
+        return self.volumes.volume(req.params["volume_id"], _project_filter(ctx))
+
+    def _page(self, req: Request) -> tuple[list[Volume], list[dict[str, str]]]:
+        """Cinder's filters (name, status), then marker and limit; a next
+        link while more remain."""
+        ctx = _scope_path(req)
+        found = self.volumes.volumes(_project_filter(ctx))
+        for arg in ("name", "status"):
+            wanted = req.arg(arg)
+            if wanted is not None:
+                found = [v for v in found if getattr(v, arg) == wanted]
+        marker = req.arg("marker")
+        if marker:
+            ids = [v.id for v in found]
+            if marker not in ids:
+                raise Invalid(reason=f"marker {marker!r} not found")
+            found = found[ids.index(marker) + 1:]
+        text = req.arg("limit")
+        limit = min(parse.count_arg(text, "limit"), MAX_LIMIT) if text else MAX_LIMIT
+        page = found[:limit]
+        links = []
+        if len(found) > limit and page:
+            links = [{"rel": "next", "href": f"{req.base_url}{req.path}?limit={limit}"
+                                             f"&marker={page[-1].id}"}]
+        return page, links
+
+    # Nova --------------------------------------------------------------------------
+    def list_attachments(self, req: Request) -> Response:
+        inst = self._instance(req)
+        return Response(200, {"volumeAttachments": [
+            nova_attachment(a) for a in self.volumes.attached_to(inst.id)]})
+
+    def show_attachment(self, req: Request) -> Response:
+        inst = self._instance(req)
+        return Response(200, {"volumeAttachment": nova_attachment(
+            self._attachment(inst, req.params["volume_id"]))})
+
+    def attach(self, req: Request) -> Response:
+        inst = self._instance(req)
+        body = parse.section(req.json(), "volumeAttachment")
+        parse.no_unknown(body, {"volumeId", "device"}, "volumeAttachment")
+        volume_id = parse.field(body, "volumeId", str, required=True)
+        device = parse.field(body, "device", str)
+        volume = self.volumes.volume(volume_id, _project_filter(req.context))
+        if volume.status != VolumeStatus.AVAILABLE:  # Nova: 400 InvalidVolume
+            raise Invalid(reason=f"volume {volume.id} is {volume.status}; only an available "
+                          "volume can be attached")
+        try:
+            attachment = self.volumes.attach(volume.id, inst.id, device)
+        except InUse as exc:
+            raise Invalid(reason=exc.message) from None
+        except Conflict as exc:
+            if type(exc) is not Conflict:
+                raise  # the server's state or another task on it: Nova's 409
+            raise Invalid(reason=exc.message) from None  # the device: Nova's 400
+        return Response(200, {"volumeAttachment": nova_attachment(attachment)})
+
+    def detach(self, req: Request) -> Response:
+        inst = self._instance(req)
+        attachment = self._attachment(inst, req.params["volume_id"])
+        self.volumes.detach(attachment.volume_id, inst.id)
+        return Response(202)
+
+    def _instance(self, req: Request) -> Instance:
+        inst = self.compute.instance(req.params["id"])
+        if not _may_see(req.context, inst.project_id):
+            raise InstanceNotFound(instance=req.params["id"])
+        return inst
+
+    def _attachment(self, inst: Instance, volume_id: str) -> Attachment:
+        for attachment in self.volumes.attached_to(inst.id):
+            if attachment.volume_id == volume_id:
+                return attachment
+        raise NotFound(f"volume {volume_id} is not attached to server {inst.id}",
+                       what=volume_id)
+
+
+def _may_see(ctx: Context, project_id: str) -> bool:
+    return ctx.is_admin or (bool(ctx.project_id) and project_id == ctx.project_id)
+
+
+def _project_filter(ctx: Context) -> str | None:
+    """The project whose volumes the caller sees; None: all (admin)."""
+    return None if ctx.is_admin else ctx.project_id
+
+
+def _scope_path(req: Request) -> Context:
+    """The caller, refused (403) when the path names another project."""
+    ctx = req.context
+    asked = req.params.get("project_id")
+    if asked and not ctx.is_admin and asked != ctx.project_id:
+        raise Forbidden(reason=f"the path names project {asked}, not the project of the "
+                        "token")
+    return ctx
+
+
+def _refuse_unsupported(body: dict[str, Any]) -> None:
+    for name in _UNSUPPORTED_CREATE:
+        if body.get(name) not in (None, "", {}):
+            raise Invalid(reason=f"vmops does not support {name} in a volume create")
+    if body.get("volume_type") not in (None, "", VOLUME_TYPE):
+        raise Invalid(reason=f"volume_type {body['volume_type']!r}: vmops has one, "
+                      f"{VOLUME_TYPE!r}")
+    if body.get("availability_zone") not in (None, "", AVAILABILITY_ZONE):
+        raise Invalid(reason=f"availability_zone {body['availability_zone']!r}: vmops has "
+                      f"one, {AVAILABILITY_ZONE!r}")
+    if body.get("multiattach") not in (None, False):
+        raise Invalid(reason="vmops volumes attach to one server at a time (no multiattach)")
+    if body.get("metadata") not in (None, {}):
+        raise Invalid(reason="vmops does not keep volume metadata")
+
+
+def _with_links(body: dict[str, Any], links: list[dict[str, str]]) -> dict[str, Any]:
+    if links:
+        body["volumes_links"] = links
+    return body
+
+
+@contextlib.contextmanager
+def _as_cinder() -> Iterator[None]:
+    """Cinder answers 400 (InvalidVolume) where vmops' records say 409: a
+    volume attached, or in a status that does not allow the call."""
+    try:
+        yield
+    except (InUse, InvalidState) as exc:
+        raise Invalid(reason=exc.message) from None
+
+
