@@ -21,6 +21,7 @@ from vmops.hypervisor.base import PowerState
 from vmops.store import Image
 
 ACTION = "/v2.1/servers/web1/action?vmops:wait=30"
+EXTRA = {"X-Vmops-Extra": "1"}
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_snapshot_of_a_running_guest_pauses_it_for_the_copy(
                        "state": PowerState.PAUSED}]
     assert api.hv.info(inst.id).state is PowerState.RUNNING
     assert api.store.instance(inst.id).vm_state == states.ACTIVE
-    image = api.get(f"/v2.1/images/{image_id}").body["image"]
+    image = api.get(f"/v2.1/images/{image_id}", headers=EXTRA).body["image"]
     assert (image["name"], image["status"]) == ("web1-snap", "ACTIVE")
     assert image["metadata"] == {"image_type": "snapshot", "instance_uuid": inst.id}
     assert image["vmops:format"] == "qcow2"
@@ -77,7 +78,7 @@ def test_refused_snapshots_leave_no_image(api: Api, copies: list[dict[str, Any]]
     api.store.update_instance(inst, vm_state=states.ACTIVE)
     api.hv.define(api.compute.domain_spec(inst))
     api.hv.start(inst.id)
-    for bad in ({"name": "snap", "metadata": {"k": "v"}}, {}, {"name": "a/b"}, None):
+    for bad in ({"name": "snap", "metadata": {"k": 1}}, {}, {"name": "a/b"}, None):
         assert api.post(ACTION, {"createImage": bad}).status == 400, bad
     assert [i.name for i in api.store.images()] == ["tiny"]
     assert copies == []
@@ -91,8 +92,8 @@ def test_a_failed_snapshot_deletes_its_image_and_says_why(
         raise DiskError(reason="qemu-img convert: no space left")
 
     monkeypatch.setattr(instance_disks, "copy_flattened", broken)
-    answer = api.post(ACTION, {"createImage": {"name": "snap"}})
-    assert answer.body["server"]["fault"]["message"].endswith("no space left")
+    answer = api.post(ACTION, {"createImage": {"name": "snap"}}, headers=EXTRA)
+    assert answer.body["server"]["vmops:fault"].endswith("no space left")
     assert [i.name for i in api.store.images()] == ["tiny"]
     assert api.hv.info(inst.id).state is PowerState.RUNNING  # unpaused again
 
@@ -151,11 +152,15 @@ def test_rebuild_keeps_the_identity_and_replaces_the_disks(
 def test_rebuild_refusals_change_nothing(api: Api, made_disks: list[str]) -> None:
     inst = api.add_instance("web1", states.STOPPED)
     _other_image(api, virtual_size=2 << 30)  # m1.tiny's root disk is 1 GiB
-    answer = api.post(ACTION, {"rebuild": {"imageRef": "other"}})
+    answer = api.post(ACTION, {"rebuild": {"imageRef": "other", "name": "renamed",
+                                           "metadata": {"k": "v"}}})
     assert answer.status == 400 and "never shrunk" in answer.fault()[1]
+    assert (api.store.instance(inst.id).name, api.store.instance(inst.id).properties) == (
+        "web1", {})
     assert api.post(ACTION, {"rebuild": {"imageRef": "nope"}}).status == 400
     for bad in ({}, {"imageRef": "tiny", "preserve_ephemeral": True},
-                {"imageRef": "tiny", "name": "x"}, None):
+                {"imageRef": "tiny", "name": " x"}, {"imageRef": "tiny", "colour": "red"},
+                {"imageRef": "tiny", "personality": [{"path": "/a", "contents": ""}]}, None):
         assert api.post(ACTION, {"rebuild": bad}).status == 400, bad
     paused = api.add_instance("web2", states.PAUSED)  # Nova: active, stopped or error only
     assert api.post("/v2.1/servers/web2/action", {"rebuild": {"imageRef": "tiny"}}
@@ -174,8 +179,8 @@ def test_rebuild_that_cannot_make_its_disks_leaves_the_old_ones(
         raise DiskError(reason="no space left")
 
     monkeypatch.setattr(instance_disks, "create_root_disk", full)
-    answer = api.post(ACTION, {"rebuild": {"imageRef": "tiny"}})
-    assert answer.body["server"]["fault"]["message"].endswith("no space left")
+    answer = api.post(ACTION, {"rebuild": {"imageRef": "tiny"}}, headers=EXTRA)
+    assert answer.body["server"]["vmops:fault"].endswith("no space left")
     after = api.store.instance(inst.id)
     assert (after.disks, after.vm_state) == (inst.disks, states.STOPPED)
     assert not (api.compute.instance_dir(after) / "rebuild").exists()
