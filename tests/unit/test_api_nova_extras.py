@@ -75,8 +75,12 @@ def call(api: Api, method: str, path: str, body: Any = None, who: str = ADMIN,
     return api.call(method, f"/v2.1{path}", body, headers=headers, token=who)
 
 
-def get(api: Api, path: str, who: str = ADMIN) -> Answer:
-    return call(api, "GET", path, who=who)
+def get(api: Api, path: str, who: str = ADMIN, version: str | None = None) -> Answer:
+    return call(api, "GET", path, who=who, headers=at(version))
+
+
+def at(version: str | None) -> dict[str, str] | None:
+    return {"OpenStack-API-Version": f"compute {version}"} if version else None
 
 
 def owned(api: Api, name: str, who: str = P1, vm_state: str = states.ACTIVE) -> Instance:
@@ -112,6 +116,8 @@ QUOTA_KEYS = {"instances", "cores", "ram", "floating_ips", "fixed_ips", "metadat
               "key_pairs", "security_groups", "security_group_rules", "injected_files",
               "injected_file_content_bytes", "injected_file_path_bytes",
               "server_group_members", "server_groups"}
+NETWORK_QUOTAS = {"floating_ips", "fixed_ips", "security_groups", "security_group_rules"}
+SERVER_GROUP_QUOTAS = {"server_groups", "server_group_members"}
 USAGE_KEYS = {"server_usages", "start", "stop", "tenant_id", "total_hours",
               "total_local_gb_usage", "total_memory_mb_usage", "total_vcpus_usage"}
 SERVER_USAGE_KEYS = {"ended_at", "flavor", "hours", "instance_id", "local_gb", "memory_mb",
@@ -313,13 +319,16 @@ def test_quota_below_usage_needs_force(api: Api) -> None:
 
 def test_quota_classes_are_the_defaults(api: Api) -> None:
     shown = get(api, "/os-quota-class-sets/default").body["quota_class_set"]
-    assert set(shown) == QUOTA_KEYS | {"id"} and shown["id"] == "default"
+    assert set(shown) == QUOTA_KEYS - SERVER_GROUP_QUOTAS | {"id"}  # before 2.50
+    assert shown["id"] == "default"
+    later = get(api, "/os-quota-class-sets/default", version="2.50").body["quota_class_set"]
+    assert set(later) == QUOTA_KEYS - NETWORK_QUOTAS | {"id"}
     assert shown["instances"] == 10
     call(api, "PUT", "/os-quota-sets/p2", {"quota_set": {"instances": 4}})
     updated = call(api, "PUT", "/os-quota-class-sets/default",
                    {"quota_class_set": {"instances": 3, "cores": "7"}})
     assert updated.status == 200
-    assert set(updated.body["quota_class_set"]) == QUOTA_KEYS
+    assert set(updated.body["quota_class_set"]) == QUOTA_KEYS - SERVER_GROUP_QUOTAS
     assert (updated.body["quota_class_set"]["instances"],
             updated.body["quota_class_set"]["cores"]) == (3, 7)
     assert get(api, "/os-quota-sets/p1/defaults").body["quota_set"]["instances"] == 3
@@ -653,3 +662,85 @@ def test_affinity_and_bad_hints(api: Api) -> None:
     assert full.status == 403
     assert full.fault()[1] == "Quota exceeded, too many servers in group"
     assert len(api.store.instances()) == before
+
+
+# -- microversions up to 2.52 ----------------------------------------------------------
+def test_services_and_hypervisors_by_microversion(api: Api) -> None:
+    assert all("forced_down" not in s for s in get(api, "/os-services").body["services"])
+    later = get(api, "/os-services", version="2.11").body["services"]
+    assert all(s["forced_down"] is False for s in later)
+    body = {"host": HOST, "binary": "nova-compute"}
+    assert call(api, "PUT", "/os-services/force-down", {**body, "forced_down": False},
+                headers=at("2.11")).body == {"service": {**body, "forced_down": False}}
+    assert call(api, "PUT", "/os-services/force-down", {**body, "forced_down": True},
+                headers=at("2.11")).status == 501
+    assert call(api, "PUT", "/os-services/force-down", body, headers=at("2.11")).status == 400
+    assert isinstance(get(api, "/os-hypervisors/1").body["hypervisor"]["cpu_info"], str)
+    cpu = get(api, "/os-hypervisors/1", version="2.28").body["hypervisor"]["cpu_info"]
+    assert set(cpu) == {"arch", "model", "vendor", "topology", "features"}
+    assert len(get(api, "/os-hypervisors?limit=0", version="2.33").body["hypervisors"]) == 0
+    assert get(api, "/os-hypervisors/detail?marker=1", version="2.33").body[
+        "hypervisors"] == []
+    assert get(api, "/os-hypervisors?marker=7", version="2.33").status == 400
+    assert get(api, "/os-hosts", version="2.42").status == 200
+    assert get(api, "/os-hosts", version="2.43").status == 404
+    assert get(api, f"/os-hosts/{HOST}/reboot", version="2.43").status == 404
+
+
+def test_quotas_and_limits_by_microversion(api: Api) -> None:
+    limits = get(api, "/limits", who=P1, version="2.36").body["limits"]["absolute"]
+    assert "maxSecurityGroups" not in limits and "maxImageMeta" in limits
+    assert "totalFloatingIpsUsed" not in limits
+    assert "maxImageMeta" not in get(api, "/limits", who=P1, version="2.39").body["limits"][
+        "absolute"]
+    shown = get(api, "/os-quota-sets/p1", who=P1, version="2.36").body["quota_set"]
+    assert set(shown) == QUOTA_KEYS - NETWORK_QUOTAS | {"id"}
+    refused = call(api, "PUT", "/os-quota-sets/p1", {"quota_set": {"floating_ips": 3}},
+                   headers=at("2.36"))
+    assert refused.status == 400
+    assert call(api, "PUT", "/os-quota-sets/p1", {"quota_set": {"floating_ips": 3}}
+                ).status == 200
+
+
+def test_usage_is_paged_from_2_40(api: Api) -> None:
+    first, second = owned(api, "web1", P1), owned(api, "web2", P1)
+    base = "/os-simple-tenant-usage/p1?start=2020-01-01T00:00:00"
+    page = get(api, f"{base}&limit=1", who=P1, version="2.40").body
+    assert [u["instance_id"] for u in page["tenant_usage"]["server_usages"]] == [first.id]
+    (link,) = page["tenant_usage_links"]
+    assert link["rel"] == "next" and f"marker={first.id}" in link["href"]
+    rest = get(api, f"{base}&limit=1&marker={first.id}", who=P1, version="2.40").body
+    assert [u["instance_id"] for u in rest["tenant_usage"]["server_usages"]] == [second.id]
+    assert get(api, f"{base}&marker=nope", who=P1, version="2.40").status == 400
+    everything = get(api, f"{base}&limit=1", who=P1).body  # before 2.40: not paged
+    assert len(everything["tenant_usage"]["server_usages"]) == 2
+    assert "tenant_usage_links" not in everything
+
+
+def test_server_groups_and_actions_by_microversion(api: Api) -> None:
+    refused = call(api, "POST", "/os-server-groups", {"server_group": {
+        "name": "soft", "policies": ["soft-anti-affinity"]}}, who=P1)
+    assert refused.status == 400
+    made = call(api, "POST", "/os-server-groups", {"server_group": {
+        "name": "soft", "policies": ["soft-anti-affinity"]}}, who=P1, headers=at("2.15"))
+    assert made.status == 200
+    group = made.body["server_group"]
+    assert (group["project_id"], group["user_id"]) == ("p1", "u1")
+    assert set(group) == GROUP_KEYS | {"project_id", "user_id"}
+    inst = owned(api, "web1", P1)
+    api.compute.server_groups.join(group["id"], inst.id)
+    again = _create(api, body={"os:scheduler_hints": {"group": group["id"]}})
+    settle(api)
+    assert api.store.instance(again.body["server"]["id"]).fault != NO_VALID_HOST  # soft
+    paused = call(api, "POST", f"/servers/{inst.id}/action", {"pause": None}, who=P1)
+    settle(api)
+    path = f"/servers/{inst.id}/os-instance-actions/{paused.headers['x-openstack-request-id']}"
+    assert "events" not in get(api, path, who=P1).body["instanceAction"]
+    (event,) = get(api, path, who=P1, version="2.51").body["instanceAction"]["events"]
+    assert set(event) == EVENT_KEYS - {"traceback"}
+    api.compute.destroy(inst.id)
+    assert get(api, f"/servers/{inst.id}/os-instance-actions", who=P1).status == 404
+    gone = get(api, f"/servers/{inst.id}/os-instance-actions", who=P1, version="2.21")
+    assert [a["action"] for a in gone.body["instanceActions"]] == ["delete", "pause"]
+    assert get(api, f"/servers/{inst.id}/os-instance-actions", who=P2,
+               version="2.21").status == 404

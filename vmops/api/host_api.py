@@ -9,15 +9,20 @@ makes no sense for one host (disabling its only compute service, powering
 it off through the API, maintenance mode) answers 501 ``notImplemented``,
 as Nova does for what a driver cannot do. All of these are admin calls
 (the policy in ``policy.py`` says so), but the zone list without details.
+
+Microversions up to 2.52: ``forced_down`` and the ``force-down`` action
+from 2.11; ``cpu_info`` an object from 2.28; hypervisor paging (``limit``,
+``marker``) from 2.33; ``os-hosts`` gone (404) from 2.43.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
 from vmops.api import parse, views
-from vmops.api.server import Request, Response, Router
+from vmops.api.server import Handler, Request, Response, Router
 from vmops.compute import host_facts
 from vmops.compute.manager import DOMAIN_PREFIX, Compute
 from vmops.errors import Invalid, NotFound, NotSupported, VmopsError
@@ -37,11 +42,11 @@ def add_routes(r: Router, compute: Compute) -> None:
     api = HostApi(compute)
     r.add("GET", f"{P}/os-services", api.list_services)
     r.add("PUT", f"{P}/os-services/{{action}}", api.update_service)
-    r.add("GET", f"{P}/os-hosts", api.list_hosts)
-    r.add("GET", f"{P}/os-hosts/{{host}}", api.show_host)
-    r.add("PUT", f"{P}/os-hosts/{{host}}", api.update_host)
+    r.add("GET", f"{P}/os-hosts", _before_2_43(api.list_hosts))
+    r.add("GET", f"{P}/os-hosts/{{host}}", _before_2_43(api.show_host))
+    r.add("PUT", f"{P}/os-hosts/{{host}}", _before_2_43(api.update_host))
     for action in ("startup", "shutdown", "reboot"):
-        r.add("GET", f"{P}/os-hosts/{{host}}/{action}", api.power_action)
+        r.add("GET", f"{P}/os-hosts/{{host}}/{action}", _before_2_43(api.power_action))
     r.add("GET", f"{P}/os-hypervisors", api.list_hypervisors)
     r.add("GET", f"{P}/os-hypervisors/detail", api.list_hypervisors_detail)
     r.add("GET", f"{P}/os-hypervisors/statistics", api.hypervisor_statistics)
@@ -53,6 +58,16 @@ def add_routes(r: Router, compute: Compute) -> None:
     r.add("GET", f"{P}/os-availability-zone/detail", api.list_zones_detail)
     r.add("GET", f"{P}/extensions", list_extensions)
     r.add("GET", f"{P}/extensions/{{alias}}", show_extension)
+
+
+def _before_2_43(handler: Handler) -> Handler:
+    """os-hosts is gone from microversion 2.43 (Nova: 404)."""
+    def served(req: Request) -> Response:
+        if req.at_least("2.43"):
+            raise NotFound("os-hosts is not served from microversion 2.43: use "
+                           "os-hypervisors and os-services")
+        return handler(req)
+    return served
 
 
 def nova_time(ts: float) -> str:
@@ -87,15 +102,16 @@ class HostApi:
         return host
 
     # -- os-services ---------------------------------------------------------
-    def _services(self) -> list[dict[str, Any]]:
+    def _services(self, req: Request) -> list[dict[str, Any]]:
         host, now, up = host_facts.hostname(), nova_time(time.time()), self._up()
+        forced = {"forced_down": False} if req.at_least("2.11") else {}
         return [{"id": ident, "binary": binary, "host": host, "zone": zone,
                  "status": "enabled", "state": "up" if up or binary != COMPUTE_BINARY
-                 else "down", "updated_at": now, "disabled_reason": None}
+                 else "down", "updated_at": now, "disabled_reason": None, **forced}
                 for ident, binary, _, zone in SERVICES]
 
     def list_services(self, req: Request) -> Response:
-        services = self._services()
+        services = self._services(req)
         for name in ("host", "binary"):
             wanted = req.arg(name)
             if wanted:
@@ -103,14 +119,18 @@ class HostApi:
         return Response(200, {"services": services})
 
     def update_service(self, req: Request) -> Response:
-        """PUT /os-services/enable, /disable, /disable-log-reason."""
+        """PUT /os-services/enable, /disable, /disable-log-reason; from 2.11
+        /force-down."""
         action = req.params["action"]
-        if action not in ("enable", "disable", "disable-log-reason"):
+        actions = ("enable", "disable", "disable-log-reason") + (
+            ("force-down",) if req.at_least("2.11") else ())
+        if action not in actions:
             raise NotFound("Unknown action")
         body = req.json()
         if not isinstance(body, dict):
             raise Invalid(reason="the request body must be a JSON object with host and binary")
-        parse.no_unknown(body, {"host", "binary", "disabled_reason"}, "the request body")
+        parse.no_unknown(body, {"host", "binary", "disabled_reason"} | (
+            {"forced_down"} if action == "force-down" else set()), "the request body")
         host = parse.field(body, "host", str, required=True)
         binary = parse.field(body, "binary", str, required=True)
         if host != host_facts.hostname() or binary not in {s[1] for s in SERVICES}:
@@ -119,6 +139,12 @@ class HostApi:
             reason = parse.field(body, "disabled_reason", str, required=True)
             if not 1 <= len(reason) <= 255:
                 raise Invalid(reason="disabled_reason is 1 to 255 characters")
+        if action == "force-down":
+            if not parse.field(body, "forced_down", bool, required=True):
+                return Response(200, {"service": {"host": host, "binary": binary,
+                                                  "forced_down": False}})
+            raise NotSupported(reason="the vmops service is itself every Nova service of this "
+                               "host: it is up while it answers, and cannot be forced down")
         if action == "enable":
             return Response(200, {"service": {"host": host, "binary": binary,
                                               "status": "enabled"}})
@@ -180,7 +206,7 @@ class HostApi:
         return {"id": HYPERVISOR_ID, "hypervisor_hostname": facts.hostname,
                 "state": "up" if self._up() else "down", "status": "enabled"}
 
-    def _detail(self, facts: host_facts.HostFacts) -> dict[str, Any]:
+    def _detail(self, facts: host_facts.HostFacts, req: Request) -> dict[str, Any]:
         return {**self._brief(facts), "vcpus": facts.vcpus, "memory_mb": facts.memory_mb,
                 "local_gb": facts.local_gb, "vcpus_used": facts.vcpus_used,
                 "memory_mb_used": facts.memory_mb_used, "local_gb_used": facts.local_gb_used,
@@ -188,7 +214,8 @@ class HostApi:
                 "hypervisor_version": facts.hypervisor_version,
                 "free_ram_mb": facts.free_ram_mb, "free_disk_gb": facts.free_disk_gb,
                 "current_workload": facts.current_workload, "running_vms": facts.running_vms,
-                "cpu_info": facts.cpu_info, "disk_available_least": facts.disk_available_least,
+                "cpu_info": json.loads(facts.cpu_info) if req.at_least("2.28")
+                else facts.cpu_info, "disk_available_least": facts.disk_available_least,
                 "host_ip": facts.host_ip,
                 "service": {"id": SERVICES[-1][0], "host": facts.hostname,
                             "disabled_reason": None}}
@@ -198,14 +225,30 @@ class HostApi:
             raise NotFound(f"Hypervisor with ID '{ident}' could not be found.")
         return self._facts()
 
+    def _page(self, req: Request) -> list[host_facts.HostFacts]:
+        """The one hypervisor, paged as Nova's from 2.33 (``limit``, ``marker``:
+        the id after which to start)."""
+        facts = [self._facts()]
+        if not req.at_least("2.33"):
+            return facts
+        marker, limit = req.arg("marker"), req.arg("limit")
+        if marker is not None:
+            if marker != str(HYPERVISOR_ID):
+                raise Invalid(f"marker [{marker}] not found")
+            facts = []
+        if limit is not None:
+            facts = facts[:parse.count_arg(limit, "limit")]
+        return facts
+
     def list_hypervisors(self, req: Request) -> Response:
-        return Response(200, {"hypervisors": [self._brief(self._facts())]})
+        return Response(200, {"hypervisors": [self._brief(f) for f in self._page(req)]})
 
     def list_hypervisors_detail(self, req: Request) -> Response:
-        return Response(200, {"hypervisors": [self._detail(self._facts())]})
+        return Response(200, {"hypervisors": [self._detail(f, req) for f in self._page(req)]})
 
     def show_hypervisor(self, req: Request) -> Response:
-        return Response(200, {"hypervisor": self._detail(self._hypervisor(req.params["id"]))})
+        return Response(200, {"hypervisor": self._detail(self._hypervisor(req.params["id"]),
+                                                         req)})
 
     def hypervisor_uptime(self, req: Request) -> Response:
         facts = self._hypervisor(req.params["id"])

@@ -24,12 +24,14 @@ from vmops.api.openapi import (
     query,
 )
 from vmops.compute.quotas import RESOURCES
-from vmops.compute.server_groups import POLICIES
+from vmops.compute.server_groups import POLICIES, SOFT_POLICIES
 
 P = "/v2.1"
 ID = {"type": ["integer", "string"]}
 STR_DICT = {"type": "object", "additionalProperties": STR}
 NO_BODY = ok(None, "204", "Done")
+HYPERVISOR_PAGING = [query("limit", "from 2.33: at most this many"),
+                     query("marker", "from 2.33: the hypervisors after this id")]
 ANY_OBJECT = {"type": "object"}
 
 
@@ -39,13 +41,15 @@ def closed(required: dict[str, Any], optional: dict[str, Any] | None = None) -> 
 
 def _host_paths() -> dict[str, Any]:
     service = closed({"id": ID, "binary": STR, "host": STR, "zone": STR, "status": STR,
-                      "state": STR, "updated_at": NULL_STR, "disabled_reason": NULL_STR})
+                      "state": STR, "updated_at": NULL_STR, "disabled_reason": NULL_STR},
+                     {"forced_down": BOOL})
     brief = {"id": ID, "hypervisor_hostname": STR, "state": STR, "status": STR}
     detail = closed({**brief, "vcpus": INT, "memory_mb": INT, "local_gb": INT,
                      "vcpus_used": INT, "memory_mb_used": INT, "local_gb_used": INT,
                      "hypervisor_type": STR, "hypervisor_version": INT, "free_ram_mb": INT,
                      "free_disk_gb": INT, "current_workload": INT, "running_vms": INT,
-                     "cpu_info": STR, "disk_available_least": {"type": ["integer", "null"]},
+                     "cpu_info": {"type": ["string", "object"]},
+                     "disk_available_least": {"type": ["integer", "null"]},
                      "host_ip": NULL_STR,
                      "service": closed({"id": ID, "host": STR, "disabled_reason": NULL_STR})})
     stats = closed({name: INT for name in (
@@ -74,12 +78,15 @@ def _host_paths() -> dict[str, Any]:
             params=[query("host", "only this host's"), query("binary", "only this binary")])},
         f"{P}/os-services/{{action}}": {
             "parameters": [{"name": "action", "in": "path", "required": True,
-                            "schema": {"enum": ["enable", "disable", "disable-log-reason"]},
-                            "description": "what to do"}],
-            "put": op(f"enable (already so) or disable a service (admin; {not_supported})",
-                      ok(closed({"service": closed({"host": STR, "binary": STR,
-                                                    "status": STR})})),
-                      body=closed({"host": STR, "binary": STR}, {"disabled_reason": STR}))},
+                            "schema": {"enum": ["enable", "disable", "disable-log-reason",
+                                                "force-down"]},
+                            "description": "what to do (force-down from 2.11)"}],
+            "put": op(f"enable (already so), disable or force down a service (admin; "
+                      f"{not_supported})",
+                      ok(closed({"service": closed({"host": STR, "binary": STR},
+                                                   {"status": STR, "forced_down": BOOL})})),
+                      body=closed({"host": STR, "binary": STR},
+                                  {"disabled_reason": STR, "forced_down": BOOL}))},
         f"{P}/os-hosts": {"get": op("This host, once per service (admin)", ok(closed(
             {"hosts": array(closed({"host_name": STR, "service": STR, "zone": STR}))})),
             params=[query("zone", "only this zone's")])},
@@ -94,10 +101,11 @@ def _host_paths() -> dict[str, Any]:
             f"Power the host ({action}) (admin; {not_supported})",
             ok(closed({"host": STR, "power_action": STR})))}
            for action in ("startup", "shutdown", "reboot")},
-        f"{P}/os-hypervisors": {"get": op("This host's hypervisor (admin)", ok(hyp_list))},
+        f"{P}/os-hypervisors": {"get": op("This host's hypervisor (admin)", ok(hyp_list),
+                                          params=HYPERVISOR_PAGING)},
         f"{P}/os-hypervisors/detail": {"get": op(
             "This host's hypervisor, with its resources (admin)",
-            ok(closed({"hypervisors": array(detail)})))},
+            ok(closed({"hypervisors": array(detail)})), params=HYPERVISOR_PAGING)},
         f"{P}/os-hypervisors/statistics": {"get": op(
             "Totals over the hypervisors (this one) (admin)",
             ok(closed({"hypervisor_statistics": stats})))},
@@ -130,12 +138,18 @@ def _host_paths() -> dict[str, Any]:
 
 
 def _quota_paths() -> dict[str, Any]:
-    absolute = closed({name: INT for name in (
-        *quota_api.LIMIT_NAMES.values(), "maxImageMeta", *quota_api.USED_NAMES.values())})
-    quota_set = closed({name: INT for name in RESOURCES})
-    with_id = closed({"id": STR, **{name: INT for name in RESOURCES}})
-    detail = closed({"id": STR, **{name: closed({"limit": INT, "in_use": INT, "reserved": INT})
-                                   for name in RESOURCES}})
+    # What some microversions leave out is optional; the rest is always there.
+    optional_limits = (*quota_api.NETWORK_LIMITS, "maxImageMeta")
+    every_limit = (*quota_api.LIMIT_NAMES.values(), "maxImageMeta",
+                   *quota_api.USED_NAMES.values())
+    absolute = closed({n: INT for n in every_limit if n not in optional_limits},
+                      {n: INT for n in optional_limits})
+    sometimes = (*quota_api.NETWORK_QUOTAS, *quota_api.SERVER_GROUP_QUOTAS)
+    always = [n for n in RESOURCES if n not in sometimes]
+    quota_set = closed({n: INT for n in always}, {n: INT for n in sometimes})
+    with_id = closed({"id": STR, **{n: INT for n in always}}, {n: INT for n in sometimes})
+    use = closed({"limit": INT, "in_use": INT, "reserved": INT})
+    detail = closed({"id": STR, **{n: use for n in always}}, {n: use for n in sometimes})
     quota_values = {name: {"type": ["integer", "string"]} for name in RESOURCES}
     server_usage = closed({
         "instance_id": STR, "name": STR, "tenant_id": STR, "hours": NUM, "memory_mb": INT,
@@ -147,7 +161,10 @@ def _quota_paths() -> dict[str, Any]:
     project = [{"name": "project", "in": "path", "required": True, "schema": STR,
                 "description": "a project's id"}]
     period = [query("start", "from (UTC, YYYY-MM-DDTHH:MM:SS[.ffffff]); default now"),
-              query("end", "to; default now")]
+              query("end", "to; default now"),
+              query("limit", "from 2.40: at most this many servers (1000 at most)"),
+              query("marker", "from 2.40: the servers after this one")]
+    next_links = array(closed({"href": STR, "rel": STR}))
     return {
         f"{P}/limits": {"get": op(
             "The project's absolute limits and usage (rate limits: none)",
@@ -177,13 +194,15 @@ def _quota_paths() -> dict[str, Any]:
         f"{P}/os-simple-tenant-usage": {"get": op(
             "Every project's usage over a period (admin)",
             ok(closed({"tenant_usages": array(closed(
-                totals, {"server_usages": array(server_usage)}))})),
+                totals, {"server_usages": array(server_usage)}))},
+                {"tenant_usages_links": next_links})),
             params=[*period, query("detailed", "1: with each server's usage")])},
         f"{P}/os-simple-tenant-usage/{{project}}": {"parameters": project, "get": op(
             "A project's usage over a period ({} if it had none)",
             ok(closed({"tenant_usage": {"oneOf": [
                 closed({**totals, "server_usages": array(server_usage)}),
-                {"type": "object", "maxProperties": 0}]}})), params=period)},
+                {"type": "object", "maxProperties": 0}]}},
+                {"tenant_usage_links": next_links})), params=period)},
     }
 
 
@@ -196,7 +215,7 @@ def _server_paths() -> dict[str, Any]:
     action = {"action": STR, "instance_uuid": STR, "request_id": STR, "user_id": STR,
               "project_id": STR, "start_time": STR, "message": NULL_STR}
     event = closed({"event": STR, "start_time": STR, "finish_time": NULL_STR,
-                    "result": NULL_STR, "traceback": NULL_STR})
+                    "result": NULL_STR}, {"traceback": NULL_STR})
     key = {"name": "key", "in": "path", "required": True, "schema": STR,
            "description": "a metadata key"}
     return {
@@ -236,13 +255,12 @@ def _server_paths() -> dict[str, Any]:
 
 
 def _server_group_paths() -> dict[str, Any]:
+    policy = {"enum": [*POLICIES, *SOFT_POLICIES]}
     group = closed({"id": STR, "name": STR, "members": array(STR)},
-                   {"policies": array({"enum": list(POLICIES)}), "metadata": ANY_OBJECT,
-                    "policy": {"enum": list(POLICIES)}, "rules": ANY_OBJECT,
-                    "project_id": STR, "user_id": STR})
+                   {"policies": array(policy), "metadata": ANY_OBJECT, "policy": policy,
+                    "rules": ANY_OBJECT, "project_id": STR, "user_id": STR})
     create = closed({"server_group": closed({"name": STR}, {
-        "policies": array({"enum": list(POLICIES)}), "policy": {"enum": list(POLICIES)},
-        "rules": ANY_OBJECT})})
+        "policies": array(policy), "policy": policy, "rules": ANY_OBJECT})})
     return {
         f"{P}/os-server-groups": {
             "get": op("The project's server groups (all_projects: every one, admin)",

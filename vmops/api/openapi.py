@@ -569,8 +569,15 @@ def document() -> dict[str, Any]:
         },
         "security": [{"token": []}],
         "paths": {**_other_paths(), **_server_paths(), **_catalog_paths(),
-                  **_network_paths()},
+                  **_network_paths(), **_nova_paths()},
     }
+
+
+def _nova_paths() -> dict[str, Any]:
+    """Nova's smaller APIs (services, hypervisors, quotas, server groups...)."""
+    from vmops.api import nova_openapi  # it builds on the helpers above
+
+    return nova_openapi.paths()
 
 
 def serve(req: Request) -> Response:

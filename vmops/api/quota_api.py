@@ -4,13 +4,20 @@
 The limits are the ones vmops enforces (``vmops/compute/quotas.py``). A
 member sees their own project's; an admin any project's. Updating quotas
 and listing every project's usage are admin calls (``policy.py``).
+
+Microversions up to 2.52: the network quotas and limits go from 2.36
+(quota sets, /limits), ``maxImageMeta`` from 2.39; usage is paged
+(``limit``, ``marker``, ``tenant_usage[s]_links``) from 2.40; quota class
+sets show the server group quotas and drop the network ones from 2.50.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from vmops.api import parse, views
 from vmops.api.server import Request, Response, Router
@@ -30,6 +37,11 @@ LIMIT_NAMES = {"instances": "maxTotalInstances", "cores": "maxTotalCores",
                "security_group_rules": "maxSecurityGroupRules",
                "server_groups": "maxServerGroups",
                "server_group_members": "maxServerGroupMembers"}
+NETWORK_QUOTAS = ("floating_ips", "fixed_ips", "security_groups", "security_group_rules")
+NETWORK_LIMITS = ("maxTotalFloatingIps", "totalFloatingIpsUsed", "maxSecurityGroups",
+                  "totalSecurityGroupsUsed", "maxSecurityGroupRules")
+SERVER_GROUP_QUOTAS = ("server_groups", "server_group_members")
+MAX_USAGE_PAGE = 1000  # Nova's max_limit
 USED_NAMES = {"instances": "totalInstancesUsed", "cores": "totalCoresUsed",
               "ram": "totalRAMUsed", "floating_ips": "totalFloatingIpsUsed",
               "security_groups": "totalSecurityGroupsUsed",
@@ -72,34 +84,38 @@ class QuotaApi:
         absolute = {name: limits[q] for q, name in LIMIT_NAMES.items()}
         absolute["maxImageMeta"] = limits["metadata_items"]
         absolute.update({name: used[q] for q, name in USED_NAMES.items()})
-        return Response(200, {"limits": {"rate": [], "absolute": absolute}})
+        gone = (NETWORK_LIMITS if req.at_least("2.36") else ()) + (
+            ("maxImageMeta",) if req.at_least("2.39") else ())
+        return Response(200, {"limits": {"rate": [], "absolute": _without(absolute, gone)}})
 
     # -- os-quota-sets -----------------------------------------------------------
     def show_quotas(self, req: Request) -> Response:
         """``?user_id=`` is accepted and shows the project's: vmops keeps
         quotas per project only."""
         project = own_project(req, _project(req.params["project"]))
-        return Response(200, {"quota_set": {"id": project, **self.quotas.limits(project)}})
+        return Response(200, {"quota_set": {"id": project, **_set_keys(
+            req, self.quotas.limits(project))}})
 
     def default_quotas(self, req: Request) -> Response:
         return Response(200, {"quota_set": {"id": req.params["project"],
-                                            **self.quotas.defaults()}})
+                                            **_set_keys(req, self.quotas.defaults())}})
 
     def quota_details(self, req: Request) -> Response:
         project = own_project(req, _project(req.params["project"]))
         limits = self.quotas.limits(project)
         used = self.quotas.usage(project, req.arg("user_id") or req.context.user_id)
-        return Response(200, {"quota_set": {"id": project, **{
+        return Response(200, {"quota_set": {"id": project, **_set_keys(req, {
             name: {"limit": limits[name], "in_use": used[name], "reserved": 0}
-            for name in quotas.RESOURCES}}})
+            for name in quotas.RESOURCES})}})
 
     def update_quotas(self, req: Request) -> Response:
         if req.arg("user_id") is not None:
             raise Invalid(reason="vmops keeps quotas per project, not per user: "
                           "drop user_id")
-        values, force = _quota_body(req.json(), "quota_set", allow_force=True)
+        values, force = _quota_body(req.json(), "quota_set", _set_names(req),
+                                    allow_force=True)
         limits = self.quotas.update(_project(req.params["project"]), values, force)
-        return Response(200, {"quota_set": limits})
+        return Response(200, {"quota_set": _set_keys(req, limits)})
 
     def reset_quotas(self, req: Request) -> Response:
         self.quotas.reset(_project(req.params["project"]))
@@ -108,14 +124,16 @@ class QuotaApi:
     # -- os-quota-class-sets: "default" is every project's defaults ----------------
     def show_quota_class(self, req: Request) -> Response:
         name = _class_name(req.params["name"])
-        return Response(200, {"quota_class_set": {"id": name,
-                                                  **self.quotas.class_limits(name)}})
+        return Response(200, {"quota_class_set": {"id": name, **_class_keys(
+            req, self.quotas.class_limits(name))}})
 
     def update_quota_class(self, req: Request) -> Response:
         """Nova's: the values are kept over the settings' (admin)."""
         name = _class_name(req.params["name"])
-        values, _ = _quota_body(req.json(), "quota_class_set", allow_force=False)
-        return Response(200, {"quota_class_set": self.quotas.update_class(name, values)})
+        values, _ = _quota_body(req.json(), "quota_class_set", _class_names(req),
+                                allow_force=False)
+        return Response(200, {"quota_class_set": _class_keys(
+            req, self.quotas.update_class(name, values))})
 
     # -- os-simple-tenant-usage ------------------------------------------------
     def list_usage(self, req: Request) -> Response:
@@ -123,15 +141,71 @@ class QuotaApi:
             raise NotFound("no project with an empty id")
         start, stop = _period(req)
         detailed = req.arg("detailed") == "1"
-        usages = _usages(self.compute.store.instances(), start, stop, detailed)
-        return Response(200, {"tenant_usages": list(usages.values())})
+        insts, links = self._usage_page(req, self.compute.store.instances(), start, stop)
+        usages = _usages(insts, start, stop, detailed)
+        return Response(200, {"tenant_usages": list(usages.values()),
+                              **({"tenant_usages_links": links} if links else {})})
 
     def show_usage(self, req: Request) -> Response:
         project = own_project(req, req.params["project"])
         start, stop = _period(req)
         insts = [i for i in self.compute.store.instances() if i.project_id == project]
+        insts, links = self._usage_page(req, insts, start, stop)
         usage = _usages(insts, start, stop, detailed=True).get(project, {})
-        return Response(200, {"tenant_usage": usage})
+        return Response(200, {"tenant_usage": usage,
+                              **({"tenant_usage_links": links} if links else {})})
+
+    def _usage_page(self, req: Request, insts: list[Instance], start: float,
+                    stop: float) -> tuple[list[Instance], list[dict[str, str]]]:
+        """The servers that count in the period, oldest first, at most
+        ``limit`` (Nova's max_limit, 1000, by default) after ``marker`` (from
+        2.40; before, the first 1000 silently, as Nova)."""
+        insts = sorted((i for i in insts if _counts(i, stop)),
+                       key=lambda i: (i.created_at, i.id))
+        limit = MAX_USAGE_PAGE
+        if req.at_least("2.40"):
+            marker = req.arg("marker")
+            if marker is not None:
+                ids = [i.id for i in insts]
+                if marker not in ids:
+                    raise Invalid(f"marker [{marker}] not found")
+                insts = insts[ids.index(marker) + 1:]
+            if req.arg("limit") is not None:
+                limit = min(limit, parse.count_arg(req.arg("limit") or "", "limit"))
+        page = insts[:limit]
+        if not req.at_least("2.40") or not page or len(page) < limit:
+            return page, []
+        query = {k: v[-1] for k, v in req.query.items() if k != "marker"}
+        query["marker"] = page[-1].id
+        href = f"{req.base_url}{req.path}?" + "&".join(
+            f"{k}={quote(v)}" for k, v in sorted(query.items()))
+        return page, [{"href": href, "rel": "next"}]
+
+
+def _without(values: dict[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    gone = set(names)
+    return {k: v for k, v in values.items() if k not in gone}
+
+
+def _set_names(req: Request) -> tuple[str, ...]:
+    """The quotas os-quota-sets shows and takes at the request's microversion."""
+    gone = NETWORK_QUOTAS if req.at_least("2.36") else ()
+    return tuple(n for n in quotas.RESOURCES if n not in gone)
+
+
+def _class_names(req: Request) -> tuple[str, ...]:
+    """os-quota-class-sets': the server group quotas from 2.50, the network
+    ones before."""
+    gone = NETWORK_QUOTAS if req.at_least("2.50") else SERVER_GROUP_QUOTAS
+    return tuple(n for n in quotas.RESOURCES if n not in gone)
+
+
+def _set_keys(req: Request, values: dict[str, Any]) -> dict[str, Any]:
+    return {n: values[n] for n in _set_names(req)}
+
+
+def _class_keys(req: Request, values: dict[str, Any]) -> dict[str, Any]:
+    return {n: values[n] for n in _class_names(req)}
 
 
 def _class_name(name: str) -> str:
@@ -147,13 +221,13 @@ def _project(project_id: str) -> str:
     return project_id
 
 
-def _quota_body(body: Any, key: str, allow_force: bool) -> tuple[dict[str, int], bool]:
+def _quota_body(body: Any, key: str, names: tuple[str, ...],
+                allow_force: bool) -> tuple[dict[str, int], bool]:
     """Nova's schema: each quota an integer (or its digits in a string) from
     -1 (unlimited) up, ``force`` a boolean (or "True"/"False")."""
     values = parse.section(body, key)
     parse.no_unknown(body, {key}, "the request body")
-    parse.no_unknown(values, set(quotas.RESOURCES) | ({"force"} if allow_force else set()),
-                     key)
+    parse.no_unknown(values, set(names) | ({"force"} if allow_force else set()), key)
     force = _boolean(values.get("force", False))
     limits = {name: _limit(name, value) for name, value in values.items() if name != "force"}
     return limits, force
@@ -209,6 +283,11 @@ def _iso(ts: float) -> str:
         timespec="microseconds")
 
 
+def _counts(inst: Instance, stop: float) -> bool:
+    """A server counts in a period if it was launched before its end."""
+    return inst.launched_at is not None and inst.launched_at < stop
+
+
 def _usages(insts: list[Instance], start: float, stop: float,
             detailed: bool) -> dict[str, dict[str, Any]]:
     """Nova's usage of each project over [start, stop]: servers that were
@@ -217,7 +296,7 @@ def _usages(insts: list[Instance], start: float, stop: float,
     now = time.time()
     out: dict[str, dict[str, Any]] = {}
     for inst in insts:
-        if inst.launched_at is None or inst.launched_at >= stop:
+        if inst.launched_at is None or not _counts(inst, stop):
             continue
         hours = max(0.0, stop - max(inst.launched_at, start)) / 3600.0
         flavor = inst.flavor

@@ -26,7 +26,6 @@ import socketserver
 import sqlite3
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from vmops.api.body_stream import BodyStream
+from vmops.compute import actions
 from vmops.errors import ConfigError, Invalid, NotFound, VmopsError, storage_full
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         self._stream: BodyStream | None = None
+        # Sent back as X-OpenStack-Request-Id, and recorded with any instance
+        # action the request starts (Nova's os-instance-actions).
+        self._request_id = actions.new_request_id()
         try:
             resp = self._respond()
         except Exception:  # noqa: BLE001 - never let a bug drop the connection
@@ -380,7 +383,9 @@ class _Handler(BaseHTTPRequestHandler):
                                  f"by the API. Minimum is {version_text(MIN_MICROVERSION)} "
                                  f"and maximum is {version_text(MAX_MICROVERSION)}.")
                 req.microversion = self._microversion = wanted
-            return self.server.router.dispatch(req)
+            caller = actions.Caller(self._request_id, context.user_id, context.project_id)
+            with actions.calling_as(caller):
+                return self.server.router.dispatch(req)
         except VmopsError as exc:
             return fault(exc.http_status, exc.fault_name, exc.message)
         except (OSError, sqlite3.Error) as exc:
@@ -467,7 +472,7 @@ class _Handler(BaseHTTPRequestHandler):
         # A client that does not take its answer is as slow as one that
         # does not send its body.
         self.connection.settimeout(self.server.limits.body_timeout)
-        request_id = f"req-{uuid.uuid4()}"
+        request_id = self.__dict__.pop("_request_id", None) or actions.new_request_id()
         version = version_text(getattr(self, "_microversion", MIN_MICROVERSION))
         headers = {"OpenStack-API-Version": f"compute {version}",
                    "X-OpenStack-Nova-API-Version": version,

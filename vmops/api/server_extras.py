@@ -9,6 +9,10 @@ vmops has no metadata service, so no guest ever posts a password: the
 password is always "" and DELETE has nothing to clear.
 
 A server of another project is not found (404), as in Nova; admins see all.
+
+Microversions up to 2.52: from 2.21 the actions of a deleted server are
+still shown; from 2.51 a member sees an action's events too (without
+``traceback``, which stays for admins).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from vmops.api import views
 from vmops.api.host_api import nova_time
 from vmops.api.server import Request, Response, Router
 from vmops.compute import states
-from vmops.compute.actions import InstanceAction
+from vmops.compute.actions import InstanceAction, InstanceActionNotFound
 from vmops.compute.manager import Compute
 from vmops.errors import Invalid, InvalidState, NotFound
 from vmops.store import Instance
@@ -151,19 +155,37 @@ class ServerExtras:
         return Response(204)
 
     # -- os-instance-actions -------------------------------------------------------
+    def _actions_of(self, req: Request) -> list[InstanceAction]:
+        """The server's actions; from 2.21 also a deleted server's (known by
+        its actions, which say whose it was)."""
+        ref = req.params["id"]
+        try:
+            return self.compute.actions.actions(self._server(req).id)
+        except NotFound:
+            if not req.at_least("2.21"):
+                raise
+        actions = self.compute.actions.actions(ref)
+        if not actions or not (req.context.is_admin
+                               or actions[0].project_id == req.context.project_id):
+            raise NotFound(f"Instance {ref} could not be found.") from None
+        return actions
+
     def list_actions(self, req: Request) -> Response:
-        inst = self._server(req)
-        return Response(200, {"instanceActions": [
-            _action(a) for a in self.compute.actions.actions(inst.id)]})
+        return Response(200, {"instanceActions": [_action(a) for a in self._actions_of(req)]})
 
     def show_action(self, req: Request) -> Response:
-        """Events (with why one failed, as Nova's traceback) for admins only,
-        as Nova's default policy at 2.1."""
-        inst = self._server(req)
-        action = self.compute.actions.action(inst.id, req.params["request_id"])
+        """Events (with why one failed, as Nova's traceback) for admins, and
+        from 2.51 for members too without the traceback, as Nova's policy."""
+        wanted = req.params["request_id"]
+        action = next((a for a in self._actions_of(req) if a.request_id == wanted), None)
+        if action is None:
+            raise InstanceActionNotFound(request_id=wanted)
         body = _action(action)
-        if req.context.is_admin:
-            body["events"] = [_event(action)]
+        if req.context.is_admin or req.at_least("2.51"):
+            event = _event(action)
+            if not req.context.is_admin:
+                del event["traceback"]
+            body["events"] = [event]
         return Response(200, {"instanceAction": body})
 
 

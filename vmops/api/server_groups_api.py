@@ -1,5 +1,6 @@
 """Nova's ``os-server-groups`` at microversion 2.1 (``policies``, a list of
-one) and, where the client asks for 2.64 or later and vmops serves it,
+one), with ``project_id`` and ``user_id`` from 2.13, the soft policies from
+2.15 and, where the client asks for 2.64 or later and vmops serves it,
 ``policy`` and ``rules``; plus the ``os:scheduler_hints`` ``group`` of
 server create. Where members go: ``vmops/compute/server_groups.py``.
 
@@ -15,7 +16,12 @@ from typing import Any
 from vmops.api import parse, views
 from vmops.api.server import Request, Response, Router
 from vmops.compute.manager import Compute, SpawnRequest
-from vmops.compute.server_groups import POLICIES, ServerGroup, ServerGroupNotFound
+from vmops.compute.server_groups import (
+    POLICIES,
+    SOFT_POLICIES,
+    ServerGroup,
+    ServerGroupNotFound,
+)
 from vmops.errors import Invalid
 
 P = views.API_PREFIX
@@ -53,6 +59,8 @@ class ServerGroupsApi:
                         user_id=group.user_id)
         else:
             body.update(policies=[group.policy], metadata={})
+            if req.at_least("2.13"):
+                body.update(project_id=group.project_id, user_id=group.user_id)
         return body
 
     def list_groups(self, req: Request) -> Response:
@@ -81,13 +89,14 @@ class ServerGroupsApi:
                 or any(not c.isprintable() for c in name):
             raise Invalid(reason=f"name must be 1 to {MAX_NAME_CHARS} printable characters, "
                           "without leading or trailing spaces")
-        policy = _policy(body, new_style)
+        policy = _policy(body, new_style, POLICIES + (
+            SOFT_POLICIES if req.at_least("2.15") else ()))
         group = self.groups.create(name, policy, req.context.project_id,
                                    req.context.user_id)
         return Response(200, {"server_group": self._view(req, group)})
 
 
-def _policy(body: dict[str, Any], new_style: bool) -> str:
+def _policy(body: dict[str, Any], new_style: bool, served: tuple[str, ...]) -> str:
     if new_style:
         policy = str(parse.field(body, "policy", str, required=True))
         if parse.field(body, "rules", dict, default={}):
@@ -97,11 +106,11 @@ def _policy(body: dict[str, Any], new_style: bool) -> str:
         policies = parse.field(body, "policies", list, required=True)
         if len(policies) != 1 or not isinstance(policies[0], str):
             raise Invalid(reason="policies is a list of exactly one policy: "
-                          f"{' or '.join(POLICIES)}")
+                          f"{' or '.join(served)}")
         policy = str(policies[0])
-    if policy not in POLICIES:
-        raise Invalid(reason=f"policy {policy[:40]!r} is not one vmops serves: "
-                      f"{' or '.join(POLICIES)}")
+    if policy not in served:
+        raise Invalid(reason=f"policy {policy[:40]!r} is not one served at this "
+                      f"microversion: {' or '.join(served)}")
     return policy
 
 

@@ -1,7 +1,9 @@
 """Server groups (Nova's ``os-server-groups``) and where their members go.
 
-vmops is one host, so ``affinity`` always holds, and ``anti-affinity``
-holds for one member only: a second server that joins an anti-affinity
+vmops is one host, so ``affinity`` (and ``soft-affinity``) always holds,
+``soft-anti-affinity`` is a wish that one host cannot grant (its members
+all land here, as Nova's weigher would do with one host), and
+``anti-affinity`` holds for one member only: a second server that joins an anti-affinity
 group whose first member is placed gets no host, as from Nova's scheduler
 (the server is recorded and ends in ERROR with Nova's NoValidHost fault).
 A member is placed unless it is in ERROR (a server whose spawn failed or
@@ -20,6 +22,7 @@ from vmops.errors import NotFound
 from vmops.store import Store
 
 POLICIES = ("affinity", "anti-affinity")
+SOFT_POLICIES = ("soft-affinity", "soft-anti-affinity")  # Nova: from microversion 2.15
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 
 
@@ -44,7 +47,7 @@ class ServerGroups:
         self.quotas = quotas
 
     def create(self, name: str, policy: str, project_id: str, user_id: str) -> ServerGroup:
-        if policy not in POLICIES:
+        if policy not in POLICIES + SOFT_POLICIES:
             raise ValueError(f"unknown server group policy {policy!r}")
         group = ServerGroup(str(uuid.uuid4()), name, policy, project_id, user_id, time.time())
         with self.quotas.lock:
