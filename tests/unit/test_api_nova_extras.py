@@ -744,3 +744,16 @@ def test_server_groups_and_actions_by_microversion(api: Api) -> None:
     assert [a["action"] for a in gone.body["instanceActions"]] == ["delete", "pause"]
     assert get(api, f"/servers/{inst.id}/os-instance-actions", who=P2,
                version="2.21").status == 404
+
+
+def test_every_verb_that_takes_a_server_is_an_action() -> None:
+    """Each verb Compute runs through _run has Nova's action name (a verb
+    missing here would go unrecorded)."""
+    import re
+
+    from vmops.compute import actions, manager
+
+    source = Path(manager.__file__).read_text()
+    verbs = set(re.findall(r'self\._run\([^,]+, "([a-z-]+)"', source))
+    assert verbs and verbs <= set(actions.ACTION_OF_VERB), verbs - set(actions.ACTION_OF_VERB)
+    assert set(actions.ACTION_OF_VERB.values()) <= set(actions.EVENT_OF_ACTION)

@@ -61,6 +61,8 @@ ACTION_OF_VERB = {
     "stop": "stop", "start": "start", "pause": "pause", "unpause": "unpause",
     "suspend": "suspend", "resume": "resume", "rebuild": "rebuild",
     "snapshot": "createImage", "rebuild-config-drive": "vmops:rebuildConfigDrive",
+    "resize": "resize", "confirm-resize": "confirmResize", "revert-resize": "revertResize",
+    "rescue": "rescue", "unrescue": "unrescue", "trigger-crash-dump": "trigger_crash_dump",
 }
 # The compute manager's event of each action, as Nova names it.
 EVENT_OF_ACTION = {
@@ -69,7 +71,10 @@ EVENT_OF_ACTION = {
     "start": "compute_start_instance", "pause": "compute_pause_instance",
     "unpause": "compute_unpause_instance", "suspend": "compute_suspend_instance",
     "resume": "compute_resume_instance", "rebuild": "compute_rebuild_instance",
-    "createImage": "compute_snapshot_instance",
+    "createImage": "compute_snapshot_instance", "resize": "compute_resize_instance",
+    "confirmResize": "compute_confirm_resize", "revertResize": "compute_revert_resize",
+    "rescue": "compute_rescue_instance", "unrescue": "compute_unrescue_instance",
+    "trigger_crash_dump": "compute_trigger_crash_dump",
     "vmops:rebuildConfigDrive": "compute_rebuild_config_drive",
 }
 SUCCESS, ERROR = "Success", "Error"
