@@ -74,7 +74,8 @@ class Client:
             conn = _UnixConnection(self.socket, self.timeout)
             try:
                 # Paths are the compute API's, or absolute ("/network/...").
-                full = path if path.startswith(("/network/", "/image/")) else PREFIX + path
+                absolute = path.startswith(("/network/", "/image/", "/volume/"))
+                full = path if absolute else PREFIX + path
                 conn.request(method, full, body=payload, headers=headers)
                 return conn.getresponse()
             except (FileNotFoundError, ConnectionRefusedError) as exc:

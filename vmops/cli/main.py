@@ -19,6 +19,7 @@ from typing import Any
 
 from vmops import config
 from vmops.cli import network as network_cli
+from vmops.cli import volume as volume_cli
 from vmops.cli.client import Client
 from vmops.cli.output import (
     human_bytes,
@@ -734,6 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
 
     network_cli.add_commands(sub, cmd, _client)
+    volume_cli.add_commands(sub, cmd, _client)
 
     sp = cmd("serve", cmd_serve, "run the engine for one state directory", json_flag=False)
     sp.add_argument("--listen", metavar="HOST:PORT", help="also serve the API on TCP")

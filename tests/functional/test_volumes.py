@@ -1,0 +1,89 @@
+"""Volumes with a real guest (one at a time): a volume attached to the
+running test guest appears in it with its size, stays through stop/start,
+suspend/resume and a service restart, disappears when detached, comes
+back when attached again, and is kept (available) when the instance is
+destroyed. The guest reports block devices as they come and go
+(``VMOPS-DISK <dev> <bytes>``, ``VMOPS-DISK-GONE <dev>``; tools/testimage)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import Vmops, separate_service, start_service, stop_service
+
+GIB = 1 << 30
+BEAT = r"VMOPS-HEARTBEAT \d+"
+
+
+@pytest.fixture
+def vm(test_image_dir: Path) -> Iterator[Vmops]:
+    with separate_service(test_image_dir) as service:
+        yield service
+
+
+def _disk_lines(vm: Vmops, name: str) -> list[str]:
+    return re.findall(r"VMOPS-DISK(?:-GONE)? vd[b-z](?: \d+)?",
+                      vm.console(name).decode(errors="replace"))
+
+
+def test_a_volume_comes_and_goes_in_a_running_guest(vm: Vmops) -> None:
+    vm.run("spawn", "v1", "--image", "tiny", "--flavor", "m1.tiny")
+    vm.wait_console("v1", BEAT)
+    assert _disk_lines(vm, "v1") == []  # only vda at boot
+    volume = vm.json("volume", "create", "data", "--size", "1")
+    assert (volume["status"], volume["size"], volume["vmops:format"]) == \
+        ("available", 1, "qcow2")
+
+    attached = vm.json("volume", "attach", "data", "v1")
+    assert attached["status"] == "in-use"
+    assert attached["attachments"][0]["device"] == "/dev/vdb"
+    vm.wait_console("v1", f"VMOPS-DISK vdb {GIB}")  # hot-plugged: the guest sees it
+
+    # In the persistent definition: a cold boot finds it again.
+    vm.run("stop", "v1")
+    vm.run("start", "v1")
+    vm.wait_console("v1", f"VMOPS-DISK vdb {GIB}", count=2)
+    # Suspend/resume and a service restart keep it; the detach after them
+    # proves it is still plugged into the running guest.
+    vm.run("suspend", "v1")
+    vm.run("resume", "v1")
+    stop_service(vm.service)  # type: ignore[attr-defined]
+    vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
+    assert vm.json("volume", "show", "data")["status"] == "in-use"
+
+    detached = vm.json("volume", "detach", "data", "v1")
+    assert (detached["status"], detached["attachments"]) == ("available", [])
+    vm.wait_console("v1", "VMOPS-DISK-GONE vdb")
+    beats = vm.heartbeat("v1")
+    vm.wait_console("v1", f"VMOPS-HEARTBEAT {beats + 2}")  # the guest runs on without it
+
+    vm.run("volume", "attach", "data", "v1", "--device", "vdc")
+    vm.wait_console("v1", f"VMOPS-DISK vd[b-z] {GIB}", count=3)
+    # Destroy releases it and keeps it; it can be deleted then.
+    vm.run("destroy", "v1")
+    kept = vm.json("volume", "show", "data")
+    assert (kept["status"], kept["attachments"]) == ("available", [])
+    assert Path(kept["vmops:path"]).is_file()
+    vm.run("volume", "delete", "data")
+    assert not Path(kept["vmops:path"]).exists()
+    assert vm.json("volume", "list") == []
+
+
+def test_volume_refusals_through_the_cli(vm: Vmops) -> None:
+    """Bad input gets a clear error and leaves nothing; no guest needed."""
+    for args, words in ((("volume", "create", "z", "--size", "0"), "at least 1 GiB"),
+                        (("volume", "create", "big", "--size", "60000"), "free in"),
+                        (("volume", "create", "x", "--size", "1", "--image", "nope"),
+                         "no image"),
+                        (("volume", "show", "nope"), "no volume"),
+                        (("volume", "attach", "nope", "nosuch"), "no volume")):
+        proc = vm.run(*args, check=False)
+        assert proc.returncode != 0 and words in proc.stderr, (args, proc.stderr)
+    assert json.loads(vm.run("volume", "list", "--json").stdout) == []
+    assert not (vm.state_dir / "volumes").exists() or \
+        list((vm.state_dir / "volumes").iterdir()) == []
