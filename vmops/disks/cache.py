@@ -189,7 +189,10 @@ class ImageCache:
         with self._temp(".upload") as upload:
             sha256, md5 = self._copy(src, upload, budget, Pace(self.limits, src.shown),
                                      progress, ("sha256", "md5"))
-            facts = inspect_image(upload, declared_format, text_is_raw=text_is_raw)
+            try:
+                facts = inspect_image(upload, declared_format, text_is_raw=text_is_raw)
+            except InvalidImage as exc:  # name the upload, not our temp file
+                raise InvalidImage(exc.message.replace(upload.name, src.shown)) from None
             final = self.root / f"{sha256}.{facts.format}"
             if not final.exists():
                 self._store(upload, facts.format, final)
