@@ -118,9 +118,10 @@ class Settings:
     image_cache_prune_interval: int = _opt(
         3600, "Seconds between automatic prunes of the image cache (0: never).", minimum=0)
     image_import_max_bytes: int = _opt(
-        64 << 30, "Largest image an import may bring in, in bytes (counted as received, "
-        "before any conversion). An import never takes more than the images directory's "
-        "free space less image_import_reserve_bytes either.", minimum=1)
+        64 << 30, "Largest image an import or a Glance upload may bring in, in bytes "
+        "(counted as received, before any conversion; an upload over it is answered 413). "
+        "An import never takes more than the images directory's free space less "
+        "image_import_reserve_bytes either.", minimum=1)
     image_import_reserve_bytes: int = _opt(
         1 << 30, "Free space, in bytes, an import always leaves on the file system of the "
         "images directory; one that would eat into it stops with an error.", minimum=0)
@@ -128,17 +129,19 @@ class Settings:
         7200, "Longest time a URL import may take from connecting to the last byte, in "
         "seconds.", minimum=1, maximum=7 * 86400)
     image_import_min_rate: int = _opt(
-        16384, "Slowest a URL import may go, in bytes per second averaged over "
-        "image_import_rate_window; a slower one stops with an error (0: no minimum).",
+        16384, "Slowest a URL import or a Glance upload may go, in bytes per second "
+        "averaged over image_import_rate_window; a slower one stops with an error (0: no "
+        "minimum).",
         minimum=0)
     image_import_rate_window: int = _opt(
         60, "Seconds over which a URL import's rate is measured against "
         "image_import_min_rate; also the longest wait for any single read.",
         minimum=1, maximum=3600)
     image_import_dirs: str = _opt(
-        "", "Directories (absolute, separated by ':') whose files API clients over TCP may "
-        "import as images. Empty: TCP clients may import from URLs only. Clients on the "
-        "unix socket (its owner) may import any host path.")
+        "", "Directories (absolute, separated by ':') whose files an admin over TCP may "
+        "import as images. Empty: TCP clients may import from URLs only. Only an admin may "
+        "import a host file at all; clients on the unix socket (its owner, root already) "
+        "act as admin and may import any host path.")
 
     network_mode: str = _opt(
         "auto", "How new instances' NICs are connected by default: bridge (the vmops "
