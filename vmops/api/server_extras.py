@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from vmops import configdrive
@@ -115,7 +116,8 @@ class ServerExtras:
         self._change(req, without)
         return Response(204)
 
-    def _change(self, req: Request, change: Any) -> dict[str, str]:
+    def _change(self, req: Request,
+                change: Callable[[dict[str, str]], dict[str, str]]) -> dict[str, str]:
         with self._metadata_lock:
             inst = self._server(req)
             if inst.vm_state not in METADATA_STATES or inst.task_state is not None \

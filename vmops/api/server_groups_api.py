@@ -27,6 +27,7 @@ from vmops.errors import Invalid
 P = views.API_PREFIX
 POLICY_FIELD_VERSION = "2.64"  # policy + rules replace policies
 MAX_NAME_CHARS = 255
+HINT_KEYS = ("os:scheduler_hints", "OS-SCH-HNT:scheduler_hints")
 
 
 def add_routes(r: Router, compute: Compute) -> None:
@@ -127,20 +128,23 @@ def with_scheduler_hint(compute: Compute, req: Request, spawn: SpawnRequest) -> 
     """Server create: an ``os:scheduler_hints`` ``group`` (a server group of
     the caller's project: else 400) is where the server goes."""
     body = req.json()
-    hints = (body.get("os:scheduler_hints") or body.get("OS-SCH-HNT:scheduler_hints")) \
-        if isinstance(body, dict) else None
-    group_id = None
-    if hints is not None:
-        if not isinstance(hints, dict):
-            raise Invalid(reason="os:scheduler_hints must be an object")
-        group_id = hints.get("group")
-        if group_id is not None:
-            if not isinstance(group_id, str):
-                raise Invalid(reason="os:scheduler_hints group must be a server group's id")
-            try:
-                group = compute.server_groups.group(group_id)
-            except ServerGroupNotFound as exc:
-                raise Invalid(reason=exc.message) from None
-            if group.project_id != req.context.project_id:
-                raise Invalid(reason=ServerGroupNotFound(group=group_id).message)
+    groups = [_hint_group(key, body[key]) for key in HINT_KEYS
+              if isinstance(body, dict) and key in body]
+    group_id = next((g for g in groups if g is not None), None)
+    if group_id is not None:
+        try:
+            group = compute.server_groups.group(group_id)
+        except ServerGroupNotFound as exc:
+            raise Invalid(reason=exc.message) from None
+        if group.project_id != req.context.project_id:
+            raise Invalid(reason=ServerGroupNotFound(group=group_id).message)
     return dataclasses.replace(spawn, server_group=group_id)
+
+
+def _hint_group(key: str, hints: Any) -> str | None:
+    if not isinstance(hints, dict):
+        raise Invalid(reason=f"{key} must be an object")
+    group = hints.get("group")
+    if group is not None and not isinstance(group, str):
+        raise Invalid(reason=f"{key} group must be a server group's id")
+    return group
