@@ -229,6 +229,18 @@ def test_hypervisors_report_the_host(api: Api) -> None:
         running.id, api.store.instance("web2").id}
 
 
+def test_failed_spawns_hold_nothing_on_the_host(api: Api) -> None:
+    failed = owned(api, "web1", P1, vm_state=states.ERROR)
+    api.store.update_instance(failed, disks=())
+    (detail,) = get(api, "/os-hypervisors/detail").body["hypervisors"]
+    assert (detail["vcpus_used"], detail["memory_mb_used"]) == (0, 0)
+    assert "p1" not in {r["resource"]["project"] for r in get(api, f"/os-hosts/{HOST}").body[
+        "host"]}
+    (hypervisor,) = get(api, f"/os-hypervisors/{HOST}/servers").body["hypervisors"]
+    assert "servers" not in hypervisor
+    assert get(api, "/limits", who=P1).body["limits"]["absolute"]["totalInstancesUsed"] == 1
+
+
 def test_no_servers_key_without_servers(api: Api) -> None:
     (hypervisor,) = get(api, f"/os-hypervisors/{HOST}/servers").body["hypervisors"]
     assert "servers" not in hypervisor

@@ -170,7 +170,7 @@ class HostApi:
                                  "memory_mb": memory_mb, "disk_gb": disk_gb}}
 
         per_project: dict[str, list[int]] = {}
-        for inst in self.compute.store.instances():
+        for inst in host_facts.on_host(self.compute.store.instances()):
             totals = per_project.setdefault(inst.project_id, [0, 0, 0])
             totals[0] += int(inst.flavor.get("vcpus", 0))
             totals[1] += int(inst.flavor.get("ram_mib", 0))
@@ -279,7 +279,7 @@ class HostApi:
         """Nova lists ``servers`` only when there are some."""
         hypervisor = self._brief(self._matching(req.params["pattern"]))
         servers = [{"uuid": i.id, "name": i.domain_name or DOMAIN_PREFIX + i.name}
-                   for i in self.compute.store.instances()]
+                   for i in host_facts.on_host(self.compute.store.instances())]
         if servers:
             hypervisor["servers"] = servers
         return Response(200, {"hypervisors": [hypervisor]})

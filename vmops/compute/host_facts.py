@@ -62,8 +62,15 @@ def hostname() -> str:
     return socket.gethostname()
 
 
+def on_host(instances: list[Instance]) -> list[Instance]:
+    """The instances that hold a place here: all but those whose spawn
+    failed or was refused (ERROR with no disks), as Nova's servers that
+    never got a host."""
+    return [i for i in instances if i.vm_state != states.ERROR or i.disks]
+
+
 def gather(instances: list[Instance], state_dir: Path, listen: str = "") -> HostFacts:
-    holding = [i for i in instances if i.vm_state != states.ERROR or i.disks]
+    holding = on_host(instances)
     disk = shutil.disk_usage(state_dir if state_dir.exists() else state_dir.parent)
     return HostFacts(
         hostname=hostname(), host_ip=host_ip(listen), vcpus=os.cpu_count() or 1,
