@@ -8,6 +8,7 @@ change is written to the store as it happens.
 from __future__ import annotations
 
 import base64
+import contextvars
 import logging
 import os
 import shutil
@@ -374,7 +375,9 @@ class Compute:
             return
         self._cancelled.add(inst.id)
         self.store.update_instance(inst, task_state=states.DELETING)
-        threading.Thread(target=self._destroy_after_build, args=(inst.id,),
+        # As the request that asked, so the delete action carries its id.
+        threading.Thread(target=contextvars.copy_context().run,
+                         args=(self._destroy_after_build, inst.id),
                          name=f"delete-{inst.name}", daemon=True).start()
 
     def _destroy_after_build(self, instance_id: str) -> None:
