@@ -480,3 +480,12 @@ def test_only_an_admin_imports_a_host_file(glance: Api, tmp_path: Path) -> None:
     # An admin over TCP: only inside image_import_dirs (none are set here).
     assert glance.post("/v2.1/images", body).status == 403
     assert glance.store.images() == [] and cache_files(glance) == []
+
+
+def test_the_compute_image_proxy_deletes_only_the_projects_own(glance: Api) -> None:
+    mine = create(glance, visibility="private").body["id"]
+    public = create(glance, token=TOKEN, visibility="public").body["id"]
+    assert glance.call("DELETE", f"/v2.1/images/{mine}", token="bob").status == 404
+    assert glance.call("DELETE", f"/v2.1/images/{public}", token="bob").status == 403
+    assert glance.call("DELETE", f"/v2.1/images/{mine}", token="alice").status == 204
+    assert [i.id for i in glance.store.images()] == [public]

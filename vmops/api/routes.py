@@ -599,7 +599,12 @@ class Routes:
         return Response(202, {"image": self._image_view(image, req)})
 
     def delete_image(self, req: Request) -> Response:
-        self.catalog.delete_image(req.params["id"])
+        """Only the image's project (or an admin) deletes it: 404 for an image
+        the caller cannot see, 403 for one it sees but does not own."""
+        ctx = req.context
+        image = image_service.visible_image(self.store, req.params["id"], ctx)
+        image_service.owned_image(self.store, image.id, ctx)
+        self.catalog.delete_image(image.id, None if ctx.is_admin else ctx.project_id)
         return Response(204)
 
     def prune_images(self, req: Request) -> Response:
