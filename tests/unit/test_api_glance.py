@@ -489,3 +489,30 @@ def test_the_compute_image_proxy_deletes_only_the_projects_own(glance: Api) -> N
     assert glance.call("DELETE", f"/v2.1/images/{public}", token="bob").status == 403
     assert glance.call("DELETE", f"/v2.1/images/{mine}", token="alice").status == 204
     assert [i.id for i in glance.store.images()] == [public]
+
+
+@pytest.mark.parametrize(("headers", "status"), [
+    ("Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),  # a smuggling sign
+    ("Transfer-Encoding: gzip\r\n", 501), ("Content-Length: -1\r\n", 400)])
+def test_upload_framing_that_is_refused_before_a_byte_is_read(glance: Api, headers: str,
+                                                              status: int) -> None:
+    image_id = create(glance).body["id"]
+    with socket.create_connection(("127.0.0.1", glance.port), timeout=10) as sock:
+        sock.sendall((f"PUT {IMAGES}/{image_id}/file HTTP/1.1\r\nHost: x\r\n"
+                      "X-Auth-Token: alice\r\nContent-Type: application/octet-stream\r\n"
+                      f"{headers}\r\n").encode())
+        reply = sock.recv(65536)
+    assert reply.startswith(f"HTTP/1.1 {status}".encode())
+    assert glance.store.image(image_id).status == "queued" and cache_files(glance) == []
+
+
+def test_a_keep_alive_connection_carries_on_after_an_upload(glance: Api) -> None:
+    image_id = create(glance).body["id"]
+    conn = http.client.HTTPConnection("127.0.0.1", glance.port, timeout=10)
+    conn.request("PUT", f"{IMAGES}/{image_id}/file", body=iter([RAW[:100], RAW[100:]]),
+                 headers={"X-Auth-Token": "alice", "Content-Type": "application/octet-stream"},
+                 encode_chunked=True)
+    assert conn.getresponse().read() == b""
+    conn.request("GET", f"{IMAGES}/{image_id}", headers={"X-Auth-Token": "alice"})
+    assert json.loads(conn.getresponse().read())["status"] == "active"
+    conn.close()
