@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -769,3 +770,20 @@ def test_every_verb_that_takes_a_server_is_an_action() -> None:
     verbs = set(re.findall(r'self\._run\([^,]+, "([a-z-]+)"', source))
     assert verbs and verbs <= set(actions.ACTION_OF_VERB), verbs - set(actions.ACTION_OF_VERB)
     assert set(actions.ACTION_OF_VERB.values()) <= set(actions.EVENT_OF_ACTION)
+
+
+def test_delete_while_building_is_recorded_with_its_request(api: Api) -> None:
+    inst = owned(api, "web1", P1, vm_state=states.BUILDING)
+    api.compute.tasks.acquire(inst.id, inst.name, states.SPAWNING)  # a spawn under way
+    deleted = call(api, "DELETE", f"/servers/{inst.id}", who=P1)
+    assert deleted.status == 204
+    api.compute.tasks.release(inst.id)  # the build ends, as a spawn's end does:
+    api.compute._notify()  # noqa: SLF001 - it wakes whoever waits for the instance
+    for _ in range(500):
+        rows = api.store.query("SELECT request_id, user_id, result FROM instance_actions "
+                               "WHERE instance_id = ? AND action = 'delete'", inst.id)
+        if rows and rows[0]["result"]:
+            break
+        time.sleep(0.01)
+    assert [tuple(r) for r in rows] == [
+        (deleted.headers["x-openstack-request-id"], "u1", "Success")]
