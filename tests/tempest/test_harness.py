@@ -41,6 +41,16 @@ def test_a_skipped_class_setup_skips_its_tests_with_the_reason() -> None:
     assert (run.tests[A].status, run.tests[A].reason) == (report.SKIPPED, "microversion")
 
 
+def test_excluded_tests_count_as_skipped_with_the_lists_reason(tmp_path: Path) -> None:
+    path = tmp_path / "excluded.txt"
+    path.write_text("# header\n\\.test_b\\b  # needs Neutron networks\n")
+    excluded = report.excluded_ids([A, B], report.read_exclusions(path))
+    assert excluded == {B: "needs Neutron networks"}
+    run = report.combine([A, B], [{"id": A, "status": "success"}], excluded)
+    assert (run.tests[B].status, run.tests[B].reason) == (
+        report.SKIPPED, "excluded: needs Neutron networks")
+
+
 def test_a_test_nobody_reported_is_a_failure_too() -> None:
     run = report.combine([A], [])
     assert run.tests[A].status == report.FAILED
@@ -86,6 +96,17 @@ def test_first_line_prefers_tempests_details() -> None:
               "tempest.lib.exceptions.NotFound: Object not found")
     assert report.first_line(reason) == ("tempest.lib.exceptions.NotFound: Object not found | "
                                          "Details: {'code': 404, 'message': 'nope'}")
+
+
+def test_causes_group_failures_that_differ_only_in_ids_and_names() -> None:
+    why = "Details: {'code': 404, 'message': 'no server %s (tempest-Server-%d)'}"
+    recorded = [{"id": A, "status": "fail",
+                 "reason": why % ("0ff011b7-b6d1-44f8-8196-a07186ae26a2", 1)},
+                {"id": B, "status": "fail",
+                 "reason": why % ("ab5de4a1-b02c-4d3b-bb47-9d78bce774cb", 22)}]
+    ((text, count),) = report.causes(report.combine([A, B], recorded))
+    assert count == 2
+    assert text == "Details: {'code': <n>, 'message': 'no server <id> (<name>)'}"
 
 
 def test_tempest_conf_states_the_cloud(tmp_path: Path) -> None:

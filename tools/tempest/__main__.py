@@ -32,10 +32,12 @@ CACHE = REPO / ".cache" / "tempest"
 LISTS = REPO / "tests" / "tempest"
 EXPECTED = LISTS / "expected-pass.txt"
 SLICE = LISTS / "ci-slice.txt"
+EXCLUDED = LISTS / "excluded.txt"
 ALL_COMPUTE = r"^tempest\.api\.compute\."
 TEMPEST_VERSION = "47.0.0"
 # Seconds one test may take before Tempest's fixture stops it.
 TEST_TIMEOUT_S = 1200
+CAUSES_SHOWN = 25
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,7 +102,10 @@ class Tempest:
                 if line.startswith("tempest.")]
 
     def run(self, selection: list[str], concurrency: int) -> int:
-        """tempest run, its output shown and kept in tempest-run.txt."""
+        """tempest run (without the tests of EXCLUDED), its output shown and
+        kept in tempest-run.txt."""
+        if report.read_exclusions(EXCLUDED):
+            selection = [*selection, "--exclude-list", str(EXCLUDED)]
         with (self.run_dir / "tempest-run.txt").open("w") as copy:
             proc = subprocess.Popen(
                 self._cmd("tempest", "run", "--config-file", str(self.conf),
@@ -190,6 +195,10 @@ def print_report(run: report.Run, verdict: report.Verdict, run_dir: Path) -> Non
         for line in failures:
             print(f"  {line}")
         print()
+    print("Failures by cause (tests: cause):")
+    for text, count in report.causes(run)[:CAUSES_SHOWN]:
+        print(f"  {count:>4}: {text}")
+    print()
     print(report.totals_line(run))
     if verdict.new_passes:
         print(f"{len(verdict.new_passes)} passed but are not in {EXPECTED.relative_to(REPO)} "
@@ -213,7 +222,8 @@ def write_failures(run: report.Run, run_dir: Path) -> None:
 
 def conclude(run_dir: Path, selected: list[str], recorded: list[dict[str, Any]],
              facts: dict[str, Any], update_expected: bool) -> int:
-    run = report.combine(selected, recorded)
+    excluded = report.excluded_ids(selected, report.read_exclusions(EXCLUDED))
+    run = report.combine(selected, recorded, excluded)
     expected = report.read_list(EXPECTED)
     verdict = report.judge(run, expected)
     (run_dir / "results.json").write_text(

@@ -77,8 +77,10 @@ class Run:
         return {test_id for test_id, outcome in self.tests.items() if outcome.status == status}
 
 
-def combine(selected: list[str], recorded: list[dict[str, Any]]) -> Run:
-    """The run's outcome from the selected ids and subunit's records."""
+def combine(selected: list[str], recorded: list[dict[str, Any]],
+            excluded: dict[str, str] | None = None) -> Run:
+    """The run's outcome from the selected ids and subunit's records; the
+    ``excluded`` ones (id -> why) were not run and count as skipped."""
     fixtures: dict[str, str] = {}  # failed class fixtures
     class_skips: dict[str, str] = {}  # class -> why its setUpClass skipped it all
     by_id: dict[str, Outcome] = {}
@@ -95,6 +97,9 @@ def combine(selected: list[str], recorded: list[dict[str, Any]]) -> Run:
                                           record.get("seconds"))
     tests: dict[str, Outcome] = {}
     for test_id in selected:
+        if excluded and test_id in excluded:
+            tests[test_id] = Outcome(SKIPPED, f"excluded: {excluded[test_id]}")
+            continue
         outcome = by_id.pop(test_id, None)
         tests[test_id] = (outcome if outcome is not None
                           else _unreported(test_id, fixtures, class_skips))
@@ -113,6 +118,25 @@ def _unreported(test_id: str, fixtures: dict[str, str], class_skips: dict[str, s
 
 
 # The expected-pass list: one test id a line; '#' starts a comment.
+# The exclusion list: a regular expression a line, '#' and the reason after it.
+
+def read_exclusions(path: Path) -> list[tuple[re.Pattern[str], str]]:
+    """(pattern, reason) of each line, as stestr reads its exclude list."""
+    if not path.exists():
+        return []
+    found = []
+    for line in path.read_text().splitlines():
+        pattern, _, reason = line.partition("#")
+        if pattern.strip():
+            found.append((re.compile(pattern.strip()), reason.strip()))
+    return found
+
+
+def excluded_ids(selected: list[str], exclusions: list[tuple[re.Pattern[str], str]],
+                 ) -> dict[str, str]:
+    return {test_id: reason for test_id in selected
+            for pattern, reason in exclusions[::-1] if pattern.search(test_id)}
+
 
 def read_list(path: Path) -> list[str]:
     if not path.exists():
@@ -185,6 +209,26 @@ def failure_lines(run: Run) -> list[str]:
     return lines
 
 
+# What varies between two failures of one cause: ids, names Tempest made up, numbers.
+_VARYING = [(re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}"),
+             "<id>"),
+            (re.compile(r"tempest-[\w-]+"), "<name>"),
+            (re.compile(r"\b\d+(\.\d+)?\b"), "<n>")]
+
+
+def cause(reason: str) -> str:
+    text = first_line(reason.removeprefix("setUpClass failed: "), width=240)
+    for pattern, placeholder in _VARYING:
+        text = pattern.sub(placeholder, text)
+    return text
+
+
+def causes(run: Run) -> list[tuple[str, int]]:
+    """The failed tests' reasons with what varies taken out, most tests first."""
+    counts = Counter(cause(o.reason) for o in run.tests.values() if o.status == FAILED)
+    return counts.most_common()
+
+
 def as_json(run: Run, verdict: Verdict, facts: dict[str, Any]) -> dict[str, Any]:
     totals = run.totals()
     return {
@@ -195,6 +239,7 @@ def as_json(run: Run, verdict: Verdict, facts: dict[str, Any]) -> dict[str, Any]
         "tests": {test_id: {"status": o.status, "reason": o.reason, "seconds": o.seconds}
                   for test_id, o in sorted(run.tests.items())},
         "class_fixture_failures": run.fixture_failures,
+        "causes": [{"tests": count, "cause": text} for text, count in causes(run)],
         "regressions": sorted(verdict.regressions),
         "new_passes": verdict.new_passes,
     }
