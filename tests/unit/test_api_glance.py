@@ -516,3 +516,12 @@ def test_a_keep_alive_connection_carries_on_after_an_upload(glance: Api) -> None
     conn.request("GET", f"{IMAGES}/{image_id}", headers={"X-Auth-Token": "alice"})
     assert json.loads(conn.getresponse().read())["status"] == "active"
     conn.close()
+
+
+def test_no_server_is_made_from_another_projects_private_image(glance: Api) -> None:
+    image_id = create(glance, visibility="private").body["id"]
+    upload(glance, image_id, RAW)
+    body = {"server": {"name": "s", "imageRef": image_id, "flavorRef": "1"}}
+    refused = glance.post("/v2.1/servers", body, token="bob")
+    assert refused.status == 400 and image_id in refused.fault()[1]
+    assert glance.store.instances() == []

@@ -226,6 +226,7 @@ class Routes:
                                     user_id=ctx.user_id,
                                     reservation_id=f"r-{secrets.token_hex(4)}")
         spawn = server_groups_api.with_scheduler_hint(self.compute, req, spawn)
+        self._check_image_visible(spawn.image, ctx)
         if spawn.key_name is not None:
             try:
                 self.store.keypair(spawn.key_name, ctx.user_id)
@@ -390,9 +391,18 @@ class Routes:
         return Response(202, headers={
             "Location": views.link(req.base_url, "images", image.id)[0]["href"]})
 
+    def _check_image_visible(self, ref: str, ctx: Context) -> None:
+        """Another project's private image is no image to this caller: a
+        server is never made from it (Nova: 400 for an imageRef not found)."""
+        try:
+            image_service.visible_image(self.store, ref, ctx)
+        except ImageNotFound as exc:
+            raise Invalid(reason=exc.message) from None
+
     def _rebuild(self, ref: str, arg: Any, req: Request) -> Response:
         """Nova: 202 with the server (and its new admin password)."""
         rebuild = parse.rebuild(arg, req.microversion)
+        self._check_image_visible(rebuild.image, req.context)
         before = self.store.instance(ref)
         if rebuild.changes:
             self.store.update_instance(before, **rebuild.changes)
