@@ -103,7 +103,7 @@ def test_refused_spawns_leave_nothing(env: dict[str, Any]) -> None:
     with pytest.raises(FlavorTooSmall, match=r"1073741824.*2147483648"):
         env["compute"].create(SpawnRequest("web1", "big", "m1.tiny"), background=False)
     with pytest.raises(InvalidName):
-        _spawn(env, name="bad/name")
+        _spawn(env, name=" leading space")  # display names: printable, not padded
     env["problems"].append("qemu-system-x86_64: not found (apt-get install qemu-system-x86)")
     with pytest.raises(HostNotReady, match="apt-get install qemu-system-x86"):
         _spawn(env)
