@@ -99,14 +99,14 @@ def test_first_line_prefers_tempests_details() -> None:
 
 
 def test_causes_group_failures_that_differ_only_in_ids_and_names() -> None:
-    why = "Details: {'code': 404, 'message': 'no server %s (tempest-Server-%d)'}"
+    why = "Details: {'code': 404, 'message': 'no server %s (tempest-Server-%d) at 127.0.0.1:80'}"
     recorded = [{"id": A, "status": "fail",
-                 "reason": why % ("0ff011b7-b6d1-44f8-8196-a07186ae26a2", 1)},
+                 "reason": why % ("0ff011b7-b6d1-44f8-8196-a07186ae26a2", 123456)},
                 {"id": B, "status": "fail",
                  "reason": why % ("ab5de4a1-b02c-4d3b-bb47-9d78bce774cb", 22)}]
     ((text, count),) = report.causes(report.combine([A, B], recorded))
     assert count == 2
-    assert text == "Details: {'code': <n>, 'message': 'no server <id> (<name>)'}"
+    assert text == "Details: {'code': 404, 'message': 'no server <id> (<name>) at <address>'}"
 
 
 def test_tempest_conf_states_the_cloud(tmp_path: Path) -> None:
@@ -123,7 +123,7 @@ def test_tempest_conf_states_the_cloud(tmp_path: Path) -> None:
     assert parsed["compute"]["fixed_network_name"] == ""
     assert parsed["auth"]["use_dynamic_credentials"] == "true"
     assert parsed["service_available"]["glance"] == "false"
-    assert parsed["service_available"]["neutron"] == "false"
+    assert parsed["service_available"]["neutron"] == "true"
     assert parsed["compute-feature-enabled"]["pause"] == "true"
     assert parsed["compute-feature-enabled"]["resize"] == "false"
     assert parsed["validation"]["run_validation"] == "false"

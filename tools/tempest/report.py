@@ -213,7 +213,9 @@ def failure_lines(run: Run) -> list[str]:
 _VARYING = [(re.compile(r"[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}"),
              "<id>"),
             (re.compile(r"tempest-[\w-]+"), "<name>"),
-            (re.compile(r"\b\d+(\.\d+)?\b"), "<n>")]
+            (re.compile(r"\d{4}-\d\d-\d\dT[\d:.]+Z?"), "<time>"),
+            (re.compile(r"\d+\.\d+\.\d+\.\d+(:\d+)?"), "<address>"),
+            (re.compile(r"\b\d{5,}\b"), "<n>")]
 
 
 def cause(reason: str) -> str:
