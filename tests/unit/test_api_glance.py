@@ -525,3 +525,16 @@ def test_no_server_is_made_from_another_projects_private_image(glance: Api) -> N
     refused = glance.post("/v2.1/servers", body, token="bob")
     assert refused.status == 400 and image_id in refused.fault()[1]
     assert glance.store.instances() == []
+
+
+@pytest.mark.parametrize(("attrs", "words"), [
+    ({"min_ram": 4096}, "Flavor's memory is too small for requested image."),
+    ({"min_disk": 2}, "Flavor's disk is smaller than the minimum size specified")])
+def test_an_image_that_needs_a_bigger_flavor_is_refused(glance: Api, attrs: dict[str, Any],
+                                                        words: str) -> None:
+    image_id = create(glance, **attrs).body["id"]
+    upload(glance, image_id, RAW)
+    body = {"server": {"name": "s", "imageRef": image_id, "flavorRef": "1"}}  # 512 MiB, 1 GB
+    refused = glance.post("/v2.1/servers", body, token="alice")
+    assert refused.status == 400 and words in refused.fault()[1]
+    assert glance.store.instances() == []

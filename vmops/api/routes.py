@@ -226,7 +226,7 @@ class Routes:
                                     user_id=ctx.user_id,
                                     reservation_id=f"r-{secrets.token_hex(4)}")
         spawn = server_groups_api.with_scheduler_hint(self.compute, req, spawn)
-        self._check_image_visible(spawn.image, ctx)
+        self._check_image_visible(spawn.image, ctx, spawn.flavor)
         if spawn.key_name is not None:
             try:
                 self.store.keypair(spawn.key_name, ctx.user_id)
@@ -391,13 +391,27 @@ class Routes:
         return Response(202, headers={
             "Location": views.link(req.base_url, "images", image.id)[0]["href"]})
 
-    def _check_image_visible(self, ref: str, ctx: Context) -> None:
+    def _check_image_visible(self, ref: str, ctx: Context, flavor_ref: str = "") -> None:
         """Another project's private image is no image to this caller: a
-        server is never made from it (Nova: 400 for an imageRef not found)."""
+        server is never made from it (Nova: 400 for an imageRef not found).
+        With a flavor: the image's min_ram and min_disk must fit in it (Nova's
+        words; a flavor with no root disk takes the image's size)."""
         try:
-            image_service.visible_image(self.store, ref, ctx)
+            image = image_service.visible_image(self.store, ref, ctx)
         except ImageNotFound as exc:
             raise Invalid(reason=exc.message) from None
+        if not flavor_ref:
+            return
+        try:
+            flavor = self.store.flavor(flavor_ref)
+        except FlavorNotFound:
+            return  # the spawn says so, in its words
+        if int(image.extra.get("min_ram", 0)) > flavor.ram_mib:
+            raise Invalid(reason="Flavor's memory is too small for requested image.")
+        if flavor.root_gb and int(image.extra.get("min_disk", 0)) > flavor.root_gb:
+            raise Invalid(reason=f"Flavor's disk is smaller than the minimum size specified "
+                          f"in image metadata. Flavor disk is {flavor.root_gb << 30} bytes, "
+                          f"minimum size is {int(image.extra['min_disk']) << 30} bytes.")
 
     def _rebuild(self, ref: str, arg: Any, req: Request) -> Response:
         """Nova: 202 with the server (and its new admin password)."""
