@@ -230,6 +230,8 @@ SERVER_FILTERS = [query("name", "a regular expression the name must match"),
                   query("status", "ACTIVE, SHUTOFF, ..."), query("image", "an image id"),
                   query("flavor", "a flavor id"),
                   query("reservation_id", "made by this request (create's reservation id)"),
+                  query("ip", "a regular expression one of its addresses must match"),
+                  query("changes-since", "changed at or after this ISO 8601 time"),
                   query("all_tenants", "admin: every project's servers"),
                   query("project_id", "admin, with all_tenants: this project's only"),
                   *PAGING]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import datetime
 import ipaddress
 import math
 import re
@@ -486,6 +487,20 @@ def whole_number(value: Any, what: str, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise Invalid(reason=f"{what} must be a whole number from {minimum}, not {value!r}")
     return value
+
+
+def timestamp(text: str, what: str) -> float:
+    """An ISO 8601 time (``2024-05-01T12:00:00Z``, an offset, or naive UTC)
+    as seconds since the epoch."""
+    try:
+        # A "+" not escaped in a query string arrives as a space.
+        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise Invalid(reason=f"{what} must be an ISO 8601 time such as "
+                      f"2024-05-01T12:00:00Z, not {text[:40]!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.timestamp()
 
 
 def wait_seconds(text: str | None) -> float:

@@ -147,7 +147,8 @@ class Routes:
     def _servers(self, req: Request) -> list[Instance]:
         """Nova's list: the caller's project's servers (an admin's with
         all_tenants: everyone's, or project_id's), newest first; filters name
-        (a regular expression), status, image, flavor; then marker and limit.
+        and ip (regular expressions), status, image, flavor, reservation_id,
+        changes-since (changed at or after); then marker and limit.
         Other query parameters are ignored, as Nova does below 2.75."""
         insts = self._scoped(req, self.store.instances())
         name = req.arg("name")
@@ -167,6 +168,15 @@ class Routes:
             wanted = req.arg(arg)
             if wanted:
                 insts = [i for i in insts if getattr(i, attr) == wanted]
+        since = req.arg("changes-since")
+        if since:
+            after = parse.timestamp(since, "changes-since")
+            insts = [i for i in insts if i.updated_at >= after]
+        address = req.arg("ip")
+        if address:
+            pattern = _name_pattern(address)
+            ips = {p.instance_id for p in self.store.ports() if p.ip and pattern.search(p.ip)}
+            insts = [i for i in insts if i.id in ips]
         insts.sort(key=lambda i: (i.created_at, i.id), reverse=True)
         return _page(insts, req, lambda i: i.id)
 
