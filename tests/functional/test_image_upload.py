@@ -66,3 +66,23 @@ def test_a_refused_upload_keeps_nothing(cli: OpenStackCLI, tmp_path: Path) -> No
     assert "not a disk image" in refused.stderr
     # openstacksdk deletes the image it made when the upload fails.
     assert "notes" not in {i["Name"] for i in cli.json("image", "list")}
+
+
+def test_image_set_unset_and_delete(cli: OpenStackCLI, tmp_path: Path) -> None:
+    disk = tmp_path / "blank.raw"
+    disk.write_bytes(b"\x01" * 4096)
+    made = cli.json("image", "create", "--file", str(disk), "--disk-format", "raw",
+                    "--container-format", "bare", "--private", "blank")
+    assert (made["status"], made["visibility"], made["size"]) == ("active", "private", 4096)
+    cli.run("image", "set", "--property", "os_distro=debian", "--tag", "web",
+            "--min-ram", "64", "--name", "blank2", made["id"])
+    shown = cli.json("image", "show", made["id"])
+    assert (shown["name"], shown["min_ram"], shown["tags"]) == ("blank2", 64, ["web"])
+    assert shown["properties"]["os_distro"] == "debian"
+    cli.run("image", "unset", "--property", "os_distro", "--tag", "web", made["id"])
+    shown = cli.json("image", "show", made["id"])
+    assert "os_distro" not in shown.get("properties", {}) and shown["tags"] == []
+    cli.run("image", "set", "--protected", made["id"])
+    assert cli.run("image", "delete", made["id"], check=False).returncode != 0
+    cli.run("image", "set", "--unprotected", made["id"])
+    cli.run("image", "delete", made["id"])
