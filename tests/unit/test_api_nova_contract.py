@@ -191,6 +191,26 @@ def test_several_servers_per_request(api: Api) -> None:
     _settle(api)
 
 
+def test_list_filters_changes_since_and_ip(api: Api) -> None:
+    inst = api.add_instance("web1")
+
+    def names(query: str) -> list[str]:
+        answer = api.get(f"/v2.1/servers{query}")
+        assert answer.status == 200, answer.body
+        return [s["name"] for s in answer.body["servers"]]
+
+    assert names("?changes-since=2000-01-01T00:00:00Z") == ["web1"]
+    assert names("?changes-since=2999-01-01T00:00:00+00:00") == []
+    assert names("?changes-since=2999-01-01T00:00:00") == []
+    assert api.get("/v2.1/servers?changes-since=yesterday").status == 400
+    with api.store.transaction() as db:  # no vmops network here: a port by hand
+        db.execute("INSERT INTO ports (id, instance_id, position, mode, network, mac, ip, tap, "
+                   "created_at) VALUES (?, ?, 0, 'bridge', 'vmops', ?, ?, 'tap0', 0)",
+                   ("p1", inst.id, "52:54:00:aa:bb:cc", "10.213.0.7"))
+    assert names("?ip=10.213.0.7") == ["web1"]
+    assert names("?ip=^10\\.9") == []
+
+
 def test_fields_of_later_microversions_on_create(api: Api) -> None:
     def create(version: str, **fields: Any) -> Answer:
         return api.post("/v2.1/servers", {"server": {
