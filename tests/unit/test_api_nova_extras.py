@@ -787,3 +787,14 @@ def test_delete_while_building_is_recorded_with_its_request(api: Api) -> None:
         time.sleep(0.01)
     assert [tuple(r) for r in rows] == [
         (deleted.headers["x-openstack-request-id"], "u1", "Success")]
+
+
+def test_a_restart_ends_the_actions_it_cut_short(api: Api) -> None:
+    inst = owned(api, "web1", P1)
+    api.compute.actions.begin(inst, "stop")  # as if the service died during the stop
+    (open_action,) = api.compute.actions.actions(inst.id)
+    assert open_action.finish_time is None and open_action.result is None
+    api.compute.recover()
+    (ended,) = api.compute.actions.actions(inst.id)
+    assert (ended.result, ended.message) == ("Error", "interrupted by a service restart")
+    assert ended.finish_time is not None
