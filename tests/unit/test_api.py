@@ -166,9 +166,14 @@ def start_api(state_dir: Path, token: str = TOKEN) -> tuple[Api, list[Any]]:
 
 # -- versions, microversions, access ----------------------------------------------
 def test_version_documents_link_where_the_client_came_from(api: Api) -> None:
-    root = api.get("/").body["versions"][0]
+    legacy, root = api.get("/").body["versions"]  # as Nova's: v2.0, then v2.1
     assert root["id"] == "v2.1" and root["min_version"] == "2.1" and root["version"] == MAX
     assert root["links"][0]["href"] == f"http://127.0.0.1:{api.port}/v2.1/"
+    assert (legacy["id"], legacy["status"], legacy["version"]) == ("v2.0", "SUPPORTED", "")
+    assert set(root) == set(legacy) == {"id", "status", "version", "min_version", "updated",
+                                        "links"}
+    assert api.get("/v2/").body["version"]["id"] == "v2.0"  # what Tempest follows
+    assert "media-types" in api.get("/v2.1").body["version"]
     assert api.get("/v2.1").body["version"]["status"] == "CURRENT"
     assert api.get("/v2.1/").status == 200
     image = api.get("/image").body["versions"][0]
@@ -207,7 +212,7 @@ def test_tcp_without_the_token_gets_401_and_nothing_else(api: Api, path: str,
     assert answer.fault() == ("unauthorized", "authentication required")
 
 
-@pytest.mark.parametrize("path", ["/", "/v2.1", "/image", "/image/v2", "/identity",
+@pytest.mark.parametrize("path", ["/", "/v2.1", "/v2", "/image", "/image/v2", "/identity",
                                   "/identity/v3", "/network"])
 def test_version_documents_answer_without_a_token(api: Api, path: str) -> None:
     """As Nova, Glance and Keystone do: clients read them before they authenticate."""

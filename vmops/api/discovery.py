@@ -24,14 +24,36 @@ IMAGE_VERSION = "v2.0"
 IDENTITY_VERSION = "v3.0"
 
 
-def compute_version(base: str) -> dict[str, Any]:
-    return {
+LEGACY_PREFIX = "/v2"  # Nova still lists v2.0; only its version document is served
+DESCRIBED_BY = {"rel": "describedby", "type": "text/html", "href": "http://docs.openstack.org/"}
+
+
+def compute_version(base: str, listed: bool = False) -> dict[str, Any]:
+    """v2.1; ``listed``: as in the list at ``/`` (no media types, as Nova)."""
+    doc: dict[str, Any] = {
         "id": "v2.1", "status": "CURRENT", "version": version_text(MAX_MICROVERSION),
         "min_version": version_text(MIN_MICROVERSION), "updated": "2013-07-23T11:33:21Z",
         "links": [{"rel": "self", "href": f"{base}{COMPUTE_PREFIX}/"}],
-        "media-types": [{"base": "application/json",
-                         "type": "application/vnd.openstack.compute+json;version=2.1"}],
     }
+    if not listed:
+        doc["links"].append(DESCRIBED_BY)
+        doc["media-types"] = [{"base": "application/json",
+                               "type": "application/vnd.openstack.compute+json;version=2.1"}]
+    return doc
+
+
+def legacy_compute_version(base: str, listed: bool = False) -> dict[str, Any]:
+    """Nova's v2.0 entry: SUPPORTED, without microversions."""
+    doc: dict[str, Any] = {
+        "id": "v2.0", "status": "SUPPORTED", "version": "", "min_version": "",
+        "updated": "2011-01-21T11:33:21Z",
+        "links": [{"rel": "self", "href": f"{base}{LEGACY_PREFIX}/"}],
+    }
+    if not listed:
+        doc["links"].append(DESCRIBED_BY)
+        doc["media-types"] = [{"base": "application/json",
+                               "type": "application/vnd.openstack.compute+json;version=2"}]
+    return doc
 
 
 def image_version(base: str) -> dict[str, Any]:
@@ -49,7 +71,13 @@ def identity_version(base: str) -> dict[str, Any]:
 
 
 def compute_versions(req: Request) -> Response:
-    return Response(200, {"versions": [compute_version(req.base_url)]})
+    """As Nova's: v2.0 first, then v2.1 (clients take the newest)."""
+    return Response(200, {"versions": [legacy_compute_version(req.base_url, listed=True),
+                                       compute_version(req.base_url, listed=True)]})
+
+
+def legacy_compute_current(req: Request) -> Response:
+    return Response(200, {"version": legacy_compute_version(req.base_url)})
 
 
 def compute_current(req: Request) -> Response:

@@ -73,6 +73,7 @@ class Routes:
         r = Router()
         r.add("GET", "/", discovery.compute_versions, public=True)
         r.add("GET", P, discovery.compute_current, public=True)
+        r.add("GET", discovery.LEGACY_PREFIX, discovery.legacy_compute_current, public=True)
         self._server_routes(r)
         self._catalog_routes(r)
         image_service.add_routes(r, self.catalog)
