@@ -159,15 +159,15 @@ class Catalog:
         for image in self.store.images():
             if image.status not in UNFINISHED:
                 continue
+            if image.instance_uuid:
+                log.warning("snapshot %s was interrupted: marked error", image.name)
+                self.store.update_image(image, status="error", fault=SNAPSHOT_INTERRUPTED)
+                continue
             if image.source in ("", UPLOAD_SOURCE):  # Glance's: waiting for (new) bytes
                 if image.status == "saving":
                     log.warning("upload of image %s was interrupted: queued again", image.id)
                     self.store.update_image(image, status="queued", fault=UPLOAD_INTERRUPTED,
                                             bytes_done=0, bytes_total=None)
-                continue
-            if image.instance_uuid:
-                log.warning("snapshot %s was interrupted: marked error", image.name)
-                self.store.update_image(image, status="error", fault=SNAPSHOT_INTERRUPTED)
                 continue
             try:
                 cached = self.cache.finished_import(image.source, image.created_at)
