@@ -442,9 +442,6 @@ def _other_paths() -> dict[str, Any]:
         "/": {"get": op("Compute API versions", ok(versions))},
         P: {"get": op("The compute API version (min and max microversion)",
                       ok(obj({"version": ref("ComputeVersion")})))},
-        discovery.LEGACY_PREFIX: {"get": op(
-            "The v2.0 version document Nova lists (no v2.0 API is behind it)",
-            ok(obj({"version": ref("ComputeVersion")})))},
         discovery.IMAGE_ROOT: {"get": op("Image API versions", ok(image_versions))},
         IMG: {"get": op("Image API versions", ok(image_versions))},
         f"{IMG}/images": {
@@ -574,8 +571,15 @@ def document() -> dict[str, Any]:
         },
         "security": [{"token": []}],
         "paths": {**_other_paths(), **_server_paths(), **_catalog_paths(),
-                  **_network_paths(), **_nova_paths()},
+                  **_network_paths(), **_nova_paths(), **_volume_paths()},
     }
+
+
+def _volume_paths() -> dict[str, Any]:
+    """The volume service (Cinder v3 subset) and os-volume_attachments."""
+    from vmops.api import volume_openapi  # it builds on the helpers above
+
+    return volume_openapi.paths()
 
 
 def _nova_paths() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from vmops.errors import (
     Invalid,
     InvalidState,
     NotFound,
+    VmopsError,
 )
 from vmops.store import Instance
 from vmops.volumes.manager import Volumes
@@ -251,11 +252,11 @@ class VolumeApi:
         try:
             attachment = self.volumes.attach(volume.id, inst.id, device)
         except InUse as exc:
-            raise Invalid(reason=exc.message) from None
+            raise _bad_request(exc) from None
         except Conflict as exc:
             if type(exc) is not Conflict:
                 raise  # the server's state or another task on it: Nova's 409
-            raise Invalid(reason=exc.message) from None  # the device: Nova's 400
+            raise _bad_request(exc) from None  # the device: Nova's 400
         return Response(200, {"volumeAttachment": nova_attachment(attachment)})
 
     def detach(self, req: Request) -> Response:
@@ -313,6 +314,12 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         raise Invalid(reason="vmops does not keep volume metadata")
 
 
+def _bad_request(exc: VmopsError) -> Invalid:
+    """The same refusal, answered 400 as Cinder and Nova do."""
+    text = str(exc.fields.get("reason") or exc.message)
+    return Invalid(text, reason=text)
+
+
 def _with_links(body: dict[str, Any], links: list[dict[str, str]]) -> dict[str, Any]:
     if links:
         body["volumes_links"] = links
@@ -326,6 +333,6 @@ def _as_cinder() -> Iterator[None]:
     try:
         yield
     except (InUse, InvalidState) as exc:
-        raise Invalid(reason=exc.message) from None
+        raise _bad_request(exc) from None
 
 

@@ -135,8 +135,7 @@ class VolumeRecords:
             attached = db.execute("SELECT instance_id FROM volume_attachments "
                                   "WHERE volume_id = ?", (volume_id,)).fetchone()
             if attached is not None:
-                raise InUse(kind="volume", name=volume.name,
-                            users=f"instance {attached[0]}")
+                raise InUse(kind="volume", name=volume.name or volume.id, users=attached[0])
             if volume.status not in DELETABLE:
                 raise _refused("delete", volume)
             return self._update(db, volume_id, status=VolumeStatus.DELETING, fault="")
@@ -185,9 +184,7 @@ class VolumeRecords:
             held = db.execute("SELECT instance_id FROM volume_attachments WHERE volume_id = ?",
                               (volume.id,)).fetchone()
             if held is not None:
-                where = "this instance" if held[0] == attachment.instance_id \
-                    else f"instance {held[0]}"
-                raise InUse(kind="volume", name=volume.name, users=where)
+                raise InUse(kind="volume", name=volume.name or volume.id, users=held[0])
             if volume.status != VolumeStatus.AVAILABLE:
                 raise _refused("attach", volume)
             taken = db.execute("SELECT volume_id FROM volume_attachments WHERE instance_id = ? "

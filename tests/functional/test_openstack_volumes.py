@@ -1,0 +1,73 @@
+"""The `openstack` command line's volume commands, unchanged, against a
+real service on TCP and one real guest: volume create/list/show/set/delete
+and server add volume / server volume list / server remove volume, with the
+admin_token clouds.yaml of docs/openstack-clients.md (its
+volume_endpoint_override line included). The guest sees the disk come and
+go (tools/testimage's VMOPS-DISK lines)."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.conftest import Vmops, separate_service
+from tests.functional.test_openstack_clients import BEAT, TOKEN, OpenStackCLI, clouds_yaml
+
+pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
+GIB = 1 << 30
+
+
+@pytest.fixture
+def served(test_image_dir: Path, tmp_path: Path) -> Iterator[tuple[Vmops, OpenStackCLI]]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with separate_service(test_image_dir, listen=f"127.0.0.1:{port}", api_token=TOKEN) as vm:
+        clouds = tmp_path / "clouds.yaml"
+        clouds.write_text(clouds_yaml(port))
+        yield vm, OpenStackCLI(clouds, tmp_path)
+
+
+def _wait_volume(cli: OpenStackCLI, name: str, status: str, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        volume = cli.json("volume", "show", name)
+        if volume["status"] == status:
+            return volume
+        assert time.monotonic() < deadline, f"volume {name} is {volume['status']}, not {status}"
+        time.sleep(0.5)
+
+
+def test_openstack_volume_commands(served: tuple[Vmops, OpenStackCLI]) -> None:
+    vm, cli = served
+    created = cli.json("volume", "create", "--size", "1", "data")
+    assert (created["name"], created["size"]) == ("data", 1)
+    volume = _wait_volume(cli, "data", "available")
+    assert [(v["Name"], v["Size"]) for v in cli.json("volume", "list")] == [("data", 1)]
+
+    vm.run("spawn", "s1", "--image", "tiny", "--flavor", "m1.tiny")
+    vm.wait_console("s1", BEAT)  # booted: the guest answers hotplug requests
+    cli.run("server", "add", "volume", "s1", "data")
+    assert _wait_volume(cli, "data", "in-use")["attachments"][0]["device"] == "/dev/vdb"
+    vm.wait_console("s1", f"VMOPS-DISK vdb {GIB}")
+    (attachment,) = cli.json("server", "volume", "list", "s1")
+    assert (attachment["Volume ID"], attachment["Device"]) == (volume["id"], "/dev/vdb")
+    refused = cli.run("volume", "delete", "data", check=False)
+    assert refused.returncode != 0
+    assert _wait_volume(cli, "data", "in-use")
+
+    cli.run("server", "remove", "volume", "s1", "data")
+    _wait_volume(cli, "data", "available")
+    vm.wait_console("s1", "VMOPS-DISK-GONE vdb")
+    assert cli.json("server", "volume", "list", "s1") == []
+
+    cli.run("volume", "set", "--size", "2", "data")
+    assert _wait_volume(cli, "data", "available")["size"] == 2
+    cli.run("volume", "delete", "data")
+    assert cli.json("volume", "list") == []
