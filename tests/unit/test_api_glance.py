@@ -538,3 +538,16 @@ def test_an_image_that_needs_a_bigger_flavor_is_refused(glance: Api, attrs: dict
     refused = glance.post("/v2.1/servers", body, token="alice")
     assert refused.status == 400 and words in refused.fault()[1]
     assert glance.store.instances() == []
+
+
+def test_prune_keeps_uploaded_and_protected_images(glance: Api) -> None:
+    uploaded = create(glance).body["id"]
+    upload(glance, uploaded, RAW)
+    store = glance.store
+    store.add_image(Image(id="imp", name="imported", status="error", source="/srv/x.raw"))
+    store.add_image(Image(id="prot", name="protected", status="error", source="/srv/y.raw",
+                          extra={"protected": True}))
+    catalog = Catalog(store, ImageCache(glance.compute.settings.images_dir))
+    assert catalog.prune_images(-1) == ["imported"]
+    assert sorted(i.id for i in store.images()) == sorted([uploaded, "prot"])
+    assert cache_files(glance) != []
