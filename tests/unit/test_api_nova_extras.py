@@ -309,6 +309,8 @@ def test_quota_sets(api: Api) -> None:
     {"quota_set": {"instances": True}}, {"quota_set": {"instances": 1.5}},
     {"quota_set": {"volumes": 1}}, {"quota_set": {"force": "maybe"}},
     {"quota_set": {"instances": 0x80000000}}, {"quota_set": []}, {"quota": {}},
+    {"quota_set": {"instances": "--1"}}, {"quota_set": {"instances": "1" * 400}},
+    {"quota_set": {"instances": "\u0661"}}, {"quota_set": {"instances": " 1"}},
     {"quota_set": {}, "extra": 1}])
 def test_bad_quota_updates_are_400_and_change_nothing(api: Api, body: Any) -> None:
     answer = call(api, "PUT", "/os-quota-sets/p1", body)

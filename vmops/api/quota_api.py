@@ -13,6 +13,7 @@ sets show the server group quotas and drop the network ones from 2.50.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -233,8 +234,11 @@ def _quota_body(body: Any, key: str, names: tuple[str, ...],
     return limits, force
 
 
+_INTEGER = re.compile(r"-?[0-9]{1,10}")
+
+
 def _limit(name: str, value: Any) -> int:
-    if isinstance(value, str) and value.lstrip("-").isdigit() and value.isascii():
+    if isinstance(value, str) and _INTEGER.fullmatch(value):
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) \
             or not quotas.UNLIMITED <= value <= quotas.MAX_LIMIT:
