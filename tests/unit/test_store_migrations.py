@@ -190,3 +190,25 @@ def test_instances_using_refuses_other_columns(tmp_path: Path) -> None:
     store = Store(tmp_path / "vmops.db")
     with pytest.raises(ValueError, match="no instance column"):
         store.instances_using("name = name OR 1", "x")
+
+
+def test_v7_adds_volumes_to_a_v6_database_keeping_its_records(v1_db: Path) -> None:
+    from vmops.volumes.records import Attachment, Volume, VolumeRecords
+
+    Store(v1_db, migrations=MIGRATIONS[:6]).close()  # as the release before volumes left it
+    assert _user_version(v1_db) == 6
+    store = Store(v1_db)
+    assert _user_version(v1_db) == 7
+    assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
+    assert len(list(v1_db.parent.glob("vmops.db.v6-*.bak"))) == 1
+    records = VolumeRecords(store)
+    assert records.all() == [] and records.attachments() == []
+    volume = records.add(Volume(id="v1", name="data", size_gb=1, status="available",
+                                format="qcow2", path="/x/volume-v1.qcow2",
+                                project_id=store.instance("web1").project_id))
+    records.claim(Attachment("a1", volume.id, store.instance("web1").id, "vdb"), "web1")
+    store.close()
+    store = Store(v1_db)
+    assert VolumeRecords(store).get("data").status == "attaching"
+    assert [a.device for a in VolumeRecords(store).attachments()] == ["vdb"]
+    store.close()
