@@ -226,6 +226,10 @@ def test_fields_of_later_microversions_on_create(api: Api) -> None:
     assert create("2.52", tags=["a/b"], networks="auto").status == 400
     assert create("2.52", tags=["t"] * 51, networks="auto").status == 400
     assert create("2.18", description="x").status == 400
+    tagged_nic = [{"uuid": "user", "tag": "nic0"}]
+    for version, status in (("2.31", 400), ("2.32", 202), ("2.36", 202), ("2.37", 400),
+                            ("2.41", 400), ("2.42", 202)):  # Nova's device tags
+        assert create(version, networks=tagged_nic).status == status, version
     made = create("2.19", description="the db", networks=[])
     assert made.status == 202
     assert api.store.instance(made.body["server"]["id"]).description == "the db"

@@ -150,7 +150,7 @@ def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
         raise Invalid(reason=f"user_data is {len(user_data)} base64 characters, at most "
                       f"{MAX_USER_DATA_CHARS} allowed")
     spawn = SpawnRequest(
-        name=field(srv, "name", str, required=True), image=_image(srv),
+        name=field(srv, "name", str, required=True), image=_image(srv, version),
         flavor=reference(srv, "flavorRef"), mac=field(srv, "vmops:mac", str),
         config_drive=_config_drive(srv),
         user_data=base64_bytes(user_data, "user_data") if user_data is not None else None,
@@ -248,7 +248,8 @@ def _networks(srv: dict[str, Any], version: Microversion) -> dict[str, Any]:
                       "[{\"uuid\": \"vmops\", \"fixed_ip\": \"10.213.0.5\"}]: "
                       "vmops gives a server one NIC")
     entry = networks[0]
-    no_unknown(entry, {"uuid", "fixed_ip", "tag"}, "networks[0]")
+    no_unknown(entry, {"uuid", "fixed_ip"} | ({"tag"} if device_tags(version) else set()),
+               "networks[0]")
     name = field(entry, "uuid", str, default="vmops")
     if name not in NETWORK_MODES:
         raise Invalid(reason=f"network {name!r} does not exist: 'vmops' (the bridge) or "
@@ -267,14 +268,21 @@ def _security_groups(srv: dict[str, Any]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _image(srv: dict[str, Any]) -> str:
+def device_tags(version: Microversion) -> bool:
+    """Nova takes device tags (``tag`` in networks and block device
+    mappings) at 2.32 to 2.36 and again from 2.42."""
+    return (2, 32) <= version <= (2, 36) or version >= (2, 42)
+
+
+def _image(srv: dict[str, Any], version: Microversion) -> str:
     """imageRef, or the one block device mapping that says the same thing
     (boot from the image onto a local disk), as OpenStackClient sends."""
     bdms = field(srv, "block_device_mapping_v2", list, default=[])
     if not bdms:
         return reference(srv, "imageRef")
     bdm = bdms[0]
-    if len(bdms) != 1 or not isinstance(bdm, dict) or set(bdm) - BDM_FIELDS \
+    allowed = BDM_FIELDS if device_tags(version) else BDM_FIELDS - {"tag"}
+    if len(bdms) != 1 or not isinstance(bdm, dict) or set(bdm) - allowed \
             or bdm.get("source_type") != "image" or bdm.get("destination_type") != "local" \
             or str(bdm.get("boot_index")) != "0" or not isinstance(bdm.get("uuid"), str) \
             or bdm.get("delete_on_termination") not in (None, True) \
