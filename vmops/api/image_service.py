@@ -149,9 +149,9 @@ class ImageService:
     def download(self, req: Request) -> Response:
         """GET /v2/images/{id}/file: the stored bytes; 204 while it has none."""
         img = visible_image(self.store, req.params["id"], req.context)
-        if img.status != "active" or not img.path:
-            return Response(204)
         path = Path(img.path)
+        if img.status != "active" or not img.path or not path.is_file():
+            return Response(204)
         headers = {"Content-Type": "application/octet-stream"}
         if img.extra.get("checksum"):
             headers["Content-MD5"] = str(img.extra["checksum"])
@@ -182,7 +182,7 @@ class ImageService:
             _check_key(key)
         if ident is not None and (not isinstance(ident, str) or not _UUID.fullmatch(ident)):
             raise Invalid(reason=f"id {ident!r} is not a UUID")
-        img = Image(id=(ident or str(uuidlib.uuid4())).lower(), name="", status="queued",
+        img = Image(id=ident or str(uuidlib.uuid4()), name="", status="queued",
                     owner=ctx.project_id, visibility="shared",
                     extra={"protected": False, "os_hidden": False, "min_disk": 0, "min_ram": 0,
                            "tags": []})
