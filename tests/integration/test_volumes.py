@@ -284,3 +284,12 @@ def _disk(path: str, target: str) -> Any:
     from vmops.volumes.records import volume_disk
 
     return volume_disk(Path(path), "qcow2", target)
+
+
+def test_volumes_attached_for_the_server_views(env: dict[str, Any]) -> None:
+    vols: Volumes = env["volumes"]
+    inst = _spawn(env)
+    a, b = vols.create("a", 1), vols.create("b", 1)
+    vols.attach("b", "web1", device="vdc")
+    vols.attach("a", "web1", device="vdd")
+    assert vols.records.volumes_attached() == {inst.id: [b.id, a.id]}
