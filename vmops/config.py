@@ -20,6 +20,8 @@ from typing import Any
 from vmops.errors import ConfigError
 
 CONFIG_FILE = "vmops.toml"
+# Shown as "(set)" by `vmops config`, never logged.
+SECRET_OPTIONS = ("api_token", "identity_admin_password")
 
 
 def _opt(default: Any, help: str, choices: tuple[str, ...] = (), minimum: float | None = None,
@@ -51,9 +53,23 @@ class Settings:
         "auto", "CPU acceleration: kvm, tcg (software emulation), or auto (kvm when a probe "
         "shows it really works, else tcg).", choices=("auto", "kvm", "tcg"))
     listen: str = _opt(
-        "", "Also serve the API on TCP HOST:PORT (requires api_token). Empty: unix socket only.")
+        "", "Also serve the API on TCP HOST:PORT. TCP clients authenticate with a password "
+        "(POST /identity/v3/auth/tokens) or send api_token. Empty: unix socket only.")
     api_token: str = _opt(
-        "", "Token TCP clients must send as X-Auth-Token. Never logged.")
+        "", "A fixed token TCP clients may send as X-Auth-Token; it acts as the admin user "
+        "in the admin project. Empty: none (clients get tokens with a password). Never "
+        "logged.")
+    identity_admin_password: str = _opt(
+        "", "Password of the admin user (domain Default, project admin), set at every "
+        "start. Empty: one is generated at the first start into <state_dir>/admin-password "
+        "(mode 0600) and kept. Never logged.")
+    identity_token_ttl: int = _opt(
+        3600, "Seconds a token issued by the identity service (/identity/v3) is valid.",
+        minimum=60, maximum=30 * 86400)
+    identity_lockout_failures: int = _opt(
+        5, "Wrong passwords in a row for one user before each further attempt for that "
+        "user must wait (1 s, doubling after each failure, at most 300 s; answered 401). "
+        "0: no wait.", minimum=0, maximum=1000)
     api_request_timeout: float = _opt(
         30.0, "Seconds an API client has to send a request's line and headers, counted from "
         "when it connected or got its last answer; then the connection is closed (this also "
@@ -187,6 +203,11 @@ class Settings:
         return self.state_dir / "vmops.sock"
 
     @property
+    def admin_password_file(self) -> Path:
+        """Where the generated admin password is (see identity_admin_password)."""
+        return self.state_dir / "admin-password"
+
+    @property
     def images_dir(self) -> Path:
         return self.state_dir / "images"
 
@@ -312,9 +333,6 @@ def load(state_dir: Path | None = None, env: Mapping[str, str] | None = None,
         values[name] = _coerce(f, value)
         _check(f, values[name])
     settings = Settings(**values)
-    if settings.listen and not settings.api_token:
-        raise ConfigError(option="listen", value=settings.listen,
-                          allowed="TCP listening requires api_token (or VMOPS_API_TOKEN)")
     if not all(d.is_absolute() for d in settings.image_import_dir_paths):
         raise ConfigError(option="image_import_dirs", value=settings.image_import_dirs,
                           allowed="absolute directory paths separated by ':'")

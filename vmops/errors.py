@@ -18,7 +18,9 @@ API does so at its edge (``api/server.py``).
     │   ├── SecurityGroupNotFound
     │   ├── SecurityGroupRuleNotFound
     │   ├── PortForwardNotFound
-    │   └── VolumeNotFound
+    │   ├── VolumeNotFound
+    │   ├── UserNotFound / ProjectNotFound / RoleNotFound / DomainNotFound
+    │   └── TokenNotFound       a token to validate or revoke is unknown or expired
     ├── Conflict (409)
     │   ├── AlreadyExists
     │   ├── InvalidState        operation makes no sense in the current state
@@ -38,8 +40,11 @@ API does so at its edge (``api/server.py``).
     │   ├── RequestBodyIncomplete  a streamed body cut short or badly chunked
     │   ├── FlavorTooSmall      root_gb smaller than the image's virtual size
     │   └── ConfigDriveInvalid  injected files, user data, metadata over limits
+    ├── Unauthorized (401)      no, a wrong, an expired or a revoked credential
+    │   └── TooManyAttempts     a user's password was guessed wrong too often
     ├── Forbidden (403)
     │   ├── ImageSourceForbidden  a host path outside image_import_dirs, over TCP
+    │   ├── PolicyForbidden     the caller's roles do not allow the call
     │   └── QuotaExceeded       over a project's quota (Nova's words for each)
     ├── NotSupported (501)      a Nova call that makes no sense on one host
     ├── ConfigError (400)       a bad setting: names the option and what is allowed
@@ -125,6 +130,26 @@ class PortForwardNotFound(NotFound):
 
 class VolumeNotFound(NotFound):
     msg_fmt = "no volume named or with id %(volume)r"
+
+
+class UserNotFound(NotFound):
+    msg_fmt = "Could not find user: %(user)s."
+
+
+class ProjectNotFound(NotFound):
+    msg_fmt = "Could not find project: %(project)s."
+
+
+class RoleNotFound(NotFound):
+    msg_fmt = "Could not find role: %(role)s."
+
+
+class DomainNotFound(NotFound):
+    msg_fmt = "Could not find domain: %(domain)s."
+
+
+class TokenNotFound(NotFound):
+    msg_fmt = "Could not find token: the token is unknown, expired or revoked."
 
 
 class Conflict(VmopsError):
@@ -225,6 +250,24 @@ class Forbidden(VmopsError):
     http_status = 403
     fault_name = "forbidden"
     msg_fmt = "forbidden: %(reason)s"
+
+
+class PolicyForbidden(Forbidden):
+    msg_fmt = ("%(method)s %(route)s needs the %(rule)s role (this token has: %(roles)s)")
+
+
+class Unauthorized(VmopsError):
+    """Keystone answers 401 alike for an unknown user and a wrong password,
+    so neither tells which names exist."""
+
+    http_status = 401
+    fault_name = "unauthorized"
+    msg_fmt = "The request you have made requires authentication. %(reason)s"
+
+
+class TooManyAttempts(Unauthorized):
+    msg_fmt = ("The request you have made requires authentication. Too many failed "
+               "attempts for this user: try again in %(seconds)d seconds.")
 
 
 class ImageSourceForbidden(Forbidden):

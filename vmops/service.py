@@ -27,6 +27,9 @@ from vmops.errors import ServiceAlreadyRunning, VmopsError
 from vmops.hypervisor import open_hypervisor
 from vmops.hypervisor.base import Check, Hypervisor
 from vmops.hypervisor.libvirt import embed_root
+from vmops.identity import Identity
+from vmops.identity.authenticator import IdentityAuthenticator
+from vmops.identity.bootstrap import ensure_admin_password
 from vmops.network.checks import network_checks
 from vmops.network.manager import Network
 from vmops.network.model import NicMode
@@ -189,12 +192,19 @@ class Service:
         catalog.recover_imports()
         self.compute.background_actions = True
         self.network.start_watcher()
-        routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks])
+        identity = Identity(self.store, s.identity_token_ttl, s.api_token,
+                            s.identity_lockout_failures,
+                            admin_password_file=s.admin_password_file)
+        ensure_admin_password(identity.directory, s.admin_password_file,
+                              s.identity_admin_password)
+        routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks],
+                        identity=identity)
         limits = Limits(request_timeout=s.api_request_timeout, body_timeout=s.api_body_timeout,
                         max_connections=s.api_max_connections,
                         max_connections_per_client=s.api_max_connections_per_client,
                         descriptor_reserve=s.api_descriptor_reserve)
-        self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token, limits)
+        self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token, limits,
+                              authenticator=IdentityAuthenticator(identity))
         threading.Thread(target=self._capture_watch_loop, name="capture-watch",
                          daemon=True).start()
         if s.image_cache_prune_interval:

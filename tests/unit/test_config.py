@@ -53,11 +53,12 @@ def test_unknown_toml_option_refused(tmp_path: Path) -> None:
         config.load(tmp_path, env={})
 
 
-def test_listen_requires_token(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="api_token"):
-        config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774"})
+def test_listen_needs_no_fixed_token(tmp_path: Path) -> None:
+    """TCP clients can authenticate with a password (the identity service)."""
+    s = config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774"})
+    assert (s.listen, s.api_token) == ("127.0.0.1:8774", "")
     s = config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774", "VMOPS_API_TOKEN": "x"})
-    assert s.listen == "127.0.0.1:8774"
+    assert s.api_token == "x"
 
 
 def test_docs_list_every_option() -> None:

@@ -570,7 +570,7 @@ def document() -> dict[str, Any]:
                                           "name": "X-Auth-Token"}},
         },
         "security": [{"token": []}],
-        "paths": {**_other_paths(), **_server_paths(), **_catalog_paths(),
+        "paths": {**_other_paths(), **_server_paths(), **_catalog_paths(), **_identity_paths(),
                   **_network_paths(), **_nova_paths(), **_volume_paths()},
     }
 
@@ -587,6 +587,13 @@ def _nova_paths() -> dict[str, Any]:
     from vmops.api import nova_openapi  # it builds on the helpers above
 
     return nova_openapi.paths()
+
+
+def _identity_paths() -> dict[str, Any]:
+    # Imported here: that module builds on this one's helpers.
+    from vmops.api.keystone import openapi as keystone_openapi
+
+    return keystone_openapi.paths()
 
 
 def serve(req: Request) -> Response:

@@ -31,7 +31,9 @@ from vmops.api import (
     views,
     volume_api,
 )
+from vmops.api.keystone import add_routes as add_identity_routes
 from vmops.api.metrics import Metrics
+from vmops.api.policy import enforce
 from vmops.api.server import Context, Request, Response, Router
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
@@ -46,6 +48,7 @@ from vmops.errors import (
     NotFound,
     VmopsError,
 )
+from vmops.identity import Identity
 from vmops.store import Instance, Port
 
 P = views.API_PREFIX
@@ -61,8 +64,11 @@ def _may_see(ctx: Context, project_id: str) -> bool:
 
 class Routes:
     def __init__(self, compute: Compute, catalog: Catalog,
-                 doctor: Callable[[], list[dict[str, Any]]]) -> None:
+                 doctor: Callable[[], list[dict[str, Any]]],
+                 identity: Identity | None = None) -> None:
         self.compute = compute
+        self.identity = identity or Identity(compute.store,
+                                             compute.settings.identity_token_ttl)
         self.catalog = catalog
         self.store = compute.store
         self.doctor = doctor
@@ -70,7 +76,7 @@ class Routes:
         self.server_list = views.ServerList()
 
     def router(self) -> Router:
-        r = Router()
+        r = Router(authorize=enforce)  # vmops/api/policy.py
         r.add("GET", "/", discovery.compute_versions, public=True)
         r.add("GET", P, discovery.compute_current, public=True)
         r.add("GET", discovery.LEGACY_PREFIX, discovery.legacy_compute_current, public=True)
@@ -83,8 +89,7 @@ class Routes:
         quota_api.add_routes(r, self.compute)
         server_extras.add_routes(r, self.compute)
         server_groups_api.add_routes(r, self.compute)
-        r.add("GET", discovery.IDENTITY_ROOT, discovery.identity_versions, public=True)
-        r.add("GET", discovery.IDENTITY_PREFIX, discovery.identity_current, public=True)
+        add_identity_routes(r, self.identity)
         r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
         r.add("GET", "/metrics", self.metrics.scrape)
         r.add("GET", "/openapi.json", openapi.serve)

@@ -213,12 +213,19 @@ class Response:
 
 
 Handler = Callable[[Request], Response]
+# Checks that the request's context may call (method, route template);
+# raises Forbidden if not (see vmops/api/policy.py).
+Authorize = Callable[[Request, str, str], None]
+# (status, message) -> the error body of an API that is not Nova's.
+FaultShape = Callable[[int, str], Any]
 
 
 class Router:
-    def __init__(self) -> None:
+    def __init__(self, authorize: Authorize | None = None) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler, str]] = []
         self._public: set[tuple[str, str]] = set()
+        self._authorize = authorize
+        self._fault_shapes: list[tuple[str, FaultShape]] = []
         self._streamed: set[tuple[str, str]] = set()
 
     def add(self, method: str, template: str, handler: Handler, public: bool = False,
@@ -249,9 +256,31 @@ class Router:
     def templates(self) -> list[tuple[str, str]]:
         return [(method, template) for method, _, _, template in self._routes]
 
+    def public_templates(self) -> set[tuple[str, str]]:
+        return set(self._public)
+
+    def fault_shape(self, prefix: str, shape: FaultShape) -> None:
+        """Errors answered under ``prefix`` (the identity API: Keystone's
+        ``{"error": {...}}``) get ``shape``'s body instead of Nova's fault."""
+        self._fault_shapes.append((prefix.rstrip("/"), shape))
+
+    def shaped(self, path: str, resp: Response) -> Response:
+        """``resp``, its Nova fault body reshaped if ``path`` is under a prefix
+        with a shape of its own."""
+        if resp.status < 400 or not isinstance(resp.body, dict) or len(resp.body) != 1:
+            return resp
+        (inner,) = resp.body.values()
+        if not isinstance(inner, dict) or "message" not in inner:
+            return resp
+        for prefix, shape in self._fault_shapes:
+            if path == prefix or path.startswith(prefix + "/"):
+                return Response(resp.status, shape(resp.status, str(inner["message"])),
+                                resp.headers)
+        return resp
+
     def dispatch(self, req: Request) -> Response:
         allowed = []
-        for method, regex, handler, _ in self._routes:
+        for method, regex, handler, template in self._routes:
             match = regex.match(req.path)
             if not match:
                 continue
@@ -259,6 +288,8 @@ class Router:
                 allowed.append(method)
                 continue
             req.params = {k: unquote(v) for k, v in match.groupdict().items()}
+            if self._authorize is not None:
+                self._authorize(req, method, template)
             return handler(req)
         if allowed:
             return fault(405, "badMethod", f"{req.method} is not allowed on {req.path}; "
@@ -338,8 +369,9 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             resp = self._respond()
         except Exception:  # noqa: BLE001 - never let a bug drop the connection
-            log.exception("unhandled error on %s %s", self.command, self.path)
+            log.exception("unhandled error on %s %s", self.command, urlsplit(self.path).path)
             resp = fault(500, "computeFault", "internal error; see the service log")
+        resp = self.server.router.shaped(urlsplit(self.path).path, resp)
         if self._stream is not None and not self._stream.drain(MAX_DISCARD_BYTES):
             self.close_connection = True  # the rest of a streamed body is left unread
         self._send(resp)
@@ -708,5 +740,5 @@ def serve(router: Router, socket_path: Path, listen: str = "",
     return servers
 
 
-__all__ = ["ADMIN", "ANONYMOUS", "Authenticator", "Context", "HTTPStatus", "Limits", "Request",
-           "Response", "Router", "fault", "serve"]
+__all__ = ["ADMIN", "ANONYMOUS", "Authenticator", "Authorize", "Context", "FaultShape",
+           "HTTPStatus", "Limits", "Request", "Response", "Router", "fault", "serve"]

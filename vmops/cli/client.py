@@ -74,7 +74,7 @@ class Client:
             conn = _UnixConnection(self.socket, self.timeout)
             try:
                 # Paths are the compute API's, or absolute ("/network/...").
-                absolute = path.startswith(("/network/", "/image/", "/volume/"))
+                absolute = path.startswith(("/network/", "/image/", "/identity/", "/volume/"))
                 full = path if absolute else PREFIX + path
                 conn.request(method, full, body=payload, headers=headers)
                 return conn.getresponse()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmops import config
+from vmops.cli import identity as identity_cli
 from vmops.cli import network as network_cli
 from vmops.cli import volume as volume_cli
 from vmops.cli.client import Client
@@ -549,7 +550,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     rows = []
     for f in config.options():
         value = getattr(s, f.name)
-        if f.name == "api_token" and value:
+        if f.name in config.SECRET_OPTIONS and value:
             value = "(set)"
         rows.append({"option": f.name, "value": str(value), "env": f"VMOPS_{f.name.upper()}",
                      "allowed": config.describe_allowed(f), "help": f.metadata["help"]})
@@ -735,6 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
 
     network_cli.add_commands(sub, cmd, _client)
+    identity_cli.add_commands(sub, cmd, _client)
     volume_cli.add_commands(sub, cmd, _client)
 
     sp = cmd("serve", cmd_serve, "run the engine for one state directory", json_flag=False)

@@ -1,0 +1,134 @@
+"""The `openstack` command line with the ordinary password clouds.yaml of
+docs/openstack-clients.md, against a vmops of its own on TCP with no fixed
+token: the admin's password is the one generated at its first start.
+The admin makes a project and a user with the member role on it; that
+user signs in with a clouds.yaml of their own and may read and write in
+their project, not manage flavors or the identity service."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.conftest import REPO, Vmops, separate_service
+
+OPENSTACK = str(Path(sys.executable).parent / "openstack")
+DOC = REPO / "docs" / "openstack-clients.md"
+
+
+@pytest.fixture(scope="module")
+def port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free: int = probe.getsockname()[1]
+    return free
+
+
+@pytest.fixture(scope="module")
+def service(test_image_dir: Path, port: int) -> Iterator[Vmops]:
+    with separate_service(test_image_dir, listen=f"127.0.0.1:{port}") as vm:
+        yield vm
+
+
+def password_clouds_yaml(port: int, password: str, user: str = "admin",
+                         project: str = "admin") -> str:
+    """The docs' password clouds.yaml for this port, user and project."""
+    blocks = re.findall(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
+    block = next((b for b in blocks if "auth_type: password" in b), None)
+    assert block, f"no password clouds.yaml block in {DOC}"
+    assert "endpoint_override" not in block
+    return (block.replace(":8774", f":{port}").replace("PASSWORD", password)
+            .replace("username: admin", f"username: {user}")
+            .replace("project_name: admin", f"project_name: {project}"))
+
+
+class Cli:
+    def __init__(self, clouds: Path) -> None:
+        self.env = {"PATH": "/usr/bin:/bin", "HOME": str(clouds.parent),
+                    "OS_CLIENT_CONFIG_FILE": str(clouds), "OS_CLOUD": "vmops"}
+        self.cwd = clouds.parent
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([OPENSTACK, *args], env=self.env, cwd=self.cwd, text=True,
+                              capture_output=True, timeout=300)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"openstack {' '.join(args)} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.run(*args, "-f", "json").stdout)
+
+
+def cli_for(tmp: Path, port: int, password: str, user: str = "admin",
+            project: str = "admin") -> Cli:
+    path = tmp / f"{user}-clouds.yaml"
+    path.write_text(password_clouds_yaml(port, password, user, project))
+    return Cli(path)
+
+
+@pytest.fixture(scope="module")
+def admin(service: Vmops, port: int, tmp_path_factory: pytest.TempPathFactory) -> Cli:
+    generated = service.state_dir / "admin-password"
+    assert generated.stat().st_mode & 0o777 == 0o600
+    return cli_for(tmp_path_factory.mktemp("os"), port, generated.read_text().strip())
+
+
+def test_the_admin_signs_in_with_the_generated_password(admin: Cli, service: Vmops) -> None:
+    token = admin.json("token", "issue")
+    assert token["id"] and token["project_id"] and token["user_id"]
+    flavors = {f["Name"] for f in admin.json("flavor", "list")}
+    assert "m1.tiny" in flavors
+    assert [i["Name"] for i in admin.json("image", "list")] == ["tiny"]
+    assert admin.json("server", "list") == []
+    endpoints = admin.json("catalog", "list")
+    assert {e["Type"] for e in endpoints} >= {"compute", "image", "network", "identity"}
+
+
+def test_admin_makes_a_project_and_a_member_who_signs_in(admin: Cli, service: Vmops,
+                                                         port: int, tmp_path: Path) -> None:
+    project = admin.json("project", "create", "--description", "team one", "team1")
+    assert project["name"] == "team1" and project["domain_id"] == "default"
+    user = admin.json("user", "create", "--password", "alice-pw", "--project", "team1",
+                      "alice")
+    assert user["name"] == "alice" and user["default_project_id"] == project["id"]
+    admin.run("role", "add", "--project", "team1", "--user", "alice", "member")
+    assignments = admin.json("role", "assignment", "list", "--names", "--user", "alice")
+    assert [(a["Role"], a["Project"]) for a in assignments] == [("member", "team1@Default")]
+    assert {p["Name"] for p in admin.json("project", "list")} == {"admin", "team1"}
+
+    alice = cli_for(tmp_path, port, "alice-pw", "alice", "team1")
+    token = alice.json("token", "issue")
+    assert (token["project_id"], token["user_id"]) == (project["id"], user["id"])
+    assert "m1.tiny" in {f["Name"] for f in alice.json("flavor", "list")}
+    refused = alice.run("flavor", "create", "--ram", "64", "--vcpus", "1", "--disk", "1",
+                        "mine", check=False)
+    assert refused.returncode != 0 and "403" in refused.stderr
+    refused = alice.run("project", "create", "mine", check=False)
+    assert refused.returncode != 0 and "403" in refused.stderr
+    wrong = cli_for(tmp_path / "..", port, "not-it", "alice", "team1")
+    failed = wrong.run("token", "issue", check=False)
+    assert failed.returncode != 0 and "401" in failed.stderr
+
+    # vmops' own CLI sees what the openstack client made.
+    listed = {u["name"]: u for u in service.json("user", "list")}
+    assert listed["alice"]["roles"] == ["team1:member"]
+    bob = service.json("user", "create", "bob", "--project", "team1", "--role", "reader")
+    bob_cli = cli_for(tmp_path, port, bob["password"], "bob", "team1")
+    assert bob_cli.json("token", "issue")["project_id"] == project["id"]
+    refused = bob_cli.run("keypair", "create", "--public-key", "/dev/null", "k", check=False)
+    assert refused.returncode != 0
+
+    admin.run("user", "delete", "alice")
+    service.run("user", "delete", "bob")
+    admin.run("project", "delete", "team1")
+    assert alice.run("token", "issue", check=False).returncode != 0
+    assert {p["Name"] for p in admin.json("project", "list")} == {"admin"}
