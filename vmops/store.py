@@ -254,6 +254,54 @@ CREATE TABLE volume_attachments (
     device TEXT NOT NULL, created_at REAL NOT NULL, UNIQUE (instance_id, device));
 """
 
+# Schema version 8: Nova's smaller records. Quotas per user as well as per
+# project (user_id '' is the project's own); quota classes in their own
+# table (schema 6 kept them in quotas under "class:<name>": moved here);
+# each Nova service's enabled/forced-down state; what a destroyed server
+# used (os-simple-tenant-usage counts it over its lifetime); private
+# flavors, their projects and extra specs, and the flavor fields Nova has
+# that vmops' did not (swap, rxtx_factor, description); host aggregates.
+SCHEMA_V8 = """
+CREATE TABLE quotas_v8 (
+    project_id TEXT NOT NULL, user_id TEXT NOT NULL, resource TEXT NOT NULL,
+    hard_limit INTEGER NOT NULL, PRIMARY KEY (project_id, user_id, resource));
+INSERT INTO quotas_v8 SELECT project_id, '', resource, hard_limit FROM quotas
+    WHERE project_id NOT LIKE 'class:%';
+CREATE TABLE quota_classes (
+    class_name TEXT NOT NULL, resource TEXT NOT NULL, hard_limit INTEGER NOT NULL,
+    PRIMARY KEY (class_name, resource));
+INSERT INTO quota_classes SELECT substr(project_id, 7), resource, hard_limit FROM quotas
+    WHERE project_id LIKE 'class:%';
+DROP TABLE quotas;
+ALTER TABLE quotas_v8 RENAME TO quotas;
+CREATE TABLE services (
+    binary TEXT NOT NULL, host TEXT NOT NULL, disabled INTEGER NOT NULL,
+    disabled_reason TEXT, forced_down INTEGER NOT NULL, updated_at REAL NOT NULL,
+    PRIMARY KEY (binary, host));
+CREATE TABLE instance_usage (
+    instance_id TEXT PRIMARY KEY, name TEXT NOT NULL, project_id TEXT NOT NULL,
+    user_id TEXT NOT NULL, flavor TEXT NOT NULL, vm_state TEXT NOT NULL,
+    created_at REAL NOT NULL, launched_at REAL, deleted_at REAL NOT NULL);
+CREATE INDEX instance_usage_deleted ON instance_usage (deleted_at);
+ALTER TABLE flavors ADD COLUMN is_public INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE flavors ADD COLUMN swap_mb INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flavors ADD COLUMN rxtx_factor REAL NOT NULL DEFAULT 1.0;
+ALTER TABLE flavors ADD COLUMN description TEXT;
+CREATE TABLE flavor_projects (
+    flavor_id TEXT NOT NULL, project_id TEXT NOT NULL, PRIMARY KEY (flavor_id, project_id));
+CREATE TABLE flavor_extra_specs (
+    flavor_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (flavor_id, key));
+CREATE TABLE aggregates (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, uuid TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+    availability_zone TEXT, created_at REAL NOT NULL, updated_at REAL);
+CREATE TABLE aggregate_hosts (
+    aggregate_id INTEGER NOT NULL, host TEXT NOT NULL, PRIMARY KEY (aggregate_id, host));
+CREATE TABLE aggregate_metadata (
+    aggregate_id INTEGER NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+    PRIMARY KEY (aggregate_id, key));
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
     Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
@@ -265,6 +313,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "identity (projects, users, roles, tokens), what each project owns; "
               "instance actions, server groups and quotas", _identity_and_ownership),
     Migration(7, "volumes and their attachments", SCHEMA_V7),
+    Migration(8, "quotas per user and quota classes; services; usage of destroyed "
+              "servers; private flavors, extra specs; host aggregates", SCHEMA_V8),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -421,6 +471,15 @@ class Flavor:
     ephemeral_gb: int = 0
     builtin: bool = False
     created_at: float = 0.0
+    is_public: bool = True  # a private one: admins and the projects given access
+    swap_mb: int = 0
+    rxtx_factor: float = 1.0
+    description: str | None = None
+
+
+def _flavor_from_row(row: sqlite3.Row) -> Flavor:
+    return Flavor(**{**dict(row), "builtin": bool(row["builtin"]),
+                     "is_public": bool(row["is_public"])})
 
 
 # OpenStack's classic sizes, scaled down where a test guest is concerned.
@@ -690,7 +749,8 @@ class Store:
         for flavor in BUILTIN_FLAVORS:
             with self._tx() as db:
                 db.execute(
-                    "INSERT OR IGNORE INTO flavors VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT OR IGNORE INTO flavors (id, name, ram_mib, vcpus, root_gb, "
+                    "ephemeral_gb, builtin, created_at) VALUES (?,?,?,?,?,?,?,?)",
                     (flavor.id, flavor.name, flavor.ram_mib, flavor.vcpus, flavor.root_gb,
                      flavor.ephemeral_gb, 1, 0.0))
 
@@ -700,6 +760,7 @@ class Store:
         flavor = replace(flavor, created_at=time.time())
         row = asdict(flavor)
         row["builtin"] = int(flavor.builtin)
+        row["is_public"] = int(flavor.is_public)
         with self._tx() as db:
             taken = db.execute("SELECT id, name FROM flavors WHERE id IN (?, ?) OR name IN (?, ?)",
                                (flavor.id, flavor.name, flavor.id, flavor.name)).fetchone()
@@ -714,7 +775,7 @@ class Store:
 
     def flavors(self) -> list[Flavor]:
         rows = self._query("SELECT * FROM flavors ORDER BY ram_mib, vcpus, name")
-        return [Flavor(**{**dict(r), "builtin": bool(r["builtin"])}) for r in rows]
+        return [_flavor_from_row(r) for r in rows]
 
     def flavor(self, ref: str) -> Flavor:
         """The flavor whose id or name is ``ref``. Two (only in a database
@@ -726,11 +787,13 @@ class Store:
             raise Conflict(reason=f"{ref!r} is the id of one flavor and the name of another; "
                            "name it by " + " or ".join(
                                repr(r["id"] if r["id"] != ref else r["name"]) for r in rows))
-        return Flavor(**{**dict(rows[0]), "builtin": bool(rows[0]["builtin"])})
+        return _flavor_from_row(rows[0])
 
     def delete_flavor(self, flavor_id: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM flavors WHERE id = ?", (flavor_id,))
+            db.execute("DELETE FROM flavor_projects WHERE flavor_id = ?", (flavor_id,))
+            db.execute("DELETE FROM flavor_extra_specs WHERE flavor_id = ?", (flavor_id,))
 
     # -- images --------------------------------------------------------------
     def add_image(self, image: Image) -> Image:

@@ -352,7 +352,42 @@ def test_quota_classes_are_the_defaults(api: Api) -> None:
     for bad in ({"quota_class_set": {"bogus": 3}}, {"quota_class_set": {"cores": -5}},
                 {"quota_class_set": {"instances": 1, "force": True}}):
         assert call(api, "PUT", "/os-quota-class-sets/default", bad).status == 400, bad
-    assert get(api, "/os-quota-sets/class:default").status == 400
+    # Quota classes are kept apart from projects (schema 8): a project whose
+    # id looks like an old class key is only a project.
+    assert get(api, "/os-quota-sets/class:default").body["quota_set"]["instances"] == 3
+
+
+def test_a_users_quotas_are_within_the_projects_and_enforced(api: Api) -> None:
+    assert call(api, "PUT", "/os-quota-sets/p1", {"quota_set": {"instances": 2}}).status == 200
+    answer = call(api, "PUT", "/os-quota-sets/p1?user_id=u1", {"quota_set": {"instances": 1}})
+    assert answer.status == 200 and answer.body["quota_set"]["instances"] == 1
+    assert set(answer.body["quota_set"]) == QUOTA_KEYS
+    assert get(api, "/os-quota-sets/p1?user_id=u1").body["quota_set"]["instances"] == 1
+    assert get(api, "/os-quota-sets/p1?user_id=u1", who=P1).body["quota_set"]["cores"] == \
+        get(api, "/os-quota-sets/p1").body["quota_set"]["cores"]  # the project's
+    assert get(api, "/os-quota-sets/p1").body["quota_set"]["instances"] == 2
+    detail = get(api, "/os-quota-sets/p1/detail?user_id=u1").body["quota_set"]
+    assert detail["instances"] == {"limit": 1, "in_use": 0, "reserved": 0}
+    # Above the project's (or unlimited under a limited project): refused.
+    for too_many in (3, -1):
+        answer = call(api, "PUT", "/os-quota-sets/p1?user_id=u1",
+                      {"quota_set": {"instances": too_many}})
+        assert answer.status == 400 and "less than or equal to 2" in answer.body[
+            "badRequest"]["message"]
+    assert call(api, "PUT", "/os-quota-sets/p1?user_id=u1", {"quota_set": {"instances": 1}},
+                who=P1).status == 403
+    assert _create(api).status == 202
+    settle(api)
+    over = _create(api, name="second")
+    assert over.status == 403 and "instances" in over.body["forbidden"]["message"]
+    # Only the user's go; then the whole project's.
+    assert call(api, "DELETE", "/os-quota-sets/p1?user_id=u1").status == 202
+    assert get(api, "/os-quota-sets/p1?user_id=u1").body["quota_set"]["instances"] == 2
+    assert call(api, "PUT", "/os-quota-sets/p1?user_id=u1",
+                {"quota_set": {"ram": 1024}}).status == 200
+    assert call(api, "DELETE", "/os-quota-sets/p1").status == 202
+    assert get(api, "/os-quota-sets/p1?user_id=u1").body["quota_set"]["ram"] == \
+        get(api, "/os-quota-sets/p1/defaults").body["quota_set"]["ram"]
 
 
 def _create(api: Api, who: str = P1, body: dict[str, Any] | None = None,

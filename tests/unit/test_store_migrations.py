@@ -197,7 +197,7 @@ def test_v7_adds_volumes_to_a_v6_database_keeping_its_records(v1_db: Path) -> No
 
     Store(v1_db, migrations=MIGRATIONS[:6]).close()  # as the release before volumes left it
     assert _user_version(v1_db) == 6
-    store = Store(v1_db)
+    store = Store(v1_db, migrations=MIGRATIONS[:7])
     assert _user_version(v1_db) == 7
     assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
     assert len(list(v1_db.parent.glob("vmops.db.v6-*.bak"))) == 1
@@ -211,4 +211,29 @@ def test_v7_adds_volumes_to_a_v6_database_keeping_its_records(v1_db: Path) -> No
     store = Store(v1_db)
     assert VolumeRecords(store).get("data").status == "attaching"
     assert [a.device for a in VolumeRecords(store).attachments()] == ["vdb"]
+    store.close()
+
+
+def test_v8_moves_quota_classes_apart_and_keys_quotas_by_user(v1_db: Path) -> None:
+    from vmops.compute.quotas import Quotas
+    from vmops.config import load
+
+    old = Store(v1_db, migrations=MIGRATIONS[:7])  # as the release before schema 8 left it
+    with old.transaction() as db:
+        db.executemany("INSERT INTO quotas VALUES (?, ?, ?)", [
+            ("p1", "instances", 4), ("p1", "cores", 8), ("class:default", "ram", 4096)])
+    old.close()
+    store = Store(v1_db)
+    assert _user_version(v1_db) == SCHEMA_VERSION
+    assert len(list(v1_db.parent.glob("vmops.db.v7-*.bak"))) == 1
+    quotas = Quotas(store, load(v1_db.parent, env={}))
+    assert (quotas.limits("p1")["instances"], quotas.limits("p1")["cores"]) == (4, 8)
+    assert quotas.defaults()["ram"] == 4096 and quotas.limits("p1")["ram"] == 4096
+    assert [tuple(r) for r in store.query("SELECT * FROM quota_classes")] == [
+        ("default", "ram", 4096)]
+    assert {r["user_id"] for r in store.query("SELECT user_id FROM quotas")} == {""}
+    # Flavors: the older ones are public, with no swap, as they always were.
+    c1 = store.flavor("c1")
+    assert (c1.is_public, c1.swap_mb, c1.rxtx_factor, c1.description) == (True, 0, 1.0, None)
+    assert store.flavor("m1.tiny").is_public
     store.close()

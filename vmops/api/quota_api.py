@@ -91,35 +91,38 @@ class QuotaApi:
 
     # -- os-quota-sets -----------------------------------------------------------
     def show_quotas(self, req: Request) -> Response:
-        """``?user_id=`` is accepted and shows the project's: vmops keeps
-        quotas per project only."""
-        project = own_project(req, _project(req.params["project"]))
+        """``?user_id=``: that user's limits (the project's where they have
+        none of their own)."""
+        project = own_project(req, req.params["project"])
         return Response(200, {"quota_set": {"id": project, **_set_keys(
-            req, self.quotas.limits(project))}})
+            req, self.quotas.limits(project, req.arg("user_id") or ""))}})
 
     def default_quotas(self, req: Request) -> Response:
         return Response(200, {"quota_set": {"id": req.params["project"],
                                             **_set_keys(req, self.quotas.defaults())}})
 
     def quota_details(self, req: Request) -> Response:
-        project = own_project(req, _project(req.params["project"]))
-        limits = self.quotas.limits(project)
-        used = self.quotas.usage(project, req.arg("user_id") or req.context.user_id)
+        project = own_project(req, req.params["project"])
+        user_id = req.arg("user_id") or ""
+        limits = self.quotas.limits(project, user_id)
+        used = self.quotas.usage(project, user_id or req.context.user_id,
+                                 per_user=bool(user_id))
         return Response(200, {"quota_set": {"id": project, **_set_keys(req, {
             name: {"limit": limits[name], "in_use": used[name], "reserved": 0}
             for name in quotas.RESOURCES})}})
 
     def update_quotas(self, req: Request) -> Response:
-        if req.arg("user_id") is not None:
-            raise Invalid(reason="vmops keeps quotas per project, not per user: "
-                          "drop user_id")
+        """``?user_id=``: that user's limits, each at most the project's."""
         values, force = _quota_body(req.json(), "quota_set", _set_names(req),
                                     allow_force=True)
-        limits = self.quotas.update(_project(req.params["project"]), values, force)
+        limits = self.quotas.update(req.params["project"], values, force,
+                                    req.arg("user_id") or "")
         return Response(200, {"quota_set": _set_keys(req, limits)})
 
     def reset_quotas(self, req: Request) -> Response:
-        self.quotas.reset(_project(req.params["project"]))
+        """The project's limits and its users' back to the defaults; with
+        ``?user_id=``, only that user's."""
+        self.quotas.reset(req.params["project"], req.arg("user_id") or None)
         return Response(202)
 
     # -- os-quota-class-sets: "default" is every project's defaults ----------------
@@ -213,13 +216,6 @@ def _class_name(name: str) -> str:
     if not 1 <= len(name) <= 255 or not name.isprintable():
         raise Invalid(reason="a quota class name is 1 to 255 printable characters")
     return name
-
-
-def _project(project_id: str) -> str:
-    """A project's id in os-quota-sets (the class rows' keys are not one)."""
-    if project_id.startswith(quotas.CLASS_PREFIX):
-        raise Invalid(reason=f"{project_id[:60]!r} is not a project's id")
-    return project_id
 
 
 def _quota_body(body: Any, key: str, names: tuple[str, ...],

@@ -191,7 +191,7 @@ class Compute:
         ports, group_ids = self._plan_nics(req, instance_id, mac)
         hostname = hostname_of(req.name, instance_id)
         with self.quotas.lock:  # checked and recorded at once: no two take the last unit
-            self.quotas.check_servers(req.project_id, flavor)
+            self.quotas.check_servers(req.project_id, flavor, user_id=req.user_id)
             no_host = self.server_groups.check_join(req.server_group, req.project_id) \
                 if req.server_group else None
             inst = self._add_record(req, instance_id, hostname, flavor, image, mac, use_drive,

@@ -21,9 +21,14 @@ network service is Neutron, but not enforced.
 Creates check and record under one lock (:attr:`Quotas.lock`), so two at
 once cannot both take the last unit.
 
-Nova's quota classes live in the same ``quotas`` table, under the key
-``class:<name>`` (never a project's id: those are hex uuids); the ``default``
-class's rows override the settings as every project's defaults.
+A user of a project may have their own limits too (``quotas`` rows with
+their ``user_id``; the project's own have ``user_id`` ''), set by an admin
+with ``os-quota-sets/{project}?user_id=``: each is at most the project's,
+and server create checks the user's servers against them as well as the
+project's against the project's (Nova's per-user quotas).
+
+Nova's quota classes are in ``quota_classes``; the ``default`` class's
+rows override the settings as every project's defaults.
 """
 
 from __future__ import annotations
@@ -42,7 +47,6 @@ RESOURCES = ("instances", "cores", "ram", "floating_ips", "fixed_ips", "metadata
              "key_pairs", "security_groups", "security_group_rules", "server_groups",
              "server_group_members")
 UNLIMITED = -1
-CLASS_PREFIX = "class:"
 DEFAULT_CLASS = "default"
 MAX_LIMIT = 0x7FFFFFFF  # Nova's: a database integer
 # Nova's defaults for what vmops keeps but does not enforce.
@@ -79,51 +83,81 @@ class Quotas:
         return self.class_limits(DEFAULT_CLASS)
 
     def class_limits(self, name: str) -> dict[str, int]:
-        return self._overlaid(defaults(self.settings), CLASS_PREFIX + name)
-
-    def update_class(self, name: str, values: Mapping[str, int]) -> dict[str, int]:
-        self._store_limits(CLASS_PREFIX + name, values)
-        return self.class_limits(name)
-
-    def limits(self, project_id: str) -> dict[str, int]:
-        return self._overlaid(self.defaults(), project_id)
-
-    def _overlaid(self, limits: dict[str, int], key: str) -> dict[str, int]:
-        for row in self.store.query("SELECT resource, hard_limit FROM quotas "
-                                    "WHERE project_id = ?", key):
+        limits = defaults(self.settings)
+        for row in self.store.query("SELECT resource, hard_limit FROM quota_classes "
+                                    "WHERE class_name = ?", name):
             if row["resource"] in limits:
                 limits[row["resource"]] = int(row["hard_limit"])
         return limits
 
-    def _store_limits(self, key: str, values: Mapping[str, int]) -> None:
+    def update_class(self, name: str, values: Mapping[str, int]) -> dict[str, int]:
         with self.store.transaction() as db:
-            for name, limit in values.items():
-                db.execute("INSERT OR REPLACE INTO quotas VALUES (?, ?, ?)", (key, name, limit))
+            for resource, limit in values.items():
+                db.execute("INSERT OR REPLACE INTO quota_classes VALUES (?, ?, ?)",
+                           (name, resource, limit))
+        return self.class_limits(name)
 
-    def update(self, project_id: str, values: Mapping[str, int], force: bool) -> dict[str, int]:
-        """Set some of a project's limits. Without ``force`` a limit below
-        what the project already uses is refused (Nova's check)."""
+    def limits(self, project_id: str, user_id: str = "") -> dict[str, int]:
+        """The project's limits; with ``user_id``, that user's (the
+        project's, where the user has none of their own)."""
+        limits = self._overlaid(self.defaults(), project_id, "")
+        return self._overlaid(limits, project_id, user_id) if user_id else limits
+
+    def _overlaid(self, limits: dict[str, int], project_id: str,
+                  user_id: str) -> dict[str, int]:
+        for row in self.store.query("SELECT resource, hard_limit FROM quotas "
+                                    "WHERE project_id = ? AND user_id = ?", project_id, user_id):
+            if row["resource"] in limits:
+                limits[row["resource"]] = int(row["hard_limit"])
+        return limits
+
+    def update(self, project_id: str, values: Mapping[str, int], force: bool,
+               user_id: str = "") -> dict[str, int]:
+        """Set some of a project's (or one of its users') limits. Without
+        ``force`` a limit below what is already used is refused (Nova's
+        check); a user's limit is never above the project's."""
         with self.lock:
-            used = self.usage(project_id)
+            used = self.usage(project_id, user_id or None, per_user=bool(user_id))
+            project = self.limits(project_id)
             for name, limit in values.items():
                 if not force and limit != UNLIMITED and limit < used.get(name, 0):
                     raise Invalid(f"Quota limit {limit} for {name} must be greater than or "
                                   f"equal to already used and reserved {used[name]}.")
-            self._store_limits(project_id, values)
-        return self.limits(project_id)
+                if user_id and project[name] != UNLIMITED and \
+                        (limit == UNLIMITED or limit > project[name]):
+                    raise Invalid(f"Quota limit {limit} for {name} must be less than or "
+                                  f"equal to {project[name]}.")
+            with self.store.transaction() as db:
+                for name, limit in values.items():
+                    db.execute("INSERT OR REPLACE INTO quotas VALUES (?, ?, ?, ?)",
+                               (project_id, user_id, name, limit))
+        return self.limits(project_id, user_id)
 
-    def reset(self, project_id: str) -> None:
-        """Back to the defaults (Nova's DELETE /os-quota-sets/{project})."""
+    def reset(self, project_id: str, user_id: str | None = None) -> None:
+        """Back to the defaults (Nova's DELETE /os-quota-sets/{project}: the
+        project's limits and its users'); with ``user_id``, only that user's."""
         with self.store.transaction() as db:
-            db.execute("DELETE FROM quotas WHERE project_id = ?", (project_id,))
+            if user_id is None:
+                db.execute("DELETE FROM quotas WHERE project_id = ?", (project_id,))
+            else:
+                db.execute("DELETE FROM quotas WHERE project_id = ? AND user_id = ?",
+                           (project_id, user_id))
+
+    def has_own(self, project_id: str, user_id: str) -> bool:
+        return bool(self.store.query("SELECT 1 FROM quotas WHERE project_id = ? AND "
+                                     "user_id = ? LIMIT 1", project_id, user_id))
 
     # -- usage ---------------------------------------------------------------
-    def usage(self, project_id: str, user_id: str | None = None) -> dict[str, int]:
+    def usage(self, project_id: str, user_id: str | None = None,
+              per_user: bool = False) -> dict[str, int]:
         """What the project uses now, for each resource that is counted
-        (the per-server and per-file ones are 0, as in Nova's detail)."""
+        (the per-server and per-file ones are 0, as in Nova's detail). Key
+        pairs are ``user_id``'s; with ``per_user``, servers too."""
         used = dict.fromkeys(RESOURCES, 0)
-        for inst in self.store.query("SELECT body FROM instances WHERE project_id = ?",
-                                     project_id):
+        sql, args = "SELECT body FROM instances WHERE project_id = ?", [project_id]
+        if per_user:
+            sql, args = sql + " AND user_id = ?", [project_id, user_id or ""]
+        for inst in self.store.query(sql, *args):
             flavor = _flavor_of(inst["body"])
             used["instances"] += 1
             used["cores"] += int(flavor.get("vcpus", 0))
@@ -141,13 +175,19 @@ class Quotas:
         return used
 
     # -- checks --------------------------------------------------------------
-    def check_servers(self, project_id: str, flavor: Flavor, count: int = 1) -> None:
-        """Room for ``count`` more servers of ``flavor``; call holding :attr:`lock`
-        until the server is recorded."""
-        limits, used = self.limits(project_id), self.usage(project_id)
+    def check_servers(self, project_id: str, flavor: Flavor, count: int = 1,
+                      user_id: str = "") -> None:
+        """Room for ``count`` more servers of ``flavor`` in the project (and,
+        if ``user_id`` has limits of their own, for that user); call holding
+        :attr:`lock` until the server is recorded."""
+        checks = [(self.limits(project_id), self.usage(project_id))]
+        if user_id and self.has_own(project_id, user_id):
+            checks.append((self.limits(project_id, user_id),
+                           self.usage(project_id, user_id, per_user=True)))
         wanted = {"instances": count, "cores": count * flavor.vcpus,
                   "ram": count * flavor.ram_mib}
-        for name, requested in wanted.items():
+        for (limits, used), (name, requested) in (
+                (check, item) for check in checks for item in wanted.items()):
             if over(limits[name], used[name], requested):
                 raise QuotaExceeded(
                     f"Quota exceeded for {name}: Requested {requested}, but already used "
