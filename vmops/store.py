@@ -582,6 +582,7 @@ class Instance:
     tags: tuple[str, ...] = ()
     reservation_id: str = ""  # the request that made it (several at once share it)
     launch_index: int = 0  # its place in that request
+    locked_by: str = ""  # Nova's lock: "owner" or "admin" ('': not locked)
 
 
 _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", "image_id",

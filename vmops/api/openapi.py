@@ -250,7 +250,7 @@ def _server_paths() -> dict[str, Any]:
     action = {"oneOf": [
         obj({"reboot": obj({"type": {"enum": ["SOFT", "HARD"]}}, extra=False)}, extra=False),
         *(obj({name: {"type": ["object", "null"], "maxProperties": 0}}, extra=False)
-          for name in ("pause", "unpause", "suspend", "resume", "os-start",
+          for name in ("pause", "unpause", "suspend", "resume", "os-start", "lock", "unlock",
                        "vmops:rebuildConfigDrive")),
         *(obj({name: obj({"name": STR}, extra=False)}, extra=False)
           for name in ("addSecurityGroup", "removeSecurityGroup")),

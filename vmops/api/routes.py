@@ -305,6 +305,7 @@ class Routes:
     def delete_server(self, req: Request) -> Response:
         """Allowed while the server builds: the build stops and it goes."""
         inst = self.instance(req)
+        _check_unlocked(req.context, inst)
         self.compute.delete(inst.id)
         return Response(204)
 
@@ -334,10 +335,17 @@ class Routes:
             return Response(202)
         if action == "os-getConsoleOutput":
             return Response(200, {"output": self._console_output(inst.id, arg)})
+        if action in ("lock", "unlock"):
+            parse.no_argument(action, arg)
+            self._lock(req.context, inst, action == "lock")
+            return Response(202)
         handler = self._actions().get(action)
         if handler is None:
             raise Invalid(reason=f"unknown action {action!r}; known: "
-                          f"{', '.join(sorted(self._actions()))}, os-getConsoleOutput")
+                          f"{', '.join(sorted(self._actions()))}, lock, unlock, "
+                          "os-getConsoleOutput")
+        if action not in _NOT_LOCKED:
+            _check_unlocked(req.context, inst)
         wait = req.arg("vmops:wait")
         seconds = parse.wait_seconds(wait) if wait is not None else None
         # An action with an answer of its own returns it (headers and body).
@@ -349,6 +357,20 @@ class Routes:
         return Response(200, {"server": views.server(inst, req.base_url, views.View.of(req),
                                                      net=self._network_view(inst))},
                         headers=answer.headers)
+
+    def _lock(self, ctx: Context, inst: Instance, lock: bool) -> None:
+        """Nova's lock: then only an admin may act on the server; a lock an
+        admin set only an admin lifts."""
+        if lock:
+            if not inst.locked_by:
+                self.store.update_instance(inst, locked_by="admin" if ctx.is_admin
+                                           else "owner")
+            return
+        if inst.locked_by == "admin" and not ctx.is_admin:
+            raise Forbidden(reason=f"server {inst.id} was locked by an admin; only an admin "
+                            "may unlock it")
+        if inst.locked_by:
+            self.store.update_instance(inst, locked_by="")
 
     def _console_output(self, instance_id: str, arg: Any) -> str:
         """Nova's os-getConsoleOutput: control characters but tab and newline
@@ -746,6 +768,16 @@ def _page(items: list[Any], req: Request, key: Callable[[Any], str]) -> list[Any
     if limit is not None:
         items = items[:parse.count_arg(limit, "limit")]
     return items
+
+
+# Actions Nova allows on a locked server (its lock guards the others).
+_NOT_LOCKED = {"createImage", "addSecurityGroup", "removeSecurityGroup"}
+
+
+def _check_unlocked(ctx: Context, inst: Instance) -> None:
+    """Nova's InstanceIsLocked: a locked server is changed by admins only."""
+    if inst.locked_by and not ctx.is_admin:
+        raise Conflict(reason=f"Instance {inst.id} is locked")
 
 
 # Nova's flavor sort keys, as vmops' flavor fields.

@@ -168,7 +168,7 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
     if full:
         body.update(_show_only(inst, view, net))
     if view.at_least("2.9"):
-        body["locked"] = False
+        body["locked"] = bool(inst.locked_by)
     if view.at_least("2.19"):
         body["description"] = inst.description
     if full and view.at_least("2.26"):
