@@ -583,6 +583,14 @@ class Instance:
     reservation_id: str = ""  # the request that made it (several at once share it)
     launch_index: int = 0  # its place in that request
     locked_by: str = ""  # Nova's lock: "owner" or "admin" ('': not locked)
+    # -- resize and rescue (in `body`) ---------------------------------------
+    # While a resize is not confirmed or reverted: what the instance was
+    # before it ({"flavor_id", "flavor", "disks", "vm_state"}); its old disks
+    # are kept in the instance's resize-old directory (compute/resize.py).
+    pre_resize: dict[str, Any] | None = None
+    # While rescued (or being rescued): the image its rescue disk is made
+    # from; the domain then boots from that disk (compute/rescue.py).
+    rescue_image_id: str = ""
 
 
 _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", "image_id",

@@ -183,6 +183,20 @@ def test_boot_markers_and_acpi_powerdown(boot: Boot, tmp_path: Path) -> None:
     assert guest.proc.wait(timeout=30) == 0
 
 
+def test_cpus_memory_and_an_nmi(boot: Boot) -> None:
+    """The guest reports its CPUs and memory, and its kernel reports an NMI
+    from outside and carries on (what a crash dump request sends)."""
+    guest = boot(extra=["-smp", "2"])
+    assert guest.wait_for(r"^VMOPS-CPUS (\d+)$").group(1) == "2"
+    memtotal_kib = int(guest.wait_for(r"^VMOPS-MEMTOTAL (\d+)$").group(1))
+    assert 128 * 1024 < memtotal_kib < 256 * 1024  # -m 256, less the kernel's own
+    guest.wait_for(r"^VMOPS-HEARTBEAT 1$")
+    guest.qmp.execute("inject-nmi")
+    guest.wait_for(r"NMI received for unknown reason [0-9a-f]+ on CPU \d+", timeout=30)
+    last = max(guest.heartbeats())
+    guest.wait_for(rf"^VMOPS-HEARTBEAT {last + 2}$", timeout=30)
+
+
 def test_nopower_variant_ignores_power_button(boot: Boot) -> None:
     guest = boot("tiny-nopower.qcow2")
     guest.wait_for(r"^VMOPS-HEARTBEAT 1$")

@@ -19,6 +19,7 @@ gets as far as a running guest.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -263,3 +264,61 @@ def test_service_killed_during_an_action(harness: Harness, action: str, step: st
     _truthful_after_restart(h, instance_id)  # ERROR here: the fake forgot the domain
     h.client.delete(f"/servers/{instance_id}")
     _nothing_left(h, instance_id, capture)
+
+
+# -- resize, rescue: an interrupted change is rolled back or finished ---------------------
+def _act(h: Harness, instance_id: str, body: dict[str, Any]) -> None:
+    h.client.post(f"/servers/{instance_id}/action", body)
+
+
+RESIZE = {"resize": {"flavorRef": "m1.small"}}
+# verb -> (what brings the instance to where the verb starts, the verb's body)
+CHANGES: dict[str, tuple[tuple[tuple[dict[str, Any], str], ...], dict[str, Any]]] = {
+    "resize": ((), RESIZE),
+    "revert-resize": (((RESIZE, "VERIFY_RESIZE"),), {"revertResize": None}),
+    "confirm-resize": (((RESIZE, "VERIFY_RESIZE"),), {"confirmResize": None}),
+    "rescue": ((), {"rescue": None}),
+    "unrescue": ((({"rescue": None}, "RESCUE"),), {"unrescue": None}),
+}
+
+
+@pytest.mark.parametrize(("verb", "step"), [(verb, step) for verb in CHANGES
+                                            for step in crash_points.steps_of(verb)])
+def test_service_killed_during_a_resize_or_rescue(harness: Harness, verb: str,
+                                                  step: str) -> None:
+    """Rolled back (resize, revert: to the old flavor and disks; rescue: to
+    the instance's own disks) or finished (confirm, unrescue) at restart."""
+    h = harness
+    h.serve(f"{verb}:{step}")
+    instance_id = h.spawn()
+    h.wait_for(instance_id, "ACTIVE")
+    root = h.state / "instances" / instance_id / "root.qcow2"
+    before = _virtual_size(root)
+    capture = h.capture_pid(instance_id)
+    prepare, body = CHANGES[verb]
+    for first, status in prepare:
+        _act(h, instance_id, first)
+        h.wait_for(instance_id, status)
+    with contextlib.suppress(ConnectionError, ServiceUnavailable):
+        _act(h, instance_id, body)
+    h.killed_at(f"{verb}:{step}")
+    h.serve()
+    server = _truthful_after_restart(h, instance_id)
+    folder = h.state / "instances" / instance_id
+    assert not (folder / "resize-old").exists() and not (folder / "rescue").exists()
+    if verb == "confirm-resize":  # finished: the new disk stays (the fake forgot the domain)
+        assert _virtual_size(root) > before
+    else:  # rolled back (resize, revert) or the instance's own disks again (rescue)
+        # A rollback defines the domain again (and boots it), so the fake has
+        # it; one with nothing to undo leaves the fake's forgetting to show.
+        assert server["status"] == "ACTIVE" or "missing" in server["fault"]["message"], server
+        assert _virtual_size(root) == before
+        assert server["flavor"]["id"] == "1"  # m1.tiny, as spawned
+    h.client.delete(f"/servers/{instance_id}")
+    _nothing_left(h, instance_id, capture)
+
+
+def _virtual_size(path: Path) -> int:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return int(json.loads(out)["virtual-size"])

@@ -216,7 +216,7 @@ def test_missing_domain(hv: Hypervisor) -> None:
     assert not hv.exists(missing)
     for call in (hv.info, hv.start, hv.shutdown, hv.pause, hv.unpause, hv.suspend,
                  hv.reboot_hard, hv.power_off, hv.domain_xml, hv.has_saved_memory,
-                 hv.discard_saved_memory, hv.qemu_pid):
+                 hv.discard_saved_memory, hv.qemu_pid, hv.inject_nmi):
         with pytest.raises(InstanceNotFound):
             call(missing)
     hv.undefine(missing)
@@ -232,6 +232,7 @@ OPERATIONS: dict[str, Callable[[Hypervisor, str], None]] = {
     "unpause": lambda hv, uuid: hv.unpause(uuid),
     "suspend": lambda hv, uuid: hv.suspend(uuid),
     "undefine": lambda hv, uuid: hv.undefine(uuid),
+    "inject_nmi": lambda hv, uuid: hv.inject_nmi(uuid),
 }
 # From each state: the state an operation leaves, or None where it is refused.
 # Written out, not read from base.ALLOWED_STATES, so a change there shows here.
@@ -245,6 +246,7 @@ OUTCOMES: dict[str, dict[PowerState, PowerState | None]] = {
     "unpause": {OFF: None, ON: None, PAUSED: ON, SAVED: None},
     "suspend": {OFF: None, ON: SAVED, PAUSED: SAVED, SAVED: None},
     "undefine": {OFF: OFF, ON: None, PAUSED: None, SAVED: SAVED},
+    "inject_nmi": {OFF: None, ON: ON, PAUSED: None, SAVED: None},  # no state change
 }
 
 

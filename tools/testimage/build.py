@@ -20,6 +20,8 @@ The guest (tools/testimage/init.sh) prints on the serial console, one per
 line (the tty turns "\\n" into "\\r\\n"):
   VMOPS-BOOT-COMPLETE                 userspace up, modules loaded, acpid running
   VMOPS-KERNEL <uname -r>
+  VMOPS-CPUS <n>                      online CPUs (nproc)
+  VMOPS-MEMTOTAL <KiB>                MemTotal of /proc/meminfo (RAM less the kernel's own)
   VMOPS-DISK <dev> <bytes>            each vd*, sd*, sr* (also later hotplugs)
   VMOPS-DISK-GONE <dev>               a disk disappeared after boot
   VMOPS-NIC <ifname> <mac>            each non-lo interface (also later hotplugs)
@@ -39,6 +41,11 @@ first vd*/sd*/sr* disk or partition whose iso9660 or FAT label is config-2
 (any case); its files are dumped before DHCP and the heartbeat start, so no
 other marker lands inside a FILE block. A power button press before
 VMOPS-BOOT-COMPLETE is lost (acpid starts just before that line).
+
+The kernel is Debian's, with its defaults: an NMI from outside (libvirt's
+injectNMI, QEMU's inject-nmi) makes it print "Uhhuh. NMI received for
+unknown reason <nn> on CPU <n>." (an emergency-level message, so it passes
+loglevel=3) and carry on (unknown_nmi_panic is off).
 """
 
 from __future__ import annotations

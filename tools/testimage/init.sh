@@ -243,6 +243,8 @@ ip link set lo up
 start_acpid
 echo "VMOPS-BOOT-COMPLETE"
 echo "VMOPS-KERNEL $(uname -r)"
+echo "VMOPS-CPUS $(nproc)"
+echo "VMOPS-MEMTOTAL $(sed -n 's/^MemTotal: *\([0-9]*\) kB$/\1/p' /proc/meminfo)"
 
 settle_block
 KNOWN_DISKS=" $(block_devs | tr '\n' ' ')"

@@ -14,6 +14,7 @@ from typing import Any
 
 from vmops.api import discovery
 from vmops.api.server import MAX_BODY_BYTES, MAX_MICROVERSION, Request, Response, version_text
+from vmops.compute import states
 
 P = discovery.COMPUTE_PREFIX
 IMG = discovery.IMAGE_PREFIX
@@ -120,8 +121,7 @@ def _schemas() -> dict[str, Any]:
 def _server_schema() -> dict[str, Any]:
     """A server at any microversion served: what every one has is required,
     what a microversion, admin rights or X-Vmops-Extra add is optional."""
-    status = {"enum": ["ACTIVE", "BUILD", "SHUTOFF", "PAUSED", "SUSPENDED", "REBOOT",
-                       "HARD_REBOOT", "REBUILD", "ERROR", "DELETED", "UNKNOWN"]}
+    status = {"enum": [*states.STATUSES, "UNKNOWN"]}
     flavor = {"oneOf": [obj({"id": STR, "links": LINKS}, extra=False),
                         obj({"vcpus": INT, "ram": INT, "disk": INT, "ephemeral": INT,
                              "swap": INT, "original_name": STR},
@@ -251,7 +251,14 @@ def _server_paths() -> dict[str, Any]:
         obj({"reboot": obj({"type": {"enum": ["SOFT", "HARD"]}}, extra=False)}, extra=False),
         *(obj({name: {"type": ["object", "null"], "maxProperties": 0}}, extra=False)
           for name in ("pause", "unpause", "suspend", "resume", "os-start", "lock", "unlock",
-                       "vmops:rebuildConfigDrive")),
+                       "vmops:rebuildConfigDrive", "confirmResize", "revertResize",
+                       "unrescue", "trigger_crash_dump")),
+        obj({"resize": obj({"flavorRef": {"type": ["string", "integer"]}},
+                           {"OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]}}, extra=False)},
+            extra=False),
+        obj({"rescue": {"type": ["object", "null"], "additionalProperties": False,
+                        "properties": {"adminPass": STR, "rescue_image_ref": STR}}},
+            extra=False),
         *(obj({name: obj({"name": STR}, extra=False)}, extra=False)
           for name in ("addSecurityGroup", "removeSecurityGroup")),
         obj({"os-stop": {"type": ["object", "null"], "additionalProperties": False,
@@ -319,8 +326,13 @@ def _server_paths() -> dict[str, Any]:
                        "(a new root disk from imageRef; same id, MACs, addresses, flavor), "
                        "createImage (a snapshot of the root disk: the new image's URL in "
                        "Location; from 2.45 its id in the body) (202, continues in the "
-                       "background), os-getConsoleOutput (200)",
-                       {**ok(obj({}, {"output": STR, "server": ref("Server")})),
+                       "background), os-getConsoleOutput (200); resize (to flavorRef: "
+                       "VERIFY_RESIZE), then confirmResize (204) or revertResize; rescue "
+                       "(200: the rescue adminPass; RESCUE), unrescue; trigger_crash_dump "
+                       "(2.17: an NMI to the guest)",
+                       {**ok(obj({}, {"output": STR, "server": ref("Server"),
+                                      "adminPass": STR})),
+                        **ok(None, "204", "No content (confirmResize)"),
                         "202": {"description": "Accepted (rebuild: the server; createImage "
                                 "from 2.45: the image's id; the others: no body)",
                                 "x-body-optional": True,

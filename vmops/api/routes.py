@@ -18,7 +18,9 @@ import re2
 
 from vmops import console
 from vmops.api import (
+    change_actions,
     discovery,
+    flavor_access_api,
     host_api,
     image_service,
     keypairs,
@@ -35,6 +37,7 @@ from vmops.api.keystone import add_routes as add_identity_routes
 from vmops.api.metrics import Metrics
 from vmops.api.policy import enforce
 from vmops.api.server import Context, Request, Response, Router
+from vmops.compute import flavor_access
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.errors import (
@@ -89,6 +92,7 @@ class Routes:
         quota_api.add_routes(r, self.compute)
         server_extras.add_routes(r, self.compute)
         server_groups_api.add_routes(r, self.compute)
+        flavor_access_api.add_routes(r, self.store)  # access lists, extra specs
         add_identity_routes(r, self.identity)
         r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
         r.add("GET", "/metrics", self.metrics.scrape)
@@ -118,7 +122,6 @@ class Routes:
         r.add("POST", f"{P}/flavors", self.create_flavor)
         r.add("GET", f"{P}/flavors/{{id}}", self.show_flavor)
         r.add("DELETE", f"{P}/flavors/{{id}}", self.delete_flavor)
-        r.add("GET", f"{P}/flavors/{{id}}/os-extra_specs", self.flavor_extra_specs)
         r.add("GET", f"{P}/images", self.list_images)
         r.add("GET", f"{P}/images/detail", self.list_images_detail)
         r.add("POST", f"{P}/images", self.import_image)
@@ -409,6 +412,7 @@ class Routes:
             "reboot": self._reboot,
             "createImage": self._create_image,
             "rebuild": self._rebuild,
+            **change_actions.handlers(c),  # resize, rescue, trigger_crash_dump, ...
         }
 
     def _stop(self, ref: str, arg: Any, _req: Request) -> None:
@@ -441,9 +445,10 @@ class Routes:
         if not flavor_ref:
             return
         try:
-            flavor = self.store.flavor(flavor_ref)
-        except FlavorNotFound:
-            return  # the spawn says so, in its words
+            flavor = flavor_access.visible_flavor(self.store, flavor_ref, ctx.project_id,
+                                                  ctx.is_admin)
+        except FlavorNotFound as exc:  # Nova: 400 for a flavorRef it cannot find
+            raise Invalid(reason=exc.message) from None
         if int(image.extra.get("min_ram", 0)) > flavor.ram_mib:
             raise Invalid(reason="Flavor's memory is too small for requested image.")
         if flavor.root_gb and int(image.extra.get("min_disk", 0)) > flavor.root_gb:
@@ -539,19 +544,15 @@ class Routes:
 
     # -- flavors -------------------------------------------------------------
     def _flavors(self, req: Request) -> list[Any]:
-        """Nova's flavor list: filters minRam, minDisk and is_public (every
-        vmops flavor is public), sorted by sort_key/sort_dir (default: id
-        ascending), then marker and limit."""
-        flavors = self.store.flavors()
+        """Nova's flavor list: filters minRam, minDisk and is_public (private
+        flavors: flavor_access.listed), sorted by sort_key/sort_dir (default:
+        id ascending), then marker and limit."""
+        flavors = flavor_access_api.visible_flavors(self.store, req)
         for arg, attr in (("minRam", "ram_mib"), ("minDisk", "root_gb")):
             text = req.arg(arg)
             if text:
                 least = parse.whole_number(text, arg)
                 flavors = [f for f in flavors if getattr(f, attr) >= least]
-        public = req.arg("is_public")
-        if public is not None and public.lower() != "none" and req.context.is_admin \
-                and not parse.boolean(public, "is_public"):
-            flavors = []  # no private flavors here
         key = _FLAVOR_SORT_KEYS.get(req.arg("sort_key") or "flavorid")
         if key is None:
             raise Invalid(reason=f"invalid sort_key {req.arg('sort_key')!r}; one of "
@@ -572,29 +573,23 @@ class Routes:
                                           for f in self._flavors(req)]})
 
     def show_flavor(self, req: Request) -> Response:
-        flavor = self.store.flavor(req.params["id"])
+        flavor = flavor_access.visible_flavor(self.store, req.params["id"],
+                                              req.context.project_id, req.context.is_admin)
         return Response(200, {"flavor": views.flavor(flavor, req.base_url, views.View.of(req))})
-
-    def flavor_extra_specs(self, req: Request) -> Response:
-        """vmops flavors have no extra specs; clients ask when showing one."""
-        self.store.flavor(req.params["id"])
-        return Response(200, {"extra_specs": {}})
 
     def create_flavor(self, req: Request) -> Response:
         """Nova's flavor create. Numbers may come as digit strings and
-        is_public as any of Nova's boolean spellings; vmops flavors have no
-        swap, are all public and have rxtx_factor 1, so only those values
-        are taken (anything else is refused, not dropped)."""
+        is_public as any of Nova's boolean spellings (a private flavor:
+        flavor_access_api); vmops flavors have no swap and have rxtx_factor 1,
+        so only those values are taken (anything else is refused, not dropped)."""
         f = parse.section(req.json(), "flavor")
         parse.no_unknown(f, {"name", "ram", "vcpus", "disk", "OS-FLV-EXT-DATA:ephemeral",
                              "id", "swap", "rxtx_factor", "os-flavor-access:is_public"},
                          "flavor")
         if f.get("swap") not in (None, "") and parse.whole_number(f["swap"], "swap") != 0:
             raise Invalid(reason="vmops flavors have no swap disk: swap must be 0 or \"\"")
-        public = f.get("os-flavor-access:is_public")
-        if public is not None and not parse.boolean(public, "os-flavor-access:is_public"):
-            raise Invalid(reason="vmops flavors are all public: os-flavor-access:is_public "
-                          "must be true")
+        public = parse.boolean(f.get("os-flavor-access:is_public", True),
+                               "os-flavor-access:is_public")
         _refuse_unsupported(f, {"rxtx_factor": (1, 1.0)})
         flavor_id = f.get("id")
         if isinstance(flavor_id, int) and not isinstance(flavor_id, bool):
@@ -606,7 +601,7 @@ class Routes:
             parse.whole_number(parse.field(f, "disk", (int, str), required=True), "disk"),
             parse.whole_number(f.get("OS-FLV-EXT-DATA:ephemeral") or 0,
                                "OS-FLV-EXT-DATA:ephemeral"),
-            parse.field({"id": flavor_id}, "id", str))
+            parse.field({"id": flavor_id}, "id", str), is_public=public)
         return Response(200, {"flavor": views.flavor(flavor, req.base_url, views.View.of(req))})
 
     def delete_flavor(self, req: Request) -> Response:

@@ -120,8 +120,7 @@ def nic(port: Port) -> dict[str, Any]:
 _PROGRESS_STATUSES = {"BUILD", "ACTIVE", "REBUILD"}
 
 
-STATUSES = ("ACTIVE", "BUILD", "SHUTOFF", "PAUSED", "SUSPENDED", "REBOOT", "HARD_REBOOT",
-            "REBUILD", "ERROR", "DELETED")
+STATUSES = states.STATUSES
 
 
 def server_status(inst: Instance) -> str:
@@ -251,12 +250,12 @@ def flavor_brief(f: Flavor, base: str) -> dict[str, Any]:
 
 
 def flavor(f: Flavor, base: str, view: View = NOVA_21) -> dict[str, Any]:
-    """Nova's flavor: swap "" for none, always public and enabled here
-    (vmops flavors have neither access lists nor a disabled state)."""
+    """Nova's flavor: swap "" for none, always enabled here (vmops flavors
+    have no disabled state); private ones: compute/flavor_access.py."""
     body: dict[str, Any] = {
         "id": f.id, "name": f.name, "ram": f.ram_mib, "vcpus": f.vcpus, "disk": f.root_gb,
         "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gb, "swap": "", "rxtx_factor": 1.0,
-        "os-flavor-access:is_public": True, "OS-FLV-DISABLED:disabled": False,
+        "os-flavor-access:is_public": f.is_public, "OS-FLV-DISABLED:disabled": False,
         "links": link(base, "flavors", f.id)}
     if view.extra:
         body["vmops:builtin"] = f.builtin

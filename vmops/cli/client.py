@@ -62,12 +62,16 @@ class Client:
         self.socket = state_dir / "vmops.sock"
         self.autostart = autostart
         self.timeout = timeout
+        # The compute microversion asked for (None: 2.1, Nova's default).
+        self.microversion: str | None = None
 
     # -- transport -----------------------------------------------------------
     def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
         payload = json.dumps(body).encode() if body is not None else None
         # vmops' own keys (vmops:*) come only to clients that ask for them.
         headers = {"X-Vmops-Extra": "1"}
+        if self.microversion:
+            headers["OpenStack-API-Version"] = f"compute {self.microversion}"
         if payload is not None:
             headers["Content-Type"] = "application/json"
         for attempt in (1, 2):

@@ -277,8 +277,10 @@ def _get_or_none(client: Client, path: str, kind: str) -> dict[str, Any] | None:
     return found
 
 
-def _action(args: argparse.Namespace, body: dict[str, Any]) -> int:
+def _action(args: argparse.Namespace, body: dict[str, Any],
+            microversion: str | None = None) -> int:
     client = _client(args)
+    client.microversion = microversion  # for the action only: views stay 2.1's
     server = _server_ref(client, args.name)
     if not args.json:
         print(f"{server['name']}: {args.command}...", file=sys.stderr, flush=True)
@@ -312,6 +314,46 @@ def cmd_reboot(args: argparse.Namespace) -> int:
 
 def cmd_rebuild(args: argparse.Namespace) -> int:
     return _action(args, {"rebuild": {"imageRef": args.image}})
+
+
+def cmd_crash_dump(args: argparse.Namespace) -> int:
+    return _action(args, {"trigger_crash_dump": None}, microversion="2.17")
+
+
+def cmd_resize(args: argparse.Namespace) -> int:
+    if args.confirm:
+        return _action(args, {"confirmResize": None})
+    if args.revert:
+        return _action(args, {"revertResize": None})
+    return _action(args, {"resize": {"flavorRef": args.flavor}})
+
+
+def cmd_rescue(args: argparse.Namespace) -> int:
+    """rescue answers the rescue password (the one given or a new one): sent
+    without vmops:wait, which would answer the server instead."""
+    arg: dict[str, Any] = {}
+    if args.image:
+        arg["rescue_image_ref"] = args.image
+    password = _admin_password(args)
+    if password is not None:
+        arg["adminPass"] = password
+    client = _client(args)
+    server = _server_ref(client, args.name)
+    if not args.json:
+        print(f"{server['name']}: rescue...", file=sys.stderr, flush=True)
+    answer = client.post(f"/servers/{server['id']}/action", {"rescue": arg})
+    server = _wait_server(client, server["id"], "idle", quiet=True)
+    if server.get("vmops:fault"):
+        print_error(f"rescue of {args.name} failed: {server['vmops:fault']}")
+        return 1
+    given = answer.get("adminPass") if isinstance(answer, dict) else None
+    if args.json:
+        print_json({**server, **({"adminPass": given} if given else {})})
+        return 0
+    print(f"{server['name']}: {server['status'].lower()} ({server['vmops:power_state']})")
+    if given and password is None:
+        print(f"rescue admin password: {given}")
+    return 0
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -683,6 +725,32 @@ def build_parser() -> argparse.ArgumentParser:
              "running guest is paused for the copy)")
     sp.add_argument("name")
     sp.add_argument("image_name")
+    sp = cmd("resize", cmd_resize, "move an instance to another flavor (memory, vCPUs, disks "
+             "grown), then confirm it or revert to the old flavor and disks")
+    sp.add_argument("name")
+    phase = sp.add_mutually_exclusive_group(required=True)
+    phase.add_argument("--flavor", help="the new flavor (the instance ends VERIFY_RESIZE)")
+    phase.add_argument("--confirm", action="store_true", help="keep the new flavor; the old "
+                       "disks are deleted")
+    phase.add_argument("--revert", action="store_true", help="go back to the old flavor and "
+                       "the old disks, as they were")
+    sp = cmd("rescue", cmd_rescue, "boot an instance from a rescue disk, its own root disk "
+             "attached second (vdb), untouched")
+    sp.add_argument("name")
+    sp.add_argument("--image", help="the rescue image (default: the instance's own image)")
+    secret = sp.add_mutually_exclusive_group()
+    secret.add_argument("--admin-password-file", metavar="FILE",
+                        help="read the rescue admin password from FILE ('-': stdin; "
+                             "default: a new one, printed)")
+    secret.add_argument("--admin-password-prompt", action="store_true",
+                        help="ask for the rescue admin password on the terminal")
+    sp.set_defaults(admin_password=None)
+    sp = cmd("unrescue", _simple("unrescue"), "boot a rescued instance from its own disk "
+             "again (the rescue disk is deleted)")
+    sp.add_argument("name")
+    sp = cmd("crash-dump", cmd_crash_dump, "send the guest an NMI (its kernel dumps, panics "
+             "or logs it, as it is configured)")
+    sp.add_argument("name")
     sp = cmd("rebuild", cmd_rebuild, "give an instance a new root disk from an image, "
              "keeping its id, MAC, address, flavor and metadata (the ephemeral disk is wiped)")
     sp.add_argument("name")

@@ -11,7 +11,9 @@ environment lookup.
 The steps, in the order a verb passes them, are ``SPAWN_STEPS``,
 ``DESTROY_STEPS`` and, for every other verb (under the action name its
 metrics use: ``stop``, ``suspend``, ``hard-reboot``, ``snapshot``, ...),
-``ACTION_STEPS``.
+``ACTION_STEPS``, with the steps of ``VERB_STEPS`` between them for the
+verbs that have more (``resize``: ``after-begin``, ``after-record``, ...,
+``after-work``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,34 @@ ACTION_STEPS = (
     "after-begin",  # the record shows the task; the hypervisor not yet asked
     "after-work",   # the hypervisor did it; the record does not say so yet
 )
+# The steps inside the work of these verbs (compute/resize.py, rescue.py).
+VERB_STEPS = {
+    "resize": (
+        "after-record",  # the record keeps the old flavor and disks; nothing else done
+        "after-copy",    # the guest is off, the old disks copied whole (resize_migrating)
+        "after-grow",    # the disks are grown; the record has the old flavor still
+        "after-define",  # the record and the domain have the new flavor; not booted
+    ),
+    "revert-resize": (
+        "after-restore",  # the old disks are back; the record is still resized
+    ),
+    "confirm-resize": (
+        "after-remove",  # the old disks are gone; the record still keeps them
+    ),
+    "rescue": (
+        "after-record",  # the record names the rescue image; nothing else done
+        "after-disks",   # the guest is off, the rescue disks made
+        "after-define",  # the domain boots the rescue disk; not booted yet
+    ),
+    "unrescue": (
+        "after-define",  # the domain has the instance's own disks again; not booted
+    ),
+}
+
+
+def steps_of(verb: str) -> tuple[str, ...]:
+    """Every step ``verb`` passes, in order."""
+    return (ACTION_STEPS[0], *VERB_STEPS.get(verb, ()), ACTION_STEPS[1])
 
 
 def reached(verb: str, step: str) -> None:

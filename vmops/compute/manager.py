@@ -326,14 +326,21 @@ class Compute:
             uuid=inst.id, name=inst.domain_name or DOMAIN_PREFIX + inst.name,
             memory_mib=int(flavor["ram_mib"]),
             vcpus=int(flavor["vcpus"]),
-            disks=tuple(_disk_spec(d) for d in inst.disks)
-            + volume_records.disk_specs(self.store, inst.id),
+            disks=self._disk_specs(inst),
             nics=tuple(self._nic_spec(p) for p in self.nics(inst)),
             console_socket=self.console_socket(inst), accel=self.accel,
             dynamic_memory_ratio=self.settings.dynamic_memory_ratio,
             limit_cpu_features=self.settings.limit_cpu_features,
             metadata={"name": inst.name, "flavor": str(flavor["name"]),
                       "image": inst.image_name})
+
+    def _disk_specs(self, inst: Instance) -> tuple[DiskSpec, ...]:
+        if inst.rescue_image_id:  # the rescue disk first, the instance's own root second
+            from vmops.compute import rescue as rescue_steps
+
+            return tuple(_disk_spec(d) for d in rescue_steps.disks(self, inst))
+        return tuple(_disk_spec(d) for d in inst.disks) \
+            + volume_records.disk_specs(self.store, inst.id)
 
     def _nic_spec(self, port: Port) -> NicSpec:
         if port.mode == NicMode.BRIDGE and self.network is not None:
@@ -484,7 +491,8 @@ class Compute:
                                    desired_running=False, fault=fault, **changes)
 
     # -- power operations ----------------------------------------------------
-    def _begin(self, ref: str, action: str, task: str, allowed: tuple[str, ...]) -> Instance:
+    def _begin(self, ref: str, action: str, task: str, allowed: tuple[str, ...],
+               check: Callable[[Instance], None] | None = None) -> Instance:
         inst = self.store.instance(ref)
         self.tasks.acquire(inst.id, inst.name, task)
         try:
@@ -492,6 +500,8 @@ class Compute:
             if inst.vm_state not in allowed:
                 raise InvalidState(action=action, instance=inst.name,
                                    state=_describe(inst.vm_state))
+            if check is not None:
+                check(inst)  # the verb's own refusals, once the state allows it
             return self.store.update_instance(inst, task_state=task)
         except BaseException:
             self.tasks.release(inst.id)
@@ -515,7 +525,9 @@ class Compute:
                 return self.store.update_instance(
                     inst, **{**changes, "task_state": None, "vm_state": states.ERROR,
                              "power_state": PowerState.NOSTATE.value, "fault": first})
-            changes.setdefault("vm_state", states.VM_STATE_OF_POWER[power])
+            # The work may have ended a held state (resized, rescued), or kept it.
+            held = self.store.instance(inst.id).vm_state
+            changes.setdefault("vm_state", states.vm_state_of(power, held))
             changes.setdefault("fault", "")
             return self.store.update_instance(inst, task_state=None, power_state=power.value,
                                               **changes)
@@ -526,13 +538,15 @@ class Compute:
             self._notify()
 
     def _run(self, ref: str, action: str, task: str, allowed: tuple[str, ...],
-             work: Callable[[Instance], None], **changes: Any) -> Instance:
-        """Check the state and take the instance (at once, so a refusal is
-        immediate), then do ``work`` in this thread or, with
-        ``self.background_actions``, in a new one (the API answers 202)."""
+             work: Callable[[Instance], None],
+             check: Callable[[Instance], None] | None = None, **changes: Any) -> Instance:
+        """Check the state (and with ``check`` anything else the verb
+        refuses) and take the instance (at once, so a refusal is immediate),
+        then do ``work`` in this thread or, with ``self.background_actions``,
+        in a new one (the API answers 202)."""
         started = time.monotonic()
         try:
-            inst = self._begin(ref, action, task, allowed)
+            inst = self._begin(ref, action, task, allowed, check)
         except VmopsError as exc:
             self._ended(action, started, exc)
             raise
@@ -696,6 +710,99 @@ class Compute:
         return self._run(inst.id, "rebuild", states.REBUILDING,
                          (states.ACTIVE, states.STOPPED, states.ERROR), work)
 
+    # -- resize, rescue and crash dump ----------------------------------------
+    def resize(self, ref: str, flavor_ref: str) -> Instance:
+        """Nova's resize, on this host (:mod:`vmops.compute.resize`): the
+        instance ends resized (VERIFY_RESIZE), running if it ran, until it
+        is confirmed or reverted. Refused before anything changes for the
+        same flavor or a disk that would shrink."""
+        from vmops.compute import resize as resize_steps
+
+        flavor = self.store.flavor(flavor_ref)
+        snapshot = _flavor_snapshot(flavor)
+        return self._run(ref, "resize", states.RESIZE_PREP, (states.ACTIVE, states.STOPPED),
+                         lambda inst: resize_steps.resize(self, inst, flavor, snapshot),
+                         check=lambda inst: resize_steps.check(self, inst, flavor),
+                         vm_state=states.RESIZED)
+
+    def confirm_resize(self, ref: str) -> Instance:
+        from vmops.compute import resize as resize_steps
+
+        return self._run(ref, "confirm-resize", states.RESIZE_CONFIRMING, (states.RESIZED,),
+                         lambda inst: resize_steps.confirm(self, inst))
+
+    def revert_resize(self, ref: str) -> Instance:
+        """The old flavor and the old disks, as they were; running if it ran."""
+        from vmops.compute import resize as resize_steps
+
+        return self._run(ref, "revert-resize", states.RESIZE_REVERTING, (states.RESIZED,),
+                         lambda inst: resize_steps.roll_back(self, inst))
+
+    def rescue(self, ref: str, image_ref: str | None = None,
+               admin_password: str | None = None) -> Instance:
+        """Nova's rescue (:mod:`vmops.compute.rescue`): boot from a disk made
+        from ``image_ref`` (the instance's own image if None), the root disk
+        attached second, untouched. Ends rescued (RESCUE)."""
+        from vmops.compute import rescue as rescue_steps
+
+        inst = self.store.instance(ref)
+        image = self._active_image(image_ref or inst.image_id)
+        return self._run(inst.id, "rescue", states.RESCUING,
+                         (states.ACTIVE, states.STOPPED, states.ERROR),
+                         lambda inst: rescue_steps.rescue(self, inst, image, admin_password),
+                         vm_state=states.RESCUED)
+
+    def unrescue(self, ref: str) -> Instance:
+        """Boot the instance from its own disk again; the rescue disk goes."""
+        from vmops.compute import rescue as rescue_steps
+
+        return self._run(ref, "unrescue", states.UNRESCUING, (states.RESCUED,),
+                         lambda inst: rescue_steps.unrescue(self, inst))
+
+    def trigger_crash_dump(self, ref: str) -> Instance:
+        """Nova's trigger_crash_dump: an NMI to a running guest (libvirt's
+        injectNMI); its kernel decides what to do (dump, panic, or log it).
+        Nova's states; refused unless the guest runs (Nova's InstanceNotRunning)."""
+        def running(inst: Instance) -> None:
+            if not self.hv.exists(inst.id) or \
+                    self.hv.info(inst.id).state not in (PowerState.RUNNING, PowerState.BLOCKED):
+                raise InvalidState(action="trigger a crash dump of", instance=inst.name,
+                                   state=f"not running ({inst.power_state})")
+
+        return self._run(ref, "trigger-crash-dump", states.CRASH_DUMPING,
+                         (states.ACTIVE, states.PAUSED, states.RESCUED, states.RESIZED,
+                          states.ERROR), lambda inst: self.hv.inject_nmi(inst.id),
+                         check=running)
+
+    def power_down(self, inst: Instance) -> None:
+        """Shut the guest down: the power button, then the plug after
+        shutdown_timeout. Nothing if it is off or has no domain."""
+        if self.hv.exists(inst.id) and not self._is_off(inst) and \
+                not self._shutdown_gracefully(inst, self.settings.shutdown_timeout):
+            self.hv.power_off(inst.id)
+
+    def boot(self, inst: Instance) -> None:
+        """Start the defined domain with its console captured from the first byte."""
+        self._boot(inst)
+
+    def _recover_change(self, inst: Instance) -> None:
+        """After a restart: an interrupted resize, revert or confirm, rescue
+        or unrescue is rolled back or finished (its module says which)."""
+        from vmops.compute import rescue as rescue_steps
+        from vmops.compute import resize as resize_steps
+
+        try:
+            if inst.task_state in states.RESIZE_TASKS | {states.RESIZE_CONFIRMING,
+                                                         states.RESIZE_REVERTING}:
+                resize_steps.recover(self, inst)
+            elif inst.task_state in (states.RESCUING, states.UNRESCUING):
+                rescue_steps.recover(self, inst)
+        except Exception as exc:  # noqa: BLE001 - the record says so; recovery goes on
+            log.exception("%s: could not recover from %s", inst.name, inst.task_state)
+            self.store.update_instance(inst, fault=f"{inst.task_state} was interrupted by "
+                                       f"a service restart and could not be undone: "
+                                       f"{_fault_of(exc)}")
+
     def reboot(self, ref: str, hard: bool = False) -> Instance:
         if hard:
             return self._run(ref, "hard-reboot", states.REBOOTING_HARD,
@@ -771,7 +878,7 @@ class Compute:
         power = self.hv.info(inst.id).state
         if power is PowerState.SHUTOFF and inst.power_state == PowerState.CRASHED.value:
             power = PowerState.CRASHED  # libvirt forgets why it stopped; the record knows
-        vm_state = states.VM_STATE_OF_POWER[power]
+        vm_state = states.vm_state_of(power, inst.vm_state)
         if (vm_state, power.value) == (inst.vm_state, inst.power_state):
             return inst
         return self.store.update_instance(inst, vm_state=vm_state, power_state=power.value)
@@ -783,7 +890,7 @@ class Compute:
             return
         changes: dict[str, Any] = {"power_state": event.state.value}
         if self.tasks.current(inst.id) is None and inst.vm_state != states.BUILDING:
-            changes["vm_state"] = states.VM_STATE_OF_POWER[event.state]
+            changes["vm_state"] = states.vm_state_of(event.state, inst.vm_state)
             if event.fault:
                 # QEMU died or the guest crashed: it was meant to run, so
                 # resume_guests_state_on_host_boot starts it again.
@@ -892,6 +999,7 @@ class Compute:
             from vmops.compute import snapshot as snapshot_steps
 
             snapshot_steps.recover(self, inst)
+        self._recover_change(inst)
         if inst.task_state is not None:
             inst = self.store.update_instance(inst, task_state=None)
         inst = self._refresh(inst)

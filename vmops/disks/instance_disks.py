@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +100,23 @@ def copy_flattened(src: Path, fmt: str, dest: Path, held_open: bool) -> None:
     existing empty file), its base read through. ``held_open``: a QEMU has
     the disk open; the caller has stopped its vCPUs, so nothing writes it."""
     qemu_img.convert(src, fmt, dest, DISK_FORMAT, force_share=held_open)
+
+
+def copy_whole(src: Path, dest: Path) -> None:
+    """Copy a disk file as it is to a new file ``dest``, synced to disk: a
+    qcow2 overlay stays one, naming the same base (resize keeps the old disks
+    this way). Reflinked where the file system can, holes kept."""
+    with _new_disk(dest):
+        try:
+            subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(src),
+                            str(dest)], check=True, capture_output=True, text=True)
+        except subprocess.CalledProcessError as exc:
+            raise DiskError(reason=f"cannot copy {src}: {exc.stderr.strip()}") from None
+        fd = os.open(dest, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 @contextlib.contextmanager

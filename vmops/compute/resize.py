@@ -1,0 +1,260 @@
+"""Resize: an instance moves to another flavor, then the user confirms or
+reverts (Nova's resize, confirmResize and revertResize, on one host as
+Nova does with allow_resize_to_same_host).
+
+What changes: memory and vCPUs become the new flavor's; the root disk
+grows to its size (never shrinks: that is refused before anything
+changes, as is a smaller ephemeral disk or a flavor of the same id); the
+ephemeral disk grows too, or is made blank if the instance had none (as
+Nova's libvirt driver does; its file system is not grown: the guest
+does that). The config drive is kept as it is (it says nothing of the
+flavor).
+
+How, in the order a crash can interrupt it:
+
+1. ``resize_prep``: the record keeps what the instance was (``pre_resize``:
+   flavor, disks, vm_state); a running guest is shut down (ACPI, then
+   pulled after ``shutdown_timeout``); its root and ephemeral disks are
+   copied whole into ``<instance>/resize-old/`` (a qcow2 overlay is copied
+   as it is, still naming its base).
+2. ``resize_migrating``: recorded once the copies are complete; the disks
+   are grown in place.
+3. ``resize_finish``: the record has the new flavor and disks; the domain is
+   defined again and booted if it ran before. The instance ends
+   ``resized`` (VERIFY_RESIZE).
+
+Confirm deletes ``resize-old`` and forgets ``pre_resize``. Revert pulls the
+plug on the resized guest, moves the copies back over the disks (the old
+disks exactly as they were, byte for byte), restores the record and the
+domain, and boots the guest if it ran before the resize.
+
+A failure rolls back the same way. After a service restart, an instance
+found in a resize task is rolled back (``resize_prep``: its disks were
+never touched, only the partial copy is dropped), one in
+``resize_reverting`` is reverted, one in ``resize_confirming`` confirmed:
+each step can be done again, so a second interruption is no worse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vmops.compute import crash_points, states
+from vmops.disks import instance_disks, qemu_img
+from vmops.errors import Invalid
+from vmops.hypervisor.base import ACTIVE_STATES
+from vmops.store import DiskRecord, Flavor, Instance
+
+if TYPE_CHECKING:
+    from vmops.compute.manager import Compute
+
+log = logging.getLogger(__name__)
+
+GIB = 1024**3
+OLD_DISKS = "resize-old"  # a directory inside the instance's own
+EPHEMERAL_FILE = "ephemeral.qcow2"  # spawn's name for it
+_PART = ".part"
+# The disks a resize changes, and so copies first (the config drive it keeps).
+_RESIZED_ROLES = ("root", "ephemeral")
+
+
+# -- checks, made before anything changes ------------------------------------------
+def check(compute: Compute, inst: Instance, new: Flavor) -> None:
+    """Refuse, as Nova does (400), a resize that is the same flavor, goes to
+    a flavor without a root disk size, or would shrink a disk."""
+    old = inst.flavor
+    if new.id == str(old["id"]):
+        raise Invalid(reason="When resizing, instances must change flavor!")
+    old_root_gb, old_ephemeral_gb = int(old["root_gb"]), int(old["ephemeral_gb"])
+    if new.root_gb == 0 and old_root_gb != 0:
+        raise Invalid(reason="Resize to zero disk flavor is not allowed.")
+    current = root_bytes(compute, inst)
+    if new.root_gb and new.root_gb * GIB < current:
+        raise Invalid(reason=f"Unable to resize disk down: flavor {new.name!r} has a "
+                      f"{new.root_gb * GIB}-byte root disk, smaller than the instance's "
+                      f"{current}-byte one (a root disk is never shrunk)")
+    if new.ephemeral_gb < old_ephemeral_gb:
+        raise Invalid(reason=f"Unable to resize disk down: flavor {new.name!r} has a "
+                      f"{new.ephemeral_gb} GiB ephemeral disk, smaller than the "
+                      f"instance's {old_ephemeral_gb} GiB one")
+
+
+def root_bytes(compute: Compute, inst: Instance) -> int:
+    """The root disk's size: the flavor's, or (a flavor of disk 0) the
+    image's, as the disk itself says."""
+    root_gb = int(inst.flavor["root_gb"])
+    if root_gb:
+        return root_gb * GIB
+    disk = _role(inst.disks, "root")
+    return int(qemu_img.info(Path(disk.path), disk.format)["virtual-size"])
+
+
+# -- resize --------------------------------------------------------------------------
+def resize(compute: Compute, inst: Instance, new: Flavor, flavor: dict[str, Any]) -> None:
+    """The work of a resize (the instance is held, in ``resize_prep``);
+    ``flavor`` is the record's snapshot of ``new``. Rolled back on failure."""
+    boot = inst.vm_state == states.ACTIVE
+    inst = compute.store.update_instance(inst, pre_resize={
+        "flavor_id": inst.flavor_id, "flavor": dict(inst.flavor),
+        "disks": [dataclasses.asdict(d) for d in inst.disks], "vm_state": inst.vm_state})
+    try:
+        crash_points.reached("resize", "after-record")
+        compute.power_down(inst)
+        _copy_old_disks(compute, inst)
+        inst = compute.store.update_instance(inst, task_state=states.RESIZE_MIGRATING)
+        crash_points.reached("resize", "after-copy")
+        disks = _grow(compute, inst, new)
+        crash_points.reached("resize", "after-grow")
+        inst = compute.store.update_instance(inst, flavor_id=new.id, flavor=flavor,
+                                             disks=disks, task_state=states.RESIZE_FINISH)
+        compute.hv.define(compute.domain_spec(inst))
+        crash_points.reached("resize", "after-define")
+        if boot:
+            compute.boot(inst)
+    except BaseException:
+        log.warning("%s: resize to %s failed; rolling it back", inst.name, new.name)
+        roll_back(compute, compute.store.instance(inst.id))
+        raise
+
+
+def _copy_old_disks(compute: Compute, inst: Instance) -> None:
+    """Copy the disks a resize changes into ``resize-old`` (each written
+    beside its name, then renamed, then the directory synced: once the
+    record moves on to ``resize_migrating``, every copy is whole)."""
+    old_dir = compute.instance_dir(inst) / OLD_DISKS
+    shutil.rmtree(old_dir, ignore_errors=True)  # a partial copy an earlier run left
+    old_dir.mkdir(mode=0o700)
+    for disk in inst.disks:
+        if disk.role in _RESIZED_ROLES:
+            dest = old_dir / Path(disk.path).name
+            instance_disks.copy_whole(Path(disk.path), dest.with_name(dest.name + _PART))
+            os.replace(dest.with_name(dest.name + _PART), dest)
+    _sync_dir(old_dir)
+
+
+def _grow(compute: Compute, inst: Instance, new: Flavor) -> tuple[DiskRecord, ...]:
+    """Grow the root and ephemeral disks in place to ``new``'s sizes (an
+    ephemeral disk the instance lacked is made blank); the new disk list."""
+    disks = list(inst.disks)
+    if new.root_gb:
+        root = _role(disks, "root")
+        qemu_img.resize(Path(root.path), root.format, new.root_gb * GIB)
+    if new.ephemeral_gb:
+        ephemeral = next((d for d in disks if d.role == "ephemeral"), None)
+        if ephemeral is not None:
+            qemu_img.resize(Path(ephemeral.path), ephemeral.format, new.ephemeral_gb * GIB)
+        else:
+            path = compute.instance_dir(inst) / EPHEMERAL_FILE
+            path.unlink(missing_ok=True)  # one an interrupted attempt made
+            facts = instance_disks.create_ephemeral_disk(path, new.ephemeral_gb * GIB)
+            disks.insert(1, DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
+    return tuple(_retarget(disks))
+
+
+def _retarget(disks: list[DiskRecord]) -> list[DiskRecord]:
+    """A config drive attached as a disk comes after the others, as spawn
+    places it ("vd" + the next letter); a CD-ROM keeps its IDE target."""
+    return [dataclasses.replace(d, target="vd" + "abcdefgh"[n])
+            if d.role == "config" and d.device == "disk" else d
+            for n, d in enumerate(disks)]
+
+
+# -- confirm and revert --------------------------------------------------------------
+def confirm(compute: Compute, inst: Instance) -> None:
+    """Drop the old disks and what the instance was; it stays as it is."""
+    shutil.rmtree(compute.instance_dir(inst) / OLD_DISKS, ignore_errors=True)
+    crash_points.reached("confirm-resize", "after-remove")
+    power = compute.hv.info(inst.id).state
+    compute.store.update_instance(inst, pre_resize=None,
+                                  vm_state=states.VM_STATE_OF_POWER[power])
+
+
+def roll_back(compute: Compute, inst: Instance) -> None:
+    """Give ``inst`` (as recorded now) back what it was before the resize:
+    the revert, the rollback of a failure and the recovery of an
+    interrupted resize. Every step can run again after a crash."""
+    pre = inst.pre_resize
+    old_dir = compute.instance_dir(inst) / OLD_DISKS
+    if pre is None:  # nothing was changed yet
+        shutil.rmtree(old_dir, ignore_errors=True)
+        return
+    old_disks = tuple(DiskRecord(**d) for d in pre["disks"])
+    # Before the copies are whole (resize_prep) nothing but the guest's power
+    # was touched: a guest still running there runs its own disks, and stays.
+    if inst.task_state != states.RESIZE_PREP:
+        if compute.hv.exists(inst.id):
+            compute.hv.power_off(inst.id)  # the resized guest is thrown away
+        _restore(old_dir, old_disks)
+        _remove_new_disks(compute, inst, old_disks)
+        crash_points.reached(_verb_of(inst), "after-restore")
+    shutil.rmtree(old_dir, ignore_errors=True)
+    inst = compute.store.update_instance(
+        inst, flavor_id=pre["flavor_id"], flavor=pre["flavor"], disks=old_disks,
+        vm_state=pre["vm_state"], pre_resize=None)
+    compute.hv.define(compute.domain_spec(inst))
+    if pre["vm_state"] == states.ACTIVE and not _running(compute, inst):
+        compute.boot(inst)
+
+
+def _restore(old_dir: Path, old_disks: tuple[DiskRecord, ...]) -> None:
+    """Move each copy back over its disk. A copy already moved (a restore
+    interrupted after it) is no longer there, and its disk is the old one."""
+    for disk in old_disks:
+        copy = old_dir / Path(disk.path).name
+        if disk.role in _RESIZED_ROLES and copy.exists():
+            os.replace(copy, disk.path)
+
+
+def _remove_new_disks(compute: Compute, inst: Instance,
+                      old_disks: tuple[DiskRecord, ...]) -> None:
+    """Remove a disk the resize added (a blank ephemeral disk), recorded or not."""
+    kept = {d.path for d in old_disks}
+    made = {d.path for d in inst.disks} | {str(compute.instance_dir(inst) / EPHEMERAL_FILE)}
+    for path in made - kept:
+        Path(path).unlink(missing_ok=True)
+
+
+def _verb_of(inst: Instance) -> str:
+    return "revert-resize" if inst.task_state == states.RESIZE_REVERTING else "resize"
+
+
+# -- recovery ----------------------------------------------------------------------------
+def recover(compute: Compute, inst: Instance) -> None:
+    """After a service restart: an interrupted resize or revert is rolled
+    back, an interrupted confirm finished."""
+    if inst.task_state == states.RESIZE_CONFIRMING:
+        log.warning("%s: a resize confirm was interrupted; finishing it", inst.name)
+        if compute.hv.exists(inst.id):
+            confirm(compute, inst)
+        else:  # the domain is gone: confirm what can be, the refresh tells the rest
+            shutil.rmtree(compute.instance_dir(inst) / OLD_DISKS, ignore_errors=True)
+            compute.store.update_instance(inst, pre_resize=None, vm_state=states.STOPPED)
+        return
+    log.warning("%s: a resize was interrupted (%s); rolling it back", inst.name,
+                inst.task_state)
+    roll_back(compute, inst)
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _role(disks: tuple[DiskRecord, ...] | list[DiskRecord], role: str) -> DiskRecord:
+    for disk in disks:
+        if disk.role == role:
+            return disk
+    raise Invalid(reason=f"the instance has no {role} disk")
+
+
+def _running(compute: Compute, inst: Instance) -> bool:
+    return compute.hv.exists(inst.id) and compute.hv.info(inst.id).state in ACTIVE_STATES
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
