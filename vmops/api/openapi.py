@@ -454,6 +454,9 @@ def _other_paths() -> dict[str, Any]:
         "/": {"get": op("Compute API versions", ok(versions))},
         P: {"get": op("The compute API version (min and max microversion)",
                       ok(obj({"version": ref("ComputeVersion")})))},
+        discovery.LEGACY_PREFIX: {"get": op(
+            "The v2.0 version document Nova lists (no v2.0 API is behind it)",
+            ok(obj({"version": ref("ComputeVersion")})))},
         discovery.IMAGE_ROOT: {"get": op("Image API versions", ok(image_versions))},
         IMG: {"get": op("Image API versions", ok(image_versions))},
         f"{IMG}/images": {
