@@ -539,8 +539,6 @@ def test_flavors(api: Api) -> None:
     for bad in ({"name": "c2", "ram": "lots", "vcpus": 1, "disk": 1},
                 {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1, "swap": 512},
                 {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1,
-                 "os-flavor-access:is_public": "False"},
-                {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1,
                  "os-flavor-access:is_public": "maybe"},
                 {"name": "c2", "ram": 256, "vcpus": 0, "disk": 1},
                 {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1, "gpu": 1}):

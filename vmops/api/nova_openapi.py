@@ -277,5 +277,36 @@ def _server_group_paths() -> dict[str, Any]:
     }
 
 
+def _flavor_paths() -> dict[str, Any]:
+    flavor = [path_id("flavor")]
+    access = closed({"flavor_access": array(closed({"flavor_id": STR, "tenant_id": STR}))})
+    tenant = closed({"tenant": STR})
+    specs = closed({"extra_specs": STR_DICT})
+    key = {"name": "key", "in": "path", "required": True, "schema": STR,
+           "description": "an extra spec's key"}
+    return {
+        f"{P}/flavors/{{id}}/os-flavor-access": {"parameters": flavor, "get": op(
+            "The projects that may use a private flavor (404 for a public one)",
+            ok(access))},
+        f"{P}/flavors/{{id}}/action": {"parameters": flavor, "post": op(
+            "addTenantAccess or removeTenantAccess: give a project access to a private "
+            "flavor, or take it back; answers the access list", ok(access),
+            body={"oneOf": [closed({"addTenantAccess": tenant}),
+                            closed({"removeTenantAccess": tenant})]})},
+        f"{P}/flavors/{{id}}/os-extra_specs": {
+            "parameters": flavor,
+            "get": op("A flavor's extra specs (kept and shown; vmops reads none)", ok(specs)),
+            "post": op("Add or change extra specs, keeping the others; answers those given",
+                       ok(specs), body=specs)},
+        f"{P}/flavors/{{id}}/os-extra_specs/{{key}}": {
+            "parameters": [*flavor, key],
+            "get": op("One extra spec, as {key: value}", ok(STR_DICT)),
+            "put": op("Set one extra spec: the body is {key: value}, the key the path's",
+                      ok(STR_DICT), body=STR_DICT),
+            "delete": op("Remove one extra spec", ok(None))},
+    }
+
+
 def paths() -> dict[str, Any]:
-    return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths()}
+    return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
+            **_flavor_paths()}

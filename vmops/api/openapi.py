@@ -382,10 +382,6 @@ def _catalog_paths() -> dict[str, Any]:
             "parameters": [path_id("flavor")],
             "get": op("Show a flavor", ok(obj({"flavor": ref("Flavor")}))),
             "delete": op("Delete an unused flavor", ok(None, "202", "Deleted"))},
-        f"{P}/flavors/{{id}}/os-extra_specs": {
-            "parameters": [path_id("flavor")],
-            "get": op("A flavor's extra specs (always none)",
-                      ok(obj({"extra_specs": STR_MAP})))},
         f"{P}/images": {
             "get": op("List images", ok(obj({"images": array(ref("ImageBrief"))})),
                       params=PAGING),

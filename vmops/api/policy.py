@@ -185,9 +185,18 @@ FAMILIES: tuple[tuple[str, str, Rule], ...] = (
     ("GET", f"{P}/servers/*/os-interface*", READER),
     ("GET", f"{P}/os-server-groups*", READER),
     ("*", f"{P}/os-server-groups*", MEMBER),
+    ("GET", f"{P}/flavors/*/os-flavor-access", ADMIN),
     ("GET", f"{P}/flavors/*", READER),
     ("*", f"{P}/flavors/*", ADMIN),  # extra specs, flavor access
     ("GET", f"{P}/extensions*", READER),
+    # Engineer C2's: aggregates, diagnostics, the usage audit log, os-networks
+    # and the compute API's image metadata.
+    ("*", f"{P}/os-aggregates*", ADMIN),
+    ("GET", f"{P}/servers/*/diagnostics", ADMIN),
+    ("GET", f"{P}/os-instance_usage_audit_log*", ADMIN),
+    ("GET", f"{P}/os-networks*", READER),
+    ("GET", f"{P}/images/*/metadata*", READER),
+    ("*", f"{P}/images/*/metadata*", MEMBER),
     ("GET", f"{P}/os-keypairs*", READER),
     # Volumes (vmops/api/volume_api.py): Cinder's version documents are
     # public (clients discover without a token); its project check is in the handlers.

@@ -289,7 +289,8 @@ class Catalog:
 
     # -- flavors -------------------------------------------------------------
     def create_flavor(self, name: str, ram_mib: int, vcpus: int, disk_gb: int,
-                      ephemeral_gb: int = 0, flavor_id: str | None = None) -> Flavor:
+                      ephemeral_gb: int = 0, flavor_id: str | None = None,
+                      is_public: bool = True) -> Flavor:
         check_resource_name(name, "flavor")
         _check_range("ram", ram_mib, 16, MAX_RAM_MIB, "MiB")
         _check_range("vcpus", vcpus, 1, MAX_VCPUS, "vCPUs")
@@ -299,7 +300,7 @@ class Catalog:
             check_resource_id(flavor_id, "flavor")
         return self.store.add_flavor(Flavor(id=flavor_id or str(uuidlib.uuid4()), name=name,
                                             ram_mib=ram_mib, vcpus=vcpus, root_gb=disk_gb,
-                                            ephemeral_gb=ephemeral_gb))
+                                            ephemeral_gb=ephemeral_gb, is_public=is_public))
 
     def delete_flavor(self, ref: str) -> None:
         flavor = self.store.flavor(ref)
