@@ -7,6 +7,8 @@ destroyed. The guest reports block devices as they come and go
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import re
 from collections.abc import Iterator
@@ -15,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import Vmops, separate_service, start_service, stop_service
+from vmops.compute import crash_points
+from vmops.volumes.manager import ATTACH_STEPS, DETACH_STEPS
 
 GIB = 1 << 30
 BEAT = r"VMOPS-HEARTBEAT \d+"
@@ -87,3 +91,49 @@ def test_volume_refusals_through_the_cli(vm: Vmops) -> None:
     assert json.loads(vm.run("volume", "list", "--json").stdout) == []
     assert not (vm.state_dir / "volumes").exists() or \
         list((vm.state_dir / "volumes").iterdir()) == []
+
+
+def _serve_again(vm: Vmops, fault_at: str | None = None) -> None:
+    """Start the service again (it died at a crash point), dying at
+    ``fault_at`` next if given."""
+    vm.env.pop(crash_points.ENV, None)
+    if fault_at:
+        vm.env[crash_points.ENV] = fault_at
+    vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
+
+
+def _died(vm: Vmops, step: str) -> None:
+    assert vm.service.wait(timeout=60) == crash_points.EXIT_STATUS  # type: ignore[attr-defined]
+    assert f"dying at {step}" in (vm.state_dir / "serve.out").read_text(errors="replace")
+
+
+def test_a_service_killed_mid_attach_or_detach_agrees_with_the_domain_after(
+        vm: Vmops) -> None:
+    """Killed between libvirt's call and the record update, both ways: the
+    next start reads the domain and records what it has."""
+    vm.run("spawn", "v1", "--image", "tiny", "--flavor", "m1.tiny")
+    vm.wait_console("v1", BEAT)
+    volume_id = vm.json("volume", "create", "data", "--size", "1")["id"]
+    server_id = vm.server("v1")["id"]
+    stop_service(vm.service)  # type: ignore[attr-defined]
+    _serve_again(vm, f"attach-volume:{ATTACH_STEPS[1]}")
+    # Through the API client, which never starts a service (the CLI would,
+    # with the fault still in its environment).
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        vm.client.post(f"/servers/{server_id}/os-volume_attachments",
+                       {"volumeAttachment": {"volumeId": volume_id}})  # dies under it
+    _died(vm, f"attach-volume:{ATTACH_STEPS[1]}")
+    _serve_again(vm)
+    assert vm.json("volume", "show", "data")["status"] == "in-use"  # the domain has it
+    vm.wait_console("v1", f"VMOPS-DISK vdb {GIB}")
+
+    stop_service(vm.service)  # type: ignore[attr-defined]
+    _serve_again(vm, f"detach-volume:{DETACH_STEPS[1]}")
+    vm.client.delete(f"/servers/{server_id}/os-volume_attachments/{volume_id}")  # 202 first
+    _died(vm, f"detach-volume:{DETACH_STEPS[1]}")
+    _serve_again(vm)
+    settled = vm.json("volume", "show", "data")
+    assert (settled["status"], settled["attachments"]) == ("available", [])
+    vm.wait_console("v1", "VMOPS-DISK-GONE vdb")
+    vm.run("volume", "attach", "data", "v1")  # and it works as ever
+    vm.wait_console("v1", f"VMOPS-DISK vdb {GIB}", count=2)

@@ -32,7 +32,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from pathlib import Path
 
-from vmops.compute import states
+from vmops.compute import crash_points, states
 from vmops.compute.manager import Compute
 from vmops.errors import (
     Conflict,
@@ -62,6 +62,16 @@ DEVICE = re.compile(r"^(?:/dev/)?(vd[a-z])$")
 ATTACH_STATES = (states.ACTIVE, states.PAUSED, states.STOPPED)
 ATTACHING_TASK = "attaching_volume"
 DETACHING_TASK = "detaching_volume"
+# Where a test may make the process die (vmops/compute/crash_points.py), as
+# "attach-volume:<step>" and "detach-volume:<step>".
+ATTACH_STEPS = (
+    "after-record",  # the attachment is recorded (attaching); the domain not yet asked
+    "after-attach",  # the disk is in the domain; the record still says attaching
+)
+DETACH_STEPS = (
+    "after-record",  # the record says detaching; the domain not yet asked
+    "after-detach",  # the disk is out of the domain; the record still says detaching
+)
 
 
 class Volumes:
@@ -187,12 +197,14 @@ class Volumes:
             attachment = Attachment(id=str(uuidlib.uuid4()), volume_id=volume.id,
                                     instance_id=inst.id, device=target)
             volume = self.records.claim(attachment, inst.name)
+            crash_points.reached("attach-volume", ATTACH_STEPS[0])
             try:
                 self.compute.hv.attach_disk(inst.id, volume_disk(Path(volume.path),
                                                                  volume.format, target))
             except BaseException:
                 self.records.release(volume.id)
                 raise
+            crash_points.reached("attach-volume", ATTACH_STEPS[1])
             self.records.attached(volume.id)
         log.info("volume %s attached to %s as %s", volume.name, inst.name, target)
         return attachment
@@ -220,6 +232,7 @@ class Volumes:
 
         def run() -> Volume:
             try:
+                crash_points.reached("detach-volume", DETACH_STEPS[0])
                 self.compute.hv.detach_disk(inst.id, attachment.device,
                                             float(self.compute.settings.volume_detach_timeout))
             except Exception as exc:
@@ -231,6 +244,7 @@ class Volumes:
                 raise
             finally:
                 self.compute.tasks.release(inst.id)
+            crash_points.reached("detach-volume", DETACH_STEPS[1])
             log.info("volume %s detached from %s", volume.name, inst.name)
             return self.records.release(volume.id)
 
