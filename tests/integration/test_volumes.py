@@ -293,3 +293,20 @@ def test_volumes_attached_for_the_server_views(env: dict[str, Any]) -> None:
     vols.attach("b", "web1", device="vdc")
     vols.attach("a", "web1", device="vdd")
     assert vols.records.volumes_attached() == {inst.id: [b.id, a.id]}
+
+
+def test_reconcile_puts_back_a_disk_the_domain_lost(env: dict[str, Any]) -> None:
+    vols: Volumes = env["volumes"]
+    hv: FakeHypervisor = env["hv"]
+    inst = _spawn(env)
+    vols.create("data", 1)
+    vols.attach("data", "web1")
+    hv.detach_disk(inst.id, "vdb", 1.0)  # lost behind vmops' back
+    vols.reconcile()
+    assert "vdb" in hv.disk_targets(inst.id)
+    # A rescued instance's domain has none of its volumes: left as it is.
+    env["store"].update_instance(inst.id, rescue_image_id=inst.image_id)
+    hv.detach_disk(inst.id, "vdb", 1.0)
+    vols.reconcile()
+    assert "vdb" not in hv.disk_targets(inst.id)
+    assert vols.volume("data").status == VolumeStatus.IN_USE

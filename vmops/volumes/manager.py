@@ -314,7 +314,7 @@ class Volumes:
         volume = self.records.get(attachment.volume_id)
         hv = self.compute.hv
         try:
-            self.store.instance(attachment.instance_id)
+            inst = self.store.instance(attachment.instance_id)
         except VmopsError:
             log.warning("volume %s was attached to a deleted instance; released", volume.name)
             self.records.release(volume.id)
@@ -336,12 +336,18 @@ class Volumes:
                                     "the volume is still attached")
             else:
                 self.records.release(volume.id)
-        elif not present:
+        elif not present and self._in_spec(inst, volume, attachment):
             log.warning("volume %s is recorded on %s as %s but the domain lacks it; "
                         "attaching it again", volume.name, attachment.instance_id,
                         attachment.device)
             hv.attach_disk(attachment.instance_id,
                            volume_disk(Path(volume.path), volume.format, attachment.device))
+
+    def _in_spec(self, inst: Instance, volume: Volume, attachment: Attachment) -> bool:
+        """Whether the domain vmops defines from the records has the volume
+        (a rescued instance's has none of its volumes)."""
+        return any(d.target == attachment.device and str(d.path) == volume.path
+                   for d in self.compute.domain_spec(inst).disks)
 
 
 def _check_name(name: str) -> None:
