@@ -500,3 +500,22 @@ def _settle(api: Api) -> None:
         if all(i.vm_state != states.BUILDING for i in api.store.instances()):
             return
         time.sleep(0.01)
+
+
+def test_lock_keeps_members_off(api: Api) -> None:
+    """Nova's lock: a locked server is changed by admins only (409 for the
+    rest); a lock an admin set only an admin lifts."""
+    inst = api.add_instance("web1")
+    api.store.update_instance(inst, project_id="p-member")
+    action = f"/v2.1/servers/{inst.id}/action"
+    assert api.post(action, {"lock": None}, token=MEMBER).status == 202
+    assert show(api, inst.id, "2.9", token=MEMBER)["locked"] is True
+    refused = api.post(action, {"os-stop": None}, token=MEMBER)
+    assert refused.status == 409 and "locked" in refused.fault()[1]
+    assert api.call("DELETE", f"/v2.1/servers/{inst.id}", token=MEMBER).status == 409
+    assert api.post(action, {"unlock": None}, token=MEMBER).status == 202
+    assert show(api, inst.id, "2.9", token=MEMBER)["locked"] is False
+    assert api.post(action, {"lock": None}).status == 202  # the admin's lock
+    assert api.post(action, {"unlock": None}, token=MEMBER).status == 403
+    assert api.post(action, {"pause": None}).status == 202  # admins act on it
+    assert api.post(action, {"lock": {"x": 1}}).status == 400
