@@ -1,28 +1,41 @@
 import pytest
 
-from vmops.compute.names import check_instance_name, check_mac, check_resource_name, generate_mac
+from vmops.compute.names import (
+    check_display_name,
+    check_mac,
+    check_resource_name,
+    generate_mac,
+    hostname_of,
+)
 from vmops.errors import Invalid, InvalidName
 
 
-@pytest.mark.parametrize("name", ["web1", "a", "a" * 63, "web-1", "WEB1"])
-def test_good_instance_names(name: str) -> None:
-    assert check_instance_name(name) == name
+@pytest.mark.parametrize("name", ["web1", "a", "a" * 255, "Web Server 1", "wéb/1", "db_1.x"])
+def test_good_display_names(name: str) -> None:
+    assert check_display_name(name) == name
 
 
 @pytest.mark.parametrize(("name", "reason"), [
     ("", "empty"),
-    ("a" * 64, "64 characters"),
-    ("a/b", "path separator"),
-    ("a\\b", "path separator"),
-    ("web\n1", "control character"),
-    ("-web", "hostname"),
-    ("web_1", "hostname"),
-    ("web.1", "hostname"),
-    ("wéb", "hostname"),
+    ("a" * 256, "256 characters"),
+    ("web\n1", "not printable"),
+    ("tab\there", "not printable"),
+    (" web", "whitespace"),
+    ("web ", "whitespace"),
+    ("6b4b5e8e-8a6f-4a4a-9d59-3b5c2b0e6c11", "form of an id"),
 ])
-def test_bad_instance_names(name: str, reason: str) -> None:
+def test_bad_display_names(name: str, reason: str) -> None:
     with pytest.raises(InvalidName, match=reason):
-        check_instance_name(name)
+        check_display_name(name)
+
+
+@pytest.mark.parametrize(("name", "hostname"), [
+    ("web1", "web1"), ("Web Server_1.example", "web-server-1-example"),
+    ("-web-", "web"), ("wéb!", "wb"), ("a" * 70, "a" * 63),
+    ("日本", "server-6b4b5e8e-8a6f-4a4a-9d59-3b5c2b0e6c11"),
+])
+def test_hostnames_are_derived_as_novas(name: str, hostname: str) -> None:
+    assert hostname_of(name, "6b4b5e8e-8a6f-4a4a-9d59-3b5c2b0e6c11") == hostname
 
 
 def test_resource_names() -> None:

@@ -7,8 +7,6 @@ import re
 
 from vmops.errors import Invalid, InvalidName
 
-# A hostname label (RFC 1123): the instance name becomes the guest's hostname.
-_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")
 # Names of flavors, images and keypairs are not hostnames, but are typed in
 # shells and stored in file names: printable, no path separators. Flavor ids
@@ -19,24 +17,6 @@ _RESOURCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 # name: a name of that form could be another's id.
 _UUID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _LOOKS_LIKE_ID = "it has the form of an id (a UUID): names and ids are looked up alike"
-
-
-def check_instance_name(name: str) -> str:
-    if not name:
-        raise InvalidName(name=name, reason="it is empty")
-    if len(name) > 63:
-        raise InvalidName(name=name, reason=f"it has {len(name)} characters, at most 63 allowed")
-    if "/" in name or "\\" in name:
-        raise InvalidName(name=name, reason="it contains a path separator")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise InvalidName(name=name, reason="it contains a control character")
-    if not _HOSTNAME.fullmatch(name):
-        raise InvalidName(
-            name=name, reason="use only letters, digits and '-', not first or last, "
-            "so it is a valid hostname")
-    if _UUID.fullmatch(name):
-        raise InvalidName(name=name, reason=_LOOKS_LIKE_ID)
-    return name
 
 
 MAX_DISPLAY_NAME_CHARS = 255
@@ -64,8 +44,9 @@ def check_display_name(name: str) -> str:
 def hostname_of(name: str, instance_id: str) -> str:
     """The guest's hostname for display name ``name``, the way Nova derives
     it: Latin-1 only, at most 63 characters, spaces, '_' and '.' made '-',
-    anything else but letters, digits and '-' dropped, lower case, no '-'
-    at either end; ``server-<id>`` if nothing is left."""
+    anything else but ASCII letters, digits and '-' dropped (Nova keeps
+    accented Latin-1 letters, which no DNS name may hold), lower case, no
+    '-' at either end; ``server-<id>`` if nothing is left."""
     host = name.encode("latin-1", "ignore").decode("latin-1")[:63]
     host = re.sub(r"[ _.]", "-", host)
     host = re.sub(r"[^A-Za-z0-9-]+", "", host).lower().strip("-")
