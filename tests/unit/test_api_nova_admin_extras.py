@@ -159,3 +159,109 @@ def test_extra_spec_refusals(api: Api) -> None:
 def test_members_read_public_extra_specs(api: Api, who: str) -> None:
     call(api, "POST", "/flavors/1/os-extra_specs", {"extra_specs": {"k": "v"}})
     assert get(api, "/flavors/1/os-extra_specs", who=who).body == {"extra_specs": {"k": "v"}}
+
+
+# -- os-aggregates ----------------------------------------------------------------------
+AGGREGATE_CREATE_KEYS = {"availability_zone", "created_at", "deleted", "deleted_at", "id",
+                         "name", "updated_at"}
+AGGREGATE_KEYS = AGGREGATE_CREATE_KEYS | {"hosts", "metadata"}
+
+
+def _aggregate(api: Api, name: str = "rack1", zone: str | None = None) -> dict[str, Any]:
+    made = call(api, "POST", "/os-aggregates",
+                {"aggregate": {"name": name, "availability_zone": zone}})
+    assert made.status == 200, made.body
+    assert set(made.body["aggregate"]) == AGGREGATE_CREATE_KEYS
+    aggregate: dict[str, Any] = made.body["aggregate"]
+    return aggregate
+
+
+def test_aggregates_create_show_update_list_delete(api: Api) -> None:
+    made = _aggregate(api, zone="nova")
+    assert (made["name"], made["availability_zone"], made["deleted"], made["deleted_at"],
+            made["updated_at"]) == ("rack1", "nova", False, None, None)
+    shown = get(api, f"/os-aggregates/{made['id']}").body["aggregate"]
+    assert set(shown) == AGGREGATE_KEYS
+    assert (shown["hosts"], shown["metadata"]) == ([], {"availability_zone": "nova"})
+    assert set(get(api, f"/os-aggregates/{made['id']}", version="2.41").body[
+        "aggregate"]) == AGGREGATE_KEYS | {"uuid"}
+    renamed = call(api, "PUT", f"/os-aggregates/{made['id']}",
+                   {"aggregate": {"name": "rack2", "availability_zone": "az9"}})
+    assert renamed.status == 200
+    body = renamed.body["aggregate"]
+    assert (body["name"], body["availability_zone"], body["metadata"]) == (
+        "rack2", "az9", {"availability_zone": "az9"})
+    assert body["updated_at"] is not None
+    listed = get(api, "/os-aggregates").body["aggregates"]
+    assert [(a["id"], a["name"]) for a in listed] == [(made["id"], "rack2")]
+    assert call(api, "DELETE", f"/os-aggregates/{made['id']}").status == 200
+    assert get(api, "/os-aggregates").body == {"aggregates": []}
+    assert get(api, f"/os-aggregates/{made['id']}").status == 404
+
+
+def test_aggregate_hosts_and_metadata(api: Api) -> None:
+    from vmops.compute import host_facts
+
+    host = host_facts.hostname()
+    made = _aggregate(api)
+    path = f"/os-aggregates/{made['id']}/action"
+    added = call(api, "POST", path, {"add_host": {"host": host}})
+    assert added.status == 200 and added.body["aggregate"]["hosts"] == [host]
+    again = call(api, "POST", path, {"add_host": {"host": host}})
+    assert again.status == 409 and again.fault()[1] == (
+        f"Aggregate {made['id']} already has host {host}.")
+    other = call(api, "POST", path, {"add_host": {"host": "elsewhere"}})
+    assert other.status == 404 and other.fault()[1] == (
+        "Compute host elsewhere could not be found.")
+    # A host in it: not deleted, and it keeps this host's zone.
+    assert call(api, "DELETE", f"/os-aggregates/{made['id']}").status == 400
+    assert call(api, "PUT", f"/os-aggregates/{made['id']}",
+                {"aggregate": {"availability_zone": "az9"}}).status == 400
+    meta = call(api, "POST", path, {"set_metadata": {"metadata": {"ssd": "true", "x": "1"}}})
+    assert meta.body["aggregate"]["metadata"] == {"ssd": "true", "x": "1"}
+    meta = call(api, "POST", path, {"set_metadata": {"metadata": {"x": None}}})
+    assert meta.body["aggregate"]["metadata"] == {"ssd": "true"}
+    removed = call(api, "POST", path, {"remove_host": {"host": host}})
+    assert removed.status == 200 and removed.body["aggregate"]["hosts"] == []
+    absent = call(api, "POST", path, {"remove_host": {"host": host}})
+    assert absent.status == 404 and absent.fault()[1] == (
+        f"Cannot remove host {host} in aggregate {made['id']}")
+    zoned = _aggregate(api, "far", zone="az9")
+    refused = call(api, "POST", f"/os-aggregates/{zoned['id']}/action",
+                   {"add_host": {"host": host}})
+    assert refused.status == 400 and "zone" in refused.fault()[1]
+    assert call(api, "DELETE", f"/os-aggregates/{made['id']}").status == 200
+    assert api.store.query("SELECT * FROM aggregate_metadata WHERE aggregate_id = ?",
+                           made["id"]) == []
+
+
+def test_aggregate_refusals(api: Api) -> None:
+    made = _aggregate(api)
+    for who in (P1, P2):
+        assert get(api, "/os-aggregates", who=who).status == 403
+        assert get(api, f"/os-aggregates/{made['id']}", who=who).status == 403
+        assert call(api, "POST", "/os-aggregates", {"aggregate": {"name": "x"}},
+                    who=who).status == 403
+        assert call(api, "DELETE", f"/os-aggregates/{made['id']}", who=who).status == 403
+        assert call(api, "POST", f"/os-aggregates/{made['id']}/action",
+                    {"add_host": {"host": "h"}}, who=who).status == 403
+    duplicate = call(api, "POST", "/os-aggregates", {"aggregate": {"name": "rack1"}})
+    assert duplicate.status == 409 and duplicate.fault()[1] == "Aggregate rack1 already exists."
+    for bad in ({"aggregate": {"name": ""}}, {"aggregate": {"name": "a" * 256}},
+                {"aggregate": {"name": " x"}}, {"aggregate": {}},
+                {"aggregate": {"name": "x", "availability_zone": ""}},
+                {"aggregate": {"name": "x", "availability_zone": "internal"}},
+                {"aggregate": {"name": "x", "hosts": []}}, {"aggregate": "x"}, []):
+        assert call(api, "POST", "/os-aggregates", bad).status == 400, bad
+    for ref in ("-1", "999"):
+        assert get(api, f"/os-aggregates/{ref}").status == 404
+        assert call(api, "DELETE", f"/os-aggregates/{ref}").status == 404
+    assert get(api, "/os-aggregates/abc").status == 400
+    path = f"/os-aggregates/{made['id']}/action"
+    for bad in ({"add_host": {}}, {"add_host": {"host": ""}}, {"add_host": "h"},
+                {"set_metadata": {"metadata": {}}}, {"set_metadata": {"metadata": {"a/b": "1"}}},
+                {"set_metadata": {"metadata": {"k": 5}}}, {"evacuate": {}},
+                {"set_metadata": {"metadata": {"availability_zone": ""}}}):
+        assert call(api, "POST", path, bad).status == 400, bad
+    assert call(api, "PUT", f"/os-aggregates/{made['id']}", {"aggregate": {}}).status == 400
+    assert [a["name"] for a in get(api, "/os-aggregates").body["aggregates"]] == ["rack1"]

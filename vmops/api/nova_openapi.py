@@ -307,6 +307,38 @@ def _flavor_paths() -> dict[str, Any]:
     }
 
 
+def _aggregate_paths() -> dict[str, Any]:
+    basic = {"id": INT, "name": STR, "availability_zone": NULL_STR, "created_at": STR,
+             "updated_at": NULL_STR, "deleted": BOOL, "deleted_at": NULL_STR}
+    since_241 = {"uuid": STR}
+    created = closed(basic, since_241)
+    aggregate = closed({**basic, "hosts": array(STR), "metadata": STR_DICT}, since_241)
+    one = closed({"aggregate": aggregate})
+    fields = closed({}, {"name": STR, "availability_zone": NULL_STR})
+    host = closed({"host": STR})
+    metadata = closed({"metadata": {"type": "object",
+                                    "additionalProperties": NULL_STR}})
+    ident = [path_id("aggregate")]
+    return {
+        f"{P}/os-aggregates": {
+            "get": op("Every host aggregate", ok(closed({"aggregates": array(aggregate)}))),
+            "post": op("Create a host aggregate (name, and an availability zone or none)",
+                       ok(closed({"aggregate": created})),
+                       body=closed({"aggregate": fields}))},
+        f"{P}/os-aggregates/{{id}}": {
+            "parameters": ident,
+            "get": op("Show an aggregate", ok(one)),
+            "put": op("Rename an aggregate and/or change its availability zone", ok(one),
+                      body=closed({"aggregate": fields})),
+            "delete": op("Delete an aggregate that holds no host", ok(None))},
+        f"{P}/os-aggregates/{{id}}/action": {"parameters": ident, "post": op(
+            "add_host or remove_host (this host is the only one), or set_metadata (null "
+            "removes an item; availability_zone is the aggregate's zone)", ok(one),
+            body={"oneOf": [closed({"add_host": host}), closed({"remove_host": host}),
+                            closed({"set_metadata": metadata})]})},
+    }
+
+
 def paths() -> dict[str, Any]:
     return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
-            **_flavor_paths()}
+            **_flavor_paths(), **_aggregate_paths()}

@@ -25,6 +25,7 @@ from vmops.api import (
     image_service,
     keypairs,
     network_api,
+    nova_admin,
     openapi,
     parse,
     quota_api,
@@ -92,7 +93,7 @@ class Routes:
         quota_api.add_routes(r, self.compute)
         server_extras.add_routes(r, self.compute)
         server_groups_api.add_routes(r, self.compute)
-        flavor_access_api.add_routes(r, self.store)  # access lists, extra specs
+        nova_admin.add_routes(r, self.compute)  # flavor access, aggregates, diagnostics...
         add_identity_routes(r, self.identity)
         r.add("GET", f"{P}/os-vmops/doctor", self.host_checks)
         r.add("GET", "/metrics", self.metrics.scrape)
