@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_api import Api
+from tests.unit.test_api import IMAGE_ID, Api
 from tests.unit.test_api_nova_extras import (  # noqa: F401 (api: its fixture, with 3 projects)
     ADMIN,
     P1,
@@ -265,3 +265,62 @@ def test_aggregate_refusals(api: Api) -> None:
         assert call(api, "POST", path, bad).status == 400, bad
     assert call(api, "PUT", f"/os-aggregates/{made['id']}", {"aggregate": {}}).status == 400
     assert [a["name"] for a in get(api, "/os-aggregates").body["aggregates"]] == ["rack1"]
+
+
+# -- the compute API's image metadata -------------------------------------------------
+def _p1_image(api: Api) -> str:
+    from vmops.store import Image
+
+    api.store.add_image(Image(id="11111111-2222-3333-4444-555555555555", name="mine",
+                              status="active", format="raw", owner="p1", visibility="private",
+                              extra={"min_ram": 0, "protected": False, "os_distro": "debian"}))
+    return "11111111-2222-3333-4444-555555555555"
+
+
+def test_image_metadata_list_set_update_item(api: Api) -> None:
+    image_id = _p1_image(api)
+    path = f"/images/{image_id}/metadata"
+    assert get(api, path, who=P1).body == {"metadata": {"os_distro": "debian"}}
+    replaced = call(api, "PUT", path, {"metadata": {"os_version": "1", "os_distro": "2"}},
+                    who=P1)
+    assert replaced.body == {"metadata": {"os_version": "1", "os_distro": "2"}}
+    merged = call(api, "POST", path, {"metadata": {"os_version": "alt", "arch": "x"}}, who=P1)
+    assert merged.body == {"metadata": {"os_version": "alt", "os_distro": "2", "arch": "x"}}
+    assert get(api, f"{path}/arch", who=P1).body == {"meta": {"arch": "x"}}
+    item = call(api, "PUT", f"{path}/arch", {"meta": {"arch": "y"}}, who=P1)
+    assert (item.status, item.body) == (200, {"meta": {"arch": "y"}})
+    assert call(api, "DELETE", f"{path}/arch", who=P1).status == 204
+    assert get(api, path, who=P1).body == {"metadata": {"os_version": "alt", "os_distro": "2"}}
+    # Glance's own attributes are kept, and are no metadata.
+    img = api.store.image(image_id)
+    assert (img.extra["min_ram"], img.extra["protected"]) == (0, False)
+    # The login user is the record's.
+    call(api, "POST", path, {"metadata": {"os_admin_user": "debian"}}, who=P1)
+    assert api.store.image(image_id).login_user == "debian"
+
+
+def test_image_metadata_refusals(api: Api) -> None:
+    image_id = _p1_image(api)
+    path = f"/images/{image_id}/metadata"
+    assert get(api, path, who=P2).status == 404  # private to p1
+    assert call(api, "POST", path, {"metadata": {"a": "b"}}, who=P2).status == 404
+    public = f"/images/{IMAGE_ID}/metadata"
+    assert get(api, public, who=P2).status == 200
+    assert call(api, "POST", public, {"metadata": {"a": "b"}}, who=P2).status == 403
+    assert get(api, f"{path}/nope", who=P1).status == 404
+    assert call(api, "DELETE", f"{path}/nope", who=P1).status == 404
+    assert get(api, "/images/00000000-0000-0000-0000-000000000000/metadata").status == 404
+    assert get(api, path, version="2.39").status == 404
+    mismatch = call(api, "PUT", f"{path}/a", {"meta": {"b": "1"}}, who=P1)
+    assert mismatch.status == 400 and "mismatch" in mismatch.fault()[1]
+    assert call(api, "PUT", f"{path}/a", {"meta": {"a": "1", "b": "2"}}, who=P1).status == 400
+    for bad in ({"metadata": {"a": 1}}, {"metadata": {"a": "x" * 256}}, {"metadata": {"": "x"}},
+                {"metadata": []}, {"meta": {}}, {"metadata": {}, "x": 1}):
+        assert call(api, "POST", path, bad, who=P1).status == 400, bad
+    assert call(api, "POST", path, {"metadata": {"min_ram": "5"}}, who=P1).status == 403
+    assert call(api, "POST", path, {"metadata": {"os_admin_user": "Root!"}},
+                who=P1).status == 400
+    call(api, "PUT", "/os-quota-sets/p1", {"quota_set": {"metadata_items": 2}})
+    over = call(api, "POST", path, {"metadata": {"a": "1", "b": "2"}}, who=P1)
+    assert over.status == 403
+    assert get(api, path, who=P1).body == {"metadata": {"os_distro": "debian"}}

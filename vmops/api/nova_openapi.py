@@ -339,6 +339,29 @@ def _aggregate_paths() -> dict[str, Any]:
     }
 
 
+def _image_metadata_paths() -> dict[str, Any]:
+    image = [path_id("image")]
+    metadata = closed({"metadata": STR_DICT})
+    meta = closed({"meta": STR_DICT})
+    key = {"name": "key", "in": "path", "required": True, "schema": STR,
+           "description": "a metadata key"}
+    return {
+        f"{P}/images/{{id}}/metadata": {
+            "parameters": image,
+            "get": op("An image's metadata: its Glance user properties (before 2.39)",
+                      ok(metadata)),
+            "post": op("Add or change metadata items, keeping the others", ok(metadata),
+                       body=metadata),
+            "put": op("Replace all the metadata", ok(metadata), body=metadata)},
+        f"{P}/images/{{id}}/metadata/{{key}}": {
+            "parameters": [*image, key],
+            "get": op("One metadata item", ok(meta)),
+            "put": op("Set one metadata item (the key in the path and body)", ok(meta),
+                      body=meta),
+            "delete": op("Remove one metadata item", NO_BODY)},
+    }
+
+
 def paths() -> dict[str, Any]:
     return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
-            **_flavor_paths(), **_aggregate_paths()}
+            **_flavor_paths(), **_aggregate_paths(), **_image_metadata_paths()}
