@@ -172,12 +172,13 @@ def export(rev: str, run_dir: Path) -> Path:
 
 def describe_cloud(service: Service, run_dir: Path) -> conf.Cloud:
     """Set the service up for Tempest and say what it offers."""
-    token = service.password_token()
-    if token is None:
+    login = service.password_token()
+    if login is None:
         raise ServiceError(
             "vmops' identity service gave no token for the admin's password "
             "(POST /identity/v3/auth/tokens): Tempest cannot log in. See "
             f"{service.log_to}.")
+    token, services = login
     images = service.add_images(test_image())
     flavors = service.add_flavors()
     low, high = service.microversions()
@@ -187,7 +188,8 @@ def describe_cloud(service: Service, run_dir: Path) -> conf.Cloud:
         admin_domain="Default", dynamic_credentials=service.identity_admin_calls(token),
         accounts_file=None, image_ref=images[0], image_ref_alt=images[1],
         flavor_ref=flavors[0], flavor_ref_alt=flavors[1], min_microversion=low,
-        max_microversion=high, image_upload=service.image_upload(token), log_dir=run_dir)
+        max_microversion=high, image_upload=service.image_upload(token),
+        volumes=bool(services & conf.VOLUME_SERVICE_TYPES), log_dir=run_dir)
 
 
 def print_report(run: report.Run, verdict: report.Verdict, run_dir: Path) -> None:
@@ -287,7 +289,7 @@ def main(argv: list[str]) -> int:
              "concurrency": args.concurrency,
              "microversions": [cloud.min_microversion, cloud.max_microversion],
              "dynamic_credentials": cloud.dynamic_credentials,
-             "glance_upload": cloud.image_upload}
+             "glance_upload": cloud.image_upload, "volumes": cloud.volumes}
     (run_dir / "facts.json").write_text(json.dumps(facts, indent=1) + "\n")
     return conclude(run_dir, selected, recorded, facts, args.update_expected)
 

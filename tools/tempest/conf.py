@@ -32,6 +32,7 @@ class Cloud:
     min_microversion: str
     max_microversion: str
     image_upload: bool  # POST /image/v2/images and PUT .../file work
+    volumes: bool  # the catalog has a block storage (Cinder v3) endpoint
     log_dir: Path
 
 
@@ -85,10 +86,19 @@ SERVICES: dict[str, tuple[bool, str]] = {
     # ports, floating IPs) are off below or in tests/tempest/excluded.txt.
     "neutron": (True, "servers get a NIC on vmops' network; /network serves Neutron's "
                       "security groups"),
-    "cinder": (False, "no block storage"),
     "swift": (False, "no object storage"),
     "horizon": (False, "no dashboard"),
 }
+
+
+# The catalog types of Cinder v3: with one, vmops' /volume serves volumes.
+VOLUME_SERVICE_TYPES = {"volumev3", "block-storage"}
+# [volume-feature-enabled] when it does: plain volumes, attach and detach,
+# extend; nothing of Cinder's backups, snapshots, clones, manage, replication.
+VOLUME_FEATURES = {"backup": "false", "snapshot": "false", "clone": "false",
+                   "manage_snapshot": "false", "manage_volume": "false",
+                   "replication": "false", "multi_backend": "false",
+                   "extend_attached_volume": "false", "api_extensions": ""}
 
 
 def _flags(table: dict[str, tuple[bool, str]]) -> dict[str, str]:
@@ -130,7 +140,10 @@ def sections(cloud: Cloud) -> dict[str, dict[str, str]]:
                                     "api_extensions": "security-group",
                                     "port_security": "false"},
         "validation": {"run_validation": "false"},
-        "service_available": _flags(SERVICES) | {"glance": str(cloud.image_upload).lower()},
+        "volume": {"catalog_type": "volumev3", "build_timeout": str(BUILD_TIMEOUT)},
+        "volume-feature-enabled": VOLUME_FEATURES,
+        "service_available": _flags(SERVICES) | {"glance": str(cloud.image_upload).lower(),
+                                                  "cinder": str(cloud.volumes).lower()},
     }
 
 

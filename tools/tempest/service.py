@@ -202,16 +202,20 @@ class Service:
             raise ServiceError(f"GET /v2.1/ answered {answer.status}: {answer.body}")
         return version["min_version"] or "2.1", version["version"] or "2.1"
 
-    def password_token(self) -> str | None:
-        """An admin token from the identity service's password method, or
-        None when it has none (yet)."""
+    def password_token(self) -> tuple[str, set[str]] | None:
+        """An admin token from the identity service's password method and the
+        service types of its catalog, or None when it gives none."""
         body = {"auth": {
             "identity": {"methods": ["password"], "password": {"user": {
                 "name": ADMIN, "domain": {"name": ADMIN_DOMAIN},
                 "password": self.admin_password}}},
             "scope": {"project": {"name": ADMIN_PROJECT, "domain": {"name": ADMIN_DOMAIN}}}}}
         answer = http("POST", f"{self.base_url}/identity/v3/auth/tokens", body)
-        return answer.headers.get("x-subject-token") if answer.status == 201 else None
+        token = answer.headers.get("x-subject-token")
+        if answer.status != 201 or not token or not isinstance(answer.body, dict):
+            return None
+        catalog = answer.body.get("token", {}).get("catalog", [])
+        return token, {entry.get("type", "") for entry in catalog}
 
     def identity_admin_calls(self, token: str) -> bool:
         """Whether the identity admin calls of Tempest's dynamic credentials
