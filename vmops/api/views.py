@@ -99,15 +99,18 @@ def server_created(inst: Instance, base: str, net: ServerNetwork = ServerNetwork
     return body
 
 
-def addresses(nics: Sequence[Port]) -> dict[str, list[dict[str, Any]]]:
-    """Nova's ``addresses``: addresses by network name. User-mode NICs have
-    none anyone can reach, so they are not listed (``vmops:nics`` shows them)."""
+def addresses(nics: Sequence[Port], extended: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Nova's ``addresses``: addresses by network name, ``extended`` with
+    their type and MAC (show and list; not update or rebuild below 2.75).
+    User-mode NICs have none anyone can reach, so they are not listed
+    (``vmops:nics`` shows them)."""
     out: dict[str, list[dict[str, Any]]] = {}
     for nic in nics:
         if nic.ip:
-            out.setdefault(nic.network, []).append(
-                {"version": 4, "addr": nic.ip, "OS-EXT-IPS:type": "fixed",
-                 "OS-EXT-IPS-MAC:mac_addr": nic.mac})
+            entry: dict[str, Any] = {"version": 4, "addr": nic.ip}
+            if extended:
+                entry.update({"OS-EXT-IPS:type": "fixed", "OS-EXT-IPS-MAC:mac_addr": nic.mac})
+            out.setdefault(nic.network, []).append(entry)
     return out
 
 
@@ -155,7 +158,7 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
         "flavor": _server_flavor(inst, base, view),
         "created": iso_time(inst.created_at),
         "updated": iso_time(inst.updated_at),
-        "addresses": addresses(net.nics),
+        "addresses": addresses(net.nics, extended=full),
         "accessIPv4": inst.access_ipv4,
         "accessIPv6": inst.access_ipv6,
         "OS-DCF:diskConfig": "MANUAL",
