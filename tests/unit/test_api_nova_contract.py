@@ -519,3 +519,19 @@ def test_lock_keeps_members_off(api: Api) -> None:
     assert api.post(action, {"unlock": None}, token=MEMBER).status == 403
     assert api.post(action, {"pause": None}).status == 202  # admins act on it
     assert api.post(action, {"lock": {"x": 1}}).status == 400
+
+
+def test_addresses_are_extended_in_show_only(api: Api) -> None:
+    """Tempest's update and rebuild schemas (below 2.75) allow only version
+    and addr in an address, show and list their type and MAC too."""
+    inst = api.add_instance("web1")
+    with api.store.transaction() as db:  # no vmops network here: a port by hand
+        db.execute("INSERT INTO ports (id, instance_id, position, mode, network, mac, ip, tap, "
+                   "created_at) VALUES (?, ?, 0, 'bridge', 'vmops', ?, ?, 'tap0', 0)",
+                   ("p1", inst.id, "52:54:00:aa:bb:cc", "10.213.0.7"))
+    (shown,) = show(api, inst.id)["addresses"]["vmops"]
+    assert shown == {"version": 4, "addr": "10.213.0.7", "OS-EXT-IPS:type": "fixed",
+                     "OS-EXT-IPS-MAC:mac_addr": "52:54:00:aa:bb:cc"}
+    updated = api.call("PUT", f"/v2.1/servers/{inst.id}", {"server": {"name": "web2"}})
+    assert updated.body["server"]["addresses"] == {"vmops": [{"version": 4,
+                                                              "addr": "10.213.0.7"}]}
