@@ -24,6 +24,7 @@ from tests.unit.test_api_nova_extras import (  # noqa: F401 (api: its fixture, w
     api,
     call,
     get,
+    owned,
     settle,
 )
 
@@ -324,3 +325,67 @@ def test_image_metadata_refusals(api: Api) -> None:
     over = call(api, "POST", path, {"metadata": {"a": "1", "b": "2"}}, who=P1)
     assert over.status == 403
     assert get(api, path, who=P1).body == {"metadata": {"os_distro": "debian"}}
+
+
+# -- server diagnostics ---------------------------------------------------------------
+DIAGNOSTICS_KEYS = {"state", "driver", "hypervisor", "hypervisor_os", "uptime", "config_drive",
+                    "num_cpus", "num_nics", "num_disks", "memory_details", "cpu_details",
+                    "nic_details", "disk_details"}
+NIC_KEYS = {"mac_address", "rx_octets", "rx_errors", "rx_drop", "rx_packets", "rx_rate",
+            "tx_octets", "tx_errors", "tx_drop", "tx_packets", "tx_rate"}
+DISK_KEYS = {"read_bytes", "read_requests", "write_bytes", "write_requests", "errors_count"}
+
+
+def test_diagnostics_from_the_domains_statistics(api: Api) -> None:
+    inst = owned(api, "web1")
+    body = get(api, f"/servers/{inst.id}/diagnostics", version="2.48").body
+    assert set(body) == DIAGNOSTICS_KEYS
+    assert (body["state"], body["driver"], body["hypervisor"], body["hypervisor_os"]) == (
+        "running", "libvirt", "qemu", "linux")
+    assert body["memory_details"]["maximum"] == 512  # MiB, m1.tiny's
+    assert body["num_cpus"] == len(body["cpu_details"]) == 1
+    assert body["uptime"] is not None and body["uptime"] >= 0
+    old = get(api, f"/servers/{inst.id}/diagnostics").body
+    assert old["memory"] == 512 * 1024 and "cpu0_time" in old
+    api.compute.hv.pause(inst.id)
+    assert get(api, f"/servers/{inst.id}/diagnostics", version="2.48").body[
+        "state"] == "paused"
+
+
+def test_diagnostics_are_for_admins_of_a_server_with_a_domain(api: Api) -> None:
+    inst = owned(api, "web1")
+    assert get(api, f"/servers/{inst.id}/diagnostics", who=P1).status == 403
+    assert get(api, "/servers/00000000-0000-0000-0000-000000000000/diagnostics").status == 404
+    assert get(api, "/servers/web1/diagnostics").status == 404  # an id, not a name
+    api.hv.power_off(inst.id)
+    api.hv.undefine(inst.id)
+    gone = get(api, f"/servers/{inst.id}/diagnostics")
+    assert gone.status == 409 and "no domain" in gone.fault()[1]
+
+
+def test_diagnostics_read_libvirts_counters() -> None:
+    from vmops.api import diagnostics_api
+    from vmops.store import Instance
+
+    inst = Instance(id="i", name="n", vm_state="active", task_state=None, power_state="running",
+                    flavor_id="1", image_id="x", macs=("52:54:00:00:00:01",),
+                    config_drive=True, launched_at=None)
+    stats: dict[str, int | float] = {
+        "state.state": 1, "balloon.maximum": 1048576, "balloon.current": 524288,
+        "vcpu.count": 2, "vcpu.0.time": 10, "vcpu.1.time": 20, "net.count": 1,
+        "net.0.rx.bytes": 100, "net.0.rx.pkts": 2, "net.0.rx.errs": 0, "net.0.rx.drop": 0,
+        "net.0.tx.bytes": 50, "net.0.tx.pkts": 1, "net.0.tx.errs": 0, "net.0.tx.drop": -1,
+        "block.count": 1, "block.0.rd.bytes": 4096, "block.0.rd.reqs": 1,
+        "block.0.wr.bytes": 0, "block.0.wr.reqs": 0}
+    body = diagnostics_api.standard(inst, stats, "kvm")
+    assert body["memory_details"] == {"maximum": 1024, "used": 512}
+    assert body["cpu_details"] == [{"id": 0, "time": 10, "utilisation": None},
+                                   {"id": 1, "time": 20, "utilisation": None}]
+    (nic,) = body["nic_details"]
+    assert set(nic) == NIC_KEYS
+    assert (nic["mac_address"], nic["rx_octets"], nic["tx_drop"], nic["rx_rate"]) == (
+        "52:54:00:00:00:01", 100, None, None)
+    assert body["disk_details"] == [{"read_bytes": 4096, "read_requests": 1, "write_bytes": 0,
+                                     "write_requests": 0, "errors_count": None}]
+    assert set(body["disk_details"][0]) == DISK_KEYS
+    assert (body["uptime"], body["config_drive"], body["num_nics"]) == (None, True, 1)

@@ -5,7 +5,7 @@ log, ``os-networks`` and the compute API's image metadata (one call from
 
 from __future__ import annotations
 
-from vmops.api import aggregates_api, flavor_access_api, image_metadata_api
+from vmops.api import aggregates_api, diagnostics_api, flavor_access_api, image_metadata_api
 from vmops.api.server import Router
 from vmops.compute.manager import Compute
 
@@ -14,3 +14,4 @@ def add_routes(r: Router, compute: Compute) -> None:
     flavor_access_api.add_routes(r, compute.store)  # access lists, extra specs
     aggregates_api.add_routes(r, compute.store)
     image_metadata_api.add_routes(r, compute)
+    diagnostics_api.add_routes(r, compute)

@@ -362,6 +362,29 @@ def _image_metadata_paths() -> dict[str, Any]:
     }
 
 
+def _diagnostics_paths() -> dict[str, Any]:
+    count = {"type": ["integer", "null"]}
+    nic = closed({name: count for name in (
+        "rx_octets", "rx_errors", "rx_drop", "rx_packets", "rx_rate", "tx_octets",
+        "tx_errors", "tx_drop", "tx_packets", "tx_rate")} | {"mac_address": NULL_STR})
+    disk = closed({name: count for name in (
+        "read_bytes", "read_requests", "write_bytes", "write_requests", "errors_count")})
+    standard = closed({
+        "state": {"enum": ["pending", "running", "paused", "shutdown", "crashed",
+                           "suspended"]},
+        "driver": STR, "hypervisor": NULL_STR, "hypervisor_os": NULL_STR, "uptime": count,
+        "config_drive": BOOL, "num_cpus": INT, "num_nics": INT, "num_disks": INT,
+        "memory_details": closed({"maximum": count, "used": count}),
+        "cpu_details": array(closed({"id": count, "time": count, "utilisation": count})),
+        "nic_details": array(nic), "disk_details": array(disk)})
+    driver_body = {"type": "object", "additionalProperties": count}
+    return {f"{P}/servers/{{id}}/diagnostics": {"parameters": [path_id("server")], "get": op(
+        "A server's statistics from libvirt: the libvirt driver's counters before 2.48, "
+        "Nova's standard body from 2.48 (admin)",
+        ok({"oneOf": [standard, driver_body]}))}}
+
+
 def paths() -> dict[str, Any]:
     return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
-            **_flavor_paths(), **_aggregate_paths(), **_image_metadata_paths()}
+            **_flavor_paths(), **_aggregate_paths(), **_image_metadata_paths(),
+            **_diagnostics_paths()}
