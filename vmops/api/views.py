@@ -120,7 +120,7 @@ def nic(port: Port) -> dict[str, Any]:
 
 
 # Nova reports progress only in these states.
-_PROGRESS_STATUSES = {"BUILD", "ACTIVE", "REBUILD"}
+_PROGRESS_STATUSES = {"BUILD", "ACTIVE", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING"}
 
 
 STATUSES = states.STATUSES
