@@ -50,6 +50,7 @@ from vmops.errors import (
     Invalid,
     KeypairNotFound,
     NotFound,
+    SecurityGroupNotFound,
     VmopsError,
 )
 from vmops.identity import Identity
@@ -285,7 +286,7 @@ class Routes:
     def _spawn_one(self, spawn: SpawnRequest) -> Instance:
         try:
             return self.compute.create(spawn)
-        except (ImageNotFound, FlavorNotFound) as exc:
+        except (ImageNotFound, FlavorNotFound, SecurityGroupNotFound) as exc:
             raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad ref
 
     def show_server(self, req: Request) -> Response:
