@@ -1,5 +1,5 @@
 """The `openstack` command line's volume commands, unchanged, against a
-real service on TCP and one real guest: volume create/list/show/set/delete
+real service on TCP and one real guest: volume create/list/show/set (size, name, description)/delete
 and server add volume / server volume list / server remove volume, with the
 admin_token clouds.yaml of docs/openstack-clients.md (its
 volume_endpoint_override line included). The guest sees the disk come and
@@ -69,5 +69,8 @@ def test_openstack_volume_commands(served: tuple[Vmops, OpenStackCLI]) -> None:
 
     cli.run("volume", "set", "--size", "2", "data")
     assert _wait_volume(cli, "data", "available")["size"] == 2
-    cli.run("volume", "delete", "data")
+    cli.run("volume", "set", "--name", "logs", "--description", "the logs", "data")
+    renamed = cli.json("volume", "show", "logs")
+    assert (renamed["id"], renamed["description"]) == (volume["id"], "the logs")
+    cli.run("volume", "delete", "logs")
     assert cli.json("volume", "list") == []

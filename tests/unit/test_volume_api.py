@@ -160,3 +160,17 @@ def test_projects_see_their_own_volumes() -> None:
     assert volume_api._project_filter(admin) is None
     assert not volume_api._may_see(member, "p2") and volume_api._may_see(admin, "p2")
     assert Volumes  # the manager's own scoping: tests/integration/test_volumes.py
+
+
+def test_update_name_and_description(api: Api) -> None:
+    volume = _create(api)
+    path = f"{V}/volumes/{volume['id']}"
+    answer = api.call("PUT", path, {"volume": {"name": "renamed", "description": "logs"}})
+    assert answer.status == 200
+    assert (answer.body["volume"]["name"], answer.body["volume"]["description"]) == \
+        ("renamed", "logs")
+    assert api.get(f"{V}/volumes/renamed").body["volume"]["id"] == volume["id"]
+    for body in ({"volume": {"name": "a\x07b"}}, {"volume": {"size": 2}},
+                 {"volume": {"description": "x" * 256}}, {"volume": {"name": 3}}, {}):
+        assert api.call("PUT", path, body).status == 400, body
+    assert api.get(path).body["volume"]["name"] == "renamed"

@@ -57,6 +57,7 @@ def add_routes(r: Router, compute: Compute) -> None:
         r.add("POST", base, api.create)
         r.add("GET", f"{base}/detail", api.list_detail)
         r.add("GET", f"{base}/{{volume_id}}", api.show)
+        r.add("PUT", f"{base}/{{volume_id}}", api.update)
         r.add("DELETE", f"{base}/{{volume_id}}", api.delete)
         r.add("POST", f"{base}/{{volume_id}}/action", api.action)
     attachments = f"{views.API_PREFIX}/servers/{{id}}/os-volume_attachments"
@@ -176,6 +177,20 @@ class VolumeApi:
             project_id=ctx.project_id or req.params.get("project_id", ""),
             user_id=ctx.user_id)
         return Response(202, {"volume": self._view(req, volume)})
+
+    def update(self, req: Request) -> Response:
+        """Cinder's update: the name and the description."""
+        body = parse.section(req.json(), "volume")
+        parse.no_unknown(body, {"name", "description", "display_name", "display_description"},
+                         "volume")
+        changes: dict[str, str] = {}
+        for key, alias in (("name", "display_name"), ("description", "display_description")):
+            for name in (key, alias):
+                if name in body:
+                    value = parse.field(body, name, str)
+                    changes[key] = value or ""
+        volume = self.volumes.rename(self._volume(req).id, **changes)
+        return Response(200, {"volume": self._view(req, volume)})
 
     def delete(self, req: Request) -> Response:
         volume = self._volume(req)

@@ -54,6 +54,9 @@ CREATE = closed({"volume": closed({"size": INT}, {
     "source_volid": NULL_STR, "backup_id": NULL_STR, "consistencygroup_id": NULL_STR,
     "group_id": NULL_STR, "scheduler_hints": {"type": ["object", "null"]},
     "vmops:format": {"enum": ["qcow2", "raw"]}})})
+UPDATE = closed({"volume": closed({}, {"name": NULL_STR, "description": NULL_STR,
+                                       "display_name": NULL_STR,
+                                       "display_description": NULL_STR})})
 EXTEND = closed({"os-extend": closed({"new_size": INT})})
 NOVA_ATTACHMENT = closed({"id": STR, "volumeId": STR, "serverId": STR, "device": STR})
 LIST_FILTERS = [query("name", "only volumes of this name"),
@@ -78,6 +81,8 @@ def _volume_paths(base: str, params: list[dict[str, Any]]) -> dict[str, Any]:
                                      params=params + LIST_FILTERS)},
         f"{base}/{{volume_id}}": {
             "get": op("Cinder: show a volume", ok(one), params=params + [VOLUME]),
+            "put": op("Cinder: update a volume's name or description", ok(one),
+                      body=UPDATE, params=params + [VOLUME]),
             "delete": op("Cinder: delete a volume that is not attached", ACCEPTED,
                          params=params + [VOLUME]),
         },

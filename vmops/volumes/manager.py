@@ -57,6 +57,7 @@ log = logging.getLogger(__name__)
 GIB = pool.GIB
 MAX_SIZE_GB = 65536
 MAX_NAME_CHARS = 255
+MAX_DESCRIPTION_CHARS = 255
 DEVICE = re.compile(r"^(?:/dev/)?(vd[a-z])$")
 # Where an instance may get a volume: Nova's states for attach and detach.
 ATTACH_STATES = (states.ACTIVE, states.PAUSED, states.STOPPED)
@@ -109,6 +110,8 @@ class Volumes:
         when :attr:`background`. Everything that can be refused is checked
         before the record is written."""
         _check_name(name)
+        if len(description) > MAX_DESCRIPTION_CHARS:
+            raise Invalid(reason=f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
         _check_size(size_gb)
         pool.check_format(fmt)
         image = None
@@ -138,6 +141,18 @@ class Volumes:
 
         return self._in_background(volume, "create", make, VolumeStatus.ERROR,
                                    status=VolumeStatus.AVAILABLE)
+
+    def rename(self, ref: str, name: str | None = None,
+               description: str | None = None) -> Volume:
+        """A new name or description (any status: neither reaches the disk)."""
+        volume = self.records.get(ref)
+        changes = {k: v for k, v in (("name", name), ("description", description))
+                   if v is not None}
+        if "name" in changes:
+            _check_name(changes["name"])
+        if len(changes.get("description", "")) > MAX_DESCRIPTION_CHARS:
+            raise Invalid(reason=f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
+        return self.records.update(volume.id, **changes)
 
     def delete(self, ref: str, project_id: str | None = None) -> None:
         """Refused while attached (Cinder: in-use) or busy."""
