@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.tempest import conf, report
-from tools.tempest.service import Service, ServiceError, vmops_python
+from tools.tempest.service import Network, Service, ServiceError, vmops_python
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "tempest"
@@ -54,6 +54,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="Tempest workers (default 2: guests boot under TCG)")
     parser.add_argument("--update-expected", action="store_true",
                         help="add this run's passes to the expected-pass list (never removes)")
+    parser.add_argument("--network", choices=("user", "bridge"), default="user",
+                        help="guests on user-mode NICs (default), or on a vmops network of "
+                             "the run's own (as root; a new project has no 'default' "
+                             "security group there yet, which fails more tests)")
     parser.add_argument("--at", metavar="REV",
                         help="test vmops as committed at REV (exported to a temporary "
                              "directory) instead of the working tree")
@@ -262,7 +266,8 @@ def main(argv: list[str]) -> int:
     run_dir = new_run_dir()
     print(f"== run directory {run_dir}", file=sys.stderr)
     source = export(args.at, run_dir) if args.at else REPO
-    service = Service(source, vmops_python(REPO), run_dir / "vmops-serve.log")
+    network = Network.own_bridge() if args.network == "bridge" else Network("user")
+    service = Service(source, vmops_python(REPO), run_dir / "vmops-serve.log", network)
     tempest = Tempest(venv, run_dir)
     try:
         service.start()
@@ -286,7 +291,7 @@ def main(argv: list[str]) -> int:
         if not args.keep:
             service.remove()
     facts = {"tempest": TEMPEST_VERSION, "vmops": git_commit(args.at), "selection": selection,
-             "concurrency": args.concurrency,
+             "concurrency": args.concurrency, "network": args.network,
              "microversions": [cloud.min_microversion, cloud.max_microversion],
              "dynamic_credentials": cloud.dynamic_credentials,
              "glance_upload": cloud.image_upload, "volumes": cloud.volumes}

@@ -1,8 +1,10 @@
 """A vmops service of the harness's own, set up for Tempest.
 
 It runs in a new short state directory under /tmp (the API's unix socket
-path must stay under 107 bytes), listens on a free loopback port, gives
-guests user-mode NICs (nothing to set up, nothing reaches them), and gets
+path must stay under 107 bytes), listens on a free loopback port, puts
+guests on a vmops network of its own (as root: a bridge and subnet no one
+else uses, removed at the end; servers then have addresses and security
+groups as Nova's do) or on user-mode NICs (nothing to set up), and gets
 the test image twice (image_ref and image_ref_alt) and two small flavors
 the test guest boots with. Everything is done through vmops' own CLI over
 the unix socket (which acts as admin) and the public HTTP API, as a user
@@ -32,7 +34,6 @@ from typing import Any
 # powered off after 20 s rather than a minute (Tempest stops many guests).
 SERVICE_ENV = {
     "VMOPS_ACCEL": os.environ.get("VMOPS_ACCEL", "tcg"),
-    "VMOPS_NETWORK_MODE": "user",
     "VMOPS_WAIT_SOFT_REBOOT_SECONDS": "10",
     "VMOPS_SHUTDOWN_RETRY_INTERVAL": "2",
     "VMOPS_SHUTDOWN_TIMEOUT": "20",
@@ -49,6 +50,29 @@ IMAGES = ("tempest-tiny", "tempest-tiny-alt")
 
 class ServiceError(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class Network:
+    """How the service's guests are connected: "user", or "bridge" with a
+    bridge and subnet of this run's own (10.253.X.0/24: the functional
+    tests take theirs from 10.252.0.0/16)."""
+
+    mode: str
+    bridge: str = ""
+    subnet: str = ""
+
+    @classmethod
+    def own_bridge(cls) -> Network:
+        tag = secrets.token_hex(2)
+        # "vmtp": vmops' tap devices are vmt + hex digits, never a "p".
+        return cls("bridge", f"vmtp{tag}", f"10.253.{int(tag[:2], 16)}.0/24")
+
+    def env(self) -> dict[str, str]:
+        env = {"VMOPS_NETWORK_MODE": self.mode}
+        if self.mode == "bridge":
+            env |= {"VMOPS_NETWORK_BRIDGE": self.bridge, "VMOPS_NETWORK_SUBNET": self.subnet}
+        return env
 
 
 def free_port() -> int:
@@ -90,8 +114,9 @@ def http(method: str, url: str, body: Any = None, token: str = "",
 class Service:
     """One ``vmops serve`` in its own state directory."""
 
-    def __init__(self, repo: Path, python: Path, log_to: Path) -> None:
+    def __init__(self, repo: Path, python: Path, log_to: Path, network: Network) -> None:
         self.repo = repo
+        self.network = network
         self.python = python
         self.state_dir = Path(tempfile.mkdtemp(prefix="vmops-tempest-", dir="/tmp"))
         self.port = free_port()
@@ -99,7 +124,7 @@ class Service:
         self.api_token = secrets.token_hex(24)
         self.admin_password = secrets.token_urlsafe(18)
         self.log_to = log_to
-        self.env = {**os.environ, **SERVICE_ENV,
+        self.env = {**os.environ, **SERVICE_ENV, **network.env(),
                     # The vmops of ``repo`` (a commit's export, or the checkout).
                     "PYTHONPATH": str(repo),
                     "VMOPS_STATE_DIR": str(self.state_dir),
@@ -140,6 +165,8 @@ class Service:
             self._terminate()
         left = self.leftovers()
         self._kill(left)
+        if self.network.mode == "bridge":
+            self._remove_network()
         return left
 
     def _terminate(self) -> None:
@@ -167,6 +194,22 @@ class Service:
             if pid.isdigit():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(pid), signal.SIGKILL)
+
+    def _remove_network(self) -> None:
+        """What a stopped service leaves to its guests on purpose: its
+        dnsmasq, its nftables tables and its bridge."""
+        conf = f"--conf-file={self.state_dir / 'network' / 'dnsmasq.conf'}"
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError):
+                args = (proc / "cmdline").read_bytes().split(b"\0")
+                if proc.name.isdigit() and args[:2] == [b"dnsmasq", conf.encode()]:
+                    os.kill(int(proc.name), signal.SIGTERM)
+        table = f"vmops_{self.network.bridge}"
+        for family in ("inet", "bridge"):
+            subprocess.run(["nft", "delete", "table", family, table], capture_output=True,
+                           check=False)
+        subprocess.run(["ip", "link", "del", self.network.bridge], capture_output=True,
+                       check=False)
 
     def remove(self) -> None:
         shutil.rmtree(self.state_dir, ignore_errors=True)
