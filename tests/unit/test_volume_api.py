@@ -174,3 +174,23 @@ def test_update_name_and_description(api: Api) -> None:
                  {"volume": {"description": "x" * 256}}, {"volume": {"name": 3}}, {}):
         assert api.call("PUT", path, body).status == 400, body
     assert api.get(path).body["volume"]["name"] == "renamed"
+
+
+def test_another_projects_private_image_cannot_be_copied(api: Api) -> None:
+    from vmops.api.server import Request
+    from vmops.api.volume_api import VolumeApi
+    from vmops.errors import ImageNotFound
+    from vmops.store import Image
+
+    api.store.add_image(Image(id="private-img", name="secret", status="active",
+                              format="raw", virtual_size=1 << 20, path="/nonexistent/secret",
+                              owner="p2", visibility="private"))
+    volume_api = VolumeApi(Volumes(api.compute), api.compute)
+    body = b'{"volume": {"size": 1, "imageRef": "secret"}}'
+    member = Context("u1", "p1", frozenset({"member"}))
+    with pytest.raises(ImageNotFound):
+        volume_api.create(Request("POST", f"{V}/volumes", {}, {}, body, context=member))
+    assert api.store.query("SELECT id FROM volumes") == []
+    owner = Context("u2", "p2", frozenset({"member"}))
+    answer = volume_api.create(Request("POST", f"{V}/volumes", {}, {}, body, context=owner))
+    assert answer.status == 202 and answer.body["volume"]["os-vol-tenant-attr:tenant_id"] == "p2"

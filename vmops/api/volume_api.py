@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from vmops.api import parse, views
+from vmops.api import image_service, parse, views
 from vmops.api.server import Context, Request, Response, Router
 from vmops.compute.manager import Compute
 from vmops.errors import (
@@ -170,6 +170,8 @@ class VolumeApi:
             or parse.field(body, "display_description", str) or ""
         size = parse.field(body, "size", int, required=True)
         image_ref = parse.field(body, "imageRef", str)
+        if image_ref:  # another project's private image is not there for this caller
+            image_ref = image_service.visible_image(self.volumes.store, image_ref, ctx).id
         volume = self.volumes.create(
             name, size, image_ref=image_ref, fmt=parse.field(body, "vmops:format", str,
                                                              default="qcow2"),
