@@ -947,8 +947,17 @@ class Store:
         return _instance_from_row(rows[0])
 
     def delete_instance(self, instance_id: str) -> None:
-        """The instance and every network row of it (ports, forwards, groups)."""
+        """The instance and every network row of it (ports, forwards, groups);
+        what it used stays in ``instance_usage`` (os-simple-tenant-usage and
+        the usage audit count servers over their whole life)."""
         with self._tx() as db:
+            row = db.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchone()
+            if row is not None:
+                inst = _instance_from_row(row)
+                db.execute("INSERT OR REPLACE INTO instance_usage VALUES (?,?,?,?,?,?,?,?,?)",
+                           (inst.id, inst.name, inst.project_id, inst.user_id,
+                            json.dumps(inst.flavor, sort_keys=True), inst.vm_state,
+                            inst.created_at, inst.launched_at, time.time()))
             self._delete_network_rows(db, instance_id)
             db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
 

@@ -389,3 +389,72 @@ def test_diagnostics_read_libvirts_counters() -> None:
                                      "write_requests": 0, "errors_count": None}]
     assert set(body["disk_details"][0]) == DISK_KEYS
     assert (body["uptime"], body["config_drive"], body["num_nics"]) == (None, True, 1)
+
+
+# -- usage of destroyed servers, and the usage audit log --------------------------------
+AUDIT_KEYS = {"hosts_not_run", "log", "num_hosts", "num_hosts_done", "num_hosts_not_run",
+              "num_hosts_running", "overall_status", "period_beginning", "period_ending",
+              "total_errors", "total_instances"}
+
+
+def test_a_destroyed_server_counts_in_usage_until_its_end(api: Api) -> None:
+    import time
+
+    web1 = owned(api, "web1")
+    api.store.update_instance(web1, launched_at=time.time() - 7200)
+    assert call(api, "DELETE", f"/servers/{web1.id}", who=P1).status == 204
+    settle_gone(api, web1.id)
+    used = get(api, "/os-simple-tenant-usage/p1?start=2020-01-01T00:00:00", who=P1).body[
+        "tenant_usage"]
+    (server,) = used["server_usages"]
+    assert (server["instance_id"], server["state"]) == (web1.id, "terminated")
+    assert server["ended_at"] is not None and 1.99 < server["hours"] < 2.1
+    assert 7190 < server["uptime"] < 7300
+    # A period that ends before it was launched, or starts after it ended: none.
+    assert get(api, "/os-simple-tenant-usage/p1?start=2020-01-01T00:00:00"
+               "&end=2020-01-02T00:00:00", who=P1).body == {"tenant_usage": {}}
+    later = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() + 60))
+    assert get(api, f"/os-simple-tenant-usage/p1?start={later}&end={later}",
+               who=P1).body == {"tenant_usage": {}}
+    assert get(api, "/os-simple-tenant-usage/p2?start=2020-01-01T00:00:00").body == {
+        "tenant_usage": {}}
+
+
+def settle_gone(api: Api, instance_id: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 10
+    while any(i.id == instance_id for i in api.store.instances()):
+        assert time.monotonic() < deadline, "the server was not destroyed"
+        time.sleep(0.02)
+
+
+def test_usage_audit_log_of_the_last_whole_month(api: Api) -> None:
+    from datetime import datetime
+
+    from vmops.api.usage_audit_api import audit_period
+    from vmops.compute import host_facts
+
+    assert audit_period(datetime(2026, 12, 1, 18, 33, 20)) == (
+        datetime(2026, 11, 1), datetime(2026, 12, 1))
+    assert audit_period(datetime(2026, 1, 1)) == (datetime(2025, 11, 1), datetime(2025, 12, 1))
+    assert audit_period(datetime(2026, 1, 15)) == (datetime(2025, 12, 1), datetime(2026, 1, 1))
+    web1 = owned(api, "web1")
+    api.store.update_instance(web1, launched_at=datetime(2026, 10, 20).timestamp())
+    shown = get(api, "/os-instance_usage_audit_log/2026-12-01%2018%3A33%3A20").body[
+        "instance_usage_audit_log"]
+    assert set(shown) == AUDIT_KEYS
+    assert (shown["period_beginning"], shown["period_ending"]) == (
+        "2026-11-01 00:00:00", "2026-12-01 00:00:00")
+    assert (shown["total_instances"], shown["num_hosts"], shown["num_hosts_done"]) == (1, 1, 1)
+    assert shown["log"][host_facts.hostname()]["state"] == "DONE"
+    assert shown["overall_status"] == "ALL hosts done. 0 errors."
+    before = get(api, "/os-instance_usage_audit_log/2026-10-15%2000:00:00.5").body[
+        "instance_usage_audit_log"]
+    assert before["total_instances"] == 0  # September: not launched yet
+    listed = get(api, "/os-instance_usage_audit_log").body["instance_usage_audit_logs"]
+    assert set(listed) == AUDIT_KEYS
+    for bad in ("invalid_time", "2026-13-01%2000:00:00", "2026-12-01T00:00:00"):
+        assert get(api, f"/os-instance_usage_audit_log/{bad}").status == 400, bad
+    assert get(api, "/os-instance_usage_audit_log", who=P1).status == 403
+    assert get(api, "/os-instance_usage_audit_log/2026-12-01%2000:00:00", who=P1).status == 403

@@ -5,7 +5,13 @@ log, ``os-networks`` and the compute API's image metadata (one call from
 
 from __future__ import annotations
 
-from vmops.api import aggregates_api, diagnostics_api, flavor_access_api, image_metadata_api
+from vmops.api import (
+    aggregates_api,
+    diagnostics_api,
+    flavor_access_api,
+    image_metadata_api,
+    usage_audit_api,
+)
 from vmops.api.server import Router
 from vmops.compute.manager import Compute
 
@@ -15,3 +21,4 @@ def add_routes(r: Router, compute: Compute) -> None:
     aggregates_api.add_routes(r, compute.store)
     image_metadata_api.add_routes(r, compute)
     diagnostics_api.add_routes(r, compute)
+    usage_audit_api.add_routes(r, compute.store)

@@ -384,7 +384,26 @@ def _diagnostics_paths() -> dict[str, Any]:
         ok({"oneOf": [standard, driver_body]}))}}
 
 
+def _usage_audit_paths() -> dict[str, Any]:
+    host_log = closed({"state": STR, "instances": INT, "errors": INT, "message": STR})
+    audit = closed({
+        "hosts_not_run": array(STR), "log": {"type": "object", "additionalProperties": host_log},
+        "num_hosts": INT, "num_hosts_done": INT, "num_hosts_not_run": INT,
+        "num_hosts_running": INT, "overall_status": STR, "period_beginning": STR,
+        "period_ending": STR, "total_errors": INT, "total_instances": INT})
+    return {
+        f"{P}/os-instance_usage_audit_log": {"get": op(
+            "The usage audit of the last whole month (UTC) before now",
+            ok(closed({"instance_usage_audit_logs": audit})))},
+        f"{P}/os-instance_usage_audit_log/{{before}}": {
+            "parameters": [{"name": "before", "in": "path", "required": True, "schema": STR,
+                            "description": "a UTC time, YYYY-MM-DD HH:MM:SS[.ffffff]"}],
+            "get": op("The usage audit of the last whole month (UTC) before that time",
+                      ok(closed({"instance_usage_audit_log": audit})))},
+    }
+
+
 def paths() -> dict[str, Any]:
     return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
             **_flavor_paths(), **_aggregate_paths(), **_image_metadata_paths(),
-            **_diagnostics_paths()}
+            **_diagnostics_paths(), **_usage_audit_paths()}

@@ -22,10 +22,9 @@ from urllib.parse import quote
 
 from vmops.api import parse, views
 from vmops.api.server import Request, Response, Router
-from vmops.compute import quotas
+from vmops.compute import quotas, usage
 from vmops.compute.manager import Compute
 from vmops.errors import Forbidden, Invalid, NotFound
-from vmops.store import Instance
 
 P = views.API_PREFIX
 # /limits' absolute names for each quota (Nova's views/limits.py).
@@ -145,27 +144,26 @@ class QuotaApi:
             raise NotFound("no project with an empty id")
         start, stop = _period(req)
         detailed = req.arg("detailed") == "1"
-        insts, links = self._usage_page(req, self.compute.store.instances(), start, stop)
-        usages = _usages(insts, start, stop, detailed)
+        servers, links = self._usage_page(req, usage.in_period(self.compute.store, start,
+                                                               stop))
+        usages = _usages(servers, start, stop, detailed)
         return Response(200, {"tenant_usages": list(usages.values()),
                               **({"tenant_usages_links": links} if links else {})})
 
     def show_usage(self, req: Request) -> Response:
         project = own_project(req, req.params["project"])
         start, stop = _period(req)
-        insts = [i for i in self.compute.store.instances() if i.project_id == project]
-        insts, links = self._usage_page(req, insts, start, stop)
-        usage = _usages(insts, start, stop, detailed=True).get(project, {})
-        return Response(200, {"tenant_usage": usage,
+        servers, links = self._usage_page(req, usage.in_period(self.compute.store, start, stop,
+                                                               project))
+        used = _usages(servers, start, stop, detailed=True).get(project, {})
+        return Response(200, {"tenant_usage": used,
                               **({"tenant_usage_links": links} if links else {})})
 
-    def _usage_page(self, req: Request, insts: list[Instance], start: float,
-                    stop: float) -> tuple[list[Instance], list[dict[str, str]]]:
-        """The servers that count in the period, oldest first, at most
+    def _usage_page(self, req: Request, insts: list[usage.ServerUsage]
+                    ) -> tuple[list[usage.ServerUsage], list[dict[str, str]]]:
+        """The servers that count in the period (oldest first), at most
         ``limit`` (Nova's max_limit, 1000, by default) after ``marker`` (from
         2.40; before, the first 1000 silently, as Nova)."""
-        insts = sorted((i for i in insts if _counts(i, stop)),
-                       key=lambda i: (i.created_at, i.id))
         limit = MAX_USAGE_PAGE
         if req.at_least("2.40"):
             marker = req.arg("marker")
@@ -283,22 +281,17 @@ def _iso(ts: float) -> str:
         timespec="microseconds")
 
 
-def _counts(inst: Instance, stop: float) -> bool:
-    """A server counts in a period if it was launched before its end."""
-    return inst.launched_at is not None and inst.launched_at < stop
-
-
-def _usages(insts: list[Instance], start: float, stop: float,
+def _usages(insts: list[usage.ServerUsage], start: float, stop: float,
             detailed: bool) -> dict[str, dict[str, Any]]:
-    """Nova's usage of each project over [start, stop]: servers that were
-    launched before ``stop``, charged from launch (or ``start``) to ``stop``.
-    Deleted servers are gone from vmops' records and are not counted."""
+    """Nova's usage of each project over [start, stop]: the servers that
+    count in it (``vmops/compute/usage.py``: destroyed ones too, state
+    ``terminated``), charged from launch (or ``start``) to their end (or
+    ``stop``)."""
     now = time.time()
     out: dict[str, dict[str, Any]] = {}
     for inst in insts:
-        if inst.launched_at is None or not _counts(inst, stop):
-            continue
-        hours = max(0.0, stop - max(inst.launched_at, start)) / 3600.0
+        end = stop if inst.ended_at is None else min(stop, inst.ended_at)
+        hours = max(0.0, end - max(inst.launched_at, start)) / 3600.0
         flavor = inst.flavor
         local_gb = int(flavor.get("root_gb", 0)) + int(flavor.get("ephemeral_gb", 0))
         vcpus, memory_mb = int(flavor.get("vcpus", 0)), int(flavor.get("ram_mib", 0))
@@ -306,7 +299,9 @@ def _usages(insts: list[Instance], start: float, stop: float,
             "instance_id": inst.id, "name": inst.name, "tenant_id": inst.project_id,
             "hours": hours, "memory_mb": memory_mb, "local_gb": local_gb, "vcpus": vcpus,
             "flavor": str(flavor.get("name", "")), "started_at": _iso(inst.launched_at),
-            "ended_at": None, "state": inst.vm_state, "uptime": int(now - inst.launched_at)}
+            "ended_at": None if inst.ended_at is None else _iso(inst.ended_at),
+            "state": inst.vm_state if inst.ended_at is None else "terminated",
+            "uptime": int((inst.ended_at or now) - inst.launched_at)}
         summary = out.setdefault(inst.project_id, {
             "tenant_id": inst.project_id, "total_local_gb_usage": 0.0,
             "total_vcpus_usage": 0.0, "total_memory_mb_usage": 0.0, "total_hours": 0.0,
