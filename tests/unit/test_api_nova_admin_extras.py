@@ -458,3 +458,22 @@ def test_usage_audit_log_of_the_last_whole_month(api: Api) -> None:
         assert get(api, f"/os-instance_usage_audit_log/{bad}").status == 400, bad
     assert get(api, "/os-instance_usage_audit_log", who=P1).status == 403
     assert get(api, "/os-instance_usage_audit_log/2026-12-01%2000:00:00", who=P1).status == 403
+
+
+# -- os-networks ------------------------------------------------------------------------
+def test_os_networks_shows_the_vmops_network(api: Api) -> None:
+    from vmops.store import NetworkRecord
+
+    assert get(api, "/os-networks", who=P1).body == {"networks": []}  # no bridge made
+    assert get(api, "/os-networks/vmops").status == 404
+    api.store.add_network(NetworkRecord("vmops", "vmops0", "10.213.0.0/24"))
+    (member_view,) = get(api, "/os-networks", who=P1).body["networks"]
+    assert member_view == {
+        "id": "vmops", "label": "vmops", "cidr": "10.213.0.0/24", "netmask": "255.255.255.0",
+        "gateway": "10.213.0.1", "broadcast": "10.213.0.255", "dns1": "10.213.0.1",
+        "dns2": None, "cidr_v6": None, "gateway_v6": None, "netmask_v6": None}
+    admin_view = get(api, "/os-networks/vmops").body["network"]
+    assert admin_view["bridge"] == "vmops0" and admin_view["label"] == "vmops"
+    assert len(admin_view) == 32
+    assert get(api, "/os-networks/user").status == 404
+    assert get(api, "/os-networks", version="2.36").status == 404

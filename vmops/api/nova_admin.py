@@ -10,6 +10,7 @@ from vmops.api import (
     diagnostics_api,
     flavor_access_api,
     image_metadata_api,
+    networks_api,
     usage_audit_api,
 )
 from vmops.api.server import Router
@@ -22,3 +23,4 @@ def add_routes(r: Router, compute: Compute) -> None:
     image_metadata_api.add_routes(r, compute)
     diagnostics_api.add_routes(r, compute)
     usage_audit_api.add_routes(r, compute.store)
+    networks_api.add_routes(r, compute.store)

@@ -403,7 +403,26 @@ def _usage_audit_paths() -> dict[str, Any]:
     }
 
 
+def _network_paths() -> dict[str, Any]:
+    fields = {"id": STR, "label": STR, "cidr": NULL_STR, "netmask": NULL_STR,
+              "gateway": NULL_STR, "broadcast": NULL_STR, "dns1": NULL_STR, "dns2": NULL_STR,
+              "cidr_v6": NULL_STR, "gateway_v6": NULL_STR, "netmask_v6": NULL_STR}
+    admin: dict[str, Any] = {name: {} for name in (
+        "created_at", "updated_at", "deleted_at", "deleted", "injected", "bridge", "vlan",
+        "vpn_public_address", "vpn_public_port", "vpn_private_address", "dhcp_start",
+        "project_id", "host", "bridge_interface", "multi_host", "priority", "rxtx_base",
+        "mtu", "dhcp_server", "enable_dhcp", "share_address")}
+    network = closed(fields, admin)
+    return {
+        f"{P}/os-networks": {"get": op(
+            "The vmops network, as Nova shows a Neutron network (before 2.36); admins see "
+            "the admin fields too", ok(closed({"networks": array(network)})))},
+        f"{P}/os-networks/{{id}}": {"parameters": [path_id("network (vmops)")], "get": op(
+            "Show the vmops network", ok(closed({"network": network})))},
+    }
+
+
 def paths() -> dict[str, Any]:
     return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
             **_flavor_paths(), **_aggregate_paths(), **_image_metadata_paths(),
-            **_diagnostics_paths(), **_usage_audit_paths()}
+            **_diagnostics_paths(), **_usage_audit_paths(), **_network_paths()}
