@@ -310,3 +310,24 @@ def test_reconcile_puts_back_a_disk_the_domain_lost(env: dict[str, Any]) -> None
     vols.reconcile()
     assert "vdb" not in hv.disk_targets(inst.id)
     assert vols.volume("data").status == VolumeStatus.IN_USE
+
+
+def test_a_raw_volume_a_guest_made_look_like_qcow2_stays_raw(env: dict[str, Any]) -> None:
+    """What the guest writes never changes how the host reads the file: the
+    recorded format is what QEMU and qemu-img are told, a backing file named
+    in a fake qcow2 header is never opened."""
+    vols: Volumes = env["volumes"]
+    inst = _spawn(env)
+    volume = vols.create("data", 1, fmt="raw")
+    header = env["tmp"] / "header.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
+                    "/etc/hostname", str(header), "1G"], check=True)
+    with open(volume.path, "r+b") as disk:  # as a guest writing to its disk would
+        disk.write(header.read_bytes())
+    vols.attach("data", "web1")
+    (disk_spec,) = [d for d in env["hv"].spec_of(inst.id).disks if d.target == "vdb"]
+    assert disk_spec.format == "raw"
+    vols.detach("data", "web1")
+    grown = vols.extend("data", 2)  # qemu-img told raw: the header is just bytes
+    assert grown.size_gb == 2 and Path(volume.path).stat().st_size == 2 * GIB
+    assert _info(volume.path, "raw")["format"] == "raw"
