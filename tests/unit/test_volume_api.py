@@ -5,6 +5,7 @@ rules and project scoping."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -194,3 +195,22 @@ def test_another_projects_private_image_cannot_be_copied(api: Api) -> None:
     owner = Context("u2", "p2", frozenset({"member"}))
     answer = volume_api.create(Request("POST", f"{V}/volumes", {}, {}, body, context=owner))
     assert answer.status == 202 and answer.body["volume"]["os-vol-tenant-attr:tenant_id"] == "p2"
+
+
+def test_a_locked_servers_volumes_are_changed_by_admins_only(api: Api) -> None:
+    from vmops.api.server import Request
+    from vmops.api.volume_api import VolumeApi
+    from vmops.errors import Conflict
+
+    inst = api.add_instance("web1")
+    api.store.update_instance(inst, locked_by="owner", project_id="p1")
+    volume = Volumes(api.compute).create("data", 1, project_id="p1")
+    _wait_status(api, volume.id, "available")
+    volume_api = VolumeApi(Volumes(api.compute), api.compute)
+    path = f"/v2.1/servers/{inst.id}/os-volume_attachments"
+    body = json.dumps({"volumeAttachment": {"volumeId": volume.id}}).encode()
+    member = Context("u1", "p1", frozenset({"member"}))
+    with pytest.raises(Conflict, match="is locked"):
+        volume_api.attach(Request("POST", path, {}, {}, body, params={"id": inst.id},
+                                  context=member))
+    assert api.post(path, {"volumeAttachment": {"volumeId": volume.id}}).status == 200  # admin

@@ -257,7 +257,7 @@ class VolumeApi:
             self._attachment(inst, req.params["volume_id"]))})
 
     def attach(self, req: Request) -> Response:
-        inst = self._instance(req)
+        inst = self._unlocked(req)
         body = parse.section(req.json(), "volumeAttachment")
         parse.no_unknown(body, {"volumeId", "device"}, "volumeAttachment")
         volume_id = parse.field(body, "volumeId", str, required=True)
@@ -277,7 +277,7 @@ class VolumeApi:
         return Response(200, {"volumeAttachment": nova_attachment(attachment)})
 
     def detach(self, req: Request) -> Response:
-        inst = self._instance(req)
+        inst = self._unlocked(req)
         attachment = self._attachment(inst, req.params["volume_id"])
         self.volumes.detach(attachment.volume_id, inst.id)
         return Response(202)
@@ -286,6 +286,14 @@ class VolumeApi:
         inst = self.compute.instance(req.params["id"])
         if not _may_see(req.context, inst.project_id):
             raise InstanceNotFound(instance=req.params["id"])
+        return inst
+
+    def _unlocked(self, req: Request) -> Instance:
+        """Nova's InstanceIsLocked (409): a locked server's volumes are
+        changed by admins only, as its other devices."""
+        inst = self._instance(req)
+        if inst.locked_by and not req.context.is_admin:
+            raise Conflict(reason=f"Instance {inst.id} is locked")
         return inst
 
     def _attachment(self, inst: Instance, volume_id: str) -> Attachment:
