@@ -477,3 +477,40 @@ def test_os_networks_shows_the_vmops_network(api: Api) -> None:
     assert len(admin_view) == 32
     assert get(api, "/os-networks/user").status == 404
     assert get(api, "/os-networks", version="2.36").status == 404
+
+
+# -- os-services: disabled and forced-down services ---------------------------------------
+def test_a_disabled_compute_service_takes_no_new_servers(api: Api) -> None:
+    from vmops.compute import host_facts
+
+    body = {"host": host_facts.hostname(), "binary": "nova-compute"}
+    disabled = call(api, "PUT", "/os-services/disable-log-reason",
+                    {**body, "disabled_reason": "maintenance"})
+    assert disabled.body == {"service": {**body, "status": "disabled",
+                                         "disabled_reason": "maintenance"}}
+    (compute,) = get(api, "/os-services?binary=nova-compute").body["services"]
+    assert (compute["status"], compute["disabled_reason"], compute["state"]) == (
+        "disabled", "maintenance", "up")
+    hypervisor = get(api, "/os-hypervisors/1").body["hypervisor"]
+    assert hypervisor["status"] == "disabled"
+    assert hypervisor["service"]["disabled_reason"] == "maintenance"
+    # Nova's scheduler finds no host: the server is recorded in ERROR.
+    made = _create(api)
+    assert made.status == 202
+    server = get(api, f"/servers/{made.body['server']['id']}", who=P1).body["server"]
+    assert server["status"] == "ERROR"
+    assert server["fault"]["message"].startswith("No valid host was found.")
+    assert api.hv.domains == {}
+    # Other services' state is recorded and shown, and changes nothing else.
+    call(api, "PUT", "/os-services/disable", {**body, "binary": "nova-scheduler"})
+    states = {s["binary"]: s["status"] for s in get(api, "/os-services").body["services"]}
+    assert states == {"nova-conductor": "enabled", "nova-scheduler": "disabled",
+                      "nova-compute": "disabled"}
+    assert call(api, "PUT", "/os-services/enable", body).status == 200
+    (compute,) = get(api, "/os-services?binary=nova-compute").body["services"]
+    assert (compute["status"], compute["disabled_reason"]) == ("enabled", None)
+    assert _create(api, name="second").status == 202
+    settle(api)
+    assert call(api, "PUT", "/os-services/disable", body, who=P1).status == 403
+    for bad in ({**body, "disabled_reason": ""}, {**body, "disabled_reason": "x" * 256}, body):
+        assert call(api, "PUT", "/os-services/disable-log-reason", bad).status == 400, bad

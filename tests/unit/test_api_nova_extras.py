@@ -162,7 +162,8 @@ def test_service_updates(api: Api) -> None:
     assert enabled.status == 200
     assert enabled.body == {"service": {**body, "status": "enabled"}}
     disabled = call(api, "PUT", "/os-services/disable", body)
-    assert disabled.status == 501 and disabled.fault()[0] == "notImplemented"
+    assert disabled.body == {"service": {**body, "status": "disabled"}}
+    assert call(api, "PUT", "/os-services/enable", body).status == 200
     assert call(api, "PUT", "/os-services/enable", {"host": "x", "binary": "nova-compute"}
                 ).status == 404
     assert call(api, "PUT", "/os-services/force-down", body).status == 404
@@ -723,7 +724,12 @@ def test_services_and_hypervisors_by_microversion(api: Api) -> None:
     assert call(api, "PUT", "/os-services/force-down", {**body, "forced_down": False},
                 headers=at("2.11")).body == {"service": {**body, "forced_down": False}}
     assert call(api, "PUT", "/os-services/force-down", {**body, "forced_down": True},
-                headers=at("2.11")).status == 501
+                headers=at("2.11")).body == {"service": {**body, "forced_down": True}}
+    (compute,) = get(api, "/os-services?binary=nova-compute", version="2.11").body["services"]
+    assert (compute["forced_down"], compute["state"]) == (True, "down")
+    assert get(api, "/os-hypervisors").body["hypervisors"][0]["state"] == "down"
+    call(api, "PUT", "/os-services/force-down", {**body, "forced_down": False},
+         headers=at("2.11"))
     assert call(api, "PUT", "/os-services/force-down", body, headers=at("2.11")).status == 400
     assert isinstance(get(api, "/os-hypervisors/1").body["hypervisor"]["cpu_info"], str)
     cpu = get(api, "/os-hypervisors/1", version="2.28").body["hypervisor"]["cpu_info"]

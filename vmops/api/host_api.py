@@ -4,10 +4,12 @@ and ``/extensions``.
 
 The vmops service plays every Nova service at once: it is its own
 ``nova-conductor`` and ``nova-scheduler`` (zone ``internal``) and the
-``nova-compute`` of zone ``nova``, which is up while libvirt answers. What
-makes no sense for one host (disabling its only compute service, powering
-it off through the API, maintenance mode) answers 501 ``notImplemented``,
-as Nova does for what a driver cannot do. All of these are admin calls
+``nova-compute`` of zone ``nova``, which is up while libvirt answers. An
+admin may disable a service or force it down (``vmops/compute/services.py``:
+a disabled or forced-down nova-compute takes no new servers, as Nova's
+scheduler). What makes no sense for one host (powering it off through the
+API, maintenance mode) answers 501 ``notImplemented``, as Nova does for
+what a driver cannot do. All of these are admin calls
 (the policy in ``policy.py`` says so), but the zone list without details.
 
 Microversions up to 2.52: ``forced_down`` and the ``force-down`` action
@@ -23,7 +25,7 @@ from typing import Any
 
 from vmops.api import parse, views
 from vmops.api.server import Handler, Request, Response, Router
-from vmops.compute import host_facts
+from vmops.compute import host_facts, services
 from vmops.compute.manager import DOMAIN_PREFIX, Compute
 from vmops.errors import Invalid, NotFound, NotSupported, VmopsError
 
@@ -35,7 +37,7 @@ HYPERVISOR_ID = 1
 SERVICES = ((1, "nova-conductor", "conductor", INTERNAL_ZONE),
             (2, "nova-scheduler", "scheduler", INTERNAL_ZONE),
             (3, "nova-compute", "compute", ZONE))
-COMPUTE_BINARY = "nova-compute"
+COMPUTE_BINARY = services.COMPUTE_BINARY
 
 
 def add_routes(r: Router, compute: Compute) -> None:
@@ -103,12 +105,21 @@ class HostApi:
 
     # -- os-services ---------------------------------------------------------
     def _services(self, req: Request) -> list[dict[str, Any]]:
-        host, now, up = host_facts.hostname(), nova_time(time.time()), self._up()
-        forced = {"forced_down": False} if req.at_least("2.11") else {}
-        return [{"id": ident, "binary": binary, "host": host, "zone": zone,
-                 "status": "enabled", "state": "up" if up or binary != COMPUTE_BINARY
-                 else "down", "updated_at": now, "disabled_reason": None, **forced}
-                for ident, binary, _, zone in SERVICES]
+        """Each service as an admin left it (``vmops/compute/services.py``);
+        updated_at is now for a running one (the vmops service answering is
+        its heartbeat), or when an admin last changed it."""
+        host, now, up = host_facts.hostname(), time.time(), self._up()
+        out = []
+        for ident, binary, _, zone in SERVICES:
+            st = services.state(self.compute.store, binary, host)
+            alive = (up or binary != COMPUTE_BINARY) and not st.forced_down
+            out.append({"id": ident, "binary": binary, "host": host, "zone": zone,
+                        "status": "disabled" if st.disabled else "enabled",
+                        "state": "up" if alive else "down",
+                        "updated_at": nova_time(now if alive else st.updated_at or now),
+                        "disabled_reason": st.disabled_reason,
+                        **({"forced_down": st.forced_down} if req.at_least("2.11") else {})})
+        return out
 
     def list_services(self, req: Request) -> Response:
         services = self._services(req)
@@ -135,21 +146,23 @@ class HostApi:
         binary = parse.field(body, "binary", str, required=True)
         if host != host_facts.hostname() or binary not in {s[1] for s in SERVICES}:
             raise NotFound(f"Compute host {host} with binary {binary} could not be found.")
+        reply: dict[str, Any] = {"host": host, "binary": binary}
+        store = self.compute.store
+        if action == "force-down":
+            forced = parse.field(body, "forced_down", bool, required=True)
+            services.update(store, binary, host, forced_down=forced)
+            return Response(200, {"service": {**reply, "forced_down": forced}})
+        if action == "enable":
+            services.update(store, binary, host, disabled=False)
+            return Response(200, {"service": {**reply, "status": "enabled"}})
+        reason = None
         if action == "disable-log-reason":
             reason = parse.field(body, "disabled_reason", str, required=True)
             if not 1 <= len(reason) <= 255:
                 raise Invalid(reason="disabled_reason is 1 to 255 characters")
-        if action == "force-down":
-            if not parse.field(body, "forced_down", bool, required=True):
-                return Response(200, {"service": {"host": host, "binary": binary,
-                                                  "forced_down": False}})
-            raise NotSupported(reason="the vmops service is itself every Nova service of this "
-                               "host: it is up while it answers, and cannot be forced down")
-        if action == "enable":
-            return Response(200, {"service": {"host": host, "binary": binary,
-                                              "status": "enabled"}})
-        raise NotSupported(reason=f"{binary} is the only one of its kind on this host and "
-                           "stays enabled; stop the vmops service to take the host out")
+            reply["disabled_reason"] = reason
+        services.update(store, binary, host, disabled=True, reason=reason)
+        return Response(200, {"service": {**reply, "status": "disabled"}})
 
     # -- os-hosts --------------------------------------------------------------
     def list_hosts(self, req: Request) -> Response:
@@ -202,9 +215,15 @@ class HostApi:
         raise NotSupported(reason="vmops does not power its host on, off or reboot it")
 
     # -- os-hypervisors --------------------------------------------------------
+    def _compute_service(self) -> services.ServiceState:
+        return services.state(self.compute.store, COMPUTE_BINARY, host_facts.hostname())
+
     def _brief(self, facts: host_facts.HostFacts) -> dict[str, Any]:
+        """The hypervisor's state and status are its compute service's."""
+        compute = self._compute_service()
         return {"id": HYPERVISOR_ID, "hypervisor_hostname": facts.hostname,
-                "state": "up" if self._up() else "down", "status": "enabled"}
+                "state": "up" if self._up() and not compute.forced_down else "down",
+                "status": "disabled" if compute.disabled else "enabled"}
 
     def _detail(self, facts: host_facts.HostFacts, req: Request) -> dict[str, Any]:
         return {**self._brief(facts), "vcpus": facts.vcpus, "memory_mb": facts.memory_mb,
@@ -218,7 +237,7 @@ class HostApi:
                 else facts.cpu_info, "disk_available_least": facts.disk_available_least,
                 "host_ip": facts.host_ip,
                 "service": {"id": SERVICES[-1][0], "host": facts.hostname,
-                            "disabled_reason": None}}
+                            "disabled_reason": self._compute_service().disabled_reason}}
 
     def _hypervisor(self, ident: str) -> host_facts.HostFacts:
         if ident != str(HYPERVISOR_ID):

@@ -81,10 +81,11 @@ def _host_paths() -> dict[str, Any]:
                             "schema": {"enum": ["enable", "disable", "disable-log-reason",
                                                 "force-down"]},
                             "description": "what to do (force-down from 2.11)"}],
-            "put": op(f"enable (already so), disable or force down a service (admin; "
-                      f"{not_supported})",
+            "put": op("enable, disable (with a reason) or force down a service (admin); a "
+                      "disabled or forced-down nova-compute takes no new servers",
                       ok(closed({"service": closed({"host": STR, "binary": STR},
-                                                   {"status": STR, "forced_down": BOOL})})),
+                                                   {"status": STR, "forced_down": BOOL,
+                                                    "disabled_reason": STR})})),
                       body=closed({"host": STR, "binary": STR},
                                   {"disabled_reason": STR, "forced_down": BOOL}))},
         f"{P}/os-hosts": {"get": op("This host, once per service (admin)", ok(closed(

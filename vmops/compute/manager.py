@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops import console
-from vmops.compute import crash_points, states
+from vmops.compute import crash_points, services, states
 from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
     check_display_name,
@@ -192,8 +192,10 @@ class Compute:
         hostname = hostname_of(req.name, instance_id)
         with self.quotas.lock:  # checked and recorded at once: no two take the last unit
             self.quotas.check_servers(req.project_id, flavor, user_id=req.user_id)
-            no_host = self.server_groups.check_join(req.server_group, req.project_id) \
-                if req.server_group else None
+            # Nova's scheduler: no host while nova-compute is disabled (os-services).
+            no_host = services.no_host(self.store) or (
+                self.server_groups.check_join(req.server_group, req.project_id)
+                if req.server_group else None)
             inst = self._add_record(req, instance_id, hostname, flavor, image, mac, use_drive,
                                     ports, group_ids)
             if req.server_group:
