@@ -582,6 +582,7 @@ class Instance:
     tags: tuple[str, ...] = ()
     reservation_id: str = ""  # the request that made it (several at once share it)
     launch_index: int = 0  # its place in that request
+    disk_config: str = "MANUAL"  # Nova's OS-DCF:diskConfig, as asked (AUTO or MANUAL)
     locked_by: str = ""  # Nova's lock: "owner" or "admin" ('': not locked)
     # -- resize and rescue (in `body`) ---------------------------------------
     # While a resize is not confirmed or reverted: what the instance was

@@ -160,7 +160,8 @@ def test_rebuild_refusals_change_nothing(api: Api, made_disks: list[str]) -> Non
     assert api.post(ACTION, {"rebuild": {"imageRef": "nope"}}).status == 400
     for bad in ({}, {"imageRef": "tiny", "preserve_ephemeral": True},
                 {"imageRef": "tiny", "name": " x"}, {"imageRef": "tiny", "colour": "red"},
-                {"imageRef": "tiny", "personality": [{"path": "/a", "contents": ""}]}, None):
+                {"imageRef": "tiny", "personality": [{"path": "/a"}]},
+                {"imageRef": "tiny", "OS-DCF:diskConfig": "SOMETIMES"}, None):
         assert api.post(ACTION, {"rebuild": bad}).status == 400, bad
     paused = api.add_instance("web2", states.PAUSED)  # Nova: active, stopped or error only
     assert api.post("/v2.1/servers/web2/action", {"rebuild": {"imageRef": "tiny"}}

@@ -159,6 +159,7 @@ def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
         admin_password=field(srv, "adminPass", str), **_networks(srv, version),
         security_groups=_security_groups(srv), description=description(srv),
         access_ipv4=access_ip(srv, "accessIPv4", 4), access_ipv6=access_ip(srv, "accessIPv6", 6),
+        disk_config=field(srv, "OS-DCF:diskConfig", str, default="MANUAL"),
         tags=tags(field(srv, "tags", list, default=[])))
     if max_count > 1 and spawn.mac is not None:
         raise Invalid(reason="vmops:mac names one MAC address: create one server with it")
@@ -414,9 +415,6 @@ def rebuild(arg: Any, version: Microversion = (2, 1)) -> Rebuild:
     if arg.get("preserve_ephemeral") not in (None, False):
         raise Invalid(reason="preserve_ephemeral is not supported (as with Nova's libvirt "
                       "driver): rebuild gives the instance a blank ephemeral disk")
-    if arg.get("personality") not in (None, []):
-        raise Invalid(reason="rebuild keeps the files given at spawn: personality must be "
-                      "empty")
     disk_config = field(arg, "OS-DCF:diskConfig", str)
     if disk_config not in (None, "AUTO", "MANUAL"):
         raise Invalid(reason="OS-DCF:diskConfig must be AUTO or MANUAL")
@@ -452,6 +450,11 @@ def server_changes(obj: dict[str, Any], version: Microversion) -> dict[str, Any]
             changes[attr] = access_ip(obj, key, ip_version)
     if "description" in obj and version >= (2, 19):
         changes["description"] = description(obj)
+    if obj.get("OS-DCF:diskConfig") is not None:
+        changes["disk_config"] = obj["OS-DCF:diskConfig"]  # checked by the caller
+    if "personality" in obj:  # rebuild: the files the new config drive carries
+        changes["injected_files"] = tuple(
+            (path, base64.b64encode(contents).decode()) for path, contents in _personality(obj))
     return changes
 
 

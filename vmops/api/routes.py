@@ -475,6 +475,9 @@ class Routes:
             raise
         body = views.server(inst, req.base_url, views.View.of(req),
                             net=self._network_view(inst), full=False)
+        image_id = self.store.image(rebuild.image).id  # Nova answers the new image
+        body["image"] = {"id": image_id, "links": views.link(req.base_url, "images",
+                                                            image_id)[1:]}
         if self.compute.settings.enable_instance_password:
             body["adminPass"] = rebuild.admin_password or secrets.token_urlsafe(9)
         return Response(202, {"server": body})

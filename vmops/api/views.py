@@ -92,7 +92,7 @@ def server_created(inst: Instance, base: str, net: ServerNetwork = ServerNetwork
     """The reply to POST /servers: no name (Nova sends none), the admin
     password when one was given or made."""
     body: dict[str, Any] = {"id": inst.id, "links": link(base, "servers", inst.id),
-                            "OS-DCF:diskConfig": "MANUAL",
+                            "OS-DCF:diskConfig": inst.disk_config,
                             "security_groups": [{"name": g} for g in net.groups]}
     if admin_password is not None:
         body["adminPass"] = admin_password
@@ -161,7 +161,7 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
         "addresses": addresses(net.nics, extended=full),
         "accessIPv4": inst.access_ipv4,
         "accessIPv6": inst.access_ipv6,
-        "OS-DCF:diskConfig": "MANUAL",
+        "OS-DCF:diskConfig": inst.disk_config,
     }
     if status in _PROGRESS_STATUSES:
         body["progress"] = 0
@@ -173,7 +173,7 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
         body["locked"] = bool(inst.locked_by)
     if view.at_least("2.19"):
         body["description"] = inst.description
-    if full and view.at_least("2.26"):
+    if view.at_least("2.26"):
         body["tags"] = list(inst.tags)
     if view.extra:
         body.update(_extra(inst, net, live))

@@ -93,6 +93,7 @@ class SpawnRequest:
     tags: tuple[str, ...] = ()
     reservation_id: str = ""  # several servers of one request share it
     launch_index: int = 0
+    disk_config: str = "MANUAL"
     server_group: str | None = None  # os:scheduler_hints' group: the id of one
 
 
@@ -213,6 +214,7 @@ class Compute:
             project_id=req.project_id, user_id=req.user_id, description=req.description,
             access_ipv4=req.access_ipv4, access_ipv6=req.access_ipv6, tags=req.tags,
             reservation_id=req.reservation_id, launch_index=req.launch_index,
+            disk_config=req.disk_config,
             vm_state=states.BUILDING,
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
             flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(flavor),
