@@ -535,3 +535,48 @@ def test_addresses_are_extended_in_show_only(api: Api) -> None:
     updated = api.call("PUT", f"/v2.1/servers/{inst.id}", {"server": {"name": "web2"}})
     assert updated.body["server"]["addresses"] == {"vmops": [{"version": 4,
                                                               "addr": "10.213.0.7"}]}
+
+
+def test_disk_config_is_kept_and_shown(api: Api, monkeypatch: Any) -> None:
+    """OS-DCF:diskConfig as asked on create, update and rebuild (Tempest's
+    ServerDiskConfigTestJSON)."""
+    made = api.post("/v2.1/servers", {"server": {
+        "name": "web1", "imageRef": IMAGE_ID, "flavorRef": "1", "OS-DCF:diskConfig": "AUTO"}})
+    server_id = made.body["server"]["id"]
+    assert made.body["server"]["OS-DCF:diskConfig"] == "AUTO"
+    _settle(api)
+    assert show(api, server_id)["OS-DCF:diskConfig"] == "AUTO"
+    updated = api.call("PUT", f"/v2.1/servers/{server_id}",
+                       {"server": {"OS-DCF:diskConfig": "MANUAL"}})
+    assert updated.body["server"]["OS-DCF:diskConfig"] == "MANUAL"
+    monkeypatch.setattr(api.compute, "rebuild", lambda ref, image: api.store.instance(ref))
+    rebuilt = api.post(f"/v2.1/servers/{server_id}/action", {"rebuild": {
+        "imageRef": IMAGE_ID, "OS-DCF:diskConfig": "AUTO"}})
+    assert rebuilt.body["server"]["OS-DCF:diskConfig"] == "AUTO"
+    assert api.call("PUT", f"/v2.1/servers/{server_id}",
+                    {"server": {"OS-DCF:diskConfig": "LATER"}}).status == 400
+
+
+def test_update_and_rebuild_show_tags_from_2_26(api: Api, monkeypatch: Any) -> None:
+    inst = api.add_instance("web1")
+    api.store.update_instance(inst, tags=("a",))
+    updated = api.call("PUT", f"/v2.1/servers/{inst.id}", {"server": {}}, headers=at("2.26"))
+    assert set(updated.body["server"]) == UPDATE_21 | {"locked", "description", "tags"}
+    assert updated.body["server"]["tags"] == ["a"]
+    monkeypatch.setattr(api.compute, "rebuild", lambda ref, image: api.store.instance(ref))
+    rebuilt = api.post(f"/v2.1/servers/{inst.id}/action", {"rebuild": {"imageRef": IMAGE_ID}},
+                       headers=at("2.26"))
+    assert set(rebuilt.body["server"]) == UPDATE_21 | {"locked", "description", "tags",
+                                                        "adminPass"}
+
+
+def test_rebuild_answers_the_new_image_and_takes_personality(api: Api,
+                                                             monkeypatch: Any) -> None:
+    inst = api.add_instance("web1")
+    other = api.store.add_image(Image(id="7c0f6d3e-0000-4000-8000-000000000009",
+                                      name="other", status="active"))
+    monkeypatch.setattr(api.compute, "rebuild", lambda ref, image: api.store.instance(ref))
+    rebuilt = api.post(f"/v2.1/servers/{inst.id}/action", {"rebuild": {
+        "imageRef": "other", "personality": [{"path": "/etc/motd", "contents": "aGk="}]}})
+    assert rebuilt.body["server"]["image"]["id"] == other.id  # as Nova, at once
+    assert api.store.instance(inst.id).injected_files == (("/etc/motd", "aGk="),)
