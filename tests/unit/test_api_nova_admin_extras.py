@@ -514,3 +514,9 @@ def test_a_disabled_compute_service_takes_no_new_servers(api: Api) -> None:
     assert call(api, "PUT", "/os-services/disable", body, who=P1).status == 403
     for bad in ({**body, "disabled_reason": ""}, {**body, "disabled_reason": "x" * 256}, body):
         assert call(api, "PUT", "/os-services/disable-log-reason", bad).status == 400, bad
+
+
+@pytest.mark.parametrize("alias", ["os-aggregates", "os-server-diagnostics", "os-networks",
+                                   "os-instance-usage-audit-log", "os-flavor-access"])
+def test_the_extensions_list_names_these_apis(api: Api, alias: str) -> None:
+    assert get(api, f"/extensions/{alias}").body["extension"]["alias"] == alias

@@ -335,6 +335,7 @@ EXTENSIONS = (
     ("OS-FLV-EXT-DATA", "FlavorExtraData", "Provide additional data for flavors."),
     ("OS-SCH-HNT", "SchedulerHints", "Pass arbitrary key/value pairs to the scheduler."),
     ("OS-SRV-USG", "ServerUsage", "Adds launched_at and terminated_at on Servers."),
+    ("os-aggregates", "Aggregates", "Admin-only aggregate administration."),
     ("os-availability-zone", "AvailabilityZone", "1. Add availability_zone to the Create "
      "Server API.\n2. Add availability zones describing."),
     ("os-config-drive", "ConfigDrive", "Config Drive Extension."),
@@ -350,11 +351,16 @@ EXTENSIONS = (
     ("os-flavor-swap", "FlavorSwap", "Support to show the swap status of a flavor."),
     ("os-hosts", "Hosts", "Admin-only host administration."),
     ("os-hypervisors", "Hypervisors", "Admin-only hypervisor administration."),
+    ("os-instance-usage-audit-log", "OSInstanceUsageAuditLog", "Admin-only Task Log "
+     "Monitoring."),
     ("os-instance-actions", "InstanceActions", "View a log of actions and events taken on "
      "an instance."),
     ("os-keypairs", "Keypairs", "Keypair Support."),
+    ("os-networks", "Networks", "Admin-only Network Management Extension."),
     ("os-quota-class-sets", "QuotaClasses", "Quota classes management support."),
     ("os-quota-sets", "Quotas", "Quotas management support."),
+    ("os-server-diagnostics", "ServerDiagnostics", "Allow Admins to view server "
+     "diagnostics through server action."),
     ("os-server-group-quotas", "ServerGroupQuotas", "Adds quota support to server groups."),
     ("os-server-groups", "ServerGroups", "Server group support."),
     ("os-server-password", "ServerPassword", "Server password support."),
