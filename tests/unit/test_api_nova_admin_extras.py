@@ -520,3 +520,20 @@ def test_a_disabled_compute_service_takes_no_new_servers(api: Api) -> None:
                                    "os-instance-usage-audit-log", "os-flavor-access"])
 def test_the_extensions_list_names_these_apis(api: Api, alias: str) -> None:
     assert get(api, f"/extensions/{alias}").body["extension"]["alias"] == alias
+
+
+def test_quota_sets_of_a_user_at_2_36_have_no_network_quotas(api: Api) -> None:
+    """Tempest's QuotasAdminTestV236: update, detail, a user's update and show."""
+    from tests.unit.test_api_nova_extras import NETWORK_QUOTAS, QUOTA_KEYS, at
+
+    v236 = at("2.36")
+    updated = call(api, "PUT", "/os-quota-sets/p9", {"quota_set": {"ram": "5120"}}, headers=v236)
+    assert set(updated.body["quota_set"]) == QUOTA_KEYS - NETWORK_QUOTAS
+    detail = get(api, "/os-quota-sets/p9/detail", version="2.36").body["quota_set"]
+    assert set(detail) == QUOTA_KEYS - NETWORK_QUOTAS | {"id"}
+    assert detail["ram"]["limit"] == 5120
+    user = call(api, "PUT", "/os-quota-sets/p9?user_id=u9", {"quota_set": {"ram": "2048"}},
+                headers=v236)
+    assert set(user.body["quota_set"]) == QUOTA_KEYS - NETWORK_QUOTAS
+    shown = get(api, "/os-quota-sets/p9?user_id=u9", version="2.36").body["quota_set"]
+    assert (shown["ram"], set(shown)) == (2048, QUOTA_KEYS - NETWORK_QUOTAS | {"id"})
