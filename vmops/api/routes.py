@@ -179,6 +179,9 @@ class Routes:
             wanted = req.arg(arg)
             if wanted:
                 insts = [i for i in insts if getattr(i, attr) == wanted]
+        host = req.arg("host")  # admins: the compute host's name (this host's)
+        if host and req.context.is_admin and host != views.host_name():
+            return []
         since = req.arg("changes-since")
         if since:
             after = parse.timestamp(since, "changes-since")
@@ -193,8 +196,9 @@ class Routes:
 
     def _scoped(self, req: Request, insts: list[Instance]) -> list[Instance]:
         ctx = req.context
-        everyone = req.arg("all_tenants")
-        if everyone is not None and (everyone == "" or parse.boolean(everyone, "all_tenants")):
+        everyone = req.arg("all_tenants") or ""
+        if req.given("all_tenants") and (everyone == "" or parse.boolean(everyone,
+                                                                         "all_tenants")):
             if not ctx.is_admin:
                 raise Forbidden(reason="only an admin may list all projects' servers "
                                 "(all_tenants)")

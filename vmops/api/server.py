@@ -128,6 +128,8 @@ class Request:
     context: Context = ADMIN
     # The compute microversion the client asked for (2.1 if none, as Nova).
     microversion: Microversion = MIN_MICROVERSION
+    # The query as sent: ``query`` drops arguments given with no value.
+    query_string: str = ""
     # The body of a route added with ``stream=True`` (``body`` is then b"").
     stream: BodyStream | None = None
 
@@ -137,6 +139,11 @@ class Request:
     def arg(self, name: str) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else None
+
+    def given(self, name: str) -> bool:
+        """Whether the query names ``name``, with a value or not (Nova's
+        ``all_tenants`` means yes even when empty)."""
+        return name in parse_qs(self.query_string, keep_blank_values=True)
 
     def at_least(self, version: str) -> bool:
         """Whether the request's microversion is ``version`` or later."""
@@ -405,7 +412,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._stream, body = body, b""
         req = Request(self.command, url.path, parse_qs(url.query),
                       {k.lower(): v for k, v in self.headers.items()}, body,
-                      via_unix_socket=via_unix, context=context, stream=self._stream)
+                      via_unix_socket=via_unix, context=context, stream=self._stream,
+                      query_string=url.query)
         try:
             version = requested_microversion(req.headers)
             if version is not None:
