@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.test_compute import FakeCapture
 from tests.unit.test_api import IMAGE_ID, TOKEN, Answer, Api, start_api
+from vmops.api import views
 from vmops.api.server import Authenticator, Context
 from vmops.compute import spawn as spawn_steps
 from vmops.compute import states
@@ -425,6 +426,11 @@ def test_a_project_sees_and_touches_only_its_servers(api: Api) -> None:
     assert [s["id"] for s in api.get("/v2.1/servers?all_tenants=1").body["servers"]] == \
         [server_id]
     assert api.get("/v2.1/servers?all_tenants=1&project_id=p-other").body["servers"] == []
+    for query in ("all_tenants", "all_tenants=", "all_tenants=True"):  # Nova: given is yes
+        assert len(api.get(f"/v2.1/servers?{query}").body["servers"]) == 1, query
+    here = views.host_name()
+    assert len(api.get(f"/v2.1/servers?all_tenants&host={here}").body["servers"]) == 1
+    assert api.get("/v2.1/servers?all_tenants&host=elsewhere").body["servers"] == []
     assert api.call("DELETE", f"/v2.1/servers/{server_id}", token=MEMBER).status == 204
     assert api.store.instances() == []
 
