@@ -54,7 +54,7 @@ from vmops.errors import (
     VmopsError,
 )
 from vmops.identity import Identity
-from vmops.store import Instance, Port
+from vmops.store import Image, Instance, Port
 
 P = views.API_PREFIX
 MAX_NAME_FILTER_CHARS = 255
@@ -627,7 +627,7 @@ class Routes:
         ctx = req.context
         images = [i for i in self.store.images()
                   if ctx.is_admin or i.visibility == "public" or i.owner == ctx.project_id]
-        return _page(images, req, lambda i: i.id)
+        return _page(_image_filters(images, req), req, lambda i: i.id)
 
     def _image_view(self, image: Any, req: Request) -> dict[str, Any]:
         return views.image(image, self.store.instances_using("image_id", image.id),
@@ -772,6 +772,27 @@ def _page(items: list[Any], req: Request, key: Callable[[Any], str]) -> list[Any
     if limit is not None:
         items = items[:parse.count_arg(limit, "limit")]
     return items
+
+
+def _image_filters(images: list[Image], req: Request) -> list[Image]:
+    """The image proxy's filters, as Nova passes them to Glance: name,
+    status, server (the instance a snapshot is of: its id or URL), type (the
+    image_type property: snapshot, backup), changes-since."""
+    name, status, server, kind = (req.arg(a) for a in ("name", "status", "server", "type"))
+    if name:
+        images = [i for i in images if i.name == name]
+    if status:
+        images = [i for i in images if views.IMAGE_STATUS[i.status] == status.upper()]
+    if server:
+        server_id = server.rstrip("/").rsplit("/", 1)[-1]
+        images = [i for i in images if i.instance_uuid == server_id]
+    if kind:
+        images = [i for i in images if views.image_properties(i).get("image_type") == kind]
+    since = req.arg("changes-since")
+    if since:
+        after = parse.timestamp(since, "changes-since")
+        images = [i for i in images if i.updated_at >= after]
+    return images
 
 
 # Actions Nova allows on a locked server (its lock guards the others).

@@ -302,12 +302,17 @@ def _image_links(base: str, image_id: str) -> list[dict[str, str]]:
 def image_properties(img: Image) -> dict[str, str]:
     """The image's properties under Glance's names: ``os_admin_user`` is the
     user to log in as (Glance's default for Linux: root); a snapshot carries
-    Nova's ``image_type`` snapshot and the ``instance_uuid`` it was taken of."""
-    props = {str(k): str(v) for k, v in img.extra.items()}
-    if img.login_user:
-        props["os_admin_user"] = img.login_user
+    Nova's ``image_type`` snapshot and the ``instance_uuid`` it was taken of;
+    then the user's properties (createImage's metadata among them), which win
+    over those, as in Nova."""
+    from vmops.compute.catalog import user_properties
+
+    props: dict[str, str] = {}
     if img.instance_uuid:
         props.update(image_type="snapshot", instance_uuid=img.instance_uuid)
+    if img.login_user:
+        props["os_admin_user"] = img.login_user
+    props.update({str(k): str(v) for k, v in user_properties(img).items()})
     return props
 
 

@@ -27,7 +27,6 @@ from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
     check_display_name,
     check_mac,
-    check_resource_name,
     generate_mac,
     hostname_of,
 )
@@ -649,7 +648,7 @@ class Compute:
         on the instance."""
         from vmops.compute import snapshot as snapshot_steps
 
-        check_resource_name(image_name, "image")
+        check_display_name(image_name)  # Nova's rule for names: printable, not padded
         inst = self.store.instance(ref)
         image = self.store.add_image(Image(
             id=str(uuidlib.uuid4()), name=image_name, status="saving",
