@@ -586,3 +586,27 @@ def test_rebuild_answers_the_new_image_and_takes_personality(api: Api,
         "imageRef": "other", "personality": [{"path": "/etc/motd", "contents": "aGk="}]}})
     assert rebuilt.body["server"]["image"]["id"] == other.id  # as Nova, at once
     assert api.store.instance(inst.id).injected_files == (("/etc/motd", "aGk="),)
+
+
+def test_image_proxy_filters_and_snapshot_metadata(api: Api) -> None:
+    inst = api.add_instance("web1")
+    api.store.add_image(Image(id="snap-1", name="web1 snapshot ₡", status="active",
+                              instance_uuid=inst.id, extra={"image_type": "test", "k": "v"}))
+    api.store.add_image(Image(id="snap-2", name="other", status="saving",
+                              instance_uuid=inst.id))
+
+    def names(query: str) -> list[str]:
+        answer = api.get(f"/v2.1/images{query}")
+        assert answer.status == 200, answer.body
+        return sorted(i["name"] for i in answer.body["images"])
+
+    assert names("?name=other") == ["other"]
+    assert names("?status=SAVING") == ["other"]
+    assert names(f"?server={inst.id}") == ["other", "web1 snapshot ₡"]
+    assert names(f"?server=http://host/v2.1/servers/{inst.id}") == ["other", "web1 snapshot ₡"]
+    assert names("?type=snapshot") == ["other"]  # the other one's metadata says "test"
+    assert names("?changes-since=2999-01-01T00:00:00Z") == []
+    shown = api.get("/v2.1/images/snap-1").body["image"]
+    # The metadata given to createImage wins over Nova's own, as in Nova.
+    assert shown["metadata"] == {"image_type": "test", "instance_uuid": inst.id, "k": "v"}
+    assert shown["server"]["id"] == inst.id
