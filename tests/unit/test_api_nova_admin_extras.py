@@ -60,6 +60,8 @@ def test_a_private_flavor_is_seen_only_by_admins_and_projects_given_access(api: 
             api, f"?is_public={word}")
     assert "secret-1" in _ids(api, "?is_public=none")
     assert get(api, "/flavors/detail?is_public=maybe").status == 400
+    assert "1" in _ids(api, "?is_public=maybe", who=P1)  # ignored for members, as Nova
+    assert "secret-1" not in _ids(api, "?is_public=none", who=P1)
     assert get(api, "/flavors/secret-1").body["flavor"] == flavor
 
     assert call(api, "GET", "/flavors/secret-1/os-flavor-access").body == {"flavor_access": []}

@@ -43,9 +43,11 @@ _FALSE = {"0", "f", "false", "off", "n", "no"}
 
 
 def visible_flavors(store: Store, req: Request) -> list[Flavor]:
-    """The flavors the caller may list: ``?is_public=`` (admins) chooses
-    public ones (the default), private ones (false) or all (none)."""
-    text = (req.arg("is_public") or "true").lower()
+    """The flavors the caller may list: ``?is_public=`` (admins; Nova
+    ignores it for anyone else) chooses public ones (the default), private
+    ones (false) or all (none)."""
+    text = (req.arg("is_public") if req.context.is_admin else None) or "true"
+    text = text.lower()
     if text not in _TRUE | _FALSE | {"none"}:
         raise Invalid(reason=f"Invalid is_public filter [{text[:40]}]")
     is_public = None if text == "none" else text in _TRUE
