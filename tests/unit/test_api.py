@@ -547,7 +547,7 @@ def test_flavors(api: Api) -> None:
 
 
 def test_keypairs(api: Api) -> None:
-    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHl0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5 me"
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILhE/Js2CulLK1ww4aieoN8RmA8eQUrJs/5Q17XzDxXB me"
     added = api.post("/v2.1/os-keypairs", {"keypair": {"name": "me", "public_key": key}})
     assert added.status == 200
     assert added.body["keypair"]["fingerprint"].count(":") == 15

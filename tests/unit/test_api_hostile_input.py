@@ -174,8 +174,9 @@ def test_full_disk_answers_507_naming_what_is_full(api: Api) -> None:
     _fill_database(api)
     requests: list[tuple[str, dict[str, Any]]] = [
         ("/v2.1/flavors", {"flavor": FLAVOR}),
-        ("/v2.1/os-keypairs", {"keypair": {
-            "name": "k1", "public_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmS x"}}),
+        ("/v2.1/os-keypairs", {"keypair": {"name": "k1", "public_key": "ssh-ed25519 "
+                                           "AAAAC3NzaC1lZDI1NTE5AAAAILhE/Js2CulLK1ww4aieoN8RmA8"
+                                           "eQUrJs/5Q17XzDxXB x"}}),
         ("/v2.1/servers", {"server": {"name": "web9", "imageRef": "tiny",
                                       "flavorRef": "m1.tiny"}}),
     ]

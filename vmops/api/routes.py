@@ -41,6 +41,7 @@ from vmops.api.server import Context, Request, Response, Router
 from vmops.compute import flavor_access
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
+from vmops.compute.names import check_resource_name
 from vmops.errors import (
     Conflict,
     FlavorNotFound,
@@ -714,19 +715,24 @@ class Routes:
         kind = parse.field(k, "type", str, default="ssh")
         if kind not in ("ssh", "x509"):
             raise Invalid(reason=f"keypair type must be ssh or x509, not {kind!r}")
-        if kind != "ssh":
-            raise Invalid(reason="vmops keeps SSH keys only: type must be 'ssh'")
         owner = parse.field(k, "user_id", str, default=req.context.user_id)
         if owner != req.context.user_id and not req.context.is_admin:
             raise Forbidden(reason="only an admin may add a keypair for another user")
-        name = parse.field(k, "name", str, required=True)
+        name = check_resource_name(parse.field(k, "name", str, required=True), "keypair")
         public_key = parse.field(k, "public_key", str)
         private_key = None
         if public_key is None:
-            private_key, public_key = keypairs.generate()
+            private_key, public_key = keypairs.generate_x509(name) if kind == "x509" \
+                else keypairs.generate()
+        fingerprint = None
+        if kind == "x509":
+            fingerprint = keypairs.x509_fingerprint(public_key)
+        else:
+            keypairs.check_ssh_public_key(public_key)
         with self.compute.quotas.lock:  # the key_pairs quota: checked and used at once
             self.compute.quotas.check_key_pairs(req.context.project_id, owner)
-            keypair = self.catalog.add_keypair(name, public_key, user_id=owner)
+            keypair = self.catalog.add_keypair(name, public_key, user_id=owner,
+                                               key_type=kind, fingerprint=fingerprint)
         body = views.keypair_created(keypair, views.View.of(req), private_key)
         return Response(201 if req.at_least("2.2") else 200, {"keypair": body})
 

@@ -310,14 +310,20 @@ class Catalog:
         self.store.delete_flavor(flavor.id)
 
     # -- keypairs ------------------------------------------------------------
-    def add_keypair(self, name: str, public_key: str, user_id: str = "") -> Keypair:
-        """``user_id``'s keypair (names are unique per user)."""
+    def add_keypair(self, name: str, public_key: str, user_id: str = "",
+                    key_type: str = "ssh", fingerprint: str | None = None) -> Keypair:
+        """``user_id``'s keypair (names are unique per user): an SSH public
+        key, or (``key_type`` x509) a PEM certificate and its ``fingerprint``."""
         check_resource_name(name, "keypair")
         # Refused here, not first at a spawn that would put it on a drive.
         size = len(public_key.encode("utf-8", "surrogatepass"))
         if size > MAX_PUBLIC_KEY_BYTES:
             raise Invalid(reason=f"public key is {size} bytes; an SSH public key is at most "
                           f"{MAX_PUBLIC_KEY_BYTES} bytes")
+        if key_type == "x509" and fingerprint is not None:
+            return self.store.add_keypair(Keypair(name=name, public_key=public_key.strip(),
+                                                  fingerprint=fingerprint, type="x509",
+                                                  user_id=user_id))
         if any(not c.isprintable() for c in public_key.strip()):
             raise Invalid(reason="public key must be one line of printable text")
         return self.store.add_keypair(Keypair(name=name, public_key=public_key.strip(),
