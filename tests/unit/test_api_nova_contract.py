@@ -55,7 +55,7 @@ KEYPAIR_CREATE_21 = {"fingerprint", "name", "public_key", "user_id"}
 IMAGE = {"id", "status", "updated", "links", "name", "created", "minDisk", "minRam", "progress",
          "metadata", "OS-EXT-IMG-SIZE:size"}
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHl0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5 me"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILhE/Js2CulLK1ww4aieoN8RmA8eQUrJs/5Q17XzDxXB me"
 
 
 def at(version: str) -> dict[str, str]:
@@ -610,3 +610,35 @@ def test_image_proxy_filters_and_snapshot_metadata(api: Api) -> None:
     # The metadata given to createImage wins over Nova's own, as in Nova.
     assert shown["metadata"] == {"image_type": "test", "instance_uuid": inst.id, "k": "v"}
     assert shown["server"]["id"] == inst.id
+
+
+@pytest.mark.parametrize("public_key", [
+    "ssh-rsa JUNK nova@ubuntu",  # Tempest's invalid key
+    "ssh-rsa " + "A" * 2048 + " openstack@ubuntu",  # Tempest's too many bits
+    # An ed25519 key named as RSA:
+    "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAILhE/Js2CulLK1ww4aieoN8RmA8eQUrJs/5Q17XzDxXB x",
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHl0ZXN0a2V5dGVzdGtleXRlc3RrZXl0ZXN0a2V5 x",  # short
+    "ssh-foo AAAAB3NzaC1mb28= x",
+])
+def test_keypairs_refuse_what_no_ssh_key_is(api: Api, public_key: str) -> None:
+    answer = api.post("/v2.1/os-keypairs", {"keypair": {"name": "k", "public_key": public_key}})
+    assert answer.status == 400, answer.body
+    assert api.store.keypairs() == []
+
+
+def test_x509_keypairs_from_2_2(api: Api) -> None:
+    v22 = at("2.2")
+    made = api.post("/v2.1/os-keypairs", {"keypair": {"name": "cert", "type": "x509"}},
+                    headers=v22)
+    assert made.status == 201, made.body
+    body = made.body["keypair"]
+    assert set(body) == KEYPAIR_CREATE_21 | {"type", "private_key"}
+    assert body["type"] == "x509" and body["public_key"].startswith("-----BEGIN CERTIFICATE")
+    assert body["fingerprint"].count(":") == 19  # SHA-1, as Nova's
+    shown = api.get("/v2.1/os-keypairs/cert", headers=v22).body["keypair"]
+    assert (shown["type"], shown["fingerprint"]) == ("x509", body["fingerprint"])
+    imported = api.post("/v2.1/os-keypairs", {"keypair": {
+        "name": "cert2", "type": "x509", "public_key": body["public_key"]}}, headers=v22)
+    assert imported.body["keypair"]["fingerprint"] == body["fingerprint"]
+    assert api.post("/v2.1/os-keypairs", {"keypair": {
+        "name": "cert3", "type": "x509", "public_key": KEY}}, headers=v22).status == 400
