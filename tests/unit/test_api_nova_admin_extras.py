@@ -539,3 +539,15 @@ def test_quota_sets_of_a_user_at_2_36_have_no_network_quotas(api: Api) -> None:
     assert set(user.body["quota_set"]) == QUOTA_KEYS - NETWORK_QUOTAS
     shown = get(api, "/os-quota-sets/p9?user_id=u9", version="2.36").body["quota_set"]
     assert (shown["ram"], set(shown)) == (2048, QUOTA_KEYS - NETWORK_QUOTAS | {"id"})
+
+
+def test_a_server_keeps_its_flavors_extra_specs_from_2_47(api: Api) -> None:
+    call(api, "POST", "/flavors/1/os-extra_specs", {"extra_specs": {"hw:cpu_policy": "shared"}})
+    made = _create(api)
+    settle(api)
+    server_id = made.body["server"]["id"]
+    call(api, "DELETE", "/flavors/1/os-extra_specs/hw:cpu_policy")  # later: not the server's
+    flavor = get(api, f"/servers/{server_id}", who=P1, version="2.47").body["server"]["flavor"]
+    assert flavor["extra_specs"] == {"hw:cpu_policy": "shared"}
+    assert "extra_specs" not in get(api, f"/servers/{server_id}", who=P1).body["server"][
+        "flavor"]

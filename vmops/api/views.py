@@ -221,7 +221,7 @@ def _server_flavor(inst: Instance, base: str, view: View) -> dict[str, Any]:
         return {"id": inst.flavor_id, "links": link(base, "flavors", inst.flavor_id)[1:]}
     return {"vcpus": f.get("vcpus"), "ram": f.get("ram_mib"), "disk": f.get("root_gb"),
             "ephemeral": f.get("ephemeral_gb"), "swap": int(f.get("swap_mib") or 0),
-            "original_name": f.get("name"), "extra_specs": {}}
+            "original_name": f.get("name"), "extra_specs": dict(f.get("extra_specs") or {})}
 
 
 def _extra(inst: Instance, net: ServerNetwork, live: dict[str, Any] | None) -> dict[str, Any]:

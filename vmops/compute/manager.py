@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops import console
-from vmops.compute import crash_points, services, states
+from vmops.compute import crash_points, flavor_access, services, states
 from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
     check_display_name,
@@ -216,7 +216,8 @@ class Compute:
             disk_config=req.disk_config,
             vm_state=states.BUILDING,
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
-            flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(flavor),
+            flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(
+                flavor, flavor_access.extra_specs(self.store, flavor.id)),
             image_name=image.name, macs=(mac,), config_drive=use_drive, key_name=req.key_name,
             key_data=self.store.keypair(req.key_name, req.user_id or None).public_key
             if req.key_name else None,
@@ -722,7 +723,7 @@ class Compute:
         from vmops.compute import resize as resize_steps
 
         flavor = self.store.flavor(flavor_ref)
-        snapshot = _flavor_snapshot(flavor)
+        snapshot = _flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id))
         return self._run(ref, "resize", states.RESIZE_PREP, (states.ACTIVE, states.STOPPED),
                          lambda inst: resize_steps.resize(self, inst, flavor, snapshot),
                          check=lambda inst: resize_steps.check(self, inst, flavor),
@@ -1045,10 +1046,12 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _flavor_snapshot(flavor: Flavor) -> dict[str, Any]:
+def _flavor_snapshot(flavor: Flavor, extra_specs: dict[str, str]) -> dict[str, Any]:
+    """The flavor as the server got it (Nova keeps a copy: later changes to
+    the flavor are not the server's), extra specs included."""
     return {"id": flavor.id, "name": flavor.name, "ram_mib": flavor.ram_mib,
             "vcpus": flavor.vcpus, "root_gb": flavor.root_gb,
-            "ephemeral_gb": flavor.ephemeral_gb}
+            "ephemeral_gb": flavor.ephemeral_gb, "extra_specs": extra_specs}
 
 
 def _disk_spec(disk: DiskRecord) -> DiskSpec:
