@@ -551,3 +551,13 @@ def test_a_server_keeps_its_flavors_extra_specs_from_2_47(api: Api) -> None:
     assert flavor["extra_specs"] == {"hw:cpu_policy": "shared"}
     assert "extra_specs" not in get(api, f"/servers/{server_id}", who=P1).body["server"][
         "flavor"]
+
+
+def test_no_resize_to_a_private_flavor_without_access(api: Api) -> None:
+    _private_flavor(api)
+    inst = owned(api, "web1")
+    refused = call(api, "POST", f"/servers/{inst.id}/action",
+                   {"resize": {"flavorRef": "secret-1"}}, who=P1)
+    assert refused.status == 400 and "secret-1" in refused.fault()[1]
+    after = api.store.instance(inst.id)
+    assert (after.vm_state, after.task_state, after.flavor_id) == ("active", None, "1")

@@ -24,6 +24,7 @@ from typing import Any
 
 from vmops.api import parse
 from vmops.api.server import Request, Response
+from vmops.compute import flavor_access
 from vmops.compute.manager import Compute
 from vmops.errors import FlavorNotFound, ImageNotFound, Invalid, NotFound
 
@@ -35,9 +36,12 @@ def handlers(compute: Compute) -> dict[str, Handler]:
     """The handlers of these actions: (server id, argument, request) -> the
     action's own answer, or None for a bare 202."""
 
-    def resize(ref: str, arg: Any, _req: Request) -> None:
+    def resize(ref: str, arg: Any, req: Request) -> None:
         try:
-            compute.resize(ref, _flavor_ref(arg))
+            # A private flavor the caller's project may not use is no flavor.
+            flavor = flavor_access.visible_flavor(compute.store, _flavor_ref(arg),
+                                                  req.context.project_id, req.context.is_admin)
+            compute.resize(ref, flavor.id)
         except FlavorNotFound as exc:
             raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad flavorRef
 
