@@ -464,7 +464,7 @@ FLAVOR_COLUMNS = ["NAME", "ID", "RAM MiB", "VCPUS", "DISK GiB", "EPHEMERAL GiB",
 
 
 def cmd_flavor_list(args: argparse.Namespace) -> int:
-    flavors = sorted(_client(args).get("/flavors/detail")["flavors"],
+    flavors = sorted(_client(args).get("/flavors/detail?is_public=none")["flavors"],
                      key=lambda f: (f["ram"], f["vcpus"], f["name"]))
     if args.json:
         print_json(flavors)
