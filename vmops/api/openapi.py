@@ -266,6 +266,13 @@ def _server_paths() -> dict[str, Any]:
             extra=False),
         obj({"createImage": obj({"name": STR}, {"metadata": STR_MAP}, extra=False)},
             extra=False),
+        obj({"createBackup": obj({"name": STR, "backup_type": STR,
+                                  "rotation": {"type": ["integer", "string"]}},
+                                 {"metadata": STR_MAP}, extra=False)}, extra=False),
+        obj({"os-resetState": obj({"state": {"enum": ["active", "error"]}}, extra=False)},
+            extra=False),
+        obj({"injectNetworkInfo": {"type": ["object", "null"], "maxProperties": 0}},
+            extra=False),
         obj({"rebuild": obj({"imageRef": STR}, {
             "preserve_ephemeral": {"enum": [False]}, "name": STR, "metadata": STR_MAP,
             "adminPass": STR, "accessIPv4": STR, "accessIPv6": STR, "description": NULL_STR,

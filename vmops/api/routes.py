@@ -18,6 +18,7 @@ import re2
 
 from vmops import console
 from vmops.api import (
+    backup_actions,
     change_actions,
     discovery,
     flavor_access_api,
@@ -419,6 +420,7 @@ class Routes:
             "reboot": self._reboot,
             "createImage": self._create_image,
             "rebuild": self._rebuild,
+            **backup_actions.handlers(c, self.catalog),  # os-resetState, createBackup, ...
             **change_actions.handlers(c),  # resize, rescue, trigger_crash_dump, ...
         }
 
