@@ -642,3 +642,50 @@ def test_x509_keypairs_from_2_2(api: Api) -> None:
     assert imported.body["keypair"]["fingerprint"] == body["fingerprint"]
     assert api.post("/v2.1/os-keypairs", {"keypair": {
         "name": "cert3", "type": "x509", "public_key": KEY}}, headers=v22).status == 400
+
+
+def test_reset_state_and_inject_network_info_are_for_admins(api: Api) -> None:
+    inst = api.add_instance("web1")
+    api.store.update_instance(inst, project_id="p-member")
+    action = f"/v2.1/servers/{inst.id}/action"
+    assert api.post(action, {"os-resetState": {"state": "error"}}, token=MEMBER).status == 403
+    assert api.post(action, {"os-resetState": {"state": "error"}}).status == 202
+    assert show(api, inst.id)["status"] == "ERROR"
+    assert api.post(action, {"os-resetState": {"state": "active"}}).status == 202
+    assert show(api, inst.id)["status"] == "ACTIVE"
+    assert api.post(action, {"os-resetState": {"state": "paused"}}).status == 400
+    assert api.post(action, {"injectNetworkInfo": None}).status == 202
+    assert api.post(action, {"injectNetworkInfo": None}, token=MEMBER).status == 403
+
+
+def test_create_backup_rotates(api: Api, monkeypatch: Any) -> None:
+    """Each backup is a snapshot that says image_type backup; once one is
+    made, only the newest `rotation` of that type are kept."""
+    inst = api.add_instance("web1")
+    clock = iter(range(1, 100))
+
+    def snapshot(ref: str, name: str, cache: Any, properties: Any = None,
+                 owner: str = "") -> Image:
+        return api.store.add_image(Image(
+            id=f"id-{name}", name=name, status="active", instance_uuid=ref,
+            extra=dict(properties or {}), created_at=float(next(clock))))
+
+    monkeypatch.setattr(api.compute, "snapshot", snapshot)
+    action = f"/v2.1/servers/{inst.id}/action"
+    for n in (1, 2, 3):
+        answer = api.post(action, {"createBackup": {
+            "name": f"b{n}", "backup_type": "daily", "rotation": 2}})
+        assert answer.status == 202 and answer.headers["location"].endswith(f"/images/id-b{n}")
+        time.sleep(0.05)
+    for _ in range(200):
+        if "b1" not in {i.name for i in api.store.images()}:
+            break
+        time.sleep(0.01)
+    backups = sorted(i.name for i in api.store.images() if i.extra.get("image_type") == "backup")
+    assert backups == ["b2", "b3"]
+    assert api.store.image("b3").extra["backup_type"] == "daily"
+    new = api.post(action, {"createBackup": {"name": "b4", "backup_type": "weekly",
+                                             "rotation": 1}}, headers=at("2.45"))
+    assert new.body == {"image_id": "id-b4"}
+    assert api.post(action, {"createBackup": {"name": "x", "backup_type": "daily"}}
+                    ).status == 400
