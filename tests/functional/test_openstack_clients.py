@@ -117,8 +117,8 @@ def test_catalog_commands(cli: OpenStackCLI, tmp_path: Path) -> None:
     assert (image["Name"], image["Status"]) == ("tiny", "active")
     assert cli.json("image", "show", "tiny")["disk_format"] == "qcow2"
     key = tmp_path / "k.pub"
-    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILhE/Js2CulLK1ww4aieoN8RmA8eQUrJs/5Q17XzDxXB"
-                   " me@host\n")
+    key.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILhE/Js2CulLK1ww4aieoN8RmA8eQUrJs/"
+                   "5Q17XzDxXB me@host\n")
     cli.run("keypair", "create", "--public-key", str(key), "me")
     assert [k["Name"] for k in cli.json("keypair", "list")] == ["me"]
     cli.run("keypair", "delete", "me")
