@@ -95,6 +95,21 @@ def test_spawn_runs_the_domain_and_records_it(env: dict[str, Any]) -> None:
     assert env["compute"].instance_dir(inst) in env["capture"].running
 
 
+def test_a_flavor_with_swap_gives_a_swap_disk(env: dict[str, Any]) -> None:
+    """As Nova's libvirt driver: after the ephemeral disk, a raw disk made a
+    swap area (mkswap, label swap), of the flavor's swap MiB."""
+    catalog: Catalog = env["catalog"]
+    catalog.create_flavor("swappy", 256, 1, 1, ephemeral_gb=1, swap_mb=16)
+    inst = _spawn(env, flavor="swappy")
+    assert [(d.role, d.format, d.target) for d in inst.disks] == [
+        ("root", "qcow2", "vda"), ("ephemeral", "qcow2", "vdb"), ("swap", "raw", "vdc")]
+    swap = Path(inst.disks[2].path)
+    assert swap.stat().st_size == 16 << 20
+    assert b"SWAPSPACE2" in swap.read_bytes()[:8192]  # mkswap's signature
+    assert inst.flavor["swap_mb"] == 16
+    assert [d.target for d in env["hv"].spec_of(inst.id).disks] == ["vda", "vdb", "vdc"]
+
+
 def test_refused_spawns_leave_nothing(env: dict[str, Any]) -> None:
     catalog: Catalog = env["catalog"]
     big = env["tmp"] / "big.qcow2"

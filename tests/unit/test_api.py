@@ -537,7 +537,8 @@ def test_flavors(api: Api) -> None:
                                                  "disk": 1}})
     assert made.status == 200
     for bad in ({"name": "c2", "ram": "lots", "vcpus": 1, "disk": 1},
-                {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1, "swap": 512},
+                {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1, "swap": "lots"},
+                {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1, "rxtx_factor": 0},
                 {"name": "c2", "ram": 256, "vcpus": 1, "disk": 1,
                  "os-flavor-access:is_public": "maybe"},
                 {"name": "c2", "ram": 256, "vcpus": 0, "disk": 1},

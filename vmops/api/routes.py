@@ -592,17 +592,19 @@ class Routes:
     def create_flavor(self, req: Request) -> Response:
         """Nova's flavor create. Numbers may come as digit strings and
         is_public as any of Nova's boolean spellings (a private flavor:
-        flavor_access_api); vmops flavors have no swap and have rxtx_factor 1,
-        so only those values are taken (anything else is refused, not dropped)."""
+        flavor_access_api); swap in MiB ("" or 0: none; the guest gets a swap
+        disk), rxtx_factor recorded and shown (nothing here limits by it)."""
         f = parse.section(req.json(), "flavor")
         parse.no_unknown(f, {"name", "ram", "vcpus", "disk", "OS-FLV-EXT-DATA:ephemeral",
                              "id", "swap", "rxtx_factor", "os-flavor-access:is_public"},
                          "flavor")
-        if f.get("swap") not in (None, "") and parse.whole_number(f["swap"], "swap") != 0:
-            raise Invalid(reason="vmops flavors have no swap disk: swap must be 0 or \"\"")
+        swap = f.get("swap")
+        swap_mb = 0 if swap in (None, "") else parse.whole_number(swap, "swap")
         public = parse.boolean(f.get("os-flavor-access:is_public", True),
                                "os-flavor-access:is_public")
-        _refuse_unsupported(f, {"rxtx_factor": (1, 1.0)})
+        rxtx = parse.field(f, "rxtx_factor", (int, float), default=1.0)
+        if not 0 < rxtx <= MAX_RXTX_FACTOR:
+            raise Invalid(reason=f"rxtx_factor must be above 0 and at most {MAX_RXTX_FACTOR:g}")
         flavor_id = f.get("id")
         if isinstance(flavor_id, int) and not isinstance(flavor_id, bool):
             flavor_id = str(flavor_id)
@@ -613,7 +615,8 @@ class Routes:
             parse.whole_number(parse.field(f, "disk", (int, str), required=True), "disk"),
             parse.whole_number(f.get("OS-FLV-EXT-DATA:ephemeral") or 0,
                                "OS-FLV-EXT-DATA:ephemeral"),
-            parse.field({"id": flavor_id}, "id", str), is_public=public)
+            parse.field({"id": flavor_id}, "id", str), is_public=public, swap_mb=swap_mb,
+            rxtx_factor=float(rxtx))
         return Response(200, {"flavor": views.flavor(flavor, req.base_url, views.View.of(req))})
 
     def delete_flavor(self, req: Request) -> Response:
@@ -813,14 +816,10 @@ def _check_unlocked(ctx: Context, inst: Instance) -> None:
         raise Conflict(reason=f"Instance {inst.id} is locked")
 
 
+# Nova's bound on a flavor's rxtx_factor (the largest float its database keeps).
+MAX_RXTX_FACTOR = 3.40282e38
+
 # Nova's flavor sort keys, as vmops' flavor fields.
 _FLAVOR_SORT_KEYS = {"flavorid": "id", "id": "id", "name": "name", "memory_mb": "ram_mib",
                      "vcpus": "vcpus", "root_gb": "root_gb", "ephemeral_gb": "ephemeral_gb",
                      "created_at": "created_at"}
-
-
-def _refuse_unsupported(obj: dict[str, Any], only: dict[str, tuple[Any, ...]]) -> None:
-    for name, allowed in only.items():
-        if name in obj and obj[name] is not None and obj[name] not in allowed:
-            raise Invalid(reason=f"vmops does not support {name}={obj[name]!r}; "
-                          f"allowed: {', '.join(map(repr, allowed))}")

@@ -220,7 +220,7 @@ def _server_flavor(inst: Instance, base: str, view: View) -> dict[str, Any]:
     if not view.at_least("2.47"):
         return {"id": inst.flavor_id, "links": link(base, "flavors", inst.flavor_id)[1:]}
     return {"vcpus": f.get("vcpus"), "ram": f.get("ram_mib"), "disk": f.get("root_gb"),
-            "ephemeral": f.get("ephemeral_gb"), "swap": int(f.get("swap_mib") or 0),
+            "ephemeral": f.get("ephemeral_gb"), "swap": int(f.get("swap_mb") or 0),
             "original_name": f.get("name"), "extra_specs": dict(f.get("extra_specs") or {})}
 
 
@@ -253,11 +253,12 @@ def flavor_brief(f: Flavor, base: str) -> dict[str, Any]:
 
 
 def flavor(f: Flavor, base: str, view: View = NOVA_21) -> dict[str, Any]:
-    """Nova's flavor: swap "" for none, always enabled here (vmops flavors
-    have no disabled state); private ones: compute/flavor_access.py."""
+    """Nova's flavor: swap in MiB, "" for none; always enabled here (vmops
+    flavors have no disabled state); private ones: compute/flavor_access.py."""
     body: dict[str, Any] = {
         "id": f.id, "name": f.name, "ram": f.ram_mib, "vcpus": f.vcpus, "disk": f.root_gb,
-        "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gb, "swap": "", "rxtx_factor": 1.0,
+        "OS-FLV-EXT-DATA:ephemeral": f.ephemeral_gb, "swap": f.swap_mb or "",
+        "rxtx_factor": f.rxtx_factor,
         "os-flavor-access:is_public": f.is_public, "OS-FLV-DISABLED:disabled": False,
         "links": link(base, "flavors", f.id)}
     if view.extra:

@@ -290,17 +290,20 @@ class Catalog:
     # -- flavors -------------------------------------------------------------
     def create_flavor(self, name: str, ram_mib: int, vcpus: int, disk_gb: int,
                       ephemeral_gb: int = 0, flavor_id: str | None = None,
-                      is_public: bool = True) -> Flavor:
+                      is_public: bool = True, swap_mb: int = 0,
+                      rxtx_factor: float = 1.0) -> Flavor:
         check_resource_name(name, "flavor")
         _check_range("ram", ram_mib, 16, MAX_RAM_MIB, "MiB")
         _check_range("vcpus", vcpus, 1, MAX_VCPUS, "vCPUs")
         _check_range("disk", disk_gb, 0, MAX_DISK_GB, "GiB")
         _check_range("ephemeral", ephemeral_gb, 0, MAX_DISK_GB, "GiB")
+        _check_range("swap", swap_mb, 0, MAX_DISK_GB * 1024, "MiB")
         if flavor_id is not None:
             check_resource_id(flavor_id, "flavor")
         return self.store.add_flavor(Flavor(id=flavor_id or str(uuidlib.uuid4()), name=name,
                                             ram_mib=ram_mib, vcpus=vcpus, root_gb=disk_gb,
-                                            ephemeral_gb=ephemeral_gb, is_public=is_public))
+                                            ephemeral_gb=ephemeral_gb, is_public=is_public,
+                                            swap_mb=swap_mb, rxtx_factor=rxtx_factor))
 
     def delete_flavor(self, ref: str) -> None:
         flavor = self.store.flavor(ref)

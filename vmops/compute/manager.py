@@ -1051,7 +1051,8 @@ def _flavor_snapshot(flavor: Flavor, extra_specs: dict[str, str]) -> dict[str, A
     the flavor are not the server's), extra specs included."""
     return {"id": flavor.id, "name": flavor.name, "ram_mib": flavor.ram_mib,
             "vcpus": flavor.vcpus, "root_gb": flavor.root_gb,
-            "ephemeral_gb": flavor.ephemeral_gb, "extra_specs": extra_specs}
+            "ephemeral_gb": flavor.ephemeral_gb, "swap_mb": flavor.swap_mb,
+            "extra_specs": extra_specs}
 
 
 def _disk_spec(disk: DiskRecord) -> DiskSpec:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from vmops.compute.manager import Compute, SpawnRequest
 
 GIB = 1024**3
+MIB = 1024**2
 REBUILD_STAGING = "rebuild"  # a directory inside the instance's own
 
 
@@ -39,7 +40,7 @@ def recorded_flavor(inst: Instance) -> Flavor:
     f = inst.flavor
     return Flavor(id=str(f["id"]), name=str(f["name"]), ram_mib=int(f["ram_mib"]),
                   vcpus=int(f["vcpus"]), root_gb=int(f["root_gb"]),
-                  ephemeral_gb=int(f["ephemeral_gb"]))
+                  ephemeral_gb=int(f["ephemeral_gb"]), swap_mb=int(f.get("swap_mb") or 0))
 
 
 def _limits(compute: Compute) -> configdrive.Limits:
@@ -81,6 +82,11 @@ def create_disks(compute: Compute, inst: Instance, image: Image,
         facts = instance_disks.create_ephemeral_disk(inst_dir / "ephemeral.qcow2",
                                                      ephemeral_gb * GIB)
         disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
+    swap_mb = int(inst.flavor.get("swap_mb") or 0)
+    if swap_mb:  # after the ephemeral disk, as Nova's disk.swap
+        facts = instance_disks.create_swap_disk(inst_dir / "swap.raw", swap_mb * MIB)
+        disks.append(DiskRecord("swap", str(facts.path), facts.format,
+                                "vd" + "abcdefgh"[len(disks)]))
     if inst.config_drive:
         path = write_config_drive(compute, inst, admin_password, inst_dir)
         if compute.settings.config_drive_format == "cdrom":
