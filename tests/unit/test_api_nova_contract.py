@@ -689,3 +689,13 @@ def test_create_backup_rotates(api: Api, monkeypatch: Any) -> None:
     assert new.body == {"image_id": "id-b4"}
     assert api.post(action, {"createBackup": {"name": "x", "backup_type": "daily"}}
                     ).status == 400
+
+
+def test_flavor_swap_and_rxtx_factor(api: Api) -> None:
+    answer = api.post("/v2.1/flavors", {"flavor": {
+        "name": "sw", "ram": 256, "vcpus": 1, "disk": 1, "swap": 1024, "rxtx_factor": 2,
+        "id": "sw"}})
+    assert answer.status == 200, answer.body
+    assert (answer.body["flavor"]["swap"], answer.body["flavor"]["rxtx_factor"]) == (1024, 2.0)
+    assert api.get("/v2.1/flavors/sw").body["flavor"]["swap"] == 1024
+    assert api.get("/v2.1/flavors/1").body["flavor"]["swap"] == ""  # none: Nova's ""
