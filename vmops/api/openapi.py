@@ -251,6 +251,7 @@ def _server_paths() -> dict[str, Any]:
         obj({"reboot": obj({"type": {"enum": ["SOFT", "HARD"]}}, extra=False)}, extra=False),
         *(obj({name: {"type": ["object", "null"], "maxProperties": 0}}, extra=False)
           for name in ("pause", "unpause", "suspend", "resume", "os-start", "lock", "unlock",
+                       "restore", "forceDelete",
                        "vmops:rebuildConfigDrive", "confirmResize", "revertResize",
                        "unrescue", "trigger_crash_dump")),
         obj({"resize": obj({"flavorRef": {"type": ["string", "integer"]}},
