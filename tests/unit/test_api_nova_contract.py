@@ -699,3 +699,11 @@ def test_flavor_swap_and_rxtx_factor(api: Api) -> None:
     assert (answer.body["flavor"]["swap"], answer.body["flavor"]["rxtx_factor"]) == (1024, 2.0)
     assert api.get("/v2.1/flavors/sw").body["flavor"]["swap"] == 1024
     assert api.get("/v2.1/flavors/1").body["flavor"]["swap"] == ""  # none: Nova's ""
+
+
+def test_restore_and_force_delete_need_a_soft_deleted_server(api: Api) -> None:
+    inst = api.add_instance("web1")
+    for action in ("restore", "forceDelete"):
+        answer = api.post(f"/v2.1/servers/{inst.id}/action", {action: None})
+        assert answer.status == 409 and action in answer.fault()[1]
+    assert api.store.instance(inst.id).vm_state == states.ACTIVE

@@ -1,6 +1,7 @@
 """Server actions of Nova's admin and backup APIs: os-resetState and
 injectNetworkInfo (admins only), createBackup (a snapshot of type backup,
-with rotation)."""
+with rotation); restore and forceDelete, which only a soft-deleted server
+takes (vmops deletes at once, as Nova with reclaim_instance_interval 0)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from vmops.api.server import Request, Response
 from vmops.compute import states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
-from vmops.errors import Forbidden, Invalid, VmopsError
+from vmops.errors import Forbidden, Invalid, InvalidState, VmopsError
 from vmops.store import Image
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,9 @@ def handlers(compute: Compute, catalog: Catalog) -> dict[str, Handler]:
     actions = _Actions(compute, catalog)
     return {"os-resetState": actions.reset_state,
             "injectNetworkInfo": actions.inject_network_info,
-            "createBackup": actions.create_backup}
+            "createBackup": actions.create_backup,
+            "restore": actions.not_soft_deleted("restore"),
+            "forceDelete": actions.not_soft_deleted("forceDelete")}
 
 
 def _admin_only(req: Request, action: str) -> None:
@@ -60,6 +63,16 @@ class _Actions:
         come from DHCP and its config drive, which never go stale)."""
         _admin_only(req, "injectNetworkInfo")
         parse.no_argument("injectNetworkInfo", arg)
+
+    def not_soft_deleted(self, action: str) -> Handler:
+        """Nova's answer to restore or forceDelete of a server that is not
+        soft-deleted: 409 (no server ever is here)."""
+        def refuse(ref: str, arg: Any, req: Request) -> None:
+            parse.no_argument(action, arg)
+            inst = self.compute.instance(ref)
+            raise InvalidState(action=f"'{action}'", instance=inst.id,
+                               state=f"in vm_state {inst.vm_state}")
+        return refuse
 
     def create_backup(self, ref: str, arg: Any, req: Request) -> Response:
         """Nova's createBackup: a snapshot whose image says image_type backup
