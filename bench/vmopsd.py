@@ -208,8 +208,8 @@ class VmopsService:
         while True:
             server = self.brief(name)
             if server["OS-EXT-STS:task_state"] is None:
-                if server.get("fault"):
-                    raise RuntimeError(f"{name}: {server['fault']['message']}")
+                if server.get("vmops:fault"):  # Nova's fault shows in ERROR only
+                    raise RuntimeError(f"{name}: {server['vmops:fault']}")
                 return server
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} still busy after {timeout:g}s")
