@@ -561,3 +561,77 @@ def test_no_resize_to_a_private_flavor_without_access(api: Api) -> None:
     assert refused.status == 400 and "secret-1" in refused.fault()[1]
     after = api.store.instance(inst.id)
     assert (after.vm_state, after.task_state, after.flavor_id) == ("active", None, "1")
+
+
+# -- the compute API's security group proxy -------------------------------------------------
+GROUP_KEYS = {"id", "name", "description", "tenant_id", "rules"}
+RULE_KEYS = {"id", "parent_group_id", "ip_protocol", "from_port", "to_port", "group", "ip_range"}
+
+
+def test_security_group_proxy_groups_and_rules(api: Api) -> None:
+    made = call(api, "POST", "/os-security-groups",
+                {"security_group": {"name": "web", "description": "web servers"}}, who=P1)
+    assert made.status == 200
+    group = made.body["security_group"]
+    assert set(group) == GROUP_KEYS and (group["name"], group["rules"]) == ("web", [])
+    rule = call(api, "POST", "/os-security-group-rules", {"security_group_rule": {
+        "parent_group_id": group["id"], "ip_protocol": "tcp", "from_port": 22,
+        "to_port": "22"}}, who=P1)
+    assert rule.status == 200
+    body = rule.body["security_group_rule"]
+    assert set(body) == RULE_KEYS
+    assert (body["ip_protocol"], body["from_port"], body["to_port"], body["ip_range"],
+            body["group"]) == ("tcp", 22, 22, {"cidr": "0.0.0.0/0"}, {})
+    default = next(g for g in get(api, "/os-security-groups", who=P1).body["security_groups"]
+                   if g["name"] == "default")
+    peer = call(api, "POST", "/os-security-group-rules", {"security_group_rule": {
+        "parent_group_id": group["id"], "ip_protocol": "icmp", "from_port": -1,
+        "to_port": -1, "group_id": default["id"]}}, who=P1).body["security_group_rule"]
+    assert (peer["group"]["name"], peer["ip_range"], peer["from_port"]) == (
+        "default", {}, None)
+    shown = get(api, f"/os-security-groups/{group['id']}", who=P2).body["security_group"]
+    assert {r["id"] for r in shown["rules"]} == {body["id"], peer["id"]}
+    # The default group's egress rule is not Nova's to show; its ingress one is.
+    assert [r["ip_protocol"] for r in default["rules"]] == [None]
+    renamed = call(api, "PUT", f"/os-security-groups/{group['id']}",
+                   {"security_group": {"name": "www", "description": "d"}}, who=P1)
+    assert renamed.body["security_group"]["name"] == "www"
+    assert api.store.security_group(group["id"]).name == "www"
+    assert call(api, "DELETE", f"/os-security-group-rules/{body['id']}", who=P1).status == 202
+    assert call(api, "DELETE", f"/os-security-group-rules/{peer['id']}", who=P1).status == 202
+    assert call(api, "DELETE", f"/os-security-groups/{group['id']}", who=P1).status == 202
+    assert get(api, f"/os-security-groups/{group['id']}").status == 404
+
+
+def test_security_group_proxy_refusals(api: Api) -> None:
+    group = call(api, "POST", "/os-security-groups", {"security_group": {
+        "name": "web", "description": ""}}).body["security_group"]
+    unknown = "00000000-0000-4000-8000-000000000000"
+    assert get(api, f"/os-security-groups/{unknown}").status == 404
+    assert get(api, "/os-security-groups/web").status == 400  # not a UUID
+    assert call(api, "DELETE", f"/os-security-groups/{unknown}").status == 404
+    assert call(api, "PUT", f"/os-security-groups/{unknown}",
+                {"security_group": {"name": "x", "description": "y"}}).status == 404
+    default = next(g for g in get(api, "/os-security-groups").body["security_groups"]
+                   if g["name"] == "default")
+    assert call(api, "DELETE", f"/os-security-groups/{default['id']}").status == 400
+
+    def rule(**fields: Any) -> int:
+        return call(api, "POST", "/os-security-group-rules", {"security_group_rule": {
+            "parent_group_id": group["id"], "ip_protocol": "tcp", "from_port": 22,
+            "to_port": 22, **fields}}).status
+
+    assert rule(parent_group_id=unknown) == 404
+    assert rule(parent_group_id="not-a-uuid") == 400
+    for bad in ({"ip_protocol": "tempest-999"}, {"from_port": 65536}, {"to_port": 70000},
+                {"from_port": 22, "to_port": 21}, {"from_port": "x"}, {"cidr": "10.0.0.0/33"},
+                {"ip_protocol": "icmp", "from_port": 300}, {"colour": "red"}):
+        assert rule(**bad) == 400, bad
+    assert rule() == 200
+    assert rule() == 400  # the same rule again
+    assert call(api, "DELETE", f"/os-security-group-rules/{unknown}").status == 404
+    assert get(api, "/os-security-groups", version="2.36").status == 404
+    assert call(api, "POST", "/os-security-groups", {"security_group": {"name": "web"}},
+                who=P1).status == 409  # names are the host's, as on the network endpoint
+    assert call(api, "POST", "/os-security-groups", {"security_group": {
+        "name": "x", "description": "\x00"}}).status == 400

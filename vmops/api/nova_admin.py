@@ -1,7 +1,7 @@
 """The routes of Nova's admin APIs that schema 8 brought: flavor access and
 extra specs, host aggregates, server diagnostics, the instance usage audit
-log, ``os-networks`` and the compute API's image metadata (one call from
-``Routes.router()``)."""
+log, ``os-networks``, the compute API's image metadata and its security
+group proxy (one call from ``Routes.router()``)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from vmops.api import (
     flavor_access_api,
     image_metadata_api,
     networks_api,
+    security_groups_proxy,
     usage_audit_api,
 )
 from vmops.api.server import Router
@@ -24,3 +25,4 @@ def add_routes(r: Router, compute: Compute) -> None:
     diagnostics_api.add_routes(r, compute)
     usage_audit_api.add_routes(r, compute.store)
     networks_api.add_routes(r, compute.store)
+    security_groups_proxy.add_routes(r, compute)

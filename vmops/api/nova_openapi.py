@@ -423,7 +423,45 @@ def _network_paths() -> dict[str, Any]:
     }
 
 
+def _security_group_paths() -> dict[str, Any]:
+    port = {"type": ["integer", "null"]}
+    rule = closed({"id": STR, "parent_group_id": STR, "ip_protocol": NULL_STR,
+                   "from_port": port, "to_port": port,
+                   "group": closed({}, {"name": STR, "tenant_id": STR}),
+                   "ip_range": closed({}, {"cidr": STR})})
+    group = closed({"id": STR, "name": STR, "description": STR, "tenant_id": STR,
+                    "rules": array(rule)})
+    fields = closed({"security_group": closed({"name": STR}, {"description": STR})})
+    rule_body = closed({"security_group_rule": closed({"parent_group_id": STR}, {
+        "ip_protocol": NULL_STR, "from_port": {"type": ["integer", "string", "null"]},
+        "to_port": {"type": ["integer", "string", "null"]}, "cidr": NULL_STR,
+        "group_id": NULL_STR})})
+    ident = [path_id("security group (a UUID)")]
+    accepted = ok(None, "202", "Accepted")
+    return {
+        f"{P}/os-security-groups": {
+            "get": op("Security groups, with their ingress rules (before 2.36)",
+                      ok(closed({"security_groups": array(group)}))),
+            "post": op("Create a security group", ok(closed({"security_group": group})),
+                       body=fields)},
+        f"{P}/os-security-groups/{{id}}": {
+            "parameters": ident,
+            "get": op("Show a security group", ok(closed({"security_group": group}))),
+            "put": op("Rename a security group or change its description",
+                      ok(closed({"security_group": group})), body=fields),
+            "delete": op("Delete a security group (not default, nor one in use)", accepted)},
+        f"{P}/os-security-group-rules": {"post": op(
+            "Add an ingress rule: ip_protocol tcp, udp or icmp with from_port/to_port, and a "
+            "cidr (default 0.0.0.0/0) or a source group_id",
+            ok(closed({"security_group_rule": rule})), body=rule_body)},
+        f"{P}/os-security-group-rules/{{id}}": {
+            "parameters": [path_id("security group rule (a UUID)")],
+            "delete": op("Delete a rule", accepted)},
+    }
+
+
 def paths() -> dict[str, Any]:
     return {**_host_paths(), **_quota_paths(), **_server_paths(), **_server_group_paths(),
             **_flavor_paths(), **_aggregate_paths(), **_image_metadata_paths(),
-            **_diagnostics_paths(), **_usage_audit_paths(), **_network_paths()}
+            **_diagnostics_paths(), **_usage_audit_paths(), **_network_paths(),
+            **_security_group_paths()}

@@ -197,6 +197,9 @@ FAMILIES: tuple[tuple[str, str, Rule], ...] = (
     ("GET", f"{P}/os-networks*", READER),
     ("GET", f"{P}/images/*/metadata*", READER),
     ("*", f"{P}/images/*/metadata*", MEMBER),
+    # The compute API's security group proxy: as the network endpoint's.
+    ("GET", f"{P}/os-security-groups*", READER),
+    ("*", f"{P}/os-security-group*", MEMBER),
     ("GET", f"{P}/os-keypairs*", READER),
     # Volumes (vmops/api/volume_api.py): Cinder's version documents are
     # public (clients discover without a token); its project check is in the handlers.

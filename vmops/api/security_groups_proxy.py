@@ -1,0 +1,208 @@
+"""Nova's ``os-security-groups`` and ``os-security-group-rules`` proxy
+(deprecated, gone from microversion 2.36), over vmops' security groups:
+the same groups and rules the network endpoint serves in Neutron's shape
+(``network_api.py``), in the shape Nova's proxy gives them when the
+network service is Neutron.
+
+As Nova's proxy: ids are UUIDs (anything else 400), a group shows its
+ingress rules only, a rule takes ``ip_protocol`` (tcp, udp, icmp),
+``from_port``/``to_port`` and a ``cidr`` (default ``0.0.0.0/0``) or a
+source ``group_id``; a rule that is there already, and deleting the
+``default`` group, are 400. Groups are the host's, seen by every project
+(``tenant_id`` is the owner's project when it has one), as on the network
+endpoint.
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from typing import Any
+
+from vmops.api import parse, views
+from vmops.api.server import Request, Response, Router
+from vmops.compute.manager import Compute
+from vmops.compute.names import check_resource_name
+from vmops.errors import Invalid, SecurityGroupNotFound, SecurityGroupRuleNotFound
+from vmops.network.manager import Network
+from vmops.store import SecurityGroup, SecurityGroupRule
+
+P = views.API_PREFIX
+DEFAULT_GROUP = "default"
+ANY_CIDR = "0.0.0.0/0"
+MAX_TEXT = 255
+
+
+def add_routes(r: Router, compute: Compute) -> None:
+    api = SecurityGroupsProxy(compute)
+    r.add("GET", f"{P}/os-security-groups", api.list)
+    r.add("POST", f"{P}/os-security-groups", api.create)
+    r.add("GET", f"{P}/os-security-groups/{{id}}", api.show)
+    r.add("PUT", f"{P}/os-security-groups/{{id}}", api.update)
+    r.add("DELETE", f"{P}/os-security-groups/{{id}}", api.delete)
+    r.add("POST", f"{P}/os-security-group-rules", api.create_rule)
+    r.add("DELETE", f"{P}/os-security-group-rules/{{id}}", api.delete_rule)
+
+
+def _uuid(text: str, what: str) -> str:
+    try:
+        uuidlib.UUID(text)
+    except ValueError:
+        raise Invalid(reason=f"{what} id should be uuid, not {text[:40]!r}") from None
+    return text
+
+
+class SecurityGroupsProxy:
+    def __init__(self, compute: Compute) -> None:
+        self.store = compute.store
+        # Without a network (user-mode only) groups and rules are still
+        # records: they apply once the network is on (as network_api).
+        self.network = compute.network or Network.off(compute.store)
+
+    def _gone_from_2_36(self, req: Request) -> None:
+        if req.at_least("2.36"):
+            raise SecurityGroupNotFound("the compute API's security group proxy is gone from "
+                                        "microversion 2.36: use the network service")
+
+    def _group(self, req: Request, ref: str) -> SecurityGroup:
+        self._gone_from_2_36(req)
+        group = self.store.security_group(_uuid(ref, "Security group"))
+        if group.id != ref:  # a name is no id here
+            raise SecurityGroupNotFound(group=ref)
+        return group
+
+    # -- views -----------------------------------------------------------------------
+    def _view(self, group: SecurityGroup, req: Request) -> dict[str, Any]:
+        rules = [self._rule_view(r, group, req) for r in self.store.security_group_rules(group.id)
+                 if r.direction == "ingress"]
+        return {"id": group.id, "name": group.name, "description": group.description,
+                "tenant_id": group.project_id or req.context.project_id, "rules": rules}
+
+    def _rule_view(self, rule: SecurityGroupRule, group: SecurityGroup,
+                   req: Request) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": rule.id, "parent_group_id": rule.group_id,
+            "ip_protocol": None if rule.protocol == "any" else rule.protocol,
+            "from_port": rule.port_min, "to_port": rule.port_max, "group": {},
+            "ip_range": {}}
+        if rule.remote_group_id:
+            try:
+                source = self.store.security_group(rule.remote_group_id)
+                body["group"] = {"name": source.name,
+                                 "tenant_id": source.project_id or req.context.project_id}
+            except SecurityGroupNotFound:
+                body["group"] = {}
+        else:
+            body["ip_range"] = {"cidr": rule.remote_cidr or ANY_CIDR}
+        return body
+
+    # -- groups ------------------------------------------------------------------------
+    def list(self, req: Request) -> Response:
+        self._gone_from_2_36(req)
+        return Response(200, {"security_groups": [self._view(g, req)
+                                                  for g in self.store.security_groups()]})
+
+    def show(self, req: Request) -> Response:
+        return Response(200, {"security_group": self._view(
+            self._group(req, req.params["id"]), req)})
+
+    def create(self, req: Request) -> Response:
+        self._gone_from_2_36(req)
+        name, description = _group_fields(req.json())
+        group = self.network.create_group(name, description)
+        return Response(200, {"security_group": self._view(group, req)})
+
+    def update(self, req: Request) -> Response:
+        group = self._group(req, req.params["id"])
+        name, description = _group_fields(req.json())
+        group = self.store.update_security_group(group, name=name, description=description)
+        return Response(200, {"security_group": self._view(group, req)})
+
+    def delete(self, req: Request) -> Response:
+        group = self._group(req, req.params["id"])
+        if group.name == DEFAULT_GROUP:
+            raise Invalid(reason="Removing default security group not allowed.")
+        self.network.delete_group(group.id)
+        return Response(202)
+
+    # -- rules -------------------------------------------------------------------------
+    def create_rule(self, req: Request) -> Response:
+        self._gone_from_2_36(req)
+        body = parse.section(req.json(), "security_group_rule")
+        parse.no_unknown(body, {"parent_group_id", "ip_protocol", "from_port", "to_port",
+                                "cidr", "group_id"}, "security_group_rule")
+        parent = parse.field(body, "parent_group_id", str, required=True)
+        group = self._group(req, parent)
+        protocol, port_min, port_max = _protocol_and_ports(body)
+        cidr = parse.field(body, "cidr", str)
+        source = parse.field(body, "group_id", str)
+        if source is not None:
+            source = self._group(req, source).id
+        elif not cidr:
+            cidr = ANY_CIDR
+        wanted = (protocol, port_min, port_max, None if source else cidr, source)
+        for rule in self.store.security_group_rules(group.id):
+            there = (rule.protocol, rule.port_min, rule.port_max,
+                     None if rule.remote_group_id else rule.remote_cidr or ANY_CIDR,
+                     rule.remote_group_id)
+            if rule.direction == "ingress" and there == wanted:
+                raise Invalid(reason=f"This rule already exists in group {group.id}")
+        rule = self.network.add_rule(group.id, "ingress", protocol, port_min, port_max,
+                                     None if source else cidr, source)
+        return Response(200, {"security_group_rule": self._rule_view(rule, group, req)})
+
+    def delete_rule(self, req: Request) -> Response:
+        self._gone_from_2_36(req)
+        rule_id = _uuid(req.params["id"], "Security group rule")
+        rule = self.store.security_group_rule(rule_id)
+        if rule.id != rule_id:
+            raise SecurityGroupRuleNotFound(rule=rule_id)
+        self.network.delete_rule(rule.id)
+        return Response(202)
+
+
+def _group_fields(body: Any) -> tuple[str, str]:
+    """Nova's schema: a name and a description, strings of at most 255."""
+    group = parse.section(body, "security_group")
+    parse.no_unknown(body, {"security_group"}, "the request body")
+    parse.no_unknown(group, {"name", "description"}, "security_group")
+    name = parse.field(group, "name", str, required=True)
+    description = parse.field(group, "description", str, default="")
+    check_resource_name(name, "security group")
+    if len(description) > MAX_TEXT or not description.isprintable():
+        raise Invalid(reason=f"description must be at most {MAX_TEXT} printable characters")
+    return name, description
+
+
+def _port(value: Any, what: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) <= 6:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise Invalid(reason=f"{what} must be an integer, not {value!r}")
+    return value
+
+
+def _protocol_and_ports(body: dict[str, Any]) -> tuple[str, int | None, int | None]:
+    """Nova's rule arguments: tcp and udp take ports 1 to 65535, from <=
+    to; icmp a type and code from -1 (any) to 255; no protocol: any."""
+    protocol = body.get("ip_protocol")
+    if protocol is None or protocol == "":
+        return "any", None, None
+    if not isinstance(protocol, str):
+        raise Invalid(reason=f"Invalid IP protocol {protocol!r}.")
+    name = {"6": "tcp", "17": "udp", "1": "icmp"}.get(protocol, protocol.lower())
+    if name not in ("tcp", "udp", "icmp"):
+        raise Invalid(reason=f"Invalid IP protocol {protocol[:40]}.")
+    low, high = _port(body.get("from_port"), "from_port"), _port(body.get("to_port"), "to_port")
+    if name == "icmp":
+        for value, what in ((low, "ICMP type"), (high, "ICMP code")):
+            if value is not None and not -1 <= value <= 255:
+                raise Invalid(reason=f"Invalid port range {low}:{high}. {what} must be from "
+                              "-1 to 255")
+        return name, None if low in (None, -1) else low, None if high in (None, -1) else high
+    if low is None or high is None or not 1 <= low <= 65535 or not 1 <= high <= 65535 \
+            or low > high:
+        raise Invalid(reason=f"Invalid port range {low}:{high}. Valid TCP ports should be "
+                      "between 1-65535")
+    return name, low, high
