@@ -132,3 +132,53 @@ def test_admin_makes_a_project_and_a_member_who_signs_in(admin: Cli, service: Vm
     admin.run("project", "delete", "team1")
     assert alice.run("token", "issue", check=False).returncode != 0
     assert {p["Name"] for p in admin.json("project", "list")} == {"admin"}
+
+
+def test_a_members_server_is_theirs_alone(admin: Cli, service: Vmops, port: int,
+                                          tmp_path: Path) -> None:
+    """A member makes a real guest with the openstack CLI; a user of another
+    project neither sees nor touches it, through the CLI or openstacksdk;
+    the admin sees it with --all-projects."""
+    from openstack import config as os_config
+    from openstack import connection, exceptions
+
+    for team, user in (("red", "rita"), ("blue", "ben")):
+        admin.run("project", "create", team)
+        admin.run("user", "create", "--password", f"{user}-pw", "--project", team, user)
+        admin.run("role", "add", "--project", team, "--user", user, "member")
+    rita = cli_for(tmp_path, port, "rita-pw", "rita", "red")
+    ben = cli_for(tmp_path, port, "ben-pw", "ben", "blue")
+    try:
+        created = rita.json("server", "create", "--image", "tiny", "--flavor", "m1.tiny",
+                            "--wait", "r1")
+        assert created["status"] == "ACTIVE"
+        service.wait_console("r1", r"VMOPS-HEARTBEAT \d+")  # the guest is up
+        shown = rita.json("server", "show", "r1")
+        assert shown["project_id"] == rita.json("token", "issue")["project_id"]
+
+        assert ben.json("server", "list") == []
+        for verb in (("server", "show", created["id"]), ("server", "delete", created["id"]),
+                     ("server", "stop", created["id"])):
+            refused = ben.run(*verb, check=False)
+            assert refused.returncode != 0, verb
+            assert re.search(r"No server (found for|with a name or ID)|404", refused.stderr,
+                             re.I), refused.stderr
+
+        cloud = os_config.OpenStackConfig(config_files=[str(ben.env["OS_CLIENT_CONFIG_FILE"])])
+        sdk = connection.Connection(config=cloud.get_one(cloud="vmops"))
+        assert list(sdk.compute.servers()) == []
+        with pytest.raises(exceptions.NotFoundException):
+            sdk.compute.get_server(created["id"])
+        with pytest.raises(exceptions.NotFoundException):
+            sdk.compute.delete_server(created["id"], ignore_missing=False)
+
+        everyone = admin.json("server", "list", "--all-projects")
+        assert [s["Name"] for s in everyone] == ["r1"]
+        assert service.server("r1")["status"] == "ACTIVE"  # ben's tries changed nothing
+        rita.run("server", "delete", "--wait", "r1")
+        assert rita.json("server", "list") == []
+    finally:
+        service.run("destroy", "r1", check=False)
+        for team, user in (("red", "rita"), ("blue", "ben")):
+            admin.run("user", "delete", user, check=False)
+            admin.run("project", "delete", team, check=False)
