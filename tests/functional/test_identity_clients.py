@@ -90,7 +90,12 @@ def test_the_admin_signs_in_with_the_generated_password(admin: Cli, service: Vmo
     assert [i["Name"] for i in admin.json("image", "list")] == ["tiny"]
     assert admin.json("server", "list") == []
     endpoints = admin.json("catalog", "list")
-    assert {e["Type"] for e in endpoints} >= {"compute", "image", "network", "identity"}
+    assert {e["Type"] for e in endpoints} >= {"compute", "image", "network", "identity",
+                                             "block-storage"}
+    # The volume service is found through the catalog too.
+    volume = admin.json("volume", "create", "--size", "1", "v1")
+    assert [v["Name"] for v in admin.json("volume", "list")] == ["v1"]
+    admin.run("volume", "delete", volume["id"])
 
 
 def test_admin_makes_a_project_and_a_member_who_signs_in(admin: Cli, service: Vmops,

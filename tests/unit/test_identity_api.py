@@ -114,6 +114,7 @@ def test_password_token_body_and_catalog_from_the_clients_host(kapi: Api) -> Non
     assert urls[("image", "internal")] == f"{base}/image"
     assert urls[("network", "admin")] == f"{base}/network"
     assert urls[("identity", "public")] == f"{base}/identity/v3"
+    assert urls[("block-storage", "public")] == f"{base}/volume/v3"
     assert {e["region"] for s in body["catalog"] for e in s["endpoints"]} == {"RegionOne"}
     # The token works for the other services.
     assert kapi.get("/v2.1/flavors", token=token).status == 200

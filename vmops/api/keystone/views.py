@@ -21,6 +21,7 @@ SERVICES = (
     ("compute", "nova", discovery.COMPUTE_PREFIX),
     ("image", "glance", discovery.IMAGE_ROOT),
     ("network", "neutron", "/network"),
+    ("block-storage", "cinder", "/volume/v3"),
     ("identity", "keystone", discovery.IDENTITY_PREFIX),
 )
 _IDS = uuid.UUID("5b0f8b8e-7c3e-4bd5-9c1f-6c1b1a3d7e21")  # namespace of stable ids
