@@ -232,6 +232,11 @@ SERVER_FILTERS = [query("name", "a regular expression the name must match"),
                   query("reservation_id", "made by this request (create's reservation id)"),
                   query("ip", "a regular expression one of its addresses must match"),
                   query("changes-since", "changed at or after this ISO 8601 time"),
+                  *(query(name, f"2.26: {text} (a comma-separated list)")
+                    for name, text in (("tags", "has all these tags"),
+                                       ("tags-any", "has one of these tags"),
+                                       ("not-tags", "lacks one of these tags"),
+                                       ("not-tags-any", "has none of these tags"))),
                   query("all_tenants", "admin: every project's servers"),
                   query("project_id", "admin, with all_tenants: this project's only"),
                   *PAGING]

@@ -181,6 +181,8 @@ class Routes:
             wanted = req.arg(arg)
             if wanted:
                 insts = [i for i in insts if getattr(i, attr) == wanted]
+        if req.at_least("2.26"):
+            insts = _tag_filters(insts, req)
         host = req.arg("host")  # admins: the compute host's name (this host's)
         if host and req.context.is_admin and host != views.host_name():
             return []
@@ -783,6 +785,21 @@ def _page(items: list[Any], req: Request, key: Callable[[Any], str]) -> list[Any
     if limit is not None:
         items = items[:parse.count_arg(limit, "limit")]
     return items
+
+
+def _tag_filters(insts: list[Instance], req: Request) -> list[Instance]:
+    """Nova's tag filters (2.26), each a comma-separated list: tags (has all),
+    tags-any (has one), not-tags (lacks one of them), not-tags-any (has none)."""
+    tests: dict[str, Callable[[set[str], set[str]], bool]] = {
+        "tags": lambda want, has: want <= has, "tags-any": lambda want, has: bool(want & has),
+        "not-tags": lambda want, has: not want <= has,
+        "not-tags-any": lambda want, has: not want & has}
+    for arg, test in tests.items():
+        text = req.arg(arg)
+        if text:
+            want = set(text.split(","))
+            insts = [i for i in insts if test(want, set(i.tags))]
+    return insts
 
 
 def _image_filters(images: list[Image], req: Request) -> list[Image]:
