@@ -707,3 +707,19 @@ def test_restore_and_force_delete_need_a_soft_deleted_server(api: Api) -> None:
         answer = api.post(f"/v2.1/servers/{inst.id}/action", {action: None})
         assert answer.status == 409 and action in answer.fault()[1]
     assert api.store.instance(inst.id).vm_state == states.ACTIVE
+
+
+def test_tag_filters_from_2_26(api: Api) -> None:
+    for name, tags in (("a", ("x", "y")), ("b", ("x",)), ("c", ())):
+        api.store.update_instance(api.add_instance(name), tags=tags)
+
+    def names(query: str) -> list[str]:
+        answer = api.get(f"/v2.1/servers?{query}", headers=at("2.26"))
+        return sorted(s["name"] for s in answer.body["servers"])
+
+    assert names("tags=x,y") == ["a"]
+    assert names("tags-any=y,z") == ["a"]
+    assert names("not-tags=x,y") == ["b", "c"]
+    assert names("not-tags-any=x") == ["c"]
+    assert sorted(s["name"] for s in api.get("/v2.1/servers?tags=x,y").body["servers"]) == \
+        ["a", "b", "c"]  # ignored before 2.26
