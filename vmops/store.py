@@ -1016,8 +1016,9 @@ class Store:
         group = replace(group, **changes)
         try:
             with self._tx() as db:
-                db.execute("UPDATE security_groups SET name = ?, description = ? WHERE id = ?",
-                           (group.name, group.description, group.id))
+                db.execute("UPDATE security_groups SET name = ?, description = ?, "
+                           "project_id = ? WHERE id = ?",
+                           (group.name, group.description, group.project_id, group.id))
         except sqlite3.IntegrityError:
             raise AlreadyExists(kind="security group", name=group.name) from None
         return group

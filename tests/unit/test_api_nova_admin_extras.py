@@ -589,7 +589,7 @@ def test_security_group_proxy_groups_and_rules(api: Api) -> None:
         "to_port": -1, "group_id": default["id"]}}, who=P1).body["security_group_rule"]
     assert (peer["group"]["name"], peer["ip_range"], peer["from_port"]) == (
         "default", {}, None)
-    shown = get(api, f"/os-security-groups/{group['id']}", who=P2).body["security_group"]
+    shown = get(api, f"/os-security-groups/{group['id']}", who=P1).body["security_group"]
     assert {r["id"] for r in shown["rules"]} == {body["id"], peer["id"]}
     # The default group's egress rule is not Nova's to show; its ingress one is.
     assert [r["ip_protocol"] for r in default["rules"]] == [None]
@@ -635,3 +635,34 @@ def test_security_group_proxy_refusals(api: Api) -> None:
                 who=P1).status == 409  # names are the host's, as on the network endpoint
     assert call(api, "POST", "/os-security-groups", {"security_group": {
         "name": "x", "description": "\x00"}}).status == 400
+    assert call(api, "DELETE", "/os-security-groups").status == 404
+    # A cidr's host bits go, as Neutron's; IPv6 and nonsense are 400.
+    made = call(api, "POST", "/os-security-group-rules", {"security_group_rule": {
+        "parent_group_id": group["id"], "ip_protocol": "udp", "from_port": 53, "to_port": 53,
+        "cidr": "10.2.3.124/24"}})
+    assert made.body["security_group_rule"]["ip_range"] == {"cidr": "10.2.3.0/24"}
+    assert rule(cidr="::/0") == 400
+
+
+def test_security_groups_of_the_proxy_belong_to_a_project(api: Api) -> None:
+    mine = call(api, "POST", "/os-security-groups", {"security_group": {
+        "name": "p1-web", "description": ""}}, who=P1).body["security_group"]
+    assert mine["tenant_id"] == "p1"
+    theirs = call(api, "POST", "/os-security-groups", {"security_group": {
+        "name": "p2-web", "description": ""}}, who=P2).body["security_group"]
+
+    def names(who: str, query: str = "") -> set[str]:
+        return {g["name"] for g in get(api, f"/os-security-groups{query}", who=who).body[
+            "security_groups"]}
+
+    assert names(P1) == {"default", "p1-web"}
+    assert names(P1, "?all_tenants=true") == {"default", "p1-web"}  # members: ignored
+    assert names(ADMIN) == {"default"}
+    assert names(ADMIN, "?all_tenants=true") == {"default", "p1-web", "p2-web"}
+    assert get(api, f"/os-security-groups/{theirs['id']}", who=P1).status == 404
+    assert call(api, "DELETE", f"/os-security-groups/{theirs['id']}", who=P1).status == 404
+    assert call(api, "POST", "/os-security-group-rules", {"security_group_rule": {
+        "parent_group_id": theirs["id"], "ip_protocol": "tcp", "from_port": 1,
+        "to_port": 2}}, who=P1).status == 404
+    assert get(api, f"/os-security-groups/{theirs['id']}").status == 200  # admins
+    assert api.store.security_group(mine["id"]).project_id == "p1"

@@ -8,13 +8,16 @@ As Nova's proxy: ids are UUIDs (anything else 400), a group shows its
 ingress rules only, a rule takes ``ip_protocol`` (tcp, udp, icmp),
 ``from_port``/``to_port`` and a ``cidr`` (default ``0.0.0.0/0``) or a
 source ``group_id``; a rule that is there already, and deleting the
-``default`` group, are 400. Groups are the host's, seen by every project
-(``tenant_id`` is the owner's project when it has one), as on the network
-endpoint.
+``default`` group, are 400. A group made here belongs to the caller's
+project: its members (and admins) see and change it, others get 404; the
+host's own groups (``default``, and those made on the network endpoint or
+the CLI, which have no project) are seen by everyone. Admins list their
+project's and the host's groups, every project's with ``?all_tenants=``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import uuid as uuidlib
 from typing import Any
 
@@ -35,6 +38,8 @@ MAX_TEXT = 255
 def add_routes(r: Router, compute: Compute) -> None:
     api = SecurityGroupsProxy(compute)
     r.add("GET", f"{P}/os-security-groups", api.list)
+    # DELETE /os-security-groups/ (no id): 404 as Nova, not 405.
+    r.add("DELETE", f"{P}/os-security-groups", api.delete_without_id)
     r.add("POST", f"{P}/os-security-groups", api.create)
     r.add("GET", f"{P}/os-security-groups/{{id}}", api.show)
     r.add("PUT", f"{P}/os-security-groups/{{id}}", api.update)
@@ -66,7 +71,7 @@ class SecurityGroupsProxy:
     def _group(self, req: Request, ref: str) -> SecurityGroup:
         self._gone_from_2_36(req)
         group = self.store.security_group(_uuid(ref, "Security group"))
-        if group.id != ref:  # a name is no id here
+        if group.id != ref or not _visible(group, req):  # a name is no id here
             raise SecurityGroupNotFound(group=ref)
         return group
 
@@ -98,8 +103,11 @@ class SecurityGroupsProxy:
     # -- groups ------------------------------------------------------------------------
     def list(self, req: Request) -> Response:
         self._gone_from_2_36(req)
-        return Response(200, {"security_groups": [self._view(g, req)
-                                                  for g in self.store.security_groups()]})
+        every = req.context.is_admin and req.arg("all_tenants") not in (None, "0", "false",
+                                                                          "False")
+        groups = [g for g in self.store.security_groups()
+                  if every or _shared(g, req.context.project_id)]
+        return Response(200, {"security_groups": [self._view(g, req) for g in groups]})
 
     def show(self, req: Request) -> Response:
         return Response(200, {"security_group": self._view(
@@ -109,6 +117,7 @@ class SecurityGroupsProxy:
         self._gone_from_2_36(req)
         name, description = _group_fields(req.json())
         group = self.network.create_group(name, description)
+        group = self.store.update_security_group(group, project_id=req.context.project_id)
         return Response(200, {"security_group": self._view(group, req)})
 
     def update(self, req: Request) -> Response:
@@ -116,6 +125,9 @@ class SecurityGroupsProxy:
         name, description = _group_fields(req.json())
         group = self.store.update_security_group(group, name=name, description=description)
         return Response(200, {"security_group": self._view(group, req)})
+
+    def delete_without_id(self, req: Request) -> Response:
+        raise SecurityGroupNotFound("no security group id given")
 
     def delete(self, req: Request) -> Response:
         group = self._group(req, req.params["id"])
@@ -133,7 +145,7 @@ class SecurityGroupsProxy:
         parent = parse.field(body, "parent_group_id", str, required=True)
         group = self._group(req, parent)
         protocol, port_min, port_max = _protocol_and_ports(body)
-        cidr = parse.field(body, "cidr", str)
+        cidr = _cidr(parse.field(body, "cidr", str))
         source = parse.field(body, "group_id", str)
         if source is not None:
             source = self._group(req, source).id
@@ -158,6 +170,30 @@ class SecurityGroupsProxy:
             raise SecurityGroupRuleNotFound(rule=rule_id)
         self.network.delete_rule(rule.id)
         return Response(202)
+
+
+def _shared(group: SecurityGroup, project_id: str) -> bool:
+    """The project's own groups and the host's: ``default`` (one for the
+    whole host, where Neutron has one per project) and those with no project."""
+    return group.name == DEFAULT_GROUP or group.project_id in ("", project_id)
+
+
+def _visible(group: SecurityGroup, req: Request) -> bool:
+    return req.context.is_admin or _shared(group, req.context.project_id)
+
+
+def _cidr(text: str | None) -> str | None:
+    """A network, its host bits dropped as Neutron does (10.2.3.124/24 is
+    10.2.3.0/24); IPv4 only, as the vmops network."""
+    if not text:
+        return None
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Invalid(reason=f"Invalid cidr {text[:60]!r}") from None
+    if net.version != 4:
+        raise Invalid(reason="the vmops network is IPv4 only: give an IPv4 cidr")
+    return str(net)
 
 
 def _group_fields(body: Any) -> tuple[str, str]:
