@@ -126,24 +126,22 @@ def test_catalog_commands(cli: OpenStackCLI, tmp_path: Path) -> None:
 
 
 def test_without_the_token_nothing_is_told(cli: OpenStackCLI, port: int, clouds: Path) -> None:
-    """keystoneauth reports a 401 on its version discovery as "Unable to find
-    a version discovery document"; the docs say so."""
-    none = subprocess.run([OPENSTACK, "--os-auth-type", "none", "--os-endpoint",
-                           f"http://127.0.0.1:{port}/v2.1", "server", "list"],
-                          env={"PATH": "/usr/bin:/bin", "HOME": str(clouds.parent)},
-                          cwd="/", capture_output=True, text=True, timeout=120)
-    assert none.returncode != 0 and "version discovery document" in none.stderr
+    """No token or a wrong one: 401 to everything but the version documents,
+    which the clients report as the docs say."""
+    told = re.compile(r"401: Client Error for url: .*, authentication required")
     wrong = clouds.parent / "wrong.yaml"
     wrong.write_text(clouds_yaml(port, token="not-the-token"))
     bad = OpenStackCLI(wrong, clouds.parent).run("server", "list", check=False)
-    assert bad.returncode != 0 and "version discovery document" in bad.stderr
+    assert bad.returncode != 0 and told.search(bad.stderr), bad.stderr
     assert bad.stdout == ""
-    for path in ("/", "/v2.1/servers", "/metrics", "/openapi.json"):
+    for path in ("/v2.1/servers", "/metrics", "/openapi.json"):
         with pytest.raises(urllib.error.HTTPError) as raised:
             urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10)
         assert raised.value.code == 401
         assert json.loads(raised.value.read()) == {
             "unauthorized": {"code": 401, "message": "authentication required"}}
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as versions:
+        assert {v["id"] for v in json.loads(versions.read())["versions"]} == {"v2.0", "v2.1"}
 
 
 def test_server_lifecycle_with_the_openstack_cli(cli: OpenStackCLI, sdk: connection.Connection,
