@@ -101,6 +101,11 @@ def _spawned(*then: str) -> Callable[[Env], None]:
     return prepare
 
 
+def _resized(env: Env) -> None:
+    _spawned()(env)
+    env.compute.resize(VICTIM, "m1.small")
+
+
 VERBS: dict[str, Verb] = {
     "spawn": Verb(lambda env: None, lambda env: env.spawn(VICTIM)),
     "destroy": Verb(_spawned(), lambda env: env.compute.destroy(VICTIM)),
@@ -115,6 +120,12 @@ VERBS: dict[str, Verb] = {
     "resume": Verb(_spawned("suspend"), lambda env: env.compute.resume(VICTIM)),
     "rebuild": Verb(_spawned(), lambda env: env.compute.rebuild(VICTIM, "base")),
     "snapshot": Verb(_spawned(), lambda env: env.compute.snapshot(VICTIM, "snap", env.cache)),
+    "resize": Verb(_spawned(), lambda env: env.compute.resize(VICTIM, "m1.small")),
+    "confirm-resize": Verb(_resized, lambda env: env.compute.confirm_resize(VICTIM)),
+    "revert-resize": Verb(_resized, lambda env: env.compute.revert_resize(VICTIM)),
+    "rescue": Verb(_spawned(), lambda env: env.compute.rescue(VICTIM)),
+    "unrescue": Verb(_spawned("rescue"), lambda env: env.compute.unrescue(VICTIM)),
+    "crash-dump": Verb(_spawned(), lambda env: env.compute.trigger_crash_dump(VICTIM)),
 }
 
 
@@ -155,7 +166,7 @@ def _says_the_truth(env: Env, record: Instance) -> None:
     domain = env.hv.domains.get(record.id)
     assert domain is not None, f"recorded {record.vm_state}, but there is no domain"
     assert (record.vm_state, record.power_state) == (
-        states.VM_STATE_OF_POWER[domain.state], domain.state.value), \
+        states.vm_state_of(domain.state, record.vm_state), domain.state.value), \
         f"the record says {record.vm_state}/{record.power_state}, the domain is {domain.state}"
 
 

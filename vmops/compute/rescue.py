@@ -23,6 +23,7 @@ unrescue finished; each step can be done again.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -119,9 +120,10 @@ def _own_disks_again(compute: Compute, inst: Instance, pull_plug: bool,
     record's, once it is no longer rescued."""
     if pull_plug and compute.hv.exists(inst.id):
         compute.hv.power_off(inst.id)
+    # The domain first: if that fails, the record still says what it has.
+    compute.hv.define(compute.domain_spec(dataclasses.replace(inst, rescue_image_id="")))
     changes = {"vm_state": vm_state} if vm_state else {}
     inst = compute.store.update_instance(inst, rescue_image_id="", **changes)
-    compute.hv.define(compute.domain_spec(inst))
     shutil.rmtree(rescue_dir(compute, inst), ignore_errors=True)
 
 

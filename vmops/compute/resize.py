@@ -193,10 +193,11 @@ def roll_back(compute: Compute, inst: Instance) -> None:
         _remove_new_disks(compute, inst, old_disks)
         crash_points.reached(_verb_of(inst), "after-restore")
     shutil.rmtree(old_dir, ignore_errors=True)
-    inst = compute.store.update_instance(
-        inst, flavor_id=pre["flavor_id"], flavor=pre["flavor"], disks=old_disks,
-        vm_state=pre["vm_state"], pre_resize=None)
-    compute.hv.define(compute.domain_spec(inst))
+    old = {"flavor_id": pre["flavor_id"], "flavor": pre["flavor"], "disks": old_disks,
+           "vm_state": pre["vm_state"], "pre_resize": None}
+    # The domain first: if that fails, the record still says what to go back to.
+    compute.hv.define(compute.domain_spec(dataclasses.replace(inst, **old)))
+    inst = compute.store.update_instance(inst, **old)
     if pre["vm_state"] == states.ACTIVE and not _running(compute, inst):
         compute.boot(inst)
 
