@@ -74,7 +74,7 @@ def rescue(compute: Compute, inst: Instance, image: Image, admin_password: str |
         compute.hv.define(compute.domain_spec(inst))
         crash_points.reached("rescue", "after-define")
         compute.boot(inst)
-    except BaseException:
+    except Exception:  # a process that dies here is rolled back at its next start
         log.warning("%s: rescue failed; rolling it back", inst.name)
         roll_back(compute, compute.store.instance(inst.id))
         raise

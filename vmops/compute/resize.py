@@ -116,7 +116,7 @@ def resize(compute: Compute, inst: Instance, new: Flavor, flavor: dict[str, Any]
         crash_points.reached("resize", "after-define")
         if boot:
             compute.boot(inst)
-    except BaseException:
+    except Exception:  # a process that dies here is rolled back at its next start
         log.warning("%s: resize to %s failed; rolling it back", inst.name, new.name)
         roll_back(compute, compute.store.instance(inst.id))
         raise
