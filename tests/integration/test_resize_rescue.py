@@ -27,7 +27,7 @@ from tests.integration.test_compute import env as env  # noqa: F401 - the fixtur
 from vmops.compute import crash_points, states
 from vmops.compute import resize as resize_steps
 from vmops.compute.manager import Compute
-from vmops.errors import HypervisorError, ImageNotFound, Invalid, InvalidState
+from vmops.errors import HypervisorError, ImageNotFound, Invalid, InvalidState, QuotaExceeded
 from vmops.hypervisor.base import Accel, PowerState
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.store import Flavor, Instance, Store
@@ -124,7 +124,7 @@ def test_resize_of_a_stopped_instance_leaves_it_stopped(
     c.stop(inst.id, hard=True)
     resized = c.resize(inst.id, "rs.big")
     assert (resized.vm_state, resized.power_state) == (states.RESIZED, "shutoff")
-    # The config drive comes after the new ephemeral disk, as spawn places it.
+    # The new ephemeral disk comes before the config drive, at the first free target.
     assert [(d.role, d.target) for d in resized.disks] == [
         ("root", "vda"), ("ephemeral", "vdb"), ("config", "hda")]
     assert c.revert_resize(inst.id).vm_state == states.STOPPED
@@ -140,6 +140,42 @@ def test_a_resized_instance_can_grow_its_ephemeral_disk(
     resized = c.resize(inst.id, "rs.bigger")
     assert [_size(d.path) for d in resized.disks] == [3 * GIB, 2 * GIB]
     assert _digest(c.revert_resize(inst.id)) == before
+
+
+def test_swap_is_made_afresh_at_its_new_size_and_reverted_exactly(
+        env: dict[str, Any], flavors: dict[str, Flavor]) -> None:
+    c: Compute = env["compute"]
+    store: Store = env["store"]
+    store.add_flavor(Flavor("rs-swap", "rs.swap", 256, 1, 1, 0, swap_mb=64))
+    store.add_flavor(Flavor("rs-swap2", "rs.swap2", 256, 1, 2, 1, swap_mb=128))
+    inst = _spawn(env, flavor="rs.swap", config_drive=True)
+    assert [(d.role, d.target) for d in inst.disks] == [
+        ("root", "vda"), ("swap", "vdb"), ("config", "hda")]
+    before = _digest(inst)
+    resized = c.resize(inst.id, "rs.swap2")
+    # The ephemeral disk added takes the first free target, the swap disk the next.
+    assert [(d.role, d.target) for d in resized.disks] == [
+        ("root", "vda"), ("ephemeral", "vdc"), ("swap", "vdb"), ("config", "hda")]
+    swap = next(d for d in resized.disks if d.role == "swap")
+    assert Path(swap.path).stat().st_size == 128 * 1024**2
+    assert [d.target for d in env["hv"].spec_of(inst.id).disks] == ["vda", "vdc", "vdb", "hda"]
+    reverted = c.revert_resize(inst.id)
+    assert reverted.disks == inst.disks and _digest(reverted) == before
+    assert sorted(p.name for p in c.instance_dir(inst).iterdir()) == [
+        "config.iso", "root.qcow2", "swap.raw"]
+
+
+def test_a_resize_over_the_quota_is_refused(env: dict[str, Any],
+                                            flavors: dict[str, Flavor]) -> None:
+    c: Compute = env["compute"]
+    inst = _spawn(env, flavor="rs.small")  # 1 vCPU, 256 MiB
+    c.quotas.update(inst.project_id, {"cores": 1}, force=True)
+    before = c.store.instance(inst.id)
+    with pytest.raises(QuotaExceeded, match="Quota exceeded for cores: Requested 1"):
+        c.resize(inst.id, "rs.big")  # 2 vCPUs
+    assert c.store.instance(inst.id) == before
+    c.quotas.update(inst.project_id, {"cores": 2}, force=True)
+    assert c.resize(inst.id, "rs.big").vm_state == states.RESIZED
 
 
 @pytest.mark.parametrize(("spawned", "flavor", "why"), [

@@ -3,9 +3,11 @@ and answers: resize, confirmResize, revertResize, rescue, unrescue and
 trigger_crash_dump (``Routes.server_action`` dispatches them here).
 
 - ``{"resize": {"flavorRef": "<id or name>"}}``: 202; the server goes
-  RESIZE, then VERIFY_RESIZE. An unknown flavor, the same flavor or a disk
-  that would shrink is 400, as in Nova (``OS-DCF:diskConfig`` is accepted
-  and changes nothing: vmops never touches the guest's partitions).
+  RESIZE, then VERIFY_RESIZE. An unknown flavor (a private one the
+  project may not use included), the same flavor or a disk that would
+  shrink is 400, more cores or RAM than the quota leaves 403, as in Nova
+  (``OS-DCF:diskConfig`` is accepted and changes nothing: vmops never
+  touches the guest's partitions).
 - ``{"confirmResize": null}``: 204. ``{"revertResize": null}``: 202.
 - ``{"rescue": {"adminPass"?, "rescue_image_ref"?}}`` (or ``null``): 200
   with ``{"adminPass": ...}``, the one given or a new one (``{}`` with

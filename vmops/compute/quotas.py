@@ -180,12 +180,21 @@ class Quotas:
         """Room for ``count`` more servers of ``flavor`` in the project (and,
         if ``user_id`` has limits of their own, for that user); call holding
         :attr:`lock` until the server is recorded."""
+        self._check_room(project_id, user_id, {
+            "instances": count, "cores": count * flavor.vcpus, "ram": count * flavor.ram_mib})
+
+    def check_resize(self, project_id: str, old: Mapping[str, Any], new: Flavor,
+                     user_id: str = "") -> None:
+        """Room for a server of flavor ``old`` (its record's) to grow to
+        ``new``: Nova checks the cores and RAM an upsize adds."""
+        grows = {"cores": new.vcpus - int(old["vcpus"]), "ram": new.ram_mib - int(old["ram_mib"])}
+        self._check_room(project_id, user_id, {k: v for k, v in grows.items() if v > 0})
+
+    def _check_room(self, project_id: str, user_id: str, wanted: Mapping[str, int]) -> None:
         checks = [(self.limits(project_id), self.usage(project_id))]
         if user_id and self.has_own(project_id, user_id):
             checks.append((self.limits(project_id, user_id),
                            self.usage(project_id, user_id, per_user=True)))
-        wanted = {"instances": count, "cores": count * flavor.vcpus,
-                  "ram": count * flavor.ram_mib}
         for (limits, used), (name, requested) in (
                 (check, item) for check in checks for item in wanted.items()):
             if over(limits[name], used[name], requested):

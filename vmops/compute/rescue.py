@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmops.compute import crash_points, states
+from vmops.compute.spawn import disk_target
 from vmops.disks import instance_disks
 from vmops.hypervisor.base import ACTIVE_STATES
 from vmops.store import DiskRecord, Image, Instance
@@ -56,7 +57,7 @@ def disks(compute: Compute, inst: Instance) -> tuple[DiskRecord, ...]:
     found += [DiskRecord("root", d.path, d.format, "vdb") for d in inst.disks if d.role == "root"]
     drive = next((d for d in inst.disks if d.role == "config"), None)
     if drive is not None:
-        target = drive.target if drive.device == "cdrom" else "vd" + "abcdefgh"[len(found)]
+        target = drive.target if drive.device == "cdrom" else disk_target(len(found))
         found.append(DiskRecord("config", str(folder / RESCUE_DRIVE), "raw", target,
                                 device=drive.device))
     return tuple(found)

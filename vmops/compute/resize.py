@@ -7,15 +7,16 @@ grows to its size (never shrinks: that is refused before anything
 changes, as is a smaller ephemeral disk or a flavor of the same id); the
 ephemeral disk grows too, or is made blank if the instance had none (as
 Nova's libvirt driver does; its file system is not grown: the guest
-does that). The config drive is kept as it is (it says nothing of the
-flavor).
+does that); the swap disk is made afresh at the new size (a swap area
+holds nothing across boots). The config drive is kept as it is (it says
+nothing of the flavor). A disk added takes the first virtio target free.
 
 How, in the order a crash can interrupt it:
 
 1. ``resize_prep``: the record keeps what the instance was (``pre_resize``:
    flavor, disks, vm_state); a running guest is shut down (ACPI, then
-   pulled after ``shutdown_timeout``); its root and ephemeral disks are
-   copied whole into ``<instance>/resize-old/`` (a qcow2 overlay is copied
+   pulled after ``shutdown_timeout``); its root, ephemeral and swap disks
+   are copied whole into ``<instance>/resize-old/`` (a qcow2 overlay is copied
    as it is, still naming its base).
 2. ``resize_migrating``: recorded once the copies are complete; the disks
    are grown in place.
@@ -45,10 +46,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops.compute import crash_points, states
+from vmops.compute import spawn as spawn_steps
 from vmops.disks import instance_disks, qemu_img
 from vmops.errors import Invalid
 from vmops.hypervisor.base import ACTIVE_STATES
 from vmops.store import DiskRecord, Flavor, Instance
+from vmops.volumes import records as volume_records
 
 if TYPE_CHECKING:
     from vmops.compute.manager import Compute
@@ -56,17 +59,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GIB = 1024**3
+MIB = 1024**2
 OLD_DISKS = "resize-old"  # a directory inside the instance's own
-EPHEMERAL_FILE = "ephemeral.qcow2"  # spawn's name for it
 _PART = ".part"
 # The disks a resize changes, and so copies first (the config drive it keeps).
-_RESIZED_ROLES = ("root", "ephemeral")
+_RESIZED_ROLES = ("root", "ephemeral", "swap")
 
 
 # -- checks, made before anything changes ------------------------------------------
 def check(compute: Compute, inst: Instance, new: Flavor) -> None:
     """Refuse, as Nova does (400), a resize that is the same flavor, goes to
-    a flavor without a root disk size, or would shrink a disk."""
+    a flavor without a root disk size, or would shrink a disk; and (403) one
+    over the project's quota of cores or RAM."""
     old = inst.flavor
     if new.id == str(old["id"]):
         raise Invalid(reason="When resizing, instances must change flavor!")
@@ -82,6 +86,7 @@ def check(compute: Compute, inst: Instance, new: Flavor) -> None:
         raise Invalid(reason=f"Unable to resize disk down: flavor {new.name!r} has a "
                       f"{new.ephemeral_gb} GiB ephemeral disk, smaller than the "
                       f"instance's {old_ephemeral_gb} GiB one")
+    compute.quotas.check_resize(inst.project_id, old, new, inst.user_id)
 
 
 def root_bytes(compute: Compute, inst: Instance) -> int:
@@ -139,8 +144,12 @@ def _copy_old_disks(compute: Compute, inst: Instance) -> None:
 
 def _grow(compute: Compute, inst: Instance, new: Flavor) -> tuple[DiskRecord, ...]:
     """Grow the root and ephemeral disks in place to ``new``'s sizes (an
-    ephemeral disk the instance lacked is made blank); the new disk list."""
+    ephemeral disk the instance lacked is made blank) and give it ``new``'s
+    swap disk (a fresh one if its size changes, as a swap area holds nothing
+    across boots); the new disk list. A disk added takes the first free
+    virtio target (one the instance's disks and volumes do not use)."""
     disks = list(inst.disks)
+    folder = compute.instance_dir(inst)
     if new.root_gb:
         root = _role(disks, "root")
         qemu_img.resize(Path(root.path), root.format, new.root_gb * GIB)
@@ -149,19 +158,40 @@ def _grow(compute: Compute, inst: Instance, new: Flavor) -> tuple[DiskRecord, ..
         if ephemeral is not None:
             qemu_img.resize(Path(ephemeral.path), ephemeral.format, new.ephemeral_gb * GIB)
         else:
-            path = compute.instance_dir(inst) / EPHEMERAL_FILE
-            path.unlink(missing_ok=True)  # one an interrupted attempt made
-            facts = instance_disks.create_ephemeral_disk(path, new.ephemeral_gb * GIB)
-            disks.insert(1, DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
-    return tuple(_retarget(disks))
+            facts = instance_disks.create_ephemeral_disk(
+                _fresh(folder / spawn_steps.EPHEMERAL_FILE), new.ephemeral_gb * GIB)
+            _add(compute, inst, disks, "ephemeral", facts)
+    swap = next((d for d in disks if d.role == "swap"), None)
+    if swap is not None and Path(swap.path).stat().st_size != new.swap_mb * MIB:
+        disks.remove(swap)  # its copy is in resize-old, for a revert
+        Path(swap.path).unlink()
+        swap = None
+    if new.swap_mb and swap is None:
+        facts = instance_disks.create_swap_disk(_fresh(folder / spawn_steps.SWAP_FILE),
+                                                new.swap_mb * MIB)
+        _add(compute, inst, disks, "swap", facts)
+    return tuple(disks)
 
 
-def _retarget(disks: list[DiskRecord]) -> list[DiskRecord]:
-    """A config drive attached as a disk comes after the others, as spawn
-    places it ("vd" + the next letter); a CD-ROM keeps its IDE target."""
-    return [dataclasses.replace(d, target="vd" + "abcdefgh"[n])
-            if d.role == "config" and d.device == "disk" else d
-            for n, d in enumerate(disks)]
+def _add(compute: Compute, inst: Instance, disks: list[DiskRecord], role: str,
+         facts: instance_disks.DiskFacts) -> None:
+    """Add a new disk before the config drive, at the first free target."""
+    at = next((n for n, d in enumerate(disks) if d.role == "config"), len(disks))
+    disks.insert(at, DiskRecord(role, str(facts.path), facts.format,
+                                _free_target(compute, inst, disks)))
+
+
+def _fresh(path: Path) -> Path:
+    """``path``, without what an interrupted attempt may have left there."""
+    path.unlink(missing_ok=True)
+    return path
+
+
+def _free_target(compute: Compute, inst: Instance, disks: list[DiskRecord]) -> str:
+    taken = {d.target for d in disks} | \
+        {d.target for d in volume_records.disk_specs(compute.store, inst.id)}
+    return next(t for t in (spawn_steps.disk_target(n) for n in range(1, 26))
+                if t not in taken)
 
 
 # -- confirm and revert --------------------------------------------------------------
@@ -215,7 +245,9 @@ def _remove_new_disks(compute: Compute, inst: Instance,
                       old_disks: tuple[DiskRecord, ...]) -> None:
     """Remove a disk the resize added (a blank ephemeral disk), recorded or not."""
     kept = {d.path for d in old_disks}
-    made = {d.path for d in inst.disks} | {str(compute.instance_dir(inst) / EPHEMERAL_FILE)}
+    folder = compute.instance_dir(inst)
+    made = {d.path for d in inst.disks} | {str(folder / spawn_steps.EPHEMERAL_FILE),
+                                           str(folder / spawn_steps.SWAP_FILE)}
     for path in made - kept:
         Path(path).unlink(missing_ok=True)
 

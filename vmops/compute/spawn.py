@@ -24,6 +24,13 @@ if TYPE_CHECKING:
 GIB = 1024**3
 MIB = 1024**2
 REBUILD_STAGING = "rebuild"  # a directory inside the instance's own
+EPHEMERAL_FILE = "ephemeral.qcow2"  # the disks' names in the instance's directory
+SWAP_FILE = "swap.raw"
+
+
+def disk_target(index: int) -> str:
+    """The virtio target of an instance's ``index``-th disk: vda, vdb, ..."""
+    return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
 
 
 def check_root_fits(flavor: Flavor, image: Image) -> None:
@@ -79,20 +86,20 @@ def create_disks(compute: Compute, inst: Instance, image: Image,
     disks = [_root_disk(compute, inst, image, inst_dir)]
     ephemeral_gb = int(inst.flavor["ephemeral_gb"])
     if ephemeral_gb:
-        facts = instance_disks.create_ephemeral_disk(inst_dir / "ephemeral.qcow2",
+        facts = instance_disks.create_ephemeral_disk(inst_dir / EPHEMERAL_FILE,
                                                      ephemeral_gb * GIB)
         disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
     swap_mb = int(inst.flavor.get("swap_mb") or 0)
     if swap_mb:  # after the ephemeral disk, as Nova's disk.swap
-        facts = instance_disks.create_swap_disk(inst_dir / "swap.raw", swap_mb * MIB)
+        facts = instance_disks.create_swap_disk(inst_dir / SWAP_FILE, swap_mb * MIB)
         disks.append(DiskRecord("swap", str(facts.path), facts.format,
-                                "vd" + "abcdefgh"[len(disks)]))
+                                disk_target(len(disks))))
     if inst.config_drive:
         path = write_config_drive(compute, inst, admin_password, inst_dir)
         if compute.settings.config_drive_format == "cdrom":
             disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
         else:
-            target = "vd" + "abcdefgh"[len(disks)]
+            target = disk_target(len(disks))
             disks.append(DiskRecord("config", str(path), "raw", target, device="disk"))
     return disks
 
