@@ -126,5 +126,5 @@ def test_tempest_conf_states_the_cloud(tmp_path: Path) -> None:
     assert parsed["service_available"]["cinder"] == "false"
     assert parsed["service_available"]["neutron"] == "true"
     assert parsed["compute-feature-enabled"]["pause"] == "true"
-    assert parsed["compute-feature-enabled"]["resize"] == "false"
+    assert parsed["compute-feature-enabled"]["shelve"] == "false"
     assert parsed["validation"]["run_validation"] == "false"

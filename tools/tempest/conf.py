@@ -52,9 +52,10 @@ COMPUTE_FEATURES: dict[str, tuple[bool, str]] = {
     "disk_config": (True, "OS-DCF:diskConfig AUTO/MANUAL is accepted (one disk layout)"),
     "shelve": (False, "no shelve/unshelve"),
     "shelve_migrate": (False, "no shelve, no migration"),
-    "resize": (False, "no resize"),
-    "rescue": (False, "no rescue"),
-    "stable_rescue": (False, "no rescue"),
+    "resize": (True, "resize, confirmResize, revertResize on this host (flavor_ref_alt is "
+                      "the larger flavor)"),
+    "rescue": (True, "rescue/unrescue: a rescue disk first, the server's own root second"),
+    "stable_rescue": (False, "no stable device rescue (the root disk moves to vdb)"),
     "change_password": (False, "no changePassword (no guest agent)"),
     "cold_migration": (False, "one host"),
     "live_migration": (False, "one host"),
