@@ -45,6 +45,7 @@ from vmops.errors import (
     storage_full,
 )
 from vmops.hypervisor.base import (
+    ACTIVE_STATES,
     Accel,
     DiskBus,
     DiskDevice,
@@ -788,6 +789,10 @@ class Compute:
     def boot(self, inst: Instance) -> None:
         """Start the defined domain with its console captured from the first byte."""
         self._boot(inst)
+
+    def guest_runs(self, inst: Instance) -> bool:
+        """Whether ``inst``'s domain has a QEMU (running, paused, shutting down)."""
+        return self.hv.exists(inst.id) and self.hv.info(inst.id).state in ACTIVE_STATES
 
     def _recover_change(self, inst: Instance) -> None:
         """After a restart: an interrupted resize, revert or confirm, rescue

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING
 from vmops.compute import crash_points, states
 from vmops.compute.spawn import disk_target
 from vmops.disks import instance_disks
-from vmops.hypervisor.base import ACTIVE_STATES
 from vmops.store import DiskRecord, Image, Instance
 
 if TYPE_CHECKING:
@@ -103,7 +102,7 @@ def roll_back(compute: Compute, inst: Instance) -> None:
     A guest still running its own disks (the rescue had not yet shut it
     down: its directory is made after) is left running."""
     _own_disks_again(compute, inst, pull_plug=rescue_dir(compute, inst).exists())
-    if inst.vm_state == states.ACTIVE and not _running(compute, inst):
+    if inst.vm_state == states.ACTIVE and not compute.guest_runs(inst):
         compute.boot(inst)
 
 
@@ -126,10 +125,6 @@ def _own_disks_again(compute: Compute, inst: Instance, pull_plug: bool,
     changes = {"vm_state": vm_state} if vm_state else {}
     inst = compute.store.update_instance(inst, rescue_image_id="", **changes)
     shutil.rmtree(rescue_dir(compute, inst), ignore_errors=True)
-
-
-def _running(compute: Compute, inst: Instance) -> bool:
-    return compute.hv.exists(inst.id) and compute.hv.info(inst.id).state in ACTIVE_STATES
 
 
 def recover(compute: Compute, inst: Instance) -> None:

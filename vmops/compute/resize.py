@@ -49,7 +49,6 @@ from vmops.compute import crash_points, states
 from vmops.compute import spawn as spawn_steps
 from vmops.disks import instance_disks, qemu_img
 from vmops.errors import Invalid
-from vmops.hypervisor.base import ACTIVE_STATES
 from vmops.store import DiskRecord, Flavor, Instance
 from vmops.volumes import records as volume_records
 
@@ -228,7 +227,7 @@ def roll_back(compute: Compute, inst: Instance) -> None:
     # The domain first: if that fails, the record still says what to go back to.
     compute.hv.define(compute.domain_spec(dataclasses.replace(inst, **old)))
     inst = compute.store.update_instance(inst, **old)
-    if pre["vm_state"] == states.ACTIVE and not _running(compute, inst):
+    if pre["vm_state"] == states.ACTIVE and not compute.guest_runs(inst):
         compute.boot(inst)
 
 
@@ -279,10 +278,6 @@ def _role(disks: tuple[DiskRecord, ...] | list[DiskRecord], role: str) -> DiskRe
         if disk.role == role:
             return disk
     raise Invalid(reason=f"the instance has no {role} disk")
-
-
-def _running(compute: Compute, inst: Instance) -> bool:
-    return compute.hv.exists(inst.id) and compute.hv.info(inst.id).state in ACTIVE_STATES
 
 
 def _sync_dir(path: Path) -> None:
