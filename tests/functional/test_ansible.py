@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -24,26 +22,10 @@ import pytest
 
 from tests.functional.conftest import REPO, Vmops, bridged_service
 from tests.functional.test_configdrive import DUMPED, _dumped_files, _public_key
+from tests.functional.test_identity_clients import password_clouds_yaml
+from tests.functional.test_openstack_clients import port as port  # the fixture
 
 PLAYBOOK = REPO / "tests" / "functional" / "ansible" / "playbook.yml"
-DOC = REPO / "docs" / "openstack-clients.md"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-def password_clouds_yaml(port: int, vm: Vmops) -> str:
-    """The docs' password clouds.yaml, for this port and the admin's password."""
-    blocks = re.findall(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
-    (block,) = (b for b in blocks if "auth_type: password" in b)
-    password = (vm.state_dir / "admin-password").read_text().strip()
-    return block.replace(":8774", f":{port}").replace("PASSWORD", password)
-
-
 @pytest.fixture(scope="module")
 def ansible_playbook() -> str:
     """The ansible-playbook of a virtualenv of its own (made once, cached)."""
@@ -54,8 +36,7 @@ def ansible_playbook() -> str:
 
 
 @pytest.fixture(scope="module")
-def service(test_image_dir: Path) -> Iterator[tuple[Vmops, int]]:
-    port = free_port()
+def service(test_image_dir: Path, port: int) -> Iterator[tuple[Vmops, int]]:
     with bridged_service(test_image_dir, listen=f"127.0.0.1:{port}") as vm:
         yield vm, port
 
@@ -64,7 +45,8 @@ def test_playbook_creates_acts_on_and_deletes_a_server(
         ansible_playbook: str, service: tuple[Vmops, int], tmp_path: Path) -> None:
     vm, port = service
     clouds = tmp_path / "clouds.yaml"
-    clouds.write_text(password_clouds_yaml(port, vm))
+    password = (vm.state_dir / "admin-password").read_text().strip()
+    clouds.write_text(password_clouds_yaml(port, password))
     out = tmp_path / "out.json"
     key = _public_key("ansible@vmops-test")
     env = {"PATH": f"{Path(ansible_playbook).parent}:/usr/bin:/bin", "HOME": str(tmp_path),

@@ -7,29 +7,19 @@ their project, not manage flavors or the identity service."""
 
 from __future__ import annotations
 
-import json
 import re
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.functional.conftest import REPO, Vmops, separate_service
+from tests.functional.test_openstack_clients import OpenStackCLI as Cli
+from tests.functional.test_openstack_clients import port as port  # the fixture
 
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
 DOC = REPO / "docs" / "openstack-clients.md"
-
-
-@pytest.fixture(scope="module")
-def port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free: int = probe.getsockname()[1]
-    return free
 
 
 @pytest.fixture(scope="module")
@@ -50,29 +40,11 @@ def password_clouds_yaml(port: int, password: str, user: str = "admin",
             .replace("project_name: admin", f"project_name: {project}"))
 
 
-class Cli:
-    def __init__(self, clouds: Path) -> None:
-        self.env = {"PATH": "/usr/bin:/bin", "HOME": str(clouds.parent),
-                    "OS_CLIENT_CONFIG_FILE": str(clouds), "OS_CLOUD": "vmops"}
-        self.cwd = clouds.parent
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([OPENSTACK, *args], env=self.env, cwd=self.cwd, text=True,
-                              capture_output=True, timeout=300)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"openstack {' '.join(args)} exited {proc.returncode}:\n"
-                                 f"{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def json(self, *args: str) -> Any:
-        return json.loads(self.run(*args, "-f", "json").stdout)
-
-
 def cli_for(tmp: Path, port: int, password: str, user: str = "admin",
             project: str = "admin") -> Cli:
     path = tmp / f"{user}-clouds.yaml"
     path.write_text(password_clouds_yaml(port, password, user, project))
-    return Cli(path)
+    return Cli(path, path.parent)
 
 
 @pytest.fixture(scope="module")
