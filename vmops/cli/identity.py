@@ -165,11 +165,15 @@ class _Verbs:
         return 0
 
     def user_delete(self, args: argparse.Namespace) -> int:
+        return self._delete(args, "user")
+
+    def _delete(self, args: argparse.Namespace, kind: str) -> int:
+        """Delete each named user or project (found by name or id)."""
         client = self.client_of(args)
         for name in args.names:
-            user = self._find(client, "user", name)
-            client.delete(f"{ID}/users/{user['id']}")
-            print(f"deleted user {user['name']}")
+            record = self._find(client, kind, name)
+            client.delete(f"{ID}/{kind}s/{record['id']}")
+            print(f"deleted {kind} {record['name']}")
         return 0
 
     def user_set_password(self, args: argparse.Namespace) -> int:
@@ -207,12 +211,7 @@ class _Verbs:
         return 0
 
     def project_delete(self, args: argparse.Namespace) -> int:
-        client = self.client_of(args)
-        for name in args.names:
-            project = self._find(client, "project", name)
-            client.delete(f"{ID}/projects/{project['id']}")
-            print(f"deleted project {project['name']}")
-        return 0
+        return self._delete(args, "project")
 
     # -- roles ---------------------------------------------------------------------
     def role_add(self, args: argparse.Namespace) -> int:
