@@ -115,7 +115,7 @@ def test_tempest_conf_states_the_cloud(tmp_path: Path) -> None:
         admin_project="admin", admin_domain="Default", dynamic_credentials=True,
         accounts_file=None, image_ref="i1", image_ref_alt="i2", flavor_ref="f1",
         flavor_ref_alt="f2", min_microversion="2.1", max_microversion="2.60",
-        image_upload=False, volumes=False, log_dir=tmp_path)
+        image_upload=False, volume_catalog_type="", log_dir=tmp_path)
     parsed = configparser.ConfigParser(interpolation=None)
     parsed.read_string(conf.render(cloud))
     assert parsed["identity"]["uri_v3"] == "http://127.0.0.1:9/identity/v3"

@@ -193,7 +193,8 @@ def describe_cloud(service: Service, run_dir: Path) -> conf.Cloud:
         accounts_file=None, image_ref=images[0], image_ref_alt=images[1],
         flavor_ref=flavors[0], flavor_ref_alt=flavors[1], min_microversion=low,
         max_microversion=high, image_upload=service.image_upload(token),
-        volumes=bool(services & conf.VOLUME_SERVICE_TYPES), log_dir=run_dir)
+        volume_catalog_type=min(services & conf.VOLUME_SERVICE_TYPES, default=""),
+        log_dir=run_dir)
 
 
 def print_report(run: report.Run, verdict: report.Verdict, run_dir: Path) -> None:
@@ -294,7 +295,7 @@ def main(argv: list[str]) -> int:
              "concurrency": args.concurrency, "network": args.network,
              "microversions": [cloud.min_microversion, cloud.max_microversion],
              "dynamic_credentials": cloud.dynamic_credentials,
-             "glance_upload": cloud.image_upload, "volumes": cloud.volumes}
+             "glance_upload": cloud.image_upload, "volumes": cloud.volume_catalog_type}
     (run_dir / "facts.json").write_text(json.dumps(facts, indent=1) + "\n")
     return conclude(run_dir, selected, recorded, facts, args.update_expected)
 

@@ -32,7 +32,7 @@ class Cloud:
     min_microversion: str
     max_microversion: str
     image_upload: bool  # POST /image/v2/images and PUT .../file work
-    volumes: bool  # the catalog has a block storage (Cinder v3) endpoint
+    volume_catalog_type: str  # the catalog's block storage (Cinder v3) type; "": none
     log_dir: Path
 
 
@@ -141,10 +141,12 @@ def sections(cloud: Cloud) -> dict[str, dict[str, str]]:
                                     "api_extensions": "security-group",
                                     "port_security": "false"},
         "validation": {"run_validation": "false"},
-        "volume": {"catalog_type": "volumev3", "build_timeout": str(BUILD_TIMEOUT)},
+        "volume": {"catalog_type": cloud.volume_catalog_type or "volumev3",
+                   "build_timeout": str(BUILD_TIMEOUT)},
         "volume-feature-enabled": VOLUME_FEATURES,
         "service_available": _flags(SERVICES) | {"glance": str(cloud.image_upload).lower(),
-                                                  "cinder": str(cloud.volumes).lower()},
+                                                  "cinder": str(bool(cloud.volume_catalog_type))
+                                                  .lower()},
     }
 
 
