@@ -45,7 +45,8 @@ def seed(state_dir: Path, template: str, count: int, prefix: str, first: int) ->
             disks = tuple(dataclasses.replace(d, path=str(inst_dir / Path(d.path).name))
                           for d in tpl.disks)
             inst = store.add_instance(dataclasses.replace(
-                tpl, id=instance_id, name=f"{prefix}{i}", disks=disks, macs=(generate_mac(),),
+                tpl, id=instance_id, name=f"{prefix}{i}", hostname=f"{prefix}{i}",
+                domain_name=f"vmops-{prefix}{i}", disks=disks, macs=(generate_mac(),),
                 vm_state=states.STOPPED, task_state=None,
                 power_state=PowerState.SHUTOFF.value, desired_running=False, fault=""))
             hv.define(compute.domain_spec(inst))
