@@ -666,3 +666,75 @@ def test_security_groups_of_the_proxy_belong_to_a_project(api: Api) -> None:
         "to_port": 2}}, who=P1).status == 404
     assert get(api, f"/os-security-groups/{theirs['id']}").status == 200  # admins
     assert api.store.security_group(mine["id"]).project_id == "p1"
+
+
+def test_the_host_wide_default_group_is_changed_by_admins_only(api: Api) -> None:
+    default = next(g for g in get(api, "/os-security-groups", who=P1).body["security_groups"]
+                   if g["name"] == "default")
+    rule = {"security_group_rule": {"parent_group_id": default["id"], "ip_protocol": "tcp",
+                                    "from_port": 22, "to_port": 22}}
+    assert call(api, "POST", "/os-security-group-rules", rule, who=P1).status == 403
+    assert call(api, "PUT", f"/os-security-groups/{default['id']}", {"security_group": {
+        "name": "default", "description": "mine now"}}, who=P1).status == 403
+    made = call(api, "POST", "/os-security-group-rules", rule).body["security_group_rule"]
+    assert call(api, "DELETE", f"/os-security-group-rules/{made['id']}", who=P1).status == 403
+    theirs = call(api, "POST", "/os-security-groups", {"security_group": {
+        "name": "p2-db", "description": ""}}, who=P2).body["security_group"]
+    their_rule = call(api, "POST", "/os-security-group-rules", {"security_group_rule": {
+        "parent_group_id": theirs["id"], "ip_protocol": "tcp", "from_port": 5432,
+        "to_port": 5432}}, who=P2).body["security_group_rule"]
+    assert call(api, "DELETE", f"/os-security-group-rules/{their_rule['id']}",
+                who=P1).status == 404
+    assert call(api, "DELETE", f"/os-security-group-rules/{made['id']}").status == 202
+
+
+def test_the_network_services_groups_belong_to_a_project(api: Api) -> None:
+    """The Neutron-shaped endpoint: the same rules as the compute proxy."""
+    def net(method: str, path: str, body: Any = None, who: str = ADMIN) -> Any:
+        return api.call(method, f"/network/v2.0{path}", body, token=who)
+
+    mine = net("POST", "/security-groups", {"security_group": {"name": "p1-web"}},
+               who=P1).body["security_group"]
+    assert mine["project_id"] == "p1"
+    theirs = net("POST", "/security-groups", {"security_group": {"name": "p2-web"}},
+                 who=P2).body["security_group"]
+    names = {g["name"] for g in net("GET", "/security-groups", who=P1).body["security_groups"]}
+    assert names == {"default", "p1-web"}
+    assert {g["name"] for g in net("GET", "/security-groups").body["security_groups"]} == {
+        "default", "p1-web", "p2-web"}  # admins see every project's, as Neutron's
+    assert net("GET", f"/security-groups/{theirs['id']}", who=P1).status == 404
+    assert net("PUT", f"/security-groups/{theirs['id']}", {"security_group": {
+        "name": "mine"}}, who=P1).status == 404
+    assert net("DELETE", f"/security-groups/{theirs['id']}", who=P1).status == 404
+    rule = {"security_group_rule": {"security_group_id": theirs["id"], "direction": "ingress",
+                                    "protocol": "tcp", "port_range_min": 80,
+                                    "port_range_max": 80}}
+    assert net("POST", "/security-group-rules", rule, who=P1).status == 404
+    made = net("POST", "/security-group-rules", rule, who=P2).body["security_group_rule"]
+    assert net("GET", f"/security-group-rules/{made['id']}", who=P1).status == 404
+    assert made["id"] not in {r["id"] for r in net("GET", "/security-group-rules",
+                                                   who=P1).body["security_group_rules"]}
+    assert net("DELETE", f"/security-group-rules/{made['id']}", who=P1).status == 404
+    default = next(g for g in net("GET", "/security-groups", who=P1).body["security_groups"]
+                   if g["name"] == "default")
+    to_default = {"security_group_rule": {**rule["security_group_rule"],
+                                          "security_group_id": default["id"]}}
+    assert net("POST", "/security-group-rules", to_default, who=P1).status == 403
+    assert net("DELETE", f"/security-groups/{theirs['id']}", who=P2).status == 204
+    assert net("DELETE", f"/security-groups/{mine['id']}", who=P1).status == 204
+
+
+def test_another_projects_group_is_not_there_for_a_server(api: Api) -> None:
+    """Joining it would let the server in wherever that group lets members in."""
+    theirs = call(api, "POST", "/os-security-groups", {"security_group": {
+        "name": "p2-db", "description": ""}}, who=P2).body["security_group"]
+    refused = _create(api, P1, security_groups=[{"name": "p2-db"}])
+    assert refused.status == 400 and "p2-db" in refused.fault()[1], refused.body
+    assert api.store.instances() == []
+    inst = owned(api, "web1", P1)
+    for action in ("addSecurityGroup", "removeSecurityGroup"):
+        answer = call(api, "POST", f"/servers/{inst.id}/action", {action: {"name": "p2-db"}},
+                      who=P1)
+        assert answer.status == 404, (action, answer.body)
+    assert api.store.instance_group_ids(inst.id).get(inst.id, []) == []
+    assert api.store.security_group(theirs["id"]).project_id == "p2"

@@ -7,6 +7,11 @@ the ``openstack`` client sends security-group commands to the network
 service whenever it cannot tell that there is none, which with a token and
 endpoint overrides is always. Joining a server to a group stays Compute's
 ``addSecurityGroup``/``removeSecurityGroup`` actions (``routes.py``).
+
+Who sees what: a group belongs to the project that made it; its members see
+and change it, other projects get 404. The host's ``default`` group (one
+for the whole host, where Neutron has one per project) and groups of no
+project are seen by everyone and changed by admins only. Admins see all.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from __future__ import annotations
 from typing import Any
 
 from vmops.api import parse, views
+from vmops.api.security_groups_proxy import check_changeable, visible_group
 from vmops.api.server import Request, Response, Router
 from vmops.compute.manager import Compute
-from vmops.errors import Invalid
+from vmops.errors import Invalid, SecurityGroupNotFound
 from vmops.network.manager import Network
 from vmops.store import PortForward, SecurityGroup, SecurityGroupRule
 
@@ -56,7 +62,7 @@ class NetworkApi:
 
     # -- security groups -----------------------------------------------------
     def list_groups(self, req: Request) -> Response:
-        groups = self.store.security_groups()
+        groups = [g for g in self.store.security_groups() if visible_group(g, req)]
         for key in ("name", "id"):
             wanted = req.arg(key)
             if wanted is not None:
@@ -64,7 +70,8 @@ class NetworkApi:
         return Response(200, {"security_groups": [self._group(g) for g in groups]})
 
     def show_group(self, req: Request) -> Response:
-        return Response(200, {"security_group": self._group(self._find(req.params["id"]))})
+        return Response(200, {"security_group": self._group(self._find(req,
+                                                                       req.params["id"]))})
 
     def create_group(self, req: Request) -> Response:
         body = parse.section(req.json(), "security_group")
@@ -77,10 +84,11 @@ class NetworkApi:
         group = self.network.create_group(
             name, _printable(parse.field(body, "description", str, default=""),
                              "description"))
+        group = self.store.update_security_group(group, project_id=req.context.project_id)
         return Response(201, {"security_group": self._group(group)})
 
     def update_group(self, req: Request) -> Response:
-        group = self._find(req.params["id"])
+        group = self._owned(req, req.params["id"])
         body = parse.section(req.json(), "security_group")
         parse.no_unknown(body, {"name", "description"}, "security_group")
         changes: dict[str, Any] = {}
@@ -96,28 +104,43 @@ class NetworkApi:
         return Response(200, {"security_group": self._group(group)})
 
     def delete_group(self, req: Request) -> Response:
-        self.network.delete_group(self._find(req.params["id"]).id)
+        self.network.delete_group(self._owned(req, req.params["id"]).id)
         return Response(204)
 
-    def _find(self, ref: str) -> SecurityGroup:
-        return self.store.security_group(ref)
+    def _find(self, req: Request, ref: str) -> SecurityGroup:
+        """A group the caller may see (404 for another project's)."""
+        group = self.store.security_group(ref)
+        if not visible_group(group, req):
+            raise SecurityGroupNotFound(group=ref)
+        return group
+
+    def _owned(self, req: Request, ref: str) -> SecurityGroup:
+        """A group the caller may change: their project's own, or any for an
+        admin (the host-wide ones change every project's guests)."""
+        group = self._find(req, ref)
+        check_changeable(group, req)
+        return group
 
     def _group(self, group: SecurityGroup) -> dict[str, Any]:
         rules = [self._rule(r) for r in self.store.security_group_rules(group.id)]
+        project = group.project_id or views.TENANT
         return {"id": group.id, "name": group.name, "description": group.description,
-                "project_id": views.TENANT, "tenant_id": views.TENANT, "stateful": True,
+                "project_id": project, "tenant_id": project, "stateful": True,
                 "security_group_rules": rules, "tags": [], "revision_number": 0,
                 "created_at": views.iso_time(group.created_at),
                 "updated_at": views.iso_time(group.created_at)}
 
     # -- rules ---------------------------------------------------------------
     def list_rules(self, req: Request) -> Response:
-        rules = self.store.security_group_rules(req.arg("security_group_id"))
+        seen = {g.id for g in self.store.security_groups() if visible_group(g, req)}
+        rules = [r for r in self.store.security_group_rules(req.arg("security_group_id"))
+                 if r.group_id in seen]
         return Response(200, {"security_group_rules": [self._rule(r) for r in rules]})
 
     def show_rule(self, req: Request) -> Response:
-        return Response(200, {"security_group_rule": self._rule(
-            self.store.security_group_rule(req.params["id"]))})
+        rule = self.store.security_group_rule(req.params["id"])
+        self._find(req, rule.group_id)
+        return Response(200, {"security_group_rule": self._rule(rule)})
 
     def create_rule(self, req: Request) -> Response:
         body = parse.section(req.json(), "security_group_rule")
@@ -129,18 +152,23 @@ class NetworkApi:
             raise Invalid(reason="the vmops network is IPv4 only: ethertype must be IPv4")
         if body.get("remote_address_group_id") is not None:
             raise Invalid(reason="remote address groups are not supported")
-        group = parse.field(body, "security_group_id", str, required=True)
+        group = self._owned(req, parse.field(body, "security_group_id", str,
+                                             required=True)).id
+        remote = parse.field(body, "remote_group_id", str)
+        if remote is not None:
+            remote = self._find(req, remote).id
         protocol = parse.field(body, "protocol", (str, int), default=None)
         rule = self.network.add_rule(
             group, parse.field(body, "direction", str, required=True),
             _protocol(protocol),
             parse.field(body, "port_range_min", int), parse.field(body, "port_range_max", int),
-            parse.field(body, "remote_ip_prefix", str),
-            parse.field(body, "remote_group_id", str))
+            parse.field(body, "remote_ip_prefix", str), remote)
         return Response(201, {"security_group_rule": self._rule(rule)})
 
     def delete_rule(self, req: Request) -> Response:
-        self.network.delete_rule(self.store.security_group_rule(req.params["id"]).id)
+        rule = self.store.security_group_rule(req.params["id"])
+        self._owned(req, rule.group_id)
+        self.network.delete_rule(rule.id)
         return Response(204)
 
     @staticmethod

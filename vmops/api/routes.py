@@ -38,6 +38,7 @@ from vmops.api import (
 from vmops.api.keystone import add_routes as add_identity_routes
 from vmops.api.metrics import Metrics
 from vmops.api.policy import enforce
+from vmops.api.security_groups_proxy import visible_group
 from vmops.api.server import Context, Request, Response, Router
 from vmops.compute import flavor_access
 from vmops.compute.catalog import Catalog
@@ -256,6 +257,13 @@ class Routes:
                                     reservation_id=f"r-{secrets.token_hex(4)}")
         spawn = server_groups_api.with_scheduler_hint(self.compute, req, spawn)
         self._check_image_visible(spawn.image, ctx, spawn.flavor)
+        for name in spawn.security_groups:  # 400 as Nova's, for one not there for them too
+            try:
+                if visible_group(self.store.security_group(name), req):
+                    continue
+            except SecurityGroupNotFound:
+                pass
+            raise Invalid(reason=f"Security group {name} not found.")
         if spawn.key_name is not None:
             try:
                 self.store.keypair(spawn.key_name, ctx.user_id)
@@ -331,9 +339,14 @@ class Routes:
             {"id": g.id, "name": g.name, "description": g.description,
              "tenant_id": g.project_id or inst.project_id, "rules": []} for g in groups]})
 
-    def _group_membership(self, inst_id: str, arg: Any, member: bool) -> None:
+    def _group_membership(self, req: Request, inst_id: str, arg: Any, member: bool) -> None:
         if not isinstance(arg, dict) or set(arg) != {"name"} or not isinstance(arg["name"], str):
             raise Invalid(reason='the action takes {"name": "<security group>"}')
+        # Another project's group is not there for this caller: joining it
+        # would let this server in wherever that group's rules let members in.
+        group = self.store.security_group(arg["name"])
+        if not visible_group(group, req):
+            raise SecurityGroupNotFound(group=arg["name"])
         network = self.compute.network
         if network is None or not any(p.ip for p in self.store.ports(inst_id)):
             raise Invalid(reason="security groups apply to NICs on the vmops network; "
@@ -344,7 +357,7 @@ class Routes:
         action, arg = parse.one_action(req.json())
         inst = self.instance(req)
         if action in ("addSecurityGroup", "removeSecurityGroup"):
-            self._group_membership(inst.id, arg, action == "addSecurityGroup")
+            self._group_membership(req, inst.id, arg, action == "addSecurityGroup")
             return Response(202)
         if action == "os-getConsoleOutput":
             return Response(200, {"output": self._console_output(inst.id, arg)})

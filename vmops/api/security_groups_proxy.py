@@ -25,7 +25,7 @@ from vmops.api import parse, views
 from vmops.api.server import Request, Response, Router
 from vmops.compute.manager import Compute
 from vmops.compute.names import check_resource_name
-from vmops.errors import Invalid, SecurityGroupNotFound, SecurityGroupRuleNotFound
+from vmops.errors import Forbidden, Invalid, SecurityGroupNotFound, SecurityGroupRuleNotFound
 from vmops.network.manager import Network
 from vmops.store import SecurityGroup, SecurityGroupRule
 
@@ -71,7 +71,7 @@ class SecurityGroupsProxy:
     def _group(self, req: Request, ref: str) -> SecurityGroup:
         self._gone_from_2_36(req)
         group = self.store.security_group(_uuid(ref, "Security group"))
-        if group.id != ref or not _visible(group, req):  # a name is no id here
+        if group.id != ref or not visible_group(group, req):  # a name is no id here
             raise SecurityGroupNotFound(group=ref)
         return group
 
@@ -122,6 +122,7 @@ class SecurityGroupsProxy:
 
     def update(self, req: Request) -> Response:
         group = self._group(req, req.params["id"])
+        check_changeable(group, req)
         name, description = _group_fields(req.json())
         group = self.store.update_security_group(group, name=name, description=description)
         return Response(200, {"security_group": self._view(group, req)})
@@ -133,6 +134,7 @@ class SecurityGroupsProxy:
         group = self._group(req, req.params["id"])
         if group.name == DEFAULT_GROUP:
             raise Invalid(reason="Removing default security group not allowed.")
+        check_changeable(group, req)
         self.network.delete_group(group.id)
         return Response(202)
 
@@ -144,6 +146,7 @@ class SecurityGroupsProxy:
                                 "cidr", "group_id"}, "security_group_rule")
         parent = parse.field(body, "parent_group_id", str, required=True)
         group = self._group(req, parent)
+        check_changeable(group, req)
         protocol, port_min, port_max = _protocol_and_ports(body)
         cidr = _cidr(parse.field(body, "cidr", str))
         source = parse.field(body, "group_id", str)
@@ -166,8 +169,10 @@ class SecurityGroupsProxy:
         self._gone_from_2_36(req)
         rule_id = _uuid(req.params["id"], "Security group rule")
         rule = self.store.security_group_rule(rule_id)
-        if rule.id != rule_id:
+        if rule.id != rule_id or not visible_group(
+                self.store.security_group(rule.group_id), req):
             raise SecurityGroupRuleNotFound(rule=rule_id)
+        check_changeable(self.store.security_group(rule.group_id), req)
         self.network.delete_rule(rule.id)
         return Response(202)
 
@@ -178,8 +183,18 @@ def _shared(group: SecurityGroup, project_id: str) -> bool:
     return group.name == DEFAULT_GROUP or group.project_id in ("", project_id)
 
 
-def _visible(group: SecurityGroup, req: Request) -> bool:
+def visible_group(group: SecurityGroup, req: Request) -> bool:
+    """Whether the caller sees ``group`` (the network service's rule too)."""
     return req.context.is_admin or _shared(group, req.context.project_id)
+
+
+def check_changeable(group: SecurityGroup, req: Request) -> None:
+    """A group the caller sees may be changed by its own project's members
+    and admins only: the host-wide ones (``default``) govern every project's
+    guests. (The network service's rule too.)"""
+    if not req.context.is_admin and group.project_id != req.context.project_id:
+        raise Forbidden(reason=f"security group {group.name!r} is the host's, shared by "
+                        "every project: only an admin changes it")
 
 
 def _cidr(text: str | None) -> str | None:
