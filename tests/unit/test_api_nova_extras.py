@@ -434,7 +434,9 @@ def test_create_over_the_metadata_and_file_quotas_is_403(api: Api) -> None:
     assert answer.status == 403
     assert answer.fault()[1] == "Maximum number of metadata items exceeds 1"
     answer = _create(api, personality=[{"path": "/etc/motd", "contents": "aGk="}])
-    assert answer.status == 403 and answer.fault()[1] == "Personality file limit exceeded"
+    assert answer.status == 403
+    assert answer.fault()[1] == ("Personality file limit exceeded: 1 injected files, "
+                                 "at most 0")
     assert api.store.instances() == []
 
 

@@ -211,15 +211,19 @@ class Quotas:
                              files: Iterable[tuple[str, bytes]]) -> None:
         limits = self.limits(project_id)
         files = list(files)
+        # Nova's words first (clients match them), then what was wrong.
         if over(limits["injected_files"], 0, len(files)):
-            raise QuotaExceeded("Personality file limit exceeded")
+            raise QuotaExceeded(f"Personality file limit exceeded: {len(files)} injected "
+                                f"files, at most {limits['injected_files']}")
         for path, content in files:
             if over(limits["injected_file_path_bytes"], 0, len(path.encode())):
                 raise QuotaExceeded("Personality file path exceeds maximum "
-                                    f"{limits['injected_file_path_bytes']}")
+                                    f"{limits['injected_file_path_bytes']}: {path[:64]!r} "
+                                    f"has {len(path.encode())} bytes")
             if over(limits["injected_file_content_bytes"], 0, len(content)):
                 raise QuotaExceeded("Personality file content exceeds maximum "
-                                    f"{limits['injected_file_content_bytes']}")
+                                    f"{limits['injected_file_content_bytes']}: {path[:64]!r} "
+                                    f"has {len(content)} bytes")
 
     def check_key_pairs(self, project_id: str, user_id: str) -> None:
         limit = self.limits(project_id)["key_pairs"]
