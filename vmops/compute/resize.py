@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any
 from vmops.compute import crash_points, states
 from vmops.compute import spawn as spawn_steps
 from vmops.disks import instance_disks, qemu_img
+from vmops.durable import fsync_directory
 from vmops.errors import Invalid
 from vmops.store import DiskRecord, Flavor, Instance
 from vmops.volumes import records as volume_records
@@ -138,7 +139,7 @@ def _copy_old_disks(compute: Compute, inst: Instance) -> None:
             dest = old_dir / Path(disk.path).name
             instance_disks.copy_whole(Path(disk.path), dest.with_name(dest.name + _PART))
             os.replace(dest.with_name(dest.name + _PART), dest)
-    _sync_dir(old_dir)
+    fsync_directory(old_dir)
 
 
 def _grow(compute: Compute, inst: Instance, new: Flavor) -> tuple[DiskRecord, ...]:
@@ -279,10 +280,3 @@ def _role(disks: tuple[DiskRecord, ...] | list[DiskRecord], role: str) -> DiskRe
             return disk
     raise Invalid(reason=f"the instance has no {role} disk")
 
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

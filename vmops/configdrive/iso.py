@@ -23,6 +23,7 @@ from typing import Final, Literal
 import pycdlib
 from pycdlib.pycdlibexception import PyCdlibException
 
+from vmops.durable import fsync_directory
 from vmops.errors import ConfigDriveInvalid
 
 VOLUME_LABEL: Final = "config-2"
@@ -161,15 +162,7 @@ def _write_atomically(iso: pycdlib.PyCdlib, dest: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
-    _fsync_directory(dest.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(dest.parent)
 
 
 # --------------------------------------------------------------------------- reading

@@ -55,6 +55,7 @@ from vmops.disks.sources import (
     open_source,
     redact_url,
 )
+from vmops.durable import fsync_directory
 from vmops.errors import DiskError, Invalid, InvalidImage
 
 Progress = Callable[[int, int | None], None]
@@ -247,11 +248,7 @@ class ImageCache:
             os.fsync(f.fileno())
         with contextlib.suppress(FileExistsError):  # same content stored by another source
             os.link(tmp, final)
-        dir_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(self.root)
 
     # -- fetching --------------------------------------------------------------
 
