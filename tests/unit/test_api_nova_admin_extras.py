@@ -738,3 +738,17 @@ def test_another_projects_group_is_not_there_for_a_server(api: Api) -> None:
         assert answer.status == 404, (action, answer.body)
     assert api.store.instance_group_ids(inst.id).get(inst.id, []) == []
     assert api.store.security_group(theirs["id"]).project_id == "p2"
+
+
+def test_a_name_another_project_also_uses_is_neither_ambiguous_nor_told(api: Api) -> None:
+    """Every API that takes a server looks it up the same way (api/scope.py)."""
+    from tests.unit.test_api_nova_extras import owned
+
+    mine = owned(api, "web", P1)
+    api.store.update_instance(owned(api, "web-2", P2), name="web")  # its domain: vmops-web-2
+    for path in ("/servers/web/metadata", "/servers/web/ips",
+                 "/servers/web/os-volume_attachments"):
+        assert get(api, path, who=P1).status == 200, path
+    assert get(api, f"/servers/{mine.id}/metadata", who=P2).status == 404
+    both = get(api, "/servers/web/metadata")  # the admin sees both
+    assert both.status == 409 and mine.id in both.fault()[1]

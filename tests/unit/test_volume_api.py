@@ -153,13 +153,13 @@ def test_a_detach_the_guest_refuses_leaves_it_in_use(api: Api) -> None:
 
 def test_projects_see_their_own_volumes() -> None:
     """Scoping, on the manager and the API's helpers (tokens are A's)."""
-    from vmops.api import volume_api
+    from vmops.api import scope, volume_api
 
     member = Context("u1", "p1", frozenset({"member"}))
     admin = Context("u0", "p0", frozenset({"admin"}))
     assert volume_api._project_filter(member) == "p1"
     assert volume_api._project_filter(admin) is None
-    assert not volume_api._may_see(member, "p2") and volume_api._may_see(admin, "p2")
+    assert not scope.may_see(member, "p2") and scope.may_see(admin, "p2")
     assert Volumes  # the manager's own scoping: tests/integration/test_volumes.py
 
 

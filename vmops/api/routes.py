@@ -30,6 +30,7 @@ from vmops.api import (
     openapi,
     parse,
     quota_api,
+    scope,
     server_extras,
     server_groups_api,
     views,
@@ -49,7 +50,6 @@ from vmops.errors import (
     FlavorNotFound,
     Forbidden,
     ImageNotFound,
-    InstanceNotFound,
     Invalid,
     KeypairNotFound,
     NotFound,
@@ -63,11 +63,6 @@ P = views.API_PREFIX
 MAX_NAME_FILTER_CHARS = 255
 # What Nova drops from console output: control characters but tab and newline.
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
-
-
-def _may_see(ctx: Context, project_id: str) -> bool:
-    """An admin sees every project's records, anyone else their own project's."""
-    return ctx.is_admin or (bool(ctx.project_id) and project_id == ctx.project_id)
 
 
 class Routes:
@@ -141,22 +136,8 @@ class Routes:
     # -- servers -------------------------------------------------------------
     def instance(self, req: Request, ref: str | None = None) -> Instance:
         """The server ``ref`` (default: the path's id) names, if the caller
-        may see it: an admin any, others their project's only (404 for the
-        rest, as Nova). A name several visible servers share is refused,
-        naming their ids."""
-        ref = req.params["id"] if ref is None else ref
-        rows = self.store.query("SELECT id, name, project_id FROM instances WHERE id = ? OR "
-                                "name = ? ORDER BY created_at", ref, ref)
-        rows = [r for r in rows if _may_see(req.context, r["project_id"])]
-        by_id = [r for r in rows if r["id"] == ref]
-        if by_id:
-            rows = by_id
-        if not rows:
-            raise InstanceNotFound(instance=ref)
-        if len(rows) > 1:
-            raise Conflict(reason=f"{len(rows)} servers are named {ref!r}: "
-                           f"{', '.join(r['id'] for r in rows)}; give an id")
-        return self.store.instance(rows[0]["id"])
+        may see it (:func:`scope.instance`)."""
+        return scope.instance(self.store, req, ref)
 
     def _servers(self, req: Request) -> list[Instance]:
         """Nova's list: the caller's project's servers (an admin's with

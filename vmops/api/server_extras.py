@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from vmops import configdrive
-from vmops.api import views
+from vmops.api import scope, views
 from vmops.api.host_api import nova_time
 from vmops.api.server import Request, Response, Router
 from vmops.compute import states
@@ -57,14 +57,6 @@ def add_routes(r: Router, compute: Compute) -> None:
     r.add("GET", f"{P}/servers/{{id}}/os-instance-actions/{{request_id}}", api.show_action)
 
 
-def visible_instance(compute: Compute, req: Request, ref: str) -> Instance:
-    """The server ``ref`` if the caller's project owns it (admins: any)."""
-    inst = compute.instance(ref)
-    if not req.context.is_admin and inst.project_id != req.context.project_id:
-        raise NotFound(f"Instance {ref} could not be found.")
-    return inst
-
-
 class ServerExtras:
     def __init__(self, compute: Compute) -> None:
         self.compute = compute
@@ -73,7 +65,7 @@ class ServerExtras:
         self._metadata_lock = threading.Lock()
 
     def _server(self, req: Request) -> Instance:
-        return visible_instance(self.compute, req, req.params["id"])
+        return scope.instance(self.store, req)
 
     # -- metadata ----------------------------------------------------------------
     def list_metadata(self, req: Request) -> Response:

@@ -20,13 +20,12 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
-from vmops.api import image_service, parse, views
+from vmops.api import image_service, parse, scope, views
 from vmops.api.server import Context, Request, Response, Router
 from vmops.compute.manager import Compute
 from vmops.errors import (
     Conflict,
     Forbidden,
-    InstanceNotFound,
     InUse,
     Invalid,
     InvalidState,
@@ -283,10 +282,7 @@ class VolumeApi:
         return Response(202)
 
     def _instance(self, req: Request) -> Instance:
-        inst = self.compute.instance(req.params["id"])
-        if not _may_see(req.context, inst.project_id):
-            raise InstanceNotFound(instance=req.params["id"])
-        return inst
+        return scope.instance(self.compute.store, req)
 
     def _unlocked(self, req: Request) -> Instance:
         """Nova's InstanceIsLocked (409): a locked server's volumes are
@@ -302,10 +298,6 @@ class VolumeApi:
                 return attachment
         raise NotFound(f"volume {volume_id} is not attached to server {inst.id}",
                        what=volume_id)
-
-
-def _may_see(ctx: Context, project_id: str) -> bool:
-    return ctx.is_admin or (bool(ctx.project_id) and project_id == ctx.project_id)
 
 
 def _project_filter(ctx: Context) -> str | None:
