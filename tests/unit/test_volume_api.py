@@ -49,6 +49,8 @@ def test_create_list_show_extend_delete(api: Api) -> None:
         "source_volid": None, "volume_type": None, "availability_zone": None, "metadata": {},
         "consistencygroup_id": None, "backup_id": None}})  # what cinderclient sends
     assert answer.status == 202 and answer.body["volume"]["status"] == "creating"
+    # Cinder's create reply has no extended attributes (Tempest's schema refuses them).
+    assert "os-vol-tenant-attr:tenant_id" not in answer.body["volume"]
     volume = _wait_status(api, answer.body["volume"]["id"], "available")
     assert (volume["size"], volume["bootable"], volume["attachments"]) == (1, "false", [])
     assert "vmops:format" not in volume
@@ -194,7 +196,9 @@ def test_another_projects_private_image_cannot_be_copied(api: Api) -> None:
     assert api.store.query("SELECT id FROM volumes") == []
     owner = Context("u2", "p2", frozenset({"member"}))
     answer = volume_api.create(Request("POST", f"{V}/volumes", {}, {}, body, context=owner))
-    assert answer.status == 202 and answer.body["volume"]["os-vol-tenant-attr:tenant_id"] == "p2"
+    assert answer.status == 202
+    made = api.store.query("SELECT project_id FROM volumes")
+    assert [r["project_id"] for r in made] == ["p2"]
 
 
 def test_a_locked_servers_volumes_are_changed_by_admins_only(api: Api) -> None:

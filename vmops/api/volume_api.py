@@ -177,7 +177,12 @@ class VolumeApi:
             description=description,
             project_id=ctx.project_id or req.params.get("project_id", ""),
             user_id=ctx.user_id)
-        return Response(202, {"volume": self._view(req, volume)})
+        view = self._view(req, volume)
+        # Cinder adds its extended attributes to show and list, not to the
+        # create reply (whose schema refuses them).
+        for key in ("os-vol-tenant-attr:tenant_id", "volume_image_metadata"):
+            view.pop(key, None)
+        return Response(202, {"volume": view})
 
     def update(self, req: Request) -> Response:
         """Cinder's update: the name and the description."""

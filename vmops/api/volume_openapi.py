@@ -42,6 +42,11 @@ VOLUME_VIEW = closed({
     "service_uuid": NULL_STR, "shared_targets": BOOL,
 }, {"volume_image_metadata": {"type": "object"}, "vmops:format": STR, "vmops:path": STR,
     "vmops:fault": NULL_STR})
+# Cinder's create reply: the view without the extended attributes.
+VOLUME_CREATED = closed(
+    {k: v for k, v in VOLUME_VIEW["properties"].items()
+     if k in VOLUME_VIEW["required"] and k != "os-vol-tenant-attr:tenant_id"},
+    {"vmops:format": STR, "vmops:path": STR, "vmops:fault": NULL_STR})
 VOLUME_BRIEF = closed({"id": STR, "name": NULL_STR, "links": LINKS})
 VERSION = closed({"id": STR, "status": STR, "version": STR, "min_version": STR,
                   "updated": STR, "links": LINKS,
@@ -74,7 +79,8 @@ def _volume_paths(base: str, params: list[dict[str, Any]]) -> dict[str, Any]:
                       ok(closed({"volumes": array(VOLUME_BRIEF)}, {"volumes_links": LINKS})),
                       params=params + LIST_FILTERS),
             "post": op("Cinder: create a volume, blank or a copy of an image (creating, "
-                       "then available or error)", ok(one, "202", "Accepted"), body=CREATE,
+                       "then available or error)",
+                       ok(closed({"volume": VOLUME_CREATED}), "202", "Accepted"), body=CREATE,
                        params=params),
         },
         f"{base}/detail": {"get": op("Cinder: list volumes in detail", ok(volumes),
