@@ -145,7 +145,8 @@ class Api:
         return self.store.update_instance(inst, power_state=power, vm_state=vm_state)
 
 
-def start_api(state_dir: Path, token: str = TOKEN) -> tuple[Api, list[Any]]:
+def start_api(state_dir: Path, token: str = TOKEN,
+              authenticator: server.Authenticator | None = None) -> tuple[Api, list[Any]]:
     settings = config.load(state_dir, env={})
     store = Store(settings.db_path)
     hv = FakeHypervisor()
@@ -160,7 +161,8 @@ def start_api(state_dir: Path, token: str = TOKEN) -> tuple[Api, list[Any]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    servers = server.serve(routes.router(), settings.api_socket, f"127.0.0.1:{port}", token)
+    servers = server.serve(routes.router(), settings.api_socket, f"127.0.0.1:{port}", token,
+                           authenticator=authenticator)
     return Api(port, compute, hv, store), servers
 
 

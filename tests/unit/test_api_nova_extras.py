@@ -12,7 +12,6 @@ sees nothing of another's.
 from __future__ import annotations
 
 import os
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,19 +19,12 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_api import IMAGE_ID, Answer, Api
-from vmops import config
+from tests.unit.test_api import IMAGE_ID, Answer, Api, start_api
 from vmops.api import server
-from vmops.api.routes import Routes
 from vmops.api.server import Context
 from vmops.compute import host_facts, states
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
 from vmops.compute.server_groups import NO_VALID_HOST
-from vmops.disks.cache import ImageCache
-from vmops.hypervisor.base import Accel
-from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Image, Instance, Keypair, Store
+from vmops.store import Instance, Keypair
 
 ADMIN, P1, P2 = "admin-token", "p1-token", "p2-token"
 CONTEXTS = {
@@ -50,25 +42,12 @@ class _Tokens(server.Authenticator):
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    settings = config.load(tmp_path, env={})
-    store = Store(settings.db_path)
-    hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [])
-    compute.background_actions = True
-    store.add_image(Image(id=IMAGE_ID, name="tiny", status="active", format="qcow2",
-                          virtual_size=1 << 30, file_size=1 << 20, checksum="ab" * 32,
-                          path="/nonexistent/tiny"))
-    routes = Routes(compute, Catalog(store, ImageCache(settings.images_dir)), lambda: [])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    servers = server.serve(routes.router(), settings.api_socket, f"127.0.0.1:{port}",
-                           authenticator=_Tokens())
-    yield Api(port, compute, hv, store)
+    service, servers = start_api(tmp_path, authenticator=_Tokens())
+    yield service
     for srv in servers:
         srv.shutdown()
         srv.server_close()
-    store.close()
+    service.store.close()
 
 
 def call(api: Api, method: str, path: str, body: Any = None, who: str = ADMIN,
