@@ -229,6 +229,18 @@ heartbeat() {
     done
 }
 
+# What is typed on the serial console (vmops console NAME) runs in a root
+# shell: non-interactive, so no prompt or line-editing escapes cut into the
+# marker lines; the tty echoes the typing and ^C reaches the command (the
+# tty is the shell's controlling terminal). A syntax error, ^C or "exit"
+# ends the shell; the loop starts another.
+console_shell() {
+    while :; do
+        setsid -c sh < /dev/ttyS0 > /dev/ttyS0 2>&1
+        sleep 1
+    done
+}
+
 # Console throughput test: numbered ~100-byte lines, as fast as possible.
 flood() {
     awk 'BEGIN {
@@ -258,6 +270,7 @@ report_config_drive
 run_user_script
 for n in $KNOWN_NICS; do start_dhcp "$n"; done
 watch_devices_forever &
+console_shell &
 
 if has_arg vmops.flood=1; then
     flood
