@@ -36,6 +36,11 @@ line (the tty turns "\\n" into "\\r\\n"):
   VMOPS-USER-SCRIPT-START             user_data starting with "#!" is run in the
                                       background after the config drive dump
 
+What is typed on the serial console runs, line by line, in a root shell
+(busybox sh, no prompt; the tty echoes the typing): `echo VMOPS-$((6*7))`
+answers VMOPS-42. It starts just before the heartbeat; the tty keeps what
+is typed earlier until it reads it.
+
 Details: an empty CD-ROM drive reports 0 bytes. The config drive is the
 first vd*/sd*/sr* disk or partition whose iso9660 or FAT label is config-2
 (any case); its files are dumped before DHCP and the heartbeat start, so no
