@@ -302,6 +302,21 @@ CREATE TABLE aggregate_metadata (
     PRIMARY KEY (aggregate_id, key));
 """
 
+# Schema version 9: a volume may be remote, an NBD export or an iSCSI LUN
+# that QEMU opens itself (vmops/volumes/remote.py): its protocol ('' for a
+# local file), where it is, and for CHAP the user name and the uuid of the
+# libvirt secret holding the password (never the password itself).
+SCHEMA_V9 = """
+ALTER TABLE volumes ADD COLUMN protocol TEXT NOT NULL DEFAULT '';
+ALTER TABLE volumes ADD COLUMN remote_host TEXT NOT NULL DEFAULT '';
+ALTER TABLE volumes ADD COLUMN remote_port INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE volumes ADD COLUMN remote_socket TEXT NOT NULL DEFAULT '';
+ALTER TABLE volumes ADD COLUMN remote_export TEXT NOT NULL DEFAULT '';
+ALTER TABLE volumes ADD COLUMN remote_lun INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE volumes ADD COLUMN chap_user TEXT NOT NULL DEFAULT '';
+ALTER TABLE volumes ADD COLUMN secret_uuid TEXT NOT NULL DEFAULT '';
+"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
     Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
@@ -315,6 +330,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "volumes and their attachments", SCHEMA_V7),
     Migration(8, "quotas per user and quota classes; services; usage of destroyed "
               "servers; private flavors, extra specs; host aggregates", SCHEMA_V8),
+    Migration(9, "volumes: remote volumes' connection data (NBD, iSCSI)", SCHEMA_V9),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

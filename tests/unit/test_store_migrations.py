@@ -201,6 +201,8 @@ def test_v7_adds_volumes_to_a_v6_database_keeping_its_records(v1_db: Path) -> No
     assert _user_version(v1_db) == 7
     assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
     assert len(list(v1_db.parent.glob("vmops.db.v6-*.bak"))) == 1
+    store.close()
+    store = Store(v1_db)  # the records' columns are the latest schema's
     records = VolumeRecords(store)
     assert records.all() == [] and records.attachments() == []
     volume = records.add(Volume(id="v1", name="data", size_gb=1, status="available",
@@ -236,4 +238,20 @@ def test_v8_moves_quota_classes_apart_and_keys_quotas_by_user(v1_db: Path) -> No
     c1 = store.flavor("c1")
     assert (c1.is_public, c1.swap_mb, c1.rxtx_factor, c1.description) == (True, 0, 1.0, None)
     assert store.flavor("m1.tiny").is_public
+    store.close()
+
+
+def test_v9_keeps_a_v8_databases_volumes_as_local_ones(v1_db: Path) -> None:
+    from vmops.volumes.records import VolumeRecords
+
+    old = Store(v1_db, migrations=MIGRATIONS[:8])  # as the release before schema 9 left it
+    with old.transaction() as db:
+        db.execute("INSERT INTO volumes VALUES ('v1', 'data', '', 1, 'available', 'qcow2', "
+                   "'/x/volume-v1.qcow2', '', 0, '', '', '', 0, 0)")
+    old.close()
+    store = Store(v1_db)
+    assert _user_version(v1_db) == SCHEMA_VERSION
+    assert len(list(v1_db.parent.glob("vmops.db.v8-*.bak"))) == 1
+    volume = VolumeRecords(store).get("data")
+    assert (volume.remote, volume.path, volume.secret_uuid) == (False, "/x/volume-v1.qcow2", "")
     store.close()

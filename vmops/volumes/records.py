@@ -57,6 +57,22 @@ class Volume:
     user_id: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    # A remote volume (schema 9): protocol nbd or iscsi ('': a local file);
+    # NBD host/port or socket and export name, or iSCSI portal, IQN and LUN;
+    # for CHAP the user and the libvirt secret's uuid. ``path`` is then its
+    # URL (remote.url_of), never holding the secret.
+    protocol: str = ""
+    remote_host: str = ""
+    remote_port: int = 0
+    remote_socket: str = ""
+    remote_export: str = ""
+    remote_lun: int = 0
+    chap_user: str = ""
+    secret_uuid: str = ""
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.protocol)
 
 
 @dataclass(frozen=True)
