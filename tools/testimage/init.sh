@@ -230,13 +230,14 @@ heartbeat() {
 }
 
 # What is typed on the serial console (vmops console NAME) runs in a root
-# shell: non-interactive, so no prompt or line-editing escapes cut into the
-# marker lines; the tty echoes the typing and ^C reaches the command (the
-# tty is the shell's controlling terminal). A syntax error, ^C or "exit"
-# ends the shell; the loop starts another.
+# shell, line by line: a loop, not an interactive sh, so no prompt or
+# line-editing escapes cut into the marker lines; the tty echoes the typing
+# and ^C reaches the command (the tty is the shell's controlling terminal).
+# A syntax error, ^C or "exit" ends the shell; the loop starts another.
 console_shell() {
     while :; do
-        setsid -c sh < /dev/ttyS0 > /dev/ttyS0 2>&1
+        setsid -c sh -c 'while IFS= read -r line; do eval "$line"; done' \
+            < /dev/ttyS0 > /dev/ttyS0 2>&1
         sleep 1
     done
 }
