@@ -126,6 +126,10 @@ def volume_view(vol: Volume, att: Attachment | None, base: str,
         view["vmops:format"] = vol.format
         view["vmops:path"] = vol.path
         view["vmops:fault"] = vol.fault or None
+        if vol.remote:  # where it is; the CHAP secret only by its libvirt uuid
+            view["vmops:remote"] = {"protocol": vol.protocol, "url": vol.path,
+                                    "chap_user": vol.chap_user or None,
+                                    "secret_uuid": vol.secret_uuid or None}
     return view
 
 
@@ -161,12 +165,16 @@ class VolumeApi:
         parse.no_unknown(body, {"size", "name", "description", "imageRef", "volume_type",
                                 "availability_zone", "metadata", "multiattach",
                                 "display_name", "display_description", "vmops:format",
+                                "vmops:remote",
                                 *_UNSUPPORTED_CREATE}, "volume")
         _refuse_unsupported(body)
         ctx = _scope_path(req)
         name = parse.field(body, "name", str) or parse.field(body, "display_name", str) or ""
         description = parse.field(body, "description", str) \
             or parse.field(body, "display_description", str) or ""
+        remote = parse.field(body, "vmops:remote", dict)
+        if remote is not None:
+            return self._register_remote(req, ctx, body, remote, name, description)
         size = parse.field(body, "size", int, required=True)
         image_ref = parse.field(body, "imageRef", str)
         if image_ref:  # another project's private image is not there for this caller
@@ -180,6 +188,28 @@ class VolumeApi:
         view = self._view(req, volume)
         # Cinder adds its extended attributes to show and list, not to the
         # create reply (whose schema refuses them).
+        for key in ("os-vol-tenant-attr:tenant_id", "volume_image_metadata"):
+            view.pop(key, None)
+        return Response(202, {"volume": view})
+
+    def _register_remote(self, req: Request, ctx: Context, body: dict[str, Any],
+                         remote: dict[str, Any], name: str, description: str) -> Response:
+        """vmops' own ``vmops:remote``: an NBD export or iSCSI LUN, its size the
+        target's (``{"url": ..., "chap_user": ..., "chap_secret": ...}``)."""
+        for key in ("size", "imageRef", "vmops:format"):
+            if body.get(key) is not None:
+                raise Invalid(reason=f"{key} does not go with vmops:remote: a remote volume "
+                              "is the target's raw bytes, of the target's size")
+        parse.no_unknown(remote, {"url", "chap_user", "chap_secret"}, "vmops:remote")
+        secret = parse.field(remote, "chap_secret", str)
+        volume = self.volumes.register_remote(
+            name, parse.field(remote, "url", str, required=True),
+            chap_user=parse.field(remote, "chap_user", str) or "",
+            chap_secret=secret.encode() if secret is not None else None,
+            description=description,
+            project_id=ctx.project_id or req.params.get("project_id", ""),
+            user_id=ctx.user_id)
+        view = self._view(req, volume)
         for key in ("os-vol-tenant-attr:tenant_id", "volume_image_metadata"):
             view.pop(key, None)
         return Response(202, {"volume": view})

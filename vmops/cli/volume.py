@@ -10,8 +10,10 @@ with the reason, the volume still attached.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from vmops.cli.client import Client
@@ -31,10 +33,20 @@ def add_commands(sub: Any, cmd: Command, client_of: ClientOf) -> None:
     verbs = _Verbs(client_of)
     vol = sub.add_parser("volume", help="volumes: block storage that outlives servers").\
         add_subparsers(dest="volume_command", required=True, metavar="ACTION")
-    sp = cmd("create", verbs.create, "create a volume, blank or a full copy of an image",
+    sp = cmd("create", verbs.create, "create a volume, blank or a full copy of an image; or "
+             "register a remote one (an NBD export or iSCSI LUN; docs/volumes.md)",
              parent=vol)
     sp.add_argument("name")
-    sp.add_argument("--size", type=_gib, required=True, metavar="GiB")
+    where = sp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--size", type=_gib, metavar="GiB")
+    where.add_argument("--nbd", metavar="URL", help="an NBD export QEMU opens itself: "
+                       "nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=PATH")
+    where.add_argument("--iscsi", metavar="URL", help="an iSCSI LUN QEMU opens itself: "
+                       "iscsi://HOST[:PORT]/IQN/LUN")
+    sp.add_argument("--chap-user", default="", metavar="USER", help="iSCSI CHAP user")
+    sp.add_argument("--chap-secret-file", metavar="FILE", help="read the CHAP password "
+                    "from FILE ('-': stdin; one trailing newline dropped); kept in a libvirt "
+                    "secret")
     sp.add_argument("--image", help="copy this image onto it (grown to the size)")
     sp.add_argument("--format", choices=("qcow2", "raw"), default="qcow2",
                     help="the volume file's format (default qcow2)")
@@ -78,6 +90,10 @@ class _Verbs:
 
     def create(self, args: argparse.Namespace) -> int:
         client = self.client_of(args)
+        if args.nbd or args.iscsi:
+            return self._register(client, args)
+        if args.chap_user or args.chap_secret_file:
+            raise VmopsError("--chap-user and --chap-secret-file go with --iscsi")
         body: dict[str, Any] = {"name": args.name, "size": args.size,
                                 "description": args.description, "vmops:format": args.format}
         if args.image:
@@ -89,6 +105,19 @@ class _Verbs:
                 raise VmopsError(f"volume {args.name} could not be made: "
                                  f"{volume.get('vmops:fault') or 'see the service log'}")
         return _show(client, volume["id"], args.json)
+
+    def _register(self, client: Client, args: argparse.Namespace) -> int:
+        if args.image or args.format != "qcow2":
+            raise VmopsError("--image and --format do not go with --nbd or --iscsi: a remote "
+                             "volume is the target's own bytes")
+        remote: dict[str, Any] = {"url": args.nbd or args.iscsi}
+        if args.chap_user:
+            remote["chap_user"] = args.chap_user
+        if args.chap_secret_file:
+            remote["chap_secret"] = _read_secret(args.chap_secret_file)
+        volume = client.post(VOLUMES, {"volume": {
+            "name": args.name, "description": args.description, "vmops:remote": remote}})
+        return _show(client, volume["volume"]["id"], args.json)
 
     def list(self, args: argparse.Namespace) -> int:
         volumes = self.client_of(args).get(f"{VOLUMES}/detail")["volumes"]
@@ -144,6 +173,18 @@ class _Verbs:
         return _show(client, volume["id"], args.json)
 
 
+def _read_secret(path: str) -> str:
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise VmopsError(f"cannot read the CHAP secret from {path}: {exc.strerror}") from None
+    data = data[:-1] if data.endswith(b"\n") else data
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        raise VmopsError(f"the CHAP secret in {path} is not UTF-8 text") from None
+
+
 def _volume(client: Client, ref: str) -> dict[str, Any]:
     volume: dict[str, Any] = client.get(f"{VOLUMES}/{ref}")["volume"]
     return volume
@@ -181,7 +222,13 @@ def _show(client: Client, ref: str, as_json: bool) -> int:
         items.append(("image", v["volume_image_metadata"]["image_id"]))
     if v.get("description"):
         items.append(("description", v["description"]))
-    if v.get("vmops:path"):
+    remote = v.get("vmops:remote")
+    if remote:
+        items.append(("remote", remote["url"]))
+        if remote.get("chap_user"):
+            items.append(("chap", f"user {remote['chap_user']}, password in libvirt secret "
+                          f"{remote['secret_uuid']}"))
+    elif v.get("vmops:path"):
         items.append(("file", v["vmops:path"]))
     if v.get("vmops:fault"):
         items.append(("fault", v["vmops:fault"]))

@@ -104,6 +104,24 @@ def resize(path: Path, fmt: str, size_bytes: int) -> None:
         _run(["resize", "-q", "-f", fmt, _abs(path), str(size_bytes)])
 
 
+# Probing a remote volume: a portal that does not answer must not hold a
+# registration for long.
+REMOTE_LIMITS = Limits(cpu_seconds=30, address_space_bytes=2 * GiB, wall_seconds=30)
+
+
+def remote_info(image_opts: str, secret_file: Path | None = None) -> dict[str, Any]:
+    """``qemu-img info`` of a network disk given as ``--image-opts``
+    (``driver=nbd,...``, ``driver=iscsi,...``). A CHAP password is read by
+    qemu-img from ``secret_file`` (``password-secret=sec0`` in the options),
+    never from its command line, which every local user can read."""
+    args = ["info", "--output=json"]
+    if secret_file is not None:
+        args += ["--object", f"secret,id=sec0,file={_abs(secret_file)}"]
+    out = _run([*args, "--image-opts", image_opts], limits=REMOTE_LIMITS)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
 def _abs(path: Path) -> str:
     return os.path.abspath(path)
 

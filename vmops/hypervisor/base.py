@@ -75,13 +75,42 @@ class DiskDevice(enum.Enum):
 
 
 @dataclass(frozen=True)
+class NetworkSource:
+    """A disk QEMU opens over the network itself (libvirt's ``<disk
+    type='network'>``): an NBD export or an iSCSI LUN. The CHAP password is
+    never here: only the uuid of the libvirt secret holding it."""
+
+    protocol: str  # "nbd" | "iscsi"
+    name: str  # the NBD export name; for iSCSI "IQN/LUN"
+    host: str = ""
+    port: int = 0
+    socket: str = ""  # NBD over a UNIX socket instead of host and port
+    auth_user: str = ""  # CHAP (iSCSI): the user, and the secret with its password
+    secret_uuid: str = ""
+
+    @property
+    def url(self) -> str:
+        """QEMU's URL for it (nbd://, nbd+unix://, iscsi://), without the secret."""
+        if self.socket:
+            return f"nbd+unix:///{self.name}?socket={self.socket}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.protocol}://{host}:{self.port}/{self.name}"
+
+
+@dataclass(frozen=True)
 class DiskSpec:
-    path: Path
+    path: Path  # a file (unused when ``network`` is set)
     format: str  # "qcow2" | "raw": always explicit, never probed
     target: str  # "vda", "vdb", "sda" (cdrom)
     bus: DiskBus = DiskBus.VIRTIO
     device: DiskDevice = DiskDevice.DISK
     readonly: bool = False
+    network: NetworkSource | None = None
+
+    @property
+    def source(self) -> str:
+        """What the disk is: its file's path, or its network source's URL."""
+        return self.network.url if self.network is not None else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -269,7 +298,23 @@ class Hypervisor(Protocol):
         ...
 
     def disk_targets(self, uuid: str) -> dict[str, str]:
-        """The disks of the persistent definition: target -> source path."""
+        """The disks of the persistent definition: target -> source
+        (:attr:`DiskSpec.source`: a path, or a network disk's URL)."""
+        ...
+
+    def define_secret(self, usage: str, value: bytes) -> str:
+        """Keep ``value`` (a CHAP password) as a private, persistent libvirt
+        secret of usage type iscsi named ``usage``; its uuid. A disk's
+        network source names it by uuid: the value never enters the domain
+        XML. A secret with this usage already is replaced."""
+        ...
+
+    def undefine_secret(self, uuid: str) -> None:
+        """Forget a secret; no error if it is gone."""
+        ...
+
+    def secrets(self) -> dict[str, str]:
+        """Every secret: uuid -> usage name."""
         ...
 
     def on_lifecycle_event(self, callback: EventCallback) -> None:

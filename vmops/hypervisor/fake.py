@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import uuid as uuidlib
 from dataclasses import dataclass, replace
 
 from vmops.errors import AlreadyExists, DetachTimeout, InstanceNotFound
@@ -64,6 +65,7 @@ class FakeHypervisor:
         self._callbacks: list[EventCallback] = []
         self._lock = threading.RLock()
         self._pids = itertools.count(40000)
+        self.secret_values: dict[str, tuple[str, bytes]] = {}  # uuid -> (usage, value)
 
     # -- test hooks ------------------------------------------------------------
     def fail_next(self, operation: str, error: Exception, skip: int = 0) -> None:
@@ -235,7 +237,27 @@ class FakeHypervisor:
 
     def disk_targets(self, uuid: str) -> dict[str, str]:
         spec = self._domain(uuid, "disk_targets").spec
-        return {x.target: str(x.path) for x in spec.disks}
+        return {x.target: x.source for x in spec.disks}
+
+    # -- secrets ---------------------------------------------------------------
+    def define_secret(self, usage: str, value: bytes) -> str:
+        self._maybe_fail("define_secret")
+        with self._lock:
+            for uuid, (name, _) in list(self.secret_values.items()):
+                if name == usage:
+                    del self.secret_values[uuid]
+            uuid = str(uuidlib.uuid4())
+            self.secret_values[uuid] = (usage, value)
+            return uuid
+
+    def undefine_secret(self, uuid: str) -> None:
+        self._maybe_fail("undefine_secret")
+        with self._lock:
+            self.secret_values.pop(uuid, None)
+
+    def secrets(self) -> dict[str, str]:
+        with self._lock:
+            return {uuid: usage for uuid, (usage, _) in self.secret_values.items()}
 
     # -- events and statistics -------------------------------------------------
     def on_lifecycle_event(self, callback: EventCallback) -> None:

@@ -30,6 +30,7 @@ import re
 import threading
 import uuid as uuidlib
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from vmops.compute import crash_points, states
@@ -43,13 +44,13 @@ from vmops.errors import (
     VolumeNotFound,
 )
 from vmops.store import Instance
-from vmops.volumes import pool
+from vmops.volumes import pool, remote
 from vmops.volumes.records import (
     Attachment,
     Volume,
     VolumeRecords,
     VolumeStatus,
-    volume_disk,
+    disk_of,
 )
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ ATTACH_STEPS = (
     "after-record",  # the attachment is recorded (attaching); the domain not yet asked
     "after-attach",  # the disk is in the domain; the record still says attaching
 )
+# The usage name of the libvirt secret holding a volume's CHAP password.
+SECRET_USAGE_PREFIX = "vmops-volume-"
 DETACH_STEPS = (
     "after-record",  # the record says detaching; the domain not yet asked
     "after-detach",  # the disk is out of the domain; the record still says detaching
@@ -142,6 +145,41 @@ class Volumes:
         return self._in_background(volume, "create", make, VolumeStatus.ERROR,
                                    status=VolumeStatus.AVAILABLE)
 
+    def register_remote(self, name: str, url: str, chap_user: str = "",
+                        chap_secret: bytes | None = None, description: str = "",
+                        project_id: str = "", user_id: str = "") -> Volume:
+        """Record an NBD export or iSCSI LUN as an available volume, once the
+        target has answered (``remote.probe``: the export or LUN exists; its
+        size). A CHAP password goes into a libvirt secret first; the record
+        names the secret by uuid. Nothing is made on the target."""
+        _check_name(name)
+        if len(description) > MAX_DESCRIPTION_CHARS:
+            raise Invalid(reason=f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
+        source = (remote.parse_nbd(url) if url.startswith("nbd") else remote.parse_iscsi(url))
+        remote.check_chap(source, chap_user, chap_secret)
+        source = replace(source, auth_user=chap_user)
+        size_bytes = remote.probe(source, chap_secret)
+        volume_id = str(uuidlib.uuid4())
+        secret_uuid = ""
+        if chap_secret is not None:
+            secret_uuid = self.compute.hv.define_secret(SECRET_USAGE_PREFIX + volume_id,
+                                                        chap_secret)
+        iqn, _, lun = source.name.rpartition("/") if source.protocol == "iscsi" else ("", "", "")
+        try:
+            volume = self.records.add(Volume(
+                id=volume_id, name=name, size_gb=max(1, -(-size_bytes // GIB)),
+                status=VolumeStatus.AVAILABLE, format="raw", path=source.url,
+                description=description, project_id=project_id, user_id=user_id,
+                protocol=source.protocol, remote_host=source.host, remote_port=source.port,
+                remote_socket=source.socket, remote_export=iqn or source.name,
+                remote_lun=int(lun or 0), chap_user=chap_user, secret_uuid=secret_uuid))
+        except BaseException:
+            if secret_uuid:
+                self.compute.hv.undefine_secret(secret_uuid)
+            raise
+        log.info("remote volume %s registered: %s (%d bytes)", name, source.url, size_bytes)
+        return volume
+
     def rename(self, ref: str, name: str | None = None,
                description: str | None = None) -> Volume:
         """A new name or description (any status: neither reaches the disk)."""
@@ -157,6 +195,9 @@ class Volumes:
     def delete(self, ref: str, project_id: str | None = None) -> None:
         """Refused while attached (Cinder: in-use) or busy."""
         volume = self.records.begin_delete(self.records.get(ref, project_id).id)
+        if volume.remote:
+            self._forget(volume)
+            return
         try:
             pool.remove(Path(volume.path))
         except OSError as exc:
@@ -165,10 +206,20 @@ class Volumes:
             raise
         self.records.delete(volume.id)
 
+    def _forget(self, volume: Volume) -> None:
+        """A remote volume's delete: its secret and record go; the target
+        and its data are not vmops' and stay."""
+        if volume.secret_uuid:
+            self.compute.hv.undefine_secret(volume.secret_uuid)
+        self.records.delete(volume.id)
+
     def extend(self, ref: str, size_gb: int, project_id: str | None = None) -> Volume:
         """Grow an available volume to ``size_gb`` (Cinder's os-extend; an
         attached one is refused, as Cinder before 3.42)."""
         volume = self.records.get(ref, project_id)
+        if volume.remote:
+            raise Invalid(reason=f"volume {volume.name!r} is remote ({volume.path}): its size "
+                          "is the target's; vmops does not change it")
         _check_size(size_gb)
         if size_gb <= volume.size_gb:
             raise Invalid(reason=f"new size {size_gb} GiB must be larger than volume "
@@ -214,8 +265,7 @@ class Volumes:
             volume = self.records.claim(attachment, inst.name)
             crash_points.reached("attach-volume", ATTACH_STEPS[0])
             try:
-                self.compute.hv.attach_disk(inst.id, volume_disk(Path(volume.path),
-                                                                 volume.format, target))
+                self.compute.hv.attach_disk(inst.id, disk_of(volume, target))
             except BaseException:
                 self.records.release(volume.id)
                 raise
@@ -305,6 +355,7 @@ class Volumes:
                 self._settle(volume)
             except Exception:  # noqa: BLE001 - one volume must not stop the service
                 log.exception("could not settle volume %s", volume.name)
+        self._forget_orphan_secrets()
         for attachment in self.records.attachments():
             try:
                 self._settle_attachment(attachment)
@@ -312,8 +363,22 @@ class Volumes:
                 log.exception("could not settle the attachment of volume %s",
                               attachment.volume_id)
 
+    def _forget_orphan_secrets(self) -> None:
+        """A registration killed after its secret was defined and before the
+        record was written left a secret no volume names: undefine it."""
+        named = {v.secret_uuid for v in self.records.all() if v.secret_uuid}
+        try:
+            for uuid, usage in self.compute.hv.secrets().items():
+                if usage.startswith(SECRET_USAGE_PREFIX) and uuid not in named:
+                    log.warning("undefining secret %s (%s): no volume names it", uuid, usage)
+                    self.compute.hv.undefine_secret(uuid)
+        except VmopsError:
+            log.exception("could not look for secrets no volume names")
+
     def _settle(self, volume: Volume) -> None:
-        if volume.status == VolumeStatus.CREATING:
+        if volume.remote and volume.status == VolumeStatus.DELETING:
+            self._forget(volume)
+        elif volume.status == VolumeStatus.CREATING:
             pool.remove(Path(volume.path))
             self.records.update(volume.id, status=VolumeStatus.ERROR,
                                 fault="create was interrupted by a service restart")
@@ -355,13 +420,12 @@ class Volumes:
             log.warning("volume %s is recorded on %s as %s but the domain lacks it; "
                         "attaching it again", volume.name, attachment.instance_id,
                         attachment.device)
-            hv.attach_disk(attachment.instance_id,
-                           volume_disk(Path(volume.path), volume.format, attachment.device))
+            hv.attach_disk(attachment.instance_id, disk_of(volume, attachment.device))
 
     def _in_spec(self, inst: Instance, volume: Volume, attachment: Attachment) -> bool:
         """Whether the domain vmops defines from the records has the volume
         (a rescued instance's has none of its volumes)."""
-        return any(d.target == attachment.device and str(d.path) == volume.path
+        return any(d.target == attachment.device and d.source == volume.path
                    for d in self.compute.domain_spec(inst).disks)
 
 

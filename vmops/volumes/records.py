@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vmops.errors import Conflict, InUse, InvalidState, VolumeNotFound
-from vmops.hypervisor.base import DiskBus, DiskDevice, DiskSpec
+from vmops.hypervisor.base import DiskBus, DiskDevice, DiskSpec, NetworkSource
 from vmops.store import Store
 
 
@@ -84,7 +84,7 @@ class Attachment:
     created_at: float = 0.0
 
 
-def _volume_from_row(row: sqlite3.Row) -> Volume:
+def _volume_from_row(row: sqlite3.Row | dict[str, Any]) -> Volume:
     return Volume(**{**dict(row), "bootable": bool(row["bootable"])})
 
 
@@ -256,9 +256,33 @@ def _refused(action: str, volume: Volume) -> InvalidState:
 def disk_specs(store: Store, instance_id: str) -> tuple[DiskSpec, ...]:
     """The instance's attached volumes as disks of its domain spec, by device."""
     rows = store.query(
-        "SELECT a.device, v.path, v.format FROM volume_attachments a JOIN volumes v "
+        "SELECT a.device AS device, v.* FROM volume_attachments a JOIN volumes v "
         "ON v.id = a.volume_id WHERE a.instance_id = ? ORDER BY a.device", instance_id)
-    return tuple(volume_disk(Path(r["path"]), r["format"], r["device"]) for r in rows)
+    return tuple(disk_of(_volume_from_row(_without(r, "device")), r["device"]) for r in rows)
+
+
+def _without(row: sqlite3.Row, key: str) -> dict[str, Any]:
+    fields = dict(row)
+    del fields[key]
+    return fields
+
+
+def disk_of(volume: Volume, device: str) -> DiskSpec:
+    """The volume as a disk of a domain: its file, or its network source."""
+    if not volume.remote:
+        return volume_disk(Path(volume.path), volume.format, device)
+    return DiskSpec(path=Path(), format="raw", target=device, bus=DiskBus.VIRTIO,
+                    device=DiskDevice.DISK, network=network_source(volume))
+
+
+def network_source(volume: Volume) -> NetworkSource:
+    """Where a remote volume is, as its record says (the secret by uuid)."""
+    name = volume.remote_export
+    if volume.protocol == "iscsi":
+        name = f"{volume.remote_export}/{volume.remote_lun}"
+    return NetworkSource(protocol=volume.protocol, name=name, host=volume.remote_host,
+                         port=volume.remote_port, socket=volume.remote_socket,
+                         auth_user=volume.chap_user, secret_uuid=volume.secret_uuid)
 
 
 def volume_disk(path: Path, fmt: str, device: str) -> DiskSpec:

@@ -27,7 +27,14 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmops.hypervisor.base import Accel, DiskDevice, DiskSpec, DomainSpec, NicSpec
+from vmops.hypervisor.base import (
+    Accel,
+    DiskDevice,
+    DiskSpec,
+    DomainSpec,
+    NetworkSource,
+    NicSpec,
+)
 
 # The mark that tells vmops' domains from a user's other domains.
 VMOPS_XMLNS = "https://vmops.dev/xmlns/instance/1"
@@ -37,6 +44,7 @@ VMOPS_METADATA_ROOT = "instance"
 CPU_BASELINE_MODEL = "Nehalem"
 MACHINE_TYPE = "pc"
 DISK_CACHE = "writeback"
+NETWORK_PROTOCOLS = ("nbd", "iscsi")
 BALLOON_STATS_PERIOD_S = 10
 
 _METADATA_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -100,15 +108,55 @@ class Disk:
     def append_to(self, devices: ET.Element) -> None:
         s = self.spec
         cdrom = s.device is DiskDevice.CDROM
-        disk = _sub(devices, "disk", {"type": "file", "device": s.device.value})
+        kind = "file" if s.network is None else "network"
+        disk = _sub(devices, "disk", {"type": kind, "device": s.device.value})
         driver = {"name": "qemu", "type": s.format, "cache": DISK_CACHE}
         if not cdrom and not s.readonly:
             driver["discard"] = "unmap"  # a trimmed block frees space in the qcow2 file
         _sub(disk, "driver", driver)
-        _sub(disk, "source", {"file": str(s.path)})
+        if s.network is None:
+            _sub(disk, "source", {"file": str(s.path)})
+        else:
+            NetworkDiskSource(s.network).append_to(disk)
         _sub(disk, "target", {"dev": s.target, "bus": s.bus.value})
         if cdrom or s.readonly:
             _sub(disk, "readonly")
+
+
+@dataclass(frozen=True)
+class NetworkDiskSource:
+    """``<source protocol=...>`` of a network disk: its host (or NBD's UNIX
+    socket) and, for CHAP, ``<auth>`` naming the libvirt secret by uuid."""
+
+    source: NetworkSource
+
+    def append_to(self, disk: ET.Element) -> None:
+        n = self.source
+        if n.protocol not in NETWORK_PROTOCOLS:
+            raise ValueError(f"unknown disk protocol {n.protocol!r}: nbd or iscsi")
+        element = _sub(disk, "source", {"protocol": n.protocol, "name": n.name})
+        if n.socket:
+            _sub(element, "host", {"transport": "unix", "socket": n.socket})
+        else:
+            _sub(element, "host", {"name": n.host, "port": str(n.port)})
+        if n.auth_user:
+            if not n.secret_uuid:
+                raise ValueError(f"CHAP user {n.auth_user!r} without a secret")
+            auth = _sub(element, "auth", {"username": n.auth_user})
+            _sub(auth, "secret", {"type": "iscsi", "uuid": n.secret_uuid})
+
+    @staticmethod
+    def parse(element: ET.Element) -> NetworkSource:
+        """The network source libvirt kept (the inverse of append_to)."""
+        host = element.find("host")
+        auth, secret = element.find("auth"), element.find("auth/secret")
+        return NetworkSource(
+            protocol=element.get("protocol") or "", name=element.get("name") or "",
+            host=(host.get("name") or "") if host is not None else "",
+            port=int(host.get("port") or 0) if host is not None else 0,
+            socket=(host.get("socket") or "") if host is not None else "",
+            auth_user=(auth.get("username") or "") if auth is not None else "",
+            secret_uuid=(secret.get("uuid") or "") if secret is not None else "")
 
 
 @dataclass(frozen=True)
@@ -260,17 +308,22 @@ def disk_xml(spec: DiskSpec) -> str:
 
 
 def disks_of(domain_xml: str) -> dict[str, tuple[str, str]]:
-    """The disks of a domain's XML: target -> (source file, alias); the
-    alias is only in a running domain's live XML ('' otherwise)."""
+    """The disks of a domain's XML: target -> (source file or network URL,
+    alias); the alias is only in a running domain's live XML ('' otherwise)."""
     found: dict[str, tuple[str, str]] = {}
     for disk in ET.fromstring(domain_xml).iterfind("./devices/disk"):
         target = disk.find("target")
         if target is None or not target.get("dev"):
             continue
         source, alias = disk.find("source"), disk.find("alias")
+        if source is None:
+            where = ""
+        elif disk.get("type") == "network":
+            where = NetworkDiskSource.parse(source).url
+        else:
+            where = source.get("file") or ""
         found[str(target.get("dev"))] = (
-            (source.get("file") or "") if source is not None else "",
-            (alias.get("name") or "") if alias is not None else "")
+            where, (alias.get("name") or "") if alias is not None else "")
     return found
 
 
@@ -282,3 +335,12 @@ def disk_element(domain_xml: str, target: str) -> str | None:
         if found is not None and found.get("dev") == target:
             return ET.tostring(disk, encoding="unicode")
     return None
+
+
+def secret_xml(usage: str, description: str) -> str:
+    """A persistent, private libvirt secret of usage type iscsi (CHAP):
+    libvirt keeps its value on disk and never hands it out over its API."""
+    secret = ET.Element("secret", {"ephemeral": "no", "private": "yes"})
+    _sub(secret, "description", text=description)
+    _sub(_sub(secret, "usage", {"type": "iscsi"}), "target", text=usage)
+    return ET.tostring(secret, encoding="unicode")

@@ -57,6 +57,7 @@ from vmops.hypervisor.libvirt.domain_xml import (
     disk_element,
     disk_xml,
     disks_of,
+    secret_xml,
 )
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,10 @@ class LibvirtHypervisor:
         self.uri = uri
         self.accel = accel
         self._conn: Any = None
+        # The secret driver: with the embedded URI its own embedded instance
+        # on the same root (secret:///embed), which the embedded QEMU driver
+        # then uses; otherwise the QEMU connection's.
+        self._secret_conn: Any = None
         self._callback_id: int | None = None
         self._callbacks: list[EventCallback] = []
         self._events: queue.Queue[tuple[Any, int, int] | None] = queue.Queue()
@@ -242,6 +247,8 @@ class LibvirtHypervisor:
             prepare_embed_root(root)
         ensure_event_loop()
         try:
+            if root is not None:  # first, so that the QEMU driver finds it
+                self._secret_conn = libvirt.open(f"secret:///embed?root={root}")
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
             raise HypervisorError(
@@ -266,9 +273,12 @@ class LibvirtHypervisor:
             for callback_id in self._device_callback_ids:
                 conn.domainEventDeregisterAny(callback_id)
             conn.close()
+            if self._secret_conn is not None:
+                self._secret_conn.close()
         except libvirt.libvirtError as e:
             log.warning("closing %s: %s", self.uri, e.get_error_message())
         finally:
+            self._secret_conn = None
             self._callback_id = None
             self._device_callback_ids = []
             self._events.put(None)
@@ -497,6 +507,40 @@ class LibvirtHypervisor:
     def disk_targets(self, uuid: str) -> dict[str, str]:
         xml = self._domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         return {target: source for target, (source, _) in disks_of(xml).items()}
+
+    # -- secrets ---------------------------------------------------------------
+    @property
+    def _secrets(self) -> Any:
+        return self._secret_conn if self._secret_conn is not None else self.conn
+
+    @_translated("define the secret")
+    def define_secret(self, usage: str, value: bytes) -> str:
+        try:
+            self._secrets.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
+                                              usage).undefine()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                raise
+        secret = self._secrets.secretDefineXML(
+            secret_xml(usage, "CHAP password of a vmops volume"), 0)
+        try:
+            secret.setValue(value, 0)
+        except libvirt.libvirtError:
+            secret.undefine()
+            raise
+        return str(secret.UUIDString())
+
+    @_translated("undefine the secret")
+    def undefine_secret(self, uuid: str) -> None:
+        try:
+            self._secrets.secretLookupByUUIDString(uuid).undefine()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
+                raise
+
+    @_translated("list secrets")
+    def secrets(self) -> dict[str, str]:
+        return {str(s.UUIDString()): str(s.usageID()) for s in self._secrets.listAllSecrets(0)}
 
     # -- events and statistics -------------------------------------------------
     def on_lifecycle_event(self, callback: EventCallback) -> None:

@@ -1,0 +1,165 @@
+"""Remote volumes against real targets on loopback (qemu-nbd, a private
+tgtd; tests/targets.py), on the fake hypervisor: registration reads the
+size from the target, and every bad input or unreachable target is refused
+with the target's reason, leaving no record and no secret. What a guest
+sees of them: tests/functional/test_volumes.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_volumes import _spawn
+from tests.integration.test_volumes import env as env  # noqa: F401 - the fixture
+from tests.targets import IscsiTarget, NbdExport, free_port, iscsi_target, nbd_export
+from vmops.errors import Invalid
+from vmops.hypervisor.fake import FakeHypervisor
+from vmops.volumes.manager import SECRET_USAGE_PREFIX, Volumes
+from vmops.volumes.records import VolumeStatus
+
+pytestmark = pytest.mark.integration
+MIB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def nbd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NbdExport]:
+    with nbd_export(tmp_path_factory.mktemp("nbd"), size_mib=64) as export:
+        yield export
+
+
+@pytest.fixture(scope="module")
+def iscsi(tmp_path_factory: pytest.TempPathFactory) -> Iterator[IscsiTarget]:
+    with iscsi_target(tmp_path_factory.mktemp("iscsi"), size_mib=48) as target:
+        yield target
+
+
+def _nothing_left(env: dict[str, Any]) -> None:
+    hv: FakeHypervisor = env["hv"]
+    assert env["volumes"].volumes() == [] and hv.secrets() == {}
+
+
+def test_an_nbd_export_is_registered_with_the_targets_size(env: dict[str, Any],
+                                                            nbd: NbdExport) -> None:
+    vols: Volumes = env["volumes"]
+    volume = vols.register_remote("shared", nbd.url)
+    assert (volume.status, volume.protocol, volume.format) == ("available", "nbd", "raw")
+    assert (volume.remote_host, volume.remote_port, volume.remote_export) == (
+        "127.0.0.1", nbd.port, nbd.export)
+    assert volume.path == nbd.url and volume.size_gb == 1  # 64 MiB, rounded up to 1 GiB
+    assert env["hv"].secrets() == {}
+    vols.delete("shared")  # forgets it; the export and its file stay
+    assert nbd.image.stat().st_size == 64 * MIB and nbd.proc.poll() is None
+    _nothing_left(env)
+
+
+def test_an_iscsi_lun_with_chap_keeps_the_password_in_a_secret_only(
+        env: dict[str, Any], iscsi: IscsiTarget) -> None:
+    vols: Volumes = env["volumes"]
+    hv: FakeHypervisor = env["hv"]
+    volume = vols.register_remote("lun1", iscsi.url(1), chap_user=iscsi.chap_user,
+                                  chap_secret=iscsi.chap_secret.encode())
+    assert (volume.protocol, volume.remote_export, volume.remote_lun) == ("iscsi", iscsi.iqn, 1)
+    assert volume.chap_user == iscsi.chap_user and volume.path == iscsi.url(1)
+    assert hv.secret_values[volume.secret_uuid] == (SECRET_USAGE_PREFIX + volume.id,
+                                                    iscsi.chap_secret.encode())
+    db = Path(env["settings"].db_path).read_bytes()
+    assert iscsi.chap_secret.encode() not in db  # (the WAL too: read through the store)
+    rows = env["store"].query("SELECT * FROM volumes")
+    assert all(iscsi.chap_secret not in str(v) for r in rows for v in tuple(r))
+    # Attached, the disk names the secret by uuid; the password is nowhere in the spec.
+    inst = _spawn(env)
+    vols.attach("lun1", inst.name)
+    disk = next(d for d in hv.spec_of(inst.id).disks if d.target == "vdb")
+    assert disk.network is not None and disk.network.secret_uuid == volume.secret_uuid
+    assert iscsi.chap_secret not in repr(hv.spec_of(inst.id))
+    assert hv.disk_targets(inst.id)["vdb"] == volume.path
+    vols.detach("lun1", inst.name)
+    vols.delete("lun1")
+    assert hv.secrets() == {}
+
+
+@pytest.mark.parametrize(("case", "reason"), [
+    ("no CHAP", "Authentication failure"),
+    ("wrong secret", "Authentication failure"),
+    ("wrong LUN", "LOGICAL_UNIT_NOT_SUPPORTED"),
+    ("wrong IQN", "Target not found"),
+    ("unreachable portal", "cannot open iscsi://127.0.0.1:"),
+])
+def test_a_bad_iscsi_registration_is_refused_leaving_nothing(
+        env: dict[str, Any], iscsi: IscsiTarget, case: str, reason: str) -> None:
+    url, user, secret = iscsi.url(1), iscsi.chap_user, iscsi.chap_secret.encode()
+    if case == "no CHAP":
+        user, secret = "", None
+    elif case == "wrong secret":
+        secret = b"not-the-secret"
+    elif case == "wrong LUN":
+        url = iscsi.url(7)
+    elif case == "wrong IQN":
+        url = url.replace(iscsi.iqn, iscsi.iqn + "-other")
+    else:
+        url = url.replace(f":{iscsi.port}/", f":{free_port()}/")
+    with pytest.raises(Invalid, match=reason):
+        env["volumes"].register_remote("bad", url, chap_user=user, chap_secret=secret)
+    _nothing_left(env)
+
+
+@pytest.mark.parametrize(("url", "reason"), [
+    ("nbd://127.0.0.1:{port}/nope", "export 'nope' not present"),
+    ("nbd://127.0.0.1:{free}/data", "cannot open nbd://127.0.0.1:"),
+    ("nbd+unix:///data?socket=/nonexistent/nbd.sock", "cannot open nbd\\+unix"),
+    ("nbd://127.0.0.1:99999/data", "port '99999'"),
+    ("nbd://bad host/data", "host 'bad host'"),
+    ("nbd://127.0.0.1/a,b", "export name 'a,b'"),
+    ("iscsi://127.0.0.1/iqn.2026-12.dev.vmops:x/lun", "LUN 'lun'"),
+    ("iscsi://127.0.0.1/not-an-iqn/1", "iqn.YYYY-MM"),
+    ("iscsi://u%40:pw@127.0.0.1/iqn.2026-12.dev.vmops:x/1", "carries no user or password"),
+    ("http://127.0.0.1/x", "iSCSI URL"),
+])
+def test_a_bad_url_or_export_is_refused_leaving_nothing(
+        env: dict[str, Any], nbd: NbdExport, url: str, reason: str) -> None:
+    with pytest.raises(Invalid, match=reason):
+        env["volumes"].register_remote("bad", url.format(port=nbd.port, free=free_port()))
+    _nothing_left(env)
+
+
+def test_chap_goes_with_iscsi_only_and_needs_both_halves(env: dict[str, Any],
+                                                         nbd: NbdExport,
+                                                         iscsi: IscsiTarget) -> None:
+    vols: Volumes = env["volumes"]
+    with pytest.raises(Invalid, match="for iSCSI volumes only"):
+        vols.register_remote("x", nbd.url, chap_user="u", chap_secret=b"s")
+    with pytest.raises(Invalid, match="needs both a user"):
+        vols.register_remote("x", iscsi.url(1), chap_secret=b"s")
+    _nothing_left(env)
+
+
+def test_a_remote_volume_is_not_extended(env: dict[str, Any], nbd: NbdExport) -> None:
+    vols: Volumes = env["volumes"]
+    vols.register_remote("shared", nbd.url)
+    with pytest.raises(Invalid, match="is remote"):
+        vols.extend("shared", 5)
+    assert vols.volume("shared").size_gb == 1
+    vols.delete("shared")
+
+
+def test_a_restart_forgets_a_secret_no_volume_names(env: dict[str, Any]) -> None:
+    """A registration killed after its secret was defined, before the record."""
+    hv: FakeHypervisor = env["hv"]
+    orphan = hv.define_secret(SECRET_USAGE_PREFIX + "gone", b"pw")
+    other = hv.define_secret("not-vmops", b"pw")
+    env["volumes"].reconcile()
+    assert orphan not in hv.secrets() and other in hv.secrets()
+
+
+def test_a_remote_volume_in_deleting_is_forgotten_at_start(env: dict[str, Any],
+                                                           iscsi: IscsiTarget) -> None:
+    vols: Volumes = env["volumes"]
+    volume = vols.register_remote("lun1", iscsi.url(1), chap_user=iscsi.chap_user,
+                                  chap_secret=iscsi.chap_secret.encode())
+    vols.records.update(volume.id, status=VolumeStatus.DELETING)
+    vols.reconcile()
+    _nothing_left(env)
+    assert iscsi.lun_image.stat().st_size == 48 * MIB
