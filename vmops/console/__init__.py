@@ -7,6 +7,7 @@
 from vmops.console.layout import DEFAULT_MAX_BYTES, LogFiles
 from vmops.console.log import follow, read_log, remove_logs
 from vmops.console.process import (
+    attach,
     capture_generation,
     capture_pid,
     poke_capture,
@@ -18,6 +19,7 @@ from vmops.console.process import (
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "LogFiles",
+    "attach",
     "capture_generation",
     "capture_pid",
     "follow",

@@ -10,6 +10,10 @@ QEMU serves it again. Each connection bumps a generation counter in
 ``DIR/capture.state`` so vmops can wait for "connected to the new QEMU"
 before it resumes a paused guest. SIGTERM: store what is readable, exit 0.
 
+It also listens on ``DIR/console.sock`` for interactive clients
+(``fanout.py``): each gets the guest's output from the moment it connects,
+and what they write goes to the guest; the log still gets every byte.
+
 It runs detached from the vmops service so that restarting the service
 loses no console output; see docs/console.md for the design.
 """
@@ -31,7 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from vmops.console.layout import DEFAULT_MAX_BYTES, EXIT_ALREADY_RUNNING, LogFiles
+from vmops.console.fanout import MAX_CLIENTS, FanOut
+from vmops.console.layout import DEFAULT_MAX_BYTES, EXIT_ALREADY_RUNNING, LogFiles, socket_address
 from vmops.console.rotation import RotatingLog
 
 RETRY_INTERVAL = 0.05
@@ -69,11 +74,14 @@ class StopSignal:
     def _wake(self, signum: int, frame: FrameType | None) -> None:
         pass
 
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but return at once when a stop signal arrives."""
+    def sleep(self, seconds: float, wake_on: socket.socket | None = None) -> None:
+        """Sleep, but return at once when a stop signal arrives (or
+        ``wake_on`` is readable)."""
         if not self.requested:
             poller = select.poll()
             poller.register(self.fd, select.POLLIN)
+            if wake_on is not None:
+                poller.register(wake_on, select.POLLIN)
             poller.poll(seconds * 1000)
         self.clear()
 
@@ -93,6 +101,7 @@ class Capture:
         self.generation = 0
         self.connected = False
         self.error: str | None = None
+        self.fanout: FanOut | None = None
 
     def run(self) -> int:
         self.stop = StopSignal()
@@ -109,9 +118,13 @@ class Capture:
                 # hold the lock, so it is dead: it was killed.
                 self._store(GAP_MARKER % _utc_now())
             self._save_state()
+            self.fanout = self._listen()
             _write_atomically(self.files.pid, f"{os.getpid()}\n")
             self._serve()
         finally:
+            if self.fanout is not None:
+                self.fanout.close()
+                self.files.console_socket.unlink(missing_ok=True)
             self.log.close()
             self.connected = False
             self._save_state()
@@ -133,6 +146,25 @@ class Capture:
             self.connected = False
             self._save_state()
 
+    def _listen(self) -> FanOut | None:
+        """The socket interactive clients connect to (only the owner may:
+        what they type reaches the guest). Without it the log is still kept."""
+        path = self.files.console_socket
+        path.unlink(missing_ok=True)  # a killed predecessor's; we hold the lock
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            with socket_address(path) as address:
+                listener.bind(address)
+            listener.listen(MAX_CLIENTS)
+        except OSError as exc:
+            listener.close()
+            self._note_error(f"listening on {path}: {exc}")
+            return None
+        finally:
+            os.umask(old_umask)
+        return FanOut(listener)
+
     def _connect(self) -> socket.socket | None:
         """Connect to the socket, retrying until it is served or we must stop."""
         while not self.stop.requested:
@@ -147,31 +179,71 @@ class Capture:
                 sock.close()
                 if exc.errno not in _NOT_SERVING:
                     self._note_error(f"connecting to {self.socket_path}: {exc}")
-            self.stop.sleep(RETRY_INTERVAL)
+            if self.fanout is None:
+                self.stop.sleep(RETRY_INTERVAL)
+            else:
+                self.stop.sleep(RETRY_INTERVAL, wake_on=self.fanout.listener)
+                self.fanout.accept(None, connected=False)  # no guest: closed at once
         return None
 
     def _pump(self, sock: socket.socket) -> None:
-        """Copy from the socket to the log until EOF or a stop signal."""
+        """Copy from the socket to the log (and the clients) until EOF or a
+        stop signal; what clients write goes to the socket."""
         poller = select.poll()
         poller.register(sock, select.POLLIN)
         poller.register(self.stop.fd, select.POLLIN)
-        while not self.stop.requested:
-            # The timeout only backs up the wake-up pipe (a signal handled
-            # between our check and poll()); it costs one wake-up a second.
-            poller.poll(1000)
-            self.stop.clear()
-            if self.stop.requested:
-                break
-            try:
-                data = sock.recv(RECV_BYTES)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                return
-            if not data:
-                return
-            self._store(data)
-        self._drain(sock)
+        fanout = self.fanout
+        if fanout is not None:
+            fanout.register(poller)
+        try:
+            while not self.stop.requested:
+                if fanout is not None:
+                    poller.modify(sock, select.POLLIN | (select.POLLOUT if fanout.to_guest
+                                                         else 0))
+                    fanout.update(poller)
+                # The timeout only backs up the wake-up pipe (a signal handled
+                # between our check and poll()); it costs one wake-up a second.
+                events = poller.poll(1000)
+                self.stop.clear()
+                if self.stop.requested:
+                    break
+                if not self._round(poller, sock, events):
+                    return
+            self._drain(sock)
+        finally:
+            if fanout is not None:
+                fanout.close_clients()  # they belong to this QEMU connection
+
+    def _round(self, poller: select.poll, sock: socket.socket,
+               events: list[tuple[int, int]]) -> bool:
+        """Handle one poll's events; False once QEMU's socket has ended."""
+        fanout = self.fanout
+        for fd, event in events:
+            if fd == sock.fileno():
+                if event & select.POLLOUT and fanout is not None:
+                    fanout.send_to_guest(sock)
+                if event & (select.POLLIN | select.POLLHUP | select.POLLERR) and \
+                        not self._read_guest(poller, sock):
+                    return False
+            elif fanout is not None:
+                fanout.handle(poller, fd, event, connected=True)
+        if fanout is not None:
+            fanout.send_to_guest(sock)  # what was typed this round, at once
+        return True
+
+    def _read_guest(self, poller: select.poll, sock: socket.socket) -> bool:
+        try:
+            data = sock.recv(RECV_BYTES)
+        except BlockingIOError:
+            return True
+        except ConnectionResetError:
+            return False
+        if not data:
+            return False
+        self._store(data)
+        if self.fanout is not None:
+            self.fanout.output(poller, data)
+        return True
 
     def _drain(self, sock: socket.socket) -> None:
         taken = 0

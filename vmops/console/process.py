@@ -14,6 +14,7 @@ import json
 import os
 import select
 import signal
+import socket as socketlib
 import subprocess
 import sys
 import threading
@@ -22,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import vmops
-from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles
-from vmops.errors import HypervisorError
+from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles, socket_address
+from vmops.errors import Conflict, HypervisorError
 
 _POLL_INTERVAL = 0.02
 _START_TIMEOUT = 10.0
@@ -115,6 +116,22 @@ def poke_capture(log_dir: Path) -> None:
     if state.pid is not None and state.pid == capture_pid(log_dir):
         with contextlib.suppress(ProcessLookupError):
             os.kill(state.pid, signal.SIGUSR1)
+
+
+def attach(log_dir: Path) -> socketlib.socket:
+    """A connection to the capture process's console socket (blocking): it
+    receives the guest's output from now on, and what is sent on it goes to
+    the guest. It ends when the guest's QEMU does (fanout.py)."""
+    path = LogFiles(log_dir).console_socket
+    sock = socketlib.socket(socketlib.AF_UNIX, socketlib.SOCK_STREAM)
+    try:
+        with socket_address(path) as address:
+            sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        raise Conflict(reason=f"the serial console cannot be reached: no console capture "
+                       f"process listens on {path} ({exc.strerror or exc})") from None
+    return sock
 
 
 def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
