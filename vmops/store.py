@@ -608,6 +608,10 @@ class Instance:
     # While rescued (or being rescued): the image its rescue disk is made
     # from; the domain then boots from that disk (compute/rescue.py).
     rescue_image_id: str = ""
+    # -- boot from volume (in `body`; vmops/compute/boot_volume.py) -----------
+    boot_volume_id: str = ""  # the volume that is its root disk (vda); '': a local one
+    boot_volume_made: bool = False  # made at spawn from an image (a rollback deletes it)
+    delete_on_termination: bool = False  # destroy deletes the boot volume too
 
 
 _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", "image_id",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops import console
-from vmops.compute import crash_points, flavor_access, services, states
+from vmops.compute import boot_volume, crash_points, flavor_access, services, states
 from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
     check_display_name,
@@ -95,6 +95,9 @@ class SpawnRequest:
     launch_index: int = 0
     disk_config: str = "MANUAL"
     server_group: str | None = None  # os:scheduler_hints' group: the id of one
+    # The root disk as a volume (boot from volume); None: a local root disk.
+    # A new volume is made from ``image``; an existing one needs no image.
+    boot_volume: boot_volume.BootVolume | None = None
 
 
 class Compute:
@@ -147,7 +150,8 @@ class Compute:
         self.actions.begin(inst, "spawn")
         if no_host is not None:
             return self._no_valid_host(inst, no_host, started)
-        args = (inst, image, req.admin_password, started)
+        size_gb = req.boot_volume.size_gb if req.boot_volume else 0
+        args = (inst, image, req.admin_password, started, size_gb)
         if not background:
             self._spawn(*args)
             return self.store.instance(inst.id)
@@ -160,6 +164,8 @@ class Compute:
         is here already): the server is recorded in ERROR, nothing is built."""
         failure = VmopsError(reason)
         try:
+            # Nothing was built; a boot volume it took is available again.
+            boot_volume.release(self, inst, rollback=True)
             self._record_error(inst, reason, [], disks=())
         finally:
             self.actions.end(inst.id, failure)
@@ -168,20 +174,26 @@ class Compute:
             self._notify()
         return self.store.instance(inst.id)
 
-    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image, str | None]:
+    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image | None, str | None]:
         """Everything that can be refused is checked before the record is
-        written, so a refused spawn leaves nothing behind. The third value
-        says why the server gets no host (it is then recorded in ERROR)."""
+        written, so a refused spawn leaves nothing behind. The image is None
+        for an existing boot volume. The third value says why the server
+        gets no host (it is then recorded in ERROR)."""
         problems = self._host_problems()
         if problems:
             raise HostNotReady(reason="; ".join(problems))
         check_display_name(req.name)
         flavor = self.store.flavor(req.flavor)
-        image = self._active_image(req.image)
+        boot = req.boot_volume
+        image = None if boot and boot.volume else self._active_image(req.image)
         mac = check_mac(req.mac) if req.mac else generate_mac()
         from vmops.compute import spawn as spawn_steps
 
-        spawn_steps.check_root_fits(flavor, image)
+        volume = None
+        if boot is not None:  # the flavor's root disk is not used
+            volume = boot_volume.check(self, boot, image, req.project_id)
+        elif image is not None:
+            spawn_steps.check_root_fits(flavor, image)
         use_drive = req.config_drive or self.settings.force_config_drive
         instance_id = str(uuidlib.uuid4())
         # Checked with or without a drive: the properties, files and key are
@@ -191,23 +203,34 @@ class Compute:
         spawn_steps.validate_config_drive(self, req, instance_id, mac)
         ports, group_ids = self._plan_nics(req, instance_id, mac)
         hostname = hostname_of(req.name, instance_id)
-        with self.quotas.lock:  # checked and recorded at once: no two take the last unit
-            self.quotas.check_servers(req.project_id, flavor, user_id=req.user_id)
-            # Nova's scheduler: no host while nova-compute is disabled (os-services).
-            no_host = services.no_host(self.store) or (
-                self.server_groups.check_join(req.server_group, req.project_id)
-                if req.server_group else None)
-            inst = self._add_record(req, instance_id, hostname, flavor, image, mac, use_drive,
-                                    ports, group_ids)
-            if req.server_group:
-                self.server_groups.join(req.server_group, inst.id)
-        self.store.update_image(image)  # last used now: prune ages images by it
+        if volume is not None:  # taken now: no other spawn or attach gets it
+            volume = boot_volume.claim(self, volume, instance_id, req.name)
+        try:
+            with self.quotas.lock:  # checked and recorded at once: no two take the last unit
+                self.quotas.check_servers(req.project_id, flavor, user_id=req.user_id)
+                # Nova's scheduler: no host while nova-compute is disabled (os-services).
+                no_host = services.no_host(self.store) or (
+                    self.server_groups.check_join(req.server_group, req.project_id)
+                    if req.server_group else None)
+                inst = self._add_record(req, instance_id, hostname, flavor, image, mac,
+                                        use_drive, ports, group_ids,
+                                        volume.id if volume else "")
+                if req.server_group:
+                    self.server_groups.join(req.server_group, inst.id)
+        except BaseException:
+            if volume is not None:
+                volume_records.VolumeRecords(self.store).release(volume.id)
+            raise
+        if image is not None:
+            self.store.update_image(image)  # last used now: prune ages images by it
         self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
         return inst, image, no_host
 
     def _add_record(self, req: SpawnRequest, instance_id: str, hostname: str, flavor: Flavor,
-                    image: Image, mac: str, use_drive: bool, ports: list[Port],
-                    group_ids: list[str]) -> Instance:
+                    image: Image | None, mac: str, use_drive: bool, ports: list[Port],
+                    group_ids: list[str], boot_volume_id: str) -> Instance:
+        # A volume-backed server has no image of its own (Nova's image_ref '').
+        shown_image = None if req.boot_volume else image
         return self.store.add_instance(Instance(
             id=instance_id, name=req.name, hostname=hostname,
             domain_name=self._domain_name(hostname, instance_id),
@@ -217,15 +240,19 @@ class Compute:
             disk_config=req.disk_config,
             vm_state=states.BUILDING,
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
-            flavor_id=flavor.id, image_id=image.id, flavor=_flavor_snapshot(
-                flavor, flavor_access.extra_specs(self.store, flavor.id)),
-            image_name=image.name, macs=(mac,), config_drive=use_drive, key_name=req.key_name,
+            flavor_id=flavor.id, image_id=shown_image.id if shown_image else "",
+            flavor=_flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id)),
+            image_name=shown_image.name if shown_image else "", macs=(mac,),
+            config_drive=use_drive, key_name=req.key_name,
             key_data=self.store.keypair(req.key_name, req.user_id or None).public_key
             if req.key_name else None,
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
-            desired_running=True), ports=ports, group_ids=group_ids,
+            desired_running=True, boot_volume_id=boot_volume_id,
+            delete_on_termination=bool(req.boot_volume
+                                       and req.boot_volume.delete_on_termination)),
+            ports=ports, group_ids=group_ids,
             choose_ip=self.network.choose_ip if self.network and self.network.enabled else None)
 
     def _domain_name(self, hostname: str, instance_id: str) -> str:
@@ -278,8 +305,10 @@ class Compute:
                                state=f"{image.status} ({why})")
         return image
 
-    def _spawn(self, inst: Instance, image: Image, admin_password: str | None,
-               started: float) -> None:
+    def _spawn(self, inst: Instance, image: Image | None, admin_password: str | None,
+               started: float, boot_volume_gb: int = 0) -> None:
+        """``boot_volume_gb``: the root disk is a new volume of that size,
+        made from ``image``."""
         from vmops.compute import spawn as spawn_steps
 
         failure: Exception | None = None
@@ -292,10 +321,14 @@ class Compute:
             if self.network is not None and any(
                     p.mode == NicMode.BRIDGE for p in self.store.ports(inst.id)):
                 self.network.apply()  # DHCP knows the MAC, the rules the tap, before boot
-            disks = spawn_steps.create_disks(self, inst, image, admin_password)
+            if boot_volume_gb and image is not None:
+                inst = boot_volume.make(self, inst, image, boot_volume_gb)
+            local_root = None if inst.boot_volume_id else image
+            disks = spawn_steps.create_disks(self, inst, local_root, admin_password)
             inst = self.store.update_instance(inst, disks=tuple(disks))
             self._spawn_step(inst, "after-disks")
             self.hv.define(self.domain_spec(inst))
+            boot_volume.attached(self, inst)
             self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
             self._spawn_step(inst, "after-define")
             self._boot(inst)
@@ -312,7 +345,8 @@ class Compute:
         except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
             failure = exc
             log.exception("spawn of %s failed", inst.name)
-            self._record_error(inst, _fault_of(exc), self._teardown(inst), disks=())
+            self._record_error(inst, _fault_of(exc), self._teardown(inst, rollback=True),
+                               disks=())
         finally:
             self.actions.end(inst.id, failure)
             self._ended("spawn", started, failure)
@@ -344,8 +378,11 @@ class Compute:
             from vmops.compute import rescue as rescue_steps
 
             return tuple(_disk_spec(d) for d in rescue_steps.disks(self, inst))
-        return tuple(_disk_spec(d) for d in inst.disks) \
-            + volume_records.disk_specs(self.store, inst.id)
+        volumes = volume_records.disk_specs(self.store, inst.id)
+        # A root volume (vda) first: the firmware boots the first disk.
+        root = tuple(v for v in volumes if v.target == boot_volume.ROOT_DEVICE)
+        return root + tuple(_disk_spec(d) for d in inst.disks) \
+            + tuple(v for v in volumes if v.target != boot_volume.ROOT_DEVICE)
 
     def _nic_spec(self, port: Port) -> NicSpec:
         if port.mode == NicMode.BRIDGE and self.network is not None:
@@ -450,8 +487,11 @@ class Compute:
         self._record_error(inst, fault, failures[1:])
         raise HypervisorError(reason=f"{inst.name}: {fault}")
 
-    def _teardown(self, inst: Instance) -> list[str]:
+    def _teardown(self, inst: Instance, rollback: bool = False) -> list[str]:
         """Remove the domain, the capture process and every file of ``inst``.
+        Its volumes are kept (available), but for its boot volume when a
+        ``rollback`` of its spawn made it or it is to be deleted on
+        termination (:func:`boot_volume.release`).
 
         Every step is tried even if one before it failed: a rollback that
         stops half-way leaves more behind. Returns what failed, in order
@@ -470,8 +510,9 @@ class Compute:
 
         step("remove the domain", remove_domain)
         if not failures:  # the domain is gone: its volumes are free, their files kept
+            # As recorded now: spawn may have made its boot volume since ``inst`` was read.
             step("release the instance's volumes",
-                 lambda: volume_records.VolumeRecords(self.store).release_instance(inst.id))
+                 lambda: boot_volume.release(self, self.store.instance(inst.id), rollback))
         step("stop the console capture",
              lambda: self.console.stop_capture(self.instance_dir(inst)))
         step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))
@@ -691,11 +732,15 @@ class Compute:
 
         inst = self.store.instance(ref)
         image = self._active_image(image_ref)
-        spawn_steps.check_root_fits(spawn_steps.recorded_flavor(inst), image)
+        if inst.boot_volume_id:  # its root volume is kept as it is (Nova before 2.93)
+            boot_volume.check_rebuild(self, inst, image)
+        else:
+            spawn_steps.check_root_fits(spawn_steps.recorded_flavor(inst), image)
 
         def work(inst: Instance) -> None:
             boot = inst.vm_state != states.STOPPED
-            staged = spawn_steps.stage_disks(self, inst, image)
+            staged = spawn_steps.stage_disks(self, inst,
+                                             None if inst.boot_volume_id else image)
             try:
                 if self.hv.exists(inst.id) and not self._is_off(inst) and \
                         not self._shutdown_gracefully(inst, self.settings.shutdown_timeout):
@@ -704,7 +749,9 @@ class Compute:
                 spawn_steps.discard_staged(self, inst)
                 raise
             disks = spawn_steps.install_disks(self, inst, staged)
-            inst = self.store.update_instance(inst, image_id=image.id, image_name=image.name,
+            shown = None if inst.boot_volume_id else image  # volume-backed: image ''
+            inst = self.store.update_instance(inst, image_id=shown.id if shown else "",
+                                              image_name=shown.name if shown else "",
                                               disks=disks, desired_running=boot)
             self.store.update_image(image)  # last used now: prune ages images by it
             self.hv.define(self.domain_spec(inst))
@@ -724,6 +771,9 @@ class Compute:
         from vmops.compute import resize as resize_steps
 
         flavor = self.store.flavor(flavor_ref)
+        if self.store.instance(ref).boot_volume_id:
+            raise Invalid(reason="vmops cannot resize a volume-backed server (its root disk "
+                          "is a volume); see docs/volumes.md")
         snapshot = _flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id))
         return self._run(ref, "resize", states.RESIZE_PREP, (states.ACTIVE, states.STOPPED),
                          lambda inst: resize_steps.resize(self, inst, flavor, snapshot),
@@ -751,6 +801,8 @@ class Compute:
         from vmops.compute import rescue as rescue_steps
 
         inst = self.store.instance(ref)
+        if inst.boot_volume_id:  # Nova's words and status (400) before 2.87
+            raise Invalid(reason="Cannot rescue a volume-backed instance")
         image = self._active_image(image_ref or inst.image_id)
         return self._run(inst.id, "rescue", states.RESCUING,
                          (states.ACTIVE, states.STOPPED, states.ERROR),
@@ -1002,7 +1054,7 @@ class Compute:
         if inst.task_state == states.SPAWNING:
             log.warning("%s: spawn was interrupted; rolling it back", inst.name)
             self._record_error(inst, "spawn was interrupted by a service restart",
-                               self._teardown(inst), disks=())
+                               self._teardown(inst, rollback=True), disks=())
             return
         if inst.task_state == states.IMAGE_SNAPSHOT:
             from vmops.compute import snapshot as snapshot_steps

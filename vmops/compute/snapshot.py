@@ -72,7 +72,12 @@ def take(compute: Compute, inst: Instance, image: Image, cache: ImageCache) -> I
 def copy_root_disk(compute: Compute, inst: Instance, dest: Path) -> float:
     """Write the flattened root disk to ``dest``; returns how long the guest
     was paused for it (0 when it was not running)."""
-    disk = root_disk(inst)
+    if inst.boot_volume_id:  # its root volume, copied as a root disk is
+        from vmops.compute import boot_volume
+
+        disk = boot_volume.root_disk(compute, inst)
+    else:
+        disk = root_disk(inst)
     state = compute.hv.info(inst.id).state if compute.hv.exists(inst.id) \
         else PowerState.SHUTOFF
     running = state in _RUNNING

@@ -77,30 +77,36 @@ def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac
     configdrive.validate(md, _limits(compute))
 
 
-def create_disks(compute: Compute, inst: Instance, image: Image,
+def create_disks(compute: Compute, inst: Instance, image: Image | None,
                  admin_password: str | None, inst_dir: Path | None = None) -> list[DiskRecord]:
-    """The instance's disks, in its directory (or ``inst_dir``: rebuild's staging)."""
+    """The instance's disks, in its directory (or ``inst_dir``: rebuild's
+    staging). Without ``image`` there is no local root disk: the root (vda)
+    is a volume (vmops/compute/boot_volume.py) and the others follow it."""
     inst_dir = inst_dir or compute.instance_dir(inst)
     inst_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(inst_dir, 0o700)
-    disks = [_root_disk(compute, inst, image, inst_dir)]
+    disks = [] if image is None else [_root_disk(compute, inst, image, inst_dir)]
+    skip = 1 if image is None else 0  # vda is the root volume's
+
+    def next_target() -> str:
+        return disk_target(len(disks) + skip)
+
     ephemeral_gb = int(inst.flavor["ephemeral_gb"])
     if ephemeral_gb:
         facts = instance_disks.create_ephemeral_disk(inst_dir / EPHEMERAL_FILE,
                                                      ephemeral_gb * GIB)
-        disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, "vdb"))
+        disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, next_target()))
     swap_mb = int(inst.flavor.get("swap_mb") or 0)
     if swap_mb:  # after the ephemeral disk, as Nova's disk.swap
         facts = instance_disks.create_swap_disk(inst_dir / SWAP_FILE, swap_mb * MIB)
-        disks.append(DiskRecord("swap", str(facts.path), facts.format,
-                                disk_target(len(disks))))
+        disks.append(DiskRecord("swap", str(facts.path), facts.format, next_target()))
     if inst.config_drive:
         path = write_config_drive(compute, inst, admin_password, inst_dir)
         if compute.settings.config_drive_format == "cdrom":
             disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
         else:
-            target = disk_target(len(disks))
-            disks.append(DiskRecord("config", str(path), "raw", target, device="disk"))
+            disks.append(DiskRecord("config", str(path), "raw", next_target(),
+                                    device="disk"))
     return disks
 
 
@@ -147,13 +153,14 @@ def _drive_nics(compute: Compute, inst: Instance) -> list[configdrive.Nic]:
 
 
 # -- rebuild ---------------------------------------------------------------------
-def stage_disks(compute: Compute, inst: Instance, image: Image) -> list[DiskRecord]:
+def stage_disks(compute: Compute, inst: Instance, image: Image | None) -> list[DiskRecord]:
     """Rebuild's new disks, made beside the ones in use (which stay untouched
     until :func:`install_disks`): a root disk from ``image``, a blank
     ephemeral disk (Nova's libvirt driver wipes it: rebuild destroys every
     local disk and spawns again, and refuses ``preserve_ephemeral``), and the
     config drive written again from the record (no admin password: it is not
-    recorded)."""
+    recorded). No ``image``: a volume-backed instance, whose root volume is
+    kept as it is."""
     staging = compute.instance_dir(inst) / REBUILD_STAGING
     discard_staged(compute, inst)  # what an interrupted rebuild left
     try:

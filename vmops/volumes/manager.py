@@ -286,6 +286,8 @@ class Volumes:
         if attachment is None or attachment.instance_id != inst.id:
             raise VolumeNotFound(f"volume {volume.name!r} is not attached to instance "
                                  f"{inst.name!r}", volume=volume.id)
+        if inst.boot_volume_id == volume.id:  # Nova's words and status (400)
+            raise Invalid(reason="Cannot detach a root device volume")
         self.compute.tasks.acquire(inst.id, inst.name, DETACHING_TASK)
         try:
             inst = self._ready(inst, "detach a volume from")

@@ -1,0 +1,167 @@
+"""Boot from volume on the fake hypervisor, with real files (qemu-img) and
+records: the root volume is vda (first in the domain, its recorded format),
+claimed and released as spawn, rollback and destroy require, and the verbs
+Nova refuses or treats differently for a volume-backed server. A real guest
+booting from a volume: tests/functional/test_boot_volume.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_volumes import env  # noqa: F401 - the fixture
+from vmops.compute import states
+from vmops.compute.boot_volume import BootVolume
+from vmops.compute.catalog import Catalog
+from vmops.compute.manager import SpawnRequest
+from vmops.disks.cache import ImageCache
+from vmops.errors import HypervisorError, Invalid, VolumeNotFound
+from vmops.store import Flavor
+from vmops.volumes.manager import Volumes
+from vmops.volumes.records import VolumeStatus
+
+pytestmark = pytest.mark.integration
+GIB = 1 << 30
+
+
+def _spawn(env: dict[str, Any], boot: BootVolume, name: str = "bfv",
+           image: str = "base", **extra: Any) -> Any:
+    return env["compute"].create(SpawnRequest(name=name, image=image, flavor="m1.tiny",
+                                              boot_volume=boot, **extra), background=False)
+
+
+def _pool_files(env: dict[str, Any]) -> list[str]:
+    pool: Path = env["settings"].volumes_dir
+    return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
+
+
+def test_an_existing_volume_is_the_root_disk_and_outlives_the_server(
+        env: dict[str, Any]) -> None:
+    vols: Volumes = env["volumes"]
+    volume = vols.create("boot", 1, image_ref="base", fmt="raw")
+    env["store"].add_flavor(Flavor(id="eph", name="eph", ram_mib=256, vcpus=1, root_gb=1,
+                                   ephemeral_gb=1, swap_mb=16))
+    inst = env["compute"].create(SpawnRequest(
+        name="bfv", image="", flavor="eph", boot_volume=BootVolume(volume="boot"),
+        config_drive=True), background=False)
+    assert inst.vm_state == states.ACTIVE and inst.boot_volume_id == volume.id
+    assert (inst.image_id, inst.image_name) == ("", "")  # Nova: no image of its own
+    # No local root disk; the ephemeral and swap disks follow the root volume.
+    assert [(d.role, d.target) for d in inst.disks] == \
+        [("ephemeral", "vdb"), ("swap", "vdc"), ("config", "hda")]
+    disks = env["hv"].domains[inst.id].spec.disks
+    assert (str(disks[0].path), disks[0].format, disks[0].target) == \
+        (volume.path, "raw", "vda")  # first, with the format recorded (never probed)
+    assert vols.volume("boot").status == VolumeStatus.IN_USE
+    assert [(a.volume_id, a.device) for a in vols.attached_to(inst.id)] == \
+        [(volume.id, "vda")]
+    with pytest.raises(Invalid, match="Cannot detach a root device volume"):
+        vols.detach("boot", inst.id)
+    with pytest.raises(Invalid, match="Invalid volume"):  # one server at a time
+        _spawn(env, BootVolume(volume="boot"), name="second", image="")
+    env["compute"].destroy(inst.id)
+    kept = vols.volume("boot")
+    assert kept.status == VolumeStatus.AVAILABLE and Path(kept.path).is_file()
+    assert vols.attachment_of(volume.id) is None
+
+
+def test_a_volume_made_from_the_image_is_deleted_on_termination_if_asked(
+        env: dict[str, Any]) -> None:
+    vols: Volumes = env["volumes"]
+    inst = _spawn(env, BootVolume(size_gb=2, delete_on_termination=True))
+    volume = vols.volume(inst.boot_volume_id)
+    assert (volume.status, volume.size_gb, volume.bootable, volume.format) == \
+        (VolumeStatus.IN_USE, 2, True, "qcow2")
+    assert volume.image_id == env["store"].image("base").id
+    assert Path(volume.path).read_bytes()[:4] == b"QFI\xfb"  # a qcow2 file of its own
+    assert inst.image_id == "" and inst.delete_on_termination
+    env["compute"].destroy(inst.id)
+    with pytest.raises(VolumeNotFound):
+        vols.volume(volume.id)
+    assert _pool_files(env) == []
+
+
+def test_a_volume_made_from_the_image_is_kept_by_default(env: dict[str, Any]) -> None:
+    inst = _spawn(env, BootVolume(size_gb=1))
+    env["compute"].destroy(inst.id)
+    kept = env["volumes"].volume(inst.boot_volume_id)
+    assert kept.status == VolumeStatus.AVAILABLE and Path(kept.path).is_file()
+
+
+@pytest.mark.parametrize("boot", [BootVolume(size_gb=0), BootVolume(size_gb=-1),
+                                  BootVolume(size_gb=70000), BootVolume(volume="nope")])
+def test_refused_boot_volumes_leave_nothing(env: dict[str, Any], boot: BootVolume) -> None:
+    with pytest.raises((Invalid, VolumeNotFound)):
+        _spawn(env, boot, image="" if boot.volume else "base")
+    assert env["store"].instances() == [] and env["volumes"].volumes() == []
+    assert _pool_files(env) == []
+
+
+def test_a_volume_smaller_than_the_image_or_its_min_disk_is_refused(
+        env: dict[str, Any]) -> None:
+    store = env["store"]
+    image = store.image("base")
+    store.update_image(image, virtual_size=2 * GIB)
+    with pytest.raises(Invalid, match="cannot hold image"):
+        _spawn(env, BootVolume(size_gb=1))
+    store.update_image(store.image("base"), virtual_size=image.virtual_size,
+                       extra={"min_disk": "3"})
+    with pytest.raises(Invalid, match="Volume is smaller than the minimum size"):
+        _spawn(env, BootVolume(size_gb=2))
+    assert store.instances() == [] and env["volumes"].volumes() == []
+
+
+def test_a_failed_spawn_deletes_the_volume_it_made_and_frees_an_existing_one(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    vols: Volumes = env["volumes"]
+    existing = vols.create("boot", 1, image_ref="base")
+
+    def fail(spec: Any) -> None:
+        raise HypervisorError(reason="define refused")
+
+    monkeypatch.setattr(env["hv"], "define", fail)
+    made = _spawn(env, BootVolume(size_gb=1), name="made")
+    assert made.vm_state == states.ERROR and "define refused" in made.fault
+    taken = _spawn(env, BootVolume(volume="boot"), name="taken", image="")
+    assert taken.vm_state == states.ERROR
+    assert [v.id for v in vols.volumes()] == [existing.id]  # the made one is gone
+    assert vols.volume("boot").status == VolumeStatus.AVAILABLE
+    assert vols.attachment_of(existing.id) is None
+    assert _pool_files(env) == [Path(existing.path).name]
+
+
+def test_a_spawn_interrupted_by_a_restart_is_rolled_back_with_its_volume(
+        env: dict[str, Any]) -> None:
+    inst = _spawn(env, BootVolume(size_gb=1))
+    volume_id = inst.boot_volume_id
+    # As a crash during the spawn leaves it: the record says spawning.
+    env["store"].update_instance(inst, task_state=states.SPAWNING, boot_volume_made=True)
+    env["compute"].recover()
+    with pytest.raises(VolumeNotFound):
+        env["volumes"].volume(volume_id)
+    assert _pool_files(env) == []
+
+
+def test_rebuild_keeps_the_root_volume_and_other_verbs_are_refused(
+        env: dict[str, Any], tmp_path: Path) -> None:
+    vols: Volumes = env["volumes"]
+    inst = _spawn(env, BootVolume(size_gb=1))
+    root = Path(vols.volume(inst.boot_volume_id).path)
+    root_bytes = root.read_bytes()
+    other = tmp_path / "other.raw"
+    other.write_bytes(bytes(1 << 20))
+    Catalog(env["store"], ImageCache(env["settings"].images_dir)).import_image(
+        "other", str(other), disk_format="raw", background=False)
+    with pytest.raises(Invalid, match="Unable to rebuild with a different image"):
+        env["compute"].rebuild(inst.id, "other")
+    rebuilt = env["compute"].rebuild(inst.id, "base")  # its own image: allowed
+    assert rebuilt.vm_state == states.ACTIVE and rebuilt.image_id == ""
+    assert root.read_bytes() == root_bytes  # the root volume is left as it was
+    assert env["hv"].domains[inst.id].spec.disks[0].path == root
+    with pytest.raises(Invalid, match="Cannot rescue a volume-backed instance"):
+        env["compute"].rescue(inst.id)
+    with pytest.raises(Invalid, match="cannot resize a volume-backed server"):
+        env["compute"].resize(inst.id, "m1.small")
+    assert env["store"].instance(inst.id).vm_state == states.ACTIVE
