@@ -11,19 +11,37 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_volumes import env  # noqa: F401 - the fixture
+from tests.integration.test_compute import FakeCapture
+from vmops import config
 from vmops.compute import states
 from vmops.compute.boot_volume import BootVolume
 from vmops.compute.catalog import Catalog
-from vmops.compute.manager import SpawnRequest
+from vmops.compute.manager import Compute, SpawnRequest
 from vmops.disks.cache import ImageCache
 from vmops.errors import HypervisorError, Invalid, VolumeNotFound
-from vmops.store import Flavor
+from vmops.hypervisor.base import Accel
+from vmops.hypervisor.fake import FakeHypervisor
+from vmops.store import Flavor, Store
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import VolumeStatus
 
 pytestmark = pytest.mark.integration
 GIB = 1 << 30
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, Any]:
+    """A compute on the fake hypervisor and a 1 MiB raw image "base"."""
+    settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
+    store = Store(settings.db_path)
+    hv = FakeHypervisor()
+    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeCapture())
+    base = tmp_path / "base.raw"
+    base.write_bytes(b"VMOPS-BOOT-IMAGE" + bytes(1024 * 1024 - 16))
+    Catalog(store, ImageCache(settings.images_dir)).import_image(
+        "base", str(base), disk_format="raw", background=False)
+    return {"settings": settings, "store": store, "hv": hv, "compute": compute,
+            "volumes": Volumes(compute)}
 
 
 def _spawn(env: dict[str, Any], boot: BootVolume, name: str = "bfv",
