@@ -113,6 +113,9 @@ class Settings:
     console_log_max_bytes: int = _opt(
         512 * 1024, "Size of each of the two console log files, in bytes.",
         minimum=4096, maximum=1 << 34)
+    console_token_ttl: int = _opt(
+        600, "Seconds a serial console URL (its single-use token) stays valid.",
+        minimum=10, maximum=86400)
     wait_soft_reboot_seconds: int = _opt(
         60, "How long a soft reboot waits for the guest to shut down before a hard reboot.",
         minimum=1, maximum=3600)

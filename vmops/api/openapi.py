@@ -129,7 +129,9 @@ def _server_schema() -> dict[str, Any]:
     return obj({
         "id": STR, "name": STR, "links": LINKS, "status": status, "tenant_id": STR,
         "user_id": STR, "metadata": STR_MAP, "hostId": STR,
-        "image": obj({"id": STR, "links": LINKS}), "flavor": flavor,
+        # "" for a volume-backed server, as Nova's.
+        "image": {"oneOf": [obj({"id": STR, "links": LINKS}), {"const": ""}]},
+        "flavor": flavor,
         "created": TIME, "updated": TIME, "addresses": ANY_OBJ, "accessIPv4": STR,
         "accessIPv6": STR, "OS-DCF:diskConfig": STR,
     }, {
@@ -140,7 +142,8 @@ def _server_schema() -> dict[str, Any]:
         "OS-EXT-AZ:availability_zone": STR,
         "OS-EXT-STS:vm_state": STR, "OS-EXT-STS:task_state": NULL_STR,
         "OS-EXT-STS:power_state": INT, "config_drive": STR,
-        "os-extended-volumes:volumes_attached": array(ANY_OBJ),
+        "os-extended-volumes:volumes_attached": array(obj(
+            {"id": STR}, {"delete_on_termination": BOOL}, extra=False)),
         "OS-EXT-SRV-ATTR:host": STR, "OS-EXT-SRV-ATTR:hypervisor_hostname": STR,
         "OS-EXT-SRV-ATTR:instance_name": STR,
         "OS-EXT-SRV-ATTR:reservation_id": NULL_STR, "OS-EXT-SRV-ATTR:launch_index": INT,
@@ -164,7 +167,8 @@ def _server_schema() -> dict[str, Any]:
 
 def _server_create_schema() -> dict[str, Any]:
     count = {"type": ["integer", "string"]}
-    return obj({"server": obj({"name": STR, "imageRef": STR, "flavorRef": STR}, {
+    return obj({"server": obj({"name": STR, "flavorRef": STR}, {
+        "imageRef": STR,  # none (or "") when the root disk is a volume
         "config_drive": BOOL, "user_data": STR, "key_name": STR, "metadata": STR_MAP,
         "personality": array(obj({"path": STR, "contents": STR}, extra=False)),
         "adminPass": STR, "min_count": count, "max_count": count,
@@ -176,12 +180,16 @@ def _server_create_schema() -> dict[str, Any]:
         "availability_zone": STR,
         "security_groups": array(obj({"name": STR})),
         "OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]},
-        "block_device_mapping_v2": array(obj({"uuid": STR, "source_type": {"enum": ["image"]},
-                                              "destination_type": {"enum": ["local"]},
-                                              "boot_index": {"enum": [0, "0"]}},
-                                             {"delete_on_termination": BOOL,
-                                              "device_type": {"enum": ["disk"]},
-                                              "disk_bus": STR, "tag": STR}, extra=False)),
+        # The root disk's mapping: an image onto a local disk or a new
+        # volume, or an existing volume (vmops/api/block_devices.py).
+        "block_device_mapping_v2": {**array(obj(
+            {"uuid": STR, "source_type": {"enum": ["image", "volume"]},
+             "boot_index": {"enum": [0, "0"]}},
+            {"destination_type": {"enum": ["local", "volume"]},
+             "volume_size": {"type": ["integer", "string", "null"]},
+             "delete_on_termination": {"type": ["boolean", "string", "null"]},
+             "device_type": {"enum": ["disk"]}, "device_name": STR, "disk_bus": STR,
+             "tag": STR}, extra=False)), "minItems": 1, "maxItems": 1},
         "vmops:mac": STR}, extra=False)}, {
         "os:scheduler_hints": ANY_OBJ, "OS-SCH-HNT:scheduler_hints": ANY_OBJ}, extra=False)
 
@@ -285,6 +293,8 @@ def _server_paths() -> dict[str, Any]:
             "OS-DCF:diskConfig": {"enum": ["AUTO", "MANUAL"]},
             "personality": array(obj({"path": STR, "contents": STR}, extra=False))},
             extra=False)}, extra=False),
+        obj({"os-getSerialConsole": obj({"type": {"enum": ["serial"]}}, extra=False)},
+            extra=False),
         obj({"os-getConsoleOutput": {"type": ["object", "null"], "additionalProperties": False,
                                      "properties": {"length": {"type": ["integer", "string",
                                                                         "null"]}}}},
@@ -343,9 +353,12 @@ def _server_paths() -> dict[str, Any]:
                        "background), os-getConsoleOutput (200); resize (to flavorRef: "
                        "VERIFY_RESIZE), then confirmResize (204) or revertResize; rescue "
                        "(200: the rescue adminPass; RESCUE), unrescue; trigger_crash_dump "
-                       "(2.17: an NMI to the guest)",
+                       "(2.17: an NMI to the guest); os-getSerialConsole (2.1 to 2.5: 200, "
+                       "the serial console's URL; 409 unless the guest runs)",
                        {**ok(obj({}, {"output": STR, "server": ref("Server"),
-                                      "adminPass": STR})),
+                                      "adminPass": STR,
+                                      "console": obj({"type": STR, "url": STR},
+                                                     extra=False)})),
                         **ok(None, "204", "No content (confirmResize)"),
                         "202": {"description": "Accepted (rebuild: the server; createImage "
                                 "from 2.45: the image's id; the others: no body)",
@@ -358,6 +371,30 @@ def _server_paths() -> dict[str, Any]:
                                      "seconds (202 if it has not)",
                                      {"type": "number", "minimum": 0, "maximum": 3600})]),
         },
+        f"{P}/servers/{{id}}/remote-consoles": {
+            "parameters": [path_id("server")],
+            "post": op("A URL to the server's serial console (2.6): a WebSocket with a "
+                       "single-use token that expires; only protocol and type serial (other "
+                       "known ones: 400); 409 unless the guest runs",
+                       ok(obj({"remote_console": obj(
+                           {"protocol": STR, "type": STR, "url": STR}, extra=False)},
+                           extra=False)),
+                       body=obj({"remote_console": obj(
+                           {"protocol": {"enum": ["vnc", "spice", "rdp", "serial", "mks"]},
+                            "type": {"enum": ["novnc", "xvpvnc", "rdp-html5", "spice-html5",
+                                              "serial", "webmks"]}}, extra=False)},
+                           extra=False))},
+        "/serial-console": {
+            "get": {**op("The serial console URL's WebSocket (RFC 6455): binary frames both "
+                         "ways, the guest's output and what is typed to it. No X-Auth-Token: "
+                         "the URL's token, single-use, is the credential (401 if unknown, "
+                         "used or expired); 409 once the guest no longer runs",
+                         {"101": {"description": "Switching Protocols: the WebSocket is open"},
+                          "426": {"description": "Upgrade Required: WebSocket version 13 "
+                                  "only", **json_body(ref("Fault"))}},
+                         params=[{**query("token", "the console URL's token"),
+                                  "required": True}]),
+                    "security": []}},
         f"{P}/servers/{{id}}/console-log": {
             "parameters": [path_id("server")],
             "get": op("vmops: the raw console log", {"200": {

@@ -60,6 +60,10 @@ _COMPUTE = {
     ("DELETE", f"{P}/servers/{{id}}"): MEMBER,
     ("POST", f"{P}/servers/{{id}}/action"): MEMBER,
     ("GET", f"{P}/servers/{{id}}/console-log"): READER,
+    # Nova's os-remote-consoles rule: a console types into the guest.
+    ("POST", f"{P}/servers/{{id}}/remote-consoles"): MEMBER,
+    # The console URL's WebSocket: its single-use token is the credential.
+    ("GET", "/serial-console"): PUBLIC,
     ("GET", f"{P}/servers/{{id}}/os-security-groups"): READER,
     ("GET", f"{P}/servers/{{id}}/tags"): READER,
     ("PUT", f"{P}/servers/{{id}}/tags"): MEMBER,

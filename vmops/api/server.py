@@ -212,11 +212,24 @@ _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?
 
 
 @dataclass
+class Upgraded:
+    """A connection that switched protocols (101): what was sent after the
+    request is read through ``read`` (it may already be buffered), written
+    straight to ``sock``. Nothing limits its time but its handler."""
+
+    read: Callable[[int], bytes]
+    sock: socket.socket
+
+
+@dataclass
 class Response:
     status: int = 200
     body: Any = None  # JSON-able, or bytes sent as they are
     headers: dict[str, str] = field(default_factory=dict)
     stream: Iterator[bytes] | None = None
+    # With status 101: runs in the connection's thread once the answer's
+    # headers are sent, for as long as the new protocol lasts (a WebSocket).
+    upgrade: Callable[[Upgraded], None] | None = None
 
 
 Handler = Callable[[Request], Response]
@@ -521,6 +534,9 @@ class _Handler(BaseHTTPRequestHandler):
                    **resp.headers}
         if self.close_connection:
             headers["Connection"] = "close"
+        if resp.upgrade is not None and resp.status == 101:
+            self._switch_protocols(resp, headers)
+            return
         if resp.stream is not None:
             self._send_stream(resp, headers)
             return
@@ -539,6 +555,23 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _switch_protocols(self, resp: Response, headers: dict[str, str]) -> None:
+        assert resp.upgrade is not None
+        self.send_response(101)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.close_connection = True  # whatever follows is the new protocol's
+        try:
+            self.wfile.flush()
+            self._reader.deadline = None
+            self.connection.settimeout(None)
+            resp.upgrade(Upgraded(self.rfile.read1, self.connection))
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
+        except Exception:  # noqa: BLE001 - one connection's bug must not kill the server
+            log.exception("the upgraded connection on %s failed", urlsplit(self.path).path)
 
     def _send_stream(self, resp: Response, headers: dict[str, str]) -> None:
         assert resp.stream is not None
@@ -749,4 +782,5 @@ def serve(router: Router, socket_path: Path, listen: str = "",
 
 
 __all__ = ["ADMIN", "ANONYMOUS", "Authenticator", "Authorize", "Context", "FaultShape",
-           "HTTPStatus", "Limits", "Request", "Response", "Router", "fault", "serve"]
+           "HTTPStatus", "Limits", "Request", "Response", "Router", "Upgraded", "fault",
+           "serve"]

@@ -1,0 +1,217 @@
+"""The serial console's API (vmops/api/serial_console_api.py) over a real
+socket on the fake hypervisor: Nova's console URL calls, their state rules,
+and the WebSocket driven by a plain client library (websocket-client), with
+a socket standing in for the capture process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websocket
+
+from tests.unit.test_api import Api
+from vmops.compute import states
+from vmops.console.layout import LogFiles, socket_address
+from vmops.console.tokens import ConsoleTokens
+from vmops.websocket import new_key
+
+SERIAL = {"remote_console": {"protocol": "serial", "type": "serial"}}
+V26 = {"OpenStack-API-Version": "compute 2.6"}
+
+
+def _console_url(api: Api, name: str, body: Any = None, version: str = "2.6") -> Any:
+    return api.post(f"/v2.1/servers/{name}/remote-consoles", SERIAL if body is None else body,
+                    headers={"OpenStack-API-Version": f"compute {version}"})
+
+
+class FakeCapture:
+    """The capture process's console socket for one instance."""
+
+    def __init__(self, log_dir: Path) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with socket_address(LogFiles(log_dir).console_socket) as address:
+            self.listener.bind(address)
+        self.listener.listen(4)
+        self.listener.settimeout(10)
+        self.conn: socket.socket | None = None
+        self._accepted = threading.Thread(target=self._accept, daemon=True)
+        self._accepted.start()
+
+    def _accept(self) -> None:
+        self.conn, _ = self.listener.accept()
+        self.conn.settimeout(10)
+
+    def joined(self) -> socket.socket:
+        self._accepted.join(10)
+        assert self.conn is not None
+        return self.conn
+
+    def close(self) -> None:
+        for sock in (self.conn, self.listener):
+            if sock is not None:
+                sock.close()
+
+
+@pytest.fixture
+def capture(api: Api) -> Iterator[FakeCapture]:
+    inst = api.add_instance("web1")
+    fake = FakeCapture(api.compute.instance_dir(inst))
+    yield fake
+    fake.close()
+
+
+def test_remote_console_answers_a_websocket_url(api: Api) -> None:
+    api.add_instance("web1")
+    answer = _console_url(api, "web1")
+    assert answer.status == 200
+    console = answer.body["remote_console"]
+    assert (console["protocol"], console["type"]) == ("serial", "serial")
+    prefix = f"ws://127.0.0.1:{api.port}/serial-console?token="
+    assert console["url"].startswith(prefix) and len(console["url"]) > len(prefix) + 40
+    again = _console_url(api, "web1").body["remote_console"]["url"]
+    assert again != console["url"]  # a new token each time
+
+
+def test_the_old_action_below_2_6_and_neither_call_outside_its_versions(api: Api) -> None:
+    api.add_instance("web1")
+    old = api.post("/v2.1/servers/web1/action", {"os-getSerialConsole": {"type": "serial"}})
+    assert old.status == 200 and set(old.body) == {"console"}
+    assert old.body["console"]["type"] == "serial"
+    assert old.body["console"]["url"].startswith("ws://")
+    assert api.post("/v2.1/servers/web1/action", {"os-getSerialConsole": {"type": "serial"}},
+                    headers=V26).status == 404
+    assert _console_url(api, "web1", version="2.5").status == 404
+
+
+@pytest.mark.parametrize(("body", "words"), [
+    ({"remote_console": {"protocol": "vnc", "type": "novnc"}}, "Unavailable console type novnc"),
+    ({"remote_console": {"protocol": "serial", "type": "novnc"}}, "Invalid console type novnc"),
+    ({"remote_console": {"protocol": "serial"}}, "'type' is a required property"),
+    ({"remote_console": {"protocol": "telnet", "type": "serial"}}, "not one of"),
+    ({"remote_console": {"protocol": "mks", "type": "webmks"}}, "not one of"),  # 2.8 on
+    ({"remote_console": {"protocol": "serial", "type": "serial", "port": 1}}, "unknown field"),
+    ({"console": {}}, "remote_console"),
+])
+def test_bad_console_requests_are_400(api: Api, body: Any, words: str) -> None:
+    api.add_instance("web1")
+    answer = _console_url(api, "web1", body)
+    assert answer.status == 400 and words in answer.fault()[1]
+
+
+@pytest.mark.parametrize("arg", [None, {}, {"type": "novnc"}, {"type": "serial", "x": 1}])
+def test_bad_action_arguments_are_400(api: Api, arg: Any) -> None:
+    api.add_instance("web1")
+    answer = api.post("/v2.1/servers/web1/action", {"os-getSerialConsole": arg})
+    assert answer.status == 400
+
+
+@pytest.mark.parametrize("vm_state", [states.STOPPED, states.SUSPENDED, states.BUILDING])
+def test_no_console_unless_the_guest_runs_and_nothing_is_issued(api: Api,
+                                                                vm_state: str) -> None:
+    api.add_instance("web1", vm_state=vm_state)
+    answer = _console_url(api, "web1")
+    assert answer.status == 409 and "serial console" in answer.fault()[1]
+    old = api.post("/v2.1/servers/web1/action", {"os-getSerialConsole": {"type": "serial"}})
+    assert old.status == 409
+
+
+def test_a_paused_guest_has_a_console(api: Api) -> None:
+    api.add_instance("web1", vm_state=states.PAUSED)
+    assert _console_url(api, "web1").status == 200
+
+
+def test_unknown_server_is_404(api: Api) -> None:
+    assert _console_url(api, "nope").status == 404
+
+
+def test_the_websocket_carries_both_ways_and_ends_with_the_guest(
+        api: Api, capture: FakeCapture) -> None:
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    ws = websocket.create_connection(url, timeout=10, subprotocols=["binary"])
+    try:
+        assert ws.getsubprotocol() == "binary"
+        guest = capture.joined()
+        ws.send_binary(b"uname -a\r")
+        got = b""
+        while not got.endswith(b"\r"):
+            got += guest.recv(100)
+        assert got == b"uname -a\r"
+        ws.send("echo text\r")  # a text frame: its UTF-8 bytes
+        got = b""
+        while not got.endswith(b"\r"):
+            got += guest.recv(100)
+        assert got == b"echo text\r"
+        guest.sendall(b"Linux guest\r\n")
+        opcode, data = ws.recv_data()
+        assert (opcode, data) == (websocket.ABNF.OPCODE_BINARY, b"Linux guest\r\n")
+        ws.ping(b"are you there")
+        frame = ws.recv_frame()
+        assert (frame.opcode, frame.data) == (websocket.ABNF.OPCODE_PONG, b"are you there")
+        guest.close()  # the guest's QEMU went away
+        frame = ws.recv_frame()
+        assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(frame.data[:2], "big") == 1000
+    finally:
+        ws.close()
+
+
+def test_a_token_is_good_once(api: Api, capture: FakeCapture) -> None:
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    websocket.create_connection(url, timeout=10).close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, timeout=10)
+    assert refused.value.status_code == 401
+    with pytest.raises(websocket.WebSocketBadStatusException) as forged:
+        websocket.create_connection(url[:-4] + "AAAA", timeout=10)
+    assert forged.value.status_code == 401
+
+
+def test_a_token_for_a_server_that_stopped_since_is_409(api: Api) -> None:
+    inst = api.add_instance("web1")
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    api.hv.power_off(inst.id)
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, timeout=10)
+    assert refused.value.status_code == 409
+
+
+def test_no_capture_socket_is_409(api: Api) -> None:
+    api.add_instance("web1")  # a fake domain: no capture process listens
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    with pytest.raises(websocket.WebSocketBadStatusException) as refused:
+        websocket.create_connection(url, timeout=10)
+    assert refused.value.status_code == 409
+
+
+def _get(api: Api, headers: dict[str, str]) -> tuple[int, dict[str, str]]:
+    answer = api.raw("GET", "/serial-console?token=x", headers=headers)
+    return answer.status, answer.headers
+
+
+def test_what_is_not_a_websocket_handshake_is_refused(api: Api) -> None:
+    assert _get(api, {})[0] == 400
+    handshake = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": new_key()}
+    status, headers = _get(api, {**handshake, "Sec-WebSocket-Version": "8"})
+    assert status == 426 and headers["sec-websocket-version"] == "13"
+    assert _get(api, {**handshake, "Sec-WebSocket-Version": "13",
+                      "Sec-WebSocket-Key": "short"})[0] == 400
+    assert _get(api, {**handshake, "Sec-WebSocket-Version": "13"})[0] == 401  # token "x"
+
+
+def test_tokens_expire_and_only_their_hash_is_kept() -> None:
+    now = [100.0]
+    tokens = ConsoleTokens(ttl=60, clock=lambda: now[0])
+    first, second = tokens.issue("a"), tokens.issue("b")
+    assert first not in repr(tokens._grants)
+    now[0] += 59
+    assert tokens.redeem(first) == "a"
+    assert tokens.redeem(first) is None  # used
+    now[0] += 2
+    assert tokens.redeem(second) is None  # expired
+    assert len(tokens) == 0
