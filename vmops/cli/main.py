@@ -244,6 +244,13 @@ def cmd_console_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_console(args: argparse.Namespace) -> int:
+    from vmops.cli import console
+
+    sock, conn = console.open_console(_client(args), args.name)
+    return console.run(sock, conn, args.name, args.linger)
+
+
 def cmd_ssh(args: argparse.Namespace) -> int:
     from vmops.cli import ssh
 
@@ -687,6 +694,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name")
     sp.add_argument("--tail", type=count, metavar="N", help="only the last N lines")
     sp.add_argument("--follow", "-f", action="store_true", help="keep printing new output")
+    sp = cmd("console", cmd_console, "the guest's serial console, read-write (on a terminal: "
+             "raw, Ctrl-] detaches)", json_flag=False)
+    sp.description = (
+        "Attach to the guest's serial console: what you type goes to the guest, what it "
+        "writes is shown (from now on; `console-log` has what came before, and keeps every "
+        "byte of this session too). On a terminal every key goes to the guest, ^C included; "
+        "Ctrl-] detaches. With piped input: send it, go on printing for --linger seconds, "
+        "detach. The guest must be running (not stopped or suspended).")
+    sp.add_argument("name")
+    sp.add_argument("--linger", type=float, default=2.0, metavar="SECONDS",
+                    help="with piped input: how long to go on printing after it ends "
+                         "(default %(default)s)")
     sp = cmd("ssh", cmd_ssh, "log in to the guest with ssh, at its address on the vmops "
              "network", json_flag=False)
     sp.description = (
