@@ -15,7 +15,9 @@ import math
 import re
 from typing import Any
 
+from vmops.api import block_devices
 from vmops.api.server import Microversion
+from vmops.compute.boot_volume import BootVolume
 from vmops.compute.manager import SpawnRequest
 from vmops.errors import Invalid
 
@@ -115,8 +117,6 @@ SERVER_FIELDS = {"name", "imageRef", "flavorRef", "networks", "config_drive", "u
                  "max_count", "return_reservation_id", "vmops:mac", "availability_zone",
                  "security_groups", "OS-DCF:diskConfig", "block_device_mapping_v2",
                  "accessIPv4", "accessIPv6"}
-BDM_FIELDS = {"uuid", "boot_index", "source_type", "destination_type",
-              "delete_on_termination", "device_type", "disk_bus", "tag"}
 # Fields added by microversions, from the version on which Nova takes them.
 SERVER_FIELDS_SINCE = {"description": (2, 19), "tags": (2, 52)}
 MAX_SERVERS_PER_REQUEST = 100
@@ -149,8 +149,9 @@ def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
     if user_data is not None and len(user_data) > MAX_USER_DATA_CHARS:
         raise Invalid(reason=f"user_data is {len(user_data)} base64 characters, at most "
                       f"{MAX_USER_DATA_CHARS} allowed")
+    image, boot_volume = _root_disk(srv, version)
     spawn = SpawnRequest(
-        name=field(srv, "name", str, required=True), image=_image(srv, version),
+        name=field(srv, "name", str, required=True), image=image, boot_volume=boot_volume,
         flavor=reference(srv, "flavorRef"), mac=field(srv, "vmops:mac", str),
         config_drive=_config_drive(srv),
         user_data=base64_bytes(user_data, "user_data") if user_data is not None else None,
@@ -275,26 +276,14 @@ def device_tags(version: Microversion) -> bool:
     return (2, 32) <= version <= (2, 36) or version >= (2, 42)
 
 
-def _image(srv: dict[str, Any], version: Microversion) -> str:
-    """imageRef, or the one block device mapping that says the same thing
-    (boot from the image onto a local disk), as OpenStackClient sends."""
-    bdms = field(srv, "block_device_mapping_v2", list, default=[])
-    if not bdms:
-        return reference(srv, "imageRef")
-    bdm = bdms[0]
-    allowed = BDM_FIELDS if device_tags(version) else BDM_FIELDS - {"tag"}
-    if len(bdms) != 1 or not isinstance(bdm, dict) or set(bdm) - allowed \
-            or bdm.get("source_type") != "image" or bdm.get("destination_type") != "local" \
-            or str(bdm.get("boot_index")) != "0" or not isinstance(bdm.get("uuid"), str) \
-            or bdm.get("delete_on_termination") not in (None, True) \
-            or bdm.get("device_type") not in (None, "disk"):
-        raise Invalid(reason="vmops has no block storage: block_device_mapping_v2 may only "
-                      "boot the image onto a local disk (source_type image, destination_type "
-                      "local, boot_index 0)")
-    image = str(bdm["uuid"])
-    if srv.get("imageRef") not in (None, "", image):
-        raise Invalid(reason="imageRef and the block device mapping name different images")
-    return image
+def _root_disk(srv: dict[str, Any],
+               version: Microversion) -> tuple[str, BootVolume | None]:
+    """imageRef, or the block device mapping that says what the root disk
+    is: an image onto a local disk, or a volume (vmops/api/block_devices.py)."""
+    bdms = srv.get("block_device_mapping_v2")
+    if bdms in (None, []):
+        return reference(srv, "imageRef"), None
+    return block_devices.root_of(bdms, srv.get("imageRef"), device_tags(version))
 
 
 def _check_placement(srv: dict[str, Any]) -> None:

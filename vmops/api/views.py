@@ -85,6 +85,8 @@ class ServerNetwork:
 
     nics: tuple[Port, ...] = ()
     groups: tuple[str, ...] = ()  # security group names
+    # And, though not the network's, the ids of its attached volumes, by device.
+    volumes: tuple[str, ...] = ()
 
 
 def server_created(inst: Instance, base: str, net: ServerNetwork = ServerNetwork(),
@@ -154,7 +156,9 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
         "user_id": inst.user_id,
         "metadata": dict(inst.properties),
         "hostId": host_id(inst.project_id),
-        "image": {"id": inst.image_id, "links": link(base, "images", inst.image_id)[1:]},
+        # A volume-backed server has no image: Nova shows "".
+        "image": "" if inst.boot_volume_id else {
+            "id": inst.image_id, "links": link(base, "images", inst.image_id)[1:]},
         "flavor": _server_flavor(inst, base, view),
         "created": iso_time(inst.created_at),
         "updated": iso_time(inst.updated_at),
@@ -193,7 +197,10 @@ def _show_only(inst: Instance, view: View, net: ServerNetwork) -> dict[str, Any]
         "OS-EXT-STS:task_state": inst.task_state,
         "OS-EXT-STS:vm_state": inst.vm_state,
         "OS-EXT-STS:power_state": states.NOVA_POWER_STATE[power],
-        "os-extended-volumes:volumes_attached": [],
+        "os-extended-volumes:volumes_attached": [
+            {"id": v, "delete_on_termination": v == inst.boot_volume_id
+             and inst.delete_on_termination} if view.at_least("2.3") else {"id": v}
+            for v in net.volumes],
         "config_drive": "True" if inst.config_drive else "",
     }
     if view.admin:
@@ -362,23 +369,24 @@ def _keypair_number(k: Keypair) -> int:
 
 class ServerList:
     """``GET /servers/detail`` as JSON bytes, each server's part kept until its
-    record changes (every change sets ``updated_at``): listing 200 servers
-    then costs a lookup each, not a rendering. Safe across threads: entries
+    record (every change sets ``updated_at``) or its attached volumes change:
+    listing 200 servers then costs a lookup each, not a rendering. Safe across threads: entries
     are replaced whole, never changed."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[float, str, View, bytes]] = {}
+        self._parts: dict[str, tuple[float, str, View, tuple[str, ...], bytes]] = {}
 
     def encode(self, insts: list[Instance], base: str, view: View, complete: bool,
                net_of: Callable[[Instance], ServerNetwork]) -> bytes:
         """``complete``: ``insts`` are all the instances, so forget the others.
         A change of an instance's network (a group joined) touches its record."""
-        fresh: dict[str, tuple[float, str, View, bytes]] = {}
+        fresh: dict[str, tuple[float, str, View, tuple[str, ...], bytes]] = {}
         for inst in insts:
             part = self._parts.get(inst.id)
-            if part is None or part[:3] != (inst.updated_at, base, view):
-                part = (inst.updated_at, base, view,
-                        json.dumps(server(inst, base, view, net=net_of(inst))).encode())
+            net = net_of(inst)  # a volume attached or detached leaves the record as it was
+            key = (inst.updated_at, base, view, net.volumes)
+            if part is None or part[:4] != key:
+                part = (*key, json.dumps(server(inst, base, view, net=net)).encode())
             fresh[inst.id] = part
         self._parts = fresh if complete else {**self._parts, **fresh}
-        return b'{"servers": [' + b", ".join(p[3] for p in fresh.values()) + b"]}"
+        return b'{"servers": [' + b", ".join(p[4] for p in fresh.values()) + b"]}"
