@@ -69,8 +69,9 @@ def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dic
 
 # -- servers ------------------------------------------------------------------
 def cmd_spawn(args: argparse.Namespace) -> int:
-    body: dict[str, Any] = {"name": args.name, "imageRef": args.image,
-                            "flavorRef": args.flavor, "config_drive": args.config_drive}
+    client = _client(args)
+    body: dict[str, Any] = {"name": args.name, "flavorRef": args.flavor,
+                            "config_drive": args.config_drive, **_root_disk(client, args)}
     if args.mac:
         body["vmops:mac"] = args.mac
     if args.network or args.ip:
@@ -93,7 +94,6 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     admin_password = _admin_password(args)
     if admin_password is not None:
         body["adminPass"] = admin_password
-    client = _client(args)
     created = client.post("/servers", {"server": body})["server"]
     if args.no_wait:
         return _show_server(client, created["id"], args.json)
@@ -105,6 +105,33 @@ def cmd_spawn(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     return _show_server(client, server["id"], args.json)
+
+
+def _root_disk(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """imageRef, or the block device mapping of a root disk that is a
+    volume: an existing one (--boot-volume) or a new one made from the
+    image (--boot-volume-size), as OpenStackClient sends them."""
+    if args.boot_volume is not None:
+        if args.image is not None or args.boot_volume_size is not None:
+            raise VmopsError("--boot-volume boots an existing volume: give no --image or "
+                             "--boot-volume-size with it")
+        volume = client.get(f"{volume_cli.VOLUMES}/{args.boot_volume}")["volume"]
+        return {"block_device_mapping_v2": [{
+            "uuid": volume["id"], "boot_index": 0, "source_type": "volume",
+            "destination_type": "volume",
+            "delete_on_termination": args.delete_on_termination}]}
+    if args.image is None:
+        raise VmopsError("give --image IMAGE, or --boot-volume VOLUME to boot from a volume")
+    if args.boot_volume_size is None:
+        if args.delete_on_termination:
+            raise VmopsError("--delete-on-termination goes with --boot-volume or "
+                             "--boot-volume-size: a local root disk always goes with its "
+                             "instance")
+        return {"imageRef": args.image}
+    return {"block_device_mapping_v2": [{
+        "uuid": args.image, "boot_index": 0, "source_type": "image",
+        "destination_type": "volume", "volume_size": args.boot_volume_size,
+        "delete_on_termination": args.delete_on_termination}]}
 
 
 def _admin_password(args: argparse.Namespace) -> str | None:
@@ -189,6 +216,9 @@ def _show_server(client: Client, ref: str, as_json: bool) -> int:
         ("created", s["created"]), ("launched", s["OS-SRV-USG:launched_at"] or "-"),
         ("config drive", "yes" if s["config_drive"] else "no"),
     ]
+    volumes = [v["id"] for v in s.get("os-extended-volumes:volumes_attached", [])]
+    if not s["image"] and volumes:  # volume-backed: its root volume is listed first (vda)
+        items.append(("disk vda", f"root volume {volumes[0]}"))
     items += [(f"disk {d['target']}", f"{d['role']} {d['format']} {d['device']} {d['path']}")
               for d in s["vmops:disks"]]
     nics = s.get("vmops:nics") or [{"mac": m, "mode": "user", "ip": None}
@@ -266,7 +296,8 @@ def ssh_command(client: Client, args: argparse.Namespace) -> list[str]:
     ssh.check_reachable_state(server)
     key_name = ssh.injected_key_name(server)
     address = ssh.guest_address(server)
-    image = _get_or_none(client, f"/images/{server['image']['id']}", "image")
+    image = _get_or_none(client, f"/images/{server['image']['id']}", "image") \
+        if server["image"] else None  # a volume-backed server has none
     keypair = _get_or_none(client, f"/os-keypairs/{key_name}", "keypair")
     login = ssh.Login(address=address, user=ssh.login_user(image, args.user),
                       identity=ssh.known_identity(args.state_dir, keypair, key_name),
@@ -656,8 +687,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = cmd("spawn", cmd_spawn, "create and boot an instance")
     sp.add_argument("name")
-    sp.add_argument("--image", required=True)
+    sp.add_argument("--image", help="the image of its root disk (required unless "
+                    "--boot-volume)")
     sp.add_argument("--flavor", required=True)
+    sp.add_argument("--boot-volume", metavar="VOLUME",
+                    help="boot from this available volume: it is the root disk (vda)")
+    sp.add_argument("--boot-volume-size", type=int, metavar="GIB",
+                    help="make the root disk a new volume of GIB GiB from --image")
+    sp.add_argument("--delete-on-termination", action="store_true",
+                    help="destroy deletes the boot volume too (default: it is kept, "
+                         "available)")
     sp.add_argument("--mac", help="MAC address of the NIC (default: generated 52:54:00:...)")
     sp.add_argument("--network", choices=("bridge", "user"),
                     help="bridge: the vmops network (an address others reach); user: QEMU "
