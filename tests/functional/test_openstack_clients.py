@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import websocket
 from openstack import config as os_config
 from openstack import connection, exceptions
 
@@ -198,6 +199,43 @@ def test_server_lifecycle_with_the_openstack_cli(cli: OpenStackCLI, sdk: connect
     assert refused.returncode != 0 and "409" in refused.stderr
     cli.run("server", "delete", "web1", "--wait")
     assert cli.json("server", "list") == []
+
+
+@pytest.mark.extended
+def test_serial_console_url_with_the_openstack_cli(cli: OpenStackCLI, sdk: connection.Connection,
+                                                  tcp_vmops: Vmops, port: int) -> None:
+    """`openstack console url show --serial`, then a plain WebSocket client
+    types into the guest and reads its answer; a stopped server has none."""
+    cli.json("server", "create", "--image", "tiny", "--flavor", "m1.tiny", "sc1", "--wait")
+    tcp_vmops.wait_console("sc1", BEAT)  # its console shell has started
+    shown = cli.json("console", "url", "show", "--serial", "sc1")
+    assert (shown["type"], shown["protocol"]) == ("serial", "serial"), shown
+    url = shown["url"]
+    assert url.startswith(f"ws://127.0.0.1:{port}/serial-console?token="), url
+    ws = websocket.create_connection(url, timeout=120)
+    try:
+        ws.send_binary(b"echo VMOPS-ANSWER-$((6*7))\n")
+        seen = b""
+        deadline = time.monotonic() + 120  # a bound against hanging only
+        while b"VMOPS-ANSWER-42" not in seen and time.monotonic() < deadline:
+            opcode, data = ws.recv_data()
+            assert opcode == websocket.ABNF.OPCODE_BINARY
+            seen += data
+        assert b"VMOPS-ANSWER-42" in seen, seen[-2000:]
+    finally:
+        ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException) as used:
+        websocket.create_connection(url, timeout=30)
+    assert used.value.status_code == 401  # single-use
+    # Below microversion 2.6 the client asks with the os-getSerialConsole action.
+    old = cli.json("--os-compute-api-version", "2.1", "console", "url", "show", "--serial",
+                   "sc1")
+    assert old["type"] == "serial" and old["url"].startswith("ws://"), old
+    cli.run("server", "stop", "sc1")
+    wait_idle(sdk, "sc1", "SHUTOFF")
+    refused = cli.run("console", "url", "show", "--serial", "sc1", check=False)
+    assert refused.returncode != 0 and "409" in refused.stderr, refused.stderr
+    cli.run("server", "delete", "sc1", "--wait")
 
 
 def _scrape_shows(port: int, domain: str) -> None:

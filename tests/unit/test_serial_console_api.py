@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 import websocket
 
-from tests.unit.test_api import Api
+from tests.unit.test_api import Api, start_api
+from vmops.api.server import Authenticator, Context
 from vmops.compute import states
 from vmops.console.layout import LogFiles, socket_address
 from vmops.console.tokens import ConsoleTokens
@@ -215,3 +216,31 @@ def test_tokens_expire_and_only_their_hash_is_kept() -> None:
     now[0] += 2
     assert tokens.redeem(second) is None  # expired
     assert len(tokens) == 0
+
+
+class _Members(Authenticator):
+    """Tokens "member" and "reader": a project's member and reader."""
+
+    def context(self, token: str) -> Context | None:
+        roles = {"member": frozenset({"member", "reader"}), "reader": frozenset({"reader"})}
+        return Context(f"u-{token}", "p1", roles[token]) if token in roles else None
+
+
+def test_a_member_gets_a_locked_servers_console_and_a_reader_none(tmp_path: Path) -> None:
+    api, servers = start_api(tmp_path, authenticator=_Members())
+    try:
+        inst = api.add_instance("web1")
+        api.store.update_instance(inst, project_id="p1", locked_by="admin")
+        answer = api.post("/v2.1/servers/web1/remote-consoles", SERIAL, headers=V26,
+                          token="member")
+        assert answer.status == 200  # a console changes nothing a lock keeps
+        old = api.post("/v2.1/servers/web1/action", {"os-getSerialConsole": {"type": "serial"}},
+                       token="member")
+        assert old.status == 200
+        assert api.post("/v2.1/servers/web1/remote-consoles", SERIAL, headers=V26,
+                        token="reader").status == 403  # it types into the guest
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+        api.store.close()
