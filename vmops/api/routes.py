@@ -31,6 +31,7 @@ from vmops.api import (
     parse,
     quota_api,
     scope,
+    serial_console_api,
     server_extras,
     server_groups_api,
     views,
@@ -77,6 +78,7 @@ class Routes:
         self.doctor = doctor
         self.metrics = Metrics(compute)
         self.server_list = views.ServerList()
+        self.serial_consoles = serial_console_api.SerialConsoles(compute)
 
     def router(self) -> Router:
         r = Router(authorize=enforce)  # vmops/api/policy.py
@@ -91,6 +93,7 @@ class Routes:
         host_api.add_routes(r, self.compute)
         quota_api.add_routes(r, self.compute)
         server_extras.add_routes(r, self.compute)
+        self.serial_consoles.add_routes(r)  # remote-consoles, the console WebSocket
         server_groups_api.add_routes(r, self.compute)
         nova_admin.add_routes(r, self.compute)  # flavor access, aggregates, diagnostics...
         add_identity_routes(r, self.identity)
@@ -418,6 +421,7 @@ class Routes:
             "rebuild": self._rebuild,
             **backup_actions.handlers(c, self.catalog),  # os-resetState, createBackup, ...
             **change_actions.handlers(c),  # resize, rescue, trigger_crash_dump, ...
+            **self.serial_consoles.action_handlers(),  # os-getSerialConsole (2.1-2.5)
         }
 
     def _stop(self, ref: str, arg: Any, _req: Request) -> None:
@@ -818,7 +822,8 @@ def _image_filters(images: list[Image], req: Request) -> list[Image]:
 
 
 # Actions Nova allows on a locked server (its lock guards the others).
-_NOT_LOCKED = {"createImage", "addSecurityGroup", "removeSecurityGroup"}
+_NOT_LOCKED = {"createImage", "addSecurityGroup", "removeSecurityGroup",
+               "os-getSerialConsole"}
 
 
 def _check_unlocked(ctx: Context, inst: Instance) -> None:
