@@ -74,3 +74,31 @@ def test_openstack_volume_commands(served: tuple[Vmops, OpenStackCLI]) -> None:
     assert (renamed["id"], renamed["description"]) == (volume["id"], "the logs")
     cli.run("volume", "delete", "logs")
     assert cli.json("volume", "list") == []
+
+
+@pytest.mark.extended
+def test_openstack_server_create_boots_from_volumes(served: tuple[Vmops, OpenStackCLI]) -> None:
+    """`openstack server create --boot-from-volume N --image I` (a new root
+    volume from the image) and `--volume V` (an existing one), unchanged."""
+    vm, cli = served
+    cli.json("server", "create", "--image", "tiny", "--flavor", "m1.tiny",
+             "--boot-from-volume", "1", "bfv1", "--wait")
+    vm.wait_console("bfv1", f"VMOPS-DISK vda {GIB}")  # its root disk is the 1 GiB volume
+    shown = cli.json("server", "show", "bfv1")
+    assert shown["image"] == "N/A (booted from volume)"  # the client's words for image ""
+    (attached,) = shown["volumes_attached"]
+    assert attached["delete_on_termination"] is False
+    volume = _wait_volume(cli, attached["id"], "in-use")
+    assert (volume["bootable"], volume["attachments"][0]["device"]) == (True, "/dev/vda")
+    cli.run("server", "delete", "--wait", "bfv1")
+    _wait_volume(cli, attached["id"], "available")  # kept: not deleted on termination
+
+    cli.json("server", "create", "--volume", attached["id"], "--flavor", "m1.tiny", "bfv2",
+             "--wait")
+    vm.wait_console("bfv2", f"VMOPS-DISK vda {GIB}")
+    refused = cli.run("server", "remove", "volume", "bfv2", attached["id"], check=False)
+    assert refused.returncode != 0 and "Cannot detach a root device volume" in refused.stderr
+    cli.run("server", "delete", "--wait", "bfv2")
+    _wait_volume(cli, attached["id"], "available")
+    cli.run("volume", "delete", attached["id"])
+    assert cli.json("volume", "list") == []
