@@ -56,9 +56,11 @@ from vmops.errors import (
     NotFound,
     SecurityGroupNotFound,
     VmopsError,
+    VolumeNotFound,
 )
 from vmops.identity import Identity
 from vmops.store import Image, Instance, Port
+from vmops.volumes.records import VolumeRecords
 
 P = views.API_PREFIX
 MAX_NAME_FILTER_CHARS = 255
@@ -220,10 +222,12 @@ class Routes:
                 for port in self.store.ports():
                     ports.setdefault(port.instance_id, []).append(port)
                 cache.update(ports=ports, members=self.store.instance_group_ids(),
-                             names={g.id: g.name for g in self.store.security_groups()})
+                             names={g.id: g.name for g in self.store.security_groups()},
+                             volumes=VolumeRecords(self.store).volumes_attached())
             nics = cache["ports"].get(inst.id) or self.compute.nics(inst)
             groups = [cache["names"].get(g, g) for g in cache["members"].get(inst.id, [])]
-            return views.ServerNetwork(tuple(nics), tuple(sorted(groups)))
+            return views.ServerNetwork(tuple(nics), tuple(sorted(groups)),
+                                       tuple(cache["volumes"].get(inst.id, ())))
 
         return net_of
 
@@ -240,7 +244,9 @@ class Routes:
                                     user_id=ctx.user_id,
                                     reservation_id=f"r-{secrets.token_hex(4)}")
         spawn = server_groups_api.with_scheduler_hint(self.compute, req, spawn)
-        self._check_image_visible(spawn.image, ctx, spawn.flavor)
+        if spawn.image:  # a boot volume's size, not the flavor's disk, must fit the image
+            self._check_image_visible(spawn.image, ctx,
+                                      "" if spawn.boot_volume else spawn.flavor)
         for name in spawn.security_groups:  # 400 as Nova's, for one not there for them too
             try:
                 if visible_group(self.store.security_group(name), req):
@@ -286,7 +292,7 @@ class Routes:
     def _spawn_one(self, spawn: SpawnRequest) -> Instance:
         try:
             return self.compute.create(spawn)
-        except (ImageNotFound, FlavorNotFound, SecurityGroupNotFound) as exc:
+        except (ImageNotFound, FlavorNotFound, SecurityGroupNotFound, VolumeNotFound) as exc:
             raise Invalid(reason=exc.message) from None  # Nova: 400 for a bad ref
 
     def show_server(self, req: Request) -> Response:
