@@ -94,6 +94,7 @@ def test_a_volume_made_from_the_image_is_deleted_on_termination_if_asked(
         (VolumeStatus.IN_USE, 2, True, "qcow2")
     assert volume.image_id == env["store"].image("base").id
     assert Path(volume.path).read_bytes()[:4] == b"QFI\xfb"  # a qcow2 file of its own
+    assert (volume.name, volume.description) == ("", f"root disk of instance {inst.id}")
     assert inst.image_id == "" and inst.delete_on_termination
     env["compute"].destroy(inst.id)
     with pytest.raises(VolumeNotFound):
@@ -183,3 +184,15 @@ def test_rebuild_keeps_the_root_volume_and_other_verbs_are_refused(
     with pytest.raises(Invalid, match="cannot resize a volume-backed server"):
         env["compute"].resize(inst.id, "m1.small")
     assert env["store"].instance(inst.id).vm_state == states.ACTIVE
+
+
+def test_a_snapshot_copies_the_root_volume_into_an_image(env: dict[str, Any]) -> None:
+    inst = _spawn(env, BootVolume(size_gb=1))
+    image = env["compute"].snapshot(inst.id, "bfv-snap",
+                                    ImageCache(env["settings"].images_dir))
+    image = env["store"].image(image.id)
+    assert image.status == "active" and image.instance_uuid == inst.id
+    assert image.virtual_size == GIB  # the volume's size, not the 1 MiB image's
+    volume = env["volumes"].volume(inst.boot_volume_id)
+    assert volume.status == VolumeStatus.IN_USE  # left attached, as it was
+    assert env["hv"].info(inst.id).state.value == "running"  # unpaused after the copy
