@@ -23,7 +23,7 @@ from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.store import Flavor, Store
 from vmops.volumes.manager import Volumes
-from vmops.volumes.records import VolumeStatus
+from vmops.volumes.records import Volume, VolumeRecords, VolumeStatus
 
 pytestmark = pytest.mark.integration
 GIB = 1 << 30
@@ -116,6 +116,17 @@ def test_refused_boot_volumes_leave_nothing(env: dict[str, Any], boot: BootVolum
         _spawn(env, boot, image="" if boot.volume else "base")
     assert env["store"].instances() == [] and env["volumes"].volumes() == []
     assert _pool_files(env) == []
+
+
+def test_a_remote_volume_is_not_booted_from(env: dict[str, Any]) -> None:
+    records = VolumeRecords(env["store"])
+    records.add(Volume(id="r1", name="lun", size_gb=1, status=VolumeStatus.AVAILABLE,
+                       format="raw", path="iscsi://127.0.0.1:3260/iqn.2026-01.test:t/0",
+                       protocol="iscsi", remote_host="127.0.0.1", remote_port=3260,
+                       remote_export="iqn.2026-01.test:t"))
+    with pytest.raises(Invalid, match="boots from local volumes only"):
+        _spawn(env, BootVolume(volume="lun"), image="")
+    assert env["store"].instances() == [] and records.attachment_of("r1") is None
 
 
 def test_a_volume_smaller_than_the_image_or_its_min_disk_is_refused(

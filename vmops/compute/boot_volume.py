@@ -83,8 +83,13 @@ def check(compute: Compute, boot: BootVolume, image: Image | None,
 
 
 def _check_bootable(records: VolumeRecords, volume: Volume) -> None:
-    """Nova's InvalidVolume (400): a boot volume must be available."""
+    """Nova's InvalidVolume (400): a boot volume must be available. A remote
+    volume (NBD, iSCSI) is not booted from yet: neither its deletion on
+    termination nor a snapshot of it is vmops' to do."""
     label = volume.name or volume.id
+    if volume.remote:
+        raise Invalid(reason=f"volume {label!r} is a remote {volume.protocol} volume: vmops "
+                      "boots from local volumes only")
     attached = records.attachment_of(volume.id)
     if attached is not None:
         raise Invalid(reason=f"Invalid volume: volume {label!r} is attached to instance "
