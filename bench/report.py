@@ -126,6 +126,20 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
                          f"{_fmt(r.get('user_mib_per_s'))} MiB/s: bridge / user "
                          f"{_fmt(r.get('rate_ratio'), 2)} (the ms columns: one transfer of "
                          f"{r.get('transfer_bytes')} bytes).")
+        if "vmops_stall_ms" in r:
+            notes.append(f"- {r['scenario']}: the guest stood still {_fmt(r['vmops_stall_ms'])} "
+                         f"ms during vmops' snapshot (its clock moved "
+                         f"{_fmt(r.get('vmops_guest_clock_gap_ms'))} ms over that gap), "
+                         f"{_fmt(r.get('baseline_stall_ms'))} ms during the bare convert "
+                         f"(medians; the longest tick interval minus the usual "
+                         f"{_fmt(r.get('usual_tick_ms'))} ms); {r.get('dirty_mib')} MiB "
+                         f"written by the guest, root overlay "
+                         f"{_fmt((r.get('root_disk_bytes') or 0) / 2**20)} MiB.")
+        if "guest_host_rate_ratio" in r:
+            notes.append(f"- {r['scenario']}: guest {_fmt(r.get('guest_mib_per_s'))} MiB/s, "
+                         f"host {_fmt(r.get('host_mib_per_s'))} MiB/s: guest / host "
+                         f"{_fmt(r.get('guest_host_rate_ratio'), 3)} (the ms columns: one "
+                         f"pass over {r.get('transfer_bytes')} bytes).")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")

@@ -37,6 +37,8 @@ SCENARIOS: dict[str, str] = {
     "spawn_address": "bench.spawn_address",
     "net_throughput": "bench.net_throughput",
     "lifecycle": "bench.lifecycle",
+    "snapshot": "bench.snapshot",
+    "volume_io": "bench.volume_io",
     "concurrency": "bench.concurrency",
     "mgmt_plane": "bench.mgmt_plane",
 }
