@@ -25,6 +25,8 @@ from tests.functional.test_configdrive import DUMPED, _dumped_files, _public_key
 from tests.functional.test_identity_clients import password_clouds_yaml
 from tests.functional.test_openstack_clients import port as port  # the fixture
 
+pytestmark = pytest.mark.extended
+
 PLAYBOOK = REPO / "tests" / "functional" / "ansible" / "playbook.yml"
 @pytest.fixture(scope="module")
 def ansible_playbook() -> str:

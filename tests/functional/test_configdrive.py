@@ -103,6 +103,7 @@ def test_guest_reads_everything_from_cdrom_drive_but_no_password(
         assert PASSWORD.encode() not in db.read_bytes(), db
 
 
+@pytest.mark.extended
 def test_drive_as_disk_kept_across_stop_start_and_removed_by_destroy(
         disk_drive_service: Vmops, tmp_path: Path) -> None:
     vm = disk_drive_service

@@ -35,6 +35,7 @@ def test_flooding_guest_cannot_fill_the_disk(vmops: Vmops, test_image_dir: Path)
     assert numbers[-1] >= 30000 and numbers[0] > 1
 
 
+@pytest.mark.extended
 def test_console_tail(vmops: Vmops) -> None:
     vmops.run("spawn", "tl1", "--image", "tiny", "--flavor", "m1.tiny")
     vmops.wait_console("tl1", r"VMOPS-HEARTBEAT 3\b")
@@ -55,6 +56,7 @@ def test_service_restart_loses_no_console_output(vmops: Vmops) -> None:
     assert beats == list(range(1, len(beats) + 1))
 
 
+@pytest.mark.extended
 def test_console_log_follow_streams_new_output(vmops: Vmops) -> None:
     vmops.run("spawn", "fo1", "--image", "tiny", "--flavor", "m1.tiny")
     vmops.wait_console("fo1", r"VMOPS-HEARTBEAT 2\b")

@@ -11,6 +11,8 @@ import pytest
 from tests.functional.conftest import Vmops
 from tests.functional.test_recovery import _capture_pids, _kill
 
+pytestmark = pytest.mark.extended
+
 MARKER = r"\[vmops: the console capture was restarted at [0-9T:-]+Z"
 
 

@@ -106,6 +106,7 @@ def test_cow_root_grown_to_flavor_and_ephemeral_disk(vmops: Vmops,
     assert "backing-filename" not in ephemeral
 
 
+@pytest.mark.extended
 def test_full_copy_root_disk_has_no_backing_file(full_copy: Vmops) -> None:
     full_copy.run("spawn", "fc1", "--image", "tiny", "--flavor", "m1.tiny")
     full_copy.wait_console("fc1", rf"VMOPS-DISK vda {1 * GIB}\r?\n")
@@ -137,6 +138,7 @@ def test_too_small_flavor_refused_and_leaves_nothing(vmops: Vmops, tmp_path: Pat
         vmops.run("image", "delete", "dk-big")
 
 
+@pytest.mark.extended
 def test_cached_base_unchanged_after_guest_writes_its_root(vmops: Vmops,
                                                           test_image_dir: Path,
                                                           tmp_path: Path) -> None:
@@ -177,6 +179,7 @@ def _sector(image: Path, sector: int, scratch: Path) -> bytes:
 
 
 # -- images and flavors in use ----------------------------------------------------
+@pytest.mark.extended
 def test_image_and_flavor_in_use_are_kept(vmops: Vmops, test_image_dir: Path) -> None:
     source = test_image_dir / "tiny.qcow2"
     vmops.run("image", "import", "dk-used", str(source))

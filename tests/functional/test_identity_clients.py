@@ -18,6 +18,8 @@ from tests.functional.conftest import REPO, Vmops, separate_service
 from tests.functional.test_openstack_clients import OpenStackCLI as Cli
 from tests.functional.test_openstack_clients import port as port  # the fixture
 
+pytestmark = pytest.mark.extended
+
 OPENSTACK = str(Path(sys.executable).parent / "openstack")
 DOC = REPO / "docs" / "openstack-clients.md"
 

@@ -21,7 +21,7 @@ from tests.functional.test_openstack_clients import (
 )
 from tests.functional.test_openstack_clients import port as port  # the fixture
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning")]
+pytestmark = [pytest.mark.extended, pytest.mark.filterwarnings("ignore::DeprecationWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from vmops.hypervisor.base import (
 from vmops.hypervisor.libvirt import embed_root
 from vmops.hypervisor.libvirt.driver import LibvirtHypervisor
 
-pytestmark = pytest.mark.functional
+pytestmark = [pytest.mark.extended, pytest.mark.functional]
 
 UUID = "5d0c8a4e-7b1f-4c39-9e2a-6f3b2d1c0e9a"
 EXIT_TIMEOUT_S = 10.0

@@ -66,6 +66,7 @@ def test_stop_gracefully_then_start(vmops: Vmops) -> None:
     assert vmops.server("st1")["status"] == "ACTIVE"
 
 
+@pytest.mark.extended
 def test_stop_timeout_pulls_the_plug(vmops: Vmops, nopower_image: str) -> None:
     _spawn(vmops, "st2", nopower_image)
     vmops.run("stop", "st2", "--timeout", "3")
@@ -110,6 +111,7 @@ def test_suspend_ends_qemu_and_resume_keeps_memory(vmops: Vmops) -> None:
     assert vmops.server("su1")["status"] == "ACTIVE"
 
 
+@pytest.mark.extended
 def test_operations_refused_in_the_wrong_state(vmops: Vmops) -> None:
     _spawn(vmops, "ws1")
     refusals = [("resume", "while it is running"), ("unpause", "while it is running"),
@@ -130,6 +132,7 @@ def test_operations_refused_in_the_wrong_state(vmops: Vmops) -> None:
     assert vmops.server("ws1")["status"] == "SUSPENDED"
 
 
+@pytest.mark.extended
 def test_second_operation_on_a_busy_instance_is_refused(vmops: Vmops,
                                                         nopower_image: str) -> None:
     _spawn(vmops, "bz1", nopower_image)

@@ -165,6 +165,7 @@ def test_a_guest_reaches_another_only_when_a_group_allows(test_image_dir: Path) 
         assert vm.console("client").rsplit(b"VMOPS-FETCH", 2)[-1].startswith(b" []")
 
 
+@pytest.mark.extended
 def test_a_host_reboot_gives_every_guest_its_network_back(test_image_dir: Path) -> None:
     from tests.functional.conftest import start_service, stop_service
     from tests.functional.test_recovery import _capture_pids, _kill, _qemu_pids

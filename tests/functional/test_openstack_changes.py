@@ -20,7 +20,7 @@ from tests.functional.test_openstack_clients import (  # noqa: F401 - fixtures, 
     wait_idle,
 )
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+pytestmark = [pytest.mark.extended, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
 
 GIB = 1024**3

@@ -28,7 +28,7 @@ from openstack import connection, exceptions
 from tests.functional.conftest import REPO, Vmops, bridged_service
 
 # openstacksdk warns about its own deprecations on every call.
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+pytestmark = [pytest.mark.extended, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
 
 TOKEN = "functional-test-token"

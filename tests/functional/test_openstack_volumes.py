@@ -18,7 +18,7 @@ import pytest
 from tests.functional.conftest import Vmops, separate_service
 from tests.functional.test_openstack_clients import BEAT, TOKEN, OpenStackCLI, clouds_yaml
 
-pytestmark = [pytest.mark.filterwarnings("ignore::DeprecationWarning"),
+pytestmark = [pytest.mark.extended, pytest.mark.filterwarnings("ignore::DeprecationWarning"),
               pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")]
 GIB = 1 << 30
 

@@ -212,6 +212,7 @@ def test_spawn_interrupted_by_service_kill_is_rolled_back(vmops: Vmops, moment: 
     assert name not in [s["name"] for s in vmops.json("list")]
 
 
+@pytest.mark.extended
 def test_host_reboot_without_resume_leaves_vm_shutoff(vmops: Vmops) -> None:
     vmops.run("spawn", "rhoff", "--image", "tiny", "--flavor", "m1.tiny")
     vmops.wait_console("rhoff", BOOT)

@@ -10,6 +10,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.functional.conftest import Vmops, separate_service, start_service, stop_service
 from vmops.errors import VmopsError
 
@@ -213,6 +215,7 @@ def test_crash_dump_is_an_nmi_the_guest_kernel_reports(vmops: Vmops) -> None:
         vmops.run("destroy", "cd1")
 
 
+@pytest.mark.extended
 def test_a_resize_cut_short_by_a_service_kill_is_rolled_back(test_image_dir: Path) -> None:
     """Killed once the disks are grown (resize:after-grow), the service rolls
     the resize back at its next start: the guest boots again on the old

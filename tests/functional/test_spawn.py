@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.functional.conftest import Vmops, leftovers
 
 GIB = 1024**3
@@ -43,6 +45,7 @@ def test_spawn_show_console_destroy(vmops: Vmops) -> None:
     assert vmops.run("destroy", "web1").returncode == 0
 
 
+@pytest.mark.extended
 def test_guest_gets_dhcp_address(vmops: Vmops) -> None:
     vmops.run("spawn", "net1", "--image", "tiny", "--flavor", "m1.tiny")
     vmops.wait_console("net1", r"VMOPS-IP \S+ 10\.0\.2\.15/24")
@@ -69,6 +72,7 @@ def test_bad_input_leaves_nothing(vmops: Vmops, tmp_path: Path) -> None:
     assert leftovers(vmops.state_dir) == []
 
 
+@pytest.mark.extended
 def test_a_repeated_name_is_allowed_and_then_told_apart_by_id(vmops: Vmops) -> None:
     """Nova's display names may repeat; a name two servers share is refused
     as a reference, naming their ids."""

@@ -183,6 +183,7 @@ def test_boot_markers_and_acpi_powerdown(boot: Boot, tmp_path: Path) -> None:
     assert guest.proc.wait(timeout=30) == 0
 
 
+@pytest.mark.extended
 def test_cpus_memory_and_an_nmi(boot: Boot) -> None:
     """The guest reports its CPUs and memory, and its kernel reports an NMI
     from outside and carries on (what a crash dump request sends)."""
@@ -197,6 +198,7 @@ def test_cpus_memory_and_an_nmi(boot: Boot) -> None:
     guest.wait_for(rf"^VMOPS-HEARTBEAT {last + 2}$", timeout=30)
 
 
+@pytest.mark.extended
 def test_nopower_variant_ignores_power_button(boot: Boot) -> None:
     guest = boot("tiny-nopower.qcow2")
     guest.wait_for(r"^VMOPS-HEARTBEAT 1$")
@@ -207,6 +209,7 @@ def test_nopower_variant_ignores_power_button(boot: Boot) -> None:
     assert guest.proc.poll() is None
 
 
+@pytest.mark.extended
 def test_flood_variant(boot: Boot) -> None:
     guest = boot("tiny-flood.qcow2")
     guest.wait_for(r"^VMOPS-FLOOD 2000 x{80}$")
@@ -299,6 +302,7 @@ def make_config_drive(kind: str, path: Path) -> None:
         make_config_iso(path, CONFIG_FILES, joliet=kind == "iso")
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize("setup", sorted(CONFIG_DRIVE_SETUPS))
 def test_config_drive(boot: Boot, tmp_path: Path, setup: str) -> None:
     machine, kind, extra = CONFIG_DRIVE_SETUPS[setup]
