@@ -125,6 +125,12 @@ def test_volumes_that_cannot_boot_are_400(api: Api, monkeypatch: pytest.MonkeyPa
     answer = _create(api, different, imageRef="another-image")
     assert answer.status == 400 and "different images" in answer.fault()[1]
     assert _create(api, [], imageRef="").status == 400  # neither an image nor a volume
+    # The flavor's memory is still held to the image's min_ram, as Nova's.
+    image = api.store.image(IMAGE_ID)
+    api.store.update_image(image, extra={**image.extra, "min_ram": "100000"})
+    answer = _create(api, different)
+    assert answer.status == 400 and "memory is too small" in answer.fault()[1]
+    assert [i.name for i in api.store.instances()] == ["owner"]
 
 
 def test_a_volume_backed_servers_view(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:

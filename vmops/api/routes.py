@@ -245,8 +245,8 @@ class Routes:
                                     reservation_id=f"r-{secrets.token_hex(4)}")
         spawn = server_groups_api.with_scheduler_hint(self.compute, req, spawn)
         if spawn.image:  # a boot volume's size, not the flavor's disk, must fit the image
-            self._check_image_visible(spawn.image, ctx,
-                                      "" if spawn.boot_volume else spawn.flavor)
+            self._check_image_visible(spawn.image, ctx, spawn.flavor,
+                                      volume_backed=spawn.boot_volume is not None)
         for name in spawn.security_groups:  # 400 as Nova's, for one not there for them too
             try:
                 if visible_group(self.store.security_group(name), req):
@@ -448,11 +448,13 @@ class Routes:
         return Response(202, headers={
             "Location": views.link(req.base_url, "images", image.id)[0]["href"]})
 
-    def _check_image_visible(self, ref: str, ctx: Context, flavor_ref: str = "") -> None:
+    def _check_image_visible(self, ref: str, ctx: Context, flavor_ref: str = "",
+                             volume_backed: bool = False) -> None:
         """Another project's private image is no image to this caller: a
         server is never made from it (Nova: 400 for an imageRef not found).
         With a flavor: the image's min_ram and min_disk must fit in it (Nova's
-        words; a flavor with no root disk takes the image's size)."""
+        words; a flavor with no root disk takes the image's size; a boot
+        volume's own size is held to min_disk instead of the flavor's disk)."""
         try:
             image = image_service.visible_image(self.store, ref, ctx)
         except ImageNotFound as exc:
@@ -466,7 +468,8 @@ class Routes:
             raise Invalid(reason=exc.message) from None
         if int(image.extra.get("min_ram", 0)) > flavor.ram_mib:
             raise Invalid(reason="Flavor's memory is too small for requested image.")
-        if flavor.root_gb and int(image.extra.get("min_disk", 0)) > flavor.root_gb:
+        if not volume_backed and flavor.root_gb and \
+                int(image.extra.get("min_disk", 0)) > flavor.root_gb:
             raise Invalid(reason=f"Flavor's disk is smaller than the minimum size specified "
                           f"in image metadata. Flavor disk is {flavor.root_gb << 30} bytes, "
                           f"minimum size is {int(image.extra['min_disk']) << 30} bytes.")
