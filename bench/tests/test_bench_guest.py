@@ -119,8 +119,8 @@ def test_qemu_img_bench_output() -> None:
 def test_qemu_img_bench_runs_on_a_qcow2(tmp_path: Path) -> None:
     image = tmp_path / "v.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
-    assert qemu_img_bench(image, 2, write=True) >= 0.0
-    assert qemu_img_bench(image, 2, write=False) >= 0.0
+    assert qemu_img_bench(str(image), "qcow2", 2, write=True) >= 0.0
+    assert qemu_img_bench(str(image), "qcow2", 2, write=False) >= 0.0
     info = subprocess.run(["qemu-img", "check", "-f", "qcow2", str(image)],
                           capture_output=True, text=True)
     assert info.returncode == 0, info.stdout + info.stderr
@@ -151,3 +151,15 @@ def test_stall_summary_and_its_report_note() -> None:
 
 def test_the_runner_knows_both_scenarios() -> None:
     assert parse_args(["--only", "snapshot,volume_io"]).names == ["snapshot", "volume_io"]
+
+
+def test_a_remote_kind_without_its_target_tool_is_skipped_with_the_reason(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    import bench.volume_io as volume_io
+
+    monkeypatch.setattr(shutil, "which", lambda _tool: None)
+    for kind, tool in (("nbd", "qemu-nbd"), ("iscsi", "tgtd")):
+        with volume_io.backend(kind, None, tmp_path) as found:  # type: ignore[arg-type]
+            assert found == f"no {tool} on this host (scripts/setup installs it)"
