@@ -20,10 +20,12 @@ from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.disks.cache import ImageCache
 from vmops.errors import (
+    Conflict,
     FlavorTooSmall,
     HostNotReady,
     HypervisorError,
     InstanceBusy,
+    Invalid,
     InvalidName,
     InvalidState,
 )
@@ -125,6 +127,25 @@ def test_refused_spawns_leave_nothing(env: dict[str, Any]) -> None:
     assert env["store"].instances() == []
     assert env["hv"].list_uuids() == []
     assert list(env["settings"].instances_dir.glob("*")) == []
+
+
+def test_spawn_takes_the_instance_id_it_is_given(env: dict[str, Any]) -> None:
+    """Nova's compute driver spawns with Nova's instance uuid: it is the
+    record's id and the domain's UUID. A malformed or taken id is refused
+    before anything is made."""
+    given = "3b1c5f0e-5d4a-4f0e-9d6b-2a7c1e8f9a10"
+    inst = _spawn(env, instance_id=given)
+    assert inst.id == given and env["hv"].list_uuids() == [given]
+    assert env["store"].instance(given).name == "web1"
+    with pytest.raises(Conflict, match=f"an instance with id {given} already exists"):
+        _spawn(env, name="web2", instance_id=given)
+    with pytest.raises(Invalid, match="'not-a-uuid' is not a UUID"):
+        _spawn(env, name="web3", instance_id="not-a-uuid")
+    with pytest.raises(Invalid, match="canonical form"):
+        _spawn(env, name="web4", instance_id=given.upper())
+    assert [i.name for i in env["store"].instances()] == ["web1"]
+    assert env["hv"].list_uuids() == [given]
+    assert [p.name for p in env["settings"].instances_dir.glob("*")] == [given]
 
 
 def test_failed_define_rolls_back_and_records_error(env: dict[str, Any]) -> None:

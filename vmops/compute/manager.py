@@ -35,6 +35,7 @@ from vmops.compute.server_groups import ServerGroups
 from vmops.compute.tasks import TaskLocks
 from vmops.config import Settings
 from vmops.errors import (
+    Conflict,
     HostNotReady,
     HypervisorError,
     InstanceBusy,
@@ -98,6 +99,9 @@ class SpawnRequest:
     # The root disk as a volume (boot from volume); None: a local root disk.
     # A new volume is made from ``image``; an existing one needs no image.
     boot_volume: boot_volume.BootVolume | None = None
+    # The instance's id as the caller chose it (Nova's instance uuid, when
+    # vmops is Nova's compute driver); None: a new random one.
+    instance_id: str | None = None
 
 
 class Compute:
@@ -195,7 +199,7 @@ class Compute:
         elif image is not None:
             spawn_steps.check_root_fits(flavor, image)
         use_drive = req.config_drive or self.settings.force_config_drive
-        instance_id = str(uuidlib.uuid4())
+        instance_id = self._new_instance_id(req.instance_id)
         # Checked with or without a drive: the properties, files and key are
         # recorded, shown by the API and may go on a drive rebuilt later.
         self.quotas.check_injected_files(req.project_id, req.files)
@@ -225,6 +229,23 @@ class Compute:
             self.store.update_image(image)  # last used now: prune ages images by it
         self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
         return inst, image, no_host
+
+    def _new_instance_id(self, given: str | None) -> str:
+        """A new random id, or ``given`` once it is known to be a UUID in its
+        canonical form (it becomes the libvirt domain's UUID) that no
+        instance has yet."""
+        if given is None:
+            return str(uuidlib.uuid4())
+        try:
+            canonical = str(uuidlib.UUID(given))
+        except (ValueError, TypeError):
+            raise Invalid(reason=f"instance id {given!r} is not a UUID") from None
+        if canonical != given:
+            raise Invalid(reason=f"instance id {given!r} is not in the canonical form of a "
+                          f"UUID ({canonical})")
+        if any(inst.id == given for inst in self.store.instances()):
+            raise Conflict(reason=f"an instance with id {given} already exists")
+        return given
 
     def _add_record(self, req: SpawnRequest, instance_id: str, hostname: str, flavor: Flavor,
                     image: Image | None, mac: str, use_drive: bool, ports: list[Port],
