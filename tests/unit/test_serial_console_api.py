@@ -244,3 +244,15 @@ def test_a_member_gets_a_locked_servers_console_and_a_reader_none(tmp_path: Path
             srv.shutdown()
             srv.server_close()
         api.store.close()
+
+
+def test_the_token_is_not_logged(api: Api, capture: FakeCapture,
+                                 caplog: pytest.LogCaptureFixture) -> None:
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    token = url.rpartition("token=")[2]
+    with caplog.at_level("DEBUG", logger="vmops.api.server"):
+        websocket.create_connection(url, timeout=10).close()
+        api.get("/v2.1/servers?token=also-hidden")
+    logged = caplog.text
+    assert "/serial-console?token=***" in logged and token not in logged
+    assert "also-hidden" not in logged

@@ -208,6 +208,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
+_URL_TOKEN = re.compile(r"([?&]token=)[^&\s]*")
 _HOST = re.compile(r"^[A-Za-z0-9.\-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5})?$")
 
 
@@ -370,7 +371,9 @@ class _Handler(BaseHTTPRequestHandler):
         super().handle_one_request()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        log.debug("%s " + format, self.client_address, *args)
+        # A console URL's token is a credential in the request line: never logged.
+        log.debug("%s " + format, self.client_address,
+                  *(_URL_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in args))
 
     def send_error(self, code: int, message: str | None = None,
                    explain: str | None = None) -> None:
