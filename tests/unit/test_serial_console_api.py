@@ -256,3 +256,21 @@ def test_the_token_is_not_logged(api: Api, capture: FakeCapture,
     logged = caplog.text
     assert "/serial-console?token=***" in logged and token not in logged
     assert "also-hidden" not in logged
+
+
+def test_an_idle_client_is_pinged_and_dropped_when_silent(
+        api: Api, capture: FakeCapture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmops.api import serial_console_api
+
+    monkeypatch.setattr(serial_console_api, "PING_INTERVAL", 0.2)
+    monkeypatch.setattr(serial_console_api, "IDLE_LIMIT", 0.5)
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    ws = websocket.create_connection(url, timeout=10)
+    try:
+        frames = []
+        while not frames or frames[-1].opcode != websocket.ABNF.OPCODE_CLOSE:
+            frames.append(ws.recv_frame())  # read, never answered
+        assert frames[0].opcode == websocket.ABNF.OPCODE_PING
+        assert int.from_bytes(frames[-1].data[:2], "big") == 1001
+    finally:
+        ws.close()
