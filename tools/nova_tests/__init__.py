@@ -1,0 +1,2 @@
+"""Nova's generic compute driver tests (``_VirtDriverTestCase``) against
+vmops' Nova driver on vmops' fake hypervisor: ``scripts/nova-tests``."""

@@ -1,0 +1,167 @@
+"""Run Nova's generic driver tests against vmops' Nova driver and classify each.
+
+Usage (through scripts/nova-tests, which makes Nova's virtualenv first):
+    python -m tools.nova_tests [--threading eventlet|native] [-k NAME] [--update-expected]
+
+Nova's ``_VirtDriverTestCase`` (nova/tests/unit/virt/test_virt_drivers.py,
+from the installed wheel) runs with ``driver_module`` set to vmops' driver
+on vmops' fake hypervisor (tools/nova_tests/fake_host.py). Each test is one
+of: passed (for real), swallowed (passed only because the suite swallowed
+a NotImplementedError), failed (a failure or an error), skipped.
+The gate is tests/nova/expected-pass.txt: exit status 1 when a test listed
+there did not pass for real (a regression), 0 otherwise; a test that passes
+for real and is not listed is reported, for the list. Results also go to
+.cache/nova-tests/results-<threading>.json. docs/nova-driver.md says more.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+EXPECTED = REPO / "tests" / "nova" / "expected-pass.txt"
+RESULTS = REPO / ".cache" / "nova-tests"
+OUTCOMES = ("passed", "swallowed", "failed", "skipped")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="scripts/nova-tests",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--threading", choices=("eventlet", "native"), default="eventlet",
+                        help="Nova's threading mode: eventlet monkey patching (Nova's "
+                             "default) or native threads (OS_NOVA_DISABLE_EVENTLET_PATCHING)")
+    parser.add_argument("-k", dest="names", action="append", default=[],
+                        help="run only tests whose name contains this (repeatable)")
+    parser.add_argument("--update-expected", action="store_true",
+                        help="add this run's real passes to the expected-pass list "
+                             "(never removes)")
+    return parser.parse_args(argv)
+
+
+class Outcomes(unittest.TestResult):
+    """Each test's outcome and, for a failure, its reason (the last line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_test: dict[str, tuple[str, str]] = {}
+
+    def addSuccess(self, test: Any) -> None:  # noqa: N802 - unittest's API
+        self.by_test[_name(test)] = ("ok", "")
+
+    def addFailure(self, test: Any, err: Any) -> None:  # noqa: N802
+        self.by_test[_name(test)] = ("failed", _last_line(self._exc_info_to_string(err, test)))
+
+    def addError(self, test: Any, err: Any) -> None:  # noqa: N802
+        self.by_test[_name(test)] = ("failed", _last_line(self._exc_info_to_string(err, test)))
+
+    def addSkip(self, test: Any, reason: str) -> None:  # noqa: N802
+        self.by_test[_name(test)] = ("skipped", reason)
+
+    def addExpectedFailure(self, test: Any, err: Any) -> None:  # noqa: N802
+        self.by_test[_name(test)] = ("failed", "expected failure")
+
+    def addUnexpectedSuccess(self, test: Any) -> None:  # noqa: N802
+        self.by_test[_name(test)] = ("failed", "unexpected success")
+
+
+def _name(test: Any) -> str:
+    return str(test.id()).rsplit(".", 1)[-1]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip()[:300] if lines else ""
+
+
+def classify(outcomes: dict[str, tuple[str, str]],
+             swallowed: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """passed / swallowed / failed / skipped, with the reason or the methods."""
+    result = {}
+    for name, (outcome, reason) in sorted(outcomes.items()):
+        if outcome == "ok" and name in swallowed:
+            result[name] = {"outcome": "swallowed",
+                            "detail": "NotImplementedError from " + ", ".join(swallowed[name])}
+        elif outcome == "ok":
+            result[name] = {"outcome": "passed", "detail": ""}
+        else:
+            result[name] = {"outcome": outcome, "detail": reason}
+    return result
+
+
+def read_expected() -> set[str]:
+    if not EXPECTED.exists():
+        return set()
+    return {line.strip() for line in EXPECTED.read_text().splitlines()
+            if line.strip() and not line.startswith("#")}
+
+
+def run(args: argparse.Namespace) -> dict[str, dict[str, str]]:
+    if args.threading == "native":
+        os.environ["OS_NOVA_DISABLE_EVENTLET_PATCHING"] = "1"
+    else:
+        os.environ.pop("OS_NOVA_DISABLE_EVENTLET_PATCHING", None)
+    from tools.nova_tests import suite  # after the threading mode is set
+
+    tests = unittest.TestLoader().loadTestsFromTestCase(suite.VmopsDriverTestCase)
+    selected = unittest.TestSuite(
+        t for t in tests if not args.names or any(n in _name(t) for n in args.names))
+    outcomes = Outcomes()
+    selected.run(outcomes)
+    return classify(outcomes.by_test, {k.rsplit(".", 1)[-1]: v
+                                       for k, v in suite.SWALLOWED.items()})
+
+
+def report(results: dict[str, dict[str, str]], expected: set[str],
+           selected_all: bool) -> int:
+    for name, r in results.items():
+        print(f"{r['outcome']:<10} {name}" + (f"  ({r['detail']})" if r["detail"] else ""))
+    counts = {o: sum(1 for r in results.values() if r["outcome"] == o) for o in OUTCOMES}
+    print(f"\n{len(results)} tests: " + ", ".join(f"{n} {o}" for o, n in counts.items()))
+    passed = {n for n, r in results.items() if r["outcome"] == "passed"}
+    ran = set(results)
+    regressions = sorted((expected & ran) - passed)
+    new = sorted(passed - expected)
+    if not selected_all:
+        print("(a selection: expected tests not run are not checked)")
+    for name in regressions:
+        print(f"REGRESSION: {name} is in {EXPECTED.relative_to(REPO)} but did not pass "
+              f"for real: {results[name]['outcome']} {results[name]['detail']}")
+    for name in new:
+        print(f"NEW PASS: {name} passed for real and is not in "
+              f"{EXPECTED.relative_to(REPO)} (--update-expected adds it)")
+    return 1 if regressions else 0
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="vmops-nova-tests-"))
+    os.environ["VMOPS_NOVA_TESTS_TMP"] = str(tmp)
+    try:
+        results = run(args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"results-{args.threading}.json"
+    out.write_text(json.dumps({"threading": args.threading, "tests": results}, indent=1))
+    expected = read_expected()
+    status = report(results, expected, selected_all=not args.names)
+    print(f"results: {out.relative_to(REPO)}")
+    if args.update_expected:
+        passed = {n for n, r in results.items() if r["outcome"] == "passed"}
+        EXPECTED.parent.mkdir(parents=True, exist_ok=True)
+        header = "# Nova's _VirtDriverTestCase tests that pass for real (scripts/nova-tests)\n"
+        EXPECTED.write_text(header + "".join(f"{n}\n" for n in sorted(expected | passed)))
+        print(f"{EXPECTED.relative_to(REPO)}: {len(expected | passed)} tests")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,67 @@
+"""vmops' Nova driver on the fake hypervisor, for Nova's driver tests.
+
+Everything is vmops' own driver (:class:`vmops.nova_driver.VmopsDriver`)
+and compute layer; only the host is stood in for: the in-memory
+:class:`~vmops.hypervisor.fake.FakeHypervisor` instead of libvirt, and a
+console capture that connects at once (no QEMU serves a console socket).
+Each driver gets a state directory of its own under ``$VMOPS_NOVA_TESTS_TMP``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from vmops import config
+from vmops.compute.catalog import Catalog
+from vmops.compute.manager import Compute
+from vmops.hypervisor.base import Accel
+from vmops.hypervisor.fake import FakeHypervisor
+from vmops.nova_driver import VmopsDriver
+from vmops.store import Store
+
+
+class NoConsole:
+    """vmops.console's functions for a host with no QEMU: the capture
+    "connects" at once and the log is empty."""
+
+    def __init__(self) -> None:
+        self.generation = 0
+
+    def start_capture(self, socket: Path, log_dir: Path, max_bytes: int) -> int:
+        return 0
+
+    def capture_generation(self, log_dir: Path) -> tuple[bool, int]:
+        return True, self.generation
+
+    def wait_connected(self, log_dir: Path, after_generation: int, timeout: float) -> int:
+        self.generation += 1
+        return self.generation
+
+    def poke_capture(self, log_dir: Path) -> None:
+        pass
+
+    def stop_capture(self, log_dir: Path) -> None:
+        pass
+
+    def capture_pid(self, log_dir: Path) -> int | None:
+        return None
+
+    def read_log(self, log_dir: Path, tail_lines: int | None = None) -> bytes:
+        return b""
+
+
+class FakeHostVmopsDriver(VmopsDriver):
+    def _open(self) -> tuple[Compute, Catalog]:
+        parent = os.environ.get("VMOPS_NOVA_TESTS_TMP") or None
+        state_dir = Path(tempfile.mkdtemp(prefix="vmops-nova-", dir=parent))
+        settings = config.load(state_dir, env={}, libvirt_uri="fake:///", network_mode="user",
+                               accel="tcg", shutdown_retry_interval=1)
+        for d in (settings.images_dir, settings.instances_dir, settings.run_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_path)
+        self.fake_hypervisor = FakeHypervisor()
+        compute = Compute(settings, store, self.fake_hypervisor, Accel.TCG, lambda: [],
+                          capture=NoConsole())
+        return compute, Catalog.from_settings(settings, store)
