@@ -32,7 +32,9 @@ from typing import Any
 
 import os_resource_classes as orc
 from nova import exception
-from nova.compute import power_state
+from nova.compute import power_state, task_states
+from nova.image import glance
+from nova.objects import diagnostics
 from nova.objects import fields as obj_fields
 from nova.virt import driver, hardware, images
 from oslo_config import cfg
@@ -41,7 +43,7 @@ from vmops import config, doctor
 from vmops.compute import host_facts, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
-from vmops.errors import ImageNotFound, InstanceNotFound, VmopsError
+from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
 from vmops.hypervisor import open_hypervisor
 from vmops.hypervisor.base import PowerState
 from vmops.store import Instance, Store
@@ -291,6 +293,38 @@ class VmopsDriver(driver.ComputeDriver):
         except VmopsError as exc:
             raise exception.InstanceNotRunning(instance_id=instance.uuid) from exc
 
+    def poll_rebooting_instances(self, timeout: int, instances: Any) -> None:
+        """Nothing to do: vmops' reboot returns once the guest is booted
+        again (or has failed), so no reboot is left hanging to poll for."""
+
+    # -- snapshot --------------------------------------------------------------
+    def snapshot(self, context: Any, instance: Any, image_id: str,
+                 update_task_state: Any) -> None:
+        """vmops' snapshot (the root disk, flattened; a running guest is
+        paused for the copy) into its cache, uploaded to Glance's image
+        ``image_id``, then removed from vmops' cache."""
+        try:
+            inst = self._instance(instance)
+        except exception.InstanceNotFound:
+            raise exception.InstanceNotRunning(instance_id=instance.uuid) from None
+        update_task_state(task_state=task_states.IMAGE_PENDING_UPLOAD)
+        try:
+            image = self.compute.snapshot(inst.id, f"nova-snapshot-{image_id}",
+                                          self.catalog.cache)
+        except VmopsError as exc:
+            raise exception.InstanceNotRunning(instance_id=instance.uuid) \
+                if isinstance(exc, InvalidState) else \
+                exception.NovaException(f"snapshot of {inst.name}: {exc.message}") from exc
+        try:
+            image = self.compute.store.image(image.id)
+            update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                              expected_state=task_states.IMAGE_PENDING_UPLOAD)
+            metadata = {"disk_format": image.format, "container_format": "bare"}
+            with open(image.path, "rb") as data:
+                glance.API().update(context, image_id, metadata, data, purge_props=False)
+        finally:
+            self.catalog.delete_image(image.id)
+
     # -- rescue ----------------------------------------------------------------
     def rescue(self, context: Any, instance: Any, network_info: Any, image_meta: Any,
                rescue_password: str | None, block_device_info: Any = None,
@@ -317,6 +351,24 @@ class VmopsDriver(driver.ComputeDriver):
         inst = self._instance(instance)
         info = self.compute.live_info(inst)
         return {"state": inst.power_state, **{k: v for k, v in info.items() if k != "state"}}
+
+    def get_instance_diagnostics(self, instance: Any) -> diagnostics.Diagnostics:
+        """Nova's diagnostics object: state, memory and CPU time from vmops."""
+        inst = self._instance(instance)
+        info = self.compute.live_info(inst)
+        diags = diagnostics.Diagnostics(
+            state=power_state.STATE_MAP[POWER_STATES[PowerState(inst.power_state)]],
+            driver="libvirt",
+            hypervisor="qemu", hypervisor_os="linux",
+            config_drive=bool(inst.config_drive),
+            memory_details=diagnostics.MemoryDiagnostics(
+                maximum=info.get("max_memory_kib", 0) // 1024,
+                used=info.get("memory_kib", 0) // 1024))
+        for cpu in range(int(info.get("vcpus", 0))):
+            diags.add_cpu(id=cpu)
+        for mac in inst.macs:
+            diags.add_nic(mac_address=mac)
+        return diags
 
     # -- the host ----------------------------------------------------------------
     def get_available_nodes(self, refresh: bool = False) -> list[str]:
