@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import Vmops, separate_service, start_service, stop_service
+from tests.targets import iscsi_target, nbd_export
 from vmops.compute import crash_points
 from vmops.volumes.manager import ATTACH_STEPS, DETACH_STEPS
 
@@ -137,3 +138,78 @@ def test_a_service_killed_mid_attach_or_detach_agrees_with_the_domain_after(
     vm.wait_console("v1", "VMOPS-DISK-GONE vdb")
     vm.run("volume", "attach", "data", "v1")  # and it works as ever
     vm.wait_console("v1", f"VMOPS-DISK vdb {GIB}", count=2)
+
+
+def test_remote_volumes_nbd_and_iscsi_with_chap_in_a_running_guest(
+        vm: Vmops, tmp_path: Path) -> None:
+    """An NBD export and an iSCSI LUN (CHAP) that QEMU opens itself, from
+    targets this test runs on loopback: registered with the targets' sizes,
+    hot-plugged into one running guest, which sees both; the CHAP password
+    is in no domain XML, record or log; after a service restart and a cold
+    boot (QEMU logs in to the target again with the secret libvirt kept)
+    the guest has them still; a target that goes away leaves a service that
+    answers; detached, the guest loses them; deleted, the targets keep their
+    data and the secret is gone."""
+    with nbd_export(tmp_path, size_mib=64) as nbd, \
+            iscsi_target(tmp_path, size_mib=48) as iscsi:
+        secret_file = tmp_path / "chap"
+        secret_file.write_text(iscsi.chap_secret + "\n")
+        vm.run("spawn", "r1", "--image", "tiny", "--flavor", "m1.tiny")
+        nbd_vol = vm.json("volume", "create", "exp", "--nbd", nbd.url)
+        assert nbd_vol["vmops:remote"] == {"protocol": "nbd", "url": nbd.url,
+                                           "chap_user": None, "secret_uuid": None}
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-the-password\n")
+        refused = vm.run("volume", "create", "bad", "--iscsi", iscsi.url(1), "--chap-user",
+                         iscsi.chap_user, "--chap-secret-file", str(wrong), check=False)
+        assert refused.returncode != 0 and "Authentication failure" in refused.stderr
+        lun = vm.json("volume", "create", "lun", "--iscsi", iscsi.url(1), "--chap-user",
+                      iscsi.chap_user, "--chap-secret-file", str(secret_file))
+        assert lun["vmops:remote"]["chap_user"] == iscsi.chap_user
+        assert [v["name"] for v in vm.json("volume", "list")] == ["exp", "lun"]
+
+        vm.wait_console("r1", BEAT)
+        vm.run("volume", "attach", "exp", "r1")
+        vm.run("volume", "attach", "lun", "r1")
+        vm.wait_console("r1", f"VMOPS-DISK vdb {64 << 20}")
+        vm.wait_console("r1", f"VMOPS-DISK vdc {48 << 20}")
+        (definition,) = (vm.state_dir / "libvirt" / "etc" / "qemu").glob("*.xml")
+        assert f"uuid='{lun['vmops:remote']['secret_uuid']}'" in definition.read_text()
+        _nowhere_in_plain_text(vm.state_dir, iscsi.chap_secret)
+        secrets = vm.state_dir / "libvirt" / "etc" / "secrets"
+        uuid = lun["vmops:remote"]["secret_uuid"]
+        assert sorted(p.name for p in secrets.iterdir()) == [f"{uuid}.base64", f"{uuid}.xml"]
+        assert (secrets / f"{uuid}.base64").stat().st_mode & 0o777 == 0o600
+
+        # A restart, then a cold boot: QEMU opens both again, the iSCSI LUN
+        # with the password libvirt kept in its secret through the restart.
+        stop_service(vm.service)  # type: ignore[attr-defined]
+        vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
+        vm.run("stop", "r1")
+        vm.run("start", "r1")
+        vm.wait_console("r1", f"VMOPS-DISK vdb {64 << 20}", count=2)
+        vm.wait_console("r1", f"VMOPS-DISK vdc {48 << 20}", count=2)
+        vm.wait_console("r1", BEAT, count=2)
+
+        # The NBD target goes away: the service still answers, and the
+        # volume can be detached.
+        nbd.stop()
+        assert vm.server("r1")["status"] == "ACTIVE"
+        assert vm.json("volume", "show", "exp")["status"] == "in-use"
+        vm.run("volume", "detach", "exp", "r1")
+        vm.run("volume", "detach", "lun", "r1")
+        vm.wait_console("r1", "VMOPS-DISK-GONE vdb")
+        vm.wait_console("r1", "VMOPS-DISK-GONE vdc")
+        vm.run("volume", "delete", "exp")
+        vm.run("volume", "delete", "lun")
+        assert vm.json("volume", "list") == []
+        assert list(secrets.iterdir()) == []
+        assert nbd.image.stat().st_size == 64 << 20 and iscsi.lun_image.stat().st_size == 48 << 20
+        vm.run("destroy", "r1")
+
+
+def _nowhere_in_plain_text(state_dir: Path, secret: str) -> None:
+    """Not in the store (and its WAL), the logs, the domain definitions."""
+    for path in state_dir.rglob("*"):
+        if path.is_file() and "secrets" not in path.parts and path.stat().st_size < 64 << 20:
+            assert secret.encode() not in path.read_bytes(), path

@@ -12,6 +12,7 @@ hold a root, and a process can only ever open one root.
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import queue
@@ -218,6 +219,7 @@ class LibvirtHypervisor:
         # on the same root (secret:///embed), which the embedded QEMU driver
         # then uses; otherwise the QEMU connection's.
         self._secret_conn: Any = None
+        self._secret_threads = threading.local()  # .ready: this thread's QEMU driver uses it
         self._callback_id: int | None = None
         self._callbacks: list[EventCallback] = []
         self._events: queue.Queue[tuple[Any, int, int] | None] = queue.Queue()
@@ -368,6 +370,7 @@ class LibvirtHypervisor:
     @_translated("start")
     def start(self, uuid: str, paused: bool = False) -> None:
         dom = self._checked(uuid, "start")
+        self._use_embedded_secrets()
         if not paused:
             dom.createWithFlags(0)
             return
@@ -458,6 +461,7 @@ class LibvirtHypervisor:
         flags = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         if self._power_state(dom) in ACTIVE_STATES:
             flags |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+        self._use_embedded_secrets()
         dom.attachDeviceFlags(disk_xml(disk), flags)
 
     @_translated("detach a disk from")
@@ -513,14 +517,45 @@ class LibvirtHypervisor:
     def _secrets(self) -> Any:
         return self._secret_conn if self._secret_conn is not None else self.conn
 
+    def _use_embedded_secrets(self) -> None:
+        """Make the embedded QEMU driver, on this thread, find the embedded
+        secret driver. When QEMU needs a secret (a disk's CHAP password, at
+        start or hot-plug) libvirt's QEMU driver opens ``secret:///system``
+        unless the calling thread has a secret connection set, and the
+        embedded secret driver refuses that URI ("Missing URI parameter
+        'root'", libvirt 9.0 and later); and reading a secret's value for
+        QEMU needs a current identity, which only libvirt's daemons set.
+        They set both per thread (``virSetConnectSecret``,
+        ``virIdentitySetCurrent`` with the system identity), with symbols
+        libvirt exports for its own modules only; we call them the same
+        way, once per thread, with our ``secret:///embed`` connection,
+        which lives as long as this process's libvirt root."""
+        if self._secret_conn is None or getattr(self._secret_threads, "ready", False):
+            return
+        capsule = ctypes.pythonapi.PyCapsule_GetPointer
+        capsule.argtypes, capsule.restype = [ctypes.py_object, ctypes.c_char_p], ctypes.c_void_p
+        pointer = capsule(self._secret_conn._o, b"virConnectPtr")
+        lib = ctypes.CDLL("libvirt.so.0")  # the library libvirt-python loaded
+        lib.virSetConnectSecret.argtypes = [ctypes.c_void_p]
+        lib.virIdentityGetSystem.restype = ctypes.c_void_p
+        lib.virIdentitySetCurrent.argtypes = [ctypes.c_void_p]
+        system = lib.virIdentityGetSystem()
+        if lib.virSetConnectSecret(pointer) < 0 or not system \
+                or lib.virIdentitySetCurrent(system) < 0:
+            raise HypervisorError(reason="cannot give libvirt's QEMU driver the embedded "
+                                  "secret driver (virSetConnectSecret or "
+                                  "virIdentitySetCurrent failed)")
+        self._secret_threads.ready = True
+
     @_translated("define the secret")
     def define_secret(self, usage: str, value: bytes) -> str:
         try:
-            self._secrets.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI,
-                                              usage).undefine()
+            old = self._secrets.secretLookupByUsage(libvirt.VIR_SECRET_USAGE_TYPE_ISCSI, usage)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
                 raise
+        else:
+            self.undefine_secret(str(old.UUIDString()))
         secret = self._secrets.secretDefineXML(
             secret_xml(usage, "CHAP password of a vmops volume"), 0)
         try:
@@ -533,10 +568,23 @@ class LibvirtHypervisor:
     @_translated("undefine the secret")
     def undefine_secret(self, uuid: str) -> None:
         try:
-            self._secrets.secretLookupByUUIDString(uuid).undefine()
+            secret = self._secrets.secretLookupByUUIDString(uuid)
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_NO_SECRET:
                 raise
+            return
+        root = embed_root(self.uri)
+        if root is None:
+            secret.undefine()
+            return
+        # The embedded secret driver of libvirt 9.0 crashes the process on
+        # undefine (a call through a null pointer in virSecretUndefine). So
+        # the value is overwritten, then the secret's files are removed: it
+        # is gone from the disk now, and from libvirt's memory at the next
+        # start, which loads the secrets from those files.
+        secret.setValue(b"forgotten", 0)
+        for suffix in (".xml", ".base64"):
+            (root / "etc" / "secrets" / f"{uuid}{suffix}").unlink(missing_ok=True)
 
     @_translated("list secrets")
     def secrets(self) -> dict[str, str]:
