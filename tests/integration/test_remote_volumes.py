@@ -163,3 +163,17 @@ def test_a_remote_volume_in_deleting_is_forgotten_at_start(env: dict[str, Any],
     vols.reconcile()
     _nothing_left(env)
     assert iscsi.lun_image.stat().st_size == 48 * MIB
+
+
+def test_a_libvirt_driver_without_secrets_has_none_to_forget() -> None:
+    """test:///default has no secret driver: a start's look for secrets no
+    volume names finds none instead of failing."""
+    from vmops.hypervisor.base import Accel
+    from vmops.hypervisor.libvirt.driver import LibvirtHypervisor
+
+    hv = LibvirtHypervisor("test:///default", Accel.TCG)
+    hv.connect()
+    try:
+        assert hv.secrets() == {}
+    finally:
+        hv.close()
