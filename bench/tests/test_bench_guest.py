@@ -131,6 +131,12 @@ def test_throughput_medians_and_ratio() -> None:
     assert rates == {"guest_mib_per_s": 32.0, "host_mib_per_s": 960.0,
                      "guest_host_rate_ratio": 0.033}
     assert throughput(1, [], [1.0])["guest_host_rate_ratio"] is None
+    row = {"scenario": "volume_nbd_seq_write_64MiB_guest_vs_host", "vmops_median_ms": 2000.0,
+           "baseline_median_ms": 66.7, "ratio": 30.0, "target": "", "passed": None,
+           "transfer_bytes": 64 * 2**20, **rates}
+    text = report.markdown({"machine": report.machine_info(), "quick": False,
+                            "duration_s": 1.0, "rows": [row]}, [])
+    assert "guest 32.0 MiB/s, host 960.0 MiB/s: guest / host 0.033" in text
 
 
 def test_stall_summary_and_its_report_note() -> None:
