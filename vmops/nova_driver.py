@@ -380,6 +380,9 @@ class VmopsDriver(driver.ComputeDriver):
     def get_host_uptime(self) -> str:
         return host_facts.uptime_text()
 
+    def get_host_cpu_stats(self) -> dict[str, int]:
+        return host_facts.cpu_times()
+
     def get_available_resource(self, nodename: str) -> dict[str, Any]:
         """The host's totals and what vmops' servers were given, as vmops
         counts them for os-hypervisors."""

@@ -159,3 +159,18 @@ def uptime_text(now: float | None = None) -> str:
     up = (f"{days} day{'s' if days != 1 else ''}, " if days else "") + f"{hours:2d}:{minutes:02d}"
     return (f" {time.strftime('%H:%M:%S', time.localtime(now))} up {up},  0 users,  "
             f"load average: {', '.join(load)}")
+
+
+def cpu_times(stat: Path = Path("/proc/stat"),
+              cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, int]:
+    """The host's CPU time since boot, all CPUs together, in nanoseconds
+    (kernel, idle, user, iowait), and the first CPU's clock in MHz
+    (frequency): what libvirt's virNodeGetCPUStats gives Nova."""
+    fields = stat.read_text().splitlines()[0].split()  # "cpu user nice system idle iowait"
+    if fields[0] != "cpu" or len(fields) < 6:
+        raise ValueError(f"{stat}: unexpected first line {' '.join(fields)!r}")
+    tick_ns = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait = (int(v) * tick_ns for v in fields[1:6])
+    match = re.search(r"^cpu MHz\s*:\s*([\d.]+)", cpuinfo.read_text(), re.MULTILINE)
+    return {"kernel": system, "idle": idle, "user": user + nice, "iowait": iowait,
+            "frequency": int(float(match.group(1))) if match else 0}
