@@ -6,6 +6,7 @@ from __future__ import annotations
 import select
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +98,25 @@ def test_closing_clients_sends_what_they_can_take_and_drops_input(fan: FanOut) -
     fan.close_clients()
     assert peer.recv(100) == b"last words" and peer.recv(1) == b""
     assert not fan.to_guest
+
+
+def test_a_socket_path_longer_than_an_address_still_binds_and_connects(tmp_path: Path) -> None:
+    from vmops.console.layout import MAX_SOCKET_PATH, socket_address
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    path = deep / "console.sock"
+    assert len(str(path)) > MAX_SOCKET_PATH
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket_address(path) as address:
+        server.bind(address)
+    server.listen(1)
+    assert path.exists()  # the socket is where it was meant to be
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket_address(path) as address:
+        client.connect(address)
+    conn, _ = server.accept()
+    client.sendall(b"x")
+    assert conn.recv(1) == b"x"
+    for sock in (client, conn, server):
+        sock.close()
