@@ -185,6 +185,10 @@ def test_remote_volumes_nbd_and_iscsi_with_chap_in_a_running_guest(
         # with the password libvirt kept in its secret through the restart.
         stop_service(vm.service)  # type: ignore[attr-defined]
         vm.service = start_service(vm.state_dir, vm.env)  # type: ignore[attr-defined]
+        # The start found both disks in the domain as recorded (libvirt's own
+        # XML read back to the same URLs), so it re-attached nothing.
+        assert "lacks it" not in (vm.state_dir / "vmops.log").read_text()
+        assert [v["status"] for v in vm.json("volume", "list")] == ["in-use", "in-use"]
         vm.run("stop", "r1")
         vm.run("start", "r1")
         vm.wait_console("r1", f"VMOPS-DISK vdb {64 << 20}", count=2)

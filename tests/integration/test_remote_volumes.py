@@ -15,7 +15,7 @@ import pytest
 from tests.integration.test_volumes import _spawn
 from tests.integration.test_volumes import env as env  # noqa: F401 - the fixture
 from tests.targets import IscsiTarget, NbdExport, free_port, iscsi_target, nbd_export
-from vmops.errors import Invalid
+from vmops.errors import Conflict, Invalid
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.volumes.manager import SECRET_USAGE_PREFIX, Volumes
 from vmops.volumes.records import VolumeStatus
@@ -177,3 +177,32 @@ def test_a_libvirt_driver_without_secrets_has_none_to_forget() -> None:
         assert hv.secrets() == {}
     finally:
         hv.close()
+
+
+def test_a_target_is_one_volume_only(env: dict[str, Any], nbd: NbdExport) -> None:
+    vols: Volumes = env["volumes"]
+    vols.register_remote("shared", nbd.url)
+    with pytest.raises(Conflict, match="is volume 'shared' already"):
+        vols.register_remote("again", nbd.url)
+    assert [v.name for v in vols.volumes()] == ["shared"]
+
+
+def test_an_attach_killed_after_libvirts_call_ends_in_use_at_start(
+        env: dict[str, Any], nbd: NbdExport, iscsi: IscsiTarget) -> None:
+    """The disk is in the domain, the record still says attaching: the
+    start finds the remote disk by its URL and records it in-use; one
+    whose disk never got in is released."""
+    from vmops.volumes.records import Attachment, disk_of
+
+    vols: Volumes = env["volumes"]
+    inst = _spawn(env)
+    volume = vols.register_remote("shared", nbd.url)
+    other = vols.register_remote("other", iscsi.url(1), chap_user=iscsi.chap_user,
+                                 chap_secret=iscsi.chap_secret.encode())
+    for vol, device in ((volume, "vdb"), (other, "vdc")):
+        vols.records.claim(Attachment(f"a-{device}", vol.id, inst.id, device), inst.name)
+    env["hv"].attach_disk(inst.id, disk_of(volume, "vdb"))  # then the service died
+    vols.reconcile()
+    assert vols.volume("shared").status == VolumeStatus.IN_USE
+    assert vols.volume("other").status == VolumeStatus.AVAILABLE
+    assert env["hv"].disk_targets(inst.id)["vdb"] == nbd.url

@@ -157,6 +157,10 @@ class Volumes:
             raise Invalid(reason=f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
         source = (remote.parse_nbd(url) if url.startswith("nbd") else remote.parse_iscsi(url))
         remote.check_chap(source, chap_user, chap_secret)
+        for other in self.records.all():
+            if other.remote and other.path == source.url:  # two guests, one disk: no
+                raise Conflict(reason=f"{source.url} is volume {other.name or other.id!r} "
+                               "already")
         source = replace(source, auth_user=chap_user)
         size_bytes = remote.probe(source, chap_secret)
         volume_id = str(uuidlib.uuid4())
