@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import report
 from bench.common import Target, alternate, make_row
 from bench.fswatch import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FsWatch
-from bench.runner import normalize, parse_args
+from bench.runner import FULL_RUN_ONLY, normalize, parse_args, run_scenario
 from bench.virt import qemu_command, rewrite_domain_xml
 
 DOMAIN = """<domain type='qemu'>
@@ -155,3 +155,10 @@ def test_rewrite_domain_xml_serial_to_file() -> None:
                              Path("/b/s.sock"), serial_file=Path("/b/serial.log"))
     assert "s.sock" not in xml and xml.count("/b/serial.log") == 2
     assert "<serial type=\"file\">" in xml and "bind" not in xml
+
+
+def test_a_whole_quick_run_skips_the_full_run_only_scenarios_without_starting_them() -> None:
+    for name in sorted(FULL_RUN_ONLY):
+        [row] = run_scenario(name, quick=True)
+        assert row["scenario"] == name
+        assert row["skipped"] == "full run only (not in --quick)"
