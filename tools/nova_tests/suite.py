@@ -70,3 +70,85 @@ class VmopsDriverTestCase(test_virt_drivers._VirtDriverTestCase, test.TestCase):
             SwallowRecorder(test_virt_drivers.LOG, self.id())))
         for image_id in self.image_service.images:
             self.image_service._imagedata[image_id] = image_data()
+
+
+class VmopsAdapterTestCase(test.TestCase):
+    """vmops' own checks of its driver, on Nova's objects and fixtures:
+    what Nova's suite does not look at (the id vmops records, refusals that
+    leave nothing, the states the adapter settles). Run by
+    scripts/nova-tests after Nova's suite; every one must pass."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        from nova.tests import fixtures as nova_fixtures
+        from nova.tests.unit import utils as test_utils
+        from nova.virt import fake
+
+        from tools.nova_tests.fake_host import FakeHostVmopsDriver
+
+        self.utils = test_utils
+        self.glance = self.useFixture(nova_fixtures.GlanceFixture(self))
+        for image_id in self.glance.images:
+            self.glance._imagedata[image_id] = image_data()
+        self.driver = FakeHostVmopsDriver(fake.FakeVirtAPI())
+        self.ctxt = test_utils.get_test_admin_context()
+        self.instance = test_utils.get_test_instance(obj=True)
+        self.image_meta = test_utils.get_test_image_object(None, self.instance)
+
+    def _spawn(self, vifs: int = 1, **kwargs: Any) -> None:
+        self.driver.spawn(self.ctxt, self.instance, self.image_meta, [], "pw", {},
+                          network_info=self.utils.get_test_network_info(vifs), **kwargs)
+
+    def _leaves_nothing(self) -> None:
+        compute = self.driver.compute
+        self.assertEqual([], compute.store.instances())
+        self.assertEqual([], compute.hv.list_uuids())
+        self.assertEqual([], list(compute.settings.instances_dir.iterdir()))
+
+    def test_nova_uuid_is_vmops_id_and_vif_mac_its_mac(self) -> None:
+        self._spawn()
+        inst = self.driver.compute.instance(self.instance.uuid)
+        self.assertEqual((self.instance.uuid, self.instance.name), (inst.id, inst.name))
+        mac = self.utils.get_test_network_info(1)[0]["address"]
+        self.assertEqual((mac,), inst.macs)
+        self.assertEqual([self.instance.uuid], self.driver.compute.hv.list_uuids())
+
+    def test_two_vifs_are_refused_and_leave_nothing(self) -> None:
+        from nova import exception
+
+        error = self.assertRaises(exception.InstanceDeployFailure, self._spawn, vifs=2)
+        self.assertIn("one NIC; Nova asked for 2", str(error))
+        self._leaves_nothing()
+
+    def test_cinder_volumes_are_refused_and_leave_nothing(self) -> None:
+        from nova import exception
+
+        error = self.assertRaises(
+            exception.InstanceDeployFailure, self._spawn,
+            block_device_info={"block_device_mapping": [{"mount_device": "/dev/vdb"}]})
+        self.assertIn("does not attach Cinder volumes", str(error))
+        self._leaves_nothing()
+
+    def test_an_image_vmops_refuses_is_unacceptable_and_leaves_nothing(self) -> None:
+        from nova import exception
+
+        self.glance._imagedata[self.image_meta.id] = b""
+        self.assertRaises(exception.ImageUnacceptable, self._spawn)
+        self._leaves_nothing()
+        self.assertEqual([], self.driver.compute.store.images())
+
+    def test_power_on_a_running_guest_reboots_it_hard(self) -> None:
+        self._spawn()
+        domain = self.driver.fake_hypervisor.domains[self.instance.uuid]
+        self.driver.power_on(self.ctxt, self.instance, None)
+        self.assertEqual(1, domain.resets)
+
+    def test_unpause_and_resume_of_a_running_guest_change_nothing(self) -> None:
+        self._spawn()
+        hv = self.driver.fake_hypervisor
+        calls = len(hv.calls)
+        self.driver.unpause(self.instance)
+        self.driver.resume(self.ctxt, self.instance, None)
+        self.assertNotIn("unpause", hv.calls[calls:])
+        self.assertNotIn("start", hv.calls[calls:])
+        self.assertEqual("active", self.driver.compute.instance(self.instance.uuid).vm_state)
