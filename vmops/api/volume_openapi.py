@@ -31,6 +31,11 @@ SERVER = _path("id", "the server's id")
 
 ATTACHMENT = closed({"id": STR, "attachment_id": STR, "volume_id": STR, "server_id": STR,
                      "host_name": NULL_STR, "device": NULL_STR, "attached_at": NULL_TIME})
+# vmops' own: where a remote volume is (docs/volumes.md); in a request
+# with its CHAP password, in a view with the libvirt secret's uuid only.
+REMOTE_VIEW = closed({"protocol": STR, "url": STR, "chap_user": NULL_STR,
+                      "secret_uuid": NULL_STR})
+REMOTE_REQUEST = closed({"url": STR}, {"chap_user": STR, "chap_secret": STR})
 VOLUME_VIEW = closed({
     "id": STR, "name": NULL_STR, "description": NULL_STR, "status": STR, "size": INT,
     "availability_zone": NULL_STR, "bootable": STR, "encrypted": BOOL, "multiattach": BOOL,
@@ -41,12 +46,13 @@ VOLUME_VIEW = closed({
     "attachments": array(ATTACHMENT), "links": LINKS, "provider_id": NULL_STR,
     "service_uuid": NULL_STR, "shared_targets": BOOL,
 }, {"volume_image_metadata": {"type": "object"}, "vmops:format": STR, "vmops:path": STR,
-    "vmops:fault": NULL_STR})
+    "vmops:fault": NULL_STR, "vmops:remote": REMOTE_VIEW})
 # Cinder's create reply: the view without the extended attributes.
 VOLUME_CREATED = closed(
     {k: v for k, v in VOLUME_VIEW["properties"].items()
      if k in VOLUME_VIEW["required"] and k != "os-vol-tenant-attr:tenant_id"},
-    {"vmops:format": STR, "vmops:path": STR, "vmops:fault": NULL_STR})
+    {"vmops:format": STR, "vmops:path": STR, "vmops:fault": NULL_STR,
+     "vmops:remote": REMOTE_VIEW})
 VOLUME_BRIEF = closed({"id": STR, "name": NULL_STR, "links": LINKS})
 VERSION = closed({"id": STR, "status": STR, "version": STR, "min_version": STR,
                   "updated": STR, "links": LINKS,
@@ -58,7 +64,8 @@ CREATE = closed({"volume": closed({"size": INT}, {
     "multiattach": {"type": ["boolean", "null"]}, "snapshot_id": NULL_STR,
     "source_volid": NULL_STR, "backup_id": NULL_STR, "consistencygroup_id": NULL_STR,
     "group_id": NULL_STR, "scheduler_hints": {"type": ["object", "null"]},
-    "vmops:format": {"enum": ["qcow2", "raw"]}})})
+    "vmops:format": {"enum": ["qcow2", "raw"]},
+    "vmops:remote": REMOTE_REQUEST})})  # then no size: the target's
 UPDATE = closed({"volume": closed({}, {"name": NULL_STR, "description": NULL_STR,
                                        "display_name": NULL_STR,
                                        "display_description": NULL_STR})})
