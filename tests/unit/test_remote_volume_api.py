@@ -48,3 +48,26 @@ def test_bad_remote_requests_are_refused(api: Api, remote: dict[str, object],
                                                   **extra}})
     assert answer.status == 400 and reason in str(answer.body), answer.body
     assert api.get(f"{V}/volumes").body["volumes"] == []
+
+
+def test_only_an_admin_registers_a_remote_volume(tmp_path: Path) -> None:
+    """Registering makes qemu-img on the host connect wherever the URL says
+    (any address, any UNIX socket): a member is refused before it runs."""
+    from tests.unit.test_api import start_api
+    from tests.unit.test_api_nova_extras import P1, _Tokens
+    from vmops.volumes.records import VolumeRecords
+
+    service, servers = start_api(tmp_path, authenticator=_Tokens())
+    try:
+        for url in ("nbd://127.0.0.1:1/x", "nbd+unix:///x?socket=/run/libvirt/libvirt-sock"):
+            answer = service.call("POST", f"{V}/volumes",
+                                  {"volume": {"name": "x", "vmops:remote": {"url": url}}},
+                                  token=P1)
+            assert answer.status == 403 and "admins only" in str(answer.body), answer.body
+            assert "qemu-img" not in str(answer.body)
+        assert VolumeRecords(service.store).all() == []
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+        service.store.close()

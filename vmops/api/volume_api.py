@@ -195,7 +195,13 @@ class VolumeApi:
     def _register_remote(self, req: Request, ctx: Context, body: dict[str, Any],
                          remote: dict[str, Any], name: str, description: str) -> Response:
         """vmops' own ``vmops:remote``: an NBD export or iSCSI LUN, its size the
-        target's (``{"url": ..., "chap_user": ..., "chap_secret": ...}``)."""
+        target's (``{"url": ..., "chap_user": ..., "chap_secret": ...}``).
+        Admins only: registering asks qemu-img, on the host, to connect to
+        any address or UNIX socket named, and the volume could then be
+        attached to a guest (Cinder's backends are the operator's too)."""
+        if not ctx.is_admin:
+            raise Forbidden(reason="vmops:remote (registering an NBD or iSCSI target) is "
+                            "for admins only")
         for key in ("size", "imageRef", "vmops:format"):
             if body.get(key) is not None:
                 raise Invalid(reason=f"{key} does not go with vmops:remote: a remote volume "
