@@ -119,7 +119,7 @@ class FrameReader:
         self.expect_masked = expect_masked
         self.max_message = max_message
         self._buffer = bytearray()
-        self._fragments: list[bytes] = []
+        self._fragments = bytearray()  # the message so far: its length costs nothing
         self._fragment_opcode: Opcode | None = None
 
     def feed(self, data: bytes) -> list[Message]:
@@ -160,7 +160,7 @@ class FrameReader:
             offset = 10
         if opcode >= Opcode.CLOSE and (length > MAX_CONTROL_BYTES or not fin):
             raise ProtocolError("a control frame must be whole and at most 125 bytes")
-        if length + sum(map(len, self._fragments)) > self.max_message:
+        if length + len(self._fragments) > self.max_message:
             raise ProtocolError(f"a message over {self.max_message} bytes", CloseCode.TOO_BIG)
         key = b""
         if masked:
@@ -182,11 +182,11 @@ class FrameReader:
             raise ProtocolError("a new message before the last one ended")
         else:
             self._fragment_opcode = opcode
-        self._fragments.append(payload)
+        self._fragments += payload
         if not fin:
             return None
-        message = Message(self._fragment_opcode, b"".join(self._fragments))
-        self._fragments, self._fragment_opcode = [], None
+        message = Message(self._fragment_opcode, bytes(self._fragments))
+        self._fragments, self._fragment_opcode = bytearray(), None
         return message
 
 

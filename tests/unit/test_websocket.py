@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import tracemalloc
 
 import pytest
 import websocket as wsclient
@@ -84,6 +85,29 @@ def test_a_message_over_the_bound_is_too_big() -> None:
     with pytest.raises(ProtocolError) as refused:
         FrameReader(expect_masked=True).feed(header)
     assert refused.value.code == CloseCode.TOO_BIG
+
+
+def test_a_message_of_many_tiny_fragments_costs_only_its_bytes() -> None:
+    """A client may split a message into one-byte (or empty) frames: the
+    reader keeps the bytes, not a growing list of them (which also cost a
+    sum over the list per frame: quadratic time, a one-connection DoS)."""
+    count = 10_000
+    frames = (encode_frame(Opcode.BINARY, b"a", mask=True, fin=False)
+              + encode_frame(Opcode.CONTINUATION, b"a", mask=True, fin=False) * count
+              + encode_frame(Opcode.CONTINUATION, b"", mask=True, fin=False) * count
+              + encode_frame(Opcode.CONTINUATION, b"", mask=True))
+    chunks = [frames[i:i + 4096] for i in range(0, len(frames), 4096)]
+    reader = FrameReader(expect_masked=True)
+    messages = []
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            messages += reader.feed(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [m.payload for m in messages] == [b"a" * (count + 1)]
+    assert peak < 10 * count  # a list of 10,000 bytes objects alone is over 300 KB
 
 
 def test_connections_answer_pings_and_close_handshakes() -> None:
