@@ -108,7 +108,12 @@ def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]], dict[str, 
         os.environ["OS_NOVA_DISABLE_EVENTLET_PATCHING"] = "1"
     else:
         os.environ.pop("OS_NOVA_DISABLE_EVENTLET_PATCHING", None)
+    from nova import monkey_patch
+
     from tools.nova_tests import suite  # after the threading mode is set
+
+    print(f"threading: {args.threading} (eventlet monkey patching applied: "
+          f"{monkey_patch.is_patched()})", flush=True)
 
     tests = unittest.TestLoader().loadTestsFromTestCase(suite.VmopsDriverTestCase)
     selected = unittest.TestSuite(
