@@ -274,3 +274,33 @@ def test_an_idle_client_is_pinged_and_dropped_when_silent(
         assert int.from_bytes(frames[-1].data[:2], "big") == 1001
     finally:
         ws.close()
+
+
+def test_a_client_that_never_reads_is_dropped(
+        api: Api, capture: FakeCapture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that takes none of a chatty guest's output (its window
+    stays shut) is cut once a send has waited SEND_TIMEOUT, and the
+    console's connection closed: not a handler thread held forever."""
+    from vmops.api import serial_console_api
+
+    monkeypatch.setattr(serial_console_api, "SEND_TIMEOUT", 0.5)
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    ws = websocket.create_connection(
+        url, timeout=10, sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),))
+    guest = capture.joined()
+    ended: list[OSError] = []
+
+    def flood() -> None:
+        try:
+            while True:
+                guest.sendall(b"x" * 65536)
+        except OSError as exc:
+            ended.append(exc)
+
+    flooder = threading.Thread(target=flood, daemon=True)
+    flooder.start()
+    try:
+        flooder.join(60)
+        assert ended and not isinstance(ended[0], TimeoutError), ended
+    finally:
+        ws.close()

@@ -18,13 +18,15 @@ UTF-8 bytes) to the guest's first serial port, through the capture
 process's socket. The token is single-use, names the server, and expires
 (``console_token_ttl``); a used, unknown or expired one is 401, a server no
 longer running 409. The connection ends when the guest's QEMU does (a
-close frame, 1000), or when the client stops answering pings.
+close frame, 1000), when the client stops answering pings, or when it
+takes none of the guest's output for ``SEND_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from typing import Any
@@ -58,6 +60,10 @@ BINARY_SUBPROTOCOL = "binary"
 PING_INTERVAL = 30.0
 # A client heard from in none of this many seconds (pongs count) is dropped.
 IDLE_LIMIT = 3 * PING_INTERVAL
+# A client that takes none of the guest's output for this long is dropped
+# (a send to it waits at most this; a client that never reads would
+# otherwise hold its handler thread, and the pings, forever).
+SEND_TIMEOUT = IDLE_LIMIT
 CLOSE_WAIT = 5.0
 
 
@@ -168,6 +174,9 @@ def proxy(up: Upgraded, guest: socket.socket) -> None:
     """Bytes between the WebSocket client and the guest's console until
     either ends: the guest's output in binary frames (another thread), the
     client's messages to the guest (this one)."""
+    seconds = int(SEND_TIMEOUT)
+    up.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack(
+        "ll", seconds, int((SEND_TIMEOUT - seconds) * 1_000_000)))  # sends only
     ws = Connection(up.read, up.sock.sendall, client=False)
     heard = [time.monotonic()]
     client_done = threading.Event()
@@ -219,7 +228,11 @@ def _guest_to_client(guest: socket.socket, ws: Connection, client: socket.socket
             ws.send(data)
         ws.close(*reason)
     except OSError:
-        return  # the client is gone; the other thread sees it too
+        # The client is gone, or took nothing for SEND_TIMEOUT: cut it so
+        # the other thread's read ends too.
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)
+        return
     # Give the client time to answer the close, then cut the connection so
     # the other thread's read ends.
     if not client_done.wait(CLOSE_WAIT):
