@@ -46,6 +46,7 @@ from vmops.compute.manager import Compute, SpawnRequest
 from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
 from vmops.hypervisor import open_hypervisor
 from vmops.hypervisor.base import PowerState
+from vmops.service import take_lock
 from vmops.store import Instance, Store
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,9 @@ class VmopsDriver(driver.ComputeDriver):
         """vmops' compute layer for ``[vmops] state_dir``, as ``vmops serve`` makes it."""
         state_dir = Path(CONF.vmops.state_dir) if CONF.vmops.state_dir else None
         settings = config.load(state_dir)
+        # Held as `vmops serve` holds it: a service started on the same
+        # directory is refused, naming this process.
+        self._state_lock = take_lock(settings.state_dir)
         for d in (settings.images_dir, settings.instances_dir, settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         accel = doctor.resolve_accel(settings.accel)
@@ -114,6 +118,8 @@ class VmopsDriver(driver.ComputeDriver):
     def cleanup_host(self, host: str) -> None:
         self.compute.store.close()
         self.compute.hv.close()
+        if getattr(self, "_state_lock", None) is not None:
+            self._state_lock.close()
 
     # -- lookups ---------------------------------------------------------------
     def _instance(self, instance: Any) -> Instance:

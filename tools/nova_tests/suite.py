@@ -152,3 +152,24 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertNotIn("unpause", hv.calls[calls:])
         self.assertNotIn("start", hv.calls[calls:])
         self.assertEqual("active", self.driver.compute.instance(self.instance.uuid).vm_state)
+
+    def test_the_driver_holds_its_state_directory_as_vmops_serve(self) -> None:
+        """The driver as shipped (not the fake host's ``_open``), on a state
+        directory whose vmops.toml names the fake hypervisor: a vmops
+        service on the same directory is refused, naming this process."""
+        from nova.virt import fake
+
+        from vmops.errors import ServiceAlreadyRunning
+        from vmops.nova_driver import VmopsDriver
+        from vmops.service import take_lock
+
+        state_dir = Path(tempfile.mkdtemp(dir=os.environ.get("VMOPS_NOVA_TESTS_TMP")))
+        (state_dir / "vmops.toml").write_text(
+            'libvirt_uri = "fake:///"\nnetwork_mode = "user"\naccel = "tcg"\n')
+        self.flags(state_dir=str(state_dir), group="vmops")
+        driver = VmopsDriver(fake.FakeVirtAPI())
+        self.addCleanup(driver.cleanup_host, "myhostname")
+        error = self.assertRaises(ServiceAlreadyRunning, take_lock, state_dir)
+        self.assertIn(str(os.getpid()), str(error))
+        driver.init_host("myhostname")
+        self.assertEqual([], driver.list_instances())
