@@ -118,7 +118,7 @@ def _tgtadm(control_port: int, *args: str) -> None:
 
 def _free_control_port() -> int:
     for _ in range(100):
-        port = random.randint(20000, 60000)
+        port = random.randint(2000, 32000)  # tgtd takes at most 32767
         if not (TGTD_SOCKET_DIR / f"socket.{port}").exists():
             return port
     raise RuntimeError(f"no free tgtd control port: {TGTD_SOCKET_DIR} is full")
