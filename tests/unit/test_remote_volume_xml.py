@@ -54,6 +54,13 @@ def test_iscsi_urls(url: str, expected: NetworkSource) -> None:
     (f"iscsi://h/{IQN}/16384", "LUN '16384'"),
     (f"iscsi://h/{IQN}/1/2", "iSCSI URL"),
     (f"iscsi://user:pw@h/{IQN}/1", "carries no user or password"),
+    # str.isdigit() takes these, int() does not: no ValueError (a 500)
+    ("nbd://h:\u00b2/e", "port '\u00b2'"),
+    (f"iscsi://h:1\u0663/{IQN}/0", "port '1\u0663'"),
+    (f"iscsi://h/{IQN}/\u00b2", "LUN '\u00b2'"),
+    (f"iscsi://[::1/{IQN}/0", "iSCSI URL"),
+    ("nbd://[::1/e", "NBD URL"),
+    ("iscsi://h/iqn.2020-01.org.example:" + "t" * 224 + "/0", "at most 223"),
 ])
 def test_bad_urls_are_refused_naming_what_is_wrong(url: str, reason: str) -> None:
     parse = remote.parse_nbd if url.startswith("nbd") else remote.parse_iscsi

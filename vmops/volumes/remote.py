@@ -17,7 +17,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from vmops.disks import qemu_img
 from vmops.errors import DiskError, Invalid
@@ -32,11 +32,12 @@ _IQN = re.compile(r"^(iqn\.\d{4}-\d{2}\.[A-Za-z0-9.-]+(:[A-Za-z0-9.:_-]+)?|eui\.
 _CHAP_USER = re.compile(r"^[A-Za-z0-9._@:-]{1,64}$")
 _SOCKET = re.compile(r"^/[A-Za-z0-9._/@+-]{1,106}$")
 MAX_SECRET_BYTES = 255
+MAX_IQN_BYTES = 223  # RFC 3720 3.2.6.1
 
 
 def parse_nbd(url: str) -> NetworkSource:
     """``nbd://HOST[:PORT]/EXPORT`` or ``nbd+unix:///EXPORT?socket=PATH``."""
-    parts = urlsplit(url)
+    parts = _split(url, "NBD URL", "nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=/PATH")
     export = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
     if not _EXPORT.match(export):
         raise Invalid(reason=f"NBD export name {export[:60]!r}: letters, digits and ._:@+/- "
@@ -56,8 +57,8 @@ def parse_nbd(url: str) -> NetworkSource:
 
 def parse_iscsi(url: str) -> NetworkSource:
     """``iscsi://HOST[:PORT]/IQN/LUN``."""
-    parts = urlsplit(url)
     usage = "iscsi://HOST[:PORT]/IQN/LUN"
+    parts = _split(url, "iSCSI URL", usage)
     if parts.scheme != "iscsi" or parts.query or parts.fragment:
         raise Invalid(reason=f"iSCSI URL {url[:120]!r}: {usage}")
     if "@" in parts.netloc:
@@ -68,10 +69,20 @@ def parse_iscsi(url: str) -> NetworkSource:
     if len(pieces) != 2 or not _IQN.match(pieces[0]):
         raise Invalid(reason=f"iSCSI URL {url[:120]!r}: {usage}, the target's name an "
                       "iqn.YYYY-MM.domain[:name] or eui. name")
-    if not pieces[1].isdigit() or int(pieces[1]) > 16383:
+    if len(pieces[0]) > MAX_IQN_BYTES:
+        raise Invalid(reason=f"iSCSI target name {pieces[0][:60]!r}...: at most "
+                      f"{MAX_IQN_BYTES} bytes")
+    if not re.fullmatch(r"[0-9]{1,5}", pieces[1]) or int(pieces[1]) > 16383:
         raise Invalid(reason=f"iSCSI LUN {pieces[1][:20]!r}: a number, 0 to 16383")
     return NetworkSource(protocol="iscsi", name=f"{pieces[0]}/{int(pieces[1])}",
                          host=host, port=port)
+
+
+def _split(url: str, what: str, usage: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError as exc:  # an unclosed [ of an IPv6 address, ...
+        raise Invalid(reason=f"{what} {url[:120]!r}: {exc}; {usage}") from None
 
 
 def _host_port(netloc: str, url: str, default_port: int) -> tuple[str, int]:
@@ -80,7 +91,7 @@ def _host_port(netloc: str, url: str, default_port: int) -> tuple[str, int]:
         host, port = netloc, ""
     if not _HOST.match(host):
         raise Invalid(reason=f"host {host[:60]!r} in {url[:120]!r}: a host name or address")
-    if port and (not port.isdigit() or not 0 < int(port) < 65536):
+    if port and (not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536):
         raise Invalid(reason=f"port {port[:10]!r} in {url[:120]!r}: 1 to 65535")
     return host.strip("[]"), int(port) if port else default_port
 
