@@ -19,6 +19,7 @@ from vmops.api.server import Authenticator, Context
 from vmops.compute import states
 from vmops.console.layout import LogFiles, socket_address
 from vmops.console.tokens import ConsoleTokens
+from vmops.errors import Conflict
 from vmops.websocket import new_key
 
 SERIAL = {"remote_console": {"protocol": "serial", "type": "serial"}}
@@ -215,6 +216,33 @@ def test_tokens_expire_and_only_their_hash_is_kept() -> None:
     assert tokens.redeem(first) is None  # used
     now[0] += 2
     assert tokens.redeem(second) is None  # expired
+    assert len(tokens) == 0
+
+
+def test_a_server_keeps_its_newest_tokens_only() -> None:
+    tokens = ConsoleTokens(ttl=60, clock=lambda: 0.0, per_server=3)
+    issued = [tokens.issue("a") for _ in range(5)]
+    other = tokens.issue("b")
+    assert len(tokens) == 4  # a's newest three and b's one
+    assert [tokens.redeem(t) for t in issued] == [None, None, "a", "a", "a"]
+    assert tokens.redeem(other) == "b"
+
+
+def test_tokens_are_bounded_in_all_and_expired_ones_make_room() -> None:
+    now = [0.0]
+    tokens = ConsoleTokens(ttl=60, clock=lambda: now[0], per_server=2, total=3)
+    a1, a2 = tokens.issue("a"), tokens.issue("a")
+    now[0] += 30
+    b1 = tokens.issue("b")
+    with pytest.raises(Conflict, match="3 console URLs are outstanding"):
+        tokens.issue("c")
+    assert len(tokens) == 3  # the refused one left nothing behind
+    a3 = tokens.issue("a")  # a server at its own bound replaces its oldest
+    assert tokens.redeem(a1) is None
+    now[0] += 31  # a2 expired: room again
+    assert tokens.redeem(tokens.issue("c")) == "c"
+    assert tokens.redeem(a2) is None
+    assert (tokens.redeem(b1), tokens.redeem(a3)) == ("b", "a")
     assert len(tokens) == 0
 
 

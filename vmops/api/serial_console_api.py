@@ -17,9 +17,11 @@ a WebSocket (RFC 6455; binary frames both ways, text frames taken as their
 UTF-8 bytes) to the guest's first serial port, through the capture
 process's socket. The token is single-use, names the server, and expires
 (``console_token_ttl``); a used, unknown or expired one is 401, a server no
-longer running 409. The connection ends when the guest's QEMU does (a
-close frame, 1000), when the client stops answering pings, or when it
-takes none of the guest's output for ``SEND_TIMEOUT`` seconds.
+longer running 409. Tokens are bounded (console/tokens.py): a server's 33rd
+drops its oldest; past the total, asking for a URL is 409. The connection
+ends when the guest's QEMU does (a close frame, 1000), when the client
+stops answering pings, or when it takes none of the guest's output for
+``SEND_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
