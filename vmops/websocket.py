@@ -42,6 +42,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     TOO_BIG = 1009
+    TRY_AGAIN_LATER = 1013
 
 
 class ProtocolError(Exception):

@@ -10,10 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import websocket
 
 from tests.integration.test_console_capture import BOUND, Console, _lines, _wait_for, consoles
+from tests.unit.test_api import start_api
 from vmops.console import attach, read_log, wait_connected
-from vmops.console.fanout import CLIENT_BUFFER_BYTES
+from vmops.console.fanout import CLIENT_BUFFER_BYTES, MAX_CLIENTS, REFUSED_FULL
 from vmops.console.layout import LogFiles
 from vmops.errors import Conflict
 
@@ -151,3 +153,51 @@ def test_the_socket_is_the_owners_only_and_goes_with_the_process(
     assert path.stat().st_mode & 0o077 == 0  # what is typed there reaches the guest
     stop_capture(console.log_dir, timeout=BOUND)
     assert not path.exists()
+
+
+def test_a_client_over_the_limit_is_told_the_console_is_full(
+        consoles: Callable[[], Console], tmp_path: Path) -> None:
+    """Through the capture process itself and through the API's WebSocket,
+    which closes with 1013 and says why (not 1000, as when the guest goes)."""
+    api, servers = start_api(tmp_path)
+    console = consoles()
+    try:
+        inst = api.add_instance("web1")
+        console.log_dir = api.compute.instance_dir(inst)  # where the API looks
+        _running(console)
+        clients = [_client(console.log_dir) for _ in range(MAX_CLIENTS)]
+        for sock in clients:
+            sock.sendall(b"\r")
+        _qemu_reads(console, b"\r" * MAX_CLIENTS)  # all of them taken in
+        extra = _client(console.log_dir)
+        assert _read_until_end(extra) == REFUSED_FULL
+        extra.close()
+        url = api.post("/v2.1/servers/web1/remote-consoles",
+                       {"remote_console": {"protocol": "serial", "type": "serial"}},
+                       headers={"OpenStack-API-Version": "compute 2.6"}
+                       ).body["remote_console"]["url"]
+        ws = websocket.create_connection(url, timeout=BOUND)
+        try:
+            ws.send_binary(b"typed at once\r")  # as piped input is: no answer to it
+            frame = ws.recv_frame()
+            assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
+            assert int.from_bytes(frame.data[:2], "big") == 1013
+            assert frame.data[2:] == b"the console has 16 clients already: try again later"
+        finally:
+            ws.close()
+        console.qemu.send(b"still served\n")  # the refusals disturbed no one
+        for sock in clients:
+            assert _read_until(sock, b"still served\n") == b"still served\n"
+            sock.close()
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+        api.store.close()
+
+
+def _read_until_end(sock: socket.socket) -> bytes:
+    got = bytearray()
+    while chunk := sock.recv(65536):
+        got += chunk
+    return bytes(got)

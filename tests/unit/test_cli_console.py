@@ -13,8 +13,10 @@ import threading
 import time
 from typing import BinaryIO
 
+import pytest
+
 from vmops.cli import console
-from vmops.websocket import Connection
+from vmops.websocket import CloseCode, Connection
 
 
 def _service_end(sock: socket.socket, got: list[bytes], greeting: bytes) -> threading.Thread:
@@ -79,4 +81,18 @@ def test_piped_input_is_sent_then_the_output_lingers() -> None:
     service.join(10)
     assert status == 0 and b"".join(got) == b"uname -a\n"
     assert out.getvalue() == b"hello\r\n"
+    theirs.close()
+
+
+def test_a_full_console_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    ours, theirs = socket.socketpair()
+    end = Connection(theirs.recv, theirs.sendall, client=False)
+    end.close(CloseCode.TRY_AGAIN_LATER, "the console has 16 clients already: try again later")
+    read_fd, write_fd = os.pipe()  # input that never ends: only the close ends the console
+    with os.fdopen(read_fd, "rb", buffering=0) as stdin:
+        status = console.run(ours, Connection(ours.recv, ours.sendall, client=True), "web1",
+                             linger=1, stdin=stdin, stdout=io.BytesIO())
+    os.close(write_fd)
+    assert status == 1
+    assert "the console has 16 clients already" in capsys.readouterr().err
     theirs.close()

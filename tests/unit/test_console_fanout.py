@@ -86,7 +86,10 @@ def test_at_most_max_clients(fan: FanOut, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(fanout, "MAX_CLIENTS", 2)
     poller = select.poll()
     peers = [_join(fan, poller) for _ in range(3)]
-    assert len(fan.clients) == 2 and peers[2].recv(1) == b""
+    assert len(fan.clients) == 2
+    peers[2].settimeout(10)
+    refusal = peers[2].recv(100)  # told why, then closed
+    assert refusal == fanout.REFUSED_FULL and peers[2].recv(1) == b""
 
 
 def test_closing_clients_sends_what_they_can_take_and_drops_input(fan: FanOut) -> None:

@@ -17,6 +17,7 @@ import websocket
 from tests.unit.test_api import Api, start_api
 from vmops.api.server import Authenticator, Context
 from vmops.compute import states
+from vmops.console.fanout import REFUSED_FULL
 from vmops.console.layout import LogFiles, socket_address
 from vmops.console.tokens import ConsoleTokens
 from vmops.errors import Conflict
@@ -156,6 +157,29 @@ def test_the_websocket_carries_both_ways_and_ends_with_the_guest(
         frame = ws.recv_frame()
         assert (frame.opcode, frame.data) == (websocket.ABNF.OPCODE_PONG, b"are you there")
         guest.close()  # the guest's QEMU went away
+        frame = ws.recv_frame()
+        assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(frame.data[:2], "big") == 1000
+    finally:
+        ws.close()
+
+
+def test_a_guest_that_prints_the_refusal_line_is_not_refused(
+        api: Api, capture: FakeCapture) -> None:
+    """Only the line followed by the end is the capture process's refusal."""
+    url = _console_url(api, "web1").body["remote_console"]["url"]
+    ws = websocket.create_connection(url, timeout=10)
+    try:
+        guest = capture.joined()
+        guest.sendall(REFUSED_FULL)
+        guest.sendall(b"login: ")
+        got = b""
+        while not got.endswith(b"login: "):
+            opcode, data = ws.recv_data()
+            assert opcode == websocket.ABNF.OPCODE_BINARY
+            got += data
+        assert got == REFUSED_FULL + b"login: "
+        guest.close()
         frame = ws.recv_frame()
         assert frame.opcode == websocket.ABNF.OPCODE_CLOSE
         assert int.from_bytes(frame.data[:2], "big") == 1000

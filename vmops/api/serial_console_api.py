@@ -21,7 +21,9 @@ longer running 409. Tokens are bounded (console/tokens.py): a server's 33rd
 drops its oldest; past the total, asking for a URL is 409. The connection
 ends when the guest's QEMU does (a close frame, 1000), when the client
 stops answering pings, or when it takes none of the guest's output for
-``SEND_TIMEOUT`` seconds.
+``SEND_TIMEOUT`` seconds. A console that already has its most clients
+closes at once with 1013 (try again later) and says so: the capture
+process tells after the handshake, as Nova's proxy reports its errors.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from vmops.api import scope, views
 from vmops.api.server import Request, Response, Router, Upgraded
 from vmops.compute import serial_console
 from vmops.compute.manager import Compute
+from vmops.console.fanout import FULL, REFUSED_FULL
 from vmops.console.tokens import ConsoleTokens
 from vmops.errors import Invalid, NotFound, Unauthorized
 from vmops.websocket import (
@@ -186,6 +189,7 @@ def proxy(up: Upgraded, guest: socket.socket) -> None:
                                                            client_done),
                             name="serial-console", daemon=True)
     pump.start()
+    guest_gone = False
     try:
         while True:
             try:
@@ -195,10 +199,14 @@ def proxy(up: Upgraded, guest: socket.socket) -> None:
             if messages is None:
                 break
             heard[0] = time.monotonic()
-            for message in messages:
-                guest.sendall(message)
-    except OSError:
-        pass  # the console went away: the other thread closes the WebSocket
+            try:
+                for message in [] if guest_gone else messages:
+                    guest.sendall(message)
+            except OSError:
+                # The console went away, or refused this client: the other
+                # thread closes the WebSocket saying which; read on (what
+                # the client types now goes nowhere) until the client answers.
+                guest_gone = True
     finally:
         client_done.set()
         with contextlib.suppress(OSError):
@@ -213,6 +221,7 @@ def _guest_to_client(guest: socket.socket, ws: Connection, client: socket.socket
                      heard: list[float], client_done: threading.Event) -> None:
     guest.settimeout(PING_INTERVAL)
     reason = (CloseCode.NORMAL, "the guest's serial console closed")
+    first = True
     try:
         while True:
             try:
@@ -225,6 +234,13 @@ def _guest_to_client(guest: socket.socket, ws: Connection, client: socket.socket
                 continue
             except OSError:
                 data = b""
+            if first and data == REFUSED_FULL:
+                rest = _after_refusal(guest)
+                if rest == b"":
+                    reason = (CloseCode.TRY_AGAIN_LATER, f"{FULL}: try again later")
+                    break
+                data += rest or b""  # the guest itself wrote that line
+            first = False
             if not data:
                 break
             ws.send(data)
@@ -240,3 +256,15 @@ def _guest_to_client(guest: socket.socket, ws: Connection, client: socket.socket
     if not client_done.wait(CLOSE_WAIT):
         with contextlib.suppress(OSError):
             client.shutdown(socket.SHUT_RDWR)
+
+
+def _after_refusal(guest: socket.socket) -> bytes | None:
+    """What follows the capture process's refusal line: b"" if the
+    connection ends there (a refusal), more output if the guest wrote that
+    line itself, None if nothing came within the poll interval (the guest)."""
+    try:
+        return guest.recv(65536)
+    except TimeoutError:
+        return None
+    except OSError:
+        return b""

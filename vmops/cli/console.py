@@ -24,7 +24,13 @@ from urllib.parse import urlsplit
 
 from vmops.cli.client import Client
 from vmops.errors import ServiceUnavailable
-from vmops.websocket import Connection, HandshakeRefused, ProtocolError, client_handshake
+from vmops.websocket import (
+    CloseCode,
+    Connection,
+    HandshakeRefused,
+    ProtocolError,
+    client_handshake,
+)
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 DETACH_NAME = "Ctrl-]"
@@ -82,7 +88,9 @@ def run(sock: socket.socket, conn: Connection, name: str, linger: float,
             conn.close()
         sock.close()
     print(f"\r\nvmops: {ended}", file=sys.stderr)
-    return 0
+    refused = conn.close_received is not None and \
+        conn.close_received[0] == CloseCode.TRY_AGAIN_LATER  # the console is full
+    return 1 if refused else 0
 
 
 def _pump(sock: socket.socket, conn: Connection, stdin: BinaryIO, stdout: BinaryIO,

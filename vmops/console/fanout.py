@@ -12,6 +12,10 @@ A client whose writing side ends (``shutdown(SHUT_WR)``, piped input that
 ran out) keeps receiving output until it closes. Clients live as long as
 the QEMU connection they joined: the end of it closes them all, and a
 client that connects while no QEMU is connected is closed at once.
+
+A client that connects when ``MAX_CLIENTS`` are attached is sent one line,
+``REFUSED_FULL``, and closed: the way a client (the API's WebSocket proxy)
+tells "too many clients" from the end of the guest's QEMU.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import dataclass, field
 CLIENT_BUFFER_BYTES = 1024 * 1024
 GUEST_INPUT_BYTES = 64 * 1024
 MAX_CLIENTS = 16
+FULL = f"the console has {MAX_CLIENTS} clients already"
+REFUSED_FULL = f"vmops: {FULL}\r\n".encode()
 _RECV_BYTES = 4096
 
 
@@ -93,8 +99,11 @@ class FanOut:
                 return
             except OSError:
                 return  # out of descriptors: they wait in the backlog
-            if not connected or len(self.clients) >= MAX_CLIENTS:
+            if not connected:
                 sock.close()
+                continue
+            if len(self.clients) >= MAX_CLIENTS:
+                _refuse(sock)
                 continue
             sock.setblocking(False)
             self.clients[sock.fileno()] = Client(sock)
@@ -171,3 +180,12 @@ class FanOut:
     def close(self) -> None:
         self.close_clients()
         self.listener.close()
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Tell a client over ``MAX_CLIENTS`` why, then close it. The line fits
+    a new connection's empty buffer, so it never waits."""
+    sock.setblocking(False)
+    with contextlib.suppress(OSError):
+        sock.send(REFUSED_FULL)
+    sock.close()
