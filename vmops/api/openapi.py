@@ -162,6 +162,11 @@ def _server_schema() -> dict[str, Any]:
                                  "network": STR, "ip": NULL_STR, "tap": NULL_STR})),
         "vmops:live": obj({"state": STR, "max_memory_kib": INT, "memory_kib": INT,
                            "vcpus": INT, "cpu_time_ns": INT}),
+        # The last verb's steps (vmops/compute/timings.py), in show only.
+        "vmops:timings": obj(
+            {"verb": STR, "result": {"enum": ["ok", "error"]}, "total_ms": NUM,
+             "steps": array(obj({"step": STR, "ms": NUM}, {"failed": BOOL}, extra=False))},
+            {"failed_step": STR}, extra=False),
     }, extra=False)
 
 

@@ -299,8 +299,10 @@ class Routes:
         inst = self.instance(req)
         view = views.View.of(req)
         live = self.compute.live_info(inst) if view.extra else None
+        timings = self.compute.last_timings.get(inst.id) if view.extra else None
         return Response(200, {"server": views.server(inst, req.base_url, view, live,
-                                                     self._network_view(inst))})
+                                                     self._network_view(inst),
+                                                     timings=timings)})
 
     def update_server(self, req: Request) -> Response:
         """PUT: rename, access addresses, description (2.19). The guest's

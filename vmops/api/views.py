@@ -145,9 +145,10 @@ def domain_name(inst: Instance) -> str:
 
 def server(inst: Instance, base: str, view: View = NOVA_21,
            live: dict[str, Any] | None = None, net: ServerNetwork = ServerNetwork(),
-           full: bool = True) -> dict[str, Any]:
+           full: bool = True, timings: dict[str, Any] | None = None) -> dict[str, Any]:
     """A server as Nova's show at ``view``'s microversion; ``full`` False is
-    the shorter body Nova answers update (PUT) and rebuild with."""
+    the shorter body Nova answers update (PUT) and rebuild with. ``live`` and
+    ``timings`` (its last verb's steps) are shown with X-Vmops-Extra only."""
     status = server_status(inst)
     body: dict[str, Any] = {
         **server_brief(inst, base),
@@ -181,6 +182,8 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
         body["tags"] = list(inst.tags)
     if view.extra:
         body.update(_extra(inst, net, live))
+        if timings:
+            body["vmops:timings"] = timings
     return body
 
 

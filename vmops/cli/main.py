@@ -230,8 +230,22 @@ def _show_server(client: Client, ref: str, as_json: bool) -> int:
         items.append(("security groups", ", ".join(g["name"] for g in s["security_groups"])))
     if s.get("vmops:fault"):
         items.append(("fault", s["vmops:fault"]))
+    items += _timing_items(s.get("vmops:timings"))
     print_kv(items)
     return 0
+
+
+def _timing_items(timings: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The last verb's steps (vmops:timings), one line each, in order."""
+    if not timings:
+        return []
+    failed = f", failed in {timings['failed_step']}" if timings.get("failed_step") else ""
+    items = [("last verb", f"{timings['verb']} ({timings['result']}{failed}) in "
+                           f"{timings['total_ms']:.1f} ms")]
+    items += [(f"  step {t['step']}", f"{t['ms']:.1f} ms" + (" (failed)" if t.get("failed")
+                                                              else ""))
+              for t in timings["steps"]]
+    return items
 
 
 def cmd_show(args: argparse.Namespace) -> int:

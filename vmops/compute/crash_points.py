@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import os
 
+from vmops.compute import timings
+
 ENV = "VMOPS_FAULT_AT"
 EXIT_STATUS = 137  # 128 + SIGKILL: what a shell reports for a killed process
 
@@ -69,8 +71,10 @@ def steps_of(verb: str) -> tuple[str, ...]:
 
 
 def reached(verb: str, step: str) -> None:
-    """Die here if the environment asks for ``verb:step``."""
+    """Die here if the environment asks for ``verb:step``; else the step
+    ends in the verb's timings (vmops/compute/timings.py)."""
     wanted = os.environ.get(ENV)
     if wanted and f"{verb}:{step}" in wanted.split(","):
         os.write(2, f"vmops: {ENV}: dying at {verb}:{step}\n".encode())
         os._exit(EXIT_STATUS)
+    timings.reached(verb, step)

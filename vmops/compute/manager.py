@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops import console
-from vmops.compute import boot_volume, crash_points, flavor_access, services, states
+from vmops.compute import boot_volume, crash_points, flavor_access, services, states, timings
 from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
     check_display_name,
@@ -33,6 +33,7 @@ from vmops.compute.names import (
 from vmops.compute.quotas import Quotas
 from vmops.compute.server_groups import ServerGroups
 from vmops.compute.tasks import TaskLocks
+from vmops.compute.timings import Timings
 from vmops.config import Settings
 from vmops.errors import (
     Conflict,
@@ -130,6 +131,9 @@ class Compute:
         self.actions = ActionLog(store)
         # Instances deleted while they build: their spawn stops at its next step.
         self._cancelled: set[str] = set()
+        # Each instance's last verb's step timings (vmops/compute/timings.py),
+        # in memory only: a restart forgets them.
+        self.last_timings: dict[str, dict[str, Any]] = {}
         hypervisor.on_lifecycle_event(self._on_lifecycle_event)
 
     # -- lookups -------------------------------------------------------------
@@ -146,6 +150,7 @@ class Compute:
     def create(self, req: SpawnRequest, background: bool = True) -> Instance:
         """Validate, record, then spawn (in a thread unless background=False)."""
         started = time.monotonic()
+        timed = Timings("spawn", crash_points.SPAWN_STEPS)
         try:
             inst, image, no_host = self._record_spawn(req)
         except VmopsError as exc:
@@ -155,7 +160,7 @@ class Compute:
         if no_host is not None:
             return self._no_valid_host(inst, no_host, started)
         size_gb = req.boot_volume.size_gb if req.boot_volume else 0
-        args = (inst, image, req.admin_password, started, size_gb)
+        args = (inst, image, req.admin_password, started, size_gb, timed)
         if not background:
             self._spawn(*args)
             return self.store.instance(inst.id)
@@ -327,9 +332,15 @@ class Compute:
         return image
 
     def _spawn(self, inst: Instance, image: Image | None, admin_password: str | None,
-               started: float, boot_volume_gb: int = 0) -> None:
+               started: float, boot_volume_gb: int = 0, timed: Timings | None = None) -> None:
         """``boot_volume_gb``: the root disk is a new volume of that size,
         made from ``image``."""
+        timed = timed or Timings("spawn", crash_points.SPAWN_STEPS)
+        with timings.active(timed):
+            self._spawn_timed(inst, image, admin_password, started, boot_volume_gb, timed)
+
+    def _spawn_timed(self, inst: Instance, image: Image | None, admin_password: str | None,
+                     started: float, boot_volume_gb: int, timed: Timings) -> None:
         from vmops.compute import spawn as spawn_steps
 
         failure: Exception | None = None
@@ -358,6 +369,7 @@ class Compute:
                                        launched_at=time.time(),
                                        power_state=PowerState.RUNNING.value)
         except _SpawnCancelled:
+            timed.failed()
             log.info("%s was deleted while it was building; removing it", inst.name)
             try:
                 self._remove_or_record_error(inst, "destroy (deleted while building)")
@@ -365,14 +377,25 @@ class Compute:
                 failure = exc  # kept in ERROR, saying what is left
         except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
             failure = exc
+            timed.failed()
             log.exception("spawn of %s failed", inst.name)
             self._record_error(inst, _fault_of(exc), self._teardown(inst, rollback=True),
                                disks=())
         finally:
+            self._keep_timings(inst, timed)
             self.actions.end(inst.id, failure)
             self._ended("spawn", started, failure)
             self.tasks.release(inst.id)
             self._notify()
+
+    def _keep_timings(self, inst: Instance, timed: Timings) -> None:
+        """Keep the verb's timings with the instance (while it exists) and log them."""
+        done = timed.finish()
+        if done["verb"] == "destroy" and done["result"] == "ok":
+            self.last_timings.pop(inst.id, None)  # the instance is gone
+        else:
+            self.last_timings[inst.id] = done
+        log.info("timings: %s of %s: %s", timed.verb, inst.name, timed.summary())
 
     def _spawn_step(self, inst: Instance, step: str) -> None:
         """A step of spawn: a crash point, and where a delete stops the build."""
@@ -417,6 +440,7 @@ class Compute:
         log_dir = self._start_capture(inst)
         _, generation = self.console.capture_generation(log_dir)
         self.hv.start(inst.id, paused=True)
+        timings.part("start-paused")
         self.console.poke_capture(log_dir)
         try:
             self.console.wait_connected(log_dir, generation, timeout=30.0)
@@ -424,7 +448,9 @@ class Compute:
             # Raise the capture's error, not one from powering off.
             _best_effort("power off", inst, lambda: self.hv.power_off(inst.id))
             raise
+        timings.part("capture-connect")
         self.hv.unpause(inst.id)
+        timings.part("resume-vcpus")
 
     def _start_capture(self, inst: Instance) -> Path:
         """Start the instance's console capture, if not running; its log dir."""
@@ -467,15 +493,20 @@ class Compute:
         except InstanceNotFound:
             return
         started = time.monotonic()
+        timed = Timings("destroy", crash_points.DESTROY_STEPS)
         try:
-            with self.tasks.hold(inst.id, inst.name, states.DELETING):
+            with self.tasks.hold(inst.id, inst.name, states.DELETING), timings.active(timed):
                 self.actions.begin(inst, "destroy")
                 inst = self._mark_deleting(inst)
                 crash_points.reached("destroy", "after-mark")
                 self._remove_or_record_error(inst, "destroy")
+                self._keep_timings(inst, timed)
                 self.actions.end(inst.id)
                 self._ended("destroy", started)
         except Exception as exc:
+            if not isinstance(exc, InstanceBusy):  # refused: it never began
+                timed.failed()
+                self._keep_timings(inst, timed)
             self.actions.end(inst.id, exc)
             self._ended("destroy", started, exc)
             raise
@@ -575,7 +606,8 @@ class Compute:
             raise
 
     def _finish(self, inst: Instance, action: str, started: float,
-                failure: Exception | None = None, **changes: Any) -> Instance:
+                failure: Exception | None = None, timed: Timings | None = None,
+                **changes: Any) -> Instance:
         """Record the outcome, then release the instance (in that order, so
         whoever sees the task end also sees its record and metrics).
 
@@ -599,6 +631,8 @@ class Compute:
             return self.store.update_instance(inst, task_state=None, power_state=power.value,
                                               **changes)
         finally:
+            if timed is not None:
+                self._keep_timings(inst, timed)
             self.actions.end(inst.id, failure)
             self._ended(action, started, failure)
             self.tasks.release(inst.id)
@@ -612,13 +646,14 @@ class Compute:
         then do ``work`` in this thread or, with ``self.background_actions``,
         in a new one (the API answers 202)."""
         started = time.monotonic()
+        timed = Timings(action, crash_points.steps_of(action))
         try:
             inst = self._begin(ref, action, task, allowed, check)
         except VmopsError as exc:
             self._ended(action, started, exc)
             raise
         self.actions.begin(inst, action)
-        args = (inst, action, started, work, changes)
+        args = (inst, action, started, work, changes, timed)
         if not self.background_actions:
             return self._work(*args, reraise=True)
         threading.Thread(target=self._work, args=args, name=f"{task}-{inst.name}",
@@ -627,18 +662,20 @@ class Compute:
 
     def _work(self, inst: Instance, action: str, started: float,
               work: Callable[[Instance], None], changes: dict[str, Any],
-              reraise: bool = False) -> Instance:
-        try:
-            crash_points.reached(action, "after-begin")
-            work(inst)
-            crash_points.reached(action, "after-work")
-        except Exception as exc:
-            log.exception("%s of %s failed", action, inst.name)
-            inst = self._finish(inst, action, started, exc, fault=_fault_of(exc))
-            if reraise:
-                raise
-            return inst
-        return self._finish(inst, action, started, **changes)
+              timed: Timings, reraise: bool = False) -> Instance:
+        with timings.active(timed):
+            try:
+                crash_points.reached(action, "after-begin")
+                work(inst)
+                crash_points.reached(action, "after-work")
+            except Exception as exc:
+                timed.failed()
+                log.exception("%s of %s failed", action, inst.name)
+                inst = self._finish(inst, action, started, exc, timed, fault=_fault_of(exc))
+                if reraise:
+                    raise
+                return inst
+            return self._finish(inst, action, started, None, timed, **changes)
 
     def _ended(self, verb: str, started: float, failure: BaseException | None = None) -> None:
         """Tell the observers (metrics) an operation ended: ok, refused or error."""
