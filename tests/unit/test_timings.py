@@ -266,3 +266,11 @@ def test_vmops_show_prints_the_steps() -> None:
         ("  step record", "1.0 ms"), ("  step disks", "11.0 ms (failed)"),
         ("  step rollback", "0.2 ms")]
     assert _timing_items(None) == []
+
+
+def test_rebuild_is_timed_and_boots_again(compute: Compute) -> None:
+    inst_id = _spawn(compute)
+    compute.rebuild(inst_id, "tiny")
+    timings = compute.last_timings[inst_id]
+    assert (timings["verb"], timings["result"]) == ("rebuild", "ok")
+    assert _names(timings) == BOOTING_ACTION
