@@ -14,6 +14,7 @@ that already holds bytes, or a ``select`` loop alike.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import struct
@@ -237,8 +238,12 @@ class Connection:
                 self.send(message.payload, Opcode.PONG)
             elif message.opcode == Opcode.CLOSE:
                 self.close_received = _parse_close(message.payload)
-                self.close(CloseCode(self.close_received[0])
-                           if self.close_received[0] in set(CloseCode) else CloseCode.NORMAL)
+                # The answer is best effort: a peer may close its socket
+                # right after its close frame, and the data messages that
+                # came before that frame are still delivered.
+                with contextlib.suppress(OSError):
+                    self.close(CloseCode(self.close_received[0])
+                               if self.close_received[0] in set(CloseCode) else CloseCode.NORMAL)
             elif message.opcode in (Opcode.BINARY, Opcode.TEXT):
                 out.append(message.payload)
         return out

@@ -128,6 +128,21 @@ def test_connections_answer_pings_and_close_handshakes() -> None:
     server_sock.close()
 
 
+def test_data_before_a_close_is_delivered_when_the_peer_is_already_gone() -> None:
+    """A client that types, closes and shuts its socket at once: its last
+    keys and its close frame arrive together, and the answer to the close
+    cannot be sent; the keys are delivered all the same."""
+    client_sock, server_sock = socket.socketpair()
+    client = Connection(client_sock.recv, client_sock.sendall, client=True)
+    client.send(b"root\x03\r")
+    client.close()
+    client_sock.close()
+    server = Connection(server_sock.recv, server_sock.sendall, client=False)
+    assert server.recv() == [b"root\x03\r"]
+    assert server.close_received == (1000, "") and server.recv() is None
+    server_sock.close()
+
+
 def test_a_plain_client_library_talks_to_a_server_end() -> None:
     """websocket-client's frames (its own masking, its own handshake) read
     by our server end, and ours by it."""
