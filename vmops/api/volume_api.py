@@ -185,9 +185,13 @@ class VolumeApi:
             description=description,
             project_id=ctx.project_id or req.params.get("project_id", ""),
             user_id=ctx.user_id)
+        return self._created(req, volume)
+
+    def _created(self, req: Request, volume: Volume) -> Response:
+        """The 202 of a create: the volume's view without the extended
+        attributes Cinder adds to show and list (its create reply's schema
+        refuses them)."""
         view = self._view(req, volume)
-        # Cinder adds its extended attributes to show and list, not to the
-        # create reply (whose schema refuses them).
         for key in ("os-vol-tenant-attr:tenant_id", "volume_image_metadata"):
             view.pop(key, None)
         return Response(202, {"volume": view})
@@ -215,10 +219,7 @@ class VolumeApi:
             description=description,
             project_id=ctx.project_id or req.params.get("project_id", ""),
             user_id=ctx.user_id)
-        view = self._view(req, volume)
-        for key in ("os-vol-tenant-attr:tenant_id", "volume_image_metadata"):
-            view.pop(key, None)
-        return Response(202, {"volume": view})
+        return self._created(req, volume)
 
     def update(self, req: Request) -> Response:
         """Cinder's update: the name and the description."""
