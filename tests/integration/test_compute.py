@@ -238,6 +238,33 @@ def test_guest_shutdown_event_updates_the_record(env: dict[str, Any]) -> None:
     assert inst.desired_running is False
 
 
+def test_lifecycle_observers_see_events_of_known_instances_after_the_record(
+        env: dict[str, Any]) -> None:
+    """What Nova's driver registers: each event of an instance vmops has a
+    record of, once the record says it; an observer that raises does not
+    keep the event from the others."""
+    compute: Compute = env["compute"]
+    inst = _spawn(env)
+    seen: list[tuple[str, PowerState, str, str]] = []
+
+    def record(event: Any) -> None:
+        seen.append((event.uuid, event.state, event.detail,
+                     env["store"].instance(event.uuid).power_state))
+
+    def broken(event: Any) -> None:
+        raise RuntimeError("observer bug")
+
+    compute.lifecycle_observers[:] = [broken, record]
+    env["hv"].guest_shutdown(inst.id)
+    assert seen == [(inst.id, PowerState.SHUTOFF, "shutdown", "shutoff")]
+    compute.pause(compute.start("web1").id)
+    compute.unpause("web1")
+    assert [(state, detail, power) for _, state, detail, power in seen[-3:]] == [
+        (PowerState.RUNNING, "unpaused", "running"), (PowerState.PAUSED, "paused", "paused"),
+        (PowerState.RUNNING, "unpaused", "running")]
+    assert (PowerState.RUNNING, "started", "running") in [s[1:] for s in seen]
+
+
 def test_recover_rolls_back_an_interrupted_spawn(env: dict[str, Any]) -> None:
     inst = _spawn(env)
     env["store"].update_instance(inst, vm_state=states.BUILDING, task_state=states.SPAWNING)

@@ -123,6 +123,10 @@ class Compute:
         self.background_actions = False  # the service sets it: actions answer at once
         # Called with (verb, result, seconds) when an operation ends.
         self.operation_observers: list[Callable[[str, str, float], None]] = []
+        # Called with each hypervisor lifecycle event of an instance vmops
+        # has a record of, once the record is updated (Nova's driver passes
+        # them on to Nova), on the thread that delivered the event.
+        self.lifecycle_observers: list[Callable[[LifecycleEvent], None]] = []
         self._state_changed = threading.Condition()
         # Nova's smaller APIs: limits each project keeps to, server groups,
         # and the record of every action (vmops/compute/{quotas,...}.py).
@@ -1019,6 +1023,11 @@ class Compute:
                 changes["desired_running"] = False  # the guest stopped by itself
         self.store.update_instance(inst, **changes)
         self._notify()
+        for observer in list(self.lifecycle_observers):
+            try:
+                observer(event)
+            except Exception:  # noqa: BLE001 - one observer must not stop the others
+                log.exception("%s: lifecycle observer %r failed", inst.name, observer)
 
     def _notify(self) -> None:
         with self._state_changed:
@@ -1179,7 +1188,8 @@ def _disk_spec(disk: DiskRecord) -> DiskSpec:
 
 
 def _describe(vm_state: str) -> str:
-    return {states.STOPPED: "stopped", states.ACTIVE: "running"}.get(vm_state, vm_state)
+    words: dict[str, str] = {states.STOPPED: "stopped", states.ACTIVE: "running"}
+    return words.get(vm_state, vm_state)
 
 
 def ensure_dir(path: Path) -> Path:
