@@ -14,12 +14,14 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import IO, Any
 
 from vmops import doctor, file_modes
 from vmops.api.routes import Routes
 from vmops.api.server import Limits, serve
+from vmops.compute import crash_points
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
@@ -39,6 +41,10 @@ from vmops.volumes.manager import Volumes
 log = logging.getLogger("vmops")
 
 LOCK_FILE = "vmops.lock"
+# How long a refused process waits for the holder's pid: the holder writes it
+# just after it takes the lock, so one started at the same moment can look
+# in between and find the file still empty.
+HOLDER_PID_WAIT_S = 2.0
 LOG_FILE = "vmops.log"
 # How often the service looks for dead console capture processes. QEMU drops
 # serial output while no capture is connected, so this bounds the gap in the
@@ -56,8 +62,7 @@ def take_lock(state_dir: Path) -> IO[str]:
     except OSError as exc:
         if exc.errno not in (errno.EAGAIN, errno.EACCES):
             raise
-        fh.seek(0)
-        pid = fh.read().strip() or "?"
+        pid = _holder_pid(fh)
         fh.close()
         raise ServiceAlreadyRunning(pid=pid, state_dir=state_dir) from None
     fh.seek(0)
@@ -65,6 +70,16 @@ def take_lock(state_dir: Path) -> IO[str]:
     fh.write(f"{os.getpid()}\n")
     fh.flush()
     return fh
+
+
+def _holder_pid(fh: IO[str]) -> str:
+    deadline = time.monotonic() + HOLDER_PID_WAIT_S
+    while True:
+        fh.seek(0)
+        pid = fh.read().strip()
+        if pid or time.monotonic() >= deadline:
+            return pid or "?"
+        time.sleep(0.02)
 
 
 def setup_logging(state_dir: Path, foreground: bool) -> None:
@@ -161,6 +176,7 @@ class Service:
             self._stop.wait()
         finally:
             self._shutdown()
+            crash_points.pause_point("serve", "after-shutdown")
             lock.close()
 
     def stop(self, *_: Any) -> None:

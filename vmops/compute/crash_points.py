@@ -14,16 +14,27 @@ metrics use: ``stop``, ``suspend``, ``hard-reboot``, ``snapshot``, ...),
 ``ACTION_STEPS``, with the steps of ``VERB_STEPS`` between them for the
 verbs that have more (``resize``: ``after-begin``, ``after-record``, ...,
 ``after-work``).
+
+``VMOPS_PAUSE_AT=serve:after-shutdown`` makes the process stop itself there
+(``pause_point``) instead, so a test can act while it is held at that step.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 
 from vmops.compute import timings
 
 ENV = "VMOPS_FAULT_AT"
 EXIT_STATUS = 137  # 128 + SIGKILL: what a shell reports for a killed process
+# Steps where the process can instead be made to stop itself (SIGSTOP) and
+# wait there until the test sends SIGCONT: a process held in the middle of
+# something it cannot be killed in without changing what is tested.
+PAUSE_ENV = "VMOPS_PAUSE_AT"
+SERVE_STEPS = (
+    "after-shutdown",  # `vmops serve` closed its API, store and libvirt; it holds the lock still
+)
 
 SPAWN_STEPS = (
     "after-record",   # the record is written (building/spawning); nothing made yet
@@ -78,3 +89,12 @@ def reached(verb: str, step: str) -> None:
         os.write(2, f"vmops: {ENV}: dying at {verb}:{step}\n".encode())
         os._exit(EXIT_STATUS)
     timings.reached(verb, step)
+
+
+def pause_point(verb: str, step: str) -> None:
+    """Stop this process here (SIGSTOP) if ``VMOPS_PAUSE_AT`` asks for
+    ``verb:step``; it goes on when sent SIGCONT."""
+    wanted = os.environ.get(PAUSE_ENV)
+    if wanted and f"{verb}:{step}" in wanted.split(","):
+        os.write(2, f"vmops: {PAUSE_ENV}: pausing at {verb}:{step}\n".encode())
+        os.kill(os.getpid(), signal.SIGSTOP)
