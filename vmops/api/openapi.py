@@ -121,7 +121,7 @@ def _schemas() -> dict[str, Any]:
 def _server_schema() -> dict[str, Any]:
     """A server at any microversion served: what every one has is required,
     what a microversion, admin rights or X-Vmops-Extra add is optional."""
-    status = {"enum": [*states.STATUSES, "UNKNOWN"]}
+    status = {"enum": list(states.Status)}
     flavor = {"oneOf": [obj({"id": STR, "links": LINKS}, extra=False),
                         obj({"vcpus": INT, "ram": INT, "disk": INT, "ephemeral": INT,
                              "swap": INT, "original_name": STR},

@@ -121,10 +121,6 @@ def nic(port: Port) -> dict[str, Any]:
             "tap": port.tap}
 
 
-# Nova reports progress only in these states.
-_PROGRESS_STATUSES = {"BUILD", "ACTIVE", "REBUILD", "RESIZE", "VERIFY_RESIZE", "MIGRATING"}
-
-
 STATUSES = states.STATUSES
 
 
@@ -168,7 +164,7 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
         "accessIPv6": inst.access_ipv6,
         "OS-DCF:diskConfig": inst.disk_config,
     }
-    if status in _PROGRESS_STATUSES:
+    if status in states.PROGRESS_STATUSES:
         body["progress"] = 0
     if inst.fault and inst.vm_state == states.ERROR:
         body["fault"] = {"code": 500, "message": inst.fault, "created": iso_time(inst.updated_at)}

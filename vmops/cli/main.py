@@ -30,6 +30,7 @@ from vmops.cli.output import (
     print_table,
     progress_bar,
 )
+from vmops.compute.states import Status
 from vmops.errors import VmopsError
 
 WAIT_TIMEOUT_S = 900.0
@@ -52,7 +53,7 @@ def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dic
     while True:
         server = _server_ref(client, server_id)
         task = server["OS-EXT-STS:task_state"]
-        done = server["status"] != "BUILD" if until == "built" else task is None
+        done = server["status"] != Status.BUILD if until == "built" else task is None
         if done:
             if not quiet and shown:
                 print(file=sys.stderr)
@@ -98,7 +99,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     if args.no_wait:
         return _show_server(client, created["id"], args.json)
     server = _wait_server(client, created["id"], "built", args.json)
-    if server["status"] == "ERROR":
+    if server["status"] == Status.ERROR:
         fault = server.get("vmops:fault") or "unknown reason"
         print(f"vmops: spawn of {args.name} failed: {fault}", file=sys.stderr)
         print(f"vmops: the record is kept as ERROR; remove it with `vmops destroy {args.name}`",

@@ -24,6 +24,7 @@ from typing import Any
 
 from vmops import file_modes
 from vmops.compute.names import check_resource_name
+from vmops.compute.states import Status
 from vmops.errors import VmopsError
 from vmops.network.manager import NETWORK_NAME
 
@@ -47,7 +48,7 @@ def guest_address(server: dict[str, Any]) -> str:
     """The server's address on the vmops network, or why it has none."""
     name = server["name"]
     status = server.get("status", "")
-    if status == "BUILD":
+    if status == Status.BUILD:
         raise VmopsError(f"{name} is still building and has no address yet; try again when "
                          "`vmops show` says it is active")
     for entry in server.get("addresses", {}).get(NETWORK_NAME, []):
@@ -66,7 +67,7 @@ def guest_address(server: dict[str, Any]) -> str:
 
 def check_reachable_state(server: dict[str, Any]) -> None:
     status = server.get("status", "")
-    if status not in ("ACTIVE", "BUILD", ""):
+    if status not in (Status.ACTIVE, Status.BUILD, ""):
         raise VmopsError(f"{server['name']} is {status.lower()}: it must be running to log "
                          f"in (`vmops start {server['name']}` or `vmops resume`)")
 
