@@ -650,21 +650,32 @@ def test_metrics_use_one_bulk_stats_call_and_the_exporter_names(api: Api, monkey
     monkeypatch.setattr(api.hv, "bulk_stats", bulk_stats)
     for method in ("info", "exists", "list_uuids"):
         monkeypatch.setattr(api.hv, method, _forbidden(method))
-    text = api.get("/metrics").body.decode()
+    answer = api.get("/metrics")
     assert calls == ["bulk_stats"]
-    assert "libvirt_up 1" in text
-    assert 'libvirt_domain_info_maximum_memory_bytes{domain="vmops-web0"} 536870912' in text
-    assert 'libvirt_domain_info_virtual_cpus{domain="vmops-web3"} 1' in text
-    assert 'libvirt_domain_info_cpu_time_seconds_total{domain="vmops-web1"} 0.0' in text
-    assert ('libvirt_domain_block_stats_read_bytes_total{domain="vmops-web2",'
-            'source_file="/nonexistent/web2/root.qcow2",target_device="vda"} 512') in text
-    assert 'libvirt_domain_block_stats_write_requests_total{domain="vmops-web2"' in text
-    assert ('libvirt_domain_interface_stats_receive_bytes_total{domain="vmops-web4",'
-            'source_bridge="",target_device="net0"} 100') in text
-    assert 'libvirt_domain_interface_stats_transmit_packets_total{domain="vmops-web4"' in text
-    assert 'vmops_instances{status="ACTIVE"} 5' in text
-    assert 'vmops_instance_info{domain="vmops-web0",id=' in text
-    _check_exposition_format(text)
+    assert answer.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = _scrape(answer.body.decode())
+    assert samples[("libvirt_up", ())] == 1
+    assert samples[("libvirt_domain_info_maximum_memory_bytes",
+                    (("domain", "vmops-web0"),))] == 536870912
+    assert samples[("libvirt_domain_info_virtual_cpus", (("domain", "vmops-web3"),))] == 1
+    assert samples[("libvirt_domain_info_cpu_time_seconds_total",
+                    (("domain", "vmops-web1"),))] == 0
+    assert samples[("libvirt_domain_block_stats_read_bytes_total", (
+        ("domain", "vmops-web2"), ("source_file", "/nonexistent/web2/root.qcow2"),
+        ("target_device", "vda")))] == 512
+    assert samples[("libvirt_domain_block_stats_write_requests_total", (
+        ("domain", "vmops-web2"), ("source_file", "/nonexistent/web2/root.qcow2"),
+        ("target_device", "vda")))] == 3
+    assert samples[("libvirt_domain_interface_stats_receive_bytes_total", (
+        ("domain", "vmops-web4"), ("source_bridge", ""), ("target_device", "net0")))] == 100
+    assert samples[("libvirt_domain_interface_stats_transmit_packets_total", (
+        ("domain", "vmops-web4"), ("source_bridge", ""), ("target_device", "net0")))] == 2
+    assert samples[("vmops_instances", (("status", "ACTIVE"),))] == 5
+    assert samples[("vmops_instances", (("status", "SHUTOFF"),))] == 0
+    web0 = api.store.instance("web0")
+    assert samples[("vmops_instance_info", (
+        ("domain", "vmops-web0"), ("flavor", "m1.tiny"), ("id", web0.id),
+        ("image", web0.image_name), ("name", "web0"), ("status", "ACTIVE")))] == 1
 
 
 def _forbidden(name: str) -> Any:
@@ -673,18 +684,38 @@ def _forbidden(name: str) -> Any:
     return call
 
 
-def _check_exposition_format(text: str) -> None:
-    typed: set[str] = set()
-    sample = re.compile(r'^([a-z_:][a-z0-9_:]*)(\{([a-z_]+="([^"\\]|\\.)*",?)*\})? '
-                        r'(-?[0-9.e+-]+|\+Inf|NaN)$')
-    for line in text.strip().splitlines():
-        if line.startswith("# TYPE "):
-            typed.add(line.split()[2])
-        elif not line.startswith("# HELP "):
-            match = sample.match(line)
-            assert match, line
-            name = match.group(1)
-            assert any(name == t or name.startswith(t + "_") for t in typed), line
+# The metric families a scrape exposes and their types, from the libvirt
+# exporter's names and vmops' own: each one is there on every scrape, even
+# with no sample.
+FAMILIES = {
+    "libvirt_up": "gauge",
+    **{f"libvirt_domain_info_{name}": "counter" if name.endswith("_total") else "gauge"
+       for name in ("maximum_memory_bytes", "memory_usage_bytes", "virtual_cpus",
+                    "cpu_time_seconds_total", "vstate")},
+    **{f"libvirt_domain_block_stats_{name}": "counter"
+       for name in ("read_bytes_total", "read_requests_total", "write_bytes_total",
+                    "write_requests_total")},
+    **{f"libvirt_domain_interface_stats_{way}_{what}_total": "counter"
+       for way in ("receive", "transmit") for what in ("bytes", "packets", "errors", "drops")},
+    "vmops_instances": "gauge", "vmops_instance_info": "gauge",
+    "vmops_operations_total": "counter", "vmops_operation_duration_seconds": "histogram",
+}
+
+
+def _scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The samples of a scrape, read by prometheus_client's own text parser
+    (which refuses what the format does not allow), by (name, sorted labels);
+    every family of FAMILIES is there with its type and help."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = list(text_string_to_metric_families(text))
+    # The parser names a counter family without its _total; the text's
+    # # TYPE line has the full name, as FAMILIES does.
+    typed = {(f.name + "_total" if f.type == "counter" else f.name): f.type for f in families}
+    assert typed == FAMILIES
+    assert all(f.documentation for f in families)
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in families for s in f.samples}
 
 
 def test_metrics_count_operations_by_verb_and_result(api: Api) -> None:
@@ -697,14 +728,40 @@ def test_metrics_count_operations_by_verb_and_result(api: Api) -> None:
     api.post("/v2.1/servers/web1/action", {"unpause": None})
     _wait_idle(api, "web1")
     api.call("DELETE", "/v2.1/servers/web2")
-    text = api.get("/metrics").body.decode()
-    assert 'vmops_operations_total{verb="pause",result="ok"} 1' in text
-    assert 'vmops_operations_total{verb="pause",result="refused"} 1' in text
-    assert 'vmops_operations_total{verb="unpause",result="error"} 1' in text
-    assert 'vmops_operations_total{verb="destroy",result="ok"} 1' in text
-    assert 'vmops_operation_duration_seconds_count{verb="pause",result="ok"} 1' in text
-    assert 'vmops_operation_duration_seconds_bucket{verb="pause",result="ok",le="+Inf"} 1' \
-        in text
+    samples = _scrape(api.get("/metrics").body.decode())
+
+    def ops(verb: str, result: str, name: str = "vmops_operations_total",
+            **more: str) -> float:
+        labels = tuple(sorted({"verb": verb, "result": result, **more}.items()))
+        return samples[(name, labels)]
+
+    assert ops("pause", "ok") == 1
+    assert ops("pause", "refused") == 1
+    assert ops("unpause", "error") == 1
+    assert ops("destroy", "ok") == 1
+    duration = "vmops_operation_duration_seconds"
+    assert ops("pause", "ok", f"{duration}_count") == 1
+    assert ops("pause", "ok", f"{duration}_bucket", le="+Inf") == 1
+    assert ops("pause", "ok", f"{duration}_sum") >= 0
+    assert {le for (name, labels), _ in samples.items() if name == f"{duration}_bucket"
+            for k, le in labels if k == "le"} == {
+        "0.1", "0.5", "1", "2.5", "5", "10", "30", "60", "120", "300", "+Inf"}
+
+
+def test_metrics_buckets_are_cumulative() -> None:
+    from vmops.api.metrics import Operations
+
+    ops = Operations()
+    for seconds in (0.05, 0.3, 7.0, 400.0):
+        ops.record("spawn", "ok", seconds)
+    counter, histogram = ops.collect()
+    assert [s.value for s in counter.samples] == [4]
+    buckets = {s.labels["le"]: s.value for s in histogram.samples
+               if s.name.endswith("_bucket")}
+    assert buckets == {"0.1": 1, "0.5": 2, "1": 2, "2.5": 2, "5": 2, "10": 3, "30": 3,
+                       "60": 3, "120": 3, "300": 3, "+Inf": 4}
+    assert [s.value for s in histogram.samples if s.name.endswith("_sum")] == [
+        pytest.approx(407.35)]
 
 
 def _hypervisor_error() -> Any:
@@ -722,7 +779,9 @@ def test_metrics_when_libvirt_fails(api: Api, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(api.hv, "bulk_stats", broken)
     answer = api.get("/metrics")
     assert answer.status == 200
-    assert "libvirt_up 0" in answer.body.decode()
+    samples = _scrape(answer.body.decode())
+    assert samples[("libvirt_up", ())] == 0
+    assert not any(name.startswith("libvirt_domain_") for name, _ in samples)
 
 
 # -- the OpenAPI document ---------------------------------------------------------

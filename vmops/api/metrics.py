@@ -11,6 +11,11 @@ libvirt calls.
 vmops' own: ``vmops_operations_total`` and ``vmops_operation_duration_seconds``
 (by verb and result: ok, error, refused), ``vmops_instances`` by status and
 ``vmops_instance_info``.
+
+The text is written by ``prometheus_client`` (its ``generate_latest``, the
+0.0.4 text format) from the families ``Metrics.collect`` yields each scrape:
+vmops keeps no registry of its own, the numbers come from the store, the
+hypervisor and ``Operations`` at the moment of the scrape.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from prometheus_client import generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
 from vmops.api import views
 from vmops.api.server import Request, Response
 from vmops.compute.manager import Compute
@@ -28,6 +41,8 @@ from vmops.store import Instance
 
 log = logging.getLogger(__name__)
 
+# What generate_latest writes (with its default escaping, for names like
+# these that need none): the text format 0.0.4 that every Prometheus reads.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -74,38 +89,41 @@ class Operations:
                 if seconds <= bound:
                     row[2 + i] += 1
 
-    def lines(self) -> list[str]:
+    def collect(self) -> Iterator[Metric]:
         with self._lock:
-            seen = sorted(self._seen.items())
-        out = _header("vmops_operations_total", "counter",
-                      "Compute operations that ended, by verb and result (ok, error, refused).")
-        out += [_sample("vmops_operations_total", {"verb": v, "result": r}, int(row[0]))
-                for (v, r), row in seen]
-        name = "vmops_operation_duration_seconds"
-        out += _header(name, "histogram", "How long compute operations took, by verb and "
-                       "result.")
+            seen = sorted((key, list(row)) for key, row in self._seen.items())
+        labels = ["verb", "result"]
+        counter = CounterMetricFamily(
+            "vmops_operations_total",
+            "Compute operations that ended, by verb and result (ok, error, refused).",
+            labels=labels)
+        histogram = HistogramMetricFamily(
+            "vmops_operation_duration_seconds",
+            "How long compute operations took, by verb and result.", labels=labels)
         for (verb, result), row in seen:
-            labels = {"verb": verb, "result": result}
-            out += [_sample(f"{name}_bucket", {**labels, "le": f"{b:g}"}, int(row[2 + i]))
-                    for i, b in enumerate(BUCKETS)]
-            out.append(_sample(f"{name}_bucket", {**labels, "le": "+Inf"}, int(row[0])))
-            out.append(_sample(f"{name}_sum", labels, row[1]))
-            out.append(_sample(f"{name}_count", labels, int(row[0])))
-        return out
+            counter.add_metric([verb, result], int(row[0]))
+            # The buckets are cumulative already (record counts each bound
+            # a duration fits under); +Inf is every operation.
+            buckets = [(f"{b:g}", int(row[2 + i])) for i, b in enumerate(BUCKETS)]
+            histogram.add_metric([verb, result], [*buckets, ("+Inf", int(row[0]))],
+                                 sum_value=row[1])
+        yield counter
+        yield histogram
 
 
 class Metrics:
+    """The scrape: a prometheus_client collector whose families are built
+    from vmops' records and one bulk statistics call each time."""
+
     def __init__(self, compute: Compute) -> None:
         self.compute = compute
         self.operations = Operations()
         compute.operation_observers.append(self.operations.record)
 
-    # -- the scrape ------------------------------------------------------------
     def scrape(self, req: Request) -> Response:
-        return Response(200, "\n".join(self.lines()).encode() + b"\n",
-                        headers={"Content-Type": CONTENT_TYPE})
+        return Response(200, generate_latest(self), headers={"Content-Type": CONTENT_TYPE})
 
-    def lines(self) -> list[str]:
+    def collect(self) -> Iterator[Metric]:
         instances = self.compute.store.instances()
         try:
             stats = self.compute.hv.bulk_stats()
@@ -113,85 +131,83 @@ class Metrics:
         except VmopsError as exc:
             log.warning("metrics: libvirt statistics unavailable: %s", exc.message)
             stats, up = {}, 0
-        out = _header("libvirt_up", "gauge", "Whether scraping libvirt's metrics was "
-                      "successful.") + [f"libvirt_up {up}"]
+        yield GaugeMetricFamily("libvirt_up", "Whether scraping libvirt's metrics was "
+                                "successful.", value=up)
         by_id = {i.id: i for i in instances}
         known = [(by_id[uuid], values) for uuid, values in sorted(stats.items())
                  if uuid in by_id]
-        out += domain_lines(known)
-        out += instance_lines(instances)
-        return out + self.operations.lines()
+        yield from domain_families(known)
+        yield from instance_families(instances)
+        yield from self.operations.collect()
 
 
-def domain_lines(domains: Sequence[tuple[Instance, Mapping[str, Any]]]) -> list[str]:
-    out: list[str] = []
+BLOCK_LABELS = ["domain", "source_file", "target_device"]
+INTERFACE_LABELS = ["domain", "source_bridge", "target_device"]
+
+
+def domain_families(domains: Sequence[tuple[Instance, Mapping[str, Any]]]) -> Iterator[Metric]:
     for suffix, key, scale, text in INFO_METRICS:
-        name = f"libvirt_domain_info_{suffix}"
-        out += _header(name, "counter" if suffix.endswith("_total") else "gauge", text)
-        out += [_sample(name, {"domain": views.domain_name(inst)}, values[key] * scale)
-                for inst, values in domains if _number(values.get(key))]
+        family = _family(f"libvirt_domain_info_{suffix}", text, ["domain"])
+        for inst, values in domains:
+            if _number(values.get(key)):
+                family.add_metric([views.domain_name(inst)], values[key] * scale)
+        yield family
     for suffix, stat, text in BLOCK_METRICS:
-        name = f"libvirt_domain_block_stats_{suffix}"
-        out += _header(name, "counter", text)
-        out += [_sample(name, labels, values[f"block.{i}.{stat}"])
-                for inst, values in domains for i, labels in _block_labels(inst, values)
-                if _number(values.get(f"block.{i}.{stat}"))]
+        family = _family(f"libvirt_domain_block_stats_{suffix}", text, BLOCK_LABELS)
+        for inst, values in domains:
+            for i, labels in _block_labels(inst, values):
+                if _number(values.get(f"block.{i}.{stat}")):
+                    family.add_metric(labels, values[f"block.{i}.{stat}"])
+        yield family
     for suffix, stat, text in INTERFACE_METRICS:
-        name = f"libvirt_domain_interface_stats_{suffix}"
-        out += _header(name, "counter", text)
-        out += [_sample(name, labels, values[f"net.{i}.{stat}"])
-                for inst, values in domains for i, labels in _net_labels(inst, values)
-                if _number(values.get(f"net.{i}.{stat}"))]
-    return out
+        family = _family(f"libvirt_domain_interface_stats_{suffix}", text, INTERFACE_LABELS)
+        for inst, values in domains:
+            for i, labels in _net_labels(inst, values):
+                if _number(values.get(f"net.{i}.{stat}")):
+                    family.add_metric(labels, values[f"net.{i}.{stat}"])
+        yield family
 
 
-def _block_labels(inst: Instance, values: Mapping[str, Any]) -> Iterator[tuple[int, dict[str,
-                                                                                         str]]]:
+def _family(name: str, text: str, labels: list[str]) -> CounterMetricFamily | GaugeMetricFamily:
+    """A counter for the names Prometheus gives counters (``*_total``), else a gauge."""
+    if name.endswith("_total"):
+        return CounterMetricFamily(name, text, labels=labels)
+    return GaugeMetricFamily(name, text, labels=labels)
+
+
+def _block_labels(inst: Instance, values: Mapping[str, Any]) -> Iterator[tuple[int, list[str]]]:
     """libvirt numbers disks in domain XML order, which is the record's order."""
     for i in range(int(values.get("block.count", 0))):
         disk = inst.disks[i] if i < len(inst.disks) else None
         target = values.get(f"block.{i}.name") or (disk.target if disk else f"block{i}")
         path = values.get(f"block.{i}.path") or (disk.path if disk else "")
-        yield i, {"domain": views.domain_name(inst), "source_file": str(path),
-                  "target_device": str(target)}
+        yield i, [views.domain_name(inst), str(path), str(target)]
 
 
-def _net_labels(inst: Instance, values: Mapping[str, Any]) -> Iterator[tuple[int, dict[str,
-                                                                                       str]]]:
+def _net_labels(inst: Instance, values: Mapping[str, Any]) -> Iterator[tuple[int, list[str]]]:
     for i in range(int(values.get("net.count", 0))):
-        yield i, {"domain": views.domain_name(inst), "source_bridge": "",
-                  "target_device": str(values.get(f"net.{i}.name") or f"net{i}")}
+        yield i, [views.domain_name(inst), "", str(values.get(f"net.{i}.name") or f"net{i}")]
 
 
-def instance_lines(instances: list[Instance]) -> list[str]:
+def instance_families(instances: list[Instance]) -> Iterator[Metric]:
     counts: dict[str, int] = dict.fromkeys(views.STATUSES, 0)
     for inst in instances:
         status = views.server_status(inst)
         counts[status] = counts.get(status, 0) + 1
-    out = _header("vmops_instances", "gauge", "Instances vmops holds, by status.")
-    out += [_sample("vmops_instances", {"status": s}, n) for s, n in sorted(counts.items())]
-    out += _header("vmops_instance_info", "gauge", "One per instance: its id, name, status, "
-                   "flavor and image, to join with the libvirt_domain_* metrics on domain.")
-    out += [_sample("vmops_instance_info", {
-        "domain": views.domain_name(i), "id": i.id, "name": i.name,
-        "status": views.server_status(i), "flavor": str(i.flavor.get("name", "")),
-        "image": i.image_name}, 1) for i in instances]
-    return out
+    by_status = GaugeMetricFamily("vmops_instances", "Instances vmops holds, by status.",
+                                  labels=["status"])
+    for status, n in sorted(counts.items()):
+        by_status.add_metric([status], n)
+    yield by_status
+    info = GaugeMetricFamily(
+        "vmops_instance_info", "One per instance: its id, name, status, flavor and image, "
+        "to join with the libvirt_domain_* metrics on domain.",
+        labels=["domain", "id", "name", "status", "flavor", "image"])
+    for i in instances:
+        info.add_metric([views.domain_name(i), i.id, i.name, views.server_status(i),
+                         str(i.flavor.get("name", "")), i.image_name], 1)
+    yield info
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _header(name: str, kind: str, text: str) -> list[str]:
-    return [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-
-
-def _sample(name: str, labels: Mapping[str, str], value: float) -> str:
-    text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    number = repr(float(value)) if isinstance(value, float) else str(value)
-    return f"{name}{{{text}}} {number}" if text else f"{name} {number}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
