@@ -17,7 +17,12 @@ Not done here yet (docs/nova-driver.md): Nova's networking (os-vif
 plugging, Neutron ports; a guest gets one user-mode NIC with Nova's MAC),
 volumes from Cinder, migration, config drive from Nova's metadata service
 content (vmops writes its own drive from the user data, files, metadata
-and password Nova passes), and lifecycle events to Nova.
+and password Nova passes).
+
+Lifecycle events: every power change vmops' compute layer sees (libvirt's
+events, the guest powering itself off, QEMU dying) reaches Nova as a
+``nova.virt.event.LifecycleEvent`` (:meth:`VmopsDriver._lifecycle_event`),
+so Nova need not poll for it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import hashlib
 import logging
 import platform
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +43,7 @@ from nova.image import glance
 from nova.objects import diagnostics
 from nova.objects import fields as obj_fields
 from nova.virt import driver, hardware, images
+from nova.virt import event as virtevent
 from oslo_config import cfg
 
 from vmops import config, doctor
@@ -45,6 +52,7 @@ from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
 from vmops.hypervisor import open_hypervisor
+from vmops.hypervisor.base import LifecycleEvent as VmopsLifecycleEvent
 from vmops.hypervisor.base import PowerState
 from vmops.service import take_lock
 from vmops.store import Instance, Store
@@ -74,6 +82,25 @@ POWER_STATES = {
 }
 GLANCE_IMAGE_PREFIX = "glance-"
 
+# vmops' lifecycle events as Nova's transitions, as Nova's libvirt driver
+# maps libvirt's (nova/virt/libvirt/host.py): a domain that stops, for any
+# reason (shut down, destroyed, crashed, QEMU died, memory saved by a
+# suspend), is STOPPED; started or restored, STARTED; its vCPUs paused,
+# PAUSED; resumed, RESUMED. A guest that suspended itself to RAM is
+# SUSPENDED, the power state get_info reports for it (Nova's libvirt driver
+# sends nothing for it). Each agrees with get_info, which Nova's
+# handle_lifecycle_event compares it with before it acts.
+TRANSITIONS = {
+    PowerState.PAUSED: virtevent.EVENT_LIFECYCLE_PAUSED,
+    PowerState.SHUTOFF: virtevent.EVENT_LIFECYCLE_STOPPED,
+    PowerState.CRASHED: virtevent.EVENT_LIFECYCLE_STOPPED,
+    PowerState.SUSPENDED: virtevent.EVENT_LIFECYCLE_STOPPED,
+    PowerState.PMSUSPENDED: virtevent.EVENT_LIFECYCLE_SUSPENDED,
+}
+# The detail of a RUNNING event whose vCPUs were resumed (libvirt's RESUMED,
+# vmops/hypervisor/libvirt/driver.py), as opposed to a domain started.
+RESUMED_DETAIL = "unpaused"
+
 
 class VmopsDriver(driver.ComputeDriver):
     """Nova's ComputeDriver on vmops' compute layer, one host."""
@@ -84,9 +111,17 @@ class VmopsDriver(driver.ComputeDriver):
                         supports_multiattach=False, supports_trusted_certs=False,
                         supports_image_type_qcow2=True, supports_image_type_raw=True)
 
+    # Seconds a STOPPED event waits before it goes to Nova, cancelled by any
+    # later event of the instance: as Nova's libvirt driver (15 s), so that
+    # a reboot's stop and start are not taken for a guest that stopped.
+    stopped_event_delay = 15.0
+
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         super().__init__(virtapi)
         self.compute, self.catalog = self._open()
+        self._events_lock = threading.Lock()
+        self._delayed_stops: dict[str, threading.Timer] = {}
+        self.compute.lifecycle_observers.append(self._lifecycle_event)
 
     # -- set-up ----------------------------------------------------------------
     def _open(self) -> tuple[Compute, Catalog]:
@@ -116,10 +151,55 @@ class VmopsDriver(driver.ComputeDriver):
             log.warning("vmops domain %s has no record; left alone", orphan)
 
     def cleanup_host(self, host: str) -> None:
+        with self._events_lock:
+            for timer in self._delayed_stops.values():
+                timer.cancel()
+            self._delayed_stops.clear()
         self.compute.store.close()
         self.compute.hv.close()
         if getattr(self, "_state_lock", None) is not None:
             self._state_lock.close()
+
+    # -- lifecycle events --------------------------------------------------------
+    def _lifecycle_event(self, event: VmopsLifecycleEvent) -> None:
+        """vmops' event, on the thread that delivered it, to Nova (through
+        ComputeDriver.emit_event, which drops it while Nova has registered
+        no listener); a STOPPED one after :attr:`stopped_event_delay`."""
+        if event.state is PowerState.RUNNING:
+            transition = virtevent.EVENT_LIFECYCLE_RESUMED \
+                if event.detail == RESUMED_DETAIL else virtevent.EVENT_LIFECYCLE_STARTED
+        elif event.state in TRANSITIONS:
+            transition = TRANSITIONS[event.state]
+        else:
+            return
+        nova_event = virtevent.LifecycleEvent(event.uuid, transition)
+        with self._events_lock:
+            pending = self._delayed_stops.pop(event.uuid, None)
+            if pending is not None:
+                pending.cancel()
+            if transition == virtevent.EVENT_LIFECYCLE_STOPPED:
+                self._delay_stop(nova_event)
+                return
+        self.emit_event(nova_event)
+
+    def _delay_stop(self, nova_event: Any) -> None:
+        """Emit ``nova_event`` later unless another event of the instance
+        comes first. Called with ``_events_lock`` held."""
+        uuid = nova_event.uuid
+
+        def emit() -> None:
+            with self._events_lock:
+                if self._delayed_stops.get(uuid) is not timer:
+                    return  # cancelled while this timer fired
+                del self._delayed_stops[uuid]
+            self.emit_event(nova_event)
+
+        # Under Nova's eventlet mode this is a green thread, as emit_event
+        # wants; in native mode a thread.
+        timer = threading.Timer(self.stopped_event_delay, emit)
+        timer.daemon = True
+        self._delayed_stops[uuid] = timer
+        timer.start()
 
     # -- lookups ---------------------------------------------------------------
     def _instance(self, instance: Any) -> Instance:

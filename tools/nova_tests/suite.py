@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+import threading
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,9 @@ import fixtures
 from nova import test
 
 DRIVER = "tools.nova_tests.fake_host.FakeHostVmopsDriver"
+# Seconds a test waits for a (delayed) lifecycle event before it fails: a
+# bound for a loaded host, not a measure.
+EVENT_WAIT = 60.0
 # test id -> the driver methods that raised NotImplementedError in it.
 SWALLOWED: dict[str, list[str]] = {}
 
@@ -152,6 +157,94 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertNotIn("unpause", hv.calls[calls:])
         self.assertNotIn("start", hv.calls[calls:])
         self.assertEqual("active", self.driver.compute.instance(self.instance.uuid).vm_state)
+
+    def _listen(self) -> tuple[list[tuple[str, str]], Any]:
+        """Nova's listener on the driver: (uuid, transition name) of each
+        event, and a threading.Event set at each (green under eventlet)."""
+        from nova.virt import event as virtevent
+
+        seen: list[tuple[str, str]] = []
+        arrived = threading.Event()
+
+        def listener(event: Any) -> None:
+            self.assertIsInstance(event, virtevent.LifecycleEvent)
+            seen.append((event.get_instance_uuid(), event.get_name()))
+            arrived.set()
+
+        self.driver.register_event_listener(listener)
+        return seen, arrived
+
+    def _wait_for(self, seen: list[tuple[str, str]], arrived: Any, count: int) -> None:
+        """Until ``count`` events came (a STOPPED one comes after the delay)."""
+        deadline = time.monotonic() + EVENT_WAIT
+        while len(seen) < count and time.monotonic() < deadline:
+            arrived.wait(1)
+            arrived.clear()
+        self.assertEqual(count, len(seen), seen)
+
+    def test_power_changes_reach_nova_as_lifecycle_events(self) -> None:
+        """Each power change vmops sees reaches Nova's listener as the
+        LifecycleEvent Nova's libvirt driver would send: the driver's own
+        verbs and the guest powering itself off (no call from Nova at all);
+        a STOPPED event waits stopped_event_delay, and one followed by
+        another event of the instance within it is never sent."""
+        uuid = self.instance.uuid
+        seen, arrived = self._listen()
+        self.driver.stopped_event_delay = 0.2
+        self._spawn()  # booted with its vCPUs paused, then resumed
+        self.assertEqual([(uuid, "Started"), (uuid, "Paused"), (uuid, "Resumed")], seen)
+        del seen[:]
+        self.driver.pause(self.instance)
+        self.driver.unpause(self.instance)
+        self.assertEqual([(uuid, "Paused"), (uuid, "Resumed")], seen)
+        del seen[:]
+        self.driver.fake_hypervisor.guest_shutdown(uuid)  # poweroff inside the guest
+        self._wait_for(seen, arrived, 1)
+        self.assertEqual([(uuid, "Stopped")], seen)
+        del seen[:]
+        self.driver.stopped_event_delay = EVENT_WAIT * 10  # never reached here
+        self.driver.power_on(self.ctxt, self.instance, None)
+        self.driver.suspend(self.ctxt, self.instance)  # paused, then memory saved
+        # Restored with its vCPUs paused, then resumed: the stop is never sent.
+        self.driver.resume(self.ctxt, self.instance, None)
+        self.assertEqual([(uuid, "Started"), (uuid, "Paused"), (uuid, "Resumed"),
+                          (uuid, "Paused"),
+                          (uuid, "Started"), (uuid, "Paused"), (uuid, "Resumed")], seen)
+        self.assertEqual({}, self.driver._delayed_stops)
+        self.driver.power_off(self.instance)
+        self.assertEqual([uuid], list(self.driver._delayed_stops))
+        self.driver.cleanup_host("myhostname")  # pending events are dropped
+        self.assertEqual({}, self.driver._delayed_stops)
+
+    def test_nova_syncs_a_guest_that_powered_itself_off_from_the_event(self) -> None:
+        """Nova's own ComputeManager, listening to the driver as nova-compute
+        does: the guest powering itself off reaches handle_lifecycle_event,
+        whose get_info agrees with the event, so Nova records the power
+        state and calls its stop API, without its periodic poll."""
+        from unittest import mock
+
+        from nova.compute import manager, power_state
+
+        self.flags(compute_driver="fake.SmallFakeDriver")
+        compute_manager = manager.ComputeManager()
+        compute_manager.driver = self.driver
+        compute_manager.init_virt_events()
+        self.instance.host = compute_manager.host
+        self.instance.vm_state = "active"
+        self.instance.power_state = power_state.RUNNING
+        self.instance.save()
+        self._spawn()
+        self.driver.stopped_event_delay = 0.2
+        stopped = threading.Event()
+        with mock.patch.object(compute_manager.compute_api, "stop",
+                               side_effect=lambda *a, **k: stopped.set()) as stop:
+            self.driver.fake_hypervisor.guest_shutdown(self.instance.uuid)
+            deadline = time.monotonic() + EVENT_WAIT
+            while not stopped.is_set() and time.monotonic() < deadline:
+                stopped.wait(1)
+        stop.assert_called_once()
+        self.instance.refresh()
+        self.assertEqual(power_state.SHUTDOWN, self.instance.power_state)
 
     def test_the_driver_holds_its_state_directory_as_vmops_serve(self) -> None:
         """The driver as shipped (not the fake host's ``_open``), on a state
