@@ -140,6 +140,10 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
                          f"host {_fmt(r.get('host_mib_per_s'))} MiB/s: guest / host "
                          f"{_fmt(r.get('guest_host_rate_ratio'), 3)} (the ms columns: one "
                          f"pass over {r.get('transfer_bytes')} bytes).")
+        if "delta_ms" in r:
+            notes.append(f"- {r['scenario']}: the API showed SHUTOFF {_fmt(r['delta_ms'])} ms "
+                         f"after a bare libvirt client got the STOPPED event (medians, both "
+                         f"from {r.get('reference', 'the same reference')}).")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")

@@ -37,6 +37,7 @@ SCENARIOS: dict[str, str] = {
     "spawn_address": "bench.spawn_address",
     "net_throughput": "bench.net_throughput",
     "lifecycle": "bench.lifecycle",
+    "guest_stop": "bench.guest_stop",
     "snapshot": "bench.snapshot",
     "volume_io": "bench.volume_io",
     "concurrency": "bench.concurrency",
@@ -46,7 +47,7 @@ SCENARIOS: dict[str, str] = {
 # whose time counts against CI's 45 minutes) unless named with --only:
 # their parsing and arithmetic are tested in bench/tests, their guests run
 # in the full run.
-FULL_RUN_ONLY = {"snapshot", "volume_io"}
+FULL_RUN_ONLY = {"snapshot", "volume_io", "guest_stop"}
 DEFAULT_OUT = REPO / "bench" / "results"
 
 log = logging.getLogger("bench")

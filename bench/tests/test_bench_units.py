@@ -162,3 +162,52 @@ def test_a_whole_quick_run_skips_the_full_run_only_scenarios_without_starting_th
         [row] = run_scenario(name, quick=True)
         assert row["scenario"] == name
         assert row["skipped"] == "full run only (not in --quick)"
+
+
+def test_target_slack_only_reads_as_baseline_plus() -> None:
+    t = Target(1.0, slack_ms=50.0)
+    assert t.text() == "<= baseline + 50 ms"
+    assert t.passed(60.0, 20.0) and not t.passed(80.0, 20.0)
+
+
+def test_guest_stop_events_stamped_by_domain_in_order() -> None:
+    import threading
+
+    from bench.guest_stop import StoppedEvents
+    from bench.quiet_libvirt import libvirt
+
+    class Dom:
+        def __init__(self, name: str) -> None:
+            self._name = name
+
+        def name(self) -> str:
+            return self._name
+
+    events = StoppedEvents()
+    before = events.count("a")
+    events.callback(None, Dom("a"), libvirt.VIR_DOMAIN_EVENT_STARTED, 0, None)  # ignored
+    later = threading.Timer(0.05, events.callback,
+                            (None, Dom("a"), libvirt.VIR_DOMAIN_EVENT_STOPPED, 0, None))
+    later.start()
+    stamp = events.wait_next("a", before, 5.0)
+    assert events.count("a") == 1 and events.count("b") == 0
+    assert stamp == events.seen["a"][0]
+    try:
+        events.wait_next("b", 0, 0.01)
+    except TimeoutError as exc:
+        assert "no STOPPED event for b" in str(exc)
+    else:
+        raise AssertionError("waited for an event that never came")
+
+
+def test_guest_stop_process_gone_seen_through_pidfd() -> None:
+    import subprocess
+
+    from bench.guest_stop import ProcessGone
+
+    proc = subprocess.Popen(["sleep", "30"])
+    gone = ProcessGone(proc.pid)
+    proc.kill()
+    assert gone.wait(10.0) > 0
+    proc.wait()
+
