@@ -62,6 +62,11 @@ class NbdExport:
     def stop(self) -> None:
         _stop(self.proc)
 
+    def restart(self) -> None:
+        """The same export on the same port again (after :meth:`stop`)."""
+        self.proc = subprocess.Popen(self.proc.args, stdin=subprocess.DEVNULL)
+        _wait_listening(self.port, self.proc, "qemu-nbd")
+
 
 @contextlib.contextmanager
 def nbd_export(tmp: Path, size_mib: int = 64, export: str = "data") -> Iterator[NbdExport]:
@@ -74,11 +79,12 @@ def nbd_export(tmp: Path, size_mib: int = 64, export: str = "data") -> Iterator[
     proc = subprocess.Popen(["qemu-nbd", "--persistent", "--shared=4", "-f", "raw",
                              "--bind", "127.0.0.1", "--port", str(port), "-x", export,
                              str(image)], stdin=subprocess.DEVNULL)
+    served = NbdExport(port, export, image, proc)
     try:
         _wait_listening(port, proc, "qemu-nbd")
-        yield NbdExport(port, export, image, proc)
+        yield served
     finally:
-        _stop(proc)
+        served.stop()  # the process it runs now: a test may have restarted it
 
 
 @dataclass

@@ -11,8 +11,10 @@ import contextlib
 import http.client
 import json
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,7 +156,9 @@ def test_remote_volumes_nbd_and_iscsi_with_chap_in_a_running_guest(
             iscsi_target(tmp_path, size_mib=48) as iscsi:
         secret_file = tmp_path / "chap"
         secret_file.write_text(iscsi.chap_secret + "\n")
-        vm.run("spawn", "r1", "--image", "tiny", "--flavor", "m1.tiny")
+        (tmp_path / "read-vdb.sh").write_text(READ_VDB_FOREVER)
+        vm.run("spawn", "r1", "--image", "tiny", "--flavor", "m1.tiny", "--config-drive",
+               "--user-data", str(tmp_path / "read-vdb.sh"))
         nbd_vol = vm.json("volume", "create", "exp", "--nbd", nbd.url)
         assert nbd_vol["vmops:remote"] == {"protocol": "nbd", "url": nbd.url,
                                            "chap_user": None, "secret_uuid": None}
@@ -195,12 +199,27 @@ def test_remote_volumes_nbd_and_iscsi_with_chap_in_a_running_guest(
         vm.wait_console("r1", f"VMOPS-DISK vdc {48 << 20}", count=2)
         vm.wait_console("r1", BEAT, count=2)
 
-        # The NBD target goes away: the service still answers, and the
-        # volume can be detached.
+        # The NBD target goes away under the guest reading it: QEMU gives
+        # the guest an I/O error (it is not paused) and libvirt's I/O error
+        # event puts the volume in error, saying why; the service answers.
+        vm.wait_console("r1", r"VMOPS-IO vdb ok")
         nbd.stop()
+        vm.wait_console("r1", r"VMOPS-IO vdb failed")
+        failed = _wait_volume_status(vm, "exp", "error")
+        assert "could not read or write disk vdb" in failed["vmops:fault"]
+        assert f"its target {nbd.url} does not answer" in failed["vmops:fault"]
+        assert failed["attachments"][0]["device"] == "/dev/vdb"
         assert vm.server("r1")["status"] == "ACTIVE"
-        assert vm.json("volume", "show", "exp")["status"] == "in-use"
-        vm.run("volume", "detach", "exp", "r1")
+        assert vm.json("volume", "show", "lun")["status"] == "in-use"
+        # The target comes back: QEMU connects again at the guest's next
+        # read, which succeeds; the volume stays in error until it is
+        # detached (or the instance started anew: docs/volumes.md).
+        nbd.restart()
+        oks = len(re.findall(rb"VMOPS-IO vdb ok", vm.console("r1")))
+        vm.wait_console("r1", r"VMOPS-IO vdb ok", count=oks + 1)
+        assert vm.json("volume", "show", "exp")["status"] == "error"
+        detached = vm.json("volume", "detach", "exp", "r1")
+        assert (detached["status"], detached["vmops:fault"]) == ("available", None)
         vm.run("volume", "detach", "lun", "r1")
         vm.wait_console("r1", "VMOPS-DISK-GONE vdb")
         vm.wait_console("r1", "VMOPS-DISK-GONE vdc")
@@ -210,6 +229,32 @@ def test_remote_volumes_nbd_and_iscsi_with_chap_in_a_running_guest(
         assert list(secrets.iterdir()) == []
         assert nbd.image.stat().st_size == 64 << 20 and iscsi.lun_image.stat().st_size == 48 << 20
         vm.run("destroy", "r1")
+
+
+# The guest reads the first block of vdb, past its page cache, every second.
+READ_VDB_FOREVER = """#!/bin/sh
+while :; do
+  if [ -e /dev/vdb ]; then
+    if dd if=/dev/vdb of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; then
+      echo VMOPS-IO vdb ok
+    else
+      echo VMOPS-IO vdb failed
+    fi
+  fi
+  sleep 1
+done
+"""
+
+
+def _wait_volume_status(vm: Vmops, name: str, status: str,
+                        timeout: float = 120.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        volume: dict[str, Any] = vm.json("volume", "show", name)
+        if volume["status"] == status or time.monotonic() > deadline:
+            assert volume["status"] == status, volume
+            return volume
+        time.sleep(0.5)
 
 
 def _nowhere_in_plain_text(state_dir: Path, secret: str) -> None:

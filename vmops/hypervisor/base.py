@@ -171,6 +171,22 @@ EventCallback = Callable[[LifecycleEvent], None]
 
 
 @dataclass(frozen=True)
+class DiskErrorEvent:
+    """QEMU could not read or write a disk of a running domain (libvirt's
+    I/O error event): for a network disk, usually its target went away."""
+
+    uuid: str
+    target: str  # the disk's target ("vdb"); "" when libvirt could not name it
+    reason: str  # libvirt's: "enospc" (no space left); "" for an EIO (what QEMU 7.2 gives)
+    # True: QEMU paused the guest for it (the error policy "stop", QEMU's
+    # default for ENOSPC); False: the guest got the error (an EIO).
+    paused: bool
+
+
+DiskErrorCallback = Callable[[DiskErrorEvent], None]
+
+
+@dataclass(frozen=True)
 class Check:
     """One host check, as ``vmops doctor`` prints it.
 
@@ -323,6 +339,12 @@ class Hypervisor(Protocol):
         Callbacks run on one vmops thread, in event order, never on the
         hypervisor's own event loop: they may call back into the hypervisor.
         """
+        ...
+
+    def on_disk_error(self, callback: DiskErrorCallback) -> None:
+        """Call ``callback`` each time QEMU reports an I/O error on a disk of
+        a vmops domain; on the same thread, and with the same rules, as the
+        lifecycle callbacks."""
         ...
 
     def bulk_stats(self) -> dict[str, dict[str, int | float]]:

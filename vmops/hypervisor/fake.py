@@ -21,6 +21,8 @@ from vmops.errors import AlreadyExists, DetachTimeout, InstanceNotFound
 from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Check,
+    DiskErrorCallback,
+    DiskErrorEvent,
     DiskSpec,
     DomainInfo,
     DomainSpec,
@@ -63,6 +65,7 @@ class FakeHypervisor:
         self._failures: dict[str, tuple[int, Exception]] = {}  # operation -> (skip, error)
         self.calls: list[str] = []  # method names, in call order
         self._callbacks: list[EventCallback] = []
+        self._disk_error_callbacks: list[DiskErrorCallback] = []
         self._lock = threading.RLock()
         self._pids = itertools.count(40000)
         self.secret_values: dict[str, tuple[str, bytes]] = {}  # uuid -> (usage, value)
@@ -82,6 +85,24 @@ class FakeHypervisor:
         with self._lock:
             check_state("shut down", uuid, self._domain(uuid).state)
         self._stop(uuid, PowerState.SHUTOFF, "shutdown")
+
+    def disk_error(self, uuid: str, target: str, reason: str = "") -> None:
+        """QEMU could not read or write disk ``target`` of a running domain
+        (its target went away): the I/O error event, as libvirt sends it;
+        "enospc" pauses the guest first, as QEMU's default error policy does."""
+        paused = reason == "enospc"
+        with self._lock:
+            d = self._domain(uuid)
+            if d.state not in ACTIVE_STATES:
+                raise AssertionError(f"domain {uuid} has no QEMU process: no disk I/O")
+            if target not in {disk.target for disk in d.spec.disks}:
+                target = ""  # libvirt names no disk it does not know
+            pause = paused and d.state is not PowerState.PAUSED
+        if pause:
+            self._change(uuid, "pause", PowerState.PAUSED, "io-error")
+        event = DiskErrorEvent(uuid=uuid.lower(), target=target, reason=reason, paused=paused)
+        for callback in list(self._disk_error_callbacks):
+            callback(event)
 
     def guest_crash(self, uuid: str) -> None:
         """QEMU is killed (SIGKILL): libvirt says STOPPED_FAILED, and the
@@ -262,6 +283,9 @@ class FakeHypervisor:
     # -- events and statistics -------------------------------------------------
     def on_lifecycle_event(self, callback: EventCallback) -> None:
         self._callbacks.append(callback)
+
+    def on_disk_error(self, callback: DiskErrorCallback) -> None:
+        self._disk_error_callbacks.append(callback)
 
     def bulk_stats(self) -> dict[str, dict[str, int | float]]:
         self._maybe_fail("bulk_stats")

@@ -43,6 +43,7 @@ from vmops.errors import (
     VmopsError,
     VolumeNotFound,
 )
+from vmops.hypervisor.base import DiskErrorEvent, LifecycleEvent, PowerState
 from vmops.store import Instance
 from vmops.volumes import pool, remote
 from vmops.volumes.records import (
@@ -63,6 +64,10 @@ DEVICE = re.compile(r"^(?:/dev/)?(vd[a-z])$")
 # Where an instance may get a volume: Nova's states for attach and detach.
 ATTACH_STATES = (states.ACTIVE, states.PAUSED, states.STOPPED)
 ATTACHING_TASK = "attaching_volume"
+# What a detach may start from: attached, or attached with a disk QEMU lost.
+DETACHABLE = frozenset({VolumeStatus.IN_USE, VolumeStatus.ERROR})
+# Lifecycle details of a new QEMU process, which opens every disk afresh.
+REOPENED = frozenset({"started", "restored"})
 DETACHING_TASK = "detaching_volume"
 # Where a test may make the process die (vmops/compute/crash_points.py), as
 # "attach-volume:<step>" and "detach-volume:<step>".
@@ -293,10 +298,10 @@ class Volumes:
         if inst.boot_volume_id == volume.id:  # Nova's words and status (400)
             raise Invalid(reason="Cannot detach a root device volume")
         self.compute.tasks.acquire(inst.id, inst.name, DETACHING_TASK)
+        was = volume.status  # in-use, or error: a disk QEMU lost (on_disk_error)
         try:
             inst = self._ready(inst, "detach a volume from")
-            volume = self.records.begin(volume.id, "detach", frozenset({VolumeStatus.IN_USE}),
-                                        VolumeStatus.DETACHING)
+            volume = self.records.begin(volume.id, "detach", DETACHABLE, VolumeStatus.DETACHING)
         except BaseException:
             self.compute.tasks.release(inst.id)
             raise
@@ -310,8 +315,7 @@ class Volumes:
                 fault = exc.message if isinstance(exc, VmopsError) else str(exc)
                 log.warning("detach of volume %s from %s failed: %s", volume.name, inst.name,
                             fault)
-                self.records.update(volume.id, status=VolumeStatus.IN_USE,
-                                    fault=f"detach failed: {fault}")
+                self.records.update(volume.id, status=was, fault=f"detach failed: {fault}")
                 raise
             finally:
                 self.compute.tasks.release(inst.id)
@@ -324,6 +328,32 @@ class Volumes:
         threading.Thread(target=_logged(run), name=f"volume-detach-{volume.id[:8]}",
                          daemon=True).start()
         return volume
+
+    # -- a disk QEMU cannot read or write ------------------------------------------
+    def watch(self) -> None:
+        """Follow the hypervisor's events (the service does it once, at its
+        start): an I/O error on an attached volume puts it in ``error``
+        (:meth:`on_disk_error`); a new QEMU process for the instance, which
+        opens its disks afresh, puts it back (:meth:`on_lifecycle_event`)."""
+        self.compute.hv.on_disk_error(self.on_disk_error)
+        self.compute.hv.on_lifecycle_event(self.on_lifecycle_event)
+
+    def on_disk_error(self, event: DiskErrorEvent) -> None:
+        """QEMU could not read or write a disk: if it is an ``in-use``
+        volume, the volume is ``error``, the fault saying why. It stays
+        attached: a detach (or the instance's next start) settles it."""
+        if not event.target:
+            return
+        fault = _disk_fault(self.records, event)
+        volume = self.records.disk_failed(event.uuid, event.target, fault)
+        if volume is not None:
+            log.warning("volume %s is in error: %s", volume.name or volume.id, fault)
+
+    def on_lifecycle_event(self, event: LifecycleEvent) -> None:
+        if event.state is PowerState.RUNNING and event.detail in REOPENED:
+            for volume in self.records.disks_reopened(event.uuid):
+                log.info("volume %s is in-use again: QEMU opened it when %s started",
+                         volume.name or volume.id, event.uuid)
 
     def _ready(self, inst: Instance, action: str) -> Instance:
         """The instance, as it is now, if volumes may come and go on it."""
@@ -433,6 +463,22 @@ class Volumes:
         (a rescued instance's has none of its volumes)."""
         return any(d.target == attachment.device and d.source == volume.path
                    for d in self.compute.domain_spec(inst).disks)
+
+
+def _disk_fault(records: VolumeRecords, event: DiskErrorEvent) -> str:
+    """Why the disk failed, in the user's words, with where its data is."""
+    attachment = next((a for a in records.attachments(event.uuid)
+                       if a.device == event.target), None)
+    volume = records.get(attachment.volume_id) if attachment is not None else None
+    where = ("" if volume is None else
+             f"; its target {volume.path} does not answer" if volume.remote else
+             f"; its file is {volume.path}")
+    what = ("no space left on the host for its writes" if event.reason == "enospc" else
+            f"an I/O error ({event.reason})" if event.reason else "an I/O error")
+    then = ("QEMU paused the guest" if event.paused else
+            "the guest got the error")
+    return (f"QEMU could not read or write disk {event.target}: {what}{where}; {then}. "
+            "Detach the volume, or stop and start the instance once the target answers")
 
 
 def _check_name(name: str) -> None:

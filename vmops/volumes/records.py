@@ -227,6 +227,28 @@ class VolumeRecords:
         """The disk is in the domain: ``in-use``."""
         return self.update(volume_id, status=VolumeStatus.IN_USE, fault="")
 
+    def disk_failed(self, instance_id: str, device: str, fault: str) -> Volume | None:
+        """The volume attached to the instance as ``device`` could not be
+        read or written: ``error`` with ``fault``, if it was ``in-use``
+        (an attach or detach under way keeps its status). The volume
+        changed; None if none did."""
+        with self.store.transaction() as db:
+            row = db.execute("SELECT volume_id FROM volume_attachments WHERE instance_id = ? "
+                             "AND device = ?", (instance_id, device)).fetchone()
+            if row is None or self._locked(db, row[0]).status != VolumeStatus.IN_USE:
+                return None
+            return self._update(db, row[0], status=VolumeStatus.ERROR, fault=fault)
+
+    def disks_reopened(self, instance_id: str) -> list[Volume]:
+        """A new QEMU process opened the instance's disks: its attached
+        volumes in ``error`` are ``in-use`` again (the ones changed)."""
+        with self.store.transaction() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT a.volume_id FROM volume_attachments a JOIN volumes v "
+                "ON v.id = a.volume_id WHERE a.instance_id = ? AND v.status = ?",
+                (instance_id, VolumeStatus.ERROR.value))]
+            return [self._update(db, i, status=VolumeStatus.IN_USE, fault="") for i in ids]
+
     def release(self, volume_id: str, fault: str = "") -> Volume:
         """The disk is out of the domain (or never got in): the attachment
         goes and the volume is ``available`` again."""

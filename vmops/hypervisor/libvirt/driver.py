@@ -12,6 +12,7 @@ hold a root, and a process can only ever open one root.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import logging
@@ -37,6 +38,8 @@ from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Accel,
     Check,
+    DiskErrorCallback,
+    DiskErrorEvent,
     DiskSpec,
     DomainInfo,
     DomainSpec,
@@ -222,7 +225,9 @@ class LibvirtHypervisor:
         self._secret_threads = threading.local()  # .ready: this thread's QEMU driver uses it
         self._callback_id: int | None = None
         self._callbacks: list[EventCallback] = []
-        self._events: queue.Queue[tuple[Any, int, int] | None] = queue.Queue()
+        self._disk_error_callbacks: list[DiskErrorCallback] = []
+        # Deliveries for the dispatcher thread, in event order; None ends it.
+        self._events: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._dispatcher: threading.Thread | None = None
         self._marked: set[str] = set()  # vmops' domains seen, for UNDEFINED events
         # UUID -> detail of its last SHUTDOWN event, until its STOPPED event;
@@ -264,6 +269,8 @@ class LibvirtHypervisor:
             self._conn.domainEventRegisterAny(None, event, self._device_event, released)
             for event, released in ((libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVED, True),
                                     (libvirt.VIR_DOMAIN_EVENT_ID_DEVICE_REMOVAL_FAILED, False))]
+        self._device_callback_ids.append(self._conn.domainEventRegisterAny(
+            None, libvirt.VIR_DOMAIN_EVENT_ID_IO_ERROR_REASON, self._queue_disk_error, None))
 
     def close(self) -> None:
         if self._conn is None:
@@ -600,6 +607,9 @@ class LibvirtHypervisor:
     def on_lifecycle_event(self, callback: EventCallback) -> None:
         self._callbacks.append(callback)
 
+    def on_disk_error(self, callback: DiskErrorCallback) -> None:
+        self._disk_error_callbacks.append(callback)
+
     @_translated("read statistics")
     def bulk_stats(self) -> dict[str, dict[str, int | float]]:
         stats: dict[str, dict[str, int | float]] = {}
@@ -616,16 +626,36 @@ class LibvirtHypervisor:
                      _opaque: Any) -> None:
         # On libvirt's event loop thread, which with the embedded driver also
         # runs the QEMU monitors: only queue, never call libvirt from here.
-        self._events.put((dom, event, detail))
+        self._events.put(functools.partial(self._deliver, dom, event, detail))
+
+    def _queue_disk_error(self, _conn: Any, dom: Any, _source: str, alias: str, action: int,
+                          reason: str, _opaque: Any) -> None:
+        # On libvirt's event loop thread too: only queue.
+        self._events.put(functools.partial(self._deliver_disk_error, dom, str(alias or ""),
+                                           int(action), str(reason or "")))
 
     def _dispatch_events(self) -> None:
-        while (item := self._events.get()) is not None:
-            dom, event, detail = item
+        while (deliver := self._events.get()) is not None:
             try:
-                self._deliver(dom, event, detail)
+                deliver()
             except Exception:  # noqa: BLE001 - one bad callback must not end delivery
-                log.exception("lifecycle event (%s, %s) of %s", event, detail,
-                              dom.UUIDString())
+                log.exception("delivering a libvirt event (%s)", deliver)
+
+    def _deliver_disk_error(self, dom: Any, alias: str, action: int, reason: str) -> None:
+        uuid = str(dom.UUIDString())
+        if uuid not in self._marked and not self._is_marked(dom):
+            return
+        target = ""
+        if alias:
+            with contextlib.suppress(libvirt.libvirtError):  # the domain ended meanwhile
+                target = next((t for t, (_, a) in disks_of(dom.XMLDesc(0)).items()
+                               if a == alias), "")
+        event = DiskErrorEvent(uuid=uuid, target=target, reason=reason,
+                               paused=action == libvirt.VIR_DOMAIN_EVENT_IO_ERROR_PAUSE)
+        log.debug("I/O error on disk %s (%s) of %s: reason %r, %s", target or "?", alias,
+                  uuid, reason, "guest paused" if event.paused else "reported to the guest")
+        for callback in list(self._disk_error_callbacks):
+            callback(event)
 
     def _deliver(self, dom: Any, event: int, detail: int) -> None:
         uuid = str(dom.UUIDString())
