@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import session
+from bench import session, timings
 from bench.common import Row, Target, make_row, ms_since, now
 from bench.virt import make_disks, new_uuid, rewrite_domain_xml
 
@@ -43,6 +43,9 @@ OPS: tuple[tuple[str, dict[str, Any], Callable[[Any], Any]], ...] = (
     ("suspend", {"suspend": None}, lambda d: d.managedSave(0)),
     ("resume", {"resume": None}, lambda d: d.create()),
 )
+# vmops' name for each operation's verb in vmops:timings.
+VERBS = {"pause": "pause", "unpause": "unpause", "reboot_hard": "hard-reboot",
+         "stop_hard": "stop", "start": "start", "suspend": "suspend", "resume": "resume"}
 
 
 def run(quick: bool) -> list[Row]:
@@ -67,6 +70,7 @@ def run(quick: bool) -> list[Row]:
             time.sleep(0.1)
         vmops_ms: dict[str, list[float]] = {op: [] for op, _, _ in OPS}
         lv_ms: dict[str, list[float]] = {op: [] for op, _, _ in OPS}
+        steps: dict[str, list[dict[str, float]]] = {op: [] for op, _, _ in OPS}
         for _ in range(reps):
             for op, body, call in OPS:
                 def vmops_side(_i: int, op: str = op, body: dict[str, Any] = body) -> None:
@@ -75,6 +79,11 @@ def run(quick: bool) -> list[Row]:
                     svc.action(server_id, body)
                     svc.wait_idle(name)
                     vmops_ms[op].append(ms_since(t0))
+                    # vmops' own steps of it, read after the clock stopped.
+                    done = timings.steps_of(
+                        svc.client.get(f"/servers/{server_id}")["server"], VERBS[op])
+                    if done is not None:
+                        steps[op].append(timings.phases(done, vmops_ms[op][-1]))
 
                 def libvirt_side(_i: int, op: str = op,
                                  call: Callable[[Any], Any] = call) -> None:
@@ -88,7 +97,9 @@ def run(quick: bool) -> list[Row]:
         shutil.rmtree(wd, ignore_errors=True)
         if server_id is not None:
             svc.destroy(server_id)
-    return [make_row(f"lifecycle_{op}", vmops_ms[op], lv_ms[op], TARGET) for op, _, _ in OPS]
+    return [make_row(f"lifecycle_{op}", vmops_ms[op], lv_ms[op], TARGET, timings_verb=VERBS[op],
+                     timings_steps_ms=timings.median_phases(steps[op]),
+                     timings_samples=len(steps[op])) for op, _, _ in OPS]
 
 
 def _one_round(done: int, first: Callable[[int], None], second: Callable[[int], None]) -> None:

@@ -108,9 +108,14 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
     out += ["| " + " | ".join(b) + " |" for b in table_rows(rows)]
     notes = []
     for r in rows:
+        if r.get("timings_steps_ms") and not r.get("phases_ms"):
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in r["timings_steps_ms"].items())
+            notes.append(f"- {r['scenario']}: vmops' steps of {r.get('timings_verb')} "
+                         f"(vmops:timings, median ms of {r.get('timings_samples')}): {parts}.")
         if r.get("phases_ms"):
             parts = ", ".join(f"{k} {v:.0f}" for k, v in r["phases_ms"].items())
-            notes.append(f"- {r['scenario']}: vmops phases (median ms): {parts}; libvirt "
+            notes.append(f"- {r['scenario']}: vmops phases (median ms, from "
+                         f"{r.get('phases_source', 'file events')}): {parts}; libvirt "
                          f"define {r.get('libvirt_define_ms')}, start "
                          f"{r.get('libvirt_start_ms')}; bare QEMU {r.get('qemu_median_ms')}.")
         if "vmops_throughput_per_s" in r:
@@ -182,6 +187,9 @@ def write_plots(out_dir: Path, rows: list[Row]) -> list[Path]:
     spawn = next((r for r in rows if r.get("phases_ms")), None)
     if spawn is not None:
         plots.append(_spawn_plot(plt, out_dir / "spawn_phases.png", spawn))
+    verbs = [r for r in rows if r.get("timings_steps_ms")]
+    if verbs:
+        plots.append(verb_phases_plot(plt, out_dir / "verb_phases.png", verbs))
     mgmt = [r for r in rows if r.get("op") in ("list", "show") and "instances" in r]
     if mgmt:
         plots.append(_mgmt_plot(plt, out_dir / "mgmt_latency.png", mgmt))
@@ -212,6 +220,41 @@ def _spawn_plot(plt: Any, path: Path, row: Row) -> Path:
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="upper right")
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def verb_phases_plot(plt: Any, path: Path, rows: list[Row]) -> Path:
+    """One panel per verb: vmops' steps stacked (vmops:timings, medians),
+    next to the baseline's median for the same operation."""
+    cols = min(4, len(rows))
+    nrows = (len(rows) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.4 * nrows), squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    colours: dict[str, Any] = {}
+    for ax, row in zip(axes.flat, rows, strict=False):
+        bottom = 0.0
+        for step, value in row["timings_steps_ms"].items():
+            colour = colours.setdefault(step, cmap(len(colours) % 20))
+            ax.bar(0, value, bottom=bottom, color=colour, label=step, width=0.6)
+            bottom += value
+        ax.text(0, bottom, f"{bottom:.1f}", ha="center", va="bottom", fontsize=8)
+        baseline = row.get("baseline_median_ms")
+        if baseline is not None:
+            ax.bar(1, baseline, color="0.6", width=0.6)
+            ax.text(1, baseline, f"{baseline:.1f}", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks([0, 1], ["vmops", "baseline"])
+        ax.set_title(str(row.get("timings_verb") or row["scenario"]), fontsize=9)
+        ax.set_ylabel("ms (median)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(rows):]:
+        ax.set_visible(False)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours.values()]
+    fig.legend(handles, list(colours), fontsize=7, loc="lower center",
+               ncol=min(6, len(colours)))
+    fig.suptitle("Where each verb's time goes (vmops:timings, medians)")
+    fig.tight_layout(rect=(0, 0.04 + 0.03 * ((len(colours) + 5) // 6), 1, 0.96))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -211,3 +211,40 @@ def test_guest_stop_process_gone_seen_through_pidfd() -> None:
     assert gone.wait(10.0) > 0
     proc.wait()
 
+
+SPAWN_TIMINGS = {"verb": "spawn", "result": "ok", "total_ms": 30.0,
+                 "steps": [{"step": "record", "ms": 2.0}, {"step": "disks", "ms": 8.0},
+                           {"step": "finish", "ms": 20.0}]}
+
+
+def test_timings_of_the_verb_ran_become_phases_with_what_vmops_did_not_see() -> None:
+    from bench import timings
+
+    server = {"vmops:timings": SPAWN_TIMINGS}
+    assert timings.steps_of(server, "pause") is None  # another verb's: not this sample's
+    assert timings.steps_of({"vmops:timings": {**SPAWN_TIMINGS, "result": "error"}},
+                            "spawn") is None
+    assert timings.steps_of({}, "spawn") is None
+    own = timings.steps_of(server, "spawn")
+    assert own is not None
+    phases = timings.phases(own, measured_ms=34.5)
+    assert phases == {"record": 2.0, "disks": 8.0, "finish": 20.0, timings.OUTSIDE: 4.5}
+    medians = timings.median_phases([phases, {"record": 4.0, "other": 1.0}, {"record": 6.0}])
+    assert list(medians) == ["record", "disks", "finish", timings.OUTSIDE, "other"]
+    assert medians["record"] == 4.0 and medians["disks"] == 0.0 and medians["other"] == 0.0
+
+
+def test_report_plots_a_phases_panel_per_verb(tmp_path: Path) -> None:
+    rows = [normalize(make_row(f"lifecycle_{verb}", [12.0], [3.0], None, timings_verb=verb,
+                               timings_steps_ms={"begin": 1.0, "work": 9.0, "finish": 2.0},
+                               timings_samples=1), "lifecycle")
+            for verb in ("pause", "unpause", "stop", "start", "suspend")]
+    results = {"machine": report.machine_info(), "quick": True, "scenarios": [],
+               "duration_s": 1.0, "rows": rows}
+    written = report.write(tmp_path, results)
+    assert tmp_path / "verb_phases.png" in written
+    assert (tmp_path / "verb_phases.png").stat().st_size > 0
+    md = (tmp_path / "report.md").read_text()
+    assert "lifecycle_pause: vmops' steps of pause (vmops:timings, median ms of 1): " \
+        "begin 1.0, work 9.0, finish 2.0." in md
+    assert "![verb_phases](verb_phases.png)" in md
