@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import http.server
 import multiprocessing
-import os
 import stat
 import threading
 import time
@@ -267,36 +266,6 @@ def test_remove_by_checksum_or_path(cache: ImageCache, tmp_path: Path) -> None:
     assert cache.remove(b.path) == []  # already gone: not an error
     with pytest.raises(ValueError):
         cache.remove(tmp_path / "a.raw")
-
-
-def age(path: Path, seconds: float) -> None:
-    then = time.time() - seconds
-    os.utime(path, (then, then))
-
-
-def test_prune_removes_only_old_unused_files(cache: ImageCache, tmp_path: Path) -> None:
-    old = cache.import_image(str(raw_image(tmp_path / "a.raw", fill=b"a")))
-    in_use = cache.import_image(str(raw_image(tmp_path / "b.raw", fill=b"b")))
-    used_lately = cache.import_image(str(raw_image(tmp_path / "c.raw", fill=b"c")))
-    stale_temp = cache.root / ".import-crashed.download"
-    stale_temp.write_bytes(b"x")
-    for path in (old.path, in_use.path, used_lately.path, stale_temp):
-        age(path, 3600)
-    cache.touch(used_lately.path)  # a spawn used it just now
-    assert cache.prune({in_use.checksum}, older_than_s=600) == [old.path]
-    assert cache.list_files() == sorted([in_use.path, used_lately.path])
-    assert not stale_temp.exists()
-
-
-def test_touch_keeps_mtime(cache: ImageCache, source: Path) -> None:
-    image = cache.import_image(str(source))
-    age(image.path, 100)
-    mtime = image.path.stat().st_mtime_ns
-    touched_at = time.time()
-    cache.touch(image.path)
-    assert image.path.stat().st_mtime_ns == mtime
-    # Last use is now (it was aged 100 s back), whatever the clock's resolution.
-    assert image.path.stat().st_atime >= touched_at - 1
 
 
 def test_chunk_size_is_what_progress_counts(cache: ImageCache, tmp_path: Path) -> None:

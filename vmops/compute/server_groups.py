@@ -112,11 +112,6 @@ class ServerGroups:
             db.execute("INSERT INTO server_group_members VALUES (?, ?)",
                        (group_id, instance_id))
 
-    def group_of(self, instance_id: str) -> str | None:
-        rows = self.store.query("SELECT group_id FROM server_group_members "
-                                "WHERE instance_id = ?", instance_id)
-        return str(rows[0][0]) if rows else None
-
     def _placed(self, members: tuple[str, ...]) -> bool:
         if not members:
             return False

@@ -22,8 +22,9 @@ hard-linked into place (a link never replaces a base a VM may be using).
 A process killed mid-import leaves its temp file: the service removes them
 at start (:meth:`ImageCache.remove_temp_files`), when none can be in use.
 
-Last use is kept in the file's atime (``touch``), leaving mtime as the
-content's time; ``prune`` ages files by the later of the two.
+Pruning works on the image records, not on these files
+(``Catalog.prune_images``: images no instance uses, by their records' last
+use), and removes a base with :meth:`ImageCache.remove`.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import os
 import re
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,7 +173,6 @@ class ImageCache:
             final = self.root / f"{sha256}.{stored}"
             if not final.exists():
                 self._store(download, facts.format, final)
-            self.touch(final)
             return self._describe(final), facts.format
 
     def import_upload(self, src: Source, declared_format: str,
@@ -197,7 +196,6 @@ class ImageCache:
             final = self.root / f"{sha256}.{facts.format}"
             if not final.exists():
                 self._store(upload, facts.format, final)
-            self.touch(final)
             return self._describe(final, text_is_raw), md5
 
     def _store(self, download: Path, fmt: str, final: Path) -> None:
@@ -226,7 +224,6 @@ class ImageCache:
             final = self.root / f"{digest.hexdigest()}.qcow2"
             if not final.exists():
                 self._publish(made, final)
-            self.touch(final)
             return self._describe(final)
 
     @staticmethod
@@ -336,9 +333,9 @@ class ImageCache:
         return self._reuse(Path(memo.path))
 
     def _reuse(self, path: Path) -> CachedImage | None:
-        """Describe and touch a cached file, or None if it is not (or no longer) there."""
+        """Describe a cached file, or None if it is not (or no longer) there."""
         try:
-            self.touch(path)
+            path.stat()
         except FileNotFoundError:  # never imported, or pruned a moment ago
             return None
         return self._describe(path)
@@ -362,11 +359,6 @@ class ImageCache:
         """The cached bases, sorted by name."""
         return sorted(p for p in self.root.iterdir() if _CACHED_NAME.match(p.name))
 
-    def touch(self, path: Path) -> None:
-        """Record a use of ``path`` (atime), so prune ages mean 'unused for'."""
-        st = path.stat()
-        os.utime(path, ns=(time.time_ns(), st.st_mtime_ns))
-
     def remove(self, checksum_or_path: str | Path) -> list[Path]:
         """Delete one cached base, by sha256 or path; missing is not an error."""
         if isinstance(checksum_or_path, Path):
@@ -382,25 +374,6 @@ class ImageCache:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
-        return removed
-
-    def prune(self, in_use: set[str], older_than_s: float) -> list[Path]:
-        """Remove bases not in ``in_use`` (checksums or paths) unused for that long.
-
-        Also clears temp files a crashed import left behind, by the same age.
-        """
-        now = time.time()
-        removed = []
-        for path in self.list_files():
-            if path.name.split(".")[0] in in_use or str(path) in in_use:
-                continue
-            st = path.stat()
-            if now - max(st.st_atime, st.st_mtime) > older_than_s:
-                removed += self.remove(path)
-        for tmp in self.root.glob(_TEMP_PREFIX + "*"):
-            with contextlib.suppress(FileNotFoundError):
-                if now - tmp.stat().st_mtime > older_than_s:
-                    tmp.unlink()
         return removed
 
     def remove_temp_files(self) -> list[Path]:

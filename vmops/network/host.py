@@ -132,7 +132,3 @@ def write_sysctl(name: str, value: str) -> None:
     except OSError as exc:
         raise NetworkError(reason=f"cannot set {name.replace('/', '.')}={value}: "
                            f"{exc.strerror}") from None
-
-
-def tap_exists(name: str) -> bool:
-    return Path(f"/sys/class/net/{name}").exists()
