@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vmops import socket_paths
 from vmops.errors import ConfigError
+from vmops.hypervisor.libvirt import embed_uri
 
 CONFIG_FILE = "vmops.toml"
 # Shown as "(set)" by `vmops config`, never logged.
@@ -42,7 +44,11 @@ class Settings:
     state_dir: Path = _opt(
         Path("/var/lib/vmops"),
         "Directory holding records, images, instances and the API socket "
-        "(default /var/lib/vmops as root, $XDG_STATE_HOME/vmops otherwise).")
+        "(default /var/lib/vmops as root, $XDG_STATE_HOME/vmops otherwise). Any length: when "
+        f"its path is longer than {socket_paths.MAX_DIRECT_STATE_DIR} bytes, the UNIX sockets "
+        "QEMU and libvirt bind below it are reached through a short alias, /run/vmops/<hash> "
+        "(a user's: $XDG_RUNTIME_DIR/vmops/<hash>), a symbolic link the service makes at "
+        "start.")
     libvirt_uri: str = _opt(
         "", "libvirt connection URI. Empty: embedded qemu:///embed?root=<state_dir>/libvirt, "
         "no daemon needed: the mode vmops is tested in. A local daemon (qemu:///system) is "
@@ -224,9 +230,16 @@ class Settings:
         return self.state_dir / "volumes"
 
     @property
+    def socket_root(self) -> Path:
+        """The state directory, or its short alias under the runtime directory
+        when its path is too long for the UNIX sockets QEMU and libvirt bind
+        below it and the service has made the alias (vmops/socket_paths.py)."""
+        return socket_paths.socket_root(self.state_dir)
+
+    @property
     def run_dir(self) -> Path:
         """Short paths for UNIX sockets (their paths are limited to 107 bytes)."""
-        return self.state_dir / "run"
+        return self.socket_root / "run"
 
     @property
     def image_import_dir_paths(self) -> tuple[Path, ...]:
@@ -240,7 +253,7 @@ class Settings:
 
     @property
     def effective_libvirt_uri(self) -> str:
-        return self.libvirt_uri or f"qemu:///embed?root={self.state_dir / 'libvirt'}"
+        return self.libvirt_uri or embed_uri(self.socket_root)
 
 
 def options() -> list[dataclasses.Field[Any]]:

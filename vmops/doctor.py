@@ -237,7 +237,8 @@ def _embed_root_path(root: Path) -> Check:
     problem = embed_root_too_long(root)
     return Check(name="embedded libvirt root path", ok=problem is None, required=True,
                  detail=problem or f"{root} is short enough for QEMU's sockets",
-                 advice="set a shorter state_dir (or VMOPS_STATE_DIR)" if problem else "")
+                 advice="name a shorter root in libvirt_uri, or leave it empty" if problem
+                 else "")
 
 
 def _qemu_driver_user() -> Check:

@@ -59,6 +59,8 @@ def loose_files(state_dir: Path, libvirt_root: Path | None = None) -> list[Loose
     found: list[LooseFile] = []
     if not state_dir.exists():
         return found
+    if libvirt_root is not None:
+        libvirt_root = _as_below(state_dir, libvirt_root)
     for path in _tree(state_dir):
         try:
             st = path.lstat()
@@ -72,6 +74,16 @@ def loose_files(state_dir: Path, libvirt_root: Path | None = None) -> list[Loose
         if mode & GROUP_OTHER_BITS:
             found.append(LooseFile(path, mode))
     return found
+
+
+def _as_below(state_dir: Path, path: Path) -> Path:
+    """``path`` spelled below ``state_dir`` when it is there through a symbolic
+    link (the embedded libvirt root reached through the state directory's
+    short alias: vmops/socket_paths.py), else as it is."""
+    real, real_state_dir = Path(os.path.realpath(path)), Path(os.path.realpath(state_dir))
+    if real.is_relative_to(real_state_dir):
+        return state_dir / real.relative_to(real_state_dir)
+    return path
 
 
 def tighten(loose: list[LooseFile]) -> tuple[list[LooseFile], list[str]]:

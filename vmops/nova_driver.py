@@ -46,7 +46,7 @@ from nova.virt import driver, hardware, images
 from nova.virt import event as virtevent
 from oslo_config import cfg
 
-from vmops import config, doctor
+from vmops import config, doctor, socket_paths
 from vmops.compute import host_facts, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
@@ -131,6 +131,7 @@ class VmopsDriver(driver.ComputeDriver):
         # Held as `vmops serve` holds it: a service started on the same
         # directory is refused, naming this process.
         self._state_lock = take_lock(settings.state_dir)
+        socket_paths.ensure_socket_root(settings.state_dir)
         for d in (settings.images_dir, settings.instances_dir, settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         accel = doctor.resolve_accel(settings.accel)

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from vmops import socket_paths
 from vmops.cli.client import Client
 from vmops.network import nftables
 
@@ -227,24 +228,31 @@ def _kill_leftover_processes(state_dir: Path) -> None:
 
 
 @contextlib.contextmanager
-def separate_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
-    """A service of its own, in a new short state dir, with extra settings
-    (``use_cow_images="false"`` sets VMOPS_USE_COW_IMAGES), the test image
-    imported as "tiny". At the end, even on failure, its instances are
-    destroyed (the service restarted first if a test left it stopped), it is
-    stopped, and nothing may be left behind."""
+def separate_service(test_image_dir: Path, state_dir_length: int = 0,
+                     **settings: str) -> Iterator[Vmops]:
+    """A service of its own, in a new short state dir (or, with
+    ``state_dir_length``, one whose path is that many bytes long, below
+    it), with extra settings (``use_cow_images="false"`` sets
+    VMOPS_USE_COW_IMAGES), the test image imported as "tiny". At the end,
+    even on failure, its instances are destroyed (the service restarted
+    first if a test left it stopped), it is stopped, and nothing may be left
+    behind."""
     path = Path(tempfile.mkdtemp(prefix="vmops-", dir="/tmp"))
-    vm = Vmops(path)
+    state_dir = path
+    if state_dir_length:
+        state_dir = path / ("s" * (state_dir_length - len(os.fsencode(path)) - 1))
+        state_dir.mkdir(mode=0o700)
+    vm = Vmops(state_dir)
     vm.env.update({f"VMOPS_{k.upper()}": v for k, v in settings.items()})
     try:
-        vm.service = start_service(path, vm.env)  # type: ignore[attr-defined]
+        vm.service = start_service(state_dir, vm.env)  # type: ignore[attr-defined]
         try:
             vm.import_image("tiny", test_image_dir / "tiny.qcow2")
             yield vm
         finally:
             try:
                 if vm.service.poll() is not None:  # type: ignore[attr-defined]
-                    vm.service = start_service(path, vm.env)  # type: ignore[attr-defined]
+                    vm.service = start_service(state_dir, vm.env)  # type: ignore[attr-defined]
                 destroy_servers(vm)
             finally:
                 stop_service(vm.service)  # type: ignore[attr-defined]
@@ -252,6 +260,10 @@ def separate_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
         assert not left, f"left behind: {left}"
     finally:
         _kill_leftover_processes(path)
+        alias = socket_paths.alias_path(state_dir)  # made by the service for a long one
+        if state_dir_length and alias.is_symlink() \
+                and os.readlink(alias) == os.path.realpath(state_dir):
+            alias.unlink()
         shutil.rmtree(path, ignore_errors=True)
 
 

@@ -104,7 +104,7 @@ def test_closing_clients_sends_what_they_can_take_and_drops_input(fan: FanOut) -
 
 
 def test_a_socket_path_longer_than_an_address_still_binds_and_connects(tmp_path: Path) -> None:
-    from vmops.console.layout import MAX_SOCKET_PATH, socket_address
+    from vmops.socket_paths import MAX_SOCKET_PATH, socket_address
 
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)

@@ -18,9 +18,10 @@ from tests.unit.test_api import Api, start_api
 from vmops.api.server import Authenticator, Context
 from vmops.compute import states
 from vmops.console.fanout import REFUSED_FULL
-from vmops.console.layout import LogFiles, socket_address
+from vmops.console.layout import LogFiles
 from vmops.console.tokens import ConsoleTokens
 from vmops.errors import Conflict
+from vmops.socket_paths import socket_address
 from vmops.websocket import new_key
 
 SERIAL = {"remote_console": {"protocol": "serial", "type": "serial"}}

@@ -32,12 +32,13 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from vmops.api.body_stream import BodyStream
 from vmops.compute import actions
 from vmops.errors import ConfigError, Invalid, NotFound, VmopsError, storage_full
+from vmops.socket_paths import socket_address
 
 log = logging.getLogger(__name__)
 
@@ -767,8 +768,8 @@ def serve(router: Router, socket_path: Path, listen: str = "",
     socket_path.unlink(missing_ok=True)
     old_umask = os.umask(0o077)  # the socket's permissions are the access control
     try:
-        address: Any = str(socket_path)  # typeshed knows only (host, port) addresses
-        unix = _UnixServer(address, _Handler)
+        with socket_address(socket_path) as address:  # typeshed: (host, port) addresses only
+            unix = _UnixServer(cast(Any, address), _Handler)
     finally:
         os.umask(old_umask)
     unix.router, unix.authenticator, unix.limits = router, auth, limits

@@ -19,6 +19,7 @@ from typing import Any
 
 from vmops import file_modes
 from vmops.errors import ServiceUnavailable, VmopsError
+from vmops.socket_paths import socket_address
 
 PREFIX = "/v2.1"
 START_TIMEOUT_S = 60.0
@@ -43,7 +44,8 @@ class _UnixConnection(http.client.HTTPConnection):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(self.timeout)
             try:
-                sock.connect(str(self._path))
+                with socket_address(self._path) as address:
+                    sock.connect(address)
             except BlockingIOError:  # the service's accept queue is full: a burst
                 sock.close()
                 time.sleep(delay)

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from vmops.cli.client import Client
 from vmops.errors import ServiceUnavailable
+from vmops.socket_paths import socket_address
 from vmops.websocket import (
     CloseCode,
     Connection,
@@ -48,7 +49,8 @@ def open_console(client: Client, name: str) -> tuple[socket.socket, Connection]:
     url = urlsplit(answer["remote_console"]["url"])
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.connect(str(client.socket))
+        with socket_address(client.socket) as address:
+            sock.connect(address)
         conn = client_handshake(sock.recv, sock.sendall, "vmops", f"{url.path}?{url.query}")
     except HandshakeRefused as exc:
         sock.close()

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmops import config
+from vmops import config, socket_paths
 from vmops.cli import identity as identity_cli
 from vmops.cli import network as network_cli
 from vmops.cli import volume as volume_cli
@@ -612,6 +612,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         from vmops import doctor
 
         s = config.load(args.state_dir)
+        socket_paths.ensure_socket_root(s.state_dir)  # the libvirt root is probed through it
         checks = [dataclasses.asdict(c) for c in
                   doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
                                     database=s.db_path)]

@@ -36,8 +36,9 @@ from pathlib import Path
 from types import FrameType
 
 from vmops.console.fanout import MAX_CLIENTS, FanOut
-from vmops.console.layout import DEFAULT_MAX_BYTES, EXIT_ALREADY_RUNNING, LogFiles, socket_address
+from vmops.console.layout import DEFAULT_MAX_BYTES, EXIT_ALREADY_RUNNING, LogFiles
 from vmops.console.rotation import RotatingLog
+from vmops.socket_paths import socket_address
 
 RETRY_INTERVAL = 0.05
 # Written into the log by a capture process that finds its predecessor ended

@@ -13,9 +13,6 @@ the process (``process.py``).
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +20,6 @@ CAPTURE_MODULE = "vmops.console.capture"
 DEFAULT_MAX_BYTES = 512 * 1024
 # Exit status of a capture process that found another one holding the lock.
 EXIT_ALREADY_RUNNING = 3
-# sockaddr_un.sun_path is 108 bytes, including the terminating NUL.
-MAX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True)
@@ -59,18 +54,3 @@ class LogFiles:
 
     def all(self) -> tuple[Path, ...]:
         return (self.current, self.old, self.state, self.pid, self.lock, self.console_socket)
-
-
-@contextlib.contextmanager
-def socket_address(path: Path) -> Iterator[str]:
-    """An address for the UNIX socket ``path`` that fits ``sun_path``: the
-    path itself, or, when it is longer than that, the same file reached
-    through ``/proc/self/fd/N`` of its directory (for bind and connect)."""
-    if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
-        yield str(path)
-        return
-    fd = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        yield f"/proc/self/fd/{fd}/{path.name}"
-    finally:
-        os.close(fd)

@@ -23,14 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import vmops
-from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles, socket_address
+from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles
 from vmops.errors import Conflict, HypervisorError
+from vmops.socket_paths import MAX_SOCKET_PATH, socket_address
 
 _POLL_INTERVAL = 0.02
 _START_TIMEOUT = 10.0
 _KILL_TIMEOUT = 5.0
-# sockaddr_un.sun_path is 108 bytes, including the terminating NUL.
-_MAX_SOCKET_PATH = 107
 
 # Capture processes this process started, kept so they can be reaped:
 # a capture process that dies while we run would otherwise stay a zombie.
@@ -61,10 +60,10 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
             reason=f"the console log size limit must be at least 1 byte, not {max_bytes}"
         )
     socket = socket.absolute()
-    if len(os.fsencode(socket)) > _MAX_SOCKET_PATH:
+    if len(os.fsencode(socket)) > MAX_SOCKET_PATH:
         raise HypervisorError(
             reason=f"serial socket path {socket} is longer than the "
-            f"{_MAX_SOCKET_PATH} bytes a UNIX socket address can hold"
+            f"{MAX_SOCKET_PATH} bytes a UNIX socket address can hold"
         )
     log_dir = log_dir.absolute()
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -77,7 +77,9 @@ def embed_root_too_long(root: Path) -> str | None:
         return None
     return (f"the libvirt root {root} is {length} bytes long; QEMU's monitor socket "
             f"below it needs it at most {MAX_EMBED_ROOT_CHARS} (UNIX socket paths are "
-            "limited to 107 bytes): use a shorter state directory")
+            "limited to 107 bytes): name a shorter root in libvirt_uri (the default, "
+            "empty, gives any state directory a short alias: only a runtime directory "
+            "($XDG_RUNTIME_DIR) this long can make it too long)")
 
 
 def prepare_embed_root(root: Path) -> None:
