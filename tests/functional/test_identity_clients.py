@@ -33,7 +33,7 @@ def service(test_image_dir: Path, port: int) -> Iterator[Vmops]:
 def password_clouds_yaml(port: int, password: str, user: str = "admin",
                          project: str = "admin") -> str:
     """The docs' password clouds.yaml for this port, user and project."""
-    blocks = re.findall(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
+    blocks: list[str] = re.findall(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
     block = next((b for b in blocks if "auth_type: password" in b), None)
     assert block, f"no password clouds.yaml block in {DOC}"
     assert "endpoint_override" not in block

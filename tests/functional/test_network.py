@@ -86,8 +86,10 @@ def network_diagnostics(vm: Vmops, bridge: str) -> str:
 def spawn_with_script(vm: Vmops, name: str, script: str, *extra: str) -> dict[str, object]:
     path = vm.state_dir / f"{name}-user-data"
     path.write_text(script)
-    return vm.json("spawn", name, "--image", "tiny", "--flavor", "m1.tiny", "--config-drive",
-                   "--user-data", str(path), *extra)
+    server: dict[str, object] = vm.json(
+        "spawn", name, "--image", "tiny", "--flavor", "m1.tiny", "--config-drive",
+        "--user-data", str(path), *extra)
+    return server
 
 
 def address_of(server: dict[str, object]) -> str:

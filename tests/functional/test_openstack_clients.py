@@ -56,7 +56,7 @@ def tcp_vmops(test_image_dir: Path, port: int) -> Iterator[Vmops]:
 
 def clouds_yaml(port: int, token: str = TOKEN) -> str:
     """The admin_token clouds.yaml block of the docs, for this port and token."""
-    blocks = re.findall(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
+    blocks: list[str] = re.findall(r"```yaml\n(clouds:.*?)```", DOC.read_text(), re.S)
     block = next((b for b in blocks if "auth_type: admin_token" in b), None)
     assert block, f"no admin_token clouds.yaml block in {DOC}"
     return block.replace(":8774", f":{port}").replace("TOKEN", token)

@@ -80,7 +80,7 @@ class ConsoleSocket:
 @dataclass
 class Harness:
     state: Path
-    proc: subprocess.Popen[bytes] | None = None
+    proc: subprocess.Popen[bytes] | subprocess.Popen[str] | None = None
     consoles: list[ConsoleSocket] = field(default_factory=list)
 
     @property

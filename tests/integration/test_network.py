@@ -244,8 +244,8 @@ def test_a_spoofed_source_address_is_dropped(lab: Lab) -> None:
     b = lab.spawn("pgb")
     assert lab.dhcp(a) and lab.dhcp(b)
     lab.serve(b.ns, 7000, "hello-from-pgb")
-    assert connect(a.ns, b.port.ip, 7000) == "hello-from-pgb"
     assert b.port.ip and a.port.ip
+    assert connect(a.ns, b.port.ip, 7000) == "hello-from-pgb"
     # a takes another address of the subnet and uses it as its source.
     in_ns(a.ns, "ip", "addr", "flush", "dev", "eth0")
     spoofed = a.port.ip.rsplit(".", 1)[0] + ".200"

@@ -90,6 +90,7 @@ def test_an_iscsi_lun_with_chap_keeps_the_password_in_a_secret_only(
 ])
 def test_a_bad_iscsi_registration_is_refused_leaving_nothing(
         env: dict[str, Any], iscsi: IscsiTarget, case: str, reason: str) -> None:
+    secret: bytes | None
     url, user, secret = iscsi.url(1), iscsi.chap_user, iscsi.chap_secret.encode()
     if case == "no CHAP":
         user, secret = "", None

@@ -236,7 +236,7 @@ def test_accept_out_of_descriptors_pauses_longer_each_time(tmp_path: Path) -> No
         raise OSError(errno.EMFILE, "Too many open files")
 
     unix.accept = no_descriptors  # type: ignore[method-assign]
-    unix.pause_accepting = pauses.append  # type: ignore[method-assign]
+    unix.pause_accepting = pauses.append  # type: ignore[method-assign,assignment]
     try:
         for _ in range(3):
             with pytest.raises(OSError):

@@ -94,6 +94,7 @@ def test_flavor_access_refusals(api: Api) -> None:
     assert public.status == 404 and "public flavors" in public.fault()[1]
     assert call(api, "POST", "/flavors/1/action", add).status == 409
     assert call(api, "POST", "/flavors/nope/action", add).status == 404
+    bad: Any
     for bad in ({"addTenantAccess": {}}, {"addTenantAccess": {"tenant": ""}},
                 {"addTenantAccess": {"tenant": 5}}, {"addTenantAccess": "p1"},
                 {"addTenantAccess": {"tenant": "p1", "x": 1}}, {"grant": {"tenant": "p1"}},
@@ -149,6 +150,7 @@ def test_extra_spec_refusals(api: Api) -> None:
     assert mismatch.status == 400 and "mismatch" in mismatch.fault()[1]
     more = call(api, "PUT", "/flavors/1/os-extra_specs/k", {"k": "v", "l": "w"})
     assert more.status == 400 and "too many" in more.fault()[1]
+    bad: Any
     for bad in ({"extra_specs": {"bad/key": "v"}}, {"extra_specs": {"k": "v" * 256}},
                 {"extra_specs": {"k": None}}, {"extra_specs": {"k": {"x": 1}}},
                 {"extra_specs": "k=v"}, {"specs": {}}, {"extra_specs": {}, "x": 1}):
@@ -250,6 +252,7 @@ def test_aggregate_refusals(api: Api) -> None:
                     {"add_host": {"host": "h"}}, who=who).status == 403
     duplicate = call(api, "POST", "/os-aggregates", {"aggregate": {"name": "rack1"}})
     assert duplicate.status == 409 and duplicate.fault()[1] == "Aggregate rack1 already exists."
+    bad: Any
     for bad in ({"aggregate": {"name": ""}}, {"aggregate": {"name": "a" * 256}},
                 {"aggregate": {"name": " x"}}, {"aggregate": {}},
                 {"aggregate": {"name": "x", "availability_zone": ""}},
@@ -317,6 +320,7 @@ def test_image_metadata_refusals(api: Api) -> None:
     mismatch = call(api, "PUT", f"{path}/a", {"meta": {"b": "1"}}, who=P1)
     assert mismatch.status == 400 and "mismatch" in mismatch.fault()[1]
     assert call(api, "PUT", f"{path}/a", {"meta": {"a": "1", "b": "2"}}, who=P1).status == 400
+    bad: Any
     for bad in ({"metadata": {"a": 1}}, {"metadata": {"a": "x" * 256}}, {"metadata": {"": "x"}},
                 {"metadata": []}, {"meta": {}}, {"metadata": {}, "x": 1}):
         assert call(api, "POST", path, bad, who=P1).status == 400, bad
@@ -456,6 +460,7 @@ def test_usage_audit_log_of_the_last_whole_month(api: Api) -> None:
     assert before["total_instances"] == 0  # September: not launched yet
     listed = get(api, "/os-instance_usage_audit_log").body["instance_usage_audit_logs"]
     assert set(listed) == AUDIT_KEYS
+    bad: Any
     for bad in ("invalid_time", "2026-13-01%2000:00:00", "2026-12-01T00:00:00"):
         assert get(api, f"/os-instance_usage_audit_log/{bad}").status == 400, bad
     assert get(api, "/os-instance_usage_audit_log", who=P1).status == 403
@@ -514,6 +519,7 @@ def test_a_disabled_compute_service_takes_no_new_servers(api: Api) -> None:
     assert _create(api, name="second").status == 202
     settle(api)
     assert call(api, "PUT", "/os-services/disable", body, who=P1).status == 403
+    bad: Any
     for bad in ({**body, "disabled_reason": ""}, {**body, "disabled_reason": "x" * 256}, body):
         assert call(api, "PUT", "/os-services/disable-log-reason", bad).status == 400, bad
 
@@ -623,6 +629,7 @@ def test_security_group_proxy_refusals(api: Api) -> None:
 
     assert rule(parent_group_id=unknown) == 404
     assert rule(parent_group_id="not-a-uuid") == 400
+    bad: Any
     for bad in ({"ip_protocol": "tempest-999"}, {"from_port": 65536}, {"to_port": 70000},
                 {"from_port": 22, "to_port": 21}, {"from_port": "x"}, {"cidr": "10.0.0.0/33"},
                 {"ip_protocol": "icmp", "from_port": 300}, {"colour": "red"}):

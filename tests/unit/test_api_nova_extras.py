@@ -684,6 +684,7 @@ def test_affinity_and_bad_hints(api: Api) -> None:
     settle(api)
     assert api.store.instance(joined.body["server"]["id"]).fault != NO_VALID_HOST
     before = len(api.store.instances())
+    hint: Any
     for hint in ({"group": "no-such-group"}, {"group": 5}, "group", [], None):
         answer = _create(api, body={"os:scheduler_hints": hint})
         assert answer.status == 400, (hint, answer.body)

@@ -24,8 +24,12 @@ V217 = {"OpenStack-API-Version": "compute 2.17"}
 def disks(api: Api, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     """What resize does to disk files, recorded instead of done."""
     done: list[tuple[str, Any]] = []
-    monkeypatch.setattr(instance_disks, "copy_whole",
-                        lambda src, dest: done.append(("copy", src)) or dest.touch())
+
+    def copy_whole(src: Path, dest: Path) -> None:
+        done.append(("copy", src))
+        dest.touch()
+
+    monkeypatch.setattr(instance_disks, "copy_whole", copy_whole)
     monkeypatch.setattr(qemu_img, "resize",
                         lambda path, fmt, size: done.append(("grow", (path, size))))
     api.store.add_flavor(Flavor("rs-big", "rs.big", 1024, 2, 2, 0))

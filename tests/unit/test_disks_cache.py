@@ -18,8 +18,7 @@ from typing import Any
 
 import pytest
 
-from vmops.disks import cache as cache_mod
-from vmops.disks import qemu_img
+from vmops.disks import qemu_img, sources
 from vmops.disks.cache import CachedImage, ImageCache, parse_checksum
 from vmops.errors import Invalid, InvalidImage
 
@@ -269,13 +268,13 @@ def test_remove_by_checksum_or_path(cache: ImageCache, tmp_path: Path) -> None:
 
 
 def test_chunk_size_is_what_progress_counts(cache: ImageCache, tmp_path: Path) -> None:
-    big = raw_image(tmp_path / "big.raw", size=3 * cache_mod.CHUNK + 512)
+    big = raw_image(tmp_path / "big.raw", size=3 * sources.CHUNK + 512)
     calls: list[int] = []
     cache.import_image(str(big), progress=lambda done, _total: calls.append(done))
     assert calls == [
         0,
-        cache_mod.CHUNK,
-        2 * cache_mod.CHUNK,
-        3 * cache_mod.CHUNK,
+        sources.CHUNK,
+        2 * sources.CHUNK,
+        3 * sources.CHUNK,
         big.stat().st_size,
     ]

@@ -16,7 +16,13 @@ from vmops.compute.catalog import INTERRUPTED, Catalog, check_image_source
 from vmops.disks import qemu_img
 from vmops.disks.cache import ImageCache
 from vmops.disks.sources import ImportLimits, Pace, redact_url
-from vmops.errors import ImageSourceForbidden, ImportLimitExceeded, Invalid, InvalidImage
+from vmops.errors import (
+    ConfigError,
+    ImageSourceForbidden,
+    ImportLimitExceeded,
+    Invalid,
+    InvalidImage,
+)
 from vmops.store import Image, Store
 from vmops.text import escape_controls
 
@@ -204,7 +210,7 @@ def test_limits_come_from_the_settings(tmp_path: Path) -> None:
                                    "VMOPS_IMAGE_IMPORT_DIRS": "/srv/a:/srv/b"})
     assert ImportLimits.from_settings(s).max_bytes == 1234
     assert s.image_import_dir_paths == (Path("/srv/a"), Path("/srv/b"))
-    with pytest.raises(config.ConfigError, match="image_import_dirs"):
+    with pytest.raises(ConfigError, match="image_import_dirs"):
         config.load(tmp_path, env={"VMOPS_IMAGE_IMPORT_DIRS": "relative/dir"})
 
 
@@ -240,14 +246,15 @@ def test_interrupted_imports_are_settled_at_start(tmp_path: Path) -> None:
 
 def test_the_cli_shows_image_fields_escaped(capsys: pytest.CaptureFixture[str]) -> None:
     from vmops.cli import main as cli
+    from vmops.cli.output import print_error, print_table
 
     evil = "http://example.test/a\x1b]0;owned\x07\r\nFAKE: line.raw"
     cli._print_image({"name": "x", "id": "1", "status": "ERROR", "vmops:format": "",
                       "vmops:virtual_size": 0, "OS-EXT-IMG-SIZE:size": 0,
                       "vmops:checksum": "", "vmops:source": evil, "vmops:used_by": []},
                      as_json=False)
-    cli.print_table(["SOURCE"], [[evil]])
-    cli.print_error(f"image x refused: cannot download {evil}")
+    print_table(["SOURCE"], [[evil]])
+    print_error(f"image x refused: cannot download {evil}")
     out, err = capsys.readouterr()
     for text in (out, err):
         assert "\x1b" not in text and "\r" not in text and "\x07" not in text
