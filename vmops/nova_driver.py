@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import os_resource_classes as orc
-from nova import exception
+from nova import exception, utils
 from nova.compute import power_state, task_states
 from nova.image import glance
 from nova.objects import diagnostics
@@ -51,7 +51,7 @@ from vmops.compute import host_facts, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
-from vmops.hypervisor import open_hypervisor
+from vmops.hypervisor import FAKE_URI, open_hypervisor
 from vmops.hypervisor.base import LifecycleEvent as VmopsLifecycleEvent
 from vmops.hypervisor.base import PowerState
 from vmops.service import take_lock
@@ -128,6 +128,7 @@ class VmopsDriver(driver.ComputeDriver):
         """vmops' compute layer for ``[vmops] state_dir``, as ``vmops serve`` makes it."""
         state_dir = Path(CONF.vmops.state_dir) if CONF.vmops.state_dir else None
         settings = config.load(state_dir)
+        _check_threading(settings.effective_libvirt_uri)
         # Held as `vmops serve` holds it: a service started on the same
         # directory is refused, naming this process.
         self._state_lock = take_lock(settings.state_dir)
@@ -503,6 +504,21 @@ class VmopsDriver(driver.ComputeDriver):
                           "allocation_ratio": ratios[rc], "reserved": reserved[rc]}
                      for rc, total in totals.items()}
         provider_tree.update_inventory(nodename, inventory)
+
+
+def _check_threading(uri: str) -> None:
+    """libvirt needs Nova's native threading mode: under eventlet's monkey
+    patching, the thread vmops runs libvirt's event loop on is a green one,
+    and the loop's blocking C call holds every green thread (nova-compute
+    would hang opening the hypervisor; Nova's own libvirt driver takes
+    native threads and a pipe to the hub for this). Refused, naming the fix,
+    rather than hung."""
+    if utils.concurrency_mode_threading() or uri == FAKE_URI:
+        return
+    raise exception.NovaException(
+        f"vmops' Nova driver on libvirt ({uri}) needs Nova's native threading mode: "
+        "set OS_NOVA_DISABLE_EVENTLET_PATCHING=1 for nova-compute (under eventlet, "
+        "vmops' libvirt event loop would block every green thread)")
 
 
 def _single_mac(network_info: Any, instance_uuid: str) -> str | None:

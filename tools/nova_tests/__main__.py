@@ -1,17 +1,20 @@
 """Run Nova's generic driver tests against vmops' Nova driver and classify each.
 
 Usage (through scripts/nova-tests, which makes Nova's virtualenv first):
-    python -m tools.nova_tests [--threading eventlet|native] [-k NAME] [--update-expected]
+    python -m tools.nova_tests [--hypervisor fake|libvirt] [--threading eventlet|native]
+                               [-k NAME] [--update-expected]
 
 Nova's ``_VirtDriverTestCase`` (nova/tests/unit/virt/test_virt_drivers.py,
 from the installed wheel) runs with ``driver_module`` set to vmops' driver
-on vmops' fake hypervisor (tools/nova_tests/fake_host.py). Each test is one
+on vmops' fake hypervisor (tools/nova_tests/fake_host.py), or on the real
+libvirt with the test image (tools/nova_tests/libvirt_host.py; guests boot).
+Each test is one
 of: passed (for real), swallowed (passed only because the suite swallowed
 a NotImplementedError), failed (a failure or an error), skipped.
 The gate is tests/nova/expected-pass.txt: exit status 1 when a test listed
 there did not pass for real (a regression), 0 otherwise; a test that passes
 for real and is not listed is reported, for the list. Results also go to
-.cache/nova-tests/results-<threading>.json. docs/nova-driver.md says more.
+.cache/nova-tests/results-<threading>[-libvirt].json. docs/nova-driver.md says more.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -35,16 +39,32 @@ OUTCOMES = ("passed", "swallowed", "failed", "skipped")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/nova-tests",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--threading", choices=("eventlet", "native"), default="eventlet",
+    parser.add_argument("--threading", choices=("eventlet", "native"),
                         help="Nova's threading mode: eventlet monkey patching (Nova's "
-                             "default) or native threads (OS_NOVA_DISABLE_EVENTLET_PATCHING)")
+                             "default; the default here on the fake hypervisor) or native "
+                             "threads (OS_NOVA_DISABLE_EVENTLET_PATCHING; the default and "
+                             "the only mode on libvirt)")
+    parser.add_argument("--hypervisor", choices=("fake", "libvirt"), default="fake",
+                        help="under the driver: vmops' fake hypervisor (the gate), or the "
+                             "real libvirt with the test image (guests boot under TCG: run "
+                             "it under flock /tmp/vmops-guest.lock), with vmops' own "
+                             "checks of what the guest saw")
     parser.add_argument("-k", dest="names", action="append", default=[],
                         help="run only tests (Nova's and vmops' own) whose name contains "
                              "this (repeatable)")
     parser.add_argument("--update-expected", action="store_true",
                         help="add this run's real passes to the expected-pass list "
                              "(never removes)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.threading is None:
+        args.threading = "eventlet" if args.hypervisor == "fake" else "native"
+    if (args.hypervisor, args.threading) == ("libvirt", "eventlet"):
+        parser.error("the driver refuses libvirt under eventlet (vmops' libvirt event loop "
+                     "would block every green thread): --threading native")
+    if args.hypervisor == "libvirt" and args.update_expected:
+        parser.error("the expected-pass list is the fake hypervisor's gate: "
+                     "--update-expected goes with --hypervisor fake")
+    return args
 
 
 class Outcomes(unittest.TestResult):
@@ -109,12 +129,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]], dict[str, 
         os.environ["OS_NOVA_DISABLE_EVENTLET_PATCHING"] = "1"
     else:
         os.environ.pop("OS_NOVA_DISABLE_EVENTLET_PATCHING", None)
+    os.environ["VMOPS_NOVA_TESTS_HYPERVISOR"] = args.hypervisor
     from nova import monkey_patch
 
     from tools.nova_tests import suite  # after the threading mode is set
 
     print(f"threading: {args.threading} (eventlet monkey patching applied: "
-          f"{monkey_patch.is_patched()})", flush=True)
+          f"{monkey_patch.is_patched()}), hypervisor: {args.hypervisor}", flush=True)
 
     tests = unittest.TestLoader().loadTestsFromTestCase(suite.VmopsDriverTestCase)
     selected = unittest.TestSuite(
@@ -122,7 +143,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, dict[str, str]], dict[str, 
     outcomes = Outcomes()
     selected.run(outcomes)
     own = Outcomes()  # vmops' own checks of the driver: every one must pass
-    own_tests = unittest.TestLoader().loadTestsFromTestCase(suite.VmopsAdapterTestCase)
+    own_tests = unittest.TestLoader().loadTestsFromTestCase(
+        suite.VmopsAdapterTestCase if args.hypervisor == "fake" else suite.VmopsLibvirtTestCase)
     unittest.TestSuite(t for t in own_tests if not args.names
                        or any(n in _name(t) for n in args.names)).run(own)
     return classify(outcomes.by_test, {k.rsplit(".", 1)[-1]: v
@@ -152,17 +174,32 @@ def report(results: dict[str, dict[str, str]], expected: set[str],
     return 1 if regressions else 0
 
 
+def test_image() -> Path:
+    """The test image (built once into .cache/test-image, as the functional
+    tests build it)."""
+    out = Path(os.environ.get("VMOPS_TEST_IMAGE_DIR", REPO / ".cache" / "test-image"))
+    subprocess.run([sys.executable, str(REPO / "tools" / "testimage" / "build.py"),
+                    "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    return out / "tiny.qcow2"
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    tmp = Path(tempfile.mkdtemp(prefix="vmops-nova-tests-"))
+    # Short: UNIX sockets under the embedded libvirt's root are limited to 107 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="vmops-nt-", dir="/tmp"))
     os.environ["VMOPS_NOVA_TESTS_TMP"] = str(tmp)
+    if args.hypervisor == "libvirt":
+        os.environ["VMOPS_NOVA_TESTS_IMAGE"] = str(test_image())
+        os.environ["VMOPS_NOVA_TESTS_STATE"] = str(tmp / "state")
     try:
         results, own = run(args)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"results-{args.threading}.json"
-    out.write_text(json.dumps({"threading": args.threading, "tests": results,
+    suffix = "" if args.hypervisor == "fake" else f"-{args.hypervisor}"
+    out = RESULTS / f"results-{args.threading}{suffix}.json"
+    out.write_text(json.dumps({"threading": args.threading, "hypervisor": args.hypervisor,
+                               "tests": results,
                                "vmops_tests": {n: o for n, (o, _) in own.items()}}, indent=1))
     expected = read_expected()
     status = report(results, expected, selected_all=not args.names)
