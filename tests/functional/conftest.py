@@ -277,7 +277,7 @@ def bridged_service(test_image_dir: Path, **settings: str) -> Iterator[Vmops]:
     subnet = f"10.252.{int(tag[:2], 16)}.0/24"
     state_dirs: list[Path] = []
     try:
-        with separate_service(test_image_dir, network_mode="bridge", network_bridge=bridge,
+        with separate_service(test_image_dir, 0, network_mode="bridge", network_bridge=bridge,
                               network_subnet=subnet, **settings) as vm:
             state_dirs.append(vm.state_dir)
             yield vm

@@ -320,7 +320,7 @@ def test_an_idle_client_is_pinged_and_dropped_when_silent(
     url = _console_url(api, "web1").body["remote_console"]["url"]
     ws = websocket.create_connection(url, timeout=10)
     try:
-        frames = []
+        frames: list[Any] = []  # websocket.ABNF, whose data is typed str | bytes
         while not frames or frames[-1].opcode != websocket.ABNF.OPCODE_CLOSE:
             frames.append(ws.recv_frame())  # read, never answered
         assert frames[0].opcode == websocket.ABNF.OPCODE_PING
