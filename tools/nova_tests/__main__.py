@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 import unittest
 from pathlib import Path
 from typing import Any
@@ -84,10 +85,10 @@ class Outcomes(unittest.TestResult):
         self.by_test[_name(test)] = ("ok", "")
 
     def addFailure(self, test: Any, err: Any) -> None:  # noqa: N802
-        self.by_test[_name(test)] = ("failed", _last_line(self._exc_info_to_string(err, test)))
+        self.by_test[_name(test)] = ("failed", _reason(err))
 
     def addError(self, test: Any, err: Any) -> None:  # noqa: N802
-        self.by_test[_name(test)] = ("failed", _last_line(self._exc_info_to_string(err, test)))
+        self.by_test[_name(test)] = ("failed", _reason(err))
 
     def addSkip(self, test: Any, reason: str) -> None:  # noqa: N802
         self.by_test[_name(test)] = ("skipped", reason)
@@ -101,6 +102,12 @@ class Outcomes(unittest.TestResult):
 
 def _name(test: Any) -> str:
     return str(test.id()).rsplit(".", 1)[-1]
+
+
+def _reason(err: Any) -> str:
+    """The exception's own line ("Type: message") of a test's exc_info, the
+    last line of the traceback unittest would print (not buffering output)."""
+    return _last_line("".join(traceback.format_exception_only(err[0], err[1])))
 
 
 def _last_line(text: str) -> str:
