@@ -1,11 +1,16 @@
-"""Eight spawns at once: vmops against eight parallel libvirt-python creates.
+"""Spawns at once: vmops against as many parallel libvirt-python creates.
 
     python -m bench --only concurrency [--quick]     (or: python -m bench.concurrency)
 
-- vmops: eight threads each ``POST /servers`` at the same moment; one
+8 at once, and in a full run also 32 at once (``VMOPS_BENCH_WIDE_SPAWNS``
+sets that number, e.g. 4 to try the code path with few guests; 0 leaves
+it out). The 32 have a target: <= 1.25x the libvirt makespan, no API
+connection refused (not even one retried) and no spawn failed.
+
+- vmops: one thread per spawn, each ``POST /servers`` at the same moment; one
   poller reads ``GET /servers/detail`` every 20 ms and notes when each
   record turns ACTIVE.
-- libvirt: eight threads each ``defineXML`` + ``create`` of vmops' domain
+- libvirt: as many threads, each ``defineXML`` + ``create`` of vmops' domain
   XML (renamed, on fresh disk copies made beforehand) on the baseline root.
 
 Reported: the makespan (start to the last one running) as the compared
@@ -18,6 +23,7 @@ saw the spawn ACTIVE, minus vmops' total). No target: for information.
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 import threading
@@ -26,19 +32,45 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import session, timings
-from bench.common import Row, alternate, make_row, median, now
+from bench.common import Row, Target, alternate, make_row, median, now
 from bench.virt import make_disks, new_uuid, rewrite_domain_xml
 
 WIDTH = 8
-TIMEOUT_S = 300.0
+WIDE = 32
+WIDE_TARGET = Target(1.25)
+TIMEOUT_S = 600.0
+
+
+def wide_width(quick: bool) -> int:
+    """How many spawns at once in the wide round (0: none)."""
+    given = os.environ.get("VMOPS_BENCH_WIDE_SPAWNS", "")
+    if given:
+        return int(given)
+    return 0 if quick else WIDE
 
 
 def run(quick: bool) -> list[Row]:
+    rows = [_width_row(WIDTH, 1 if quick else 4, None)]
+    wide = wide_width(quick)
+    if wide:
+        rows.append(judge_wide(_width_row(wide, 1 if quick else 2, WIDE_TARGET)))
+    return rows
+
+
+def judge_wide(row: Row) -> Row:
+    """The wide round's verdict: the makespan ratio, and no API connection
+    refused (a failed spawn raises before: the row is then an ERROR)."""
+    if row["passed"] is not None:
+        row["passed"] = bool(row["passed"]) and row["api_eagain_retries"] == 0
+    row["target"] = f"{WIDE_TARGET.text()}, no refused connection, no failure"
+    return row
+
+
+def _width_row(width: int, reps: int, target: Target | None) -> Row:
     s = session.get()
     svc = s.vmops
     lv = s.baseline
     tpl = s.template(config_drive=False)
-    reps = 1 if quick else 4
     retries_before = svc.client.eagain_retries
     vm_make: list[float] = []
     vm_spread: list[float] = []
@@ -47,7 +79,7 @@ def run(quick: bool) -> list[Row]:
     steps: list[dict[str, float]] = []  # each spawn's vmops:timings
 
     def vmops_side(r: int) -> None:
-        names = [f"cc-{r}-{k}" for k in range(WIDTH)]
+        names = [f"cc{width}-{r}-{k}" for k in range(width)]
         ids: list[str] = []
         def post(name: str) -> None:
             ids.append(svc.post_server(name))
@@ -56,7 +88,7 @@ def run(quick: bool) -> list[Row]:
             t0 = _all_at_once([functools.partial(post, n) for n in names])
             done: dict[str, float] = {}
             deadline = time.monotonic() + TIMEOUT_S
-            while len(done) < WIDTH:
+            while len(done) < width:
                 for server in svc.client.get("/servers/detail")["servers"]:
                     if server["name"] in names and server["name"] not in done:
                         if server["status"] == "ERROR":
@@ -64,7 +96,7 @@ def run(quick: bool) -> list[Row]:
                         if server["status"] == "ACTIVE":
                             done[server["name"]] = now()
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {len(done)} of {WIDTH} spawns done")
+                    raise TimeoutError(f"only {len(done)} of {width} spawns done")
                 time.sleep(0.02)
             ends = sorted(done.values())
             vm_make.append((ends[-1] - t0) * 1000.0)
@@ -80,11 +112,11 @@ def run(quick: bool) -> list[Row]:
     def libvirt_side(r: int) -> None:
         xmls = []
         dirs = []
-        for k in range(WIDTH):
-            wd = s.workdir(f"cc-lv-{r}-{k}")
+        for k in range(width):
+            wd = s.workdir(f"cc{width}-lv-{r}-{k}")
             dirs.append(wd)
             disks = make_disks(tpl.disks, wd)
-            xmls.append(rewrite_domain_xml(tpl.domain_xml, f"cc-lv-{r}-{k}", new_uuid(),
+            xmls.append(rewrite_domain_xml(tpl.domain_xml, f"cc{width}-lv-{r}-{k}", new_uuid(),
                                            disks, lv.run_dir / f"cc{k}.sock"))
         doms: list[Any] = []
         ends: list[float] = []
@@ -111,15 +143,15 @@ def run(quick: bool) -> list[Row]:
     alternate(reps, vmops_side, libvirt_side)
     vm_m = median(vm_make)
     lv_m = median(lv_make)
-    return [make_row(
-        f"concurrency_{WIDTH}_spawns", vm_make, lv_make, None,
-        vmops_throughput_per_s=round(WIDTH / (vm_m / 1000.0), 3) if vm_m else None,
-        baseline_throughput_per_s=round(WIDTH / (lv_m / 1000.0), 3) if lv_m else None,
+    return make_row(
+        f"concurrency_{width}_spawns", vm_make, lv_make, target,
+        vmops_throughput_per_s=round(width / (vm_m / 1000.0), 3) if vm_m else None,
+        baseline_throughput_per_s=round(width / (lv_m / 1000.0), 3) if lv_m else None,
         vmops_spread_ms=round(median(vm_spread) or 0.0, 1),
         api_eagain_retries=svc.client.eagain_retries - retries_before,
         baseline_spread_ms=round(median(lv_spread) or 0.0, 1),
-        timings_verb=f"spawn ({WIDTH} at once)", timings_steps_ms=timings.median_phases(steps),
-        timings_samples=len(steps))]
+        timings_verb=f"spawn ({width} at once)", timings_steps_ms=timings.median_phases(steps),
+        timings_samples=len(steps), width=width)
 
 
 def _all_at_once(actions: list[Callable[[], object]]) -> float:

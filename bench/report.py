@@ -149,6 +149,12 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
             notes.append(f"- {r['scenario']}: the API showed SHUTOFF {_fmt(r['delta_ms'])} ms "
                          f"after a bare libvirt client got the STOPPED event (medians, both "
                          f"from {r.get('reference', 'the same reference')}).")
+        if "per_instance_mib" in r:
+            per = r["per_instance_mib"]
+            notes.append(f"- {r['scenario']}: vmops' memory per running instance beyond "
+                         f"QEMU's: {per['pss']} MiB PSS, {per['rss']} MiB RSS ({r['how']}; "
+                         f"{r['capture_processes']} capture processes, service PSS "
+                         f"{r['service_pss_kib'][0]} -> {r['service_pss_kib'][1]} KiB).")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")

@@ -41,13 +41,14 @@ SCENARIOS: dict[str, str] = {
     "snapshot": "bench.snapshot",
     "volume_io": "bench.volume_io",
     "concurrency": "bench.concurrency",
+    "host_memory": "bench.host_memory",
     "mgmt_plane": "bench.mgmt_plane",
 }
 # Guest-heavy scenarios left out of a whole --quick run (CI's smoke run,
 # whose time counts against CI's 45 minutes) unless named with --only:
 # their parsing and arithmetic are tested in bench/tests, their guests run
 # in the full run.
-FULL_RUN_ONLY = {"snapshot", "volume_io", "guest_stop"}
+FULL_RUN_ONLY = {"snapshot", "volume_io", "guest_stop", "host_memory"}
 DEFAULT_OUT = REPO / "bench" / "results"
 
 log = logging.getLogger("bench")

@@ -10,6 +10,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from bench import report
 from bench.common import Target, alternate, make_row
 from bench.fswatch import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FsWatch
@@ -248,3 +250,38 @@ def test_report_plots_a_phases_panel_per_verb(tmp_path: Path) -> None:
     assert "lifecycle_pause: vmops' steps of pause (vmops:timings, median ms of 1): " \
         "begin 1.0, work 9.0, finish 2.0." in md
     assert "![verb_phases](verb_phases.png)" in md
+
+
+def test_the_wide_spawn_round_fails_on_a_refused_connection(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import concurrency
+
+    fast = make_row("concurrency_32_spawns", [110.0], [100.0], concurrency.WIDE_TARGET,
+                    api_eagain_retries=0)
+    assert concurrency.judge_wide(dict(fast))["passed"] is True
+    refused = concurrency.judge_wide({**fast, "api_eagain_retries": 1})
+    assert refused["passed"] is False and "no refused connection" in refused["target"]
+    slow = make_row("concurrency_32_spawns", [130.0], [100.0], concurrency.WIDE_TARGET,
+                    api_eagain_retries=0)
+    assert concurrency.judge_wide(slow)["passed"] is False
+    monkeypatch.setenv("VMOPS_BENCH_WIDE_SPAWNS", "4")
+    assert concurrency.wide_width(quick=True) == 4
+    monkeypatch.delenv("VMOPS_BENCH_WIDE_SPAWNS")
+    assert concurrency.wide_width(quick=True) == 0 and concurrency.wide_width(quick=False) == 32
+
+
+def test_host_memory_reads_smaps_rollup_and_divides_by_the_instances(tmp_path: Path) -> None:
+    from bench import host_memory
+
+    (tmp_path / "42").mkdir()
+    (tmp_path / "42" / "smaps_rollup").write_text(
+        "55d0-7ffd ---p 00000000 00:00 0    [rollup]\nRss:               15360 kB\n"
+        "Pss:                4096 kB\nPss_Anon:           2048 kB\nShared_Clean:  9000 kB\n")
+    mem = host_memory.memory_of(42, proc=tmp_path)
+    assert mem == host_memory.Memory(rss_kib=15360, pss_kib=4096)
+    per = host_memory.per_instance_mib(
+        host_memory.Memory(40960, 30720), host_memory.Memory(43008, 31744),
+        [mem, mem], instances=2)
+    # service +2048 / +1024 KiB, captures 30720 / 8192 KiB, over 2 instances
+    assert per == {"rss": round((2048 + 30720) / 1024 / 2, 3),
+                   "pss": round((1024 + 8192) / 1024 / 2, 3)}
