@@ -11,6 +11,7 @@ import contextlib
 import http.client
 import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,6 +80,45 @@ def test_a_volume_comes_and_goes_in_a_running_guest(vm: Vmops) -> None:
     vm.run("volume", "delete", "data")
     assert not Path(kept["vmops:path"]).exists()
     assert vm.json("volume", "list") == []
+
+
+# The guest prints vdb's size each time it changes (and once at each boot).
+WATCH_VDB_SIZE = """#!/bin/sh
+last=""
+while :; do
+  if [ -e /sys/block/vdb/size ]; then
+    now=$(( $(cat /sys/block/vdb/size) * 512 ))
+    [ "$now" = "$last" ] || echo "VMOPS-SIZE vdb $now"
+    last=$now
+  fi
+  sleep 1
+done
+"""
+
+
+def test_an_attached_volume_grows_under_its_guest(vm: Vmops, tmp_path: Path) -> None:
+    """`vmops volume extend` on an attached volume: with the guest running,
+    QEMU grows the file and the guest sees the new size at once; with the
+    instance stopped, the file grows and the guest sees it at its next boot."""
+    (tmp_path / "size.sh").write_text(WATCH_VDB_SIZE)
+    vm.run("spawn", "g1", "--image", "tiny", "--flavor", "m1.tiny", "--config-drive",
+           "--user-data", str(tmp_path / "size.sh"))
+    vm.wait_console("g1", BEAT)
+    vm.run("volume", "create", "data", "--size", "1")
+    vm.run("volume", "attach", "data", "g1")
+    vm.wait_console("g1", f"VMOPS-SIZE vdb {GIB}")
+    grown = vm.json("volume", "extend", "data", "--size", "2")
+    assert (grown["status"], grown["size"], grown["vmops:fault"]) == ("in-use", 2, None)
+    vm.wait_console("g1", f"VMOPS-SIZE vdb {2 * GIB}")  # the running guest sees it
+    info = subprocess.run(["qemu-img", "info", "-U", "-f", "qcow2", "--output=json",
+                           grown["vmops:path"]], check=True, capture_output=True, text=True)
+    assert json.loads(info.stdout)["virtual-size"] == 2 * GIB
+    vm.run("stop", "g1")
+    assert vm.json("volume", "extend", "data", "--size", "3")["size"] == 3
+    vm.run("start", "g1")
+    vm.wait_console("g1", f"VMOPS-SIZE vdb {3 * GIB}")
+    vm.run("destroy", "g1")
+    vm.run("volume", "delete", "data")
 
 
 def test_volume_refusals_through_the_cli(vm: Vmops) -> None:

@@ -331,3 +331,35 @@ def test_a_raw_volume_a_guest_made_look_like_qcow2_stays_raw(env: dict[str, Any]
     grown = vols.extend("data", 2)  # qemu-img told raw: the header is just bytes
     assert grown.size_gb == 2 and Path(volume.path).stat().st_size == 2 * GIB
     assert _info(volume.path, "raw")["format"] == "raw"
+
+
+def test_extend_an_attached_volume(env: dict[str, Any]) -> None:
+    """Cinder from 3.42 (here vmops' own flag): a running guest's volume grows
+    through the hypervisor's block resize; a stopped one's file through
+    qemu-img; without the flag, as Cinder 3.0, an attached volume is refused."""
+    vols: Volumes = env["volumes"]
+    hv: FakeHypervisor = env["hv"]
+    inst = _spawn(env)
+    volume = vols.create("data", 1)
+    vols.attach("data", "web1")
+    with pytest.raises(InvalidState, match="in-use"):
+        vols.extend("data", 2)
+    grown = vols.extend("data", 2, attached=True)
+    assert (grown.status, grown.size_gb, grown.fault) == (VolumeStatus.IN_USE, 2, "")
+    assert hv.domains[inst.id].disk_sizes == {"vdb": 2 * GIB}  # QEMU grew it, not qemu-img
+    assert env["compute"].tasks.current(inst.id) is None
+    hv.fail_next("resize_disk", HypervisorError(reason="injected"))
+    with pytest.raises(HypervisorError):
+        vols.extend("data", 3, attached=True)
+    failed = vols.volume("data")
+    assert (failed.status, failed.size_gb) == (VolumeStatus.IN_USE, 2)
+    assert "extend failed" in failed.fault
+    env["compute"].stop("web1", hard=True)
+    vols.extend("data", 3, attached=True)  # stopped: qemu-img grows the file
+    assert _info(volume.path, "qcow2")["virtual-size"] == 3 * GIB
+    assert vols.volume("data").size_gb == 3
+    env["compute"].start("web1")
+    env["compute"].suspend("web1")
+    with pytest.raises(InvalidState, match="suspended"):
+        vols.extend("data", 4, attached=True)
+    assert vols.volume("data").status == VolumeStatus.IN_USE

@@ -218,3 +218,22 @@ def test_a_locked_servers_volumes_are_changed_by_admins_only(api: Api) -> None:
         volume_api.attach(Request("POST", path, {}, {}, body, params={"id": inst.id},
                                   context=member))
     assert api.post(path, {"volumeAttachment": {"volumeId": volume.id}}).status == 200  # admin
+
+
+def test_extend_an_attached_volume_only_with_vmops_flag(api: Api,
+                                                          monkeypatch: Any) -> None:
+    """Cinder 3.0 (what this API serves) refuses an in-use volume's extend;
+    vmops' own ``vmops:attached`` asks for it (Cinder's 3.42 behaviour)."""
+    monkeypatch.setattr(api.compute, "background_actions", False)
+    vols = Volumes(api.compute)
+    inst = api.add_instance("web1")
+    volume = vols.create("data", 1)
+    vols.attach("data", "web1")
+    action = f"{V}/volumes/{volume.id}/action"
+    refused = api.post(action, {"os-extend": {"new_size": 2}})
+    assert refused.status == 400 and "in-use" in refused.fault()[1]
+    bad = api.post(action, {"os-extend": {"new_size": 2, "vmops:attached": "yes"}})
+    assert bad.status == 400
+    assert api.post(action, {"os-extend": {"new_size": 2, "vmops:attached": True}}).status == 202
+    assert (vols.volume("data").status, vols.volume("data").size_gb) == ("in-use", 2)
+    assert api.hv.domains[inst.id].disk_sizes == {"vdb": 2 << 30}

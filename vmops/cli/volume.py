@@ -58,7 +58,8 @@ def add_commands(sub: Any, cmd: Command, client_of: ClientOf) -> None:
     sp = cmd("delete", verbs.delete, "delete a volume that is not attached", json_flag=False,
              parent=vol)
     sp.add_argument("volume")
-    sp = cmd("extend", verbs.extend, "grow a volume that is not attached", parent=vol)
+    sp = cmd("extend", verbs.extend, "grow a volume (an attached one under its guest)",
+             parent=vol)
     sp.add_argument("volume")
     sp.add_argument("--size", type=_gib, required=True, metavar="GiB", help="the new size")
     sp = cmd("attach", verbs.attach, "attach a volume to an instance (hot-plugged if it runs; "
@@ -142,7 +143,9 @@ class _Verbs:
     def extend(self, args: argparse.Namespace) -> int:
         client = self.client_of(args)
         volume = _volume(client, args.volume)
-        client.post(f"{VOLUMES}/{volume['id']}/action", {"os-extend": {"new_size": args.size}})
+        # Attached or not: an attached volume grows under its guest (vmops' own flag).
+        client.post(f"{VOLUMES}/{volume['id']}/action",
+                    {"os-extend": {"new_size": args.size, "vmops:attached": True}})
         volume = _wait(client, volume["id"], ("extending",))
         if volume.get("vmops:fault"):
             raise VmopsError(f"extend of {args.volume} failed: {volume['vmops:fault']}")

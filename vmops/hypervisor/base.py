@@ -49,6 +49,7 @@ ALLOWED_STATES: dict[str, frozenset[PowerState]] = {
     "undefine": frozenset(PowerState) - ACTIVE_STATES,
     "attach a disk to": frozenset(PowerState) - {PowerState.SUSPENDED},
     "detach a disk from": frozenset(PowerState) - {PowerState.SUSPENDED},
+    "resize a disk of": ACTIVE_STATES,
 }
 
 
@@ -311,6 +312,13 @@ class Hypervisor(Protocol):
         and the disk stays in the definition (the guest may still write to
         it). A disk the domain does not have is not an error. Not while
         SUSPENDED."""
+        ...
+
+    def resize_disk(self, uuid: str, target: str, size_bytes: int) -> None:
+        """Grow disk ``target`` of a domain whose QEMU runs to ``size_bytes``:
+        QEMU grows its image and tells the guest (libvirt's block resize).
+        From any state with a QEMU process; a disk the domain does not have
+        is a HypervisorError."""
         ...
 
     def disk_targets(self, uuid: str) -> dict[str, str]:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid as uuidlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from vmops.errors import AlreadyExists, DetachTimeout, InstanceNotFound
+from vmops.errors import AlreadyExists, DetachTimeout, HypervisorError, InstanceNotFound
 from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Check,
@@ -51,6 +51,7 @@ class FakeDomain:
     resets: int = 0
     nmis: int = 0  # non-maskable interrupts injected (the guest's kernel would see them)
     cpu_time_ns: int = 0
+    disk_sizes: dict[str, int] = field(default_factory=dict)  # target -> bytes, once resized
 
 
 class FakeHypervisor:
@@ -256,6 +257,13 @@ class FakeHypervisor:
                 raise DetachTimeout(instance=d.spec.name, target=target, seconds=timeout)
             d.spec = replace(d.spec, disks=tuple(x for x in d.spec.disks if x.target != target))
 
+    def resize_disk(self, uuid: str, target: str, size_bytes: int) -> None:
+        with self._lock:
+            d = self._checked(uuid, "resize a disk of")
+            if target not in {disk.target for disk in d.spec.disks}:
+                raise HypervisorError(reason=f"domain {d.spec.name} has no disk {target}")
+            d.disk_sizes[target] = size_bytes
+
     def disk_targets(self, uuid: str) -> dict[str, str]:
         spec = self._domain(uuid, "disk_targets").spec
         return {x.target: x.source for x in spec.disks}
@@ -322,6 +330,7 @@ class FakeHypervisor:
         operation = {"shut down": "shutdown", "hard-reboot": "reboot_hard",
                      "attach a disk to": "attach_disk",
                      "detach a disk from": "detach_disk",
+                     "resize a disk of": "resize_disk",
                      "inject an NMI into": "inject_nmi"}.get(action, action)
         d = self._domain(uuid, operation)
         check_state(action, uuid, d.state)

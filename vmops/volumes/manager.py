@@ -69,6 +69,7 @@ DETACHABLE = frozenset({VolumeStatus.IN_USE, VolumeStatus.ERROR})
 # Lifecycle details of a new QEMU process, which opens every disk afresh.
 REOPENED = frozenset({"started", "restored"})
 DETACHING_TASK = "detaching_volume"
+EXTENDING_TASK = "extending_volume"
 # Where a test may make the process die (vmops/compute/crash_points.py), as
 # "attach-volume:<step>" and "detach-volume:<step>".
 ATTACH_STEPS = (
@@ -222,9 +223,11 @@ class Volumes:
             self.compute.hv.undefine_secret(volume.secret_uuid)
         self.records.delete(volume.id)
 
-    def extend(self, ref: str, size_gb: int, project_id: str | None = None) -> Volume:
-        """Grow an available volume to ``size_gb`` (Cinder's os-extend; an
-        attached one is refused, as Cinder before 3.42)."""
+    def extend(self, ref: str, size_gb: int, project_id: str | None = None,
+               attached: bool = False) -> Volume:
+        """Grow an available volume to ``size_gb`` (Cinder's os-extend). An
+        attached one only with ``attached`` (Cinder from 3.42:
+        :meth:`_extend_attached`); refused otherwise, as Cinder before 3.42."""
         volume = self.records.get(ref, project_id)
         if volume.remote:
             raise Invalid(reason=f"volume {volume.name!r} is remote ({volume.path}): its size "
@@ -234,12 +237,41 @@ class Volumes:
             raise Invalid(reason=f"new size {size_gb} GiB must be larger than volume "
                           f"{volume.name!r}'s {volume.size_gb} GiB")
         pool.check_fits(self.pool, (size_gb - volume.size_gb) * GIB, volume.name)
+        attachment = self.records.attachment_of(volume.id) if attached else None
+        if attachment is not None:
+            return self._extend_attached(volume, attachment, size_gb)
         volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.AVAILABLE}),
                                     VolumeStatus.EXTENDING)
         return self._in_background(
             volume, "extend", lambda: pool.extend(Path(volume.path), volume.format,
                                                   size_gb * GIB),
             VolumeStatus.AVAILABLE, status=VolumeStatus.AVAILABLE, size_gb=size_gb)
+
+    def _extend_attached(self, volume: Volume, attachment: Attachment, size_gb: int) -> Volume:
+        """Grow an in-use volume: while the instance's QEMU runs, QEMU grows
+        the file and tells the guest (the hypervisor's block resize); with
+        the instance stopped, qemu-img does. The instance is held meanwhile
+        (no start, stop or detach in between); it takes a moment, so it is
+        done before answering."""
+        inst = self.store.instance(attachment.instance_id)
+        with self.compute.tasks.hold(inst.id, inst.name, EXTENDING_TASK):
+            inst = self._ready(inst, "extend a volume of")
+            volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.IN_USE}),
+                                        VolumeStatus.EXTENDING)
+            try:
+                if self.compute.guest_runs(inst):
+                    self.compute.hv.resize_disk(inst.id, attachment.device, size_gb * GIB)
+                else:
+                    pool.extend(Path(volume.path), volume.format, size_gb * GIB)
+            except Exception as exc:
+                fault = exc.message if isinstance(exc, VmopsError) else str(exc)
+                self.records.update(volume.id, status=VolumeStatus.IN_USE,
+                                    fault=f"extend failed: {fault}")
+                raise
+        log.info("volume %s extended to %d GiB while attached to %s", volume.name, size_gb,
+                 inst.name)
+        return self.records.update(volume.id, status=VolumeStatus.IN_USE, size_gb=size_gb,
+                                   fault="")
 
     def _in_background(self, volume: Volume, verb: str, work: Callable[[], None],
                        failed: VolumeStatus, **done: object) -> Volume:
@@ -422,7 +454,9 @@ class Volumes:
             pool.remove(Path(volume.path))
             self.records.delete(volume.id)
         elif volume.status == VolumeStatus.EXTENDING:
-            self.records.update(volume.id, status=VolumeStatus.AVAILABLE,
+            status = (VolumeStatus.IN_USE if self.records.attachment_of(volume.id)
+                      else VolumeStatus.AVAILABLE)
+            self.records.update(volume.id, status=status,
                                 fault="extend was interrupted by a service restart; the "
                                 "size is the one recorded")
 

@@ -514,6 +514,11 @@ class LibvirtHypervisor:
             unplug.released = released
             unplug.done.set()
 
+    @_translated("resize a disk of")
+    def resize_disk(self, uuid: str, target: str, size_bytes: int) -> None:
+        dom = self._checked(uuid, "resize a disk of")
+        dom.blockResize(target, size_bytes, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+
     @_translated("read the disks of")
     def disk_targets(self, uuid: str) -> dict[str, str]:
         xml = self._domain(uuid).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
