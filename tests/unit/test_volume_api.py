@@ -84,6 +84,7 @@ def test_bad_creates_are_refused_and_leave_nothing(api: Api, body: Any) -> None:
 def test_bad_actions(api: Api) -> None:
     volume = _create(api)
     action = f"{V}/volumes/{volume['id']}/action"
+    body: Any
     for body in ({"os-extend": {"new_size": 1}}, {"os-extend": {"new_size": "3"}},
                  {"os-extend": {}}, {"os-extend": 3}, {"os-retype": {}}, {}):
         assert api.post(action, body).status == 400, body
@@ -162,7 +163,7 @@ def test_projects_see_their_own_volumes() -> None:
     assert volume_api._project_filter(member) == "p1"
     assert volume_api._project_filter(admin) is None
     assert not scope.may_see(member, "p2") and scope.may_see(admin, "p2")
-    assert Volumes  # the manager's own scoping: tests/integration/test_volumes.py
+    # The manager's own scoping: tests/integration/test_volumes.py.
 
 
 def test_update_name_and_description(api: Api) -> None:

@@ -21,7 +21,6 @@ from vmops.cli.output import print_json, print_kv, print_table
 from vmops.errors import VmopsError
 
 VOLUMES = "/volume/v3/volumes"
-SETTLED = ("available", "in-use", "error", "error_deleting")
 WAIT_TIMEOUT_S = 900.0
 
 Command = Callable[..., argparse.ArgumentParser]
