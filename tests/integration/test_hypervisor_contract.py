@@ -97,7 +97,6 @@ def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     left = d.hv.list_uuids()
     for uuid in left:
         d.hv.power_off(uuid)
-        d.hv.discard_saved_memory(uuid)
         d.hv.undefine(uuid)
     next(made, None)
     assert left == [], "the test left vmops domains behind"
@@ -126,7 +125,6 @@ def uuid(hv: Hypervisor) -> Iterator[str]:
     yield spec.uuid
     if hv.exists(spec.uuid):  # not if the test undefined it
         hv.power_off(spec.uuid)
-        hv.discard_saved_memory(spec.uuid)
         hv.undefine(spec.uuid)
 
 
@@ -215,8 +213,7 @@ def test_missing_domain(hv: Hypervisor) -> None:
     missing = str(uuidlib.uuid4())
     assert not hv.exists(missing)
     for call in (hv.info, hv.start, hv.shutdown, hv.pause, hv.unpause, hv.suspend,
-                 hv.reboot_hard, hv.power_off, hv.domain_xml, hv.has_saved_memory,
-                 hv.discard_saved_memory, hv.qemu_pid, hv.inject_nmi):
+                 hv.reboot_hard, hv.power_off, hv.domain_xml, hv.qemu_pid, hv.inject_nmi):
         with pytest.raises(InstanceNotFound):
             call(missing)
     hv.undefine(missing)
@@ -274,18 +271,14 @@ def test_power_off_is_tolerant_and_keeps_saved_memory(hv: Hypervisor, uuid: str,
     hv.power_off(uuid)
     hv.power_off(uuid)
     assert hv.qemu_pid(uuid) is None
-    assert hv.has_saved_memory(uuid) is (state is SAVED)
     assert hv.info(uuid).state is (SAVED if state is SAVED else OFF)
-    hv.discard_saved_memory(uuid)
-    hv.discard_saved_memory(uuid)
-    assert not hv.has_saved_memory(uuid) and hv.info(uuid).state is OFF
 
 
 def test_start_restores_saved_memory_once(hv: Hypervisor, uuid: str) -> None:
     _put_in(hv, uuid, SAVED)
-    assert hv.has_saved_memory(uuid) and hv.qemu_pid(uuid) is None
+    assert hv.info(uuid).state is SAVED and hv.qemu_pid(uuid) is None
     hv.start(uuid, paused=True)
-    assert not hv.has_saved_memory(uuid) and hv.info(uuid).state is PAUSED
+    assert hv.info(uuid).state is PAUSED
     hv.unpause(uuid)
     assert hv.info(uuid).state is ON
 

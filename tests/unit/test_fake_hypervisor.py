@@ -99,16 +99,12 @@ def test_power_off_is_tolerant_in_every_state(hv: FakeHypervisor) -> None:
         hv.power_off(UUID)
         hv.power_off(UUID)
         assert hv.info(UUID).state in (PowerState.SHUTOFF, PowerState.SUSPENDED)
-        hv.discard_saved_memory(UUID)
 
 
-def test_power_off_keeps_saved_memory_until_discarded(hv: FakeHypervisor) -> None:
+def test_power_off_keeps_saved_memory(hv: FakeHypervisor) -> None:
     _put_in(hv, PowerState.SUSPENDED)
     hv.power_off(UUID)
-    assert hv.has_saved_memory(UUID)
-    hv.discard_saved_memory(UUID)
-    assert not hv.has_saved_memory(UUID)
-    assert hv.info(UUID).state is PowerState.SHUTOFF
+    assert hv.info(UUID).state is PowerState.SUSPENDED
 
 
 def test_events_follow_libvirt(hv: FakeHypervisor) -> None:
@@ -138,9 +134,8 @@ def test_suspending_a_running_domain_pauses_it_first(hv: FakeHypervisor) -> None
 def test_suspend_then_start_restores_instead_of_booting(hv: FakeHypervisor) -> None:
     hv.start(UUID)
     hv.suspend(UUID)
-    assert hv.has_saved_memory(UUID) and hv.qemu_pid(UUID) is None
+    assert hv.info(UUID).state is PowerState.SUSPENDED and hv.qemu_pid(UUID) is None
     hv.start(UUID, paused=True)
-    assert not hv.has_saved_memory(UUID)
     assert hv.domains[UUID].boots == 1
     assert hv.info(UUID).state is PowerState.PAUSED
 
@@ -221,8 +216,6 @@ def test_every_call_is_recorded_once_and_can_fail(hv: FakeHypervisor) -> None:
         ("pause", lambda: hv.pause(UUID)), ("unpause", lambda: hv.unpause(UUID)),
         ("reboot_hard", lambda: hv.reboot_hard(UUID)), ("bulk_stats", hv.bulk_stats),
         ("suspend", lambda: hv.suspend(UUID)),
-        ("has_saved_memory", lambda: hv.has_saved_memory(UUID)),
-        ("discard_saved_memory", lambda: hv.discard_saved_memory(UUID)),
         ("start", lambda: hv.start(UUID)), ("shutdown", lambda: hv.shutdown(UUID)),
         ("power_off", lambda: hv.power_off(UUID)), ("undefine", lambda: hv.undefine(UUID)),
         ("define", lambda: hv.define(SPEC)),

@@ -66,7 +66,6 @@ class Accel(enum.Enum):
 
 class DiskBus(enum.Enum):
     VIRTIO = "virtio"
-    SATA = "sata"
     IDE = "ide"
 
 
@@ -250,7 +249,8 @@ class Hypervisor(Protocol):
     def power_off(self, uuid: str) -> None:
         """Pull the plug (virDomainDestroy). No error if already off.
 
-        A managed save image is kept: use discard_saved_memory to drop it."""
+        A managed save image is kept: a SUSPENDED domain stays SUSPENDED, and
+        undefine removes the image with the definition."""
         ...
 
     def reboot_hard(self, uuid: str) -> None:
@@ -277,12 +277,6 @@ class Hypervisor(Protocol):
         dump is triggered with: the guest kernel decides what it does).
 
         From RUNNING or BLOCKED."""
-        ...
-
-    def has_saved_memory(self, uuid: str) -> bool: ...
-
-    def discard_saved_memory(self, uuid: str) -> None:
-        """Delete the managed save image, if any: the next start boots afresh."""
         ...
 
     def undefine(self, uuid: str) -> None:

@@ -214,16 +214,6 @@ class FakeHypervisor:
         with self._lock:
             self._checked(uuid, "inject an NMI into").nmis += 1  # no lifecycle event
 
-    def has_saved_memory(self, uuid: str) -> bool:
-        return self._domain(uuid, "has_saved_memory").saved_memory
-
-    def discard_saved_memory(self, uuid: str) -> None:
-        with self._lock:
-            d = self._domain(uuid, "discard_saved_memory")
-            d.saved_memory = False
-            if d.state is PowerState.SUSPENDED:
-                d.state = PowerState.SHUTOFF
-
     def undefine(self, uuid: str) -> None:
         self._maybe_fail("undefine")
         with self._lock:

@@ -423,16 +423,6 @@ class LibvirtHypervisor:
     def inject_nmi(self, uuid: str) -> None:
         self._checked(uuid, "inject an NMI into").injectNMI(0)
 
-    @_translated("look for saved memory of")
-    def has_saved_memory(self, uuid: str) -> bool:
-        return bool(self._domain(uuid).hasManagedSaveImage(0))
-
-    @_translated("discard the saved memory of")
-    def discard_saved_memory(self, uuid: str) -> None:
-        dom = self._domain(uuid)
-        if dom.hasManagedSaveImage(0):
-            dom.managedSaveRemove(0)
-
     @_translated("undefine")
     def undefine(self, uuid: str) -> None:
         try:
