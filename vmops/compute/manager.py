@@ -369,6 +369,7 @@ class Compute:
             self._spawn_step(inst, "after-define")
             self._boot(inst)
             self._spawn_step(inst, "after-boot")
+            self.tasks.finishing(inst.id)  # the record below ends the task
             self.store.update_instance(inst, vm_state=states.ACTIVE, task_state=None,
                                        launched_at=time.time(),
                                        power_state=PowerState.RUNNING.value)
@@ -586,6 +587,7 @@ class Compute:
                       **changes: Any) -> None:
         """End ``inst`` in ERROR with ``fault`` (the first failure's reason);
         what the rollback could not undo is added after it."""
+        self.tasks.finishing(inst.id)
         if cleanup_failures:
             fault += "; the rollback also failed to " + "; to ".join(cleanup_failures)
         self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
@@ -618,6 +620,7 @@ class Compute:
         The record always leaves the task state: if the hypervisor cannot say
         what state the domain is in, the instance ends in ERROR with the first
         failure's reason (the next action refreshes it from the hypervisor)."""
+        self.tasks.finishing(inst.id)  # a verb sent once the record says so waits
         try:
             try:
                 power = self.hv.info(inst.id).state
