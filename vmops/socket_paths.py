@@ -67,13 +67,27 @@ def socket_address(path: Path) -> Iterator[str]:
 
 
 def runtime_base() -> Path:
-    """The directory holding this user's state directory aliases."""
+    """The directory holding this user's state directory aliases.
+
+    ``$XDG_RUNTIME_DIR`` only when it is a directory of this user's, as the
+    XDG spec requires: ``su``, ``runuser`` and ``sudo`` pass on the one of
+    the user who ran them, which this user cannot write to (or, worse,
+    may share with others)."""
     if os.geteuid() == 0:
         return Path("/run/vmops")
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and Path(runtime).is_absolute():
+    if runtime and Path(runtime).is_absolute() and _owned_dir(Path(runtime)):
         return Path(runtime) / "vmops"
     return Path(f"/tmp/vmops-{os.geteuid()}")
+
+
+def _owned_dir(path: Path) -> bool:
+    """Whether ``path`` is a directory (not a link to one) of this user's."""
+    try:
+        st = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
 
 
 def fits(state_dir: Path) -> bool:
@@ -136,8 +150,14 @@ def ensure_socket_root(state_dir: Path, base: Path | None = None) -> Path:
 def _private_dir(path: Path) -> None:
     """Make ``path`` a directory only this user can use; refuse one that is
     a symbolic link or someone else's (it would hand them our sockets)."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise HostNotReady(reason=(
+            f"cannot make {path} (to hold the short aliases of state directories): "
+            f"{exc.strerror}")) from None
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
         raise HostNotReady(reason=(

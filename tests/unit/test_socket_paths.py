@@ -143,14 +143,46 @@ def test_an_open_runtime_dir_is_made_private(tmp_path: Path, base: Path) -> None
     assert (base.stat().st_mode & 0o777) == 0o700
 
 
-def test_runtime_base(monkeypatch: pytest.MonkeyPatch) -> None:
-    if os.geteuid() == 0:
+def test_runtime_base(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    uid = os.geteuid()
+    if uid == 0:
         assert socket_paths.runtime_base() == Path("/run/vmops")
-        monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
-    assert socket_paths.runtime_base() == Path("/run/user/1000/vmops")
+        uid = 1000
+        monkeypatch.setattr(os, "geteuid", lambda: uid)
+    runtime = tmp_path / "user"
+    runtime.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(runtime, uid, -1)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert socket_paths.runtime_base() == runtime / "vmops"
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert socket_paths.runtime_base() == Path("/tmp/vmops-1000")
+    assert socket_paths.runtime_base() == Path(f"/tmp/vmops-{uid}")
+
+
+def test_a_runtime_dir_of_another_user_is_not_used(monkeypatch: pytest.MonkeyPatch,
+                                                    tmp_path: Path) -> None:
+    """runuser, su and sudo pass on the caller's XDG_RUNTIME_DIR: a directory
+    of someone else's (or none at all, or a link) is not this user's runtime
+    directory, and the aliases go to /tmp/vmops-<uid> instead."""
+    uid = os.geteuid()
+    if uid == 0:
+        uid = 1000
+        monkeypatch.setattr(os, "geteuid", lambda: uid)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(theirs, uid + 1, -1)
+    link = tmp_path / "link"
+    link.symlink_to(theirs)
+    for runtime in (theirs, link, tmp_path / "missing"):
+        monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+        assert socket_paths.runtime_base() == Path(f"/tmp/vmops-{uid}"), runtime
+
+
+def test_a_runtime_dir_that_cannot_be_made_is_a_clear_error(tmp_path: Path) -> None:
+    state_dir = long_dir(tmp_path, 150)
+    with pytest.raises(HostNotReady, match="cannot make .*short aliases"):
+        socket_paths.ensure_socket_root(state_dir, tmp_path / "no" / "such" / "rt")
 
 
 def test_settings_put_sockets_and_the_libvirt_root_under_the_alias(
