@@ -147,6 +147,41 @@ def test_project_scoping(env: dict[str, Any]) -> None:
 
 
 # -- attach and detach -----------------------------------------------------------
+def test_extend_of_a_volume_detached_meanwhile_grows_nothing_else(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attachment an attached extend reads before it holds the instance
+    may be gone once it holds it: here the volume was detached, another one
+    attached at its device and the volume attached elsewhere in between. The
+    extend is refused (409), and neither volume nor any disk is grown."""
+    vols: Volumes = env["volumes"]
+    hv: FakeHypervisor = env["hv"]
+    compute: Compute = env["compute"]
+    web1, web2 = _spawn(env, "web1"), _spawn(env, "web2")
+    vols.create("data", 1)
+    vols.create("other", 1)
+    vols.attach("data", "web1")
+    hold = compute.tasks.hold
+    raced: list[bool] = []
+
+    def hold_after_a_race(instance_id: str, instance_name: str, task: str) -> Any:
+        if not raced:
+            raced.append(True)
+            vols.detach("data", "web1")
+            assert vols.attach("other", "web1").device == "vdb"
+            vols.attach("data", "web2", device="vdc")
+        return hold(instance_id, instance_name, task)
+
+    monkeypatch.setattr(compute.tasks, "hold", hold_after_a_race)
+    with pytest.raises(Conflict, match="detached from instance 'web1' meanwhile"):
+        vols.extend("data", 2, attached=True)
+    assert raced
+    assert hv.domains[web1.id].disk_sizes == {} and hv.domains[web2.id].disk_sizes == {}
+    for name in ("data", "other"):
+        volume = vols.volume(name)
+        assert (volume.status, volume.size_gb, volume.fault) == (VolumeStatus.IN_USE, 1, "")
+    assert compute.tasks.current(web1.id) is None
+
+
 def test_attach_and_detach_a_running_instance(env: dict[str, Any]) -> None:
     vols: Volumes = env["volumes"]
     hv: FakeHypervisor = env["hv"]

@@ -256,6 +256,13 @@ class Volumes:
         inst = self.store.instance(attachment.instance_id)
         with self.compute.tasks.hold(inst.id, inst.name, EXTENDING_TASK):
             inst = self._ready(inst, "extend a volume of")
+            # Read before the instance was held: a detach (and an attach of
+            # another volume at the same device) may have come in between,
+            # and the block resize would grow that other volume. Held, the
+            # attachment can no longer change.
+            if self.records.attachment_of(volume.id) != attachment:
+                raise Conflict(reason=f"volume {volume.name!r} was detached from instance "
+                                      f"{inst.name!r} meanwhile; try again")
             volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.IN_USE}),
                                         VolumeStatus.EXTENDING)
             try:
