@@ -160,9 +160,15 @@ def _private_dir(path: Path) -> None:
             f"{exc.strerror}")) from None
     st = path.lstat()
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        # In /tmp only its owner (or root) can remove it: the other ways out.
+        what = ("a symbolic link" if stat.S_ISLNK(st.st_mode)
+                else "not a directory" if not stat.S_ISDIR(st.st_mode)
+                else "a directory")
         raise HostNotReady(reason=(
             f"{path} must be a directory owned by uid {os.geteuid()} (it holds the short "
-            "aliases of state directories); it is not: remove it"))
+            f"aliases of state directories); it is {what} of uid {st.st_uid}: have it "
+            f"removed (by its owner or root), or set XDG_RUNTIME_DIR to a directory of "
+            f"yours, or use a state directory of at most {MAX_DIRECT_STATE_DIR} bytes"))
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(path, 0o700)
 

@@ -136,6 +136,19 @@ def test_a_runtime_dir_that_is_a_symlink_is_refused(tmp_path: Path, base: Path) 
         socket_paths.ensure_socket_root(state_dir, base)
 
 
+def test_a_runtime_dir_of_someone_else_is_refused_saying_the_ways_out(
+        tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Someone who made /tmp/vmops-<uid> first: the user cannot remove it
+    (sticky /tmp), so the error names its owner and what the user can do."""
+    base.mkdir(mode=0o700)
+    monkeypatch.setattr(os, "geteuid", lambda: base.stat().st_uid + 1)
+    with pytest.raises(HostNotReady) as refused:
+        socket_paths.ensure_socket_root(long_dir(tmp_path, 150), base)
+    message = str(refused.value)
+    assert f"it is a directory of uid {base.stat().st_uid}" in message
+    assert "XDG_RUNTIME_DIR" in message and "at most 41 bytes" in message
+
+
 def test_an_open_runtime_dir_is_made_private(tmp_path: Path, base: Path) -> None:
     base.mkdir(mode=0o755)
     os.chmod(base, 0o755)
