@@ -76,18 +76,27 @@ def runtime_base() -> Path:
     if os.geteuid() == 0:
         return Path("/run/vmops")
     runtime = os.environ.get("XDG_RUNTIME_DIR", "")
-    if runtime and Path(runtime).is_absolute() and _owned_dir(Path(runtime)):
+    if runtime and Path(runtime).is_absolute() and _owned_dir(Path(runtime), OTHERS_WRITE):
         return Path(runtime) / "vmops"
     return Path(f"/tmp/vmops-{os.geteuid()}")
 
 
-def _owned_dir(path: Path) -> bool:
-    """Whether ``path`` is a directory (not a link to one) of this user's."""
+# Mode bits a directory of this user's must not have: others writing in it
+# (who could rename what is in it and put their own in its place), and
+# others using it at all (the aliases' directory, made 0700).
+OTHERS_WRITE = stat.S_IWGRP | stat.S_IWOTH
+OTHERS_ANY = 0o077
+
+
+def _owned_dir(path: Path, forbidden: int) -> bool:
+    """Whether ``path`` is a directory (not a link to one) of this user's
+    with none of the ``forbidden`` mode bits."""
     try:
         st = path.lstat()
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid()
+            and not stat.S_IMODE(st.st_mode) & forbidden)
 
 
 def fits(state_dir: Path) -> bool:
@@ -109,6 +118,11 @@ def socket_root(state_dir: Path, base: Path | None = None) -> Path:
     if fits(state_dir):
         return state_dir
     alias = alias_path(state_dir, base)
+    # Read at every use, not only when ensure_socket_root checked it: a
+    # directory that is no longer the private one it made (removed by a /tmp
+    # cleaner and made again by someone else) would hand them the sockets.
+    if not _owned_dir(alias.parent, OTHERS_ANY):
+        return state_dir
     try:
         target = os.readlink(alias)
     except OSError:

@@ -221,6 +221,39 @@ def test_an_alias_naming_another_dir_is_not_used(tmp_path: Path, base: Path) -> 
     assert socket_paths.socket_root(state_dir, base) == state_dir
 
 
+def test_an_alias_in_a_directory_that_is_no_longer_private_is_not_used(
+        tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime directory is checked at each use, not only when the alias
+    was made: one removed and made again by someone else (a /tmp cleaner,
+    then another user), or opened to others, no longer names the sockets."""
+    state_dir = long_dir(tmp_path, 150)
+    alias = socket_paths.ensure_socket_root(state_dir, base)
+    assert socket_paths.socket_root(state_dir, base) == alias
+    os.chmod(base, 0o733)
+    assert socket_paths.socket_root(state_dir, base) == state_dir
+    os.chmod(base, 0o700)
+    assert socket_paths.socket_root(state_dir, base) == alias
+    monkeypatch.setattr(os, "geteuid", lambda: base.stat().st_uid + 1)
+    assert socket_paths.socket_root(state_dir, base) == state_dir
+
+
+def test_a_runtime_dir_others_may_write_in_is_not_used(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    uid = os.geteuid()
+    if uid == 0:
+        uid = 1000
+        monkeypatch.setattr(os, "geteuid", lambda: uid)
+    runtime = tmp_path / "open"
+    runtime.mkdir()
+    os.chmod(runtime, 0o777)
+    if os.getuid() == 0:
+        os.chown(runtime, uid, -1)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))
+    assert socket_paths.runtime_base() == Path(f"/tmp/vmops-{uid}")
+    os.chmod(runtime, 0o755)
+    assert socket_paths.runtime_base() == runtime / "vmops"
+
+
 def test_libvirt_root_reached_through_the_alias_keeps_its_own_modes(tmp_path: Path,
                                                                     base: Path) -> None:
     """libvirt sets some of its directories to 0711 at every start; the
