@@ -601,7 +601,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from vmops import service
 
     overrides = {"listen": args.listen} if args.listen else {}
-    service.main(config.load(args.state_dir, **overrides))
+    settings = config.load(args.state_dir, **overrides)
+    # Before anything is made below the socket root: a long state dir's
+    # sockets and libvirt root are named through its short alias.
+    socket_paths.ensure_socket_root(settings.state_dir)
+    service.main(settings)
     return 0
 
 
