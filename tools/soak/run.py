@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.soak.measure import Sample, growth, settled
+from tools.soak.measure import Sample, growth, sample, settled
 from vmops import config
 from vmops.cli.client import ApiError, Client
 from vmops.compute.catalog import Catalog
@@ -242,7 +242,11 @@ def run_cycles(soak: Soak, cycle: Callable[[Soak], None], cycles: int, warmup: i
             warm = soak.measure("after warm-up")
             report(warm.row(f"warm-up ({n})"))
         elif n % max(1, cycles // 10) == 0:
-            report(f"  {n} cycles, {time.monotonic() - began:.0f} s")
+            assert soak.proc is not None
+            now = sample(soak.proc.pid, soak.state_dir)
+            report(f"  {n} cycles, {time.monotonic() - began:.0f} s, "
+                   f"rss {now.rss_kib / 1024:.1f} MiB, vmops.db "
+                   f"{(soak.state_dir / 'vmops.db').stat().st_size // 1024} KiB")
     end = soak.measure("end", floor=warm)
     report(end.row(f"end ({cycles})"))
     report(f"{time.monotonic() - began:.0f} s; requests retried because the instance was "
