@@ -128,6 +128,11 @@ def test_delete_and_extend(env: dict[str, Any]) -> None:
     for smaller in (3, 2):
         with pytest.raises(Invalid, match="larger"):
             vols.extend("data", smaller)
+    # What the extend would add is named as that, not as the volume's size.
+    with pytest.raises(Invalid, match="extending volume 'data' to 60000 GiB adds 59997 GiB, "
+                                      "more than the .* GiB free in"):
+        vols.extend("data", 60000)
+    assert vols.volume("data").size_gb == 3
     vols.delete("data")
     assert not Path(volume.path).exists()
     with pytest.raises(VolumeNotFound):

@@ -236,7 +236,8 @@ class Volumes:
         if size_gb <= volume.size_gb:
             raise Invalid(reason=f"new size {size_gb} GiB must be larger than volume "
                           f"{volume.name!r}'s {volume.size_gb} GiB")
-        pool.check_fits(self.pool, (size_gb - volume.size_gb) * GIB, volume.name)
+        pool.check_fits(self.pool, (size_gb - volume.size_gb) * GIB, volume.name,
+                        grown_to_gb=size_gb)
         attachment = self.records.attachment_of(volume.id) if attached else None
         if attachment is not None:
             return self._extend_attached(volume, attachment, size_gb)

@@ -33,14 +33,16 @@ def check_format(fmt: str) -> str:
     return fmt
 
 
-def check_fits(pool: Path, size_bytes: int, name: str) -> None:
+def check_fits(pool: Path, size_bytes: int, name: str, grown_to_gb: int = 0) -> None:
     """Refuse a volume larger than the pool's free space: its files are
-    sparse, but the guest may fill them."""
+    sparse, but the guest may fill them. ``grown_to_gb``: ``size_bytes`` is
+    what an extend to that size adds (the error says so)."""
     pool.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(pool).free
     if size_bytes > free:
-        raise Invalid(reason=f"volume {name!r} of {size_bytes // GIB} GiB is larger than the "
-                      f"{free / GIB:.1f} GiB free in {pool}")
+        what = (f"extending volume {name!r} to {grown_to_gb} GiB adds {size_bytes // GIB} GiB, "
+                "more" if grown_to_gb else f"volume {name!r} of {size_bytes // GIB} GiB is larger")
+        raise Invalid(reason=f"{what} than the {free / GIB:.1f} GiB free in {pool}")
 
 
 def create_blank(dest: Path, fmt: str, size_bytes: int) -> None:
