@@ -187,6 +187,53 @@ def test_extend_of_a_volume_detached_meanwhile_grows_nothing_else(
     assert compute.tasks.current(web1.id) is None
 
 
+def test_an_extend_to_less_than_one_that_ended_meanwhile_is_refused(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two extends sent at once: the size each checks is read before it holds
+    the instance (attached) or marks the volume extending (available). The
+    one for the smaller size, coming second, must not block-resize the
+    running guest's disk down (QEMU's block resize shrinks) nor record the
+    smaller size."""
+    vols: Volumes = env["volumes"]
+    hv: FakeHypervisor = env["hv"]
+    compute: Compute = env["compute"]
+    inst = _spawn(env)
+    vols.create("data", 1)
+    vols.attach("data", "web1")
+    hold = compute.tasks.hold
+    raced: list[bool] = []
+
+    def hold_after_a_race(instance_id: str, instance_name: str, task: str) -> Any:
+        if not raced:
+            raced.append(True)
+            vols.extend("data", 3, attached=True)  # the other request, ended first
+        return hold(instance_id, instance_name, task)
+
+    monkeypatch.setattr(compute.tasks, "hold", hold_after_a_race)
+    with pytest.raises(Invalid, match="must be larger than volume 'data''s 3 GiB"):
+        vols.extend("data", 2, attached=True)
+    assert raced and hv.domains[inst.id].disk_sizes == {"vdb": 3 * GIB}
+    volume = vols.volume("data")
+    assert (volume.status, volume.size_gb) == (VolumeStatus.IN_USE, 3)
+    # An available volume: the other extend ends before this one marks it.
+    vols.detach("data", "web1")
+    begin = vols.records.begin
+    raced.clear()
+
+    def begin_after_a_race(*args: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            vols.extend("data", 5)
+        return begin(*args)
+
+    monkeypatch.setattr(vols.records, "begin", begin_after_a_race)
+    with pytest.raises(Invalid, match="must be larger than volume 'data''s 5 GiB"):
+        vols.extend("data", 4)
+    volume = vols.volume("data")
+    assert raced and (volume.status, volume.size_gb) == (VolumeStatus.AVAILABLE, 5)
+    assert _info(volume.path, "qcow2")["virtual-size"] == 5 * GIB
+
+
 def test_attach_and_detach_a_running_instance(env: dict[str, Any]) -> None:
     vols: Volumes = env["volumes"]
     hv: FakeHypervisor = env["hv"]

@@ -233,20 +233,29 @@ class Volumes:
             raise Invalid(reason=f"volume {volume.name!r} is remote ({volume.path}): its size "
                           "is the target's; vmops does not change it")
         _check_size(size_gb)
-        if size_gb <= volume.size_gb:
-            raise Invalid(reason=f"new size {size_gb} GiB must be larger than volume "
-                          f"{volume.name!r}'s {volume.size_gb} GiB")
-        pool.check_fits(self.pool, (size_gb - volume.size_gb) * GIB, volume.name,
-                        grown_to_gb=size_gb)
+        self._check_growth(volume, size_gb)
         attachment = self.records.attachment_of(volume.id) if attached else None
         if attachment is not None:
             return self._extend_attached(volume, attachment, size_gb)
         volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.AVAILABLE}),
                                     VolumeStatus.EXTENDING)
+        try:  # again: another extend may have ended since the size was read
+            self._check_growth(volume, size_gb)
+        except Invalid:
+            self.records.update(volume.id, status=VolumeStatus.AVAILABLE)
+            raise
         return self._in_background(
             volume, "extend", lambda: pool.extend(Path(volume.path), volume.format,
                                                   size_gb * GIB),
             VolumeStatus.AVAILABLE, status=VolumeStatus.AVAILABLE, size_gb=size_gb)
+
+    def _check_growth(self, volume: Volume, size_gb: int) -> None:
+        """``size_gb`` is larger than ``volume`` and what it adds fits the pool."""
+        if size_gb <= volume.size_gb:
+            raise Invalid(reason=f"new size {size_gb} GiB must be larger than volume "
+                          f"{volume.name!r}'s {volume.size_gb} GiB")
+        pool.check_fits(self.pool, (size_gb - volume.size_gb) * GIB, volume.name,
+                        grown_to_gb=size_gb)
 
     def _extend_attached(self, volume: Volume, attachment: Attachment, size_gb: int) -> Volume:
         """Grow an in-use volume: while the instance's QEMU runs, QEMU grows
@@ -264,6 +273,9 @@ class Volumes:
             if self.records.attachment_of(volume.id) != attachment:
                 raise Conflict(reason=f"volume {volume.name!r} was detached from instance "
                                       f"{inst.name!r} meanwhile; try again")
+            # Its size too: another extend may have ended in between, and a
+            # block resize to less than that would shrink the guest's disk.
+            self._check_growth(self.records.get(volume.id), size_gb)
             volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.IN_USE}),
                                         VolumeStatus.EXTENDING)
             try:
