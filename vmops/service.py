@@ -25,7 +25,7 @@ from vmops.compute import crash_points
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
-from vmops.errors import ServiceAlreadyRunning, VmopsError
+from vmops.errors import ConfigError, ServiceAlreadyRunning, VmopsError
 from vmops.hypervisor import open_hypervisor
 from vmops.hypervisor.base import Check, Hypervisor
 from vmops.hypervisor.libvirt import embed_root
@@ -55,8 +55,13 @@ CAPTURE_CHECK_INTERVAL = 2.0
 
 def take_lock(state_dir: Path) -> IO[str]:
     """Hold the state directory; a second service is refused with the holder's pid."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fh = (state_dir / LOCK_FILE).open("a+")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fh = (state_dir / LOCK_FILE).open("a+")
+    except OSError as exc:  # another user's state directory, a file in the way, ...
+        raise ConfigError(option="state_dir", value=str(state_dir),
+                          allowed=f"a directory uid {os.geteuid()} can make and write in "
+                                  f"({exc.strerror}: {exc.filename})") from None
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from vmops import service
-from vmops.errors import ServiceAlreadyRunning
+from vmops.errors import ConfigError, ServiceAlreadyRunning
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
@@ -59,3 +59,18 @@ def test_a_holder_that_never_writes_its_pid(tmp_path: Path,
         assert "pid ?" in refused.value.message
     finally:
         holder.close()
+
+
+def test_a_state_dir_it_cannot_use_is_a_clear_error(tmp_path: Path) -> None:
+    """A careless start (another user's state directory, a file in the way)
+    names the state directory and why, instead of an OSError's traceback."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"state_dir='.*/file/state': a directory uid \d+ "
+                                          r"can make and write in \(Not a directory"):
+        service.take_lock(tmp_path / "file" / "state")
+    if os.geteuid() == 0:
+        return  # root writes anywhere: the next case needs a user
+    locked = tmp_path / "theirs"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ConfigError, match="Permission denied"):
+        service.take_lock(locked)
