@@ -363,3 +363,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(option=str(path), value="...", allowed=f"valid TOML ({exc})") from None
+    except OSError as exc:  # another user's state directory (EACCES), a directory, ...
+        raise ConfigError(option="state_dir", value=str(path.parent),
+                          allowed=f"a directory whose {path.name} uid {os.geteuid()} can read "
+                                  f"({exc.strerror}: {exc.filename})") from None

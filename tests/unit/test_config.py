@@ -53,6 +53,16 @@ def test_unknown_toml_option_refused(tmp_path: Path) -> None:
         config.load(tmp_path, env={})
 
 
+def test_a_config_file_it_cannot_read_is_a_clear_error(tmp_path: Path) -> None:
+    """Another user's state directory (EACCES, even for a vmops.toml that is
+    not there), or something unreadable in its place: the state directory is
+    named with the reason, not an OSError's traceback."""
+    (tmp_path / "vmops.toml").mkdir()
+    with pytest.raises(ConfigError, match=r"state_dir='.*': a directory whose vmops.toml uid "
+                                          r"\d+ can read \(Is a directory"):
+        config.load(tmp_path, env={})
+
+
 def test_listen_needs_no_fixed_token(tmp_path: Path) -> None:
     """TCP clients can authenticate with a password (the identity service)."""
     s = config.load(tmp_path, env={"VMOPS_LISTEN": "127.0.0.1:8774"})
