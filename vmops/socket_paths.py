@@ -49,6 +49,8 @@ ALIAS_HASH_CHARS = 12
 # for QEMU's monitor socket (and then run/<uuid>.sock fits too).
 MAX_DIRECT_STATE_DIR = MAX_EMBED_ROOT_CHARS - len("/" + LIBVIRT_SUBDIR)
 _ALIAS_NAME = re.compile(f"[0-9a-f]{{{ALIAS_HASH_CHARS}}}")
+# What a path may hold to be put in a URI's query as it is.
+_URI_SAFE = re.compile(r"[A-Za-z0-9/._~-]*")
 
 
 @contextlib.contextmanager
@@ -100,8 +102,16 @@ def _owned_dir(path: Path, forbidden: int) -> bool:
 
 
 def fits(state_dir: Path) -> bool:
-    """Whether ``state_dir`` itself is short enough for the sockets below it."""
-    return len(os.fsencode(state_dir.absolute())) <= MAX_DIRECT_STATE_DIR
+    """Whether ``state_dir`` itself can be used for the sockets and the
+    embedded libvirt root below it: short enough, and of characters the
+    embed URI (``qemu:///embed?root=<path>``) carries as they are. A ``#``,
+    ``&``, ``+``, ``%``, ``?`` or space would be read by the URI's parsers
+    as something else (``/srv/vm#1`` as the root ``/srv/vm``, outside the
+    state directory); such a directory gets the alias too, whose name is
+    hex digits."""
+    path = str(state_dir.absolute())
+    return (len(os.fsencode(path)) <= MAX_DIRECT_STATE_DIR
+            and _URI_SAFE.fullmatch(path) is not None)
 
 
 def alias_path(state_dir: Path, base: Path | None = None) -> Path:

@@ -42,6 +42,26 @@ def test_a_short_state_dir_is_its_own_socket_root(tmp_path: Path, base: Path) ->
     assert not base.exists(), "no alias is made for a state dir that needs none"
 
 
+@pytest.mark.parametrize("name", ["vm#1", "a&b=c", "a+b", "a%41b", "a?b", "my vms"])
+def test_a_state_dir_a_uri_would_misread_gets_the_alias(
+        name: str, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The embedded libvirt root goes in a URI's query: '/tmp/x/vm#1' read
+    back was '/tmp/x/vm' (libvirt's root and qemu.conf made, and chmod
+    0700, outside the state directory). Short as it is, it gets the alias."""
+    monkeypatch.setattr(socket_paths, "runtime_base", lambda: base)
+    parent = Path(tempfile.mkdtemp(prefix="vs-", dir="/tmp"))
+    try:
+        state_dir = parent / name
+        state_dir.mkdir()
+        assert not socket_paths.fits(state_dir)
+        alias = socket_paths.ensure_socket_root(state_dir)
+        assert alias.parent == base and alias.resolve() == state_dir.resolve()
+        s = config.load(state_dir, env={})
+        assert embed_root(s.effective_libvirt_uri) == alias / "libvirt"
+    finally:
+        shutil.rmtree(parent)
+
+
 def test_a_long_state_dir_gets_a_private_alias(tmp_path: Path, base: Path) -> None:
     state_dir = long_dir(tmp_path, 150)
     alias = socket_paths.ensure_socket_root(state_dir, base)
