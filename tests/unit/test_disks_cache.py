@@ -238,17 +238,25 @@ def test_http_errors_leave_nothing(cache: ImageCache, source: Path) -> None:
     assert leftovers(cache.root) == []
 
 
-def _import_in_child(root: str, url: str) -> str:
-    return ImageCache(Path(root)).import_image(url).checksum
+def _import_in_child(root: str, url: str, ready: Any) -> str:
+    cache = ImageCache(Path(root))
+    ready.wait()  # all three start together, however slowly each process came up
+    return cache.import_image(url).checksum
 
 
 def test_concurrent_imports_from_separate_processes_fetch_once(
     cache: ImageCache, source: Path
 ) -> None:
-    with CountingServer({"/d.raw": source.read_bytes()}, delay_s=0.3) as server:
+    # The fetch is slow (2 s) and the children start at once, so the others
+    # ask while the first fetches: they must wait for it, not fetch again.
+    # (A child that came after the first import ended would fetch again, by
+    # design: hence the barrier, as interpreters start slowly on a busy host.)
+    with CountingServer({"/d.raw": source.read_bytes()}, delay_s=2.0) as server:
         ctx = multiprocessing.get_context("spawn")  # no fork with server threads running
-        with ctx.Pool(3) as pool:
-            sums = pool.starmap(_import_in_child, [(str(cache.root), server.url + "/d.raw")] * 3)
+        with ctx.Manager() as manager, ctx.Pool(3) as pool:
+            ready = manager.Barrier(3)
+            sums = pool.starmap(_import_in_child,
+                                [(str(cache.root), server.url + "/d.raw", ready)] * 3)
     assert set(sums) == {sha256_of(source)}
     assert server.gets["/d.raw"] == 1
 
