@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tools.soak.measure import Sample, growth, sample, settled
-from vmops import config
+from vmops import config, console
 from vmops.cli.client import ApiError, Client
 from vmops.compute.catalog import Catalog
 from vmops.errors import ServiceUnavailable
@@ -225,6 +225,8 @@ def soak_dir(settings: dict[str, str], image: tuple[str, Path] | None = None) ->
         yield soak
     finally:
         soak.stop()
+        for pid_file in state_dir.glob("instances/*/capture.pid"):  # a cycle that failed
+            console.stop_capture(pid_file.parent)  # (captures outlive the service)
         shutil.rmtree(state_dir, ignore_errors=True)
 
 
