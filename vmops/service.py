@@ -208,7 +208,9 @@ class Service:
                                network=self.network)
         catalog = Catalog.from_settings(s, self.store)
         orphans = self.compute.recover()
-        Volumes(self.compute).reconcile()  # after recover: destroys finished release theirs
+        volumes = Volumes(self.compute)
+        volumes.reconcile()  # after recover: destroys finished release theirs
+        volumes.watch()  # a disk QEMU cannot read or write puts its volume in error
         checks.append(report_unrecorded(self.hv, orphans, s.db_path, self.store.started_empty))
         catalog.recover_imports()
         self.compute.background_actions = True
