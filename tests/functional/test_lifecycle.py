@@ -161,3 +161,38 @@ def test_guest_initiated_poweroff_shows_as_shutoff(vmops: Vmops, tmp_path: Path)
 def nopower_image(vmops: Vmops, test_image_dir: Path) -> str:
     vmops.import_image("tiny-nopower", test_image_dir / "tiny-nopower.qcow2")
     return "tiny-nopower"
+
+
+def test_create_without_start_defines_the_domain_and_start_boots_it(vmops: Vmops) -> None:
+    """vmops:start false: built (disks, config drive, domain) but not booted,
+    SHUTOFF; a later start boots the guest to userspace."""
+    created = vmops.client.post("/servers", {"server": {
+        "name": "ns1", "imageRef": "tiny", "flavorRef": "m1.tiny", "config_drive": True,
+        "vmops:start": False}})["server"]
+    server = vmops.wait_status("ns1", "SHUTOFF", timeout=120)
+    assert server["id"] == created["id"] and server["OS-EXT-STS:vm_state"] == "stopped"
+    assert server["vmops:power_state"] == "shutoff"
+    # The domain is defined in libvirt (its saved definition) and not running.
+    assert server["vmops:live"]["state"] == "shutoff"
+    assert (vmops.state_dir / "libvirt" / "etc" / "qemu" / "vmops-ns1.xml").is_file()
+    assert not any("vmops-ns1" in p for p in _qemu_processes())
+    assert vmops.console("ns1") == b""  # nothing ran: no capture, no output
+    vmops.run("start", "ns1")
+    vmops.wait_console("ns1", BOOT)  # the guest reached userspace
+    assert vmops.server("ns1")["status"] == "ACTIVE"
+    assert any("vmops-ns1" in p for p in _qemu_processes())
+
+
+def _qemu_processes() -> list[str]:
+    """The command lines of the QEMU processes on the host."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if cmdline.startswith(b"/usr/bin/qemu-system") or b"qemu-system-x86_64" in \
+                    cmdline.split(b" ")[0]:
+                found.append(cmdline.decode(errors="replace"))
+    return found

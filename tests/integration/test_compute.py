@@ -328,3 +328,27 @@ def test_rebuild_config_drive_only_when_stopped(env: dict[str, Any]) -> None:
     c.stop("web2", hard=True)
     with pytest.raises(Invalid, match="no config drive"):
         c.rebuild_config_drive("web2")
+
+
+def test_spawn_without_start_defines_only_and_start_boots_it(env: dict[str, Any]) -> None:
+    """vmops:start false: the record, disks and domain as a spawn makes
+    them, but no boot and no console capture; os-start boots it later."""
+    compute: Compute = env["compute"]
+    hv: FakeHypervisor = env["hv"]
+    inst = _spawn(env, start=False)
+    assert (inst.vm_state, inst.task_state, inst.power_state) == ("stopped", None, "shutoff")
+    assert inst.desired_running is False
+    assert hv.domains[inst.id].state is PowerState.SHUTOFF
+    assert Path(inst.disks[0].path).is_file()
+    assert compute.instance_dir(inst) not in env["capture"].running
+    steps = [s["step"] for s in compute.last_timings[inst.id]["steps"]]
+    assert steps == ["record", "capture", "disks", "define", "boot", "finish"]
+    # Not started again at the host's boot: it was never meant to run.
+    settings = config.load(env["settings"].state_dir, env={},
+                           resume_guests_state_on_host_boot=True)
+    Compute(settings, env["store"], hv, Accel.TCG, lambda: [], capture=env["capture"]).recover()
+    assert hv.domains[inst.id].state is PowerState.SHUTOFF
+    started = compute.start(inst.id)
+    assert (started.vm_state, started.power_state) == ("active", "running")
+    assert hv.domains[inst.id].state is PowerState.RUNNING
+    assert compute.instance_dir(inst) in env["capture"].running

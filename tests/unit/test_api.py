@@ -430,11 +430,19 @@ def _create(api: Api, **changes: Any) -> Answer:
     {"personality": [{"path": "/x"}]}, {"key_name": "nokey"}, {"vmops:mac": "01:00:5e:00:00:01"},
     {"block_device_mapping_v2": [{"source_type": "volume", "uuid": "v",
                                   "destination_type": "volume", "boot_index": 0}]},
-    {"return_reservation_id": "yes"}])
+    {"return_reservation_id": "yes"}, {"vmops:start": "false"}, {"vmops:start": 0}])
 def test_bad_create_bodies_are_400_and_create_nothing(api: Api, changes: dict[str, Any]) -> None:
     answer = _create(api, **changes)
     assert answer.status == 400, answer.body
     assert answer.fault()[0] == "badRequest"
+    assert api.store.instances() == []
+
+
+@pytest.mark.parametrize("value", ["false", 0, [], {}])
+def test_vmops_start_that_is_not_a_boolean_names_the_field(api: Api, value: Any) -> None:
+    answer = _create(api, **{"vmops:start": value})
+    assert answer.status == 400, answer.body
+    assert "'vmops:start' must be true or false" in answer.fault()[1]
     assert api.store.instances() == []
 
 

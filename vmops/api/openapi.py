@@ -195,7 +195,9 @@ def _server_create_schema() -> dict[str, Any]:
              "delete_on_termination": {"type": ["boolean", "string", "null"]},
              "device_type": {"enum": ["disk"]}, "device_name": STR, "disk_bus": STR,
              "tag": STR}, extra=False)), "minItems": 1, "maxItems": 1},
-        "vmops:mac": STR}, extra=False)}, {
+        "vmops:mac": STR,
+        # false: define the domain only, the server ends SHUTOFF (not booted)
+        "vmops:start": BOOL}, extra=False)}, {
         "os:scheduler_hints": ANY_OBJ, "OS-SCH-HNT:scheduler_hints": ANY_OBJ}, extra=False)
 
 

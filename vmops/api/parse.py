@@ -116,7 +116,7 @@ SERVER_FIELDS = {"name", "imageRef", "flavorRef", "networks", "config_drive", "u
                  "key_name", "metadata", "personality", "adminPass", "min_count",
                  "max_count", "return_reservation_id", "vmops:mac", "availability_zone",
                  "security_groups", "OS-DCF:diskConfig", "block_device_mapping_v2",
-                 "accessIPv4", "accessIPv6"}
+                 "accessIPv4", "accessIPv6", "vmops:start"}
 # Fields added by microversions, from the version on which Nova takes them.
 SERVER_FIELDS_SINCE = {"description": (2, 19), "tags": (2, 52)}
 MAX_SERVERS_PER_REQUEST = 100
@@ -161,7 +161,8 @@ def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
         security_groups=_security_groups(srv), description=description(srv),
         access_ipv4=access_ip(srv, "accessIPv4", 4), access_ipv6=access_ip(srv, "accessIPv6", 6),
         disk_config=field(srv, "OS-DCF:diskConfig", str, default="MANUAL"),
-        tags=tags(field(srv, "tags", list, default=[])))
+        tags=tags(field(srv, "tags", list, default=[])),
+        start=field(srv, "vmops:start", bool, default=True))
     if max_count > 1 and spawn.mac is not None:
         raise Invalid(reason="vmops:mac names one MAC address: create one server with it")
     return ServerCreate(spawn, min_count, max_count,

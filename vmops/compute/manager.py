@@ -103,6 +103,8 @@ class SpawnRequest:
     # The instance's id as the caller chose it (Nova's instance uuid, when
     # vmops is Nova's compute driver); None: a new random one.
     instance_id: str | None = None
+    # vmops:start false: define the domain only; the server ends SHUTOFF.
+    start: bool = True
 
 
 class Compute:
@@ -279,7 +281,7 @@ class Compute:
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
-            desired_running=True, boot_volume_id=boot_volume_id,
+            desired_running=req.start, boot_volume_id=boot_volume_id,
             delete_on_termination=bool(req.boot_volume
                                        and req.boot_volume.delete_on_termination)),
             ports=ports, group_ids=group_ids,
@@ -352,7 +354,8 @@ class Compute:
             self._spawn_step(inst, "after-record")
             # The capture process takes ~50 ms to start (a Python interpreter):
             # start it first so that overlaps making the disks and the domain.
-            self._start_capture(inst)
+            if inst.desired_running:  # vmops:start false: no guest, no capture
+                self._start_capture(inst)
             self._spawn_step(inst, "after-capture")
             if self.network is not None and any(
                     p.mode == NicMode.BRIDGE for p in self.store.ports(inst.id)):
@@ -367,12 +370,15 @@ class Compute:
             boot_volume.attached(self, inst)
             self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
             self._spawn_step(inst, "after-define")
-            self._boot(inst)
+            if inst.desired_running:
+                self._boot(inst)
             self._spawn_step(inst, "after-boot")
             self.tasks.finishing(inst.id)  # the record below ends the task
-            self.store.update_instance(inst, vm_state=states.ACTIVE, task_state=None,
-                                       launched_at=time.time(),
-                                       power_state=PowerState.RUNNING.value)
+            running = inst.desired_running
+            self.store.update_instance(
+                inst, vm_state=states.ACTIVE if running else states.STOPPED, task_state=None,
+                launched_at=time.time(),
+                power_state=(PowerState.RUNNING if running else PowerState.SHUTOFF).value)
         except _SpawnCancelled:
             timed.failed()
             log.info("%s was deleted while it was building; removing it", inst.name)
