@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -156,6 +157,53 @@ PANIC = r"Kernel panic - not syncing"
 def _same_disk(a: Path, b: Path) -> bool:
     return subprocess.run(["qemu-img", "compare", "-q", "-U", "-f", "qcow2", "-F", "qcow2",
                            str(a), str(b)]).returncode == 0
+
+
+@pytest.mark.extended  # the second proof of resize (CI has the one above)
+def test_a_volume_backed_server_resizes_and_keeps_its_root_volume(
+        vmops: Vmops, tmp_path: Path) -> None:
+    """Nova's: the guest gets the new flavor's CPUs and memory (and its
+    ephemeral disk); the root volume stays as it is (the flavor's 2 GiB root
+    size does not apply) with its data; revert gives back the old CPUs and
+    memory and leaves in the volume what the resized guest wrote; confirm
+    keeps the new flavor."""
+    _flavors(vmops)
+    vmops.run("spawn", "rzv", "--image", "tiny", "--flavor", "rs.small", "--boot-volume-size",
+              "1", "--delete-on-termination", "--config-drive",
+              "--user-data", str(_script(tmp_path, "vol")))
+    try:
+        first = _wait_boot(vmops, "rzv", 1)
+        assert (first["cpus"], first["disks"]) == (1, {"vda": GIB})
+        (mark1,) = cast(list[str], first["wrote"])
+
+        resized = vmops.json("resize", "rzv", "--flavor", "rs.big")
+        assert (resized["status"], resized["vmops:flavor"]["name"]) == \
+            ("VERIFY_RESIZE", "rs.big")
+        second = _wait_boot(vmops, "rzv", 2)
+        assert second["cpus"] == 2 and cast(int, second["memtotal"]) > cast(int, first["memtotal"])
+        assert second["disks"] == {"vda": GIB, "vdb": GIB}  # the volume as it was; ephemeral
+        assert cast(dict[str, str], second["read"])["vda"] == mark1  # the volume's data survived
+        (mark2,) = cast(list[str], second["wrote"])
+
+        reverted = vmops.json("resize", "rzv", "--revert")
+        assert (reverted["status"], reverted["vmops:flavor"]["name"]) == ("ACTIVE", "rs.small")
+        third = _wait_boot(vmops, "rzv", 3)
+        assert (third["cpus"], third["memtotal"]) == (first["cpus"], first["memtotal"])
+        assert third["disks"] == {"vda": GIB}
+        # A root volume keeps what the resized guest wrote.
+        assert cast(dict[str, str], third["read"])["vda"] == mark2
+        (mark3,) = cast(list[str], third["wrote"])
+
+        vmops.run("resize", "rzv", "--flavor", "rs.big")
+        fourth = _wait_boot(vmops, "rzv", 4)
+        confirmed = vmops.json("resize", "rzv", "--confirm")
+        assert (confirmed["status"], confirmed["vmops:flavor"]["name"]) == ("ACTIVE", "rs.big")
+        assert fourth["cpus"] == 2 and cast(dict[str, str], fourth["read"])["vda"] == mark3
+        (attached,) = vmops.server("rzv")["os-extended-volumes:volumes_attached"]
+        assert vmops.json("volume", "show", attached["id"])["size"] == 1
+    finally:
+        with contextlib.suppress(Exception):
+            vmops.run("destroy", "rzv", check=False)  # deletes its volume too
 
 
 def test_a_guest_that_no_longer_boots_is_rescued_with_its_disk_untouched(

@@ -192,9 +192,36 @@ def test_rebuild_keeps_the_root_volume_and_other_verbs_are_refused(
     assert env["hv"].domains[inst.id].spec.disks[0].path == root
     with pytest.raises(Invalid, match="Cannot rescue a volume-backed instance"):
         env["compute"].rescue(inst.id)
-    with pytest.raises(Invalid, match="cannot resize a volume-backed server"):
-        env["compute"].resize(inst.id, "m1.small")
     assert env["store"].instance(inst.id).vm_state == states.ACTIVE
+
+
+def test_a_resize_changes_memory_and_vcpus_and_leaves_the_root_volume(
+        env: dict[str, Any]) -> None:
+    """Nova's: a volume-backed server resizes; the flavor's root disk size
+    does not apply (here a 20 GiB root flavor, a 1 GiB volume, and a flavor
+    of disk 0), and the root volume is neither grown nor copied."""
+    vols: Volumes = env["volumes"]
+    env["store"].add_flavor(Flavor(id="big", name="big", ram_mib=1024, vcpus=2, root_gb=0,
+                                   ephemeral_gb=1))
+    inst = _spawn(env, BootVolume(size_gb=1))
+    volume = vols.volume(inst.boot_volume_id)
+    before = Path(volume.path).read_bytes()
+    resized = env["compute"].resize(inst.id, "big")
+    assert resized.vm_state == states.RESIZED and resized.flavor_id == "big"
+    spec = env["hv"].domains[inst.id].spec
+    assert (spec.memory_mib, spec.vcpus) == (1024, 2)
+    assert [(d.target, str(d.path)) for d in spec.disks][0] == ("vda", volume.path)
+    assert [(d.role, d.target) for d in resized.disks] == [("ephemeral", "vdb")]  # a new one
+    assert Path(volume.path).read_bytes() == before  # neither grown nor copied
+    assert vols.volume(volume.id).status == VolumeStatus.IN_USE
+    reverted = env["compute"].revert_resize(inst.id)
+    assert reverted.vm_state == states.ACTIVE and reverted.flavor_id == inst.flavor_id
+    assert env["hv"].domains[inst.id].spec.memory_mib == inst.flavor["ram_mib"]
+    assert reverted.disks == () and vols.volume(volume.id).status == VolumeStatus.IN_USE
+    env["compute"].resize(inst.id, "m1.small")  # a 20 GiB root: not applied to the volume
+    confirmed = env["compute"].confirm_resize(inst.id)
+    assert confirmed.vm_state == states.ACTIVE and confirmed.flavor_id != inst.flavor_id
+    assert vols.volume(volume.id).size_gb == 1 and Path(volume.path).read_bytes() == before
 
 
 def test_a_snapshot_copies_the_root_volume_into_an_image(env: dict[str, Any]) -> None:

@@ -838,13 +838,11 @@ class Compute:
         """Nova's resize, on this host (:mod:`vmops.compute.resize`): the
         instance ends resized (VERIFY_RESIZE), running if it ran, until it
         is confirmed or reverted. Refused before anything changes for the
-        same flavor or a disk that would shrink."""
+        same flavor or a disk that would shrink. A volume-backed instance
+        keeps its root volume as it is (the flavor's root size does not apply)."""
         from vmops.compute import resize as resize_steps
 
         flavor = self.store.flavor(flavor_ref)
-        if self.store.instance(ref).boot_volume_id:
-            raise Invalid(reason="vmops cannot resize a volume-backed server (its root disk "
-                          "is a volume); see docs/volumes.md")
         snapshot = _flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id))
         return self._run(ref, "resize", states.RESIZE_PREP, (states.ACTIVE, states.STOPPED),
                          lambda inst: resize_steps.resize(self, inst, flavor, snapshot),

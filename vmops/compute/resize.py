@@ -10,6 +10,10 @@ Nova's libvirt driver does; its file system is not grown: the guest
 does that); the swap disk is made afresh at the new size (a swap area
 holds nothing across boots). The config drive is kept as it is (it says
 nothing of the flavor). A disk added takes the first virtio target free.
+A volume-backed instance (vmops/compute/boot_volume.py) keeps its root
+volume as it is, as Nova's: the flavor's root disk size does not apply,
+the volume is neither grown nor copied, and a revert leaves in it what the
+resized guest wrote (its local ephemeral and swap disks are reverted).
 
 How, in the order a crash can interrupt it:
 
@@ -75,9 +79,12 @@ def check(compute: Compute, inst: Instance, new: Flavor) -> None:
     if new.id == str(old["id"]):
         raise Invalid(reason="When resizing, instances must change flavor!")
     old_root_gb, old_ephemeral_gb = int(old["root_gb"]), int(old["ephemeral_gb"])
-    if new.root_gb == 0 and old_root_gb != 0:
+    # A volume-backed instance's root is its volume, which a resize leaves as
+    # it is: the flavor's root disk size does not apply (Nova's).
+    volume_backed = bool(inst.boot_volume_id)
+    if new.root_gb == 0 and old_root_gb != 0 and not volume_backed:
         raise Invalid(reason="Resize to zero disk flavor is not allowed.")
-    current = root_bytes(compute, inst)
+    current = 0 if volume_backed else root_bytes(compute, inst)
     if new.root_gb and new.root_gb * GIB < current:
         raise Invalid(reason=f"Unable to resize disk down: flavor {new.name!r} has a "
                       f"{new.root_gb * GIB}-byte root disk, smaller than the instance's "
@@ -150,7 +157,7 @@ def _grow(compute: Compute, inst: Instance, new: Flavor) -> tuple[DiskRecord, ..
     virtio target (one the instance's disks and volumes do not use)."""
     disks = list(inst.disks)
     folder = compute.instance_dir(inst)
-    if new.root_gb:
+    if new.root_gb and not inst.boot_volume_id:  # a root volume is left as it is
         root = _role(disks, "root")
         qemu_img.resize(Path(root.path), root.format, new.root_gb * GIB)
     if new.ephemeral_gb:
