@@ -69,7 +69,8 @@ CREATE = closed({"volume": closed({"size": INT}, {
 UPDATE = closed({"volume": closed({}, {"name": NULL_STR, "description": NULL_STR,
                                        "display_name": NULL_STR,
                                        "display_description": NULL_STR})})
-EXTEND = closed({"os-extend": closed({"new_size": INT})})
+EXTEND = closed({"os-extend": closed({"new_size": INT},
+                                     {"vmops:attached": {"type": "boolean"}})})
 NOVA_ATTACHMENT = closed({"id": STR, "volumeId": STR, "serverId": STR, "device": STR})
 LIST_FILTERS = [query("name", "only volumes of this name"),
                 query("status", "only volumes in this status (available, in-use, ...)"),
@@ -100,7 +101,8 @@ def _volume_paths(base: str, params: list[dict[str, Any]]) -> dict[str, Any]:
                          params=params + [VOLUME]),
         },
         f"{base}/{{volume_id}}/action": {
-            "post": op("Cinder: os-extend, grow an available volume", ACCEPTED, body=EXTEND,
+            "post": op("Cinder: os-extend, grow an available volume (an attached one "
+                       "with vmops:attached true)", ACCEPTED, body=EXTEND,
                        params=params + [VOLUME]),
         },
     }
