@@ -612,6 +612,10 @@ class Instance:
     boot_volume_id: str = ""  # the volume that is its root disk (vda); '': a local one
     boot_volume_made: bool = False  # made at spawn from an image (a rollback deletes it)
     delete_on_termination: bool = False  # destroy deletes the boot volume too
+    # Other volumes it was created with (vmops/compute/server_volumes.py): the
+    # ones made for it at spawn (a rollback deletes them), and those destroy deletes.
+    volumes_made: tuple[str, ...] = ()
+    volumes_deleted_on_termination: tuple[str, ...] = ()
 
 
 _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", "image_id",
@@ -631,6 +635,8 @@ def _instance_from_row(row: sqlite3.Row) -> Instance:
     body["disks"] = tuple(DiskRecord(**d) for d in body.get("disks", ()))
     body["injected_files"] = tuple(tuple(p) for p in body.get("injected_files", ()))
     body["tags"] = tuple(body.get("tags", ()))
+    for key in ("volumes_made", "volumes_deleted_on_termination"):
+        body[key] = tuple(body.get(key, ()))
     known = {f.name for f in fields(Instance)}
     return Instance(**{k: row[k] for k in _COLUMNS}, **{k: v for k, v in body.items()
                                                         if k in known})

@@ -102,3 +102,32 @@ def test_openstack_server_create_boots_from_volumes(served: tuple[Vmops, OpenSta
     _wait_volume(cli, attached["id"], "available")
     cli.run("volume", "delete", attached["id"])
     assert cli.json("volume", "list") == []
+
+
+def test_openstack_server_create_with_more_volumes(served: tuple[Vmops, OpenStackCLI]) -> None:
+    """`openstack server create --image I --block-device-mapping vdb=VOL
+    --block-device source_type=blank,...`: an existing volume and a new
+    blank one besides the root, which the guest sees at boot; server delete
+    deletes the one made with delete_on_termination and keeps the other."""
+    vm, cli = served
+    cli.json("volume", "create", "--size", "1", "data")
+    data = _wait_volume(cli, "data", "available")
+    cli.json("server", "create", "--image", "tiny", "--flavor", "m1.tiny",
+             "--block-device-mapping", f"vdb={data['id']}",
+             "--block-device", "source_type=blank,destination_type=volume,volume_size=2,"
+             "delete_on_termination=true", "more1", "--wait")
+    vm.wait_console("more1", f"VMOPS-DISK vdb {GIB}")  # the guest sees both at boot
+    vm.wait_console("more1", f"VMOPS-DISK vdc {2 * GIB}")
+    vm.wait_console("more1", BEAT)
+    attached = {v["id"]: v["delete_on_termination"]
+                for v in cli.json("server", "show", "more1")["volumes_attached"]}
+    assert attached.pop(data["id"]) is False
+    ((blank_id, blank_deleted),) = attached.items()
+    assert blank_deleted is True
+    blank = _wait_volume(cli, blank_id, "in-use")
+    assert (blank["size"], blank["attachments"][0]["device"]) == (2, "/dev/vdc")
+    assert _wait_volume(cli, "data", "in-use")["attachments"][0]["device"] == "/dev/vdb"
+    cli.run("server", "delete", "--wait", "more1")
+    _wait_volume(cli, "data", "available")  # kept
+    assert [v["ID"] for v in cli.json("volume", "list")] == [data["id"]]  # the blank one: gone
+    cli.run("volume", "delete", "data")

@@ -14,6 +14,7 @@ import pytest
 from tests.unit.test_api import IMAGE_ID, Api
 from vmops.api import block_devices
 from vmops.compute.boot_volume import BootVolume, claim
+from vmops.compute.server_volumes import ExtraVolume
 from vmops.errors import Invalid
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import VolumeRecords
@@ -81,7 +82,7 @@ BAD_MAPPINGS: list[tuple[Any, str]] = [
        "guest_format": "swap", "volume_size": 1}], "unknown field"),
     ([{"uuid": VOLUME_ID, "boot_index": 0, "source_type": "volume"},
       {"boot_index": -1, "source_type": "blank", "destination_type": "local",
-       "volume_size": 1}], "one block device mapping"),
+       "volume_size": 1}], "destination_type local besides the root"),
     ([{"uuid": VOLUME_ID, "boot_index": 0, "source_type": "volume", "device_type": "cdrom"}],
      "disks only"),
     ([{"uuid": VOLUME_ID, "boot_index": 0, "source_type": "volume", "tag": "root"}],
@@ -164,3 +165,53 @@ def test_a_volume_backed_servers_view(api: Api, monkeypatch: pytest.MonkeyPatch)
     assert answer.status == 400
     assert "Cannot detach a root device volume" in answer.fault()[1]
     assert records.attachment_of(root.id) is not None
+
+
+# -- volumes besides the root (OpenStackClient's --block-device-mapping, --block-device) --
+def test_the_clients_extra_volume_mappings() -> None:
+    root = {"uuid": IMAGE_ID, "boot_index": 0, "source_type": "image",
+            "destination_type": "local", "delete_on_termination": True}
+    legacy = {"device_name": "vdb", "uuid": VOLUME_ID, "source_type": "volume",
+              "destination_type": "volume", "volume_size": "1",
+              "delete_on_termination": "true"}  # --block-device-mapping vdb=VOL:volume:1:true
+    blank = {"source_type": "blank", "destination_type": "volume", "volume_size": "2",
+             "boot_index": -1}  # --block-device source_type=blank,destination_type=volume,...
+    from_image = {"uuid": IMAGE_ID, "source_type": "image", "destination_type": "volume",
+                  "volume_size": 3, "boot_index": None, "delete_on_termination": False}
+    bdms = [root, legacy, blank, from_image]
+    assert block_devices.root_of(bdms, IMAGE_ID, False) == (IMAGE_ID, None)
+    assert block_devices.extras_of(bdms, False) == (
+        ExtraVolume(volume=VOLUME_ID, delete_on_termination=True),
+        ExtraVolume(size_gb=2), ExtraVolume(size_gb=3, image=IMAGE_ID))
+    assert block_devices.extras_of([root], False) == ()
+    assert block_devices.extras_of(None, False) == ()
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    ({"source_type": "blank", "destination_type": "volume", "boot_index": -1},
+     "non-zero volume_size"),
+    ({"uuid": IMAGE_ID, "source_type": "image", "destination_type": "volume",
+      "boot_index": -1}, "non-zero volume_size"),
+    ({"uuid": VOLUME_ID, "source_type": "snapshot", "destination_type": "volume",
+      "boot_index": -1}, "no volume snapshots"),
+    ({"uuid": IMAGE_ID, "source_type": "image", "destination_type": "local",
+      "boot_index": -1}, "destination_type local"),
+    ({"uuid": VOLUME_ID, "source_type": "volume", "boot_index": 2}, "Boot sequence"),
+])
+def test_bad_extra_mappings_are_named(extra: dict[str, Any], words: str) -> None:
+    root = {"uuid": VOLUME_ID, "boot_index": 0, "source_type": "volume"}
+    with pytest.raises(Invalid, match=words):
+        block_devices.root_of([root, extra], "", False)
+
+
+def test_extra_volumes_are_attached_and_one_volume_is_not_given_to_several(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.compute, "background_actions", False)  # volumes made at once
+    data = Volumes(api.compute).create("data", 1)
+    root = {"uuid": IMAGE_ID, "boot_index": 0, "source_type": "image",
+            "destination_type": "local"}
+    extra = {"uuid": data.id, "source_type": "volume", "destination_type": "volume"}
+    answer = _create(api, [root, extra], imageRef=IMAGE_ID, max_count=2)
+    assert answer.status == 400
+    assert "Cannot attach one or more volumes to multiple instances" in answer.fault()[1]
+    assert api.store.instances() == [] and VolumeRecords(api.store).attachments() == []

@@ -1,17 +1,24 @@
-"""Nova's ``block_device_mapping_v2`` on server create: what the root disk is.
+"""Nova's ``block_device_mapping_v2`` on server create: what the root disk
+is, and the other volumes the server is created with.
 
-vmops takes the mappings that say what the root disk (``boot_index`` 0)
-is, as OpenStackClient and Tempest send them:
+The root disk (``boot_index`` 0), as OpenStackClient and Tempest send it:
 
 - image -> local: the image onto a local disk (``--image``);
 - image -> volume: a new volume of ``volume_size`` GiB made from the image
   (``--boot-from-volume N``);
 - volume -> volume: an existing volume (``--volume``).
 
+The others (``boot_index`` null, negative or above 0), attached after the
+server's own disks (``--block-device-mapping``, ``--block-device``):
+
+- volume -> volume: an existing volume;
+- blank -> volume: a new blank volume of ``volume_size`` GiB;
+- image -> volume: a new volume of ``volume_size`` GiB made from the image.
+
 Each entry is checked as Nova's schema and its block device checks do
 (types, source and destination, boot indexes, sizes, ids), with a 400 that
-names what is wrong; what vmops does not do (volume snapshots, blank or
-extra disks, more than the root) is refused by name.
+names what is wrong; what vmops does not do (volume snapshots, swap or
+ephemeral disks through mappings, a blank root) is refused by name.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import re
 from typing import Any
 
 from vmops.compute.boot_volume import BootVolume
+from vmops.compute.server_volumes import ExtraVolume
 from vmops.errors import Invalid
 
 SOURCE_TYPES = ("volume", "image", "snapshot", "blank")
@@ -49,10 +57,9 @@ def root_of(bdms: Any, image_ref: Any, tags: bool) -> tuple[str, BootVolume | No
         raise Invalid(reason="Block Device Mapping is Invalid: Boot sequence for the instance "
                       "and image/block device mapping combination is not valid (exactly one "
                       "mapping has boot_index 0, the others count up from 1)")
-    if len(entries) > 1:
-        raise Invalid(reason="vmops takes one block device mapping, the root disk's "
-                      "(boot_index 0): extra disks, swap and ephemeral mappings are not "
-                      "supported; attach volumes after create")
+    for entry in entries:
+        if entry is not roots[0]:
+            _extra(entry)  # refused here as in extras_of, whichever is asked first
     root = roots[0]
     image = image_ref if isinstance(image_ref, str) else ""
     source, destination = root["source_type"], root["destination_type"]
@@ -81,6 +88,33 @@ def root_of(bdms: Any, image_ref: Any, tags: bool) -> tuple[str, BootVolume | No
                       "(source_type volume) or an image (source_type image)")
     raise Invalid(reason="Block Device Mapping is Invalid: a blank disk cannot be the root "
                   "disk (boot_index 0)")
+
+
+def extras_of(bdms: Any, tags: bool) -> tuple[ExtraVolume, ...]:
+    """The volumes besides the root (in the order given); the mappings are
+    checked as :func:`root_of` checks them."""
+    if not isinstance(bdms, list):
+        return ()
+    entries = [_entry(bdm, n, tags) for n, bdm in enumerate(bdms)]
+    return tuple(_extra(e) for e in entries if e["boot_index"] != 0)
+
+
+def _extra(entry: dict[str, Any]) -> ExtraVolume:
+    source, destination = entry["source_type"], entry["destination_type"]
+    if destination == "local":
+        raise Invalid(reason="vmops makes a server's swap and ephemeral disks from its flavor: "
+                      "block device mappings with destination_type local besides the root "
+                      "disk are not supported")
+    if source == "snapshot":
+        raise Invalid(reason="vmops has no volume snapshots: a block device's source_type is "
+                      "volume, blank or image")
+    dot = bool(entry["delete_on_termination"])
+    if source == "volume":
+        return ExtraVolume(volume=entry["uuid"], delete_on_termination=dot)
+    if not entry["volume_size"]:
+        raise Invalid(reason=f"a new {source} volume needs a non-zero volume_size (GiB)")
+    return ExtraVolume(size_gb=entry["volume_size"], delete_on_termination=dot,
+                       image=entry["uuid"] if source == "image" else "")
 
 
 def _entry(bdm: Any, n: int, tags: bool) -> dict[str, Any]:

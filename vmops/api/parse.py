@@ -150,8 +150,11 @@ def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
         raise Invalid(reason=f"user_data is {len(user_data)} base64 characters, at most "
                       f"{MAX_USER_DATA_CHARS} allowed")
     image, boot_volume = _root_disk(srv, version)
+    extra_volumes = block_devices.extras_of(srv.get("block_device_mapping_v2"),
+                                            device_tags(version))
     spawn = SpawnRequest(
         name=field(srv, "name", str, required=True), image=image, boot_volume=boot_volume,
+        extra_volumes=extra_volumes,
         flavor=reference(srv, "flavorRef"), mac=field(srv, "vmops:mac", str),
         config_drive=_config_drive(srv),
         user_data=base64_bytes(user_data, "user_data") if user_data is not None else None,
@@ -165,6 +168,8 @@ def spawn_request(body: Any, version: Microversion = (2, 1)) -> ServerCreate:
         start=field(srv, "vmops:start", bool, default=True))
     if max_count > 1 and spawn.mac is not None:
         raise Invalid(reason="vmops:mac names one MAC address: create one server with it")
+    if max_count > 1 and any(v.volume for v in extra_volumes):  # Nova's words
+        raise Invalid(reason="Cannot attach one or more volumes to multiple instances")
     return ServerCreate(spawn, min_count, max_count,
                         field(srv, "return_reservation_id", bool, default=False))
 

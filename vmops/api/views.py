@@ -197,8 +197,10 @@ def _show_only(inst: Instance, view: View, net: ServerNetwork) -> dict[str, Any]
         "OS-EXT-STS:vm_state": inst.vm_state,
         "OS-EXT-STS:power_state": states.NOVA_POWER_STATE[power],
         "os-extended-volumes:volumes_attached": [
-            {"id": v, "delete_on_termination": v == inst.boot_volume_id
-             and inst.delete_on_termination} if view.at_least("2.3") else {"id": v}
+            {"id": v, "delete_on_termination": (v == inst.boot_volume_id
+                                                and inst.delete_on_termination)
+             or v in inst.volumes_deleted_on_termination}
+            if view.at_least("2.3") else {"id": v}
             for v in net.volumes],
         "config_drive": "True" if inst.config_drive else "",
     }

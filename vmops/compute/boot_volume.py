@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vmops.compute import server_volumes
 from vmops.errors import Invalid, VolumeNotFound
 from vmops.store import DiskRecord, Image, Instance
 from vmops.volumes import pool
@@ -133,10 +134,12 @@ def attached(compute: Compute, inst: Instance) -> None:
 
 def release(compute: Compute, inst: Instance, rollback: bool) -> None:
     """The instance's domain is gone: its volumes are available again. Its
-    boot volume is deleted if a rolled-back spawn made it, or if the
-    instance was asked to delete it on termination."""
+    boot volume (and each other volume it was created with) is deleted if a
+    rolled-back spawn made it, or if the instance was asked to delete it on
+    termination."""
     records = VolumeRecords(compute.store)
     records.release_instance(inst.id)
+    server_volumes.delete_made(compute, inst, rollback)  # the others it was created with
     if not inst.boot_volume_id:
         return
     delete = inst.boot_volume_made if rollback else inst.delete_on_termination

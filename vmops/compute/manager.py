@@ -22,7 +22,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmops import console
-from vmops.compute import boot_volume, crash_points, flavor_access, services, states, timings
+from vmops.compute import (
+    boot_volume,
+    crash_points,
+    flavor_access,
+    server_volumes,
+    services,
+    states,
+    timings,
+)
 from vmops.compute.actions import ActionLog
 from vmops.compute.names import (
     check_display_name,
@@ -100,6 +108,8 @@ class SpawnRequest:
     # The root disk as a volume (boot from volume); None: a local root disk.
     # A new volume is made from ``image``; an existing one needs no image.
     boot_volume: boot_volume.BootVolume | None = None
+    # Other volumes it is created with, attached after its own disks.
+    extra_volumes: tuple[server_volumes.ExtraVolume, ...] = ()
     # The instance's id as the caller chose it (Nova's instance uuid, when
     # vmops is Nova's compute driver); None: a new random one.
     instance_id: str | None = None
@@ -158,7 +168,7 @@ class Compute:
         started = time.monotonic()
         timed = Timings("spawn", crash_points.SPAWN_STEPS)
         try:
-            inst, image, no_host = self._record_spawn(req)
+            inst, image, no_host, extras = self._record_spawn(req)
         except VmopsError as exc:
             self._ended("spawn", started, exc)
             raise
@@ -166,7 +176,7 @@ class Compute:
         if no_host is not None:
             return self._no_valid_host(inst, no_host, started)
         size_gb = req.boot_volume.size_gb if req.boot_volume else 0
-        args = (inst, image, req.admin_password, started, size_gb, timed)
+        args = (inst, image, req.admin_password, started, size_gb, timed, extras)
         if not background:
             self._spawn(*args)
             return self.store.instance(inst.id)
@@ -189,11 +199,13 @@ class Compute:
             self._notify()
         return self.store.instance(inst.id)
 
-    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image | None, str | None]:
+    def _record_spawn(self, req: SpawnRequest) -> tuple[Instance, Image | None, str | None,
+                                                        list[server_volumes.Planned]]:
         """Everything that can be refused is checked before the record is
         written, so a refused spawn leaves nothing behind. The image is None
         for an existing boot volume. The third value says why the server
-        gets no host (it is then recorded in ERROR)."""
+        gets no host (it is then recorded in ERROR); the fourth is its other
+        volumes (the existing ones claimed already)."""
         problems = self._host_problems()
         if problems:
             raise HostNotReady(reason="; ".join(problems))
@@ -218,8 +230,18 @@ class Compute:
         spawn_steps.validate_config_drive(self, req, instance_id, mac)
         ports, group_ids = self._plan_nics(req, instance_id, mac)
         hostname = hostname_of(req.name, instance_id)
+        extras = server_volumes.plan(
+            self, req.extra_volumes, req.project_id,
+            spawn_steps.own_disk_count(self, flavor, use_drive),
+            volume.id if volume is not None else "")
         if volume is not None:  # taken now: no other spawn or attach gets it
             volume = boot_volume.claim(self, volume, instance_id, req.name)
+        try:
+            server_volumes.claim_existing(self, extras, instance_id, req.name)
+        except BaseException:
+            if volume is not None:
+                volume_records.VolumeRecords(self.store).release(volume.id)
+            raise
         try:
             with self.quotas.lock:  # checked and recorded at once: no two take the last unit
                 self.quotas.check_servers(req.project_id, flavor, user_id=req.user_id)
@@ -235,11 +257,16 @@ class Compute:
         except BaseException:
             if volume is not None:
                 volume_records.VolumeRecords(self.store).release(volume.id)
+            server_volumes.release_existing(self, extras)
             raise
+        if server_volumes.deleted_on_termination(extras):
+            inst = self.store.update_instance(
+                inst, volumes_deleted_on_termination=server_volumes.deleted_on_termination(
+                    extras))
         if image is not None:
             self.store.update_image(image)  # last used now: prune ages images by it
         self.tasks.acquire(inst.id, inst.name, states.SPAWNING)
-        return inst, image, no_host
+        return inst, image, no_host, extras
 
     def _new_instance_id(self, given: str | None) -> str:
         """A new random id, or ``given`` once it is known to be a UUID in its
@@ -338,15 +365,18 @@ class Compute:
         return image
 
     def _spawn(self, inst: Instance, image: Image | None, admin_password: str | None,
-               started: float, boot_volume_gb: int = 0, timed: Timings | None = None) -> None:
+               started: float, boot_volume_gb: int = 0, timed: Timings | None = None,
+               extras: list[server_volumes.Planned] | None = None) -> None:
         """``boot_volume_gb``: the root disk is a new volume of that size,
-        made from ``image``."""
+        made from ``image``; ``extras``: its other volumes (new ones are made)."""
         timed = timed or Timings("spawn", crash_points.SPAWN_STEPS)
         with timings.active(timed):
-            self._spawn_timed(inst, image, admin_password, started, boot_volume_gb, timed)
+            self._spawn_timed(inst, image, admin_password, started, boot_volume_gb, timed,
+                              extras or [])
 
     def _spawn_timed(self, inst: Instance, image: Image | None, admin_password: str | None,
-                     started: float, boot_volume_gb: int, timed: Timings) -> None:
+                     started: float, boot_volume_gb: int, timed: Timings,
+                     extras: list[server_volumes.Planned]) -> None:
         from vmops.compute import spawn as spawn_steps
 
         failure: Exception | None = None
@@ -362,12 +392,13 @@ class Compute:
                 self.network.apply()  # DHCP knows the MAC, the rules the tap, before boot
             if boot_volume_gb and image is not None:
                 inst = boot_volume.make(self, inst, image, boot_volume_gb)
+            inst = server_volumes.make_new(self, inst, extras)
             local_root = None if inst.boot_volume_id else image
             disks = spawn_steps.create_disks(self, inst, local_root, admin_password)
             inst = self.store.update_instance(inst, disks=tuple(disks))
             self._spawn_step(inst, "after-disks")
             self.hv.define(self.domain_spec(inst))
-            boot_volume.attached(self, inst)
+            server_volumes.attached(self, inst)  # the boot volume's and the others
             self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
             self._spawn_step(inst, "after-define")
             if inst.desired_running:

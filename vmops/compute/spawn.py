@@ -33,6 +33,13 @@ def disk_target(index: int) -> str:
     return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
 
 
+def own_disk_count(compute: Compute, flavor: Flavor, config_drive: bool) -> int:
+    """How many virtio disks :func:`create_disks` gives an instance (its root,
+    local or a volume, included): the volumes it is created with follow them."""
+    drive_on_disk = config_drive and compute.settings.config_drive_format != "cdrom"
+    return 1 + bool(flavor.ephemeral_gb) + bool(flavor.swap_mb) + drive_on_disk
+
+
 def check_root_fits(flavor: Flavor, image: Image) -> None:
     """Refuse before anything is made if the flavor's root disk is too small."""
     wanted = flavor.root_gb * GIB
