@@ -35,7 +35,7 @@ from vmops.identity.bootstrap import ensure_admin_password
 from vmops.network.checks import network_checks
 from vmops.network.manager import Network
 from vmops.network.model import NicMode
-from vmops.store import Store
+from vmops.store import RECORDS_RESERVE_BYTES, Store
 from vmops.volumes.manager import Volumes
 
 log = logging.getLogger("vmops")
@@ -201,7 +201,7 @@ class Service:
                     if c.required and not c.ok]
         for problem in problems:
             log.error("host check failed: %s", problem)
-        self.store = Store(s.db_path)
+        self.store = Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES)
         self.network = open_network(s, self.store)
         checks.extend(network_health(s, self.network))
         self.compute = Compute(s, self.store, self.hv, accel, lambda: problems,

@@ -38,6 +38,7 @@ latest version and checks every record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -716,9 +717,61 @@ def _seed_default_group(db: sqlite3.Connection) -> None:
         Store._insert_rule(db, rule)
 
 
+# Room the service keeps next to vmops.db (``vmops.db.reserve``) for the
+# writes that end a task on a full disk: a few hundred WAL frames.
+RECORDS_RESERVE_BYTES = 4 << 20
+_RESERVE_RETRY_S = 10.0
+
+
+class _Reserve:
+    """A file holding room on the database's file system, given up when a
+    write that must not fail (ending a task in ERROR) finds the disk full,
+    and made again once the file system has twice its size free."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path = path
+        self.size = size
+        self._next_try = 0.0
+        self.missing = size > 0
+        self.keep()
+
+    def keep(self) -> None:
+        if not self.missing or time.monotonic() < self._next_try:
+            return
+        with contextlib.suppress(OSError):
+            if self.path.stat().st_size >= self.size:  # kept from the last run
+                self.missing = False
+                return
+        self._next_try = time.monotonic() + _RESERVE_RETRY_S
+        try:
+            st = os.statvfs(self.path.parent)
+            if st.f_bavail * st.f_frsize < 2 * self.size:
+                return
+            with self.path.open("wb") as f:
+                os.posix_fallocate(f.fileno(), 0, self.size)
+        except OSError as exc:
+            log.warning("cannot keep %d bytes in %s for the records: %s", self.size,
+                        self.path, exc)
+            self.path.unlink(missing_ok=True)
+            return
+        self.missing = False
+
+    def release(self) -> bool:
+        """Give the room up; False if there was none to give."""
+        if self.missing or not self.size:
+            return False
+        self.path.unlink(missing_ok=True)
+        self.missing = True
+        self._next_try = time.monotonic() + _RESERVE_RETRY_S
+        return True
+
+
 class Store:
-    def __init__(self, path: Path, migrations: Sequence[Migration] = MIGRATIONS) -> None:
-        """Open (or create) the database and migrate it to the latest schema version."""
+    def __init__(self, path: Path, migrations: Sequence[Migration] = MIGRATIONS,
+                 reserve_bytes: int = 0) -> None:
+        """Open (or create) the database and migrate it to the latest schema version.
+        ``reserve_bytes``: keep that much room in ``vmops.db.reserve`` for
+        ``release_reserve`` (the service does; tools reading a database do not)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
@@ -737,11 +790,23 @@ class Store:
         except BaseException:
             self._db.close()
             raise
+        self._reserve = _Reserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self._seed_flavors()
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    def release_reserve(self) -> bool:
+        """Free the room kept for the records so that a write the full disk
+        refused can be tried again; False if none is kept (or it is gone)."""
+        with self._lock:
+            released = self._reserve.release()
+        if released:
+            log.error("the file system holding %s is full: gave up the %d bytes kept for "
+                      "the records so a task can end; free space soon",
+                      self._reserve.path.parent, self._reserve.size)
+        return released
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -750,6 +815,7 @@ class Store:
             try:
                 yield self._db
                 self._db.execute("COMMIT")
+                self._reserve.keep()  # nothing to do unless it was given up
             except BaseException:
                 # SQLite has already rolled back after some errors (a full
                 # disk among them): a second ROLLBACK would fail and hide

@@ -627,9 +627,20 @@ class Compute:
         self.tasks.finishing(inst.id)
         if cleanup_failures:
             fault += "; the rollback also failed to " + "; to ".join(cleanup_failures)
-        self.store.update_instance(inst, vm_state=states.ERROR, task_state=None,
-                                   power_state=PowerState.NOSTATE.value,
-                                   desired_running=False, fault=fault, **changes)
+        self._end_record(inst, vm_state=states.ERROR, task_state=None,
+                         power_state=PowerState.NOSTATE.value,
+                         desired_running=False, fault=fault, **changes)
+
+    def _end_record(self, inst: Instance, **changes: Any) -> Instance:
+        """Write the record that ends a task. On a full disk the store's
+        reserve is given up for it: an instance must not stay in a task
+        because the record saying how it ended could not be written."""
+        try:
+            return self.store.update_instance(inst, **changes)
+        except (OSError, sqlite3.Error) as exc:
+            if storage_full(exc) is None or not self.store.release_reserve():
+                raise
+        return self.store.update_instance(inst, **changes)
 
     # -- power operations ----------------------------------------------------
     def _begin(self, ref: str, action: str, task: str, allowed: tuple[str, ...],
@@ -665,15 +676,14 @@ class Compute:
                 log.exception("%s of %s: cannot read the domain's state", action, inst.name)
                 first = changes.get("fault") or f"cannot read the domain's state: " \
                     f"{_fault_of(exc)}"
-                return self.store.update_instance(
+                return self._end_record(
                     inst, **{**changes, "task_state": None, "vm_state": states.ERROR,
                              "power_state": PowerState.NOSTATE.value, "fault": first})
             # The work may have ended a held state (resized, rescued), or kept it.
             held = self.store.instance(inst.id).vm_state
             changes.setdefault("vm_state", states.vm_state_of(power, held))
             changes.setdefault("fault", "")
-            return self.store.update_instance(inst, task_state=None, power_state=power.value,
-                                              **changes)
+            return self._end_record(inst, task_state=None, power_state=power.value, **changes)
         finally:
             if timed is not None:
                 self._keep_timings(inst, timed)
@@ -1188,7 +1198,9 @@ class _SpawnCancelled(Exception):
 
 
 def _fault_of(exc: BaseException) -> str:
-    """The reason an instance's fault shows for ``exc``."""
+    """The reason an instance's fault shows for ``exc`` (a full disk says so,
+    not "OSError: [Errno 28]" or SQLite's words)."""
+    exc = storage_full(exc) or exc
     return exc.message if isinstance(exc, VmopsError) else f"{type(exc).__name__}: {exc}"
 
 
