@@ -16,8 +16,9 @@ drivers settle them, and vmops' rules for its CLI and API stay as they are.
 Not done here yet (docs/nova-driver.md): Nova's networking (os-vif
 plugging, Neutron ports; a guest gets one user-mode NIC with Nova's MAC),
 volumes from Cinder, migration, config drive from Nova's metadata service
-content (vmops writes its own drive from the user data, files, metadata
-and password Nova passes).
+content (vmops writes its own drive from the user data, files, metadata,
+password and key pair Nova passes), and Nova's eventlet mode on libvirt
+(refused: :func:`_check_threading`).
 
 Lifecycle events: every power change vmops' compute layer sees (libvirt's
 events, the guest powering itself off, QEMU dying) reaches Nova as a
@@ -246,7 +247,9 @@ class VmopsDriver(driver.ComputeDriver):
             name=instance.name, image=image, flavor=self._flavor(instance.flavor),
             mac=_single_mac(network_info, instance.uuid), network="user",
             config_drive=bool(instance.config_drive), user_data=_user_data(instance),
-            key_name=None, files=tuple((path, _bytes(data)) for path, data in injected_files or ()),
+            key_name=instance.key_name or None,
+            key_data=instance.key_data if instance.key_name else None,
+            files=tuple((path, _bytes(data)) for path, data in injected_files or ()),
             properties={str(k): str(v) for k, v in (instance.metadata or {}).items()},
             admin_password=admin_password or None, project_id=instance.project_id or "",
             user_id=instance.user_id or "", instance_id=instance.uuid)

@@ -14,6 +14,8 @@ monkey patching unless ``OS_NOVA_DISABLE_EVENTLET_PATCHING`` is set).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import tempfile
@@ -196,6 +198,25 @@ class VmopsAdapterTestCase(test.TestCase):
         driver.init_host("myhostname")
         self.assertEqual([], driver.list_instances())
 
+    def test_the_key_pair_reaches_the_config_drive(self) -> None:
+        """Nova's instance.key_name and key_data (the key as Nova has it: not
+        a vmops key pair) are the config drive's public_keys, in the
+        meta_data.json of each version and in the EC2 tree, as Nova's
+        metadata gives them."""
+        from vmops.configdrive import read_iso
+
+        key = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ2bm9YbGl2ZXJ0LWtleS1mb3ItdGVzdHM "
+               "nova@vmops")
+        self.instance.key_name, self.instance.key_data = "nova-key", key
+        self.instance.config_drive = "True"
+        self._spawn()
+        inst = self.driver.compute.instance(self.instance.uuid)
+        drive = read_iso(Path(next(d.path for d in inst.disks if d.role == "config")))
+        meta = json.loads(drive["openstack/latest/meta_data.json"])
+        self.assertEqual({"nova-key": key}, meta["public_keys"])
+        self.assertEqual([{"name": "nova-key", "type": "ssh", "data": key}], meta["keys"])
+        self.assertEqual([], self.driver.compute.store.keypairs())  # no vmops key pair made
+
     def _listen(self) -> tuple[list[tuple[str, str]], Any]:
         """Nova's listener on the driver: (uuid, transition name) of each
         event, and a threading.Event set at each (green under eventlet)."""
@@ -346,6 +367,27 @@ class VmopsLibvirtTestCase(test.TestCase):
                               self.ctxt, self.instance)[-1500:])
             time.sleep(0.5)
 
+    def test_the_guest_sees_the_key_pair_and_its_poweroff_reaches_nova(self) -> None:
+        """Nova's key pair in the guest's config drive (the test image prints
+        meta_data.json on its console), and the guest powering itself off
+        (its user-data script) reaching Nova as STOPPED, from libvirt's event."""
+        key = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ2bm9YbGl2ZXJ0LWtleS1mb3ItdGVzdHM "
+               "nova@vmops")
+        self.instance.key_name, self.instance.key_data = "nova-key", key
+        self.instance.config_drive = "True"
+        self.instance.user_data = base64.b64encode(
+            b"#!/bin/sh\nsleep 2\npoweroff -f\n").decode()
+        self._spawn()
+        begin, end = ("VMOPS-FILE-BEGIN openstack/latest/meta_data.json",
+                      "VMOPS-FILE-END openstack/latest/meta_data.json")
+        self._wait("meta_data.json on the console", lambda: end in self.driver.get_console_output(
+            self.ctxt, self.instance))
+        console = self.driver.get_console_output(self.ctxt, self.instance)
+        meta = json.loads(console.split(begin, 1)[1].split(end, 1)[0])
+        self.assertEqual({"nova-key": key}, meta["public_keys"])
+        self._wait("the STOPPED event", lambda: "Stopped" in self.events)
+        self.assertEqual(power_state_of(self.driver, self.instance), "shutdown")
+
     def test_pause_unpause_and_power_off_reach_nova_from_libvirt(self) -> None:
         self._spawn()
         self._wait("the guest's boot", lambda: "VMOPS-BOOT-COMPLETE" in
@@ -358,3 +400,9 @@ class VmopsLibvirtTestCase(test.TestCase):
         self.driver.power_off(self.instance)
         self._wait("the STOPPED event", lambda: self.events[-1:] == ["Stopped"])
         self.assertEqual(["Paused", "Resumed", "Stopped"], self.events)
+
+
+def power_state_of(driver: Any, instance: Any) -> str:
+    from nova.compute import power_state
+
+    return str(power_state.STATE_MAP[driver.get_info(instance).state])

@@ -89,6 +89,10 @@ class SpawnRequest:
     config_drive: bool = False
     user_data: bytes | None = None
     key_name: str | None = None
+    # The key pair's public key as the caller has it (Nova's instance.key_data,
+    # when vmops is Nova's compute driver): key_name then only names it and
+    # is not looked up among vmops' key pairs.
+    key_data: str | None = None
     files: tuple[tuple[str, bytes], ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
     admin_password: str | None = field(default=None, repr=False)
@@ -288,6 +292,8 @@ class Compute:
     def _add_record(self, req: SpawnRequest, instance_id: str, hostname: str, flavor: Flavor,
                     image: Image | None, mac: str, use_drive: bool, ports: list[Port],
                     group_ids: list[str], boot_volume_id: str) -> Instance:
+        from vmops.compute import spawn as spawn_steps
+
         # A volume-backed server has no image of its own (Nova's image_ref '').
         shown_image = None if req.boot_volume else image
         return self.store.add_instance(Instance(
@@ -303,8 +309,7 @@ class Compute:
             flavor=_flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id)),
             image_name=shown_image.name if shown_image else "", macs=(mac,),
             config_drive=use_drive, key_name=req.key_name,
-            key_data=self.store.keypair(req.key_name, req.user_id or None).public_key
-            if req.key_name else None,
+            key_data=spawn_steps.public_key(self, req),
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),

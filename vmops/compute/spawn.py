@@ -76,9 +76,19 @@ def _metadata(inst_id: str, name: str, nics: list[configdrive.Nic], public_keys:
         random_seed=configdrive.new_random_seed(), project_id=project_id or "vmops")
 
 
+def public_key(compute: Compute, req: SpawnRequest) -> str | None:
+    """The key pair's public key: the one the request carries (Nova's), else
+    vmops' key pair ``key_name`` of the request's user; None without a name."""
+    if not req.key_name:
+        return None
+    if req.key_data is not None:
+        return req.key_data
+    return compute.store.keypair(req.key_name, req.user_id or None).public_key
+
+
 def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
-    keys = {req.key_name: compute.store.keypair(req.key_name, req.user_id or None).public_key} \
-        if req.key_name else {}
+    key = public_key(compute, req)
+    keys = {req.key_name: key} if req.key_name and key is not None else {}
     md = _metadata(inst_id, req.name, [configdrive.Nic(mac=mac)], keys, req.properties,
                    req.files, req.user_data, req.admin_password)
     configdrive.validate(md, _limits(compute))
