@@ -54,3 +54,14 @@ def test_an_image_a_new_volume_and_an_existing_one() -> None:
 def test_combinations_refused(extra: tuple[str, ...], words: str) -> None:
     with pytest.raises(VmopsError, match=words):
         _root(*extra)
+
+
+def test_no_start_asks_for_a_server_defined_but_not_booted() -> None:
+    from vmops.cli.main import _spawn_body
+
+    def body(*extra: str) -> dict[str, Any]:
+        args = build_parser().parse_args([*SPAWN, "--image", "tiny", *extra])
+        return _spawn_body(Volumes(), args)  # type: ignore[arg-type]
+
+    assert body("--no-start")["vmops:start"] is False
+    assert "vmops:start" not in body()  # the service's default: boot it

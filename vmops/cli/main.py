@@ -71,8 +71,25 @@ def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dic
 # -- servers ------------------------------------------------------------------
 def cmd_spawn(args: argparse.Namespace) -> int:
     client = _client(args)
+    created = client.post("/servers", {"server": _spawn_body(client, args)})["server"]
+    if args.no_wait:
+        return _show_server(client, created["id"], args.json)
+    server = _wait_server(client, created["id"], "built", args.json)
+    if server["status"] == Status.ERROR:
+        fault = server.get("vmops:fault") or "unknown reason"
+        print(f"vmops: spawn of {args.name} failed: {fault}", file=sys.stderr)
+        print(f"vmops: the record is kept as ERROR; remove it with `vmops destroy {args.name}`",
+              file=sys.stderr)
+        return 1
+    return _show_server(client, server["id"], args.json)
+
+
+def _spawn_body(client: Client, args: argparse.Namespace) -> dict[str, Any]:
+    """The server create body ``vmops spawn`` sends for ``args``."""
     body: dict[str, Any] = {"name": args.name, "flavorRef": args.flavor,
                             "config_drive": args.config_drive, **_root_disk(client, args)}
+    if args.no_start:
+        body["vmops:start"] = False  # defined, not booted: SHUTOFF
     if args.mac:
         body["vmops:mac"] = args.mac
     if args.network or args.ip:
@@ -95,17 +112,7 @@ def cmd_spawn(args: argparse.Namespace) -> int:
     admin_password = _admin_password(args)
     if admin_password is not None:
         body["adminPass"] = admin_password
-    created = client.post("/servers", {"server": body})["server"]
-    if args.no_wait:
-        return _show_server(client, created["id"], args.json)
-    server = _wait_server(client, created["id"], "built", args.json)
-    if server["status"] == Status.ERROR:
-        fault = server.get("vmops:fault") or "unknown reason"
-        print(f"vmops: spawn of {args.name} failed: {fault}", file=sys.stderr)
-        print(f"vmops: the record is kept as ERROR; remove it with `vmops destroy {args.name}`",
-              file=sys.stderr)
-        return 1
-    return _show_server(client, server["id"], args.json)
+    return body
 
 
 def _root_disk(client: Client, args: argparse.Namespace) -> dict[str, Any]:
@@ -741,6 +748,9 @@ def build_parser() -> argparse.ArgumentParser:
     secret.add_argument("--admin-password", metavar="PASSWORD",
                         help="the admin password itself: visible to every local user in "
                              "`ps`; prefer --admin-password-file or --admin-password-prompt")
+    sp.add_argument("--no-start", action="store_true",
+                    help="build it (disks, config drive, domain) but do not boot it: it ends "
+                         "SHUTOFF; `vmops start` boots it")
     sp.add_argument("--no-wait", action="store_true", help="return while it is still building")
     cmd("list", cmd_list, "list instances")
     sp = cmd("show", cmd_show, "show one instance")
