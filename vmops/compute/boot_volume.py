@@ -91,13 +91,7 @@ def _check_bootable(records: VolumeRecords, volume: Volume) -> None:
     if volume.remote:
         raise Invalid(reason=f"volume {label!r} is a remote {volume.protocol} volume: vmops "
                       "boots from local volumes only")
-    attached = records.attachment_of(volume.id)
-    if attached is not None:
-        raise Invalid(reason=f"Invalid volume: volume {label!r} is attached to instance "
-                      f"{attached.instance_id} already")
-    if volume.status != VolumeStatus.AVAILABLE:
-        raise Invalid(reason=f"Invalid volume: volume {label!r} status must be 'available'. "
-                      f"Currently in '{volume.status}'")
+    server_volumes.check_available(records, volume)
 
 
 def claim(compute: Compute, volume: Volume, instance_id: str, instance_name: str) -> Volume:

@@ -88,7 +88,7 @@ def plan(compute: Compute, extras: tuple[ExtraVolume, ...], project_id: str,
                 raise Invalid(reason=f"volume {volume.name or volume.id!r} is in the block "
                               "device mappings more than once")
             seen.add(volume.id)
-            _check_available(records, volume)
+            check_available(records, volume)
             if volume.remote and extra.delete_on_termination:
                 raise Invalid(reason=f"volume {volume.name or volume.id!r} is a remote "
                               f"{volume.protocol} volume: vmops does not delete its target "
@@ -118,7 +118,7 @@ def _image(compute: Compute, extra: ExtraVolume) -> Image:
     return image
 
 
-def _check_available(records: VolumeRecords, volume: Volume) -> None:
+def check_available(records: VolumeRecords, volume: Volume) -> None:
     """Nova's InvalidVolume (400): an attached or busy volume is refused."""
     label = volume.name or volume.id
     attached = records.attachment_of(volume.id)
