@@ -11,17 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
-from vmops import config
+from tests.integration.volume_env import make_env, pool_files
 from vmops.compute import states
 from vmops.compute.boot_volume import BootVolume
 from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute, SpawnRequest
+from vmops.compute.manager import SpawnRequest
 from vmops.disks.cache import ImageCache
 from vmops.errors import HypervisorError, Invalid, VolumeNotFound
-from vmops.hypervisor.base import Accel
-from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Flavor, Store
+from vmops.store import Flavor
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import Volume, VolumeRecords, VolumeStatus
 
@@ -32,27 +29,13 @@ GIB = 1 << 30
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
     """A compute on the fake hypervisor and a 1 MiB raw image "base"."""
-    settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
-    hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeCapture())
-    base = tmp_path / "base.raw"
-    base.write_bytes(b"VMOPS-BOOT-IMAGE" + bytes(1024 * 1024 - 16))
-    Catalog(store, ImageCache(settings.images_dir)).import_image(
-        "base", str(base), disk_format="raw", background=False)
-    return {"settings": settings, "store": store, "hv": hv, "compute": compute,
-            "volumes": Volumes(compute)}
+    return make_env(tmp_path, b'VMOPS-BOOT-IMAGE')
 
 
 def _spawn(env: dict[str, Any], boot: BootVolume, name: str = "bfv",
            image: str = "base", **extra: Any) -> Any:
     return env["compute"].create(SpawnRequest(name=name, image=image, flavor="m1.tiny",
                                               boot_volume=boot, **extra), background=False)
-
-
-def _pool_files(env: dict[str, Any]) -> list[str]:
-    pool: Path = env["settings"].volumes_dir
-    return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
 
 
 def test_an_existing_volume_is_the_root_disk_and_outlives_the_server(
@@ -99,7 +82,7 @@ def test_a_volume_made_from_the_image_is_deleted_on_termination_if_asked(
     env["compute"].destroy(inst.id)
     with pytest.raises(VolumeNotFound):
         vols.volume(volume.id)
-    assert _pool_files(env) == []
+    assert pool_files(env) == []
 
 
 def test_a_volume_made_from_the_image_is_kept_by_default(env: dict[str, Any]) -> None:
@@ -115,7 +98,7 @@ def test_refused_boot_volumes_leave_nothing(env: dict[str, Any], boot: BootVolum
     with pytest.raises((Invalid, VolumeNotFound)):
         _spawn(env, boot, image="" if boot.volume else "base")
     assert env["store"].instances() == [] and env["volumes"].volumes() == []
-    assert _pool_files(env) == []
+    assert pool_files(env) == []
 
 
 def test_a_remote_volume_is_not_booted_from(env: dict[str, Any]) -> None:
@@ -159,7 +142,7 @@ def test_a_failed_spawn_deletes_the_volume_it_made_and_frees_an_existing_one(
     assert [v.id for v in vols.volumes()] == [existing.id]  # the made one is gone
     assert vols.volume("boot").status == VolumeStatus.AVAILABLE
     assert vols.attachment_of(existing.id) is None
-    assert _pool_files(env) == [Path(existing.path).name]
+    assert pool_files(env) == [Path(existing.path).name]
 
 
 def test_a_spawn_interrupted_by_a_restart_is_rolled_back_with_its_volume(
@@ -171,7 +154,7 @@ def test_a_spawn_interrupted_by_a_restart_is_rolled_back_with_its_volume(
     env["compute"].recover()
     with pytest.raises(VolumeNotFound):
         env["volumes"].volume(volume_id)
-    assert _pool_files(env) == []
+    assert pool_files(env) == []
 
 
 def test_rebuild_keeps_the_root_volume_and_other_verbs_are_refused(

@@ -13,18 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
-from vmops import config
+from tests.integration.volume_env import make_env, pool_files
 from vmops.compute import states
 from vmops.compute.boot_volume import BootVolume
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute, SpawnRequest
+from vmops.compute.manager import SpawnRequest
 from vmops.compute.server_volumes import ExtraVolume
-from vmops.disks.cache import ImageCache
 from vmops.errors import HypervisorError, VmopsError, VolumeNotFound
-from vmops.hypervisor.base import Accel
-from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Flavor, Store
+from vmops.store import Flavor
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import VolumeRecords, VolumeStatus
 
@@ -35,16 +30,7 @@ GIB = 1 << 30
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
     """A compute on the fake hypervisor and a 1 MiB raw image "base"."""
-    settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
-    hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeCapture())
-    base = tmp_path / "base.raw"
-    base.write_bytes(b"VMOPS-EXTRA-IMAGE" + bytes(1024 * 1024 - 17))
-    Catalog(store, ImageCache(settings.images_dir)).import_image(
-        "base", str(base), disk_format="raw", background=False)
-    return {"settings": settings, "store": store, "hv": hv, "compute": compute,
-            "volumes": Volumes(compute)}
+    return make_env(tmp_path, b'VMOPS-EXTRA-IMAGE')
 
 
 def _spawn(env: dict[str, Any], *extras: ExtraVolume, name: str = "web1",
@@ -52,11 +38,6 @@ def _spawn(env: dict[str, Any], *extras: ExtraVolume, name: str = "web1",
     return env["compute"].create(SpawnRequest(name=name, image="base", flavor=flavor,
                                               extra_volumes=extras, **changes),
                                  background=False)
-
-
-def _pool_files(env: dict[str, Any]) -> list[str]:
-    pool: Path = env["settings"].volumes_dir
-    return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
 
 
 def test_existing_blank_and_image_volumes_follow_the_servers_own_disks(
@@ -104,7 +85,7 @@ def test_an_existing_volume_deleted_on_termination(env: dict[str, Any]) -> None:
     assert env["store"].instance(inst.id).volumes_deleted_on_termination == (data.id,)
     assert env["store"].instance(inst.id).volumes_made == ()
     env["compute"].destroy("web1")
-    assert vols.volumes() == [] and _pool_files(env) == []
+    assert vols.volumes() == [] and pool_files(env) == []
 
 
 def test_refusals_make_nothing_and_claim_nothing(env: dict[str, Any]) -> None:
@@ -112,7 +93,7 @@ def test_refusals_make_nothing_and_claim_nothing(env: dict[str, Any]) -> None:
     free = vols.create("free", 1)
     taken = vols.create("taken", 1)
     _spawn(env, ExtraVolume(volume="taken"), name="owner")
-    files = _pool_files(env)
+    files = pool_files(env)
     cases: list[tuple[tuple[ExtraVolume, ...], str]] = [
         ((ExtraVolume(volume="free"), ExtraVolume(volume="taken")), "Invalid volume"),
         ((ExtraVolume(volume="free"), ExtraVolume(volume=free.id)), "more than once"),
@@ -130,14 +111,14 @@ def test_refusals_make_nothing_and_claim_nothing(env: dict[str, Any]) -> None:
         assert [i.name for i in env["store"].instances()] == ["owner"], words
         assert vols.volume("free").status == VolumeStatus.AVAILABLE, words
         assert vols.attachment_of(free.id) is None, words
-        assert _pool_files(env) == files, words
+        assert pool_files(env) == files, words
     assert vols.attachment_of(taken.id) is not None  # the owner's, untouched
 
 
 def test_a_failed_spawn_deletes_what_it_made_and_frees_the_rest(env: dict[str, Any]) -> None:
     vols: Volumes = env["volumes"]
     data = vols.create("data", 1)
-    files = _pool_files(env)
+    files = pool_files(env)
     env["hv"].fail_next("define", HypervisorError(reason="injected"))
     inst = _spawn(env, ExtraVolume(volume="data"),
                   ExtraVolume(size_gb=1, delete_on_termination=False))
@@ -145,7 +126,7 @@ def test_a_failed_spawn_deletes_what_it_made_and_frees_the_rest(env: dict[str, A
     assert [v.id for v in vols.volumes()] == [data.id]  # the blank one it made is gone
     assert vols.volume("data").status == VolumeStatus.AVAILABLE
     assert VolumeRecords(env["store"]).attachments() == []
-    assert _pool_files(env) == files
+    assert pool_files(env) == files
 
 
 def test_with_a_boot_volume(env: dict[str, Any]) -> None:

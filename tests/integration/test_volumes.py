@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
-from vmops import config
+from tests.integration.volume_env import make_env, pool_files
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.disks.cache import ImageCache
@@ -27,9 +26,7 @@ from vmops.errors import (
     InvalidState,
     VolumeNotFound,
 )
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Store
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import Attachment, VolumeStatus
 
@@ -39,16 +36,8 @@ GIB = 1 << 30
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
-    settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
-    hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeCapture())
-    catalog = Catalog(store, ImageCache(settings.images_dir))
-    base = tmp_path / "base.raw"
-    base.write_bytes(b"VMOPS-VOLUME-IMAGE" + bytes(1024 * 1024 - 18))
-    catalog.import_image("base", str(base), disk_format="raw", background=False)
-    return {"settings": settings, "store": store, "hv": hv, "compute": compute,
-            "volumes": Volumes(compute), "tmp": tmp_path}
+    """A compute on the fake hypervisor and a 1 MiB raw image "base"."""
+    return make_env(tmp_path, b'VMOPS-VOLUME-IMAGE')
 
 
 def _spawn(env: dict[str, Any], name: str = "web1") -> Any:
@@ -61,11 +50,6 @@ def _info(path: str, fmt: str) -> dict[str, Any]:
                          check=True, capture_output=True, text=True).stdout
     info: dict[str, Any] = json.loads(out)
     return info
-
-
-def _pool_files(env: dict[str, Any]) -> list[str]:
-    pool: Path = env["settings"].volumes_dir
-    return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
 
 
 # -- records, files, bad input ---------------------------------------------------
@@ -87,7 +71,7 @@ def test_create_blank_and_from_image(env: dict[str, Any]) -> None:
 def test_bad_sizes_are_refused_leaving_nothing(env: dict[str, Any], size: Any) -> None:
     with pytest.raises(Invalid):
         env["volumes"].create("bad", size)
-    assert env["volumes"].volumes() == [] and _pool_files(env) == []
+    assert env["volumes"].volumes() == [] and pool_files(env) == []
 
 
 def test_beyond_free_space_and_bad_input_are_refused(env: dict[str, Any]) -> None:
@@ -104,7 +88,7 @@ def test_beyond_free_space_and_bad_input_are_refused(env: dict[str, Any]) -> Non
         "big", str(big), background=False)
     with pytest.raises(Invalid, match="cannot hold image"):
         vols.create("small", 2, image_ref="big")
-    assert vols.volumes() == [] and _pool_files(env) == []
+    assert vols.volumes() == [] and pool_files(env) == []
 
 
 def test_a_failed_copy_ends_in_error_without_a_file(env: dict[str, Any]) -> None:
@@ -114,7 +98,7 @@ def test_a_failed_copy_ends_in_error_without_a_file(env: dict[str, Any]) -> None
         env["volumes"].create("broken", 1, image_ref="base")
     (volume,) = env["volumes"].volumes()
     assert volume.status == VolumeStatus.ERROR and "create failed" in volume.fault
-    assert _pool_files(env) == []
+    assert pool_files(env) == []
     env["volumes"].delete(volume.id)  # an error volume can be deleted
     assert env["volumes"].volumes() == []
 

@@ -1,0 +1,38 @@
+"""The environment the volume tests share: a compute on the fake hypervisor
+(real files: the image cache, instance disks, the volume pool) with a 1 MiB
+raw image "base" whose first bytes name the test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.integration.test_compute import FakeCapture
+from vmops import config
+from vmops.compute.catalog import Catalog
+from vmops.compute.manager import Compute
+from vmops.disks.cache import ImageCache
+from vmops.hypervisor.base import Accel
+from vmops.hypervisor.fake import FakeHypervisor
+from vmops.store import Store
+from vmops.volumes.manager import Volumes
+
+
+def make_env(tmp_path: Path, marker: bytes) -> dict[str, Any]:
+    """settings, store, hv, compute, volumes and tmp; "base" starts with ``marker``."""
+    settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
+    store = Store(settings.db_path)
+    hv = FakeHypervisor()
+    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeCapture())
+    base = tmp_path / "base.raw"
+    base.write_bytes(marker + bytes(1024 * 1024 - len(marker)))
+    Catalog(store, ImageCache(settings.images_dir)).import_image(
+        "base", str(base), disk_format="raw", background=False)
+    return {"settings": settings, "store": store, "hv": hv, "compute": compute,
+            "volumes": Volumes(compute), "tmp": tmp_path}
+
+
+def pool_files(env: dict[str, Any]) -> list[str]:
+    """The names of the files in the volume pool."""
+    pool: Path = env["settings"].volumes_dir
+    return sorted(p.name for p in pool.iterdir()) if pool.exists() else []
