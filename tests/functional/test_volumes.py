@@ -96,6 +96,7 @@ done
 """
 
 
+@pytest.mark.extended  # a second proof of the volume verbs: CI's budget
 def test_an_attached_volume_grows_under_its_guest(vm: Vmops, tmp_path: Path) -> None:
     """`vmops volume extend` on an attached volume: with the guest running,
     QEMU grows the file and the guest sees the new size at once; with the
