@@ -22,11 +22,9 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from tools.soak.run import ConsoleSocket  # QEMU's serial socket, on the fake
 from vmops import config, console
 from vmops.cli.client import ApiError, Client
 from vmops.compute import crash_points
@@ -46,35 +45,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 START_TIMEOUT_S = 30.0
 SETTINGS = 'libvirt_uri = "fake:///"\nnetwork_mode = "user"\naccel = "tcg"\n'
-
-
-class ConsoleSocket:
-    """Serves an instance's console socket, so the console capture connects
-    and spawn can boot. A QEMU started while the capture waits is seen as a
-    new connection (compute waits for one); the test cannot see when the fake
-    starts its domain, so it ends every connection at once and the capture,
-    reconnecting every 50 ms, always has a newer one soon."""
-
-    def __init__(self, path: Path) -> None:
-        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.listener.bind(str(path))
-        self.listener.listen(8)
-        self.listener.settimeout(0.1)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                self.listener.accept()[0].close()
-            except (TimeoutError, OSError):
-                continue
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.thread.join()
-        self.listener.close()
 
 
 @dataclass
