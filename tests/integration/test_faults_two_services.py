@@ -83,7 +83,12 @@ def test_a_second_service_is_refused_and_the_first_keeps_working(harness: Harnes
     assert h.proc is not None
     instance_id = h.spawn()
     h.wait_for(instance_id, "ACTIVE")
-    log_before = (h.state / "vmops.log").read_bytes()
+    # The spawn's timings line comes just after the record says ACTIVE: wait
+    # for it, so what the log holds now is all the first service has to say.
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while b"timings: spawn of " not in (log_before := (h.state / "vmops.log").read_bytes()):
+        assert time.monotonic() < deadline, "the spawn's timings were never logged"
+        time.sleep(0.05)
     _refused(_start(h.state), h.state, h.proc.pid)
     # Refused before it wrote anything: not even a line in the service's log.
     assert (h.state / "vmops.log").read_bytes() == log_before
