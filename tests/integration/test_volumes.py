@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,23 @@ def test_project_scoping(env: dict[str, Any]) -> None:
 
 
 # -- attach and detach -----------------------------------------------------------
+
+def _race_before_the_hold(monkeypatch: pytest.MonkeyPatch, compute: Compute,
+                          other_calls: Callable[[], object]) -> list[bool]:
+    """Make ``other_calls`` run once, just before the instance's task lock is
+    taken; the list returned holds True once they ran."""
+    hold = compute.tasks.hold
+    raced: list[bool] = []
+
+    def hold_after_a_race(instance_id: str, instance_name: str, task: str) -> Any:
+        if not raced:
+            raced.append(True)
+            other_calls()
+        return hold(instance_id, instance_name, task)
+
+    monkeypatch.setattr(compute.tasks, "hold", hold_after_a_race)
+    return raced
+
 def test_extend_of_a_volume_detached_meanwhile_grows_nothing_else(
         env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     """The attachment an attached extend reads before it holds the instance
@@ -149,18 +167,12 @@ def test_extend_of_a_volume_detached_meanwhile_grows_nothing_else(
     vols.create("data", 1)
     vols.create("other", 1)
     vols.attach("data", "web1")
-    hold = compute.tasks.hold
-    raced: list[bool] = []
+    def other_calls() -> None:
+        vols.detach("data", "web1")
+        assert vols.attach("other", "web1").device == "vdb"
+        vols.attach("data", "web2", device="vdc")
 
-    def hold_after_a_race(instance_id: str, instance_name: str, task: str) -> Any:
-        if not raced:
-            raced.append(True)
-            vols.detach("data", "web1")
-            assert vols.attach("other", "web1").device == "vdb"
-            vols.attach("data", "web2", device="vdc")
-        return hold(instance_id, instance_name, task)
-
-    monkeypatch.setattr(compute.tasks, "hold", hold_after_a_race)
+    raced = _race_before_the_hold(monkeypatch, compute, other_calls)
     with pytest.raises(Conflict, match="detached from instance 'web1' meanwhile"):
         vols.extend("data", 2, attached=True)
     assert raced
@@ -184,16 +196,8 @@ def test_an_extend_to_less_than_one_that_ended_meanwhile_is_refused(
     inst = _spawn(env)
     vols.create("data", 1)
     vols.attach("data", "web1")
-    hold = compute.tasks.hold
-    raced: list[bool] = []
-
-    def hold_after_a_race(instance_id: str, instance_name: str, task: str) -> Any:
-        if not raced:
-            raced.append(True)
-            vols.extend("data", 3, attached=True)  # the other request, ended first
-        return hold(instance_id, instance_name, task)
-
-    monkeypatch.setattr(compute.tasks, "hold", hold_after_a_race)
+    raced = _race_before_the_hold(  # the other request, ended first
+        monkeypatch, compute, lambda: vols.extend("data", 3, attached=True))
     with pytest.raises(Invalid, match="must be larger than volume 'data''s 3 GiB"):
         vols.extend("data", 2, attached=True)
     assert raced and hv.domains[inst.id].disk_sizes == {"vdb": 3 * GIB}
