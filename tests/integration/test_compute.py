@@ -1,6 +1,6 @@
 """Compute logic on the fake hypervisor, with real disks (qemu-img) and records.
 
-No QEMU runs: the fake stands in for libvirt and ``FakeCapture`` for the
+No QEMU runs: the fake stands in for libvirt and ``FakeConsole`` (vmops/console/fake.py) for the
 console capture processes. What a real guest sees is proven by
 tests/functional; this proves ordering, state rules, rollback and recovery.
 """
@@ -18,6 +18,7 @@ from vmops import config
 from vmops.compute import states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
+from vmops.console.fake import FakeConsole
 from vmops.disks.cache import ImageCache
 from vmops.errors import (
     Conflict,
@@ -37,40 +38,12 @@ pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
 
 
-class FakeCapture:
-    """The vmops.console functions, with every capture connecting at once."""
-
-    def __init__(self) -> None:
-        self.running: set[Path] = set()
-        self.generation = 0
-
-    def start_capture(self, socket: Path, log_dir: Path, max_bytes: int) -> int:
-        self.running.add(log_dir)
-        return 1
-
-    def capture_generation(self, log_dir: Path) -> tuple[bool, int]:
-        return True, self.generation
-
-    def wait_connected(self, log_dir: Path, after_generation: int, timeout: float) -> int:
-        self.generation += 1
-        return self.generation
-
-    def poke_capture(self, log_dir: Path) -> None:
-        pass
-
-    def stop_capture(self, log_dir: Path) -> None:
-        self.running.discard(log_dir)
-
-    def read_log(self, log_dir: Path, tail_lines: int | None = None) -> bytes:
-        return b""
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
     settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
     store = Store(settings.db_path)
     hv = FakeHypervisor()
-    capture = FakeCapture()
+    capture = FakeConsole()
     problems: list[str] = []
     compute = Compute(settings, store, hv, Accel.TCG, lambda: problems, capture=capture)
     catalog = Catalog(store, ImageCache(settings.images_dir))

@@ -14,17 +14,18 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture, _spawn
+from tests.integration.test_compute import _spawn
 from tests.integration.test_compute import env as env  # noqa: F401 - the fixture, shared
 from vmops.compute import states
 from vmops.compute.manager import Compute, SpawnRequest
+from vmops.console.fake import FakeConsole
 from vmops.errors import HypervisorError
 from vmops.hypervisor.fake import FakeHypervisor
 
 pytestmark = pytest.mark.integration
 
 
-class FailingCapture(FakeCapture):
+class FailingCapture(FakeConsole):
     """A capture whose stop fails once (a capture process that survives SIGKILL)."""
 
     def __init__(self) -> None:

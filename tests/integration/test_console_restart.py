@@ -6,17 +6,16 @@ few seconds)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
 from tests.integration.test_compute import env as env  # noqa: F401 - the fixture, shared
 from tests.integration.test_console_capture import BOUND, Console
 from tests.integration.test_console_capture import consoles as consoles  # noqa: F401
 from vmops.compute.manager import Compute
 from vmops.console import read_log, stop_capture
+from vmops.console.fake import FakeConsole
 from vmops.console.layout import LogFiles
 
 pytestmark = pytest.mark.integration
@@ -33,23 +32,8 @@ def test_a_clean_stop_leaves_no_marker(consoles: Callable[[], Console]) -> None:
     assert MARKER not in read_log(console.log_dir)
 
 
-class DyingCapture(FakeCapture):
-    """FakeCapture whose processes can die: ``capture_pid`` says if one runs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.starts = 0
-
-    def start_capture(self, socket: Path, log_dir: Path, max_bytes: int) -> int:
-        self.starts += 1
-        return super().start_capture(socket, log_dir, max_bytes)
-
-    def capture_pid(self, log_dir: Path) -> int | None:
-        return 1 if log_dir in self.running else None
-
-
 def test_compute_restarts_dead_captures_of_running_instances(env: dict[str, Any]) -> None:
-    capture = DyingCapture()
+    capture = FakeConsole()
     c = Compute(env["settings"], env["store"], env["hv"], env["compute"].accel, lambda: [],
                 capture=capture)
     running = c.create(_request("web1"), background=False)
@@ -67,7 +51,7 @@ def test_compute_restarts_dead_captures_of_running_instances(env: dict[str, Any]
 
 
 def test_busy_instances_are_left_to_their_operation(env: dict[str, Any]) -> None:
-    capture = DyingCapture()
+    capture = FakeConsole()
     c = Compute(env["settings"], env["store"], env["hv"], env["compute"].accel, lambda: [],
                 capture=capture)
     inst = c.create(_request("web1"), background=False)

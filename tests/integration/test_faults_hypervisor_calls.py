@@ -29,11 +29,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
 from vmops import config
 from vmops.compute import states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
+from vmops.console.fake import FakeConsole
 from vmops.disks.cache import ImageCache
 from vmops.errors import HypervisorError, InstanceNotFound
 from vmops.hypervisor.base import Accel
@@ -47,8 +47,8 @@ BYSTANDER = "keep"
 PROBE = "probe"
 
 
-class SocketCapture(FakeCapture):
-    """FakeCapture that also makes the console socket file, standing in for
+class SocketCapture(FakeConsole):
+    """FakeConsole that also makes the console socket file, standing in for
     QEMU (which serves it), so the test can see whether teardown removes it."""
 
     def start_capture(self, socket: Path, log_dir: Path, max_bytes: int) -> int:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.integration.test_compute import FakeCapture
 from vmops import config
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
+from vmops.console.fake import FakeConsole
 from vmops.disks.cache import ImageCache
 from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
@@ -23,7 +23,7 @@ def make_env(tmp_path: Path, marker: bytes) -> dict[str, Any]:
     settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
     store = Store(settings.db_path)
     hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeCapture())
+    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeConsole())
     base = tmp_path / "base.raw"
     base.write_bytes(marker + bytes(1024 * 1024 - len(marker)))
     Catalog(store, ImageCache(settings.images_dir)).import_image(

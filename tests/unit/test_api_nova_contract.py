@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
 from tests.unit.test_api import IMAGE_ID, TOKEN, Answer, Api, start_api
 from vmops.api import views
 from vmops.api.server import Authenticator, Context
 from vmops.compute import spawn as spawn_steps
 from vmops.compute import states
+from vmops.console.fake import FakeConsole
 from vmops.store import Image
 
 # -- the key sets of Tempest's schemas -------------------------------------------------
@@ -473,7 +473,7 @@ def test_delete_while_building_stops_the_build_and_leaves_nothing(
         api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nova allows it: the build stops at its next step, then the server goes."""
     entered, release = threading.Event(), threading.Event()
-    capture = FakeCapture()
+    capture = FakeConsole()
     monkeypatch.setattr(api.compute, "console", capture)
 
     def slow_disks(*args: Any, **kwargs: Any) -> list[Any]:

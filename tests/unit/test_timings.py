@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_compute import FakeCapture
 from tests.unit.test_api import EXTRA, Api
 from tests.unit.test_api_nova_contract import SHOW_21
 from vmops import config
@@ -21,6 +20,7 @@ from vmops.cli.main import _timing_items
 from vmops.compute import crash_points, spawn, states
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.compute.timings import Timings, active
+from vmops.console.fake import FakeConsole
 from vmops.disks import instance_disks, qemu_img
 from vmops.errors import HypervisorError
 from vmops.hypervisor.base import Accel
@@ -122,7 +122,7 @@ def compute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Compute
                           virtual_size=1 << 20, file_size=1 << 20, checksum="ab" * 32,
                           path=str(tmp_path / "tiny.qcow2")))
     made = Compute(settings, store, FakeHypervisor(), Accel.TCG, lambda: [],
-                   capture=FakeCapture())
+                   capture=FakeConsole())
 
     def root_only(compute: Compute, inst: Instance, *args: Any, **kw: Any) -> list[DiskRecord]:
         root = compute.instance_dir(inst) / "root.qcow2"  # an empty file: nothing reads it

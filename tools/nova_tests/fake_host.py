@@ -3,7 +3,8 @@
 Everything is vmops' own driver (:class:`vmops.nova_driver.VmopsDriver`)
 and compute layer; only the host is stood in for: the in-memory
 :class:`~vmops.hypervisor.fake.FakeHypervisor` instead of libvirt, and a
-console capture that connects at once (no QEMU serves a console socket).
+console capture that connects at once (:class:`~vmops.console.fake.FakeConsole`:
+no QEMU serves a console socket).
 Each driver gets a state directory of its own under ``$VMOPS_NOVA_TESTS_TMP``.
 """
 
@@ -16,40 +17,11 @@ from pathlib import Path
 from vmops import config
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
+from vmops.console.fake import FakeConsole
 from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.nova_driver import VmopsDriver
 from vmops.store import Store
-
-
-class NoConsole:
-    """vmops.console's functions for a host with no QEMU: the capture
-    "connects" at once and the log is empty."""
-
-    def __init__(self) -> None:
-        self.generation = 0
-
-    def start_capture(self, socket: Path, log_dir: Path, max_bytes: int) -> int:
-        return 0
-
-    def capture_generation(self, log_dir: Path) -> tuple[bool, int]:
-        return True, self.generation
-
-    def wait_connected(self, log_dir: Path, after_generation: int, timeout: float) -> int:
-        self.generation += 1
-        return self.generation
-
-    def poke_capture(self, log_dir: Path) -> None:
-        pass
-
-    def stop_capture(self, log_dir: Path) -> None:
-        pass
-
-    def capture_pid(self, log_dir: Path) -> int | None:
-        return None
-
-    def read_log(self, log_dir: Path, tail_lines: int | None = None) -> bytes:
-        return b""
 
 
 class FakeHostVmopsDriver(VmopsDriver):
@@ -63,5 +35,5 @@ class FakeHostVmopsDriver(VmopsDriver):
         store = Store(settings.db_path)
         self.fake_hypervisor = FakeHypervisor()
         compute = Compute(settings, store, self.fake_hypervisor, Accel.TCG, lambda: [],
-                          capture=NoConsole())
+                          capture=FakeConsole())
         return compute, Catalog.from_settings(settings, store)

@@ -43,6 +43,7 @@ from vmops.compute.server_groups import ServerGroups
 from vmops.compute.tasks import TaskLocks
 from vmops.compute.timings import Timings
 from vmops.config import Settings
+from vmops.console.api import ConsoleCapture
 from vmops.errors import (
     Conflict,
     HostNotReady,
@@ -124,10 +125,10 @@ class SpawnRequest:
 class Compute:
     def __init__(self, settings: Settings, store: Store, hypervisor: Hypervisor,
                  accel: Accel, host_problems: Callable[[], list[str]],
-                 capture: Any = console, network: Network | None = None) -> None:
+                 capture: ConsoleCapture = console, network: Network | None = None) -> None:
         self.settings = settings
-        # The console capture processes: the vmops.console module, or a
-        # stand-in with the same functions in unit tests.
+        # The console capture: the vmops.console module, or
+        # vmops.console.fake.FakeConsole in tests that run no QEMU.
         self.console = capture
         self.store = store
         # The vmops network; None (unit tests) or disabled: user-mode NICs only.
