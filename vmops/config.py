@@ -135,6 +135,15 @@ class Settings:
         30, "Seconds a volume detach waits for the running guest to release the disk "
         "(libvirt's device-removed event); then the volume stays attached (in-use) and the "
         "detach is reported failed, so no write is lost.", minimum=1, maximum=600)
+    volume_target_check_interval: int = _opt(
+        10, "Seconds between two looks at the portal of each attached iSCSI volume (does it "
+        "accept a TCP connection?); 0: never look. QEMU's iSCSI initiator waits for a lost "
+        "target without reporting an error, so this is how vmops finds out.",
+        minimum=0, maximum=3600)
+    volume_target_timeout: int = _opt(
+        30, "Seconds an attached iSCSI volume's portal may go unanswered before the volume is "
+        "put in error (the guest's I/O on it is waiting); it is in-use again once the portal "
+        "answers.", minimum=1, maximum=86400)
     resume_guests_state_on_host_boot: bool = _opt(
         False, "Start again, when the service starts, the VMs that were running before the "
         "host rebooted.")
