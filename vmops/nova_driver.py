@@ -17,8 +17,15 @@ Not done here yet (docs/nova-driver.md): Nova's networking (os-vif
 plugging, Neutron ports; a guest gets one user-mode NIC with Nova's MAC),
 volumes from Cinder, migration, config drive from Nova's metadata service
 content (vmops writes its own drive from the user data, files, metadata,
-password and key pair Nova passes), and Nova's eventlet mode on libvirt
-(refused: :func:`_check_threading`).
+password and key pair Nova passes).
+
+Nova's threading: under eventlet (Nova's default) the driver installs
+:class:`GreenThreads` as vmops' hypervisor thread model
+(:mod:`vmops.hypervisor.threads`) before it opens the hypervisor: libvirt's
+event loop gets a native OS thread, and its events reach vmops' (green)
+dispatcher through a native queue and a pipe the hub watches, as Nova's
+own libvirt host hands its events over. This module is the only one that
+knows eventlet. In native mode, vmops' default model.
 
 Lifecycle events: every power change vmops' compute layer sees (libvirt's
 events, the guest powering itself off, QEMU dying) reaches Nova as a
@@ -31,9 +38,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 import platform
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,16 +56,16 @@ from nova.virt import driver, hardware, images
 from nova.virt import event as virtevent
 from oslo_config import cfg
 
-from vmops import config, doctor, socket_paths
+from vmops import config, socket_paths
 from vmops.compute import host_facts, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
-from vmops.hypervisor import FAKE_URI, open_hypervisor
+from vmops.hypervisor import FAKE_URI, threads
 from vmops.hypervisor.base import LifecycleEvent as VmopsLifecycleEvent
 from vmops.hypervisor.base import PowerState
-from vmops.service import take_lock
-from vmops.store import Instance, Store
+from vmops.service import build, open_host, take_lock
+from vmops.store import Instance
 
 log = logging.getLogger(__name__)
 
@@ -129,23 +138,16 @@ class VmopsDriver(driver.ComputeDriver):
         """vmops' compute layer for ``[vmops] state_dir``, as ``vmops serve`` makes it."""
         state_dir = Path(CONF.vmops.state_dir) if CONF.vmops.state_dir else None
         settings = config.load(state_dir)
-        _check_threading(settings.effective_libvirt_uri)
+        _use_novas_threading()
         # Held as `vmops serve` holds it: a service started on the same
         # directory is refused, naming this process.
         self._state_lock = take_lock(settings.state_dir)
         socket_paths.ensure_socket_root(settings.state_dir)
-        for d in (settings.images_dir, settings.instances_dir, settings.run_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        accel = doctor.resolve_accel(settings.accel)
-        hv = open_hypervisor(settings.effective_libvirt_uri, accel)
-        hv.connect()
-        checks = doctor.run_checks(settings.state_dir, settings.effective_libvirt_uri,
-                                   settings.accel, hypervisor=hv, database=settings.db_path)
-        problems = [f"{c.name}: {c.detail} ({c.advice})" for c in checks
-                    if c.required and not c.ok]
-        store = Store(settings.db_path)
-        return (Compute(settings, store, hv, accel, lambda: problems),
-                Catalog.from_settings(settings, store))
+        host = open_host(settings)
+        problems = host.problems()
+        engine = build(settings, hypervisor=host.hypervisor, accel=host.accel,
+                       host_problems=lambda: problems)
+        return engine.compute, engine.catalog
 
     def init_host(self, host: str) -> None:
         """Reconcile vmops' records with the hypervisor, as ``vmops serve`` does at start."""
@@ -509,19 +511,72 @@ class VmopsDriver(driver.ComputeDriver):
         provider_tree.update_inventory(nodename, inventory)
 
 
-def _check_threading(uri: str) -> None:
-    """libvirt needs Nova's native threading mode: under eventlet's monkey
-    patching, the thread vmops runs libvirt's event loop on is a green one,
-    and the loop's blocking C call holds every green thread (nova-compute
-    would hang opening the hypervisor; Nova's own libvirt driver takes
-    native threads and a pipe to the hub for this). Refused, naming the fix,
-    rather than hung."""
-    if utils.concurrency_mode_threading() or uri == FAKE_URI:
-        return
-    raise exception.NovaException(
-        f"vmops' Nova driver on libvirt ({uri}) needs Nova's native threading mode: "
-        "set OS_NOVA_DISABLE_EVENTLET_PATCHING=1 for nova-compute (under eventlet, "
-        "vmops' libvirt event loop would block every green thread)")
+def _use_novas_threading() -> None:
+    """Under Nova's eventlet mode, vmops' hypervisor threads as
+    :class:`GreenThreads`; in native mode vmops' default (plain threads)."""
+    if not utils.concurrency_mode_threading():
+        threads.install(GreenThreads())
+
+
+class GreenThreads:
+    """vmops' hypervisor thread model under eventlet's monkey patching.
+
+    libvirt's event loop blocks in C: on a green thread it would hold every
+    green thread (nova-compute hung opening the embedded libvirt), so it
+    runs on a native one (``eventlet.patcher.original("threading")``). Its
+    events go to vmops' dispatcher, a green thread, through
+    :class:`GreenHandoff`."""
+
+    def start_native(self, target: Callable[[], None], name: str) -> None:
+        from eventlet import patcher
+
+        native = patcher.original("threading")
+        native.Thread(target=target, name=name, daemon=True).start()
+
+    def handoff(self) -> GreenHandoff:
+        return GreenHandoff()
+
+
+class GreenHandoff:
+    """A queue from native threads to green ones, as Nova's libvirt host
+    (``nova/virt/libvirt/host.py``) hands libvirt's events to the hub: a
+    native ``queue.Queue`` (its lock is a real one, safe on both kinds of
+    thread), and a pipe written once per item, which a waiting green
+    thread watches through the hub, so a wait blocks that green thread
+    only."""
+
+    def __init__(self) -> None:
+        from eventlet import patcher
+
+        self._queue = patcher.original("queue").Queue()
+        self._empty = patcher.original("queue").Empty
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+
+    def put(self, item: object) -> None:
+        """On any thread: never blocks (a full pipe already wakes the reader)."""
+        self._queue.put(item)
+        try:
+            os.write(self._wake_write, b"\0")
+        except BlockingIOError:
+            pass
+
+    def get(self) -> Any:
+        """On a green thread: the next item, waiting for it in the hub."""
+        from eventlet import hubs
+
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except self._empty:
+                pass
+            # An item put after the check above has written to the pipe.
+            hubs.trampoline(self._wake_read, read=True)
+            try:
+                os.read(self._wake_read, 4096)
+            except BlockingIOError:
+                pass
 
 
 def _single_mac(network_info: Any, instance_uuid: str) -> str | None:

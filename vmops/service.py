@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from vmops import doctor, file_modes
+from vmops import console, doctor, file_modes
 from vmops.api.routes import Routes
 from vmops.api.server import Limits, serve
 from vmops.compute import crash_points
@@ -27,7 +28,7 @@ from vmops.compute.manager import Compute
 from vmops.config import Settings
 from vmops.errors import ConfigError, ServiceAlreadyRunning, VmopsError
 from vmops.hypervisor import open_hypervisor
-from vmops.hypervisor.base import Check, Hypervisor
+from vmops.hypervisor.base import Accel, Check, Hypervisor
 from vmops.hypervisor.libvirt import embed_root
 from vmops.identity import Identity
 from vmops.identity.authenticator import IdentityAuthenticator
@@ -160,6 +161,77 @@ def _domain_label(hv: Hypervisor, uuid: str) -> str:
         return uuid
 
 
+# -- the composition root ---------------------------------------------------------
+@dataclasses.dataclass
+class Engine:
+    """vmops' parts for one state directory, wired together by :func:`build`."""
+
+    settings: Settings
+    store: Store
+    hypervisor: Hypervisor
+    compute: Compute
+    catalog: Catalog
+    network: Network | None
+
+    def routes(self, checks: Callable[[], list[dict[str, Any]]] = lambda: [],
+               identity: Identity | None = None) -> Routes:
+        """The HTTP API's routes over these parts (``checks``: doctor's, for /health)."""
+        return Routes(self.compute, self.catalog, checks, identity=identity)
+
+    def close(self) -> None:
+        """Close the store and the hypervisor connection (not the network:
+        guests keep theirs; the service stops its watcher itself)."""
+        self.hypervisor.close()
+        self.store.close()
+
+
+def build(settings: Settings, *, hypervisor: Hypervisor, accel: Accel = Accel.TCG,
+          capture: Any = console, store: Store | None = None,
+          network: Callable[[Settings, Store], Network] | None = None,
+          host_problems: Callable[[], list[str]] = lambda: []) -> Engine:
+    """The one place vmops' parts are wired: the service, Nova's driver, the
+    tests and bench all call it. ``hypervisor`` is connected or not, as the
+    caller chooses; ``store`` defaults to ``settings.db_path``; ``network``
+    makes the vmops network (the service's :func:`open_network`), none
+    otherwise (user-mode NICs only); ``capture`` is the console capture
+    (the vmops.console module, or a fake where no QEMU runs)."""
+    store = store if store is not None else Store(settings.db_path)
+    made_network = network(settings, store) if network is not None else None
+    compute = Compute(settings, store, hypervisor, accel, host_problems,
+                      capture=capture, network=made_network)
+    return Engine(settings=settings, store=store, hypervisor=hypervisor, compute=compute,
+                  catalog=Catalog.from_settings(settings, store), network=made_network)
+
+
+@dataclasses.dataclass(frozen=True)
+class Host:
+    """The hypervisor, connected, and what doctor found about the host."""
+
+    hypervisor: Hypervisor
+    accel: Accel
+    checks: list[Check]
+
+    def problems(self) -> list[str]:
+        """The required checks that failed: spawns are refused with these."""
+        return [f"{c.name}: {c.detail} ({c.advice})" for c in self.checks
+                if c.required and not c.ok]
+
+
+def open_host(settings: Settings) -> Host:
+    """Make the state directory's folders, connect to the hypervisor of
+    ``settings`` and run doctor's checks on it (the service and Nova's driver)."""
+    s = settings
+    for d in (s.images_dir, s.instances_dir, s.run_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    accel = doctor.resolve_accel(s.accel)
+    log.info("acceleration: %s (setting: %s)", accel.value, s.accel)
+    hv = open_hypervisor(s.effective_libvirt_uri, accel)
+    hv.connect()
+    checks = doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
+                               hypervisor=hv, database=s.db_path)
+    return Host(hypervisor=hv, accel=accel, checks=checks)
+
+
 class Service:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -189,39 +261,38 @@ class Service:
 
     def _start(self) -> None:
         s = self.settings
-        for d in (s.images_dir, s.instances_dir, s.run_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        accel = doctor.resolve_accel(s.accel)
-        log.info("acceleration: %s (setting: %s)", accel.value, s.accel)
-        self.hv = open_hypervisor(s.effective_libvirt_uri, accel)
-        self.hv.connect()
-        checks = doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
-                                   hypervisor=self.hv, database=s.db_path)
-        problems = [f"{c.name}: {c.detail} ({c.advice})" for c in checks
-                    if c.required and not c.ok]
+        host = open_host(s)
+        self.hv = host.hypervisor
+        checks = host.checks
+        problems = host.problems()
         for problem in problems:
             log.error("host check failed: %s", problem)
-        self.store = Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES)
-        self.network = open_network(s, self.store)
-        checks.extend(network_health(s, self.network))
-        self.compute = Compute(s, self.store, self.hv, accel, lambda: problems,
-                               network=self.network)
-        catalog = Catalog.from_settings(s, self.store)
+        engine = build(s, hypervisor=self.hv, accel=host.accel, host_problems=lambda: problems,
+                       store=Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES),
+                       network=open_network)
+        self.store = engine.store
+        self.network = engine.network
+        if self.network is not None:
+            checks.extend(network_health(s, self.network))
+        self.compute = engine.compute
+        catalog = engine.catalog
         orphans = self.compute.recover()
         volumes = Volumes(self.compute)
         volumes.reconcile()  # after recover: destroys finished release theirs
         volumes.watch()  # a disk QEMU cannot read or write puts its volume in error
+        volumes.watch_targets(self._stop)  # an iSCSI portal gone silent: the same
         checks.append(report_unrecorded(self.hv, orphans, s.db_path, self.store.started_empty))
         catalog.recover_imports()
         self.compute.background_actions = True
-        self.network.start_watcher()
+        if self.network is not None:
+            self.network.start_watcher()
         identity = Identity(self.store, s.identity_token_ttl, s.api_token,
                             s.identity_lockout_failures,
                             admin_password_file=s.admin_password_file)
         ensure_admin_password(identity.directory, s.admin_password_file,
                               s.identity_admin_password)
-        routes = Routes(self.compute, catalog, lambda: [dataclasses.asdict(c) for c in checks],
-                        identity=identity)
+        routes = engine.routes(lambda: [dataclasses.asdict(c) for c in checks],
+                               identity=identity)
         limits = Limits(request_timeout=s.api_request_timeout, body_timeout=s.api_body_timeout,
                         max_connections=s.api_max_connections,
                         max_connections_per_client=s.api_max_connections_per_client,

@@ -25,8 +25,9 @@ from vmops.compute import states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.disks.cache import ImageCache
-from vmops.hypervisor.base import Accel, PowerState
+from vmops.hypervisor.base import PowerState
 from vmops.hypervisor.fake import FakeHypervisor
+from vmops.service import build
 from vmops.store import DiskRecord, Image, Instance, Store
 
 TOKEN = "s3cret-token"
@@ -148,16 +149,15 @@ class Api:
 def start_api(state_dir: Path, token: str = TOKEN,
               authenticator: server.Authenticator | None = None) -> tuple[Api, list[Any]]:
     settings = config.load(state_dir, env={})
-    store = Store(settings.db_path)
     hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [])
+    engine = build(settings, hypervisor=hv)
+    compute, store = engine.compute, engine.store
     compute.background_actions = True
     store.add_image(Image(id=IMAGE_ID, name="tiny", status="active", format="qcow2",
                           virtual_size=1 << 30, file_size=1 << 20, checksum="ab" * 32,
                           path="/nonexistent/tiny"))
-    routes = Routes(compute, Catalog(store, ImageCache(settings.images_dir)),
-                    lambda: [{"name": "fake", "ok": True, "required": True, "detail": "d",
-                              "advice": ""}])
+    routes = engine.routes(lambda: [{"name": "fake", "ok": True, "required": True,
+                                     "detail": "d", "advice": ""}])
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

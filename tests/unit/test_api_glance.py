@@ -22,16 +22,13 @@ import pytest
 from tests.unit.test_api import TOKEN, Answer, Api
 from vmops import config
 from vmops.api import server
-from vmops.api.routes import Routes
 from vmops.api.server import Context
 from vmops.compute.catalog import UPLOAD_INTERRUPTED, Catalog
-from vmops.compute.manager import Compute
 from vmops.disks.cache import ImageCache
-from vmops.disks.sources import ImportLimits
 from vmops.errors import Forbidden
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Image, Store
+from vmops.service import build
+from vmops.store import Image
 
 IMAGES = "/image/v2/images"
 PATCH = "application/openstack-images-v2.1-json-patch"
@@ -56,10 +53,9 @@ class Tokens(server.Authenticator):
 def glance(tmp_path: Path) -> Iterator[Api]:
     settings = config.load(tmp_path, env={}, image_import_max_bytes=MAX_BYTES,
                            image_import_reserve_bytes=0)
-    store = Store(settings.db_path)
-    compute = Compute(settings, store, FakeHypervisor(), Accel.TCG, lambda: [])
-    catalog = Catalog(store, ImageCache(settings.images_dir, ImportLimits.from_settings(settings)))
-    routes = Routes(compute, catalog, lambda: [])
+    engine = build(settings, hypervisor=FakeHypervisor())
+    compute, store = engine.compute, engine.store
+    routes = engine.routes()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -16,16 +16,11 @@ import pytest
 from tests.unit.test_api import TOKEN, Api
 from vmops import config
 from vmops.api import server
-from vmops.api.routes import Routes
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
-from vmops.disks.cache import ImageCache
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.identity import Identity
 from vmops.identity.authenticator import IdentityAuthenticator
 from vmops.identity.bootstrap import ensure_admin_password
-from vmops.store import Store
+from vmops.service import build
 
 ID = "/identity/v3"
 ADMIN_PASSWORD = "admin-secret"
@@ -34,18 +29,18 @@ ADMIN_PASSWORD = "admin-secret"
 @pytest.fixture
 def kapi(tmp_path: Path) -> Iterator[Api]:
     settings = config.load(tmp_path, env={})
-    store = Store(settings.db_path)
-    compute = Compute(settings, store, FakeHypervisor(), Accel.TCG, lambda: [])
+    hv = FakeHypervisor()
+    engine = build(settings, hypervisor=hv)
+    compute, store = engine.compute, engine.store
     identity = Identity(store, api_token=TOKEN)
     ensure_admin_password(identity.directory, settings.admin_password_file, ADMIN_PASSWORD)
-    routes = Routes(compute, Catalog(store, ImageCache(settings.images_dir)), lambda: [],
-                    identity=identity)
+    routes = engine.routes(identity=identity)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     servers = server.serve(routes.router(), settings.api_socket, f"127.0.0.1:{port}",
                            authenticator=IdentityAuthenticator(identity))
-    yield Api(port, compute, FakeHypervisor(), store)
+    yield Api(port, compute, hv, store)
     for srv in servers:
         srv.shutdown()
         srv.server_close()

@@ -3,22 +3,15 @@ the classes mean what they say."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from vmops import config
 from vmops.api import policy
 from vmops.api.policy import ADMIN, AUTHENTICATED, MEMBER, PUBLIC, READER, Rule
-from vmops.api.routes import Routes
 from vmops.api.server import ANONYMOUS, Context, Request
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
-from vmops.disks.cache import ImageCache
 from vmops.errors import PolicyForbidden
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Store
+from vmops.service import build
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +19,9 @@ def router_routes(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[tuple[
                                                                       set[tuple[str, str]]]:
     state = tmp_path_factory.mktemp("policy")
     settings = config.load(state, env={})
-    store = Store(settings.db_path)
-    compute = Compute(settings, store, FakeHypervisor(), Accel.TCG, lambda: [])
-    router = Routes(compute, Catalog(store, ImageCache(Path("/nonexistent"))),
-                    lambda: []).router()
-    store.close()
+    engine = build(settings, hypervisor=FakeHypervisor())
+    router = engine.routes().router()
+    engine.store.close()
     return router.templates(), router.public_templates()
 
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 
 from vmops import config, doctor
-from vmops.compute.manager import Compute
 from vmops.errors import DatabaseCorrupt
-from vmops.hypervisor.base import Accel, DomainSpec
+from vmops.hypervisor.base import DomainSpec
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.service import report_unrecorded
+from vmops.service import build, report_unrecorded
 from vmops.store import SCHEMA_VERSION, Store, database_problem
 
 FIXTURE = Path(__file__).parent / "fixtures" / "store_v1.db"
@@ -105,9 +104,9 @@ def test_starting_empty_next_to_vmops_domains_is_said_out_loud(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "vmops.db").write_bytes(b"")  # a 0-byte vmops.db, as found on a host
     settings = config.load(tmp_path, env={})
-    store = Store(settings.db_path)
     hv = _hv_with_a_vmops_domain()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [])
+    engine = build(settings, hypervisor=hv)
+    compute, store = engine.compute, engine.store
     with caplog.at_level(logging.WARNING):
         orphans = compute.recover()
         check = report_unrecorded(hv, orphans, settings.db_path, store.started_empty)
