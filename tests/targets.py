@@ -116,6 +116,20 @@ class IscsiTarget:
         for leftover in (f"socket.{self.control_port}", f"socket.{self.control_port}.lock"):
             (TGTD_SOCKET_DIR / leftover).unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """tgtd dies (SIGKILL): its portal stops answering, its sessions break."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """The same tgtd again (after :meth:`kill`): the same portal, control
+        port, target, LUN file and CHAP account."""
+        for leftover in (f"socket.{self.control_port}", f"socket.{self.control_port}.lock"):
+            (TGTD_SOCKET_DIR / leftover).unlink(missing_ok=True)
+        self.proc = subprocess.Popen(self.proc.args, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _configure(self)
+
 
 def _tgtadm(control_port: int, *args: str) -> None:
     subprocess.run(["tgtadm", "-C", str(control_port), "--lld", "iscsi", *args],
@@ -146,18 +160,23 @@ def iscsi_target(tmp: Path, size_mib: int = 48, chap_user: str = "vmopsuser",
                             stderr=subprocess.DEVNULL)
     target = IscsiTarget(port, control, iqn, image, chap_user, chap_secret, proc)
     try:
-        _wait_listening(port, proc, "tgtd")
-        _tgtadm(control, "--mode", "target", "--op", "new", "--tid", "1",
-                "--targetname", iqn)
-        _tgtadm(control, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
-                "--backing-store", str(image))
-        _tgtadm(control, "--mode", "target", "--op", "bind", "--tid", "1",
-                "--initiator-address", "127.0.0.1")
-        if chap_user:
-            _tgtadm(control, "--mode", "account", "--op", "new", "--user", chap_user,
-                    "--password", chap_secret)
-            _tgtadm(control, "--mode", "account", "--op", "bind", "--tid", "1",
-                    "--user", chap_user)
+        _configure(target)
         yield target
     finally:
         target.stop()
+
+
+def _configure(t: IscsiTarget) -> None:
+    """Once tgtd listens: the target, LUN 1 (its file), loopback only, CHAP."""
+    _wait_listening(t.port, t.proc, "tgtd")
+    _tgtadm(t.control_port, "--mode", "target", "--op", "new", "--tid", "1",
+            "--targetname", t.iqn)
+    _tgtadm(t.control_port, "--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
+            "--backing-store", str(t.lun_image))
+    _tgtadm(t.control_port, "--mode", "target", "--op", "bind", "--tid", "1",
+            "--initiator-address", "127.0.0.1")
+    if t.chap_user:
+        _tgtadm(t.control_port, "--mode", "account", "--op", "new", "--user", t.chap_user,
+                "--password", t.chap_secret)
+        _tgtadm(t.control_port, "--mode", "account", "--op", "bind", "--tid", "1",
+                "--user", t.chap_user)

@@ -17,6 +17,7 @@ from tests.integration.test_volumes import env as env  # noqa: F401 - the fixtur
 from tests.targets import IscsiTarget, NbdExport, free_port, iscsi_target, nbd_export
 from vmops.errors import Conflict, Invalid
 from vmops.hypervisor.fake import FakeHypervisor
+from vmops.volumes import remote
 from vmops.volumes.manager import SECRET_USAGE_PREFIX, Volumes
 from vmops.volumes.records import VolumeStatus
 
@@ -207,3 +208,67 @@ def test_an_attach_killed_after_libvirts_call_ends_in_use_at_start(
     assert vols.volume("shared").status == VolumeStatus.IN_USE
     assert vols.volume("other").status == VolumeStatus.AVAILABLE
     assert env["hv"].disk_targets(inst.id)["vdb"] == nbd.url
+
+
+def test_an_iscsi_target_that_dies_puts_its_attached_volume_in_error_until_it_answers(
+        env: dict[str, Any], nbd: NbdExport, tmp_path: Path) -> None:
+    """The target watch (Volumes.check_targets) against a real tgtd killed
+    and started again: silent for volume_target_timeout, the attached LUN's
+    volume goes to error naming the target and why; answering again, it is
+    in-use. An NBD volume (QEMU reports its errors itself) is not looked at."""
+    vols: Volumes = env["volumes"]
+    timeout = env["settings"].volume_target_timeout
+    with iscsi_target(tmp_path, size_mib=8, chap_user="") as target:
+        vols.register_remote("lun", target.url(1))
+        vols.register_remote("exp", nbd.url)
+        inst = _spawn(env)
+        vols.attach("lun", inst.name)
+        vols.attach("exp", inst.name)
+        vols.check_targets(now=1000.0)  # it answers
+        assert vols.volume("lun").status == VolumeStatus.IN_USE
+
+        target.kill()
+        nbd.stop()
+        vols.check_targets(now=2000.0)  # silent since now: not yet
+        assert vols.volume("lun").status == VolumeStatus.IN_USE
+        vols.check_targets(now=2000.0 + timeout)
+        lost = vols.volume("lun")
+        assert lost.status == VolumeStatus.ERROR, lost
+        assert lost.fault.startswith(f"iSCSI target not answering: {target.url(1)} has not "
+                                     f"accepted a connection for {timeout} s (Connection "
+                                     "refused); the guest's reads and writes on disk vdb "
+                                     "wait for it"), lost.fault
+        assert vols.volume("exp").status == VolumeStatus.IN_USE  # not the watch's
+        assert vols.attachment_of(lost.id) is not None  # still attached
+
+        target.restart()
+        nbd.restart()
+        vols.check_targets(now=2000.0 + 2 * timeout)
+        back = vols.volume("lun")
+        assert (back.status, back.fault) == (VolumeStatus.IN_USE, "")
+
+        # Silent again, then detached before the timeout: nothing to put in
+        # error, and a volume in error for an I/O error QEMU reported is not
+        # cleared by its portal answering.
+        target.kill()
+        vols.check_targets(now=3000.0)
+        vols.detach("lun", inst.name)
+        vols.check_targets(now=3000.0 + timeout)
+        assert vols.volume("lun").status == VolumeStatus.AVAILABLE
+        target.restart()
+        vols.attach("lun", inst.name)
+        vols.records.update(vols.volume("lun").id, status=VolumeStatus.ERROR,
+                            fault="QEMU could not read or write disk vdc: an I/O error")
+        vols.check_targets(now=4000.0)
+        assert vols.volume("lun").status == VolumeStatus.ERROR
+        vols.detach("lun", inst.name)
+        vols.detach("exp", inst.name)
+        vols.delete("lun")
+        vols.delete("exp")
+    _nothing_left(env)
+
+
+def test_the_portal_probe_says_why(tmp_path: Path) -> None:
+    assert remote.portal_silence("127.0.0.1", free_port(), 2.0) == "Connection refused"
+    with iscsi_target(tmp_path, size_mib=8, chap_user="") as target:
+        assert remote.portal_silence("127.0.0.1", target.port, 2.0) == ""

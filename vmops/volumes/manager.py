@@ -28,6 +28,7 @@ import contextlib
 import logging
 import re
 import threading
+import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import replace
@@ -82,6 +83,12 @@ DETACH_STEPS = (
     "after-record",  # the record says detaching; the domain not yet asked
     "after-detach",  # the disk is out of the domain; the record still says detaching
 )
+# The target watch (:meth:`Volumes.check_targets`): the attached volumes it
+# looks at, and the start of the fault it writes (how it knows its own).
+WATCHED_PROTOCOLS = frozenset({"iscsi"})
+WATCHED = frozenset({VolumeStatus.IN_USE, VolumeStatus.ERROR})
+TARGET_LOST = "iSCSI target not answering: "
+PORTAL_PROBE_TIMEOUT_S = 5.0
 
 
 class Volumes:
@@ -90,6 +97,8 @@ class Volumes:
         self.store = compute.store
         self.records = VolumeRecords(compute.store)
         self.pool = compute.settings.volumes_dir
+        # Volume id -> when its target was first found silent (monotonic s).
+        self._silent_since: dict[str, float] = {}
 
     @property
     def background(self) -> bool:
@@ -406,6 +415,67 @@ class Volumes:
             for volume in self.records.disks_reopened(event.uuid):
                 log.info("volume %s is in-use again: QEMU opened it when %s started",
                          volume.name or volume.id, event.uuid)
+
+    # -- a remote target that stops answering -------------------------------------
+    def watch_targets(self, stop: threading.Event) -> threading.Thread | None:
+        """Look at the attached iSCSI volumes' portals every
+        ``volume_target_check_interval`` seconds until ``stop`` is set
+        (:meth:`check_targets`), in a thread; None when the interval is 0."""
+        interval = self.compute.settings.volume_target_check_interval
+        if not interval:
+            return None
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.check_targets()
+                except Exception:  # noqa: BLE001 - the watch must not stop the service
+                    log.exception("volume target watch failed")
+
+        thread = threading.Thread(target=loop, name="volume-target-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def check_targets(self, now: float | None = None) -> None:
+        """One look at the portal of each attached iSCSI volume. QEMU's
+        iSCSI initiator keeps trying to log in again when its target goes
+        away and reports no error (the guest's I/O on the disk waits), so no
+        I/O error event comes: a portal that has not accepted a connection
+        for ``volume_target_timeout`` seconds puts its ``in-use`` volume in
+        ``error``, the fault saying why; once it accepts one again the
+        volume is ``in-use`` (QEMU logs in again by itself)."""
+        now = time.monotonic() if now is None else now
+        settings = self.compute.settings
+        silence: dict[tuple[str, int], str] = {}  # one look per portal
+        watched: set[str] = set()
+        for attachment in self.records.attachments():
+            volume = self.records.get(attachment.volume_id)
+            if volume.protocol not in WATCHED_PROTOCOLS or volume.status not in WATCHED:
+                continue
+            watched.add(volume.id)
+            portal = (volume.remote_host, volume.remote_port)
+            if portal not in silence:
+                silence[portal] = remote.portal_silence(
+                    *portal, min(PORTAL_PROBE_TIMEOUT_S, settings.volume_target_timeout))
+            why = silence[portal]
+            if not why:
+                self._silent_since.pop(volume.id, None)
+                if self.records.target_answers(volume.id, TARGET_LOST) is not None:
+                    log.info("volume %s is in-use again: its target %s answers",
+                             volume.name or volume.id, volume.path)
+                continue
+            since = self._silent_since.setdefault(volume.id, now)
+            if now - since < settings.volume_target_timeout:
+                continue
+            fault = (f"{TARGET_LOST}{volume.path} has not accepted a connection for "
+                     f"{settings.volume_target_timeout} s ({why}); the guest's reads and "
+                     f"writes on disk {attachment.device} wait for it (QEMU keeps trying to "
+                     "log in again). The volume is in-use again once the target answers")
+            if self.records.disk_failed(attachment.instance_id, attachment.device,
+                                        fault) is not None:
+                log.warning("volume %s is in error: %s", volume.name or volume.id, fault)
+        for volume_id in set(self._silent_since) - watched:  # detached, deleted
+            del self._silent_since[volume_id]
 
     def _ready(self, inst: Instance, action: str) -> Instance:
         """The instance, as it is now, if volumes may come and go on it."""

@@ -239,6 +239,17 @@ class VolumeRecords:
                 return None
             return self._update(db, row[0], status=VolumeStatus.ERROR, fault=fault)
 
+    def target_answers(self, volume_id: str, fault_prefix: str) -> Volume | None:
+        """The volume's target answers again: ``in-use``, if it is in
+        ``error`` for a fault starting with ``fault_prefix`` (the target
+        watch's own; an I/O error QEMU reported stays). The volume changed;
+        None if it did not."""
+        with self.store.transaction() as db:
+            volume = self._locked(db, volume_id)
+            if volume.status != VolumeStatus.ERROR or not volume.fault.startswith(fault_prefix):
+                return None
+            return self._update(db, volume_id, status=VolumeStatus.IN_USE, fault="")
+
     def disks_reopened(self, instance_id: str) -> list[Volume]:
         """A new QEMU process opened the instance's disks: its attached
         volumes in ``error`` are ``in-use`` again (the ones changed)."""

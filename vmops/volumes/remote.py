@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tempfile
 from pathlib import Path
 from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
@@ -146,3 +147,16 @@ def probe(source: NetworkSource, secret: bytes | None) -> int:
 def _why(message: str) -> str:
     """qemu-img's own reason, without its echo of the options."""
     return re.sub(r"Could not open '[^']*': ", "", message).replace("\n", " ").strip()
+
+
+def portal_silence(host: str, port: int, timeout: float) -> str:
+    """Why the portal ``host:port`` does not accept a TCP connection within
+    ``timeout`` seconds ('' if it does). A portal that accepts one has a
+    target daemon listening: QEMU's initiator can log in again."""
+    try:
+        with socket.create_connection((host, port), timeout):
+            return ""
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
