@@ -101,15 +101,42 @@ def test_refused_boot_volumes_leave_nothing(env: dict[str, Any], boot: BootVolum
     assert pool_files(env) == []
 
 
-def test_a_remote_volume_is_not_booted_from(env: dict[str, Any]) -> None:
+def test_a_remote_volume_is_booted_from_and_never_deleted_or_copied(
+        env: dict[str, Any]) -> None:
+    """An iSCSI volume as the root disk: a network disk, vda, first in the
+    domain. Delete on termination is refused (vmops does not remove
+    targets), so is a snapshot (no file here to copy), each leaving
+    nothing; destroy leaves the volume available. A real guest booting from
+    one: tests/functional/test_boot_volume.py."""
     records = VolumeRecords(env["store"])
+    url = "iscsi://127.0.0.1:3260/iqn.2026-01.test:t/0"
     records.add(Volume(id="r1", name="lun", size_gb=1, status=VolumeStatus.AVAILABLE,
-                       format="raw", path="iscsi://127.0.0.1:3260/iqn.2026-01.test:t/0",
-                       protocol="iscsi", remote_host="127.0.0.1", remote_port=3260,
-                       remote_export="iqn.2026-01.test:t"))
-    with pytest.raises(Invalid, match="boots from local volumes only"):
-        _spawn(env, BootVolume(volume="lun"), image="")
+                       format="raw", path=url, protocol="iscsi", remote_host="127.0.0.1",
+                       remote_port=3260, remote_export="iqn.2026-01.test:t"))
+    with pytest.raises(Invalid, match="vmops does not delete its target"):
+        _spawn(env, BootVolume(volume="lun", delete_on_termination=True), image="")
     assert env["store"].instances() == [] and records.attachment_of("r1") is None
+    assert records.get("r1").status == VolumeStatus.AVAILABLE
+
+    inst = _spawn(env, BootVolume(volume="lun"), image="")
+    assert inst.vm_state == states.ACTIVE and inst.boot_volume_id == "r1"
+    root = env["hv"].domains[inst.id].spec.disks[0]
+    assert root.target == "vda" and root.network is not None
+    assert (root.network.protocol, root.network.url) == ("iscsi", url)
+    assert env["hv"].disk_targets(inst.id)["vda"] == url
+    assert records.get("r1").status == VolumeStatus.IN_USE
+
+    cache = ImageCache(env["settings"].images_dir)
+    images = {i.id for i in env["store"].images()}
+    with pytest.raises(Invalid, match="boots from remote iscsi volume .*local root disks"):
+        env["compute"].snapshot(inst.name, "snap", cache)
+    assert {i.id for i in env["store"].images()} == images
+    with pytest.raises(Invalid, match="Unable to rebuild with a different image"):
+        env["compute"].rebuild(inst.name, "base")
+
+    env["compute"].destroy(inst.name)
+    kept = records.get("r1")
+    assert (kept.status, records.attachment_of("r1")) == (VolumeStatus.AVAILABLE, None)
 
 
 def test_a_volume_smaller_than_the_image_or_its_min_disk_is_refused(

@@ -61,7 +61,7 @@ def check(compute: Compute, boot: BootVolume, image: Image | None,
     records = VolumeRecords(compute.store)
     if boot.volume:
         volume = records.get(boot.volume, project_id or None)
-        _check_bootable(records, volume)
+        _check_bootable(records, volume, boot.delete_on_termination)
         return volume
     if image is None:
         raise Invalid(reason="a new boot volume is made from an image: name one")
@@ -83,15 +83,17 @@ def check(compute: Compute, boot: BootVolume, image: Image | None,
     return None
 
 
-def _check_bootable(records: VolumeRecords, volume: Volume) -> None:
+def _check_bootable(records: VolumeRecords, volume: Volume,
+                    delete_on_termination: bool) -> None:
     """Nova's InvalidVolume (400): a boot volume must be available. A remote
-    volume (NBD, iSCSI) is not booted from yet: neither its deletion on
-    termination nor a snapshot of it is vmops' to do."""
-    label = volume.name or volume.id
-    if volume.remote:
-        raise Invalid(reason=f"volume {label!r} is a remote {volume.protocol} volume: vmops "
-                      "boots from local volumes only")
+    one (an NBD export, an iSCSI LUN: a network disk QEMU opens itself) is
+    booted from as well, but never deleted with the server: vmops does not
+    remove targets."""
     server_volumes.check_available(records, volume)
+    if volume.remote and delete_on_termination:
+        raise Invalid(reason=f"volume {volume.name or volume.id!r} is a remote "
+                      f"{volume.protocol} volume: vmops does not delete its target "
+                      "(delete_on_termination must be false)")
 
 
 def claim(compute: Compute, volume: Volume, instance_id: str, instance_name: str) -> Volume:
@@ -143,8 +145,8 @@ def release(compute: Compute, inst: Instance, rollback: bool) -> None:
         volume = records.get(inst.boot_volume_id)
     except VolumeNotFound:  # gone already: nothing to delete
         return
-    if records.attachment_of(volume.id) is not None:
-        return  # attached elsewhere since: never delete a disk in use
+    if records.attachment_of(volume.id) is not None or volume.remote:
+        return  # attached elsewhere since: never delete a disk in use, nor a target
     pool.remove(Path(volume.path))
     records.delete(volume.id)
     log.info("%s: boot volume %s deleted with it", inst.name, volume.id)
@@ -161,7 +163,18 @@ def check_rebuild(compute: Compute, inst: Instance, image: Image) -> None:
                       f"{volume.image_id or 'no image'}.")
 
 
+def check_snapshot(compute: Compute, inst: Instance) -> None:
+    """A snapshot copies the root volume's file; a remote root volume has
+    none here (its bytes are the target's): refused before an image is made."""
+    volume = VolumeRecords(compute.store).get(inst.boot_volume_id)
+    if volume.remote:
+        raise Invalid(reason=f"instance {inst.name!r} boots from remote {volume.protocol} "
+                      f"volume {volume.path}: vmops snapshots local root disks and volumes "
+                      "only")
+
+
 def root_disk(compute: Compute, inst: Instance) -> DiskRecord:
     """The boot volume as a root disk (what a snapshot copies)."""
+    check_snapshot(compute, inst)
     volume = VolumeRecords(compute.store).get(inst.boot_volume_id)
     return DiskRecord("root", volume.path, volume.format, ROOT_DEVICE)

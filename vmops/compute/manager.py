@@ -811,6 +811,8 @@ class Compute:
 
         check_display_name(image_name)  # Nova's rule for names: printable, not padded
         inst = self.store.instance(ref)
+        if inst.boot_volume_id:  # a remote root volume has no file here to copy
+            boot_volume.check_snapshot(self, inst)
         image = self.store.add_image(Image(
             id=str(uuidlib.uuid4()), name=image_name, status="saving",
             source=f"snapshot of instance {inst.name}", instance_uuid=inst.id,
