@@ -36,6 +36,7 @@ so Nova need not poll for it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -61,7 +62,7 @@ from vmops.compute import host_facts, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
-from vmops.hypervisor import FAKE_URI, threads
+from vmops.hypervisor import threads
 from vmops.hypervisor.base import LifecycleEvent as VmopsLifecycleEvent
 from vmops.hypervisor.base import PowerState
 from vmops.service import build, open_host, take_lock
@@ -557,10 +558,8 @@ class GreenHandoff:
     def put(self, item: object) -> None:
         """On any thread: never blocks (a full pipe already wakes the reader)."""
         self._queue.put(item)
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.write(self._wake_write, b"\0")
-        except BlockingIOError:
-            pass
 
     def get(self) -> Any:
         """On a green thread: the next item, waiting for it in the hub."""
@@ -573,10 +572,8 @@ class GreenHandoff:
                 pass
             # An item put after the check above has written to the pipe.
             hubs.trampoline(self._wake_read, read=True)
-            try:
+            with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_read, 4096)
-            except BlockingIOError:
-                pass
 
 
 def _single_mac(network_info: Any, instance_uuid: str) -> str | None:

@@ -40,11 +40,10 @@ OUTCOMES = ("passed", "swallowed", "failed", "skipped")
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/nova-tests",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--threading", choices=("eventlet", "native"),
+    parser.add_argument("--threading", choices=("eventlet", "native"), default="eventlet",
                         help="Nova's threading mode: eventlet monkey patching (Nova's "
-                             "default; the default here on the fake hypervisor) or native "
-                             "threads (OS_NOVA_DISABLE_EVENTLET_PATCHING; the default and "
-                             "the only mode on libvirt)")
+                             "default, and the default here) or native threads "
+                             "(OS_NOVA_DISABLE_EVENTLET_PATCHING)")
     parser.add_argument("--hypervisor", choices=("fake", "libvirt"), default="fake",
                         help="under the driver: vmops' fake hypervisor (the gate), or the "
                              "real libvirt with the test image (guests boot under TCG: run "
@@ -61,11 +60,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="add this run's real passes to the expected-pass list "
                              "(never removes)")
     args = parser.parse_args(argv)
-    if args.threading is None:
-        args.threading = "eventlet" if args.hypervisor == "fake" else "native"
-    if (args.hypervisor, args.threading) == ("libvirt", "eventlet"):
-        parser.error("the driver refuses libvirt under eventlet (vmops' libvirt event loop "
-                     "would block every green thread): --threading native")
     if args.suite == "servers" and (args.hypervisor == "libvirt" or args.update_expected):
         parser.error("--suite servers runs on the fake hypervisor, with no expected-pass list")
     if args.hypervisor == "libvirt" and args.update_expected:

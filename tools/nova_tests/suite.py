@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -172,31 +173,69 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertNotIn("start", hv.calls[calls:])
         self.assertEqual("active", self.driver.compute.instance(self.instance.uuid).vm_state)
 
-    def test_the_driver_on_libvirt_needs_native_threading(self) -> None:
-        """The driver as shipped, on libvirt's test:///default: under Nova's
-        eventlet mode it is refused, naming the fix, and leaves the state
-        directory unlocked (vmops' libvirt event loop would hang every green
-        thread); in native mode it opens and reconciles."""
-        from nova import exception, monkey_patch
+    def test_the_driver_on_libvirt_hears_libvirts_events_in_this_threading_mode(
+            self) -> None:
+        """The driver as shipped, on libvirt's test:///default (its events
+        go through libvirt's event loop as QEMU's do), in this run's
+        threading mode: it opens and reconciles, and a vmops domain's
+        start, pause, resume and power off reach vmops' callbacks, in
+        order, on this OS thread (under eventlet: on a green thread, the
+        event loop on a native one; before vmops' thread model, opening
+        libvirt under eventlet hung every green thread)."""
+        import uuid as uuidlib
+
+        from nova import monkey_patch
         from nova.virt import fake
 
-        from vmops.nova_driver import VmopsDriver
-        from vmops.service import take_lock
+        from vmops.hypervisor.base import DiskSpec, DomainSpec, NicSpec
+        from vmops.nova_driver import GreenThreads, VmopsDriver
 
+        native_ident = _native_thread_ident()
         state_dir = Path(tempfile.mkdtemp(dir=os.environ.get("VMOPS_NOVA_TESTS_TMP")))
         (state_dir / "vmops.toml").write_text(
             'libvirt_uri = "test:///default"\nnetwork_mode = "user"\naccel = "tcg"\n')
         self.flags(state_dir=str(state_dir), group="vmops")
-        if monkey_patch.is_patched():
-            error = self.assertRaises(exception.NovaException, VmopsDriver,
-                                      fake.FakeVirtAPI())
-            self.assertIn("OS_NOVA_DISABLE_EVENTLET_PATCHING=1", str(error))
-            take_lock(state_dir).close()  # not left locked
-            return
         driver = VmopsDriver(fake.FakeVirtAPI())
         self.addCleanup(driver.cleanup_host, "myhostname")
         driver.init_host("myhostname")
         self.assertEqual([], driver.list_instances())
+        from vmops.hypervisor import threads
+        self.assertEqual(monkey_patch.is_patched(),
+                         isinstance(threads.current(), GreenThreads))
+
+        seen: list[tuple[str, str, int]] = []
+        arrived = threading.Event()  # green under eventlet
+
+        def on_event(event: Any) -> None:
+            seen.append((event.state.value, event.detail, _native_thread_ident()))
+            arrived.set()
+
+        hv = driver.compute.hv
+        hv.on_lifecycle_event(on_event)
+        uuid = str(uuidlib.uuid4())
+        hv.define(DomainSpec(
+            uuid=uuid, name=f"vmops-nova-{uuid[:8]}", memory_mib=64, vcpus=1,
+            disks=(DiskSpec(path=state_dir / "none.qcow2", format="qcow2", target="vda"),),
+            nics=(NicSpec(mac="52:54:00:12:34:56"),),
+            console_socket=state_dir / "none.sock", metadata={"name": "nova"}))
+        self.addCleanup(hv.undefine, uuid)
+        self.addCleanup(hv.power_off, uuid)
+        hv.start(uuid)
+        hv.pause(uuid)
+        hv.unpause(uuid)
+        hv.power_off(uuid)
+        deadline = time.monotonic() + EVENT_WAIT
+        while len(seen) < 4 and time.monotonic() < deadline:
+            arrived.wait(1)
+            arrived.clear()
+        self.assertEqual([("running", "started"), ("paused", "paused"),
+                          ("running", "unpaused"), ("shutoff", "destroyed")],
+                         [(state, detail) for state, detail, _ in seen])
+        idents = {ident for _, _, ident in seen}
+        if monkey_patch.is_patched():  # green threads of this OS thread
+            self.assertEqual({native_ident}, idents)
+        else:  # vmops' dispatcher thread
+            self.assertNotIn(native_ident, idents)
 
     def test_the_key_pair_reaches_the_config_drive(self) -> None:
         """Nova's instance.key_name and key_data (the key as Nova has it: not
@@ -400,6 +439,16 @@ class VmopsLibvirtTestCase(test.TestCase):
         self.driver.power_off(self.instance)
         self._wait("the STOPPED event", lambda: self.events[-1:] == ["Stopped"])
         self.assertEqual(["Paused", "Resumed", "Stopped"], self.events)
+
+
+def _native_thread_ident() -> int:
+    """The OS thread's id, also under eventlet (where threading's is the
+    green thread's)."""
+    if "eventlet" in sys.modules:
+        from eventlet import patcher
+
+        return int(patcher.original("threading").get_ident())
+    return threading.get_ident()
 
 
 def power_state_of(driver: Any, instance: Any) -> str:

@@ -16,7 +16,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from vmops.errors import (
     InvalidState,
     VmopsError,
 )
+from vmops.hypervisor import threads
 from vmops.hypervisor.base import (
     ACTIVE_STATES,
     Accel,
@@ -193,8 +193,10 @@ _event_loop_running = False
 
 
 def ensure_event_loop() -> None:
-    """Register libvirt's default event loop and run it on a daemon thread,
-    once per process. Must happen before any connection is opened."""
+    """Register libvirt's default event loop and run it on a daemon OS
+    thread (:func:`vmops.hypervisor.threads.current`'s, a real one even
+    under eventlet), once per process. Must happen before any connection
+    is opened."""
     global _event_loop_running
     with _event_loop_lock:
         if _event_loop_running:
@@ -203,8 +205,7 @@ def ensure_event_loop() -> None:
         # expect and handle (a domain without our metadata); we raise them.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
-        threading.Thread(target=_run_event_loop, name="libvirt-event-loop",
-                         daemon=True).start()
+        threads.current().start_native(_run_event_loop, "libvirt-event-loop")
         _event_loop_running = True
 
 
@@ -226,8 +227,10 @@ class LibvirtHypervisor:
         self._callback_id: int | None = None
         self._callbacks: list[EventCallback] = []
         self._disk_error_callbacks: list[DiskErrorCallback] = []
-        # Deliveries for the dispatcher thread, in event order; None ends it.
-        self._events: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        # Deliveries from libvirt's event loop (a native thread) to the
+        # dispatcher thread, in event order; None ends it.
+        self._events: threads.Handoff[Callable[[], None] | None] = \
+            threads.current().handoff()
         self._dispatcher: threading.Thread | None = None
         self._marked: set[str] = set()  # vmops' domains seen, for UNDEFINED events
         # UUID -> detail of its last SHUTDOWN event, until its STOPPED event;
@@ -498,8 +501,14 @@ class LibvirtHypervisor:
             self._unplugs.pop(key, None)
 
     def _device_event(self, _conn: Any, dom: Any, alias: str, released: bool) -> None:
-        # On libvirt's event loop thread: only wake the waiter.
-        unplug = self._unplugs.get((str(dom.UUIDString()), str(alias)))
+        # On libvirt's event loop thread: only queue. The waiter's Event is
+        # set on the dispatcher thread, the kind of thread that waits on it
+        # (a green one under eventlet, where a native thread must not set it).
+        self._events.put(functools.partial(self._release, (str(dom.UUIDString()), str(alias)),
+                                           released))
+
+    def _release(self, key: tuple[str, str], released: bool) -> None:
+        unplug = self._unplugs.get(key)
         if unplug is not None:
             unplug.released = released
             unplug.done.set()
