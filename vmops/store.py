@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from vmops.errors import (
     AddressInUse,
@@ -766,6 +766,48 @@ class _Reserve:
         return True
 
 
+_Record = TypeVar("_Record")
+
+
+class _DecodedRows(Generic[_Record]):
+    """Each row's record, decoded once and reused while the row reads the
+    same, column for column (so no write can be missed, whoever made it):
+    a list of 1,000 servers then costs comparing their rows, not decoding
+    1,000 JSON bodies. Records are frozen dataclasses, safe to share. Only
+    a whole-table read keeps what it decoded, and replaces the kept set
+    (so a deleted row's goes); a partial read only reuses. The dict is
+    swapped whole, never changed, so threads need no lock.
+
+    ``last``: the records of the last whole-table read (``sql``) and the
+    database's version then (:meth:`Store._version`): while the version is
+    the same, not even the rows need reading again."""
+
+    def __init__(self, decode: Callable[[sqlite3.Row], _Record], sql: str) -> None:
+        self._decode = decode
+        self.sql = sql
+        self._kept: dict[Any, tuple[tuple[Any, ...], _Record]] = {}
+        self.last: tuple[tuple[int, int], list[_Record]] | None = None
+
+    def records(self, rows: list[sqlite3.Row], whole_table: bool) -> list[_Record]:
+        kept = self._kept
+        fresh: dict[Any, tuple[tuple[Any, ...], _Record]] = {}
+        out: list[_Record] = []
+        for row in rows:
+            values = tuple(row)
+            entry = kept.get(row["id"])
+            if entry is None or entry[0] != values:
+                entry = (values, self._decode(row))
+            fresh[row["id"]] = entry
+            out.append(entry[1])
+        if whole_table:
+            self._kept = fresh
+        return out
+
+
+def _port_from_row(row: sqlite3.Row) -> Port:
+    return Port(**dict(row))
+
+
 class Store:
     def __init__(self, path: Path, migrations: Sequence[Migration] = MIGRATIONS,
                  reserve_bytes: int = 0) -> None:
@@ -791,6 +833,10 @@ class Store:
             self._db.close()
             raise
         self._reserve = _Reserve(path.with_name(path.name + ".reserve"), reserve_bytes)
+        self._instance_rows = _DecodedRows(
+            _instance_from_row, "SELECT * FROM instances ORDER BY created_at, name")
+        self._port_rows = _DecodedRows(
+            _port_from_row, "SELECT * FROM ports ORDER BY instance_id, position")
         self._seed_flavors()
 
     def close(self) -> None:
@@ -827,6 +873,30 @@ class Store:
     def _query(self, sql: str, *args: Any) -> list[sqlite3.Row]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def _version(self) -> tuple[int, int] | None:
+        """What changes when anyone changes the database: the rows this
+        connection changed, and SQLite's ``data_version`` (commits by other
+        connections). None inside a transaction: its changes may yet be
+        rolled back, and the count would not go back with them."""
+        if self._db.in_transaction:
+            return None
+        return (self._db.total_changes,
+                int(self._db.execute("PRAGMA data_version").fetchone()[0]))
+
+    def _whole_table(self, table: _DecodedRows[_Record]) -> list[_Record]:
+        """Every record of ``table``; the last read's again while the
+        database has not changed (a new list: callers sort theirs)."""
+        with self._lock:
+            version = self._version()
+            last = table.last
+            if version is not None and last is not None and last[0] == version:
+                return list(last[1])
+            rows = self._db.execute(table.sql).fetchall()
+        records = table.records(rows, whole_table=True)
+        if version is not None:
+            table.last = (version, records)
+        return list(records)
 
     # Public for the record modules that keep their own tables in this
     # database (vmops/identity, vmops/api/nova_extras): one connection, one lock.
@@ -1023,8 +1093,7 @@ class Store:
         return fresh
 
     def instances(self) -> list[Instance]:
-        rows = self._query("SELECT * FROM instances ORDER BY created_at, name")
-        return [_instance_from_row(r) for r in rows]
+        return self._whole_table(self._instance_rows)
 
     def instance(self, ref: str) -> Instance:
         """The instance whose id is ``ref``, else the one named ``ref``;
@@ -1076,11 +1145,10 @@ class Store:
 
     def ports(self, instance_id: str | None = None) -> list[Port]:
         if instance_id is None:
-            rows = self._query("SELECT * FROM ports ORDER BY instance_id, position")
-        else:
-            rows = self._query("SELECT * FROM ports WHERE instance_id = ? ORDER BY position",
-                               instance_id)
-        return [Port(**dict(r)) for r in rows]
+            return self._whole_table(self._port_rows)
+        rows = self._query("SELECT * FROM ports WHERE instance_id = ? ORDER BY position",
+                           instance_id)
+        return self._port_rows.records(rows, whole_table=False)
 
     # -- security groups -----------------------------------------------------
     def add_security_group(self, group: SecurityGroup,
