@@ -41,6 +41,33 @@ def test_version_documents(api: Api) -> None:
     assert root.status == 300 and root.body["versions"][0]["id"] == "v3.0"
     current = api.get("/volume/v3").body["versions"][0]
     assert current["links"][-1]["href"] == f"http://127.0.0.1:{api.port}/volume/v3/"
+    assert (current["min_version"], current["version"]) == ("3.0", "3.42")
+
+
+@pytest.mark.parametrize(("sent", "served"), [
+    (None, "3.0"), ("volume 3.0", "3.0"), ("volume 3.42", "3.42"), ("volume 3.27", "3.27"),
+    ("volume latest", "3.42"), ("compute 2.5", "3.0"), ("compute 2.5, volume 3.10", "3.10")])
+def test_the_microversion_is_negotiated_as_cinders(api: Api, sent: str | None,
+                                                   served: str) -> None:
+    """OpenStack-API-Version: volume 3.x, answered with the version served."""
+    headers = {"OpenStack-API-Version": sent} if sent else {}
+    answer = api.get(f"{V}/volumes", headers=headers)
+    assert answer.status == 200, answer.body
+    assert answer.headers["openstack-api-version"] == f"volume {served}"
+    assert "OpenStack-API-Version" in answer.headers["vary"]
+
+
+@pytest.mark.parametrize(("sent", "status", "words"), [
+    ("volume 3.43", 406, "Version 3.43 is not supported by the API. Minimum is 3.0 and "
+                         "maximum is 3.42."),
+    ("volume 2.0", 406, "Minimum is 3.0"), ("volume 4.1", 406, "maximum is 3.42"),
+    ("volume 3.x", 400, "is not valid"), ("volume 3.01", 400, "is not valid")])
+def test_a_microversion_not_served_is_refused(api: Api, sent: str, status: int,
+                                              words: str) -> None:
+    answer = api.post(f"{V}/volumes", {"volume": {"name": "x", "size": 1}},
+                      headers={"OpenStack-API-Version": sent})
+    assert answer.status == status and words in answer.fault()[1], answer.body
+    assert Volumes(api.compute).volumes() == []  # nothing made
 
 
 def test_create_list_show_extend_delete(api: Api) -> None:
@@ -238,3 +265,13 @@ def test_extend_an_attached_volume_only_with_vmops_flag(api: Api,
     assert api.post(action, {"os-extend": {"new_size": 2, "vmops:attached": True}}).status == 202
     assert (vols.volume("data").status, vols.volume("data").size_gb) == ("in-use", 2)
     assert api.hv.domains[inst.id].disk_sizes == {"vdb": 2 << 30}
+    # Cinder's own way: microversion 3.42 (openstack --os-volume-api-version 3.42
+    # volume set --size); 3.41 is refused as 3.0 is.
+    at_341 = api.post(action, {"os-extend": {"new_size": 3}},
+                      headers={"OpenStack-API-Version": "volume 3.41"})
+    assert at_341.status == 400 and "in-use" in at_341.fault()[1]
+    at_342 = api.post(action, {"os-extend": {"new_size": 3}},
+                      headers={"OpenStack-API-Version": "volume 3.42"})
+    assert at_342.status == 202 and at_342.headers["openstack-api-version"] == "volume 3.42"
+    assert (vols.volume("data").status, vols.volume("data").size_gb) == ("in-use", 3)
+    assert api.hv.domains[inst.id].disk_sizes == {"vdb": 3 << 30}

@@ -4,8 +4,10 @@
 Cinder v3 at ``/volume/v3``: volumes list (and ``detail``), show, create,
 delete and the ``os-extend`` action, with the project in the path as
 Cinder's endpoints have it (``/volume/v3/{project_id}/volumes``) or without
-(``/volume/v3/volumes``, as Cinder allows from 3.67). Microversion 3.0
-only. A caller sees its own project's volumes; an admin sees every one.
+(``/volume/v3/volumes``, as Cinder allows from 3.67). Microversions 3.0
+to 3.42, negotiated as Cinder does (:func:`volume_microversion`): the one
+behaviour of that range vmops serves beyond 3.0 is 3.42's extend of an
+in-use volume. A caller sees its own project's volumes; an admin sees every one.
 Cinder's answers for refusals: 400 for a volume in the wrong status or
 attached (Cinder's InvalidVolume), 404 for another project's volume.
 
@@ -17,11 +19,13 @@ the guest lets go, then ``available``, or ``in-use`` again with a fault).
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
 from collections.abc import Iterator
 from typing import Any
 
 from vmops.api import image_service, parse, scope, views
-from vmops.api.server import Context, Request, Response, Router
+from vmops.api.server import Context, Handler, Request, Response, Router, fault
 from vmops.compute.manager import Compute
 from vmops.errors import (
     Conflict,
@@ -39,6 +43,11 @@ from vmops.volumes.records import Attachment, Volume, VolumeStatus
 VOLUME_ROOT = "/volume"
 VOLUME_PREFIX = "/volume/v3"
 VOLUME_VERSION = "v3.0"
+# The volume microversions served: 3.42 lets an in-use volume be extended,
+# which OpenStackClient asks for (--os-volume-api-version 3.42).
+MIN_VOLUME_MICROVERSION = (3, 0)
+MAX_VOLUME_MICROVERSION = (3, 42)
+EXTEND_IN_USE = (3, 42)
 MAX_LIMIT = 1000
 AVAILABILITY_ZONE = "nova"
 VOLUME_TYPE = "__DEFAULT__"
@@ -52,13 +61,13 @@ def add_routes(r: Router, compute: Compute) -> None:
     r.add("GET", VOLUME_ROOT, volume_versions, public=True)
     r.add("GET", VOLUME_PREFIX, volume_current, public=True)
     for base in (f"{VOLUME_PREFIX}/volumes", f"{VOLUME_PREFIX}/{{project_id}}/volumes"):
-        r.add("GET", base, api.list_brief)
-        r.add("POST", base, api.create)
-        r.add("GET", f"{base}/detail", api.list_detail)
-        r.add("GET", f"{base}/{{volume_id}}", api.show)
-        r.add("PUT", f"{base}/{{volume_id}}", api.update)
-        r.add("DELETE", f"{base}/{{volume_id}}", api.delete)
-        r.add("POST", f"{base}/{{volume_id}}/action", api.action)
+        r.add("GET", base, _versioned(api.list_brief))
+        r.add("POST", base, _versioned(api.create))
+        r.add("GET", f"{base}/detail", _versioned(api.list_detail))
+        r.add("GET", f"{base}/{{volume_id}}", _versioned(api.show))
+        r.add("PUT", f"{base}/{{volume_id}}", _versioned(api.update))
+        r.add("DELETE", f"{base}/{{volume_id}}", _versioned(api.delete))
+        r.add("POST", f"{base}/{{volume_id}}/action", _versioned(api.action))
     attachments = f"{views.API_PREFIX}/servers/{{id}}/os-volume_attachments"
     r.add("GET", attachments, api.list_attachments)
     r.add("POST", attachments, api.attach)
@@ -66,10 +75,64 @@ def add_routes(r: Router, compute: Compute) -> None:
     r.add("DELETE", f"{attachments}/{{volume_id}}", api.detach)
 
 
+# -- microversions -------------------------------------------------------------------
+def _text(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+class UnsupportedMicroversion(Exception):
+    """A well-formed volume microversion outside the range served (406)."""
+
+
+def volume_microversion(req: Request) -> tuple[int, int]:
+    """The volume microversion of the request, as Cinder reads it: the
+    ``volume`` entry of ``OpenStack-API-Version`` (3.0 without one;
+    ``latest``: the highest served). Invalid (400) for a malformed one;
+    UnsupportedMicroversion (406) for one outside 3.0 to 3.42."""
+    value = None
+    for part in req.headers.get("openstack-api-version", "").split(","):
+        service, _, version = part.strip().partition(" ")
+        if service.lower() == "volume":
+            value = version.strip()
+    if value is None:
+        return MIN_VOLUME_MICROVERSION
+    if value.lower() == "latest":
+        return MAX_VOLUME_MICROVERSION
+    match = re.fullmatch(r"([1-9]\d*)\.(0|[1-9]\d*)", value)
+    if match is None:
+        raise Invalid(reason=f"Version {value[:20]!r} is not valid: use MAJOR.MINOR, "
+                      "e.g. 3.0")
+    wanted = (int(match.group(1)), int(match.group(2)))
+    if not MIN_VOLUME_MICROVERSION <= wanted <= MAX_VOLUME_MICROVERSION:
+        raise UnsupportedMicroversion(
+            f"Version {value} is not supported by the API. Minimum is "
+            f"{_text(MIN_VOLUME_MICROVERSION)} and maximum is "
+            f"{_text(MAX_VOLUME_MICROVERSION)}.")
+    return wanted
+
+
+def _versioned(handler: Handler) -> Handler:
+    """Answer with the microversion the request is served at (Cinder's
+    ``OpenStack-API-Version: volume 3.x``), or 406 for one not served."""
+    @functools.wraps(handler)
+    def serve(req: Request) -> Response:
+        try:
+            version = volume_microversion(req)
+        except UnsupportedMicroversion as exc:
+            return fault(406, "computeFault", str(exc))
+        resp = handler(req)
+        resp.headers.update({"OpenStack-API-Version": f"volume {_text(version)}",
+                             "Vary": "OpenStack-API-Version"})
+        return resp
+    return serve
+
+
 # -- version documents -------------------------------------------------------------
 def volume_version(base: str) -> dict[str, Any]:
     return {
-        "id": VOLUME_VERSION, "status": "CURRENT", "version": "3.0", "min_version": "3.0",
+        "id": VOLUME_VERSION, "status": "CURRENT",
+        "version": _text(MAX_VOLUME_MICROVERSION),
+        "min_version": _text(MIN_VOLUME_MICROVERSION),
         "updated": "2016-02-08T12:20:21Z",
         "links": [{"rel": "describedby", "type": "text/html",
                    "href": "https://docs.openstack.org/"},
@@ -250,9 +313,10 @@ class VolumeApi:
             raise Invalid(reason='os-extend takes {"new_size": <GiB>}')
         parse.no_unknown(arg, {"new_size", "vmops:attached"}, "os-extend")
         new_size = parse.field(arg, "new_size", int, required=True)
-        # Cinder extends an in-use volume from microversion 3.42; this API is
-        # 3.0, so only vmops' own flag asks for it (docs/volumes.md).
-        attached = parse.field(arg, "vmops:attached", bool, default=False)
+        # Cinder extends an in-use volume from microversion 3.42; vmops' own
+        # flag asks for it at any microversion (docs/volumes.md).
+        attached = parse.field(arg, "vmops:attached", bool, default=False) \
+            or volume_microversion(req) >= EXTEND_IN_USE
         with _as_cinder():
             self.volumes.extend(volume.id, new_size, attached=bool(attached))
         return Response(202)

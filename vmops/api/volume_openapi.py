@@ -102,7 +102,7 @@ def _volume_paths(base: str, params: list[dict[str, Any]]) -> dict[str, Any]:
         },
         f"{base}/{{volume_id}}/action": {
             "post": op("Cinder: os-extend, grow an available volume (an attached one "
-                       "with vmops:attached true)", ACCEPTED, body=EXTEND,
+                       "at microversion 3.42, or with vmops:attached true)", ACCEPTED, body=EXTEND,
                        params=params + [VOLUME]),
         },
     }
