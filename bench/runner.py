@@ -38,17 +38,20 @@ SCENARIOS: dict[str, str] = {
     "net_throughput": "bench.net_throughput",
     "lifecycle": "bench.lifecycle",
     "guest_stop": "bench.guest_stop",
+    "console_flood": "bench.console_flood",
     "snapshot": "bench.snapshot",
     "volume_io": "bench.volume_io",
     "concurrency": "bench.concurrency",
     "host_memory": "bench.host_memory",
     "mgmt_plane": "bench.mgmt_plane",
+    "service_flat": "bench.service_flat",
 }
 # Guest-heavy scenarios left out of a whole --quick run (CI's smoke run,
 # whose time counts against CI's 45 minutes) unless named with --only:
 # their parsing and arithmetic are tested in bench/tests, their guests run
 # in the full run.
-FULL_RUN_ONLY = {"snapshot", "volume_io", "guest_stop", "host_memory"}
+FULL_RUN_ONLY = {"snapshot", "volume_io", "guest_stop", "host_memory", "console_flood",
+                 "service_flat"}
 DEFAULT_OUT = REPO / "bench" / "results"
 
 log = logging.getLogger("bench")

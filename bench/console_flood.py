@@ -1,0 +1,219 @@
+"""Console capture CPU while a real guest floods its serial port.
+
+    python -m bench --only console_flood      (full run only; or: python -m bench.console_flood)
+
+Two guests of the ``tiny-flood`` test image (its init prints numbered
+~100-byte ``VMOPS-FLOOD <n>`` lines as fast as it can, for ever):
+
+- vmops: spawned through the API; its serial port goes to the process
+  that captures the instance's console (found by the pid vmops records
+  for the instance's log directory, ``vmops.console.capture_pid``: the
+  per-instance capture process today, whatever process captures it
+  later), which writes the two rotating log files.
+- baseline: the same domain XML and disks on the bench's libvirt root with
+  ``<serial type='file'>``: QEMU writes the stream to a file itself.
+
+Both boot, then take turns: one is paused (vmops' ``pause``, libvirt's
+``suspend()``) while the other floods for a window of ``WINDOW_S``
+seconds, alternating who goes first. Per window: the guest's output rate
+(the vmops side from the ``VMOPS-FLOOD`` numbers at both ends times the
+bytes per line in its log, since the log rotates; the baseline from the
+file's growth) and, on the vmops side, the capture process's CPU time
+(utime + stime of the whole process from ``/proc/PID/stat``) over the
+window's wall time, in % of one core. After the last window the log files
+are checked against their cap (each <= ``console_log_max_bytes``).
+
+Row: ms per MiB of console output (vmops side and baseline; ratio > 1:
+the capture slows the guest's output), target: the capture's CPU <= 5 %
+of one core and the cap held. Under TCG the guest's own emulated CPU
+limits how fast it can write; the rates are printed so that the CPU
+figure can be read against them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import session
+from bench.common import Row, median, test_image_dir
+from bench.virt import disk_templates, make_disks, new_uuid, rewrite_domain_xml
+from bench.vmopsd import FLAVOR
+from vmops import console
+from vmops.console import LogFiles
+
+IMAGE = "tiny-flood"
+TARGET_CPU_PCT = 5.0
+WINDOW_S = 6.0
+REPS = 3
+BOOT_TIMEOUT_S = 300.0
+MIB = 1024 * 1024
+_FLOOD = re.compile(rb"VMOPS-FLOOD (\d+) ")
+
+
+def cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float:
+    """utime + stime of the whole process (every thread), in seconds."""
+    stat = (proc / str(pid) / "stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def last_line_number(text: bytes) -> int | None:
+    numbers = _FLOOD.findall(text)
+    return int(numbers[-1]) if numbers else None
+
+
+def bytes_per_line(text: bytes) -> float | None:
+    """The average length of a flood line in ``text`` (CR included if the
+    guest's tty adds one), from the first to the last numbered line."""
+    found = list(_FLOOD.finditer(text))
+    if len(found) < 2:
+        return None
+    lines = int(found[-1].group(1)) - int(found[0].group(1))
+    return (found[-1].start() - found[0].start()) / lines if lines > 0 else None
+
+
+def capture_process(log_dir: Path) -> int:
+    """The pid of the process capturing ``log_dir``: vmops' own answer, or
+    the pid file it keeps there."""
+    pid = console.capture_pid(log_dir)
+    if pid is None:
+        text = LogFiles(log_dir).pid.read_text().strip()
+        pid = int(text) if text.isdigit() else None
+    if pid is None:
+        raise RuntimeError(f"no process captures {log_dir}")
+    return pid
+
+
+def run(quick: bool) -> list[Row]:
+    s = session.get()
+    svc = s.vmops
+    lv = s.baseline
+    svc.ensure_image(test_image_dir() / f"{IMAGE}.qcow2", IMAGE)
+    wd = s.workdir("cf")
+    name = "cf-0"
+    server_id = str(svc.client.post("/servers", {"server": {
+        "name": name, "imageRef": IMAGE, "flavorRef": FLAVOR}})["server"]["id"])
+    dom = None
+    try:
+        svc.wait_built(name)
+        xml = svc.domain_xml(name)
+        disks = make_disks(disk_templates(xml, wd / "bases"), wd / "lv")
+        serial_file = wd / "lv-serial.log"
+        dom = lv.define(rewrite_domain_xml(xml, "cf-lv", new_uuid(), disks,
+                                           lv.run_dir / "cf.sock", serial_file=serial_file))
+        dom.create()
+        log_dir = svc.instances_dir / server_id
+        _wait_flooding(lambda: svc.console_log(server_id))
+        _wait_flooding(lambda: _read(serial_file))
+        return [_alternate(svc, server_id, log_dir, dom, serial_file, quick)]
+    finally:
+        if dom is not None:
+            lv.remove(dom)
+        svc.destroy(server_id)
+        shutil.rmtree(wd, ignore_errors=True)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+def _wait_flooding(read: Any) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    while last_line_number(read()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no VMOPS-FLOOD line after {BOOT_TIMEOUT_S:g}s")
+        time.sleep(0.5)
+
+
+def _alternate(svc: Any, server_id: str, log_dir: Path, dom: Any, serial_file: Path,
+               quick: bool) -> Row:
+    window = WINDOW_S / 2 if quick else WINDOW_S
+    reps = 1 if quick else REPS
+    vm_rates: list[float] = []
+    cpu_pct: list[float] = []
+    lv_rates: list[float] = []
+    line_bytes: list[float] = []
+    pids: set[int] = set()
+    dom.suspend()
+    for rep in range(reps):
+        order = ("vmops", "libvirt") if rep % 2 == 0 else ("libvirt", "vmops")
+        for side in order:
+            if side == "vmops":
+                svc.action(server_id, {"unpause": None})
+                rate, pct, per_line, pid = _vmops_window(svc, server_id, log_dir, window)
+                svc.action(server_id, {"pause": None})
+                vm_rates.append(rate)
+                cpu_pct.append(pct)
+                line_bytes.append(per_line)
+                pids.add(pid)
+            else:
+                dom.resume()
+                lv_rates.append(_file_window(serial_file, window))
+                dom.suspend()
+    sizes = {p.name: p.stat().st_size for p in sorted(log_dir.glob("console.log*"))}
+    cap = svc.settings.console_log_max_bytes
+    cap_held = bool(sizes) and all(size <= cap for size in sizes.values())
+    cpu = median(cpu_pct)
+    vm_ms = [1000.0 / r for r in vm_rates if r > 0]
+    lv_ms = [1000.0 / r for r in lv_rates if r > 0]
+    v, b = median(vm_ms), median(lv_ms)
+    return {
+        "scenario": "console_flood_capture_cpu",
+        "vmops_median_ms": round(v, 2) if v is not None else None,
+        "baseline_median_ms": round(b, 2) if b is not None else None,
+        "ratio": round(v / b, 3) if v is not None and b else None,
+        "target": f"capture CPU <= {TARGET_CPU_PCT:g}% of one core, cap held",
+        "passed": cpu is not None and cpu <= TARGET_CPU_PCT and cap_held,
+        "unit": "ms per MiB of console output",
+        "samples": len(vm_ms), "window_s": window,
+        "capture_cpu_pct_of_core": [round(p, 2) for p in cpu_pct],
+        "capture_cpu_pct_median": round(cpu, 2) if cpu is not None else None,
+        "capture_pids": sorted(pids),
+        "vmops_mib_per_s": [round(r, 3) for r in vm_rates],
+        "baseline_mib_per_s": [round(r, 3) for r in lv_rates],
+        "bytes_per_line": round(median(line_bytes) or 0.0, 1),
+        "log_sizes": sizes, "log_cap_bytes": cap, "cap_held": cap_held,
+        "how": "each side floods alone (the other paused) for window_s; capture CPU = "
+               "utime+stime of the capturing process over the window; rates from the "
+               "flood's line numbers (vmops, rotating log) and the file's growth (baseline)",
+    }
+
+
+def _vmops_window(svc: Any, server_id: str, log_dir: Path,
+                  window: float) -> tuple[float, float, float, int]:
+    """(MiB/s, capture CPU in % of a core, bytes per line, capture pid)."""
+    pid = capture_process(log_dir)
+    first = last_line_number(svc.console_log(server_id))
+    cpu0, t0 = cpu_seconds(pid), time.monotonic()
+    time.sleep(window)
+    cpu1, t1 = cpu_seconds(pid), time.monotonic()
+    text = svc.console_log(server_id)
+    last = last_line_number(text)
+    per_line = bytes_per_line(text)
+    if first is None or last is None or per_line is None:
+        raise RuntimeError(f"no flood lines in {log_dir}'s console log")
+    wall = t1 - t0
+    return (last - first) * per_line / MIB / wall, 100.0 * (cpu1 - cpu0) / wall, per_line, pid
+
+
+def _file_window(path: Path, window: float) -> float:
+    """MiB/s the guest wrote into QEMU's serial file over ``window``."""
+    size0, t0 = path.stat().st_size, time.monotonic()
+    time.sleep(window)
+    size1, t1 = path.stat().st_size, time.monotonic()
+    return (size1 - size0) / MIB / (t1 - t0)
+
+
+if __name__ == "__main__":
+    from bench.runner import main
+
+    sys.exit(main(["--only", "console_flood", *sys.argv[1:]]))

@@ -1,0 +1,147 @@
+"""The service's memory and API latency with 20 running guests and 1,000
+records, against the same service with none.
+
+    python -m bench --only service_flat      (full run only; or: python -m bench.service_flat)
+
+One running instance (the probe, booted) is there in both states:
+
+- at 0: the probe alone;
+- loaded: the probe, ``GUESTS - 1`` more running m1.tiny instances (spawned
+  5 at a time, booted) and ``RECORDS`` instances made without booting
+  (``"vmops:start": false``, SHUTOFF, as ``mgmt_plane`` makes them).
+
+In each state, one second after it settles: the service's RSS and PSS
+(``/proc/PID/smaps_rollup``, as ``host_memory``) and, ``REPS`` times each,
+alternating: ``GET /servers/{probe}`` (show: the record, its network rows
+and, as the CLI asks with ``X-Vmops-Extra``, the domain's live state from
+libvirt), ``GET /flavors/detail`` (no instance involved: the HTTP and
+policy path alone) and ``pause`` then ``unpause`` of the probe (an action
+through the compute layer and libvirt, answered when done: ``vmops:wait``).
+
+Rows: each operation's latency loaded ("vmops" column) against at 0
+("baseline"), target ``<= 1.25x or + 2 ms`` ("flat within noise"), and the
+service's RSS and PSS in both states. ``VMOPS_BENCH_FLAT_GUESTS`` and
+``VMOPS_BENCH_FLAT_RECORDS`` set the 20 and the 1,000 (e.g. 3 and 50 to try
+the code path). The running guests load the machine's CPU (TCG) as well:
+that is part of what the loaded latency sees, and the report says so.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench import session
+from bench.common import Row, Target, alternate, make_row, ms_since, now
+from bench.host_memory import Memory, memory_of
+
+GUESTS = 20
+RECORDS = 1000
+REPS = 25
+TARGET = Target(1.25, slack_ms=2.0)
+MEMORY_TARGET = 1.1  # "flat within noise": at most 10 % more when loaded
+BOOT_MARK = b"VMOPS-BOOT-COMPLETE"
+BOOT_TIMEOUT_S = 600.0
+
+
+def sizes() -> tuple[int, int]:
+    return (int(os.environ.get("VMOPS_BENCH_FLAT_GUESTS", GUESTS)),
+            int(os.environ.get("VMOPS_BENCH_FLAT_RECORDS", RECORDS)))
+
+
+def run(quick: bool) -> list[Row]:
+    s = session.get()
+    svc = s.vmops
+    guests, records = sizes()
+    reps = 8 if quick else REPS
+    try:
+        probe = svc.spawn("sf-probe")
+        _wait_booted(svc, [probe])
+        idle = _measure(svc, probe, reps)
+        running = [probe]
+        names = [f"sf-guest-{i}" for i in range(1, guests)]
+        for start in range(0, len(names), 5):  # 5 at a time: the host has 2 cores
+            batch = names[start:start + 5]
+            running += [svc.post_server(n) for n in batch]
+            for n in batch:
+                svc.wait_built(n, interval=0.2)
+        if records:
+            svc.define_many("sf-rec-", records)
+        _wait_booted(svc, running)
+        loaded = _measure(svc, probe, reps)
+        count = svc.server_count()
+    finally:
+        svc.destroy_all()
+    return _rows(idle, loaded, guests, records, count)
+
+
+def _wait_booted(svc: Any, ids: list[str]) -> None:
+    deadline = time.monotonic() + BOOT_TIMEOUT_S
+    waiting = list(ids)
+    while waiting:
+        waiting = [i for i in waiting if BOOT_MARK not in svc.console_log(i)]
+        if waiting and time.monotonic() > deadline:
+            raise TimeoutError(f"{len(waiting)} guests not booted after {BOOT_TIMEOUT_S:g}s")
+        time.sleep(0.5)
+
+
+def _measure(svc: Any, probe: str, reps: int) -> dict[str, Any]:
+    """The service's memory, then each operation's latencies."""
+    assert svc.proc is not None
+    time.sleep(1.0)  # let the last spawns' threads and garbage settle
+    memory = memory_of(svc.proc.pid)
+    samples: dict[str, list[float]] = {"show": [], "flavors": [], "pause_unpause": []}
+
+    def timed(op: str, call: Callable[[], Any]) -> Callable[[int], None]:
+        def side(_i: int) -> None:
+            t0 = now()
+            call()
+            samples[op].append(ms_since(t0))
+        return side
+
+    def pause_unpause() -> None:
+        svc.action(probe, {"pause": None})
+        svc.action(probe, {"unpause": None})
+
+    sides = [timed("show", lambda: svc.client.get(f"/servers/{probe}")),
+             timed("flavors", lambda: svc.client.get("/flavors/detail")),
+             timed("pause_unpause", pause_unpause)]
+    for side in sides:  # warm-up, not kept
+        side(0)
+    for values in samples.values():
+        values.clear()
+    alternate(reps, *sides)
+    return {"memory": memory, "samples": samples}
+
+
+def _rows(idle: dict[str, Any], loaded: dict[str, Any], guests: int, records: int,
+          count: int) -> list[Row]:
+    common = {"guests_running": guests, "records": records, "instances_listed": count}
+    rows = [make_row(f"service_flat_{op}_{guests}_guests_{records}_records",
+                     loaded["samples"][op], idle["samples"][op], TARGET, op=op,
+                     vs="the same with one running instance and no records", **common)
+            for op in idle["samples"]]
+    before: Memory = idle["memory"]
+    after: Memory = loaded["memory"]
+    rows.append({
+        "scenario": f"service_flat_memory_{guests}_guests_{records}_records",
+        "vmops_median_ms": None, "baseline_median_ms": None,
+        "ratio": round(after.pss_kib / before.pss_kib, 3) if before.pss_kib else None,
+        "target": f"service PSS <= {MEMORY_TARGET:g}x the same at 0",
+        "passed": after.pss_kib <= MEMORY_TARGET * before.pss_kib,
+        "service_rss_kib": [before.rss_kib, after.rss_kib],
+        "service_pss_kib": [before.pss_kib, after.pss_kib],
+        "growth_mib": {"rss": round((after.rss_kib - before.rss_kib) / 1024, 2),
+                       "pss": round((after.pss_kib - before.pss_kib) / 1024, 2)},
+        **common,
+    })
+    return rows
+
+
+if __name__ == "__main__":
+    from bench.runner import main
+
+    sys.exit(main(["--only", "service_flat", *sys.argv[1:]]))
