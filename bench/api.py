@@ -99,32 +99,33 @@ class Harness:
 
     def __init__(self, state_dir: Path) -> None:
         from vmops import config
-        from vmops.api.routes import Routes
         from vmops.api.server import serve
-        from vmops.compute.catalog import Catalog
-        from vmops.compute.manager import Compute
-        from vmops.disks.cache import ImageCache
         from vmops.hypervisor.base import Accel
         from vmops.hypervisor.libvirt.driver import LibvirtHypervisor
-        from vmops.store import Store
+        from vmops.service import build
 
         self.port = _free_port()
         settings = config.load(state_dir, env={}, listen=f"127.0.0.1:{self.port}",
                                api_token=TOKEN, accel="tcg")
         self.settings = settings
-        self.store = Store(settings.db_path)
-        self.hv = LibvirtHypervisor(settings.effective_libvirt_uri, Accel.TCG)
-        self.hv.connect()
         self.counter = Counter()
-        self.raw_conn = self.hv._conn
-        self.hv._conn = Counted(self.raw_conn, self.counter)
-        self.compute = Compute(settings, self.store, self.hv, Accel.TCG, lambda: [])
+        self.raw_conn: Any = None
+        self.hv = LibvirtHypervisor(settings.effective_libvirt_uri, Accel.TCG,
+                                    wrap_connection=self._counted)
+        self.hv.connect()
+        engine = build(settings, hypervisor=self.hv)
+        self.store = engine.store
+        self.compute = engine.compute
         self.compute.background_actions = True
-        routes = Routes(self.compute, Catalog(self.store, ImageCache(settings.images_dir)),
-                        lambda: [])
-        self.servers = serve(routes.router(), settings.api_socket, settings.listen, TOKEN)
+        self.servers = serve(engine.routes().router(), settings.api_socket, settings.listen,
+                             TOKEN)
         self.http = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         self.ids: list[str] = []
+
+    def _counted(self, conn: Any) -> Counted:
+        """The driver's connection, counted; the raw one is kept for the baseline."""
+        self.raw_conn = conn
+        return Counted(conn, self.counter)
 
     def close(self) -> None:
         self.http.close()
@@ -171,9 +172,9 @@ class Harness:
         return list(self.counter.calls)
 
     def bulk(self) -> int:
-        from vmops.hypervisor.libvirt.driver import _STATS
+        from vmops.hypervisor.libvirt.driver import BULK_STATS
 
-        return len(self.raw_conn.getAllDomainStats(_STATS, 0))
+        return len(self.raw_conn.getAllDomainStats(BULK_STATS, 0))
 
 
 def _free_port() -> int:

@@ -105,7 +105,7 @@ class VmopsService:
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      start_new_session=True, cwd=REPO)
         log.close()
-        while not self.client._answers():
+        while not self.client.answers():
             if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
                 raise RuntimeError("vmops serve did not start: " + self.log_tail())
             time.sleep(0.05)

@@ -128,7 +128,7 @@ def start_service(state_dir: Path, env: dict[str, str]) -> subprocess.Popen[byte
                             stdout=log, stderr=log, start_new_session=True)
     client = Client(state_dir, autostart=False)
     deadline = time.monotonic() + 60
-    while not client._answers():
+    while not client.answers():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise AssertionError("vmops serve did not start:\n"
                                  + (state_dir / "serve.out").read_text(errors="replace"))

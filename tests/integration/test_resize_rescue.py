@@ -28,8 +28,9 @@ from vmops.compute import crash_points, states
 from vmops.compute import resize as resize_steps
 from vmops.compute.manager import Compute
 from vmops.errors import HypervisorError, ImageNotFound, Invalid, InvalidState, QuotaExceeded
-from vmops.hypervisor.base import Accel, PowerState
+from vmops.hypervisor.base import PowerState
 from vmops.hypervisor.fake import FakeHypervisor
+from vmops.service import build
 from vmops.store import Flavor, Instance, Store
 
 pytestmark = pytest.mark.integration
@@ -281,8 +282,8 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def _restarted(env: dict[str, Any]) -> Compute:
     """A new Compute on the same records and domains, recovered."""
-    c = Compute(env["settings"], env["store"], env["hv"], Accel.TCG, lambda: [],
-                capture=env["capture"])
+    c = build(env["settings"], hypervisor=env["hv"], store=env["store"],
+              capture=env["capture"]).compute
     c.recover()
     return c
 

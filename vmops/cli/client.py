@@ -136,7 +136,7 @@ class Client:
                     stdin=null, stdout=log, stderr=log, start_new_session=True, env=env)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            if self._answers():
+            if self.answers():
                 return
             if proc.poll() is not None:
                 raise ServiceUnavailable(
@@ -146,7 +146,8 @@ class Client:
         raise ServiceUnavailable(reason=f"the service did not answer within {START_TIMEOUT_S:g}s;"
                                  f" see {log_path}")
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
+        """Whether a service answers on the state directory's socket now."""
         try:
             conn = _UnixConnection(self.socket, 2.0)
             conn.request("GET", PREFIX)
