@@ -146,11 +146,17 @@ def _free_control_port() -> int:
 
 @contextlib.contextmanager
 def iscsi_target(tmp: Path, size_mib: int = 48, chap_user: str = "vmopsuser",
-                 chap_secret: str = "chap-secret-1234") -> Iterator[IscsiTarget]:
-    """A private tgtd with one target (LUN 1: a raw file), reachable from
-    127.0.0.1 only with CHAP ``chap_user``/``chap_secret`` (empty user: no CHAP)."""
+                 chap_secret: str = "chap-secret-1234",
+                 from_image: Path | None = None) -> Iterator[IscsiTarget]:
+    """A private tgtd with one target (LUN 1: a raw file of ``size_mib``,
+    blank or starting with a raw copy of the qcow2 ``from_image``),
+    reachable from 127.0.0.1 only with CHAP ``chap_user``/``chap_secret``
+    (empty user: no CHAP)."""
     image = tmp / "iscsi-lun1.raw"
-    with open(image, "wb") as f:
+    if from_image is not None:
+        subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(from_image),
+                        str(image)], check=True, capture_output=True)
+    with open(image, "ab") as f:
         f.truncate(size_mib << 20)
     port, control = free_port(), _free_control_port()
     iqn = f"iqn.2026-12.dev.vmops.test:{os.getpid()}-{port}"
