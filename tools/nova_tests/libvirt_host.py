@@ -91,14 +91,15 @@ class SharedHypervisor:
 
 class LibvirtHostVmopsDriver(VmopsDriver):
     """VmopsDriver as shipped; ``[vmops] state_dir`` is set for it, and its
-    ``open_hypervisor`` gives the run's one connection."""
+    ``open_hypervisor`` (called by vmops.service.open_host) gives the run's one
+    connection."""
 
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         conf.CONF.set_override("state_dir", str(prepare_state_dir()), group="vmops")
         super().__init__(virtapi, read_only)
 
     def _open(self) -> tuple[Compute, Catalog]:
-        with mock.patch("vmops.nova_driver.open_hypervisor", SharedHypervisor):
+        with mock.patch("vmops.service.open_hypervisor", SharedHypervisor):
             return super()._open()
 
     def release(self) -> None:

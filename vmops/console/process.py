@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import select
+import selectors
 import signal
 import socket as socketlib
 import subprocess
@@ -228,9 +228,17 @@ def _signal_and_wait(pidfd: int, signum: int, timeout: float) -> bool:
         signal.pidfd_send_signal(pidfd, signum)
     except ProcessLookupError:
         return True
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)  # readable once the process exits
-    return bool(poller.poll(max(0.0, timeout) * 1000))
+    return _exited(pidfd, timeout)
+
+
+def _exited(pidfd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for the process to exit (its pidfd becomes
+    readable). Through ``selectors``, not ``select.poll``: a process that
+    monkey-patches with eventlet (nova-compute running vmops' Nova driver)
+    has no ``select.poll``, and its patched ``selectors`` waits in the hub."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(pidfd, selectors.EVENT_READ)
+        return bool(selector.select(max(0.0, timeout)))
 
 
 def _reap(pid: int) -> None:
