@@ -26,6 +26,7 @@ from vmops.compute import crash_points
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
+from vmops.console.api import ConsoleCapture
 from vmops.errors import ConfigError, ServiceAlreadyRunning, VmopsError
 from vmops.hypervisor import open_hypervisor
 from vmops.hypervisor.base import Accel, Check, Hypervisor
@@ -186,7 +187,7 @@ class Engine:
 
 
 def build(settings: Settings, *, hypervisor: Hypervisor, accel: Accel = Accel.TCG,
-          capture: Any = console, store: Store | None = None,
+          capture: ConsoleCapture = console, store: Store | None = None,
           network: Callable[[Settings, Store], Network] | None = None,
           host_problems: Callable[[], list[str]] = lambda: []) -> Engine:
     """The one place vmops' parts are wired: the service, Nova's driver, the

@@ -19,7 +19,6 @@ from vmops.compute import states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.console.fake import FakeConsole
-from vmops.disks.cache import ImageCache
 from vmops.errors import (
     Conflict,
     FlavorTooSmall,
@@ -30,9 +29,9 @@ from vmops.errors import (
     InvalidName,
     InvalidState,
 )
-from vmops.hypervisor.base import Accel, PowerState
+from vmops.hypervisor.base import PowerState
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Store
+from vmops.service import build
 
 pytestmark = pytest.mark.integration
 MIB = 1024 * 1024
@@ -41,12 +40,11 @@ MIB = 1024 * 1024
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, Any]:
     settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
     hv = FakeHypervisor()
     capture = FakeConsole()
     problems: list[str] = []
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: problems, capture=capture)
-    catalog = Catalog(store, ImageCache(settings.images_dir))
+    engine = build(settings, hypervisor=hv, capture=capture, host_problems=lambda: problems)
+    store, compute, catalog = engine.store, engine.compute, engine.catalog
     base = tmp_path / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
     catalog.import_image("base", str(base), background=False)
@@ -177,9 +175,9 @@ def test_soft_stop_falls_back_to_hard(env: dict[str, Any]) -> None:
 def test_soft_reboot_falls_back_to_hard(env: dict[str, Any]) -> None:
     hv: FakeHypervisor = env["hv"]
     hv.obey_power_button = False
-    c = Compute(config.load(env["settings"].state_dir, env={}, wait_soft_reboot_seconds=1,
-                            shutdown_retry_interval=1),
-                env["store"], hv, Accel.TCG, lambda: [], capture=env["capture"])
+    c = build(config.load(env["settings"].state_dir, env={}, wait_soft_reboot_seconds=1,
+                          shutdown_retry_interval=1),
+              hypervisor=hv, store=env["store"], capture=env["capture"]).compute
     inst = _spawn(env)
     c.reboot("web1")
     assert hv.domains[inst.id].resets == 1
@@ -262,7 +260,7 @@ def test_recover_restarts_guests_after_host_boot_when_asked(env: dict[str, Any])
     hv.domains[inst.id].state = PowerState.SHUTOFF
     settings = config.load(env["settings"].state_dir, env={},
                            resume_guests_state_on_host_boot=True)
-    c = Compute(settings, env["store"], hv, Accel.TCG, lambda: [], capture=env["capture"])
+    c = build(settings, hypervisor=hv, store=env["store"], capture=env["capture"]).compute
     c.recover()
     assert c.instance("web1").vm_state == "active"
     assert hv.domains[inst.id].state is PowerState.RUNNING
@@ -319,7 +317,7 @@ def test_spawn_without_start_defines_only_and_start_boots_it(env: dict[str, Any]
     # Not started again at the host's boot: it was never meant to run.
     settings = config.load(env["settings"].state_dir, env={},
                            resume_guests_state_on_host_boot=True)
-    Compute(settings, env["store"], hv, Accel.TCG, lambda: [], capture=env["capture"]).recover()
+    build(settings, hypervisor=hv, store=env["store"], capture=env["capture"]).compute.recover()
     assert hv.domains[inst.id].state is PowerState.SHUTOFF
     started = compute.start(inst.id)
     assert (started.vm_state, started.power_state) == ("active", "running")

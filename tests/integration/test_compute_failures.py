@@ -21,6 +21,7 @@ from vmops.compute.manager import Compute, SpawnRequest
 from vmops.console.fake import FakeConsole
 from vmops.errors import HypervisorError
 from vmops.hypervisor.fake import FakeHypervisor
+from vmops.service import build
 
 pytestmark = pytest.mark.integration
 
@@ -63,8 +64,7 @@ def test_spawn_rollback_goes_on_past_a_failed_power_off(env: dict[str, Any]) -> 
 
 def test_spawn_rollback_goes_on_past_a_failed_capture_stop(env: dict[str, Any]) -> None:
     capture = FailingCapture()
-    c = Compute(env["settings"], env["store"], env["hv"], env["compute"].accel, lambda: [],
-                capture=capture)
+    c = build(env["settings"], hypervisor=env["hv"], store=env["store"], capture=capture).compute
     env["hv"].fail_next("define", HypervisorError(reason="boom"))
     inst = c.create(SpawnRequest("web1", "base", "m1.tiny"), background=False)
     assert inst.vm_state == states.ERROR and inst.fault.startswith("hypervisor error: boom")
@@ -194,8 +194,7 @@ def test_crashed_guest_meant_to_run_is_restarted_when_asked(env: dict[str, Any])
     hv.guest_crash(inst.id)
     settings = config.load(env["settings"].state_dir, env={},
                            resume_guests_state_on_host_boot=True)
-    c = Compute(settings, env["store"], hv, env["compute"].accel, lambda: [],
-                capture=env["capture"])
+    c = build(settings, hypervisor=hv, store=env["store"], capture=env["capture"]).compute
     c.recover()
     assert c.instance("web1").vm_state == states.ACTIVE
     assert hv.domains[inst.id].boots == 2

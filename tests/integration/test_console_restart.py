@@ -13,10 +13,10 @@ import pytest
 from tests.integration.test_compute import env as env  # noqa: F401 - the fixture, shared
 from tests.integration.test_console_capture import BOUND, Console
 from tests.integration.test_console_capture import consoles as consoles  # noqa: F401
-from vmops.compute.manager import Compute
 from vmops.console import read_log, stop_capture
 from vmops.console.fake import FakeConsole
 from vmops.console.layout import LogFiles
+from vmops.service import build
 
 pytestmark = pytest.mark.integration
 MARKER = b"[vmops: the console capture was restarted at "
@@ -34,8 +34,7 @@ def test_a_clean_stop_leaves_no_marker(consoles: Callable[[], Console]) -> None:
 
 def test_compute_restarts_dead_captures_of_running_instances(env: dict[str, Any]) -> None:
     capture = FakeConsole()
-    c = Compute(env["settings"], env["store"], env["hv"], env["compute"].accel, lambda: [],
-                capture=capture)
+    c = build(env["settings"], hypervisor=env["hv"], store=env["store"], capture=capture).compute
     running = c.create(_request("web1"), background=False)
     stopped = c.create(_request("web2"), background=False)
     c.stop("web2", hard=True)
@@ -52,8 +51,7 @@ def test_compute_restarts_dead_captures_of_running_instances(env: dict[str, Any]
 
 def test_busy_instances_are_left_to_their_operation(env: dict[str, Any]) -> None:
     capture = FakeConsole()
-    c = Compute(env["settings"], env["store"], env["hv"], env["compute"].accel, lambda: [],
-                capture=capture)
+    c = build(env["settings"], hypervisor=env["hv"], store=env["store"], capture=capture).compute
     inst = c.create(_request("web1"), background=False)
     capture.running.clear()
     with c.tasks.hold(inst.id, inst.name, "deleting"):

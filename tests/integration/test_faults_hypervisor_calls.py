@@ -31,13 +31,12 @@ import pytest
 
 from vmops import config
 from vmops.compute import states
-from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.console.fake import FakeConsole
 from vmops.disks.cache import ImageCache
 from vmops.errors import HypervisorError, InstanceNotFound
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
+from vmops.service import build
 from vmops.store import Instance, Port, PortForward, Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -71,14 +70,14 @@ class Env:
 
 def _make_env(tmp: Path) -> Env:
     settings = config.load(tmp / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
     hv = FakeHypervisor()
     capture = SocketCapture()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=capture)
+    engine = build(settings, hypervisor=hv, capture=capture)
+    store, compute = engine.store, engine.compute
     base = tmp / "base.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
-    cache = ImageCache(settings.images_dir)
-    Catalog(store, cache).import_image("base", str(base), background=False)
+    cache = engine.catalog.cache
+    engine.catalog.import_image("base", str(base), background=False)
     return Env(settings, store, hv, capture, compute, cache)
 
 

@@ -8,25 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from vmops import config
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
 from vmops.console.fake import FakeConsole
-from vmops.disks.cache import ImageCache
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import Store
+from vmops.service import build
 from vmops.volumes.manager import Volumes
 
 
 def make_env(tmp_path: Path, marker: bytes) -> dict[str, Any]:
     """settings, store, hv, compute, volumes and tmp; "base" starts with ``marker``."""
     settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
     hv = FakeHypervisor()
-    compute = Compute(settings, store, hv, Accel.TCG, lambda: [], capture=FakeConsole())
+    engine = build(settings, hypervisor=hv, capture=FakeConsole())
+    store, compute = engine.store, engine.compute
     base = tmp_path / "base.raw"
     base.write_bytes(marker + bytes(1024 * 1024 - len(marker)))
-    Catalog(store, ImageCache(settings.images_dir)).import_image(
+    engine.catalog.import_image(
         "base", str(base), disk_format="raw", background=False)
     return {"settings": settings, "store": store, "hv": hv, "compute": compute,
             "volumes": Volumes(compute), "tmp": tmp_path}

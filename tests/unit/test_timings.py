@@ -23,9 +23,9 @@ from vmops.compute.timings import Timings, active
 from vmops.console.fake import FakeConsole
 from vmops.disks import instance_disks, qemu_img
 from vmops.errors import HypervisorError
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.store import DiskRecord, Flavor, Image, Instance, Store
+from vmops.service import build
+from vmops.store import DiskRecord, Flavor, Image, Instance
 
 BOOT = ["start-paused", "capture-connect", "resume-vcpus"]  # the parts of booting
 SPAWN = ["record", "capture", "disks", "define", *BOOT, "boot", "finish"]
@@ -117,12 +117,12 @@ def test_crash_points_mark_only_the_current_verb() -> None:
 def compute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Compute]:
     """A compute on the fake hypervisor whose disks are stood in for (an empty root file)."""
     settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
-    store = Store(settings.db_path)
+    engine = build(settings, hypervisor=FakeHypervisor(), capture=FakeConsole())
+    store = engine.store
     store.add_image(Image(id="img-1", name="tiny", status="active", format="qcow2",
                           virtual_size=1 << 20, file_size=1 << 20, checksum="ab" * 32,
                           path=str(tmp_path / "tiny.qcow2")))
-    made = Compute(settings, store, FakeHypervisor(), Accel.TCG, lambda: [],
-                   capture=FakeConsole())
+    made = engine.compute
 
     def root_only(compute: Compute, inst: Instance, *args: Any, **kw: Any) -> list[DiskRecord]:
         root = compute.instance_dir(inst) / "root.qcow2"  # an empty file: nothing reads it
