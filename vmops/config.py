@@ -210,6 +210,12 @@ class Settings:
         10, "Default most server groups a project may have.", minimum=-1)
     quota_server_group_members: int = _opt(
         10, "Default most servers in one server group.", minimum=-1)
+    quota_volumes: int = _opt(
+        10, "Default most volumes a project may have (Cinder's quota_volumes; in any status, "
+        "those made at server create and boot volumes too).", minimum=-1)
+    quota_gigabytes: int = _opt(
+        1000, "Default most GiB a project's volumes may have in all (Cinder's "
+        "quota_gigabytes).", minimum=-1)
 
     # -- derived paths -------------------------------------------------------
     @property

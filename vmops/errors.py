@@ -46,6 +46,7 @@ API does so at its edge (``api/server.py``).
     │   ├── ImageSourceForbidden  a host path outside image_import_dirs, over TCP
     │   ├── PolicyForbidden     the caller's roles do not allow the call
     │   └── QuotaExceeded       over a project's quota (Nova's words for each)
+    │       └── VolumeQuotaExceeded (413)  over its volumes or gigabytes (Cinder's words)
     ├── NotSupported (501)      a Nova call that makes no sense on one host
     ├── ConfigError (400)       a bad setting: names the option and what is allowed
     ├── StorageFull (507)       no space left: names what is full
@@ -283,6 +284,14 @@ class QuotaExceeded(Forbidden):
     instances"."""
 
     msg_fmt = "%(reason)s"
+
+
+class VolumeQuotaExceeded(QuotaExceeded):
+    """Over a project's volume quota (volumes, gigabytes): 413, as Cinder's
+    VolumeLimitExceeded and VolumeSizeExceedsAvailableQuota, in its words."""
+
+    http_status = 413
+    fault_name = "overLimit"
 
 
 class NotSupported(VmopsError):

@@ -275,3 +275,18 @@ def test_extend_an_attached_volume_only_with_vmops_flag(api: Api,
     assert at_342.status == 202 and at_342.headers["openstack-api-version"] == "volume 3.42"
     assert (vols.volume("data").status, vols.volume("data").size_gb) == ("in-use", 3)
     assert api.hv.domains[inst.id].disk_sizes == {"vdb": 3 << 30}
+
+
+def test_a_create_over_the_volume_quota_is_413(api: Api) -> None:
+    """Cinder's VolumeSizeExceedsAvailableQuota and VolumeLimitExceeded: 413."""
+    api.compute.quotas.update_class("default", {"volumes": 1, "gigabytes": 2})
+    over_size = api.post(f"{V}/volumes", {"volume": {"name": "big", "size": 3}})
+    assert over_size.status == 413, over_size.body
+    assert over_size.fault() == ("overLimit", "Requested volume or snapshot exceeds allowed "
+                                 "gigabytes quota. Requested 3G, quota is 2G and 0G has been "
+                                 "consumed.")
+    _create(api, "one", 1)
+    over_count = api.post(f"{V}/volumes", {"volume": {"name": "two", "size": 1}})
+    assert over_count.status == 413
+    assert "Maximum number of volumes allowed (1) exceeded" in over_count.fault()[1]
+    assert [v.name for v in Volumes(api.compute).volumes()] == ["one"]

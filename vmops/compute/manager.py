@@ -239,6 +239,8 @@ class Compute:
             self, req.extra_volumes, req.project_id,
             spawn_steps.own_disk_count(self, flavor, use_drive),
             volume.id if volume is not None else "")
+        server_volumes.check_quota(self, req.project_id, boot.size_gb if boot is not None
+                                   and volume is None else 0, extras)
         if volume is not None:  # taken now: no other spawn or attach gets it
             volume = boot_volume.claim(self, volume, instance_id, req.name)
         try:

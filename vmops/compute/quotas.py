@@ -14,6 +14,15 @@ What vmops enforces, and where:
 - ``server_groups``, ``server_group_members``: server group create and
   server create into a group.
 
+Cinder's ``volumes`` and ``gigabytes`` (:meth:`Quotas.check_volumes`) are
+the volume service's: every volume of the project counts, in any status,
+remote ones and those made at server create (boot volumes, block device
+mappings) too; enforced at volume create and extend and at server create
+(there before the server's volumes are made, so two server creates at
+once may both pass). Defaults: the ``quota_volumes`` and
+``quota_gigabytes`` settings, or the default class's rows; a project's own
+rows in ``quotas`` (no API sets them yet).
+
 ``floating_ips``, ``fixed_ips``, ``security_groups`` and
 ``security_group_rules`` are kept and shown, as Nova keeps them when the
 network service is Neutron, but not enforced.
@@ -39,13 +48,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from vmops.config import Settings
-from vmops.errors import Invalid, QuotaExceeded
+from vmops.errors import Invalid, QuotaExceeded, VolumeQuotaExceeded
 from vmops.store import Flavor, Store
 
 RESOURCES = ("instances", "cores", "ram", "floating_ips", "fixed_ips", "metadata_items",
              "injected_files", "injected_file_content_bytes", "injected_file_path_bytes",
              "key_pairs", "security_groups", "security_group_rules", "server_groups",
              "server_group_members")
+# The volume service's (Cinder's names); not in Nova's quota sets.
+VOLUME_RESOURCES = ("volumes", "gigabytes")
 UNLIMITED = -1
 DEFAULT_CLASS = "default"
 MAX_LIMIT = 0x7FFFFFFF  # Nova's: a database integer
@@ -201,6 +212,39 @@ class Quotas:
                 raise QuotaExceeded(
                     f"Quota exceeded for {name}: Requested {requested}, but already used "
                     f"{used[name]} of {limits[name]} {name}")
+
+    def volume_limits(self, project_id: str) -> dict[str, int]:
+        """The project's ``volumes`` and ``gigabytes`` limits."""
+        limits = {"volumes": self.settings.quota_volumes,
+                  "gigabytes": self.settings.quota_gigabytes}
+        rows = [*self.store.query("SELECT resource, hard_limit FROM quota_classes "
+                                  "WHERE class_name = ?", DEFAULT_CLASS),
+                *self.store.query("SELECT resource, hard_limit FROM quotas "
+                                  "WHERE project_id = ? AND user_id = ''", project_id)]
+        for row in rows:  # the default class first, the project's own over it
+            if row["resource"] in limits:
+                limits[row["resource"]] = int(row["hard_limit"])
+        return limits
+
+    def volume_usage(self, project_id: str) -> dict[str, int]:
+        """The project's volumes (any status) and their GiB."""
+        row = self.store.query("SELECT COUNT(*), COALESCE(SUM(size_gb), 0) FROM volumes "
+                               "WHERE project_id = ?", project_id)[0]
+        return {"volumes": int(row[0]), "gigabytes": int(row[1])}
+
+    def check_volumes(self, project_id: str, count: int, gigabytes: int) -> None:
+        """Room for ``count`` more volumes of ``gigabytes`` GiB in all
+        (Cinder's words); call holding :attr:`lock` until they are recorded."""
+        limits, used = self.volume_limits(project_id), self.volume_usage(project_id)
+        if over(limits["volumes"], used["volumes"], count):
+            raise VolumeQuotaExceeded(reason=(
+                f"Maximum number of volumes allowed ({limits['volumes']}) exceeded for quota "
+                f"'volumes': the project has {used['volumes']}, {count} more asked for."))
+        if over(limits["gigabytes"], used["gigabytes"], gigabytes):
+            raise VolumeQuotaExceeded(reason=(
+                "Requested volume or snapshot exceeds allowed gigabytes quota. Requested "
+                f"{gigabytes}G, quota is {limits['gigabytes']}G and {used['gigabytes']}G has "
+                "been consumed."))
 
     def check_metadata(self, project_id: str, items: int) -> None:
         limit = self.limits(project_id)["metadata_items"]

@@ -110,6 +110,17 @@ def plan(compute: Compute, extras: tuple[ExtraVolume, ...], project_id: str,
     return planned
 
 
+def check_quota(compute: Compute, project_id: str, new_root_gb: int,
+                planned: list[Planned]) -> None:
+    """Room in the project's volume quota (Cinder's volumes, gigabytes) for
+    the volumes a server create makes: a new root volume of ``new_root_gb``
+    GiB (0: none) and each new volume of ``planned``."""
+    sizes = [p.extra.size_gb for p in planned if p.existing is None]
+    sizes += [new_root_gb] if new_root_gb else []
+    if sizes:
+        compute.quotas.check_volumes(project_id, len(sizes), sum(sizes))
+
+
 def _image(compute: Compute, extra: ExtraVolume) -> Image:
     image = compute.store.image(extra.image)
     if image.status != "active":

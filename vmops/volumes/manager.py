@@ -144,11 +144,13 @@ class Volumes:
                               f"({-(-image.virtual_size // GIB)} GiB)")
         pool.check_fits(self.pool, size_gb * GIB, name)
         volume_id = str(uuidlib.uuid4())
-        volume = self.records.add(Volume(
-            id=volume_id, name=name, size_gb=size_gb, status=VolumeStatus.CREATING,
-            format=fmt, path=str(pool.volume_path(self.pool, volume_id, fmt)),
-            description=description, image_id=image.id if image else "",
-            bootable=image is not None, project_id=project_id, user_id=user_id))
+        with self.compute.quotas.lock:  # checked and recorded at once
+            self.compute.quotas.check_volumes(project_id, 1, size_gb)
+            volume = self.records.add(Volume(
+                id=volume_id, name=name, size_gb=size_gb, status=VolumeStatus.CREATING,
+                format=fmt, path=str(pool.volume_path(self.pool, volume_id, fmt)),
+                description=description, image_id=image.id if image else "",
+                bootable=image is not None, project_id=project_id, user_id=user_id))
 
         def make() -> None:
             if image is None:
@@ -178,6 +180,7 @@ class Volumes:
                                "already")
         source = replace(source, auth_user=chap_user)
         size_bytes = remote.probe(source, chap_secret)
+        self.compute.quotas.check_volumes(project_id, 1, max(1, -(-size_bytes // GIB)))
         volume_id = str(uuidlib.uuid4())
         secret_uuid = ""
         if chap_secret is not None:
@@ -243,6 +246,7 @@ class Volumes:
                           "is the target's; vmops does not change it")
         _check_size(size_gb)
         self._check_growth(volume, size_gb)
+        self.compute.quotas.check_volumes(volume.project_id, 0, size_gb - volume.size_gb)
         attachment = self.records.attachment_of(volume.id) if attached else None
         if attachment is not None:
             return self._extend_attached(volume, attachment, size_gb)
