@@ -76,6 +76,38 @@ def test_openstack_volume_commands(served: tuple[Vmops, OpenStackCLI]) -> None:
     assert cli.json("volume", "list") == []
 
 
+def test_openstack_extends_an_in_use_volume_at_microversion_342(
+        served: tuple[Vmops, OpenStackCLI]) -> None:
+    """`openstack volume set --size` on an attached volume: OpenStackClient
+    (openstacksdk) reads 3.0 to 3.42 from the version document, negotiates
+    3.42 and vmops grows the volume, still in-use; held to 3.0
+    (--os-volume-api-version 3.0) the client refuses it itself, as against
+    a Cinder before 3.42. The server is made without booting (--no-start):
+    a stopped instance's volume is grown by qemu-img (a running guest seeing
+    its disk grow: tests/functional/test_volumes.py)."""
+    vm, cli = served
+    cli.run("volume", "create", "--size", "1", "data")
+    volume = _wait_volume(cli, "data", "available")
+    vm.run("spawn", "s0", "--image", "tiny", "--flavor", "m1.tiny", "--no-start")
+    cli.run("server", "add", "volume", "s0", "data")
+    _wait_volume(cli, "data", "in-use")
+    refused = cli.run("--os-volume-api-version", "3.0", "volume", "set", "--size", "2",
+                      "data", check=False)
+    assert "--os-volume-api-version 3.42 or greater is required" in refused.stderr
+    assert _wait_volume(cli, "data", "in-use")["size"] == 1
+    cli.run("volume", "set", "--size", "2", "data")
+    grown = _wait_volume(cli, "data", "in-use")
+    assert (grown["id"], grown["size"]) == (volume["id"], 2)
+    cli.run("--os-volume-api-version", "3.42", "volume", "set", "--size", "3", "data")
+    assert _wait_volume(cli, "data", "in-use")["size"] == 3
+    beyond = cli.run("--os-volume-api-version", "3.43", "volume", "show", "data", check=False)
+    assert beyond.returncode != 0
+    cli.run("server", "remove", "volume", "s0", "data")
+    _wait_volume(cli, "data", "available")
+    vm.run("destroy", "s0")
+    cli.run("volume", "delete", "data")
+
+
 @pytest.mark.extended
 def test_openstack_server_create_boots_from_volumes(served: tuple[Vmops, OpenStackCLI]) -> None:
     """`openstack server create --boot-from-volume N --image I` (a new root
