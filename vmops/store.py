@@ -623,8 +623,23 @@ _COLUMNS = ("id", "name", "vm_state", "task_state", "power_state", "flavor_id", 
             "created_at", "updated_at", "fault", "project_id", "user_id")
 
 
+def _plain(value: Any) -> Any:
+    """``dataclasses.asdict``'s result for a record's field, without its deep
+    copies (the row is encoded at once): an instance's update spent most of
+    its time there."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if hasattr(value, "__dataclass_fields__"):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value
+
+
 def _instance_to_row(inst: Instance) -> dict[str, Any]:
-    data = asdict(inst)
+    data = {f.name: _plain(getattr(inst, f.name)) for f in fields(Instance)}
     row = {k: data.pop(k) for k in _COLUMNS}
     row["body"] = json.dumps(data, sort_keys=True)
     return row
@@ -1086,7 +1101,8 @@ class Store:
             rows = db.execute("SELECT * FROM instances WHERE id = ?", (instance_id,)).fetchall()
             if not rows:
                 raise InstanceNotFound(instance=instance_id)
-            fresh = replace(_instance_from_row(rows[0]), updated_at=time.time(), **changes)
+            stored = self._instance_rows.records(rows, whole_table=False)[0]
+            fresh = replace(stored, updated_at=time.time(), **changes)
             row = _instance_to_row(fresh)
             sets = ", ".join(f"{k} = ?" for k in row)
             db.execute(f"UPDATE instances SET {sets} WHERE id = ?", (*row.values(), instance_id))
@@ -1106,7 +1122,7 @@ class Store:
         if len(rows) > 1 and rows[0]["id"] != ref:
             raise Conflict(reason=f"{len(rows)} servers are named {ref!r}: "
                            f"{', '.join(r['id'] for r in rows)}; give an id")
-        return _instance_from_row(rows[0])
+        return self._instance_rows.records(rows[:1], whole_table=False)[0]
 
     def delete_instance(self, instance_id: str) -> None:
         """The instance and every network row of it (ports, forwards, groups);

@@ -2,12 +2,14 @@
 while the database is unchanged, and never miss a change: ours, another
 connection's, or a rolled-back one's undoing."""
 
+import json
 import sqlite3
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
 
-from vmops.store import DiskRecord, Instance, Port, Store
+from vmops.store import DiskRecord, Instance, Port, Store, _instance_to_row
 
 
 @pytest.fixture
@@ -76,3 +78,25 @@ def test_a_read_inside_a_rolled_back_transaction_is_not_kept(store: Store) -> No
         assert store.instances()[0].vm_state == "error"  # the transaction's own view
         raise RuntimeError("roll back")
     assert store.instances()[0].vm_state == "active"
+
+
+def test_an_instance_row_encodes_as_asdict_did() -> None:
+    inst = replace(_instance("a"), injected_files=(("/etc/motd", "aGk="),),
+                   properties={"role": "web"}, tags=("x", "y"),
+                   pre_resize={"flavor": {"name": "m1.tiny", "extra": {"k": [1, 2]}},
+                               "disks": [{"role": "root"}]},
+                   volumes_made=("v1",))
+    data = asdict(inst)
+    row = _instance_to_row(inst)
+    assert row.pop("body") == json.dumps(
+        {k: v for k, v in data.items() if k not in row}, sort_keys=True)
+    assert row == {k: data[k] for k in row}
+
+
+def test_an_update_keeps_every_field_and_changes_only_the_given_ones(store: Store) -> None:
+    inst = replace(_instance("a"), properties={"role": "web"}, tags=("x",))
+    store.add_instance(inst)
+    before = store.instance("id-a")
+    after = store.update_instance("id-a", vm_state="stopped")
+    assert after == replace(before, vm_state="stopped", updated_at=after.updated_at)
+    assert store.instance("a") == after
