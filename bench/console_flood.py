@@ -143,6 +143,7 @@ def _alternate(svc: Any, server_id: str, log_dir: Path, dom: Any, serial_file: P
     lv_rates: list[float] = []
     line_bytes: list[float] = []
     pids: set[int] = set()
+    svc.action(server_id, {"pause": None})  # both still: each window unpauses one
     dom.suspend()
     for rep in range(reps):
         order = ("vmops", "libvirt") if rep % 2 == 0 else ("libvirt", "vmops")
