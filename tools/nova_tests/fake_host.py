@@ -18,10 +18,9 @@ from vmops import config
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.console.fake import FakeConsole
-from vmops.hypervisor.base import Accel
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.nova_driver import VmopsDriver
-from vmops.store import Store
+from vmops.service import build
 
 
 class FakeHostVmopsDriver(VmopsDriver):
@@ -32,8 +31,6 @@ class FakeHostVmopsDriver(VmopsDriver):
                                accel="tcg", shutdown_retry_interval=1)
         for d in (settings.images_dir, settings.instances_dir, settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
-        store = Store(settings.db_path)
         self.fake_hypervisor = FakeHypervisor()
-        compute = Compute(settings, store, self.fake_hypervisor, Accel.TCG, lambda: [],
-                          capture=FakeConsole())
-        return compute, Catalog.from_settings(settings, store)
+        engine = build(settings, hypervisor=self.fake_hypervisor, capture=FakeConsole())
+        return engine.compute, engine.catalog
