@@ -139,22 +139,14 @@ class Harness:
 
     def grow_to(self, n: int) -> None:
         """Instances as a spawn then stop --hard leaves them, minus disk files."""
-        from vmops.compute import states
+        from tests import records
         from vmops.compute.names import generate_mac
-        from vmops.hypervisor.base import PowerState
-        from vmops.store import DiskRecord, Instance
 
         while len(self.ids) < n:
-            i = len(self.ids)
             instance_id = str(uuid.uuid4())
-            inst_dir = self.settings.instances_dir / instance_id
-            inst = self.store.add_instance(Instance(
-                id=instance_id, name=f"api-{i}", vm_state=states.STOPPED, task_state=None,
-                power_state=PowerState.SHUTOFF.value, flavor_id="1", image_id="bench-image",
-                flavor={"id": "1", "name": "m1.tiny", "ram_mib": 512, "vcpus": 1,
-                        "root_gb": 1, "ephemeral_gb": 0},
-                image_name="tiny", macs=(generate_mac(),),
-                disks=(DiskRecord("root", str(inst_dir / "root.qcow2"), "qcow2", "vda"),)))
+            inst = self.store.add_instance(records.instance(
+                f"api-{len(self.ids)}", id=instance_id, image_id="bench-image",
+                macs=(generate_mac(),), instance_dir=self.settings.instances_dir / instance_id))
             self.hv.define(self.compute.domain_spec(inst))
             self.ids.append(instance_id)
 

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import records
 from vmops.network import nftables
 from vmops.network.manager import Network
 from vmops.network.model import NicMode
-from vmops.store import Instance, Port, Store
+from vmops.store import Port, Store
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("dnsmasq") or not shutil.which("nft"),
@@ -72,8 +73,8 @@ class Lab:
         mac = "52:54:00:" + ":".join(secrets.token_hex(1) for _ in range(3))
         ports = self.network.new_ports(inst_id, NicMode.BRIDGE, [mac])
         self.store.add_instance(
-            Instance(id=inst_id, name=name, vm_state="active", task_state=None,
-                     power_state="running", flavor_id="1", image_id="x", macs=(mac,)),
+            records.instance(name, id=inst_id, vm_state="active", power_state="running",
+                             macs=(mac,)),
             ports=ports, group_ids=[self.store.security_group(g).id for g in groups],
             choose_ip=self.network.choose_ip)
         self.network.apply()

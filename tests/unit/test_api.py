@@ -10,7 +10,6 @@ import json
 import re
 import socket
 import time
-import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import jsonschema_rs
 import pytest
 
+from tests import records
 from vmops import config
 from vmops.api import openapi, server
 from vmops.api.routes import Routes
@@ -25,10 +25,9 @@ from vmops.compute import states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.disks.cache import ImageCache
-from vmops.hypervisor.base import PowerState
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.service import build
-from vmops.store import DiskRecord, Image, Instance, Store
+from vmops.store import Image, Instance, Store
 
 TOKEN = "s3cret-token"
 MAX = server.version_text(server.MAX_MICROVERSION)
@@ -128,13 +127,8 @@ class Api:
 
     def add_instance(self, name: str, vm_state: str = states.ACTIVE) -> Instance:
         """A record and a fake domain in ``vm_state``, as a finished spawn leaves them."""
-        inst = self.store.add_instance(Instance(
-            id=str(uuidlib.uuid4()), name=name, vm_state=vm_state, task_state=None,
-            power_state=PowerState.SHUTOFF.value, flavor_id="1", image_id=IMAGE_ID,
-            flavor={"id": "1", "name": "m1.tiny", "ram_mib": 512, "vcpus": 1, "root_gb": 1,
-                    "ephemeral_gb": 0},
-            image_name="tiny", macs=("52:54:00:00:00:01",),
-            disks=(DiskRecord("root", f"/nonexistent/{name}/root.qcow2", "qcow2", "vda"),)))
+        inst = self.store.add_instance(records.instance(name, vm_state=vm_state,
+                                                        image_id=IMAGE_ID))
         self.hv.define(self.compute.domain_spec(inst))
         if vm_state in (states.ACTIVE, states.PAUSED, states.SUSPENDED):
             self.hv.start(inst.id)
@@ -153,9 +147,7 @@ def start_api(state_dir: Path, token: str = TOKEN,
     engine = build(settings, hypervisor=hv)
     compute, store = engine.compute, engine.store
     compute.background_actions = True
-    store.add_image(Image(id=IMAGE_ID, name="tiny", status="active", format="qcow2",
-                          virtual_size=1 << 30, file_size=1 << 20, checksum="ab" * 32,
-                          path="/nonexistent/tiny"))
+    store.add_image(records.image("tiny", id=IMAGE_ID))
     routes = engine.routes(lambda: [{"name": "fake", "ok": True, "required": True,
                                      "detail": "d", "advice": ""}])
     with socket.socket() as probe:

@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
+from tests import records
 from tests.unit.test_api import TOKEN, Api
 from vmops import config
 from vmops.api import server
 from vmops.api.server import MAX_JSON_DEPTH, decode_json, json_depth
 from vmops.cli.main import build_parser
 from vmops.errors import ConfigError, Invalid, StorageFull, storage_full
-from vmops.store import Flavor, Image, Instance, Keypair
+from vmops.store import Flavor, Image, Keypair
 
 
 def _post_raw(api: Api, path: str, body: bytes) -> Any:
@@ -159,9 +160,8 @@ def _fill_database(api: Api) -> None:
     adders: list[Callable[[int], Any]] = [
         lambda i: api.store.add_flavor(Flavor(f"f{i}", f"fill{i}", 16, 1, 1)),
         lambda i: api.store.add_keypair(Keypair(f"fill{i}", "ssh-ed25519 AAAA", "00")),
-        lambda i: api.store.add_instance(Instance(
-            id=f"fill{i}", name=f"fill{i}", vm_state="error", task_state=None,
-            power_state="nostate", flavor_id="1", image_id="x")),
+        lambda i: api.store.add_instance(records.instance(
+            f"fill{i}", id=f"fill{i}", vm_state="error", power_state="nostate")),
     ]
     for add in adders:
         with pytest.raises(sqlite3.OperationalError) as raised:

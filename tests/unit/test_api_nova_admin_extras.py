@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests import records
 from tests.unit.test_api import IMAGE_ID, Api
 from tests.unit.test_api_nova_extras import (  # noqa: F401 (api: its fixture, with 3 projects)
     ADMIN,
@@ -371,11 +372,9 @@ def test_diagnostics_are_for_admins_of_a_server_with_a_domain(api: Api) -> None:
 
 def test_diagnostics_read_libvirts_counters() -> None:
     from vmops.api import diagnostics_api
-    from vmops.store import Instance
 
-    inst = Instance(id="i", name="n", vm_state="active", task_state=None, power_state="running",
-                    flavor_id="1", image_id="x", macs=("52:54:00:00:00:01",),
-                    config_drive=True, launched_at=None)
+    inst = records.instance("n", id="i", vm_state="active", power_state="running",
+                            config_drive=True)
     stats: dict[str, int | float] = {
         "state.state": 1, "balloon.maximum": 1048576, "balloon.current": 524288,
         "vcpu.count": 2, "vcpu.0.time": 10, "vcpu.1.time": 20, "net.count": 1,

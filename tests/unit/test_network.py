@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import records
 from vmops.api import parse
 from vmops.errors import AddressInUse, InUse, Invalid, PortTaken, SubnetFull
 from vmops.network import dnsmasq, ipam, nftables
@@ -156,8 +157,8 @@ def _store(tmp_path: Path) -> tuple[Store, Network]:
 
 def _instance(store: Store, network: Network, name: str, mac: str,
               fixed_ip: str | None = None) -> Instance:
-    inst = Instance(id=f"id-{name}", name=name, vm_state="active", task_state=None,
-                    power_state="running", flavor_id="1", image_id="x", macs=(mac,))
+    inst = records.instance(name, id=f"id-{name}", vm_state="active",
+                            power_state="running", macs=(mac,))
     return store.add_instance(inst, ports=network.new_ports(inst.id, NicMode.BRIDGE, [mac],
                                                             fixed_ip),
                               group_ids=[store.security_group("default").id],

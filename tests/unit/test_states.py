@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import records
 from vmops.compute import states
 from vmops.compute.states import Status, TaskState, VmState
-from vmops.store import Instance, Store
+from vmops.store import Store
 
 # The API's order (its status filter's error message and the OpenAPI enum
 # list them in it): pinned so a reordering of the enum shows up here.
@@ -64,10 +65,8 @@ def test_members_are_their_strings_in_json_sqlite_and_text() -> None:
 
 def test_a_record_written_with_members_reads_back_as_the_same_strings(tmp_path: Path) -> None:
     store = Store(tmp_path / "vmops.db")
-    store.add_instance(Instance(
-        id="i-1", name="one", vm_state=states.BUILDING, task_state=states.SPAWNING,
-        power_state="nostate", flavor_id="1", image_id="img", macs=("52:54:00:00:00:01",),
-        config_drive=False, launched_at=None))
+    store.add_instance(records.instance("one", id="i-1", vm_state=states.BUILDING,
+                                        task_state=states.SPAWNING, power_state="nostate"))
     with sqlite3.connect(tmp_path / "vmops.db") as db:
         row = db.execute("SELECT vm_state, task_state, typeof(vm_state) FROM instances "
                          "WHERE id = 'i-1'").fetchone()

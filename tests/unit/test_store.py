@@ -2,6 +2,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import records
 from vmops.errors import AlreadyExists, FlavorNotFound, InstanceNotFound
 from vmops.store import DiskRecord, Flavor, Instance, Store
 
@@ -12,10 +13,9 @@ def store(tmp_path: Path) -> Store:
 
 
 def _instance(name: str = "web1") -> Instance:
-    return Instance(id=f"id-{name}", name=name, vm_state="building", task_state="spawning",
-                    power_state="nostate", flavor_id="1", image_id="img",
-                    disks=(DiskRecord("root", "/x/root.qcow2", "qcow2", "vda"),),
-                    macs=("52:54:00:00:00:01",), flavor={"name": "m1.tiny"})
+    return records.instance(name, id=f"id-{name}", vm_state="building",
+                            task_state="spawning", power_state="nostate",
+                            instance_dir=Path("/x"))
 
 
 def test_builtin_flavors_seeded_once(tmp_path: Path) -> None:
