@@ -41,6 +41,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -61,12 +62,20 @@ from vmops import config, socket_paths
 from vmops.compute import host_facts, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
-from vmops.errors import ImageNotFound, InstanceNotFound, InvalidState, VmopsError
+from vmops.errors import (
+    Conflict,
+    ImageNotFound,
+    InstanceNotFound,
+    InvalidState,
+    VmopsError,
+    VolumeNotFound,
+)
 from vmops.hypervisor import threads
 from vmops.hypervisor.base import LifecycleEvent as VmopsLifecycleEvent
 from vmops.hypervisor.base import PowerState
 from vmops.service import build, open_host, take_lock
 from vmops.store import Instance
+from vmops.volumes.manager import Volumes
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +101,12 @@ POWER_STATES = {
     PowerState.SUSPENDED: power_state.SHUTDOWN,  # as libvirt's driver: managed save is off
 }
 GLANCE_IMAGE_PREFIX = "glance-"
+# vmops' record of a Cinder volume attached through Nova: "cinder-<volume id>".
+CINDER_VOLUME_PREFIX = "cinder-"
+# The iSCSI initiator name QEMU's built-in initiator logs in with when it
+# has no domain (qemu-img, which vmops' volume registration probes with);
+# a guest's disk logs in as this name with ":<domain uuid>" after it.
+QEMU_INITIATOR = "iqn.2008-11.org.linux-kvm"
 
 # vmops' lifecycle events as Nova's transitions, as Nova's libvirt driver
 # maps libvirt's (nova/virt/libvirt/host.py): a domain that stops, for any
@@ -435,6 +450,84 @@ class VmopsDriver(driver.ComputeDriver):
         if inst.vm_state == states.RESCUED:
             self.compute.unrescue(inst.id)
 
+    # -- Cinder volumes --------------------------------------------------------------
+    @property
+    def volumes(self) -> Volumes:
+        return Volumes(self.compute)
+
+    def get_volume_connector(self, instance: Any) -> dict[str, Any]:
+        """What Cinder needs to export a volume to this host: QEMU's own
+        iSCSI initiator opens it (no host iSCSI login, no multipath)."""
+        return {"ip": str(CONF.my_block_storage_ip), "host": str(CONF.host),
+                "initiator": QEMU_INITIATOR, "multipath": False,
+                "platform": platform.machine(), "os_type": "linux"}
+
+    def attach_volume(self, context: Any, connection_info: dict[str, Any], instance: Any,
+                      mountpoint: str, disk_bus: str | None = None,
+                      device_type: str | None = None, encryption: Any = None) -> None:
+        """Cinder's iSCSI LUN (``connection_info``) as a vmops remote volume,
+        registered (vmops probes the target, a CHAP password goes into a
+        libvirt secret) and plugged in, hot if the guest runs. Any other
+        volume type is refused, naming it; a failed attach forgets the
+        registration (the target is Cinder's and is left as it is)."""
+        url, chap_user, chap_secret = _iscsi_target(connection_info)
+        volume_id = _cinder_volume_id(connection_info)
+        inst = self._instance(instance)
+        if encryption:
+            raise exception.VolumeEncryptionNotSupported(volume_type="iscsi",
+                                                         volume_id=volume_id)
+        try:
+            volume = self.volumes.register_remote(
+                CINDER_VOLUME_PREFIX + volume_id, url, chap_user=chap_user,
+                chap_secret=chap_secret, description=f"Cinder volume {volume_id}",
+                project_id=instance.project_id or "", user_id=instance.user_id or "")
+        except VmopsError as exc:
+            raise exception.VolumeAttachFailed(volume_id=volume_id,
+                                               reason=exc.message) from exc
+        try:
+            self._plug(volume.id, inst, mountpoint)
+        except BaseException as exc:
+            self.volumes.delete(volume.id)
+            if isinstance(exc, VmopsError):
+                raise exception.VolumeAttachFailed(volume_id=volume_id,
+                                                   reason=exc.message) from exc
+            raise
+
+    def _plug(self, volume_id: str, inst: Instance, mountpoint: str) -> None:
+        """Attach as the device Nova named when it is a free virtio disk; else
+        as the first free one vmops finds (Nova's device name is a hint, as
+        with its libvirt driver: the guest names its disks itself)."""
+        if _VIRTIO_DEVICE.match(mountpoint or ""):
+            try:
+                self.volumes.attach(volume_id, inst.id, mountpoint)
+                return
+            except Conflict:
+                log.info("%s: %s is taken; vmops picks the device", inst.name, mountpoint)
+        self.volumes.attach(volume_id, inst.id)
+
+    def detach_volume(self, context: Any, connection_info: dict[str, Any], instance: Any,
+                      mountpoint: str, encryption: Any = None) -> None:
+        """Unplug the volume (the guest must release it within vmops'
+        volume_detach_timeout) and forget vmops' record of it. A volume
+        vmops does not have attached is nothing to do, as in Nova's libvirt
+        driver."""
+        volume_id = _cinder_volume_id(connection_info)
+        try:
+            volume = self.volumes.volume(CINDER_VOLUME_PREFIX + volume_id)
+        except VolumeNotFound:
+            log.warning("volume %s is not attached to %s in vmops", volume_id, instance.uuid)
+            return
+        attachment = self.volumes.attachment_of(volume.id)
+        if attachment is not None:
+            if attachment.instance_id != instance.uuid:
+                raise exception.DeviceNotFound(device=mountpoint)
+            try:
+                self.volumes.detach(volume.id, attachment.instance_id)
+            except VmopsError as exc:
+                raise exception.DeviceDetachFailed(device=mountpoint,
+                                                   reason=exc.message) from exc
+        self.volumes.delete(volume.id)
+
     # -- consoles and diagnostics ------------------------------------------------
     def get_console_output(self, context: Any, instance: Any) -> str:
         inst = self._instance(instance)
@@ -574,6 +667,46 @@ class GreenHandoff:
             hubs.trampoline(self._wake_read, read=True)
             with contextlib.suppress(BlockingIOError):
                 os.read(self._wake_read, 4096)
+
+
+_VIRTIO_DEVICE = re.compile(r"^(/dev/)?vd[b-z]$")
+
+
+def _cinder_volume_id(connection_info: dict[str, Any]) -> str:
+    """The Cinder volume's id: Nova puts it in ``serial`` (and os-brick's
+    data has it as ``volume_id``)."""
+    data = connection_info.get("data") or {}
+    volume_id = connection_info.get("serial") or data.get("volume_id")
+    if not volume_id:
+        raise exception.InvalidBDM(message="Cinder's connection_info names no volume "
+                                   "(no serial, no data.volume_id)")
+    return str(volume_id)
+
+
+def _iscsi_target(connection_info: dict[str, Any]) -> tuple[str, str, bytes | None]:
+    """(vmops' iSCSI URL, CHAP user, CHAP password) of Cinder's iSCSI
+    connection_info: ``target_portal`` (host:port, [v6]:port), ``target_iqn``,
+    ``target_lun``, ``auth_method`` CHAP with ``auth_username`` and
+    ``auth_password``. Other volume types are refused."""
+    kind = connection_info.get("driver_volume_type")
+    if kind != "iscsi":
+        raise exception.VolumeDriverNotFound(
+            driver_type=f"{kind} (vmops' Nova driver attaches iscsi volumes only)")
+    data = connection_info.get("data") or {}
+    missing = [k for k in ("target_portal", "target_iqn") if not data.get(k)]
+    if missing:
+        raise exception.InvalidBDM(message="Cinder's iscsi connection_info lacks "
+                                   + ", ".join(missing))
+    url = f"iscsi://{data['target_portal']}/{data['target_iqn']}/{data.get('target_lun', 0)}"
+    method = str(data.get("auth_method") or "").upper()
+    if method and method != "CHAP":
+        raise exception.VolumeAttachFailed(volume_id=_cinder_volume_id(connection_info),
+                                           reason=f"iSCSI auth_method {method}: vmops "
+                                           "logs in with CHAP or none")
+    if method != "CHAP":
+        return url, "", None
+    return url, str(data.get("auth_username") or ""), \
+        str(data.get("auth_password") or "").encode()
 
 
 def _single_mac(network_info: Any, instance_uuid: str) -> str | None:
