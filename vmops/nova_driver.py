@@ -60,8 +60,10 @@ from oslo_config import cfg
 
 from vmops import config, socket_paths
 from vmops.compute import host_facts, states
+from vmops.compute.boot_volume import BootVolume
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
+from vmops.compute.server_volumes import ExtraVolume
 from vmops.errors import (
     Conflict,
     ImageNotFound,
@@ -76,6 +78,7 @@ from vmops.hypervisor.base import PowerState
 from vmops.service import build, open_host, take_lock
 from vmops.store import Instance
 from vmops.volumes.manager import Volumes
+from vmops.volumes.records import Volume
 
 log = logging.getLogger(__name__)
 
@@ -256,11 +259,21 @@ class VmopsDriver(driver.ComputeDriver):
               admin_password: str | None, allocations: Any, network_info: Any = None,
               block_device_info: Any = None, power_on: bool = True,
               accel_info: Any = None) -> None:
-        if block_device_info and block_device_info.get("block_device_mapping"):
-            raise exception.InstanceDeployFailure(
-                reason="vmops' Nova driver does not attach Cinder volumes yet",
-                instance_id=instance.uuid)
-        image = self._cached_image(context, image_meta)
+        boot, extras, registered = self._register_volumes(instance, block_device_info)
+        try:
+            image = "" if boot else self._cached_image(context, image_meta)
+            self._create(instance, image, boot, extras, network_info, injected_files,
+                         admin_password)
+        except BaseException:
+            if instance.uuid not in self.list_instance_uuids():
+                self._forget_volumes(registered)  # refused: vmops made nothing
+            raise
+        if not power_on:
+            self.compute.stop(instance.uuid, hard=True)
+
+    def _create(self, instance: Any, image: str, boot: BootVolume | None,
+                extras: tuple[ExtraVolume, ...], network_info: Any, injected_files: Any,
+                admin_password: str | None) -> None:
         request = SpawnRequest(
             name=instance.name, image=image, flavor=self._flavor(instance.flavor),
             mac=_single_mac(network_info, instance.uuid), network="user",
@@ -270,7 +283,8 @@ class VmopsDriver(driver.ComputeDriver):
             files=tuple((path, _bytes(data)) for path, data in injected_files or ()),
             properties={str(k): str(v) for k, v in (instance.metadata or {}).items()},
             admin_password=admin_password or None, project_id=instance.project_id or "",
-            user_id=instance.user_id or "", instance_id=instance.uuid)
+            user_id=instance.user_id or "", instance_id=instance.uuid,
+            boot_volume=boot, extra_volumes=extras)
         try:
             inst = self.compute.create(request, background=False)
         except VmopsError as exc:
@@ -279,8 +293,60 @@ class VmopsDriver(driver.ComputeDriver):
         if inst.vm_state != states.ACTIVE:
             raise exception.InstanceDeployFailure(reason=inst.fault or inst.vm_state,
                                                   instance_id=instance.uuid)
-        if not power_on:
-            self.compute.stop(inst.id, hard=True)
+
+    def _register_volumes(self, instance: Any, block_device_info: Any) -> tuple[
+            BootVolume | None, tuple[ExtraVolume, ...], list[str]]:
+        """Cinder's volumes of a spawn (``block_device_mapping``) as vmops
+        remote volumes: the one of boot index 0 the root disk (boot from
+        volume), the others attached after vmops' own disks. All or none:
+        one that cannot be registered forgets the others."""
+        boot: BootVolume | None = None
+        extras: list[ExtraVolume] = []
+        registered: list[str] = []
+        volume_id = "?"
+        try:
+            for bdm in driver.block_device_info_get_mapping(block_device_info):
+                info = bdm.get("connection_info") or {}
+                volume_id = str(info.get("serial") or "?")
+                volume = self._register(instance, info, _cinder_volume_id(info))
+                registered.append(volume.id)
+                if bdm.get("boot_index") == 0:
+                    boot = BootVolume(volume=volume.id)
+                else:
+                    extras.append(ExtraVolume(volume=volume.id))
+        except BaseException as exc:
+            self._forget_volumes(registered)
+            if isinstance(exc, exception.NovaException | VmopsError):
+                reason = exc.message if isinstance(exc, VmopsError) else str(exc)
+                raise exception.InstanceDeployFailure(
+                    reason=f"Cinder volume {volume_id}: {reason}",
+                    instance_id=instance.uuid) from exc
+            raise
+        return boot, tuple(extras), registered
+
+    def _register(self, instance: Any, connection_info: dict[str, Any],
+                  volume_id: str) -> Volume:
+        url, chap_user, chap_secret = _iscsi_target(connection_info)
+        return self.volumes.register_remote(
+            CINDER_VOLUME_PREFIX + volume_id, url, chap_user=chap_user,
+            chap_secret=chap_secret, description=f"Cinder volume {volume_id}",
+            project_id=instance.project_id or "", user_id=instance.user_id or "")
+
+    def _forget_volumes(self, volume_ids: list[str]) -> None:
+        """Forget vmops' records (and CHAP secrets) of Cinder's volumes that
+        are no longer attached; the targets are Cinder's."""
+        for volume_id in volume_ids:
+            try:
+                self.volumes.delete(volume_id)
+            except VolumeNotFound:
+                pass
+            except VmopsError as exc:
+                log.warning("Cinder volume %s stays in vmops: %s", volume_id, exc.message)
+
+    def _cinder_volumes_of(self, instance_id: str) -> list[str]:
+        """vmops' ids of the Cinder volumes attached to the instance."""
+        return [a.volume_id for a in self.volumes.attached_to(instance_id)
+                if self.volumes.volume(a.volume_id).name.startswith(CINDER_VOLUME_PREFIX)]
 
     def _cached_image(self, context: Any, image_meta: Any) -> str:
         """Glance's image in vmops' cache (``glance-<id>``), fetched through
@@ -323,14 +389,18 @@ class VmopsDriver(driver.ComputeDriver):
     def destroy(self, context: Any, instance: Any, network_info: Any,
                 block_device_info: Any = None, destroy_disks: bool = True,
                 destroy_secrets: bool = True) -> None:
-        """Idempotent, as vmops' destroy: an unknown instance is not an error."""
+        """Idempotent, as vmops' destroy: an unknown instance is not an error.
+        Its Cinder volumes are forgotten by vmops (Nova then ends their
+        attachments in Cinder)."""
+        volumes = self._cinder_volumes_of(instance.uuid)
         self.compute.destroy(instance.uuid)
+        self._forget_volumes(volumes)
 
     def cleanup(self, context: Any, instance: Any, network_info: Any,
                 block_device_info: Any = None, destroy_disks: bool = True,
                 migrate_data: Any = None, destroy_vifs: bool = True,
                 destroy_secrets: bool = True) -> None:
-        self.compute.destroy(instance.uuid)
+        self.destroy(context, instance, network_info, block_device_info)
 
     # -- power -----------------------------------------------------------------
     def reboot(self, context: Any, instance: Any, network_info: Any, reboot_type: str,
@@ -470,17 +540,14 @@ class VmopsDriver(driver.ComputeDriver):
         libvirt secret) and plugged in, hot if the guest runs. Any other
         volume type is refused, naming it; a failed attach forgets the
         registration (the target is Cinder's and is left as it is)."""
-        url, chap_user, chap_secret = _iscsi_target(connection_info)
+        _iscsi_target(connection_info)  # the volume type first
         volume_id = _cinder_volume_id(connection_info)
         inst = self._instance(instance)
         if encryption:
             raise exception.VolumeEncryptionNotSupported(volume_type="iscsi",
                                                          volume_id=volume_id)
         try:
-            volume = self.volumes.register_remote(
-                CINDER_VOLUME_PREFIX + volume_id, url, chap_user=chap_user,
-                chap_secret=chap_secret, description=f"Cinder volume {volume_id}",
-                project_id=instance.project_id or "", user_id=instance.user_id or "")
+            volume = self._register(instance, connection_info, volume_id)
         except VmopsError as exc:
             raise exception.VolumeAttachFailed(volume_id=volume_id,
                                                reason=exc.message) from exc

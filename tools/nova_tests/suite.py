@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -140,14 +141,50 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertIn("one NIC; Nova asked for 2", str(error))
         self._leaves_nothing()
 
-    def test_cinder_volumes_are_refused_and_leave_nothing(self) -> None:
+    def test_cinder_volumes_vmops_cannot_attach_refuse_the_spawn_and_leave_nothing(
+            self) -> None:
+        """A spawn whose block device mapping has a volume type other than
+        iscsi, or an iSCSI LUN whose target refuses the login (after one
+        that was registered): refused, naming why, with nothing left (no
+        instance, no vmops volume record, no secret)."""
         from nova import exception
 
-        error = self.assertRaises(
-            exception.InstanceDeployFailure, self._spawn,
-            block_device_info={"block_device_mapping": [{"mount_device": "/dev/vdb"}]})
-        self.assertIn("does not attach Cinder volumes", str(error))
+        target = self._iscsi_target()
+        good = self._cinder_iscsi(target, "vol-good")
+        for bad, why in (({"driver_volume_type": "rbd", "serial": "vol-rbd", "data": {}},
+                          "iscsi volumes only"),
+                         (self._cinder_iscsi(self._iscsi_target(), "vol-wrong",
+                                             auth_password="not-the-password"), "vol-wrong")):
+            error = self.assertRaises(
+                exception.InstanceDeployFailure, self._spawn,
+                block_device_info=_block_device_info((good, 1), (bad, 2)))
+            self.assertIn(why, str(error))
+            self._leaves_nothing()
+            self.assertEqual([], self.driver.volumes.volumes())
+            self.assertEqual({}, self.driver.compute.hv.secrets())
+
+    def test_a_spawn_boots_from_a_cinder_volume_with_another_attached(self) -> None:
+        """Boot index 0 is the root disk (vda: the LUN, a network disk), the
+        other volume is attached after vmops' own disks; destroy forgets
+        both in vmops (records, secrets) and leaves the targets' data."""
+        root_target, data_target = self._iscsi_target(), self._iscsi_target()
+        root = self._cinder_iscsi(root_target, "vol-root")
+        data = self._cinder_iscsi(data_target, "vol-data")
+        self._spawn(block_device_info=_block_device_info((root, 0), (data, 1)))
+        volumes = self.driver.volumes
+        root_volume = volumes.volume("cinder-vol-root")
+        data_volume = volumes.volume("cinder-vol-data")
+        inst = self.driver.compute.instance(self.instance.uuid)
+        self.assertEqual(root_volume.id, inst.boot_volume_id)
+        disks = self.driver.compute.hv.disk_targets(inst.id)
+        self.assertEqual(root_volume.path, disks["vda"])
+        self.assertEqual(data_volume.path,
+                         disks[volumes.attachment_of(data_volume.id).device])
+        self.assertEqual(2, len(self.driver.compute.hv.secrets()))
+        self.driver.destroy(self.ctxt, self.instance, None)
         self._leaves_nothing()
+        self.assertEqual([], volumes.volumes())
+        self.assertEqual({}, self.driver.compute.hv.secrets())
 
     def test_an_image_vmops_refuses_is_unacceptable_and_leaves_nothing(self) -> None:
         from nova import exception
@@ -530,6 +567,52 @@ class VmopsLibvirtTestCase(test.TestCase):
         self.driver.power_off(self.instance)
         self._wait("the STOPPED event", lambda: self.events[-1:] == ["Stopped"])
         self.assertEqual(["Paused", "Resumed", "Stopped"], self.events)
+
+
+    def test_a_cinder_iscsi_volume_reaches_the_guest_and_leaves_it(self) -> None:
+        """Cinder's iSCSI connection_info for a real tgtd LUN (CHAP) hot-plugged
+        into the running guest through the driver: the guest sees a disk of
+        the LUN's size (the test image prints each disk), and after
+        detach_volume sees it gone."""
+        from tests.targets import iscsi_target
+
+        tmp = Path(tempfile.mkdtemp(dir=os.environ.get("VMOPS_NOVA_TESTS_TMP")))
+        started = iscsi_target(tmp, size_mib=48)
+        target = started.__enter__()
+        self.addCleanup(started.__exit__, None, None, None)
+        self._spawn()
+        self._wait("the guest's boot", lambda: "VMOPS-BOOT-COMPLETE" in
+                   self.driver.get_console_output(self.ctxt, self.instance))
+        volume_id = "0b8f4c2e-6a51-4f0e-8d7e-3c1d2e4f5a60"
+        info = {"driver_volume_type": "iscsi", "serial": volume_id,
+                "data": {"target_portal": f"127.0.0.1:{target.port}",
+                         "target_iqn": target.iqn, "target_lun": 1, "volume_id": volume_id,
+                         "auth_method": "CHAP", "auth_username": target.chap_user,
+                         "auth_password": target.chap_secret}}
+        self.driver.attach_volume(self.ctxt, info, self.instance, "/dev/vdb")
+        # The guest names its disks itself (in probe order): found by size.
+        seen = re.compile(rf"VMOPS-DISK (vd[a-z]+) {48 << 20}\b")
+        self._wait("the LUN's disk in the guest", lambda: seen.search(
+            self.driver.get_console_output(self.ctxt, self.instance)) is not None)
+        found = seen.search(self.driver.get_console_output(self.ctxt, self.instance))
+        assert found is not None
+        self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdb")
+        volumes = self.driver.volumes
+        gone = f"VMOPS-DISK-GONE {found.group(1)}"
+        self._wait(gone, lambda: gone in self.driver.get_console_output(
+            self.ctxt, self.instance))
+        self.assertEqual([], volumes.volumes())
+
+
+def _block_device_info(*volumes: tuple[dict[str, Any], int]) -> dict[str, Any]:
+    """Nova's block_device_info for (connection_info, boot index) pairs, as
+    its DriverVolumeBlockDevice gives them to a driver."""
+    return {"root_device_name": "/dev/vda", "swap": None, "ephemerals": [],
+            "block_device_mapping": [
+                {"connection_info": info, "boot_index": index,
+                 "mount_device": f"/dev/vd{'abcdefgh'[index]}",
+                 "delete_on_termination": False, "disk_bus": "virtio"}
+                for info, index in volumes]}
 
 
 def _native_thread_ident() -> int:
