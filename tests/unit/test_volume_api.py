@@ -14,6 +14,7 @@ import pytest
 from tests.unit.test_api import Api
 from vmops.api.server import Context
 from vmops.compute import states
+from vmops.errors import Forbidden
 from vmops.volumes.manager import Volumes
 
 V = "/volume/v3"
@@ -290,3 +291,46 @@ def test_a_create_over_the_volume_quota_is_413(api: Api) -> None:
     assert over_count.status == 413
     assert "Maximum number of volumes allowed (1) exceeded" in over_count.fault()[1]
     assert [v.name for v in Volumes(api.compute).volumes()] == ["one"]
+
+
+def test_cinders_quota_sets_show_change_and_reset_the_volume_quotas(api: Api) -> None:
+    """os-quota-sets of the volume service: defaults from the settings, a
+    project's own volumes and gigabytes limits, with usage, enforced."""
+    base = f"{V}/p0/os-quota-sets/p1"
+    shown = api.get(base).body["quota_set"]
+    assert (shown["id"], shown["volumes"], shown["gigabytes"]) == ("p1", 10, 1000)
+    assert (shown["snapshots"], shown["per_volume_gigabytes"]) == (0, -1)
+    assert api.get(f"{base}/defaults").body["quota_set"]["volumes"] == 10
+    changed = api.call("PUT", base, {"quota_set": {"volumes": 1, "gigabytes": 5}})
+    assert changed.status == 200, changed.body
+    assert changed.body["quota_set"]["volumes"] == 1
+    made = api.post(f"{V}/p1/volumes", {"volume": {"name": "one", "size": 2}})
+    assert made.status == 202
+    _wait_status(api, made.body["volume"]["id"], "available")
+    assert api.post(f"{V}/p1/volumes", {"volume": {"size": 1}}).status == 413
+    used = api.get(f"{base}?usage=True").body["quota_set"]
+    assert used["volumes"] == {"limit": 1, "in_use": 1, "reserved": 0}
+    assert used["gigabytes"] == {"limit": 5, "in_use": 2, "reserved": 0}
+    below = api.call("PUT", base, {"quota_set": {"gigabytes": 1}})
+    assert below.status == 400 and "smaller than already used" in below.fault()[1]
+    for bad in ({"snapshots": 3}, {"volumes": -2}, {"volumes": "9"}):
+        assert api.call("PUT", base, {"quota_set": bad}).status == 400, bad
+    assert api.call("DELETE", base).status == 200
+    assert api.get(base).body["quota_set"]["volumes"] == 10
+    assert api.get(f"{V}/p0/os-quota-sets/p2").body["quota_set"]["volumes"] == 10
+
+
+def test_a_member_reads_its_own_volume_quotas_and_changes_none() -> None:
+    from vmops.api.server import Request
+    from vmops.api.volume_quota_api import VolumeQuotaApi
+
+    member = Context("u1", "p1", frozenset({"member"}))
+
+    def request(target: str) -> Request:
+        return Request("GET", "/", {}, {}, b"", params={"target": target}, context=member)
+
+    assert VolumeQuotaApi._readable(request("p1")) == "p1"
+    with pytest.raises(Forbidden):
+        VolumeQuotaApi._readable(request("p2"))
+    with pytest.raises(Forbidden):
+        VolumeQuotaApi._changeable(request("p1"))

@@ -26,6 +26,7 @@ from typing import Any
 
 from vmops.api import image_service, parse, scope, views
 from vmops.api.server import Context, Handler, Request, Response, Router, fault
+from vmops.api.volume_quota_api import VolumeQuotaApi
 from vmops.compute.manager import Compute
 from vmops.errors import (
     Conflict,
@@ -68,6 +69,12 @@ def add_routes(r: Router, compute: Compute) -> None:
         r.add("PUT", f"{base}/{{volume_id}}", _versioned(api.update))
         r.add("DELETE", f"{base}/{{volume_id}}", _versioned(api.delete))
         r.add("POST", f"{base}/{{volume_id}}/action", _versioned(api.action))
+    quota_sets = VolumeQuotaApi(compute)
+    quota_set = f"{VOLUME_PREFIX}/{{project_id}}/os-quota-sets/{{target}}"
+    r.add("GET", quota_set, _versioned(quota_sets.show))
+    r.add("GET", f"{quota_set}/defaults", _versioned(quota_sets.defaults))
+    r.add("PUT", quota_set, _versioned(quota_sets.update))
+    r.add("DELETE", quota_set, _versioned(quota_sets.delete))
     attachments = f"{views.API_PREFIX}/servers/{{id}}/os-volume_attachments"
     r.add("GET", attachments, api.list_attachments)
     r.add("POST", attachments, api.attach)

@@ -108,6 +108,31 @@ def _volume_paths(base: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+TARGET = _path("target", "the project whose volume quotas")
+# Each value an integer, or with ?usage=True {"limit", "in_use", "reserved"}.
+QUOTA_SET = closed({"quota_set": obj({"volumes": {}, "gigabytes": {}})})
+QUOTA_UPDATE = closed({"quota_set": closed({}, {"volumes": INT, "gigabytes": INT,
+                                                "tenant_id": STR})})
+
+
+def _quota_paths() -> dict[str, Any]:
+    base = f"{VOLUME_PREFIX}/{{project_id}}/os-quota-sets/{{target}}"
+    params = [PROJECT, TARGET]
+    return {
+        base: {
+            "get": op("Cinder: a project's volume quotas, volumes and gigabytes (the others "
+                      "0: vmops has no snapshots, backups or groups)", ok(QUOTA_SET),
+                      params=params + [query("usage", "True: each with what is in use")]),
+            "put": op("Cinder: change a project's volumes or gigabytes quota (admins)",
+                      ok(QUOTA_SET), body=QUOTA_UPDATE, params=params),
+            "delete": op("Cinder: a project's volume quotas back to the defaults (admins)",
+                         ok(None), params=params),
+        },
+        f"{base}/defaults": {"get": op("Cinder: the default volume quotas", ok(QUOTA_SET),
+                                       params=params)},
+    }
+
+
 def paths() -> dict[str, Any]:
     attachments = f"{P}/servers/{{id}}/os-volume_attachments"
     one = closed({"volumeAttachment": NOVA_ATTACHMENT})
@@ -119,6 +144,7 @@ def paths() -> dict[str, Any]:
                                   ok(closed({"versions": array(VERSION)})))},
         **_volume_paths(f"{VOLUME_PREFIX}/volumes", []),
         **_volume_paths(f"{VOLUME_PREFIX}/{{project_id}}/volumes", [PROJECT]),
+        **_quota_paths(),
         attachments: {
             "get": op("Nova: a server's volume attachments",
                       ok(closed({"volumeAttachments": array(NOVA_ATTACHMENT)})),

@@ -49,7 +49,7 @@ from typing import Any
 
 from vmops.config import Settings
 from vmops.errors import Invalid, QuotaExceeded, VolumeQuotaExceeded
-from vmops.store import Flavor, Store
+from vmops.store import Flavor, InstanceFlavor, Store
 
 RESOURCES = ("instances", "cores", "ram", "floating_ips", "fixed_ips", "metadata_items",
              "injected_files", "injected_file_content_bytes", "injected_file_path_bytes",
@@ -171,8 +171,8 @@ class Quotas:
         for inst in self.store.query(sql, *args):
             flavor = _flavor_of(inst["body"])
             used["instances"] += 1
-            used["cores"] += int(flavor.get("vcpus", 0))
-            used["ram"] += int(flavor.get("ram_mib", 0))
+            used["cores"] += flavor.vcpus
+            used["ram"] += flavor.ram_mib
         if user_id is not None:
             used["key_pairs"] = _count(self.store, "SELECT COUNT(*) FROM keypairs "
                                        "WHERE user_id = ?", user_id)
@@ -194,11 +194,11 @@ class Quotas:
         self._check_room(project_id, user_id, {
             "instances": count, "cores": count * flavor.vcpus, "ram": count * flavor.ram_mib})
 
-    def check_resize(self, project_id: str, old: Mapping[str, Any], new: Flavor,
+    def check_resize(self, project_id: str, old: InstanceFlavor, new: Flavor,
                      user_id: str = "") -> None:
         """Room for a server of flavor ``old`` (its record's) to grow to
         ``new``: Nova checks the cores and RAM an upsize adds."""
-        grows = {"cores": new.vcpus - int(old["vcpus"]), "ram": new.ram_mib - int(old["ram_mib"])}
+        grows = {"cores": new.vcpus - old.vcpus, "ram": new.ram_mib - old.ram_mib}
         self._check_room(project_id, user_id, {k: v for k, v in grows.items() if v > 0})
 
     def _check_room(self, project_id: str, user_id: str, wanted: Mapping[str, int]) -> None:
@@ -213,18 +213,45 @@ class Quotas:
                     f"Quota exceeded for {name}: Requested {requested}, but already used "
                     f"{used[name]} of {limits[name]} {name}")
 
-    def volume_limits(self, project_id: str) -> dict[str, int]:
-        """The project's ``volumes`` and ``gigabytes`` limits."""
+    def volume_defaults(self) -> dict[str, int]:
+        """Every project's ``volumes`` and ``gigabytes`` limits: the
+        settings, as the default class's rows change them."""
         limits = {"volumes": self.settings.quota_volumes,
                   "gigabytes": self.settings.quota_gigabytes}
-        rows = [*self.store.query("SELECT resource, hard_limit FROM quota_classes "
-                                  "WHERE class_name = ?", DEFAULT_CLASS),
-                *self.store.query("SELECT resource, hard_limit FROM quotas "
-                                  "WHERE project_id = ? AND user_id = ''", project_id)]
-        for row in rows:  # the default class first, the project's own over it
-            if row["resource"] in limits:
-                limits[row["resource"]] = int(row["hard_limit"])
-        return limits
+        return _with_rows(limits, self.store.query(
+            "SELECT resource, hard_limit FROM quota_classes WHERE class_name = ?",
+            DEFAULT_CLASS))
+
+    def volume_limits(self, project_id: str) -> dict[str, int]:
+        """The project's ``volumes`` and ``gigabytes`` limits."""
+        return _with_rows(self.volume_defaults(), self.store.query(
+            "SELECT resource, hard_limit FROM quotas WHERE project_id = ? AND user_id = ''",
+            project_id))
+
+    def update_volume_limits(self, project_id: str, values: Mapping[str, int]) -> dict[str, int]:
+        """Set a project's ``volumes`` or ``gigabytes`` limit (Cinder's
+        os-quota-sets update): one below what the project uses is refused."""
+        with self.lock:
+            used = self.volume_usage(project_id)
+            for name, limit in values.items():
+                if name not in VOLUME_RESOURCES:
+                    raise Invalid(reason=f"{name!r} is not a volume quota: "
+                                  f"{', '.join(VOLUME_RESOURCES)}")
+                if limit != UNLIMITED and limit < used[name]:
+                    raise Invalid(reason=f"Quota value {limit} for {name} is smaller than "
+                                  f"already used and reserved {used[name]}")
+            with self.store.transaction() as db:
+                for name, limit in values.items():
+                    db.execute("INSERT OR REPLACE INTO quotas VALUES (?, '', ?, ?)",
+                               (project_id, name, limit))
+        return self.volume_limits(project_id)
+
+    def reset_volume_limits(self, project_id: str) -> None:
+        """Back to the defaults (Cinder's os-quota-sets delete)."""
+        with self.store.transaction() as db:
+            db.execute("DELETE FROM quotas WHERE project_id = ? AND user_id = '' AND resource "
+                       f"IN ({', '.join('?' for _ in VOLUME_RESOURCES)})",
+                       (project_id, *VOLUME_RESOURCES))
 
     def volume_usage(self, project_id: str) -> dict[str, int]:
         """The project's volumes (any status) and their GiB."""
@@ -285,10 +312,18 @@ class Quotas:
             raise QuotaExceeded("Quota exceeded, too many servers in group")
 
 
+def _with_rows(limits: dict[str, int], rows: Iterable[Any]) -> dict[str, int]:
+    """``limits`` with the (resource, hard_limit) rows that name one of them."""
+    for row in rows:
+        if row["resource"] in limits:
+            limits[row["resource"]] = int(row["hard_limit"])
+    return limits
+
+
 def _count(store: Store, sql: str, *args: Any) -> int:
     return int(store.query(sql, *args)[0][0])
 
 
-def _flavor_of(body: str) -> dict[str, Any]:
-    flavor: dict[str, Any] = json.loads(body).get("flavor") or {}
-    return flavor
+def _flavor_of(body: str) -> InstanceFlavor:
+    """An instance's flavor from its row's JSON body (read without the whole record)."""
+    return InstanceFlavor.from_json(json.loads(body).get("flavor") or {})
