@@ -392,9 +392,24 @@ class VmopsDriver(driver.ComputeDriver):
         """Idempotent, as vmops' destroy: an unknown instance is not an error.
         Its Cinder volumes are forgotten by vmops (Nova then ends their
         attachments in Cinder)."""
+        if self._reverting_here(instance):
+            log.info("%s: resize being reverted on this host: kept for the revert",
+                     instance.name)
+            return
         volumes = self._cinder_volumes_of(instance.uuid)
         self.compute.destroy(instance.uuid)
         self._forget_volumes(volumes)
+
+    def _reverting_here(self, instance: Any) -> bool:
+        """Nova's revert of a resize destroys the instance on the resize's
+        destination before the source's finish_revert_migration; on one
+        host they are the same instance, which vmops' revert restores."""
+        if instance.task_state != task_states.RESIZE_REVERTING:
+            return False
+        try:
+            return self._instance(instance).vm_state == states.RESIZED
+        except exception.InstanceNotFound:
+            return False
 
     def cleanup(self, context: Any, instance: Any, network_info: Any,
                 block_device_info: Any = None, destroy_disks: bool = True,
@@ -519,6 +534,54 @@ class VmopsDriver(driver.ComputeDriver):
         inst = self._instance(instance)
         if inst.vm_state == states.RESCUED:
             self.compute.unrescue(inst.id)
+
+    # -- resize (Nova's migration verbs, on this host only) ---------------------------
+    def migrate_disk_and_power_off(self, context: Any, instance: Any, dest: str, flavor: Any,
+                                   network_info: Any, block_device_info: Any = None,
+                                   timeout: int = 0, retry_interval: int = 0) -> str:
+        """The first half of Nova's resize. vmops resizes on its own host
+        only (Nova's allow_resize_to_same_host): another host is refused
+        before anything changes. vmops' resize (power off, copy the disks
+        aside, grow them, boot again if the guest ran) is one verb, run by
+        :meth:`finish_migration` on this same driver; nothing is done here."""
+        self._instance(instance)
+        if dest not in (str(CONF.my_ip), str(CONF.host)):
+            raise exception.InstanceFaultRollback(
+                inner_exception=exception.MigrationPreCheckError(
+                    reason=f"vmops resizes on its own host only, not to {dest}"))
+        return ""
+
+    def finish_migration(self, context: Any, migration: Any, instance: Any, disk_info: str,
+                         network_info: Any, image_meta: Any, resize_instance: bool,
+                         allocations: Any, block_device_info: Any = None,
+                         power_on: bool = True, share_info: Any = None) -> None:
+        """vmops' resize to Nova's new flavor (``instance.flavor`` by now):
+        the instance ends resized (Nova's VERIFY_RESIZE), running if it ran
+        (Nova's power_on says the same: it resizes active or stopped guests)."""
+        inst = self._instance(instance)
+        flavor = self._flavor(instance.flavor)
+        if inst.flavor_id == self.compute.store.flavor(flavor).id:
+            return  # the same sizes: nothing to resize
+        try:
+            self.compute.resize(inst.id, flavor)
+        except VmopsError as exc:
+            raise exception.ResizeError(reason=exc.message) from exc
+
+    def confirm_migration(self, context: Any, migration: Any, instance: Any,
+                          network_info: Any) -> None:
+        """vmops' confirm: the old disks go."""
+        inst = self._instance(instance)
+        if inst.vm_state == states.RESIZED:
+            self.compute.confirm_resize(inst.id)
+
+    def finish_revert_migration(self, context: Any, instance: Any, network_info: Any,
+                                migration: Any, block_device_info: Any = None,
+                                power_on: bool = True, share_info: Any = None) -> None:
+        """vmops' revert: the old flavor and disks, byte for byte, booted if
+        the guest ran before the resize."""
+        inst = self._instance(instance)
+        if inst.vm_state == states.RESIZED:
+            self.compute.revert_resize(inst.id)
 
     # -- Cinder volumes --------------------------------------------------------------
     @property

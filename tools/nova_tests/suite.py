@@ -365,6 +365,54 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertEqual({}, hv.secrets())
         self.assertEqual(disks, hv.disk_targets(self.instance.uuid))
 
+    def test_nova_resize_on_this_host_reverts_and_confirms(self) -> None:
+        """Nova's resize verbs on vmops' resize: finish_migration takes the
+        instance to Nova's new flavor (vmops' record resized, the domain's
+        memory and the root disk's size the new flavor's), Nova's revert
+        (destroy while reverting, then finish_revert_migration) gives back
+        the old flavor with the instance kept, and a second resize is
+        confirmed. Another host is refused with nothing changed."""
+        from nova import exception
+        from nova.compute import task_states
+
+        self._spawn()
+        compute = self.driver.compute
+        old = compute.instance(self.instance.uuid)
+        new_flavor = self.instance.flavor.obj_clone()
+        new_flavor.memory_mb, new_flavor.root_gb = new_flavor.memory_mb * 2, \
+            new_flavor.root_gb + 1
+        self.assertRaises(exception.InstanceFaultRollback,
+                          self.driver.migrate_disk_and_power_off, self.ctxt, self.instance,
+                          "other-host", new_flavor, None)
+        self.assertEqual((old.vm_state, old.flavor_id),
+                         (compute.instance(old.id).vm_state,
+                          compute.instance(old.id).flavor_id))
+
+        def resize() -> None:
+            self.driver.migrate_disk_and_power_off(self.ctxt, self.instance,
+                                                   "10.0.0.1", new_flavor, None)
+            self.instance.flavor = new_flavor
+            self.driver.finish_migration(self.ctxt, None, self.instance, "", None,
+                                         self.image_meta, True, {})
+            resized = compute.instance(old.id)
+            self.assertEqual(("resized", new_flavor.memory_mb * 1024),
+                             (resized.vm_state, compute.hv.info(old.id).max_memory_kib))
+
+        self.flags(my_ip="10.0.0.1")  # Nova's dest_host: this host's my_ip
+        old_flavor = self.instance.flavor
+        resize()
+        self.instance.task_state = task_states.RESIZE_REVERTING
+        self.driver.destroy(self.ctxt, self.instance, None)  # Nova's revert, on the dest
+        self.instance.flavor = old_flavor
+        self.driver.finish_revert_migration(self.ctxt, self.instance, None, None)
+        reverted = compute.instance(old.id)
+        self.assertEqual(("active", old.flavor_id), (reverted.vm_state, reverted.flavor_id))
+        self.instance.task_state = None
+        resize()
+        self.driver.confirm_migration(self.ctxt, None, self.instance, None)
+        self.assertEqual("active", compute.instance(old.id).vm_state)
+        self.assertNotEqual(old.flavor_id, compute.instance(old.id).flavor_id)
+
     def test_the_key_pair_reaches_the_config_drive(self) -> None:
         """Nova's instance.key_name and key_data (the key as Nova has it: not
         a vmops key pair) are the config drive's public_keys, in the
