@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from vmops.store import DiskRecord, Instance, Port, Store, _instance_to_row
+from tests import records
+from vmops.store import Instance, Port, Store, _instance_to_row
 
 
 @pytest.fixture
@@ -18,10 +19,8 @@ def store(tmp_path: Path) -> Store:
 
 
 def _instance(name: str) -> Instance:
-    return Instance(id=f"id-{name}", name=name, vm_state="active", task_state=None,
-                    power_state="running", flavor_id="1", image_id="img",
-                    disks=(DiskRecord("root", "/x/root.qcow2", "qcow2", "vda"),),
-                    macs=("52:54:00:00:00:01",), flavor={"name": "m1.tiny"})
+    return records.instance(name, id=f"id-{name}", vm_state="active", power_state="running",
+                            instance_dir=Path("/x"))
 
 
 def _port(name: str, mac: str) -> Port:
@@ -100,3 +99,12 @@ def test_an_update_keeps_every_field_and_changes_only_the_given_ones(store: Stor
     after = store.update_instance("id-a", vm_state="stopped")
     assert after == replace(before, vm_state="stopped", updated_at=after.updated_at)
     assert store.instance("a") == after
+
+
+def test_closing_an_instances_open_action_does_not_scan_its_history(store: Store) -> None:
+    """Each verb closes the instance's open action: through the partial
+    index of open actions, whatever the number of finished ones."""
+    plan = store.query("EXPLAIN QUERY PLAN UPDATE instance_actions SET finish_time = 1 "
+                       "WHERE instance_id = ? AND finish_time IS NULL", "id-a")
+    assert any("instance_actions_open" in row["detail"] for row in plan), \
+        [row["detail"] for row in plan]
