@@ -193,17 +193,29 @@ def _vmops_window(svc: Any, server_id: str, log_dir: Path,
                   window: float) -> tuple[float, float, float, int]:
     """(MiB/s, capture CPU in % of a core, bytes per line, capture pid)."""
     pid = capture_process(log_dir)
-    first = last_line_number(svc.console_log(server_id))
+    first = last_line_number(_flood_log(svc, server_id))
     cpu0, t0 = cpu_seconds(pid), time.monotonic()
     time.sleep(window)
     cpu1, t1 = cpu_seconds(pid), time.monotonic()
-    text = svc.console_log(server_id)
+    text = _flood_log(svc, server_id)
     last = last_line_number(text)
     per_line = bytes_per_line(text)
     if first is None or last is None or per_line is None:
         raise RuntimeError(f"no flood lines in {log_dir}'s console log")
     wall = t1 - t0
     return (last - first) * per_line / MIB / wall, 100.0 * (cpu1 - cpu0) / wall, per_line, pid
+
+
+def _flood_log(svc: Any, server_id: str) -> bytes:
+    """The console log, read again if a rotation was in progress (the
+    current file renamed, the new one not made yet: it reads empty)."""
+    text = b""
+    for _ in range(50):
+        text = svc.console_log(server_id)
+        if bytes_per_line(text) is not None:
+            break
+        time.sleep(0.01)
+    return bytes(text)
 
 
 def _file_window(path: Path, window: float) -> float:
