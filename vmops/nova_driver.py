@@ -42,6 +42,7 @@ import logging
 import os
 import platform
 import re
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -51,6 +52,8 @@ from typing import Any
 import os_resource_classes as orc
 from nova import exception, utils
 from nova.compute import power_state, task_states
+from nova.console import serial
+from nova.console import type as ctype
 from nova.image import glance
 from nova.objects import diagnostics
 from nova.objects import fields as obj_fields
@@ -59,7 +62,7 @@ from nova.virt import event as virtevent
 from oslo_config import cfg
 
 from vmops import config, socket_paths
-from vmops.compute import host_facts, states
+from vmops.compute import host_facts, serial_console, states
 from vmops.compute.boot_volume import BootVolume
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
@@ -150,6 +153,7 @@ class VmopsDriver(driver.ComputeDriver):
         self.compute, self.catalog = self._open()
         self._events_lock = threading.Lock()
         self._delayed_stops: dict[str, threading.Timer] = {}
+        self._serial_ports: dict[str, SerialPort] = {}  # instance id -> its open port
         self.compute.lifecycle_observers.append(self._lifecycle_event)
 
     # -- set-up ----------------------------------------------------------------
@@ -179,6 +183,8 @@ class VmopsDriver(driver.ComputeDriver):
             for timer in self._delayed_stops.values():
                 timer.cancel()
             self._delayed_stops.clear()
+        for instance_id in list(self._serial_ports):
+            self._close_serial_port(instance_id)
         self.compute.store.close()
         self.compute.hv.close()
         if getattr(self, "_state_lock", None) is not None:
@@ -397,6 +403,7 @@ class VmopsDriver(driver.ComputeDriver):
                      instance.name)
             return
         volumes = self._cinder_volumes_of(instance.uuid)
+        self._close_serial_port(instance.uuid)
         self.compute.destroy(instance.uuid)
         self._forget_volumes(volumes)
 
@@ -659,6 +666,37 @@ class VmopsDriver(driver.ComputeDriver):
         self.volumes.delete(volume.id)
 
     # -- consoles and diagnostics ------------------------------------------------
+    def get_serial_console(self, context: Any, instance: Any) -> ctype.ConsoleSerial:
+        """A TCP port for Nova's serial proxy (``[serial_console]``: its
+        ``proxyclient_address``, a port of its ``port_range``), opened once
+        per instance: each connection is a client of vmops' interactive
+        console (the capture process's ``console.sock``: the guest's output
+        from then on, and what is sent goes to the guest), as QEMU's TCP
+        serial port is with Nova's libvirt driver."""
+        if not CONF.serial_console.enabled:
+            raise exception.ConsoleTypeUnavailable(console_type="serial")
+        inst = self._instance(instance)
+        try:
+            serial_console.check(self.compute, inst.id)
+        except VmopsError as exc:
+            raise exception.InstanceNotReady(instance_id=instance.uuid) from exc
+        with self._events_lock:
+            port = self._serial_ports.get(inst.id)
+            if port is None:
+                host = str(CONF.serial_console.proxyclient_address)
+                number = serial.acquire_port(host)
+                port = SerialPort(host, number, lambda: serial_console.open_console(
+                    self.compute, self.compute.instance(inst.id)))
+                self._serial_ports[inst.id] = port
+        return ctype.ConsoleSerial(host=port.host, port=port.port)
+
+    def _close_serial_port(self, instance_id: str) -> None:
+        with self._events_lock:
+            port = self._serial_ports.pop(instance_id, None)
+        if port is not None:
+            port.close()
+            serial.release_port(port.host, port.port)
+
     def get_console_output(self, context: Any, instance: Any) -> str:
         inst = self._instance(instance)
         return self.compute.console_log(inst.id).decode("utf-8", "replace")
@@ -733,6 +771,59 @@ class VmopsDriver(driver.ComputeDriver):
                           "allocation_ratio": ratios[rc], "reserved": reserved[rc]}
                      for rc, total in totals.items()}
         provider_tree.update_inventory(nodename, inventory)
+
+
+class SerialPort:
+    """A TCP listener whose every connection is piped both ways to a new
+    connection from ``connect`` (vmops' console socket); threads are green
+    under eventlet, native otherwise."""
+
+    def __init__(self, host: str, port: int, connect: Callable[[], socket.socket]) -> None:
+        self.host, self.port = host, port
+        self._connect = connect
+        self._listener = socket.create_server((host, port))
+        threading.Thread(target=self._serve, name=f"serial-{port}", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening (clients already connected keep their console)."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept
+        self._listener.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._join, args=(client,), daemon=True,
+                             name=f"serial-{self.port}-client").start()
+
+    def _join(self, client: socket.socket) -> None:
+        try:
+            console = self._connect()
+        except VmopsError as exc:
+            log.info("serial console on port %d: %s", self.port, exc.message)
+            client.close()
+            return
+        threading.Thread(target=_pipe, args=(console, client), daemon=True,
+                         name=f"serial-{self.port}-out").start()
+        _pipe(client, console)
+
+
+def _pipe(source: socket.socket, sink: socket.socket) -> None:
+    """Copy until either side ends, then close both (which ends the other
+    direction's copy too)."""
+    try:
+        while data := source.recv(4096):
+            sink.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for sock in (source, sink):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
 def _use_novas_threading() -> None:

@@ -178,8 +178,9 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertEqual(root_volume.id, inst.boot_volume_id)
         disks = self.driver.compute.hv.disk_targets(inst.id)
         self.assertEqual(root_volume.path, disks["vda"])
-        self.assertEqual(data_volume.path,
-                         disks[volumes.attachment_of(data_volume.id).device])
+        data_attachment = volumes.attachment_of(data_volume.id)
+        assert data_attachment is not None
+        self.assertEqual(data_volume.path, disks[data_attachment.device])
         self.assertEqual(2, len(self.driver.compute.hv.secrets()))
         self.driver.destroy(self.ctxt, self.instance, None)
         self._leaves_nothing()
@@ -301,6 +302,8 @@ class VmopsAdapterTestCase(test.TestCase):
         target probed for real, the CHAP password in a secret) plugged in as
         the device Nova named; detach unplugs it and forgets vmops' record and
         secret, leaving the target's data as it was."""
+        from vmops.hypervisor.fake import FakeHypervisor
+
         target = self._iscsi_target()
         connector = self.driver.get_volume_connector(self.instance)
         self.assertEqual({"ip", "host", "initiator", "multipath", "platform", "os_type"},
@@ -310,16 +313,17 @@ class VmopsAdapterTestCase(test.TestCase):
         info = self._cinder_iscsi(target, volume_id)
         lun_before = target.lun_image.read_bytes()
         hv = self.driver.compute.hv
+        assert isinstance(hv, FakeHypervisor)
         disks_before = hv.disk_targets(self.instance.uuid)
         self.assertIn("vdb", disks_before)  # the flavor's ephemeral disk
-        self.assertIsNone(self.driver.attach_volume(self.ctxt, info, self.instance,
-                                                    "/dev/vdb"))
+        self.driver.attach_volume(self.ctxt, info, self.instance, "/dev/vdb")
         volumes = self.driver.volumes
         volume = volumes.volume("cinder-" + volume_id)
         self.assertEqual(("in-use", "iscsi", target.iqn, 1, target.chap_user),
                          (volume.status, volume.protocol, volume.remote_export,
                           volume.remote_lun, volume.chap_user))
         attachment = volumes.attachment_of(volume.id)
+        assert attachment is not None
         self.assertEqual(self.instance.uuid, attachment.instance_id)
         # Nova's /dev/vdb was taken: a hint, vmops took the first free disk
         self.assertNotIn(attachment.device, disks_before)
@@ -329,8 +333,7 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertEqual([(volume.secret_uuid, target.chap_secret.encode())],
                          [(u, value) for u, (_, value) in hv.secret_values.items()])
 
-        self.assertIsNone(self.driver.detach_volume(self.ctxt, info, self.instance,
-                                                    "/dev/vdb"))
+        self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdb")
         self.assertEqual([], volumes.volumes())
         self.assertEqual({}, hv.secrets())
         self.assertEqual(disks_before, hv.disk_targets(self.instance.uuid))
@@ -616,6 +619,31 @@ class VmopsLibvirtTestCase(test.TestCase):
         self._wait("the STOPPED event", lambda: self.events[-1:] == ["Stopped"])
         self.assertEqual(["Paused", "Resumed", "Stopped"], self.events)
 
+
+    def test_nova_serial_console_reaches_the_guest(self) -> None:
+        """get_serial_console's TCP port, as Nova's serial proxy uses it: what
+        is typed reaches the guest's shell on its serial console and its
+        answer comes back; a second connection works too; destroy closes the
+        port."""
+        import socket
+
+        self.flags(enabled=True, group="serial_console")
+        self._spawn()
+        self._wait("the guest's console shell", lambda: "VMOPS-HEARTBEAT 1" in
+                   self.driver.get_console_output(self.ctxt, self.instance))
+        console = self.driver.get_serial_console(self.ctxt, self.instance)
+        self.assertEqual("127.0.0.1", console.host)
+        for _ in range(2):
+            with socket.create_connection((console.host, console.port), timeout=30) as sock:
+                sock.sendall(b"echo VMOPS-ANSWER-$((6*7))\n")
+                seen = b""
+                deadline = time.monotonic() + GUEST_WAIT
+                while b"VMOPS-ANSWER-42" not in seen and time.monotonic() < deadline:
+                    seen += sock.recv(4096) or self.fail(f"the console ended: {seen!r}")
+                self.assertIn(b"VMOPS-ANSWER-42", seen)
+        self.driver.destroy(self.ctxt, self.instance, None)
+        self.assertRaises(OSError, socket.create_connection, (console.host, console.port),
+                          timeout=5)
 
     def test_a_cinder_iscsi_volume_reaches_the_guest_and_leaves_it(self) -> None:
         """Cinder's iSCSI connection_info for a real tgtd LUN (CHAP) hot-plugged
