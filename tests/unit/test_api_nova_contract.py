@@ -368,6 +368,18 @@ def test_version_range_and_headers(api: Api) -> None:
     assert api.get("/v2.1/servers", headers=at("2.0")).status == 406
 
 
+@pytest.mark.parametrize("sent", ["2." + "9" * 5000, "9" * 5000 + ".1", "2.1234567890"])
+def test_an_absurd_microversion_is_refused_as_malformed(api: Api, sent: str) -> None:
+    """Past Python's 4,300-digit int() limit a version was a 500 with a
+    traceback in the log; any version of 10 digits or more is malformed,
+    and the answer does not echo it whole."""
+    for headers in (at(sent), {"X-OpenStack-Nova-API-Version": sent}):
+        answer = api.get("/v2.1/servers", headers=headers)
+        assert answer.status == 400, answer.body
+        assert "invalid microversion" in answer.fault()[1]
+        assert len(answer.fault()[1]) < 200
+
+
 # -- projects and users ----------------------------------------------------------------------
 MEMBER = "member-token"
 OTHER = "other-project-token"

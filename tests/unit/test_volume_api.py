@@ -62,13 +62,27 @@ def test_the_microversion_is_negotiated_as_cinders(api: Api, sent: str | None,
     ("volume 3.43", 406, "Version 3.43 is not supported by the API. Minimum is 3.0 and "
                          "maximum is 3.42."),
     ("volume 2.0", 406, "Minimum is 3.0"), ("volume 4.1", 406, "maximum is 3.42"),
-    ("volume 3.x", 400, "is not valid"), ("volume 3.01", 400, "is not valid")])
+    ("volume 3.x", 400, "is not valid"), ("volume 3.01", 400, "is not valid"),
+    # Past Python's 4,300-digit int() limit (was a 500 and a traceback) or
+    # just absurd: refused as malformed, the answer not echoing it whole.
+    ("volume 3." + "9" * 5000, 400, "is not valid"),
+    ("volume " + "3" * 5000 + ".0", 400, "is not valid"),
+    ("volume 3.1234567890", 400, "is not valid")])
 def test_a_microversion_not_served_is_refused(api: Api, sent: str, status: int,
                                               words: str) -> None:
     answer = api.post(f"{V}/volumes", {"volume": {"name": "x", "size": 1}},
                       headers={"OpenStack-API-Version": sent})
     assert answer.status == status and words in answer.fault()[1], answer.body
+    assert len(answer.fault()[1]) < 200
     assert Volumes(api.compute).volumes() == []  # nothing made
+
+
+@pytest.mark.parametrize(("sent", "served"), [("volume\t3.5", "3.5"), ("volume  3.5", "3.5")])
+def test_the_microversion_may_follow_any_whitespace(api: Api, sent: str, served: str) -> None:
+    """Cinder splits the entry on whitespace: a tab is no reason to serve 3.0."""
+    answer = api.get(f"{V}/volumes", headers={"OpenStack-API-Version": sent})
+    assert answer.status == 200, answer.body
+    assert answer.headers["openstack-api-version"] == f"volume {served}"
 
 
 def test_create_list_show_extend_delete(api: Api) -> None:

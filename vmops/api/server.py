@@ -61,6 +61,11 @@ def version_text(version: Microversion) -> str:
     return f"{version[0]}.{version[1]}"
 
 
+# MAJOR.MINOR in ASCII digits, at most 9 each: int() refuses a string of
+# over 4,300 digits (a 500), and no service has a version that long.
+MICROVERSION_PATTERN = r"([1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})"
+
+
 def parse_version(text: str) -> Microversion:
     """``"2.19"`` -> (2, 19)."""
     major, _, minor = text.partition(".")
@@ -345,8 +350,8 @@ def requested_microversion(headers: dict[str, str]) -> str | None:
         return None
     if value.lower() == "latest":
         return version_text(MAX_MICROVERSION)
-    if not re.fullmatch(r"[1-9]\d*\.(0|[1-9]\d*)", value):
-        raise Invalid(reason=f"invalid microversion {value!r}: use MAJOR.MINOR, e.g. 2.1")
+    if not re.fullmatch(MICROVERSION_PATTERN, value):
+        raise Invalid(reason=f"invalid microversion {value[:20]!r}: use MAJOR.MINOR, e.g. 2.1")
     return value
 
 

@@ -25,7 +25,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from vmops.api import image_service, parse, scope, views
-from vmops.api.server import Context, Handler, Request, Response, Router, fault
+from vmops.api.server import (
+    MICROVERSION_PATTERN,
+    Context,
+    Handler,
+    Request,
+    Response,
+    Router,
+    fault,
+)
 from vmops.api.volume_quota_api import VolumeQuotaApi
 from vmops.compute.manager import Compute
 from vmops.errors import (
@@ -70,11 +78,12 @@ def add_routes(r: Router, compute: Compute) -> None:
         r.add("DELETE", f"{base}/{{volume_id}}", _versioned(api.delete))
         r.add("POST", f"{base}/{{volume_id}}/action", _versioned(api.action))
     quota_sets = VolumeQuotaApi(compute)
-    quota_set = f"{VOLUME_PREFIX}/{{project_id}}/os-quota-sets/{{target}}"
-    r.add("GET", quota_set, _versioned(quota_sets.show))
-    r.add("GET", f"{quota_set}/defaults", _versioned(quota_sets.defaults))
-    r.add("PUT", quota_set, _versioned(quota_sets.update))
-    r.add("DELETE", quota_set, _versioned(quota_sets.delete))
+    for quota_set in (f"{VOLUME_PREFIX}/os-quota-sets/{{target}}",
+                      f"{VOLUME_PREFIX}/{{project_id}}/os-quota-sets/{{target}}"):
+        r.add("GET", quota_set, _versioned(quota_sets.show))
+        r.add("GET", f"{quota_set}/defaults", _versioned(quota_sets.defaults))
+        r.add("PUT", quota_set, _versioned(quota_sets.update))
+        r.add("DELETE", quota_set, _versioned(quota_sets.delete))
     attachments = f"{views.API_PREFIX}/servers/{{id}}/os-volume_attachments"
     r.add("GET", attachments, api.list_attachments)
     r.add("POST", attachments, api.attach)
@@ -98,14 +107,14 @@ def volume_microversion(req: Request) -> tuple[int, int]:
     UnsupportedMicroversion (406) for one outside 3.0 to 3.42."""
     value = None
     for part in req.headers.get("openstack-api-version", "").split(","):
-        service, _, version = part.strip().partition(" ")
+        service, *version = part.split(None, 1) or [""]  # any whitespace, as Cinder
         if service.lower() == "volume":
-            value = version.strip()
+            value = version[0].strip() if version else ""
     if value is None:
         return MIN_VOLUME_MICROVERSION
     if value.lower() == "latest":
         return MAX_VOLUME_MICROVERSION
-    match = re.fullmatch(r"([1-9]\d*)\.(0|[1-9]\d*)", value)
+    match = re.fullmatch(MICROVERSION_PATTERN, value)
     if match is None:
         raise Invalid(reason=f"Version {value[:20]!r} is not valid: use MAJOR.MINOR, "
                       "e.g. 3.0")
