@@ -15,11 +15,10 @@ from typing import Any
 
 from vmops.compute import states
 from vmops.hypervisor.base import PowerState
-from vmops.store import DiskRecord, Image, Instance
+from vmops.store import DiskRecord, Image, Instance, InstanceFlavor
 
 # The flavor m1.tiny as an instance records it at spawn.
-TINY_FLAVOR: dict[str, Any] = {"id": "1", "name": "m1.tiny", "ram_mib": 512, "vcpus": 1,
-                               "root_gb": 1, "ephemeral_gb": 0}
+TINY_FLAVOR = InstanceFlavor(id="1", name="m1.tiny", ram_mib=512, vcpus=1, root_gb=1)
 MAC = "52:54:00:00:00:01"
 
 
@@ -32,7 +31,7 @@ def instance(name: str = "web1", *, instance_dir: Path | None = None,
     made: dict[str, Any] = {
         "id": str(uuid.uuid4()), "name": name, "vm_state": states.STOPPED, "task_state": None,
         "power_state": PowerState.SHUTOFF.value, "flavor_id": "1", "image_id": "img",
-        "flavor": dict(TINY_FLAVOR), "image_name": "tiny", "macs": (MAC,),
+        "flavor": TINY_FLAVOR, "image_name": "tiny", "macs": (MAC,),
         "disks": (DiskRecord("root", str(where / "root.qcow2"), "qcow2", "vda"),),
     }
     return Instance(**{**made, **fields})

@@ -500,6 +500,49 @@ class Flavor:
     description: str | None = None
 
 
+@dataclass(frozen=True)
+class InstanceFlavor:
+    """The flavor as an instance got it, at spawn or at its last resize:
+    Nova keeps such a copy, so later changes to the flavor are not the
+    instance's. Stored in the instance's JSON ``body`` under ``flavor`` with
+    these keys; a record written before a key existed reads its default."""
+
+    id: str = ""
+    name: str = ""
+    ram_mib: int = 0
+    vcpus: int = 0
+    root_gb: int = 0
+    ephemeral_gb: int = 0
+    swap_mb: int = 0
+    extra_specs: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, flavor: Flavor, extra_specs: dict[str, str]) -> InstanceFlavor:
+        return cls(id=flavor.id, name=flavor.name, ram_mib=flavor.ram_mib, vcpus=flavor.vcpus,
+                   root_gb=flavor.root_gb, ephemeral_gb=flavor.ephemeral_gb,
+                   swap_mb=flavor.swap_mb, extra_specs=dict(extra_specs))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstanceFlavor:
+        """From the stored dict (any release's: missing keys take their
+        defaults, unknown ones are ignored; ``null`` numbers read 0)."""
+        return cls(id=str(data.get("id") or ""), name=str(data.get("name") or ""),
+                   ram_mib=int(data.get("ram_mib") or 0), vcpus=int(data.get("vcpus") or 0),
+                   root_gb=int(data.get("root_gb") or 0),
+                   ephemeral_gb=int(data.get("ephemeral_gb") or 0),
+                   swap_mb=int(data.get("swap_mb") or 0),
+                   extra_specs={str(k): str(v)
+                                for k, v in (data.get("extra_specs") or {}).items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def local_gb(self) -> int:
+        """The local disk it gives (root and ephemeral), as Nova counts it."""
+        return self.root_gb + self.ephemeral_gb
+
+
 def _flavor_from_row(row: sqlite3.Row) -> Flavor:
     return Flavor(**{**dict(row), "builtin": bool(row["builtin"]),
                      "is_public": bool(row["is_public"])})
@@ -582,7 +625,7 @@ class Instance:
     updated_at: float = 0.0
     fault: str = ""
     # -- stored as JSON in `body` -------------------------------------------
-    flavor: dict[str, Any] = field(default_factory=dict)  # snapshot at spawn time
+    flavor: InstanceFlavor = field(default_factory=InstanceFlavor)  # its copy (at spawn)
     image_name: str = ""
     macs: tuple[str, ...] = ()
     disks: tuple[DiskRecord, ...] = ()
@@ -654,6 +697,7 @@ def _instance_to_row(inst: Instance) -> dict[str, Any]:
 def _instance_from_row(row: sqlite3.Row) -> Instance:
     body = json.loads(row["body"])
     body["macs"] = tuple(body.get("macs", ()))
+    body["flavor"] = InstanceFlavor.from_json(body.get("flavor") or {})
     body["disks"] = tuple(DiskRecord(**d) for d in body.get("disks", ()))
     body["injected_files"] = tuple(tuple(p) for p in body.get("injected_files", ()))
     body["tags"] = tuple(body.get("tags", ()))
@@ -1140,7 +1184,7 @@ class Store:
                 inst = _instance_from_row(row)
                 db.execute("INSERT OR REPLACE INTO instance_usage VALUES (?,?,?,?,?,?,?,?,?)",
                            (inst.id, inst.name, inst.project_id, inst.user_id,
-                            json.dumps(inst.flavor, sort_keys=True), inst.vm_state,
+                            json.dumps(inst.flavor.to_json(), sort_keys=True), inst.vm_state,
                             inst.created_at, inst.launched_at, time.time()))
             self._delete_network_rows(db, instance_id)
             db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))

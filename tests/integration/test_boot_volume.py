@@ -226,7 +226,7 @@ def test_a_resize_changes_memory_and_vcpus_and_leaves_the_root_volume(
     assert vols.volume(volume.id).status == VolumeStatus.IN_USE
     reverted = env["compute"].revert_resize(inst.id)
     assert reverted.vm_state == states.ACTIVE and reverted.flavor_id == inst.flavor_id
-    assert env["hv"].domains[inst.id].spec.memory_mib == inst.flavor["ram_mib"]
+    assert env["hv"].domains[inst.id].spec.memory_mib == inst.flavor.ram_mib
     assert reverted.disks == () and vols.volume(volume.id).status == VolumeStatus.IN_USE
     env["compute"].resize(inst.id, "m1.small")  # a 20 GiB root: not applied to the volume
     confirmed = env["compute"].confirm_resize(inst.id)

@@ -79,7 +79,7 @@ def test_a_flavor_with_swap_gives_a_swap_disk(env: dict[str, Any]) -> None:
     swap = Path(inst.disks[2].path)
     assert swap.stat().st_size == 16 << 20
     assert b"SWAPSPACE2" in swap.read_bytes()[:8192]  # mkswap's signature
-    assert inst.flavor["swap_mb"] == 16
+    assert inst.flavor.swap_mb == 16
     assert [d.target for d in env["hv"].spec_of(inst.id).disks] == ["vda", "vdb", "vdc"]
 
 

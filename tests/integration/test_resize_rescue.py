@@ -79,7 +79,7 @@ def test_resize_of_a_running_instance_then_confirm(env: dict[str, Any],
     assert (done.vm_state, done.task_state, done.power_state) == (
         states.RESIZED, None, "running")
     assert states.server_status(done.vm_state, done.task_state) == "VERIFY_RESIZE"
-    assert (done.flavor_id, done.flavor["ram_mib"], done.flavor["vcpus"]) == ("rs-big", 384, 2)
+    assert (done.flavor_id, done.flavor.ram_mib, done.flavor.vcpus) == ("rs-big", 384, 2)
     spec = hv.spec_of(inst.id)
     assert (spec.memory_mib, spec.vcpus) == (384, 2)
     assert [d.target for d in spec.disks] == ["vda", "vdb"]  # an ephemeral disk, new

@@ -14,7 +14,7 @@ import pytest
 from tests.unit.test_api import EXTRA, Api
 from vmops.compute import states
 from vmops.disks import instance_disks, qemu_img
-from vmops.store import DiskRecord, Flavor
+from vmops.store import DiskRecord, Flavor, InstanceFlavor
 
 ACTION = "/v2.1/servers/web1/action"
 V217 = {"OpenStack-API-Version": "compute 2.17"}
@@ -103,9 +103,8 @@ def test_bad_bodies_and_refused_resizes_are_400(api: Api, disks: list[tuple[str,
                                                 body: dict[str, Any], why: str) -> None:
     api.store.add_flavor(Flavor("rs-flat", "rs.flat", 512, 1, 0, 0))
     api.store.add_flavor(Flavor("rs-narrow", "rs.narrow", 512, 1, 1, 0))
-    api.store.update_instance(api.add_instance("web1"), flavor={
-        "id": "1", "name": "m1.tiny", "ram_mib": 512, "vcpus": 1, "root_gb": 2,
-        "ephemeral_gb": 0})
+    api.store.update_instance(api.add_instance("web1"), flavor=InstanceFlavor(
+        id="1", name="m1.tiny", ram_mib=512, vcpus=1, root_gb=2))
     before = _server(api)
     answer = api.post(ACTION, body)
     assert answer.status == 400, answer.body

@@ -5,6 +5,7 @@ test_snapshot_rebuild.py does them for real with guests."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ def test_rebuild_keeps_the_identity_and_replaces_the_disks(
         api: Api, made_disks: list[str]) -> None:
     inst = api.add_instance("web1", states.STOPPED)
     api.store.update_instance(inst, properties={"role": "web"},
-                              flavor={**inst.flavor, "ephemeral_gb": 1})
+                              flavor=dataclasses.replace(inst.flavor, ephemeral_gb=1))
     other = _other_image(api)
     answer = api.post(ACTION, {"rebuild": {"imageRef": "other", "preserve_ephemeral": False}})
     assert answer.status == 200

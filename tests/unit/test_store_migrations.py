@@ -17,6 +17,7 @@ from vmops.store import (
     DiskRecord,
     Flavor,
     Instance,
+    InstanceFlavor,
     Migration,
     Store,
 )
@@ -68,7 +69,12 @@ def test_v1_fixture_is_migrated_and_every_record_kept(v1_db: Path) -> None:
     assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
     web1 = store.instance("web1")
     assert (web1.vm_state, web1.power_state, web1.desired_running) == ("active", "running", True)
-    assert web1.flavor["name"] == "m1.tiny"
+    # The flavor, a dict in the body then, reads as the typed record (the
+    # keys that release wrote and this one dropped are ignored; the ones it
+    # added take their defaults).
+    assert web1.flavor == InstanceFlavor(id="1", name="m1.tiny", ram_mib=512, vcpus=1,
+                                         root_gb=1, ephemeral_gb=0, swap_mb=0, extra_specs={})
+    assert store.instance("web2").flavor.ephemeral_gb == 1
     # version 6: everything older belongs to the admin project and user it made
     (admin_project,) = store.query("SELECT id FROM projects WHERE name = 'admin'")
     (admin_user,) = store.query("SELECT id, default_project_id FROM users WHERE name = 'admin'")

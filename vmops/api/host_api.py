@@ -185,10 +185,9 @@ class HostApi:
         per_project: dict[str, list[int]] = {}
         for inst in host_facts.on_host(self.compute.store.instances()):
             totals = per_project.setdefault(inst.project_id, [0, 0, 0])
-            totals[0] += int(inst.flavor.get("vcpus", 0))
-            totals[1] += int(inst.flavor.get("ram_mib", 0))
-            totals[2] += int(inst.flavor.get("root_gb", 0)) + int(
-                inst.flavor.get("ephemeral_gb", 0))
+            totals[0] += inst.flavor.vcpus
+            totals[1] += inst.flavor.ram_mib
+            totals[2] += inst.flavor.local_gb
         used_max = [sum(t[n] for t in per_project.values()) for n in range(3)]
         return Response(200, {"host": [
             resource("(total)", facts.vcpus, facts.memory_mb, facts.local_gb),

@@ -205,7 +205,7 @@ def instance_families(instances: list[Instance]) -> Iterator[Metric]:
         labels=["domain", "id", "name", "status", "flavor", "image"])
     for i in instances:
         info.add_metric([views.domain_name(i), i.id, i.name, views.server_status(i),
-                         str(i.flavor.get("name", "")), i.image_name], 1)
+                         i.flavor.name, i.image_name], 1)
     yield info
 
 

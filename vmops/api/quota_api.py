@@ -293,12 +293,11 @@ def _usages(insts: list[usage.ServerUsage], start: float, stop: float,
         end = stop if inst.ended_at is None else min(stop, inst.ended_at)
         hours = max(0.0, end - max(inst.launched_at, start)) / 3600.0
         flavor = inst.flavor
-        local_gb = int(flavor.get("root_gb", 0)) + int(flavor.get("ephemeral_gb", 0))
-        vcpus, memory_mb = int(flavor.get("vcpus", 0)), int(flavor.get("ram_mib", 0))
+        local_gb, vcpus, memory_mb = flavor.local_gb, flavor.vcpus, flavor.ram_mib
         server: dict[str, Any] = {
             "instance_id": inst.id, "name": inst.name, "tenant_id": inst.project_id,
             "hours": hours, "memory_mb": memory_mb, "local_gb": local_gb, "vcpus": vcpus,
-            "flavor": str(flavor.get("name", "")), "started_at": _iso(inst.launched_at),
+            "flavor": flavor.name, "started_at": _iso(inst.launched_at),
             "ended_at": None if inst.ended_at is None else _iso(inst.ended_at),
             "state": inst.vm_state if inst.ended_at is None else "terminated",
             "uptime": int((inst.ended_at or now) - inst.launched_at)}

@@ -20,7 +20,7 @@ from typing import Any
 from vmops.api.server import MIN_MICROVERSION, Microversion, Request, parse_version
 from vmops.compute import states
 from vmops.hypervisor.base import PowerState
-from vmops.store import Flavor, Image, Instance, Keypair, Port
+from vmops.store import Flavor, Image, Instance, InstanceFlavor, Keypair, Port
 
 API_PREFIX = "/v2.1"
 TENANT = "vmops"  # what records from before projects were shown as owned by
@@ -227,9 +227,8 @@ def _server_flavor(inst: Instance, base: str, view: View) -> dict[str, Any]:
     f = inst.flavor
     if not view.at_least("2.47"):
         return {"id": inst.flavor_id, "links": link(base, "flavors", inst.flavor_id)[1:]}
-    return {"vcpus": f.get("vcpus"), "ram": f.get("ram_mib"), "disk": f.get("root_gb"),
-            "ephemeral": f.get("ephemeral_gb"), "swap": int(f.get("swap_mb") or 0),
-            "original_name": f.get("name"), "extra_specs": dict(f.get("extra_specs") or {})}
+    return {"vcpus": f.vcpus, "ram": f.ram_mib, "disk": f.root_gb, "ephemeral": f.ephemeral_gb,
+            "swap": f.swap_mb, "original_name": f.name, "extra_specs": dict(f.extra_specs)}
 
 
 def _extra(inst: Instance, net: ServerNetwork, live: dict[str, Any] | None) -> dict[str, Any]:
@@ -249,11 +248,10 @@ def _extra(inst: Instance, net: ServerNetwork, live: dict[str, Any] | None) -> d
     return body
 
 
-def _flavor_snapshot(flavor: dict[str, Any]) -> dict[str, Any]:
+def _flavor_snapshot(flavor: InstanceFlavor) -> dict[str, Any]:
     """The flavor as it was at spawn."""
-    return {"id": flavor.get("id"), "name": flavor.get("name"), "ram": flavor.get("ram_mib"),
-            "vcpus": flavor.get("vcpus"), "disk": flavor.get("root_gb"),
-            "ephemeral": flavor.get("ephemeral_gb")}
+    return {"id": flavor.id, "name": flavor.name, "ram": flavor.ram_mib, "vcpus": flavor.vcpus,
+            "disk": flavor.root_gb, "ephemeral": flavor.ephemeral_gb}
 
 
 def flavor_brief(f: Flavor, base: str) -> dict[str, Any]:

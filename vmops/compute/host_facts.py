@@ -76,10 +76,9 @@ def gather(instances: list[Instance], state_dir: Path, listen: str = "") -> Host
         hostname=hostname(), host_ip=host_ip(listen), vcpus=os.cpu_count() or 1,
         memory_mb=meminfo_kib("MemTotal") * 1024 // MIB,
         local_gb=disk.total // GIB, disk_available_least=disk.free // GIB,
-        vcpus_used=sum(int(i.flavor.get("vcpus", 0)) for i in holding),
-        memory_mb_used=sum(int(i.flavor.get("ram_mib", 0)) for i in holding),
-        local_gb_used=sum(int(i.flavor.get("root_gb", 0)) + int(i.flavor.get("ephemeral_gb", 0))
-                          for i in holding),
+        vcpus_used=sum(i.flavor.vcpus for i in holding),
+        memory_mb_used=sum(i.flavor.ram_mib for i in holding),
+        local_gb_used=sum(i.flavor.local_gb for i in holding),
         running_vms=sum(1 for i in instances if i.power_state in _RUNNING),
         current_workload=sum(1 for i in instances if i.task_state is not None),
         hypervisor_version=qemu_version(), cpu_info=cpu_info())

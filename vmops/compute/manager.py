@@ -69,7 +69,16 @@ from vmops.hypervisor.base import (
 )
 from vmops.network.manager import USER_NETWORK, Network
 from vmops.network.model import NicMode
-from vmops.store import DEFAULT_GROUP, DiskRecord, Flavor, Image, Instance, Port, Store
+from vmops.store import (
+    DEFAULT_GROUP,
+    DiskRecord,
+    Flavor,
+    Image,
+    Instance,
+    InstanceFlavor,
+    Port,
+    Store,
+)
 from vmops.volumes import records as volume_records
 
 if TYPE_CHECKING:
@@ -309,7 +318,7 @@ class Compute:
             vm_state=states.BUILDING,
             task_state=states.SPAWNING, power_state=PowerState.NOSTATE.value,
             flavor_id=flavor.id, image_id=shown_image.id if shown_image else "",
-            flavor=_flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id)),
+            flavor=InstanceFlavor.of(flavor, flavor_access.extra_specs(self.store, flavor.id)),
             image_name=shown_image.name if shown_image else "", macs=(mac,),
             config_drive=use_drive, key_name=req.key_name,
             key_data=spawn_steps.public_key(self, req),
@@ -457,14 +466,14 @@ class Compute:
         flavor = inst.flavor
         return DomainSpec(
             uuid=inst.id, name=inst.domain_name or DOMAIN_PREFIX + inst.name,
-            memory_mib=int(flavor["ram_mib"]),
-            vcpus=int(flavor["vcpus"]),
+            memory_mib=flavor.ram_mib,
+            vcpus=flavor.vcpus,
             disks=self._disk_specs(inst),
             nics=tuple(self._nic_spec(p) for p in self.nics(inst)),
             console_socket=self.console_socket(inst), accel=self.accel,
             dynamic_memory_ratio=self.settings.dynamic_memory_ratio,
             limit_cpu_features=self.settings.limit_cpu_features,
-            metadata={"name": inst.name, "flavor": str(flavor["name"]),
+            metadata={"name": inst.name, "flavor": flavor.name,
                       "image": inst.image_name})
 
     def _disk_specs(self, inst: Instance) -> tuple[DiskSpec, ...]:
@@ -894,7 +903,7 @@ class Compute:
         from vmops.compute import resize as resize_steps
 
         flavor = self.store.flavor(flavor_ref)
-        snapshot = _flavor_snapshot(flavor, flavor_access.extra_specs(self.store, flavor.id))
+        snapshot = InstanceFlavor.of(flavor, flavor_access.extra_specs(self.store, flavor.id))
         return self._run(ref, "resize", states.RESIZE_PREP, (states.ACTIVE, states.STOPPED),
                          lambda inst: resize_steps.resize(self, inst, flavor, snapshot),
                          check=lambda inst: resize_steps.check(self, inst, flavor),
@@ -1228,15 +1237,6 @@ def _remove_tree(path: Path) -> None:
     """Remove ``path`` and everything below it; a missing one is fine."""
     if path.exists() or path.is_symlink():
         shutil.rmtree(path)
-
-
-def _flavor_snapshot(flavor: Flavor, extra_specs: dict[str, str]) -> dict[str, Any]:
-    """The flavor as the server got it (Nova keeps a copy: later changes to
-    the flavor are not the server's), extra specs included."""
-    return {"id": flavor.id, "name": flavor.name, "ram_mib": flavor.ram_mib,
-            "vcpus": flavor.vcpus, "root_gb": flavor.root_gb,
-            "ephemeral_gb": flavor.ephemeral_gb, "swap_mb": flavor.swap_mb,
-            "extra_specs": extra_specs}
 
 
 def _disk_spec(disk: DiskRecord) -> DiskSpec:

@@ -91,7 +91,7 @@ def _make_disks(compute: Compute, inst: Instance, image: Image,
         base=instance_disks.BaseImage(path=Path(image.path), format=image.format,
                                       virtual_size=image.virtual_size),
         dest=folder / RESCUE_DISK, size_bytes=None, use_cow=compute.settings.use_cow_images,
-        flavor_name=str(inst.flavor["name"]), image_name=image.name)
+        flavor_name=inst.flavor.name, image_name=image.name)
     if inst.config_drive:
         spawn_steps.write_config_drive(compute, inst, admin_password, inst_dir=folder)
 

@@ -47,14 +47,14 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vmops.compute import crash_points, states
 from vmops.compute import spawn as spawn_steps
 from vmops.disks import instance_disks, qemu_img
 from vmops.durable import fsync_directory
 from vmops.errors import Invalid
-from vmops.store import DiskRecord, Flavor, Instance
+from vmops.store import DiskRecord, Flavor, Instance, InstanceFlavor
 from vmops.volumes import records as volume_records
 
 if TYPE_CHECKING:
@@ -76,9 +76,9 @@ def check(compute: Compute, inst: Instance, new: Flavor) -> None:
     a flavor without a root disk size, or would shrink a disk; and (403) one
     over the project's quota of cores or RAM."""
     old = inst.flavor
-    if new.id == str(old["id"]):
+    if new.id == old.id:
         raise Invalid(reason="When resizing, instances must change flavor!")
-    old_root_gb, old_ephemeral_gb = int(old["root_gb"]), int(old["ephemeral_gb"])
+    old_root_gb, old_ephemeral_gb = old.root_gb, old.ephemeral_gb
     # A volume-backed instance's root is its volume, which a resize leaves as
     # it is: the flavor's root disk size does not apply (Nova's).
     volume_backed = bool(inst.boot_volume_id)
@@ -99,7 +99,7 @@ def check(compute: Compute, inst: Instance, new: Flavor) -> None:
 def root_bytes(compute: Compute, inst: Instance) -> int:
     """The root disk's size: the flavor's, or (a flavor of disk 0) the
     image's, as the disk itself says."""
-    root_gb = int(inst.flavor["root_gb"])
+    root_gb = inst.flavor.root_gb
     if root_gb:
         return root_gb * GIB
     disk = _role(inst.disks, "root")
@@ -107,12 +107,12 @@ def root_bytes(compute: Compute, inst: Instance) -> int:
 
 
 # -- resize --------------------------------------------------------------------------
-def resize(compute: Compute, inst: Instance, new: Flavor, flavor: dict[str, Any]) -> None:
+def resize(compute: Compute, inst: Instance, new: Flavor, flavor: InstanceFlavor) -> None:
     """The work of a resize (the instance is held, in ``resize_prep``);
     ``flavor`` is the record's snapshot of ``new``. Rolled back on failure."""
     boot = inst.vm_state == states.ACTIVE
     inst = compute.store.update_instance(inst, pre_resize={
-        "flavor_id": inst.flavor_id, "flavor": dict(inst.flavor),
+        "flavor_id": inst.flavor_id, "flavor": inst.flavor.to_json(),
         "disks": [dataclasses.asdict(d) for d in inst.disks], "vm_state": inst.vm_state})
     try:
         crash_points.reached("resize", "after-record")
@@ -230,7 +230,8 @@ def roll_back(compute: Compute, inst: Instance) -> None:
         _remove_new_disks(compute, inst, old_disks)
         crash_points.reached(_verb_of(inst), "after-restore")
     shutil.rmtree(old_dir, ignore_errors=True)
-    old = {"flavor_id": pre["flavor_id"], "flavor": pre["flavor"], "disks": old_disks,
+    old = {"flavor_id": pre["flavor_id"], "flavor": InstanceFlavor.from_json(pre["flavor"]),
+           "disks": old_disks,
            "vm_state": pre["vm_state"], "pre_resize": None}
     # The domain first: if that fails, the record still says what to go back to.
     compute.hv.define(compute.domain_spec(dataclasses.replace(inst, **old)))

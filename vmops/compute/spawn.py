@@ -52,9 +52,8 @@ def recorded_flavor(inst: Instance) -> Flavor:
     """The flavor as the instance recorded it at spawn (the flavor may have
     been deleted since)."""
     f = inst.flavor
-    return Flavor(id=str(f["id"]), name=str(f["name"]), ram_mib=int(f["ram_mib"]),
-                  vcpus=int(f["vcpus"]), root_gb=int(f["root_gb"]),
-                  ephemeral_gb=int(f["ephemeral_gb"]), swap_mb=int(f.get("swap_mb") or 0))
+    return Flavor(id=f.id, name=f.name, ram_mib=f.ram_mib, vcpus=f.vcpus, root_gb=f.root_gb,
+                  ephemeral_gb=f.ephemeral_gb, swap_mb=f.swap_mb)
 
 
 def _limits(compute: Compute) -> configdrive.Limits:
@@ -108,12 +107,12 @@ def create_disks(compute: Compute, inst: Instance, image: Image | None,
     def next_target() -> str:
         return disk_target(len(disks) + skip)
 
-    ephemeral_gb = int(inst.flavor["ephemeral_gb"])
+    ephemeral_gb = inst.flavor.ephemeral_gb
     if ephemeral_gb:
         facts = instance_disks.create_ephemeral_disk(inst_dir / EPHEMERAL_FILE,
                                                      ephemeral_gb * GIB)
         disks.append(DiskRecord("ephemeral", str(facts.path), facts.format, next_target()))
-    swap_mb = int(inst.flavor.get("swap_mb") or 0)
+    swap_mb = inst.flavor.swap_mb
     if swap_mb:  # after the ephemeral disk, as Nova's disk.swap
         facts = instance_disks.create_swap_disk(inst_dir / SWAP_FILE, swap_mb * MIB)
         disks.append(DiskRecord("swap", str(facts.path), facts.format, next_target()))
@@ -128,13 +127,13 @@ def create_disks(compute: Compute, inst: Instance, image: Image | None,
 
 
 def _root_disk(compute: Compute, inst: Instance, image: Image, inst_dir: Path) -> DiskRecord:
-    size = int(inst.flavor["root_gb"]) * GIB or None
+    size = inst.flavor.root_gb * GIB or None
     facts = instance_disks.create_root_disk(
         base=instance_disks.BaseImage(path=Path(image.path), format=image.format,
                                       virtual_size=image.virtual_size),
         dest=inst_dir / "root.qcow2", size_bytes=size,
         use_cow=compute.settings.use_cow_images,
-        flavor_name=str(inst.flavor["name"]), image_name=image.name)
+        flavor_name=inst.flavor.name, image_name=image.name)
     return DiskRecord("root", str(facts.path), facts.format, "vda")
 
 

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from vmops.store import Instance, Store
+from vmops.store import Instance, InstanceFlavor, Store
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ServerUsage:
     id: str
     name: str
     project_id: str
-    flavor: dict[str, Any]
+    flavor: InstanceFlavor
     vm_state: str
     created_at: float
     launched_at: float
@@ -49,7 +49,8 @@ def in_period(store: Store, start: float, stop: float,
         sql += " AND project_id = ?"
         args.append(project_id)
     servers += [ServerUsage(r["instance_id"], r["name"], r["project_id"],
-                            json.loads(r["flavor"]), r["vm_state"], r["created_at"],
+                            InstanceFlavor.from_json(json.loads(r["flavor"])), r["vm_state"],
+                            r["created_at"],
                             r["launched_at"], r["deleted_at"])
                 for r in store.query(sql, *args)]
     return sorted((s for s in servers if s.launched_at < stop
