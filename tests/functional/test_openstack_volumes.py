@@ -108,6 +108,21 @@ def test_openstack_extends_an_in_use_volume_at_microversion_342(
     cli.run("volume", "delete", "data")
 
 
+def test_openstack_quota_set_and_show_the_volume_quotas(
+        served: tuple[Vmops, OpenStackCLI]) -> None:
+    """`openstack quota set --volumes --gigabytes` and `quota show --volume`
+    go to the volume service's os-quota-sets (enforcement:
+    tests/integration/test_volume_quota.py). No guest boots."""
+    vm, cli = served
+    project = cli.json("project", "list")[0]["ID"]
+    cli.run("quota", "set", "--volumes", "1", "--gigabytes", "3", project)
+    shown = {row["Resource"]: row["Limit"]
+             for row in cli.json("quota", "show", "--volume", project)}
+    assert (shown["volumes"], shown["gigabytes"]) == (1, 3), shown
+    limits = vm.client.get(f"/volume/v3/{project}/os-quota-sets/{project}")["quota_set"]
+    assert (limits["volumes"], limits["gigabytes"]) == (1, 3)
+
+
 @pytest.mark.extended
 def test_openstack_server_create_boots_from_volumes(served: tuple[Vmops, OpenStackCLI]) -> None:
     """`openstack server create --boot-from-volume N --image I` (a new root

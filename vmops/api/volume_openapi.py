@@ -115,9 +115,7 @@ QUOTA_UPDATE = closed({"quota_set": closed({}, {"volumes": INT, "gigabytes": INT
                                                 "tenant_id": STR})})
 
 
-def _quota_paths() -> dict[str, Any]:
-    base = f"{VOLUME_PREFIX}/{{project_id}}/os-quota-sets/{{target}}"
-    params = [PROJECT, TARGET]
+def _quota_paths(base: str, params: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         base: {
             "get": op("Cinder: a project's volume quotas, volumes and gigabytes (the others "
@@ -144,7 +142,9 @@ def paths() -> dict[str, Any]:
                                   ok(closed({"versions": array(VERSION)})))},
         **_volume_paths(f"{VOLUME_PREFIX}/volumes", []),
         **_volume_paths(f"{VOLUME_PREFIX}/{{project_id}}/volumes", [PROJECT]),
-        **_quota_paths(),
+        **_quota_paths(f"{VOLUME_PREFIX}/os-quota-sets/{{target}}", [TARGET]),
+        **_quota_paths(f"{VOLUME_PREFIX}/{{project_id}}/os-quota-sets/{{target}}",
+                       [PROJECT, TARGET]),
         attachments: {
             "get": op("Nova: a server's volume attachments",
                       ok(closed({"volumeAttachments": array(NOVA_ATTACHMENT)})),
