@@ -336,7 +336,8 @@ class VmopsDriver(driver.ComputeDriver):
         return self.volumes.register_remote(
             CINDER_VOLUME_PREFIX + volume_id, url, chap_user=chap_user,
             chap_secret=chap_secret, description=f"Cinder volume {volume_id}",
-            project_id=instance.project_id or "", user_id=instance.user_id or "")
+            project_id=instance.project_id or "", user_id=instance.user_id or "",
+            counted=False)  # Cinder's quota counted it; vmops' is its own API's
 
     def _forget_volumes(self, volume_ids: list[str]) -> None:
         """Forget vmops' records (and CHAP secrets) of Cinder's volumes that

@@ -341,6 +341,23 @@ class VmopsAdapterTestCase(test.TestCase):
         # Detaching again: nothing attached, nothing to do (Nova's libvirt driver).
         self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdb")
 
+    def test_cinder_volumes_are_cinders_to_count_not_vmops_volume_quota(self) -> None:
+        """Cinder counts its volumes against its own quota before Nova asks
+        for a connection: vmops' volume quota (its own volume API's, default
+        10 volumes, 1000 GiB a project) must not refuse the attach of one
+        more (a spawn's Cinder volumes go through the same registration)."""
+        target = self._iscsi_target()
+        self._spawn()
+        quotas = self.driver.compute.quotas
+        quotas.update_class("default", {"volumes": 0, "gigabytes": 0})
+        self.addCleanup(quotas.update_class, "default", {"volumes": 10, "gigabytes": 1000})
+        info = self._cinder_iscsi(target, "vol-over-vmops-quota")
+        self.driver.attach_volume(self.ctxt, info, self.instance, "/dev/vdc")
+        volume = self.driver.volumes.volume("cinder-vol-over-vmops-quota")
+        self.assertEqual("in-use", volume.status)
+        self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdc")
+        self.assertEqual([], self.driver.volumes.volumes())
+
     def test_a_volume_vmops_cannot_attach_is_refused_and_leaves_nothing(self) -> None:
         """A wrong CHAP password (the target refuses the login), a volume type
         other than iscsi (the suite's "fake", Ceph's rbd), an encrypted

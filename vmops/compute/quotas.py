@@ -17,7 +17,8 @@ What vmops enforces, and where:
 Cinder's ``volumes`` and ``gigabytes`` (:meth:`Quotas.check_volumes`) are
 the volume service's: every volume of the project counts, in any status,
 remote ones and those made at server create (boot volumes, block device
-mappings) too; enforced at volume create and extend and at server create
+mappings) too (Nova's driver's Cinder volumes are counted, but not checked:
+Cinder's quota checked them); enforced at volume create and extend and at server create
 (there before the server's volumes are made, so two server creates at
 once may both pass). Defaults: the ``quota_volumes`` and
 ``quota_gigabytes`` settings, or the default class's rows; a project's own

@@ -164,11 +164,14 @@ class Volumes:
 
     def register_remote(self, name: str, url: str, chap_user: str = "",
                         chap_secret: bytes | None = None, description: str = "",
-                        project_id: str = "", user_id: str = "") -> Volume:
+                        project_id: str = "", user_id: str = "",
+                        counted: bool = True) -> Volume:
         """Record an NBD export or iSCSI LUN as an available volume, once the
         target has answered (``remote.probe``: the export or LUN exists; its
         size). A CHAP password goes into a libvirt secret first; the record
-        names the secret by uuid. Nothing is made on the target."""
+        names the secret by uuid. Nothing is made on the target.
+        ``counted``: checked against the project's volume quota (False for
+        Nova's driver: a Cinder volume is counted by Cinder's quota)."""
         _check_name(name)
         if len(description) > MAX_DESCRIPTION_CHARS:
             raise Invalid(reason=f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
@@ -180,7 +183,8 @@ class Volumes:
                                "already")
         source = replace(source, auth_user=chap_user)
         size_bytes = remote.probe(source, chap_secret)
-        self.compute.quotas.check_volumes(project_id, 1, max(1, -(-size_bytes // GIB)))
+        if counted:
+            self.compute.quotas.check_volumes(project_id, 1, max(1, -(-size_bytes // GIB)))
         volume_id = str(uuidlib.uuid4())
         secret_uuid = ""
         if chap_secret is not None:
