@@ -3,15 +3,18 @@
     python -m bench --only host_memory      (full run only; or: python -m bench.host_memory)
 
 vmops' own processes grow with the instances it runs: the service (its
-records, threads and libvirt objects) and one console capture process per
-running instance. This spawns 20 running instances of the smallest flavor
-(``m1.tiny``; ``VMOPS_BENCH_MEMORY_GUESTS`` sets how many) and reads, from
+records, threads and libvirt objects) and the console capture: one console
+process for all instances (``python -m vmops.console.daemon``), or, from a
+vmops before it, one capture process per running instance. This spawns
+20 running instances of the smallest flavor (``m1.tiny``;
+``VMOPS_BENCH_MEMORY_GUESTS`` sets how many) and reads, from
 ``/proc/PID/smaps_rollup``:
 
 - the service's RSS and PSS before the first spawn and with all of them
   running (its growth);
-- every capture process's RSS and PSS (``python -m vmops.console.capture``
-  with the service's state directory on its command line).
+- every capture process's RSS and PSS (``vmops.console.capture`` or
+  ``vmops.console.daemon`` with the service's state directory on its command
+  line, or named by an instance's ``capture.pid``).
 
 Per instance = (the service's growth + the sum over the capture
 processes) / the number of instances, in MiB, for RSS and for PSS. PSS
@@ -35,7 +38,7 @@ from bench.common import Row, pids_mentioning
 
 GUESTS = 20
 TARGET_MIB = 2.0
-CAPTURE_MODULE = b"vmops.console.capture"
+CAPTURE_MODULES = (b"vmops.console.capture", b"vmops.console.daemon")
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,15 @@ def memory_of(pid: int, proc: Path = Path("/proc")) -> Memory:
 
 def capture_pids(state_dir: Path) -> list[int]:
     """The console capture processes of the service on ``state_dir``."""
+    candidates = set(pids_mentioning(str(state_dir)))
+    for pid_file in state_dir.glob("instances/*/capture.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            candidates.add(int(pid_file.read_text()))
     found = []
-    for pid in pids_mentioning(str(state_dir)):
+    for pid in sorted(candidates):
         with contextlib.suppress(OSError):
-            if CAPTURE_MODULE in Path(f"/proc/{pid}/cmdline").read_bytes():
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if any(module in args for module in CAPTURE_MODULES):
                 found.append(pid)
     return found
 

@@ -47,7 +47,14 @@ def _qemu_pids(vm: Vmops, name: str) -> list[int]:
 
 
 def _capture_pids(vm: Vmops, instance_id: str) -> list[int]:
-    return _pids("vmops.console.capture", instance_id)
+    """The process capturing the instance's console (the state dir's one
+    console process, or an old per-instance capture process): its pid file."""
+    try:
+        pid = int((vm.state_dir / "instances" / instance_id / "capture.pid").read_text())
+        args = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return []
+    return [] if _gone(pid) or b"vmops.console." not in args else [pid]
 
 
 def _gone(pid: int) -> bool:

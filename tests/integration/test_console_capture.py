@@ -35,7 +35,7 @@ from vmops.console import (
     stop_capture,
     wait_connected,
 )
-from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles
+from vmops.console.layout import CAPTURE_MODULE, DAEMON_MODULE, EXIT_ALREADY_RUNNING, LogFiles
 from vmops.errors import HypervisorError
 
 pytestmark = pytest.mark.integration
@@ -66,6 +66,15 @@ def _is_alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _is_console_process(pid: int) -> bool:
+    """A per-instance capture process or the shared console process."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return CAPTURE_MODULE.encode() in args or DAEMON_MODULE.encode() in args
 
 
 def _child_env() -> dict[str, str]:
@@ -154,18 +163,16 @@ def consoles() -> Iterator[Callable[[], Console]]:
 
     yield make
     leftovers = []
-    for console in made:
-        console.qemu.exit()
-        try:
+    try:
+        for console in made:
+            console.qemu.exit()
             stop_capture(console.log_dir, timeout=BOUND)
-        finally:
-            for pid in console.pids:
-                if (
-                    _is_alive(pid)
-                    and f"{CAPTURE_MODULE}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-                ):
-                    leftovers.append(pid)
-                    os.kill(pid, signal.SIGKILL)
+    finally:
+        # Only once all are stopped: the console process serves them all.
+        for pid in {pid for console in made for pid in console.pids}:
+            if _is_alive(pid) and _is_console_process(pid):
+                leftovers.append(pid)
+                os.kill(pid, signal.SIGKILL)
     shutil.rmtree(root, ignore_errors=True)
     assert not leftovers, f"capture processes left running: {leftovers}"
 

@@ -1,7 +1,9 @@
 """Serial console capture and log rotation (see docs/console.md).
 
-``process`` starts and stops the per-VM capture process (``capture``),
-``log`` reads what it wrote; ``rotation`` is the two-file arithmetic.
+``process`` has an instance captured by the console process of its run
+directory (``daemon``, through ``shared``; ``capture`` is the per-instance
+process of older vmops), ``log`` reads what it wrote; ``rotation`` is the
+two-file arithmetic; ``api`` is the seam compute uses, ``fake`` its fake.
 """
 
 from vmops.console.layout import DEFAULT_MAX_BYTES, LogFiles

@@ -24,6 +24,10 @@ import contextlib
 import select
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from _typeshed import FileDescriptorLike
 
 CLIENT_BUFFER_BYTES = 1024 * 1024
 GUEST_INPUT_BYTES = 64 * 1024
@@ -31,6 +35,16 @@ MAX_CLIENTS = 16
 FULL = f"the console has {MAX_CLIENTS} clients already"
 REFUSED_FULL = f"vmops: {FULL}\r\n".encode()
 _RECV_BYTES = 4096
+
+
+class Poller(Protocol):
+    """``select.poll``, or the console process's view of its shared epoll."""
+
+    def register(self, fd: FileDescriptorLike, eventmask: int = ..., /) -> None: ...
+
+    def modify(self, fd: FileDescriptorLike, eventmask: int, /) -> None: ...
+
+    def unregister(self, fd: FileDescriptorLike, /) -> None: ...
 
 
 @dataclass
@@ -51,7 +65,7 @@ class FanOut:
         self.dropped = 0  # clients dropped for falling behind (for tests and logs)
 
     # -- what to poll -------------------------------------------------------------
-    def register(self, poller: select.poll) -> None:
+    def register(self, poller: Poller) -> None:
         poller.register(self.listener, select.POLLIN)
         for fd, client in self.clients.items():
             poller.register(fd, self._events(client))
@@ -64,13 +78,13 @@ class FanOut:
             events |= select.POLLOUT
         return events
 
-    def update(self, poller: select.poll) -> None:
+    def update(self, poller: Poller) -> None:
         """Re-arm each client's events after a round (buffers changed)."""
         for fd, client in self.clients.items():
             poller.modify(fd, self._events(client))
 
     # -- events ---------------------------------------------------------------------
-    def handle(self, poller: select.poll, fd: int, events: int, connected: bool) -> bool:
+    def handle(self, poller: Poller, fd: int, events: int, connected: bool) -> bool:
         """Handle a poll event if ``fd`` is ours; False if it is not."""
         if fd == self.listener.fileno():
             self.accept(poller, connected)
@@ -89,7 +103,7 @@ class FanOut:
             self._drop(poller, fd)  # both directions are gone
         return True
 
-    def accept(self, poller: select.poll | None, connected: bool) -> None:
+    def accept(self, poller: Poller | None, connected: bool) -> None:
         """Take every waiting client; close them at once if no QEMU is
         connected (or too many are attached)."""
         while True:
@@ -110,7 +124,7 @@ class FanOut:
             if poller is not None:
                 poller.register(sock, select.POLLIN)
 
-    def _read(self, poller: select.poll, fd: int, client: Client, connected: bool) -> None:
+    def _read(self, poller: Poller, fd: int, client: Client, connected: bool) -> None:
         try:
             data = client.sock.recv(_RECV_BYTES)
         except (BlockingIOError, InterruptedError):
@@ -124,7 +138,7 @@ class FanOut:
         if connected:
             self.to_guest += data
 
-    def output(self, poller: select.poll | None, data: bytes) -> None:
+    def output(self, poller: Poller | None, data: bytes) -> None:
         """The guest wrote ``data``: queue it for every client, dropping any
         whose backlog would pass the bound, and send what can go now."""
         for fd, client in list(self.clients.items()):
@@ -135,7 +149,7 @@ class FanOut:
             client.pending += data
             self._flush(poller, fd, client)
 
-    def _flush(self, poller: select.poll | None, fd: int, client: Client) -> None:
+    def _flush(self, poller: Poller | None, fd: int, client: Client) -> None:
         try:
             sent = client.sock.send(client.pending)
         except (BlockingIOError, InterruptedError):
@@ -158,7 +172,7 @@ class FanOut:
             return
         del self.to_guest[:sent]
 
-    def _drop(self, poller: select.poll | None, fd: int) -> None:
+    def _drop(self, poller: Poller | None, fd: int) -> None:
         client = self.clients.pop(fd, None)
         if client is None:
             return

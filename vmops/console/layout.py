@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 CAPTURE_MODULE = "vmops.console.capture"
+DAEMON_MODULE = "vmops.console.daemon"
 DEFAULT_MAX_BYTES = 512 * 1024
 # Exit status of a capture process that found another one holding the lock.
 EXIT_ALREADY_RUNNING = 3
@@ -54,3 +55,30 @@ class LogFiles:
 
     def all(self) -> tuple[Path, ...]:
         return (self.current, self.old, self.state, self.pid, self.lock, self.console_socket)
+
+
+@dataclass(frozen=True)
+class ConsoleProcessFiles:
+    """The console process's own files, in the run directory (daemon.py)."""
+
+    dir: Path
+
+    @property
+    def control(self) -> Path:
+        return self.dir / "console.ctl"
+
+    @property
+    def lock(self) -> Path:
+        return self.dir / "console.lock"
+
+    @property
+    def pid(self) -> Path:
+        return self.dir / "console.pid"
+
+    @property
+    def watch_list(self) -> Path:
+        return self.dir / "console.watch"
+
+    @property
+    def handoff(self) -> Path:
+        return self.dir / "console.handoff"

@@ -1,9 +1,13 @@
-"""Starting, finding, watching and stopping an instance's capture process.
+"""Starting, finding, watching and stopping an instance's capture.
 
-The capture process (``capture.py``) runs in its own session with its
-stdio on /dev/null, so it outlives the vmops service. Everything here
-finds it again from its log directory alone: the pid file, checked
-against ``/proc/<pid>/cmdline`` so that a recycled pid is never mistaken
+Every instance is captured by the one console process of its run
+directory (the serial socket's directory: ``daemon.py``, reached through
+``shared.py``); a vmops from before it ran one capture process per
+instance (``capture.py``), which the console process takes over. Both run
+in their own session with stdio on /dev/null, so they outlive the vmops
+service. Everything here finds the capture again from the log directory
+alone: the pid file, checked against ``/proc/<pid>/cmdline`` (and, for the
+console process, its watch list) so that a recycled pid is never mistaken
 for it, and the state file it keeps.
 """
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import vmops
+from vmops.console import shared
 from vmops.console.layout import CAPTURE_MODULE, EXIT_ALREADY_RUNNING, LogFiles
 from vmops.errors import Conflict, HypervisorError
 from vmops.socket_paths import MAX_SOCKET_PATH, socket_address
@@ -35,6 +40,9 @@ _KILL_TIMEOUT = 5.0
 # a capture process that dies while we run would otherwise stay a zombie.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 _children_lock = threading.Lock()
+# True: the one console process per run directory captures every instance;
+# False: one capture process per instance (what vmops did before it).
+USE_CONSOLE_PROCESS = True
 
 
 @dataclass(frozen=True)
@@ -46,14 +54,15 @@ class _State:
 
 
 def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys.executable) -> int:
-    """Start the capture process for ``log_dir``; return its pid.
+    """Have ``log_dir`` captured from ``socket``; return the capturing pid.
 
-    A no-op returning the running process's pid if there is one. Returns
-    once the process holds the directory's lock, not once it is connected:
-    use ``wait_connected`` for that.
+    A no-op returning the running process's pid if there is one (but a
+    per-instance capture process left by an older vmops is taken over by
+    the console process). Returns once the process holds the directory's
+    lock, not once it is connected: use ``wait_connected`` for that.
     """
     running = capture_pid(log_dir)
-    if running is not None:
+    if running is not None and (not USE_CONSOLE_PROCESS or shared.daemon_run_dir(running)):
         return running
     if max_bytes < 1:
         raise HypervisorError(
@@ -67,6 +76,9 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
         )
     log_dir = log_dir.absolute()
     log_dir.mkdir(parents=True, exist_ok=True)
+    if USE_CONSOLE_PROCESS:
+        return shared.watch(socket.parent, socket, log_dir, max_bytes, _remember,
+                            _child_env())
     command = [
         python, "-m", CAPTURE_MODULE,
         "--socket", str(socket), "--log-dir", str(log_dir), "--max-bytes", str(max_bytes),
@@ -175,6 +187,10 @@ def stop_capture(log_dir: Path, timeout: float = 5.0) -> None:
         # below cannot reach a process that took over a recycled pid.
         if not _is_capture_for(pid, log_dir):
             return
+        run_dir = shared.daemon_run_dir(pid)
+        if run_dir is not None:
+            _unwatch(pidfd, run_dir, log_dir, timeout)
+            return
         if _signal_and_wait(pidfd, signal.SIGTERM, timeout):
             return
         if not _signal_and_wait(pidfd, signal.SIGKILL, _KILL_TIMEOUT):
@@ -185,6 +201,13 @@ def stop_capture(log_dir: Path, timeout: float = 5.0) -> None:
     finally:
         os.close(pidfd)
         _reap(pid)
+
+
+def _unwatch(pidfd: int, run_dir: Path, log_dir: Path, timeout: float) -> None:
+    """Have the console process forget ``log_dir``; if that was its last
+    instance, wait for it to exit (so it is reaped, and gone, on return)."""
+    if shared.unwatch(run_dir, log_dir):
+        _exited(pidfd, timeout)
 
 
 def _wait_started(proc: subprocess.Popen[bytes], log_dir: Path, command: list[str]) -> int:
@@ -241,6 +264,11 @@ def _exited(pidfd: int, timeout: float) -> bool:
         return bool(selector.select(max(0.0, timeout)))
 
 
+def _remember(proc: subprocess.Popen[bytes]) -> None:
+    with _children_lock:
+        _children[proc.pid] = proc
+
+
 def _reap(pid: int) -> None:
     with _children_lock:
         proc = _children.get(pid)
@@ -255,6 +283,9 @@ def _is_capture_for(pid: int, log_dir: Path) -> bool:
     except OSError:
         return False
     args = [os.fsdecode(arg) for arg in raw.split(b"\0")]
+    run_dir = shared.daemon_run_dir(pid)
+    if run_dir is not None:
+        return shared.watches(run_dir, log_dir)
     if CAPTURE_MODULE not in args:
         return False
     its_dir = _option_value(args, "--log-dir")

@@ -1,0 +1,219 @@
+"""The one console process of a run directory (vmops/console/daemon.py) for
+real: real processes and UNIX sockets, ``FakeQemu`` for QEMU's side (no
+guest). Timeouts are only bounds against hanging."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import stat
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.test_console_capture import (
+    BOUND,
+    Console,
+    _child_env,
+    _is_alive,
+    _lines,
+    _wait_for,
+)
+from tests.integration.test_console_capture import consoles as consoles  # noqa: F401
+from vmops.console import (
+    attach,
+    capture_pid,
+    read_log,
+    start_capture,
+    stop_capture,
+    wait_connected,
+)
+from vmops.console.layout import (
+    CAPTURE_MODULE,
+    DAEMON_MODULE,
+    EXIT_ALREADY_RUNNING,
+    ConsoleProcessFiles,
+)
+from vmops.console.shared import request
+from vmops.errors import HypervisorError
+
+pytestmark = pytest.mark.integration
+MARKER = b"[vmops: the console capture was restarted at "
+
+
+def _running(console: Console, max_bytes: int = 512 * 1024) -> int:
+    pid = console.start(max_bytes)
+    console.qemu.start()
+    wait_connected(console.log_dir, 0, timeout=BOUND)
+    console.qemu.accept()
+    return pid
+
+
+def _kill(pid: int) -> None:
+    pidfd = os.pidfd_open(pid)
+    try:
+        os.kill(pid, signal.SIGKILL)
+        assert select.select([pidfd], [], [], BOUND)[0]
+    finally:
+        os.close(pidfd)
+
+
+def test_one_process_captures_every_instance(consoles: Callable[[], Console]) -> None:
+    made = [consoles() for _ in range(3)]
+    pids = {_running(console) for console in made}
+    assert len(pids) == 1
+    (pid,) = pids
+    for n, console in enumerate(made):
+        console.qemu.send(b"guest %d\n" % n)
+        console.qemu.wait_stored()
+        assert read_log(console.log_dir) == b"guest %d\n" % n
+        assert capture_pid(console.log_dir) == pid
+    files = ConsoleProcessFiles(made[0].socket.parent)
+    assert stat.S_IMODE(files.control.stat().st_mode) & 0o077 == 0  # the owner's only
+    assert os.getsid(pid) == pid != os.getsid(0)
+    # A second console process for the same run directory refuses to start.
+    second = subprocess.run([sys.executable, "-m", DAEMON_MODULE, "--run-dir", str(files.dir)],
+                            env=_child_env(), capture_output=True, timeout=BOUND)
+    assert second.returncode == EXIT_ALREADY_RUNNING
+    assert request(files.dir, {"op": "status"})["pid"] == pid
+
+
+def test_an_upgrade_re_execs_without_losing_a_byte(consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    pid = _running(console, max_bytes=64 * 1024)
+    client = attach(console.log_dir)
+    client.settimeout(BOUND)
+    sent = bytearray()
+    for batch in range(40):
+        if batch in (10, 25):  # twice, in the middle of the stream
+            (os.kill(pid, signal.SIGHUP) if batch == 10 else
+             request(console.socket.parent, {"op": "upgrade"}))
+        data = _lines(batch * 500, 500)
+        console.qemu.send(data)
+        sent += data
+    # The interactive client was handed over too: it gets the whole stream
+    # (read before QEMU's end closes it).
+    got = bytearray()
+    while len(got) < len(sent):
+        chunk = client.recv(65536)
+        assert chunk, "the client was closed"
+        got += chunk
+    assert bytes(got) == bytes(sent)
+    console.qemu.wait_stored()
+    assert capture_pid(console.log_dir) == pid  # the same process, re-exec'ed
+    kept = read_log(console.log_dir)
+    assert kept == bytes(sent[-len(kept):]) and len(kept) > 64 * 1024
+    assert MARKER not in kept
+    client.close()
+
+
+def test_a_killed_console_process_is_replaced_and_marks_each_gap(
+        consoles: Callable[[], Console]) -> None:
+    made = [consoles() for _ in range(2)]
+    pid = 0
+    for console in made:
+        pid = _running(console)
+        console.qemu.send(b"before\n")
+    for console in made:
+        def stored(c: Console = console) -> bool:
+            return read_log(c.log_dir) == b"before\n"
+
+        _wait_for("the line stored", stored)
+    _kill(pid)
+    for console in made:
+        assert capture_pid(console.log_dir) is None
+        assert console.qemu.conn is not None
+        console.qemu.conn.close()  # that connection died with the process
+    # What the service's capture watch does for its first instance: the new
+    # console process adopts every instance of the watch list.
+    new = made[0].start()
+    assert new != pid
+    for console in made:
+        assert capture_pid(console.log_dir) == new
+        assert wait_connected(console.log_dir, 1, timeout=BOUND) == 2
+        console.qemu.accept()
+        console.qemu.send(b"after\n")
+        console.qemu.wait_stored()
+        log = read_log(console.log_dir)
+        assert log.startswith(b"before\n") and log.endswith(b"after\n")
+        assert MARKER in log
+
+
+def test_it_takes_over_from_a_per_instance_capture_process(
+        consoles: Callable[[], Console]) -> None:
+    """An upgrade of vmops: the old capture process still runs; the console
+    process connects first (in QEMU's backlog), then stops it."""
+    console = consoles()
+    old = subprocess.Popen(
+        [sys.executable, "-m", CAPTURE_MODULE, "--socket", str(console.socket),
+         "--log-dir", str(console.log_dir)], env=_child_env(), start_new_session=True,
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for("the old capture", lambda: capture_pid(console.log_dir) == old.pid)
+        console.qemu.start()
+        wait_connected(console.log_dir, 0, timeout=BOUND)
+        console.qemu.accept()
+        console.qemu.send(b"to the old one\n")
+        _wait_for("the old one's line", lambda: read_log(console.log_dir) != b"")
+        assert console.qemu.listener is not None
+        handed_over = threading.Thread(target=console.qemu.accept, daemon=True)
+        taken: list[int] = []
+        starter = threading.Thread(target=lambda: taken.append(console.start()), daemon=True)
+        starter.start()
+        # The old one exits once it has stored what it read: QEMU's
+        # connection ends, and QEMU accepts the next one, ours.
+        assert old.wait(BOUND) == 0
+        handed_over.start()
+        handed_over.join(BOUND)
+        starter.join(BOUND)
+        assert taken and taken[0] != old.pid
+        assert capture_pid(console.log_dir) == taken[0]
+        console.qemu.send(b"to the new one\n")
+        console.qemu.wait_stored()
+        assert read_log(console.log_dir) == b"to the old one\nto the new one\n"
+    finally:
+        if old.poll() is None:
+            old.kill()
+            old.wait()
+
+
+def test_it_exits_once_it_watches_nothing(consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    pid = console.start()
+    files = ConsoleProcessFiles(console.socket.parent)
+    stop_capture(console.log_dir, timeout=BOUND)
+    assert not _is_alive(pid)
+    assert not files.control.exists() and not files.pid.exists()
+    # The next start starts a new one.
+    assert console.start() != pid
+
+
+def test_bad_requests_are_refused_with_a_reason(consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    console.start()
+    run_dir = console.socket.parent
+    bad = run_dir / "bad"
+    with pytest.raises(HypervisorError, match="max_bytes must be"):
+        request(run_dir, {"op": "watch", "log_dir": str(bad), "socket": f"{bad}.sock",
+                          "max_bytes": 0})
+    with pytest.raises(HypervisorError, match="log_dir must be an absolute path"):
+        request(run_dir, {"op": "watch", "log_dir": "bad", "socket": f"{bad}.sock",
+                          "max_bytes": 1})
+    with pytest.raises(HypervisorError, match="unknown request"):
+        request(run_dir, {"op": "explode"})
+    assert request(run_dir, {"op": "status"})["watching"] == [str(console.log_dir)]
+    assert not bad.exists()
+
+
+def test_start_capture_of_a_watched_instance_is_a_no_op(
+        consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    pid = _running(console)
+    assert start_capture(console.socket, console.log_dir, 4096) == pid
+    console.qemu.send(b"once\n")
+    console.qemu.wait_stored()
+    assert read_log(console.log_dir) == b"once\n"

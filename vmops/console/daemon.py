@@ -1,0 +1,684 @@
+"""The console process: one per run directory, capturing every instance.
+
+    python -m vmops.console.daemon --run-dir DIR
+
+One long-lived process (as libvirt's virtlogd) with one event loop over
+every watched instance's serial socket, its ``console.sock`` listener and
+its interactive clients. Per instance it keeps what the per-instance
+capture process (``capture.py``) keeps, in the same files of the
+instance's log directory (``layout.LogFiles``): the rotating log, the
+generation/state file, the pid file (this process's pid), the directory's
+lock, the console socket. So everything that reads those files
+(``process.py``, ``log.py``) works unchanged.
+
+The service tells it what to watch over ``DIR/console.ctl`` (a 0600 UNIX
+socket, one JSON request and one JSON answer per connection: ``shared.py``
+is the client); the watch list is kept in ``DIR/console.watch``, so a
+console process started again (after a crash) adopts every instance again,
+marking the gap in each log. It exits once it watches nothing.
+
+SIGUSR1: try to connect every disconnected instance now. SIGTERM: store
+what is queued on every socket, exit. SIGHUP (or the ``upgrade``
+request): re-exec itself (the code on disk, e.g. after an upgrade of
+vmops), passing every open descriptor (serial connections, listeners,
+clients, locks) and each instance's state, so no byte is lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from vmops.console import capture as single
+from vmops.console.fanout import MAX_CLIENTS, Client, FanOut
+from vmops.console.layout import (
+    CAPTURE_MODULE,
+    DAEMON_MODULE,
+    EXIT_ALREADY_RUNNING,
+    ConsoleProcessFiles,
+    LogFiles,
+)
+from vmops.console.rotation import RotatingLog
+from vmops.socket_paths import socket_address
+
+# While an instance is disconnected its socket is tried every RETRY_FAST
+# seconds for RETRY_FAST_FOR seconds, then every RETRY_SLOW (vmops pokes us
+# with SIGUSR1 as soon as it starts a QEMU, so the slow period only matters
+# for a QEMU started behind vmops' back).
+RETRY_FAST = 0.05
+RETRY_FAST_FOR = 2.0
+RETRY_SLOW = 0.5
+CONTROL_TIMEOUT = 5.0
+# How long an old per-instance capture process gets to hand over.
+ADOPT_TIMEOUT = 10.0
+START_GRACE = 10.0
+_EVENTS_IN = select.EPOLLIN
+_EVENTS_OUT = select.EPOLLOUT
+
+
+class _Poller:
+    """What ``FanOut`` registers, on the shared epoll, for one instance."""
+
+    def __init__(self, loop: Loop, watch: Watch) -> None:
+        self.loop = loop
+        self.watch = watch
+
+    def register(self, fd: Any, eventmask: int = _EVENTS_IN, /) -> None:
+        self.watch.add_client_fd(_fileno(fd), eventmask)
+
+    def modify(self, fd: Any, eventmask: int, /) -> None:
+        self.loop.epoll.modify(_fileno(fd), eventmask)
+
+    def unregister(self, fd: Any, /) -> None:
+        self.loop.remove(_fileno(fd))
+
+
+def _fileno(fd: Any) -> int:
+    return fd if isinstance(fd, int) else int(fd.fileno())
+
+
+@dataclass
+class WatchSpec:
+    log_dir: Path
+    socket: Path
+    max_bytes: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"log_dir": str(self.log_dir), "socket": str(self.socket),
+                "max_bytes": self.max_bytes}
+
+    @staticmethod
+    def from_json(raw: Any) -> WatchSpec:
+        if not isinstance(raw, dict):
+            raise ValueError("a watch must be an object")
+        max_bytes = raw.get("max_bytes")
+        if not isinstance(max_bytes, int) or max_bytes < 1:
+            raise ValueError(f"max_bytes must be an integer of at least 1, not {max_bytes!r}")
+        log_dir, sock = raw.get("log_dir"), raw.get("socket")
+        if not isinstance(log_dir, str) or not os.path.isabs(log_dir):
+            raise ValueError(f"log_dir must be an absolute path, not {log_dir!r}")
+        if not isinstance(sock, str) or not os.path.isabs(sock):
+            raise ValueError(f"socket must be an absolute path, not {sock!r}")
+        return WatchSpec(Path(log_dir), Path(sock), max_bytes)
+
+
+class Watch:
+    """One instance's capture inside the console process."""
+
+    def __init__(self, loop: Loop, spec: WatchSpec, lock_fd: int) -> None:
+        self.loop = loop
+        self.spec = spec
+        self.files = LogFiles(spec.log_dir)
+        self.lock_fd = lock_fd
+        self.log = RotatingLog(self.files.current, self.files.old, spec.max_bytes)
+        self.generation = single._saved_generation(self.files.state)
+        self.connected = False
+        self.error: str | None = None
+        self.serial: socket.socket | None = None
+        self.fanout: FanOut | None = None
+        self.poller = _Poller(loop, self)
+        self.retry_at = 0.0
+        self.disconnected_at = time.monotonic()
+
+    # -- start, stop --------------------------------------------------------------
+    def open(self, killed_predecessor: bool) -> None:
+        if killed_predecessor:
+            self.store(single.GAP_MARKER % single._utc_now())
+        self.listen()
+        self.save_state()
+        single._write_atomically(self.files.pid, f"{os.getpid()}\n")
+
+    def listen(self, listener: socket.socket | None = None) -> None:
+        if listener is None:
+            listener = self._bind()
+        if listener is not None:
+            self.fanout = FanOut(listener)
+            self.add_client_fd(listener.fileno(), _EVENTS_IN)
+
+    def _bind(self) -> socket.socket | None:
+        path = self.files.console_socket
+        path.unlink(missing_ok=True)  # a killed predecessor's; we hold the lock
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            with socket_address(path) as address:
+                listener.bind(address)
+            listener.listen(MAX_CLIENTS)
+        except OSError as exc:
+            listener.close()
+            self.note_error(f"listening on {path}: {exc}")
+            return None
+        finally:
+            os.umask(old_umask)
+        return listener
+
+    def close(self, remove_pid: bool = True) -> None:
+        """Store what is queued, close everything, release the directory."""
+        if self.serial is not None:
+            self._drain(self.serial)
+            self.disconnect()
+        if self.fanout is not None:
+            self.loop.remove(self.fanout.listener.fileno())
+            self.fanout.close()
+            self.files.console_socket.unlink(missing_ok=True)
+            self.fanout = None
+        self.log.close()
+        self.connected = False
+        self.save_state()
+        if remove_pid:
+            self.files.pid.unlink(missing_ok=True)
+        os.close(self.lock_fd)
+
+    # -- the serial socket ------------------------------------------------------
+    def try_connect(self, now: float) -> None:
+        if self.serial is not None or now < self.retry_at:
+            return
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(str(self.spec.socket))
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in single._NOT_SERVING:
+                self.note_error(f"connecting to {self.spec.socket}: {exc}")
+            fast = now - self.disconnected_at < RETRY_FAST_FOR
+            self.retry_at = now + (RETRY_FAST if fast else RETRY_SLOW)
+            return
+        self.attach_serial(sock, new=True)
+
+    def attach_serial(self, sock: socket.socket, new: bool) -> None:
+        self.serial = sock
+        if new:
+            self.generation += 1
+        self.connected = True
+        self.error = None
+        self.save_state()
+        self.loop.add(sock.fileno(), _EVENTS_IN, self.on_serial)
+        self.rearm()
+
+    def disconnect(self) -> None:
+        sock = self.serial
+        if sock is None:
+            return
+        self.loop.remove(sock.fileno())
+        sock.close()
+        self.serial = None
+        if self.fanout is not None:
+            for fd in list(self.fanout.clients):
+                self.loop.remove(fd)
+            self.fanout.close_clients()  # they belong to this QEMU connection
+        self.connected = False
+        self.disconnected_at = time.monotonic()
+        self.retry_at = 0.0
+        self.save_state()
+
+    def on_serial(self, events: int) -> None:
+        sock = self.serial
+        if sock is None:
+            return
+        if events & _EVENTS_OUT and self.fanout is not None:
+            self.fanout.send_to_guest(sock)
+        if events & (_EVENTS_IN | select.EPOLLHUP | select.EPOLLERR) and not self._read(sock):
+            self.disconnect()
+            return
+        self.rearm()
+
+    def _read(self, sock: socket.socket) -> bool:
+        try:
+            data = sock.recv(single.RECV_BYTES)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.store(data)
+        if self.fanout is not None:
+            self.fanout.output(self.poller, data)
+        return True
+
+    def _drain(self, sock: socket.socket) -> None:
+        taken = 0
+        while taken < single.DRAIN_LIMIT:
+            try:
+                data = sock.recv(single.RECV_BYTES)
+            except OSError:  # BlockingIOError: nothing more queued
+                return
+            if not data:
+                return
+            self.store(data)
+            taken += len(data)
+
+    # -- interactive clients ---------------------------------------------------
+    def add_client_fd(self, fd: int, events: int) -> None:
+        """The console listener or a client: their events go to ``on_client``."""
+        self.loop.add(fd, events, lambda got: self.on_client(fd, got))
+
+    def on_client(self, fd: int, events: int) -> None:
+        if self.fanout is None:
+            return
+        self.fanout.handle(self.poller, fd, events,
+                           connected=self.serial is not None)
+        if self.serial is not None:
+            self.fanout.send_to_guest(self.serial)  # what was typed, at once
+        self.rearm()
+
+    def rearm(self) -> None:
+        if self.serial is None or self.fanout is None:
+            return
+        wanted = _EVENTS_IN | (_EVENTS_OUT if self.fanout.to_guest else 0)
+        self.loop.epoll.modify(self.serial.fileno(), wanted)
+        self.fanout.update(self.poller)
+
+    # -- the files ----------------------------------------------------------------
+    def store(self, data: bytes) -> None:
+        try:
+            self.log.write(data)
+        except OSError as exc:
+            # Keep reading and drop (see capture.py: a stalled serial port
+            # can hang the guest's kernel).
+            self.note_error(f"writing the console log: {exc}")
+
+    def note_error(self, message: str) -> None:
+        if message != self.error:
+            self.error = message
+            self.save_state()
+
+    def save_state(self) -> None:
+        state = {"pid": os.getpid(), "connected": self.connected,
+                 "generation": self.generation, "error": self.error}
+        with contextlib.suppress(OSError):
+            single._write_atomically(self.files.state, json.dumps(state) + "\n")
+
+    # -- upgrade --------------------------------------------------------------------
+    def handoff(self) -> dict[str, Any]:
+        """What the re-exec'ed process needs; every descriptor made inheritable."""
+        fds = [self.lock_fd]
+        clients = []
+        listener = None
+        if self.fanout is not None:
+            listener = self.fanout.listener.fileno()
+            fds.append(listener)
+            for fd, client in self.fanout.clients.items():
+                fds.append(fd)
+                clients.append({"fd": fd, "pending": client.pending.hex(),
+                                "reading": client.reading})
+        serial = self.serial.fileno() if self.serial is not None else None
+        if serial is not None:
+            fds.append(serial)
+        for fd in fds:
+            os.set_inheritable(fd, True)
+        return {"spec": self.spec.as_json(), "lock": self.lock_fd, "serial": serial,
+                "listener": listener, "clients": clients, "generation": self.generation,
+                "connected": self.connected, "error": self.error,
+                "to_guest": self.fanout.to_guest.hex() if self.fanout is not None else ""}
+
+    @staticmethod
+    def resume(loop: Loop, raw: dict[str, Any]) -> Watch:
+        watch = Watch(loop, WatchSpec.from_json(raw["spec"]), int(raw["lock"]))
+        watch.generation = int(raw["generation"])
+        watch.error = raw.get("error")
+        if raw.get("listener") is not None:
+            listener = socket.socket(fileno=int(raw["listener"]))
+            watch.listen(listener)
+            assert watch.fanout is not None
+            watch.fanout.to_guest += bytes.fromhex(raw.get("to_guest", ""))
+            for client in raw.get("clients", []):
+                sock = socket.socket(fileno=int(client["fd"]))
+                sock.setblocking(False)
+                watch.fanout.clients[sock.fileno()] = Client(
+                    sock, bytearray.fromhex(client["pending"]), bool(client["reading"]))
+                watch.add_client_fd(sock.fileno(), _EVENTS_IN)
+        for fd in _handed_fds(raw):
+            os.set_inheritable(fd, False)
+        if raw.get("serial") is not None:
+            sock = socket.socket(fileno=int(raw["serial"]))
+            sock.setblocking(False)
+            watch.attach_serial(sock, new=False)
+        else:
+            watch.save_state()
+        return watch
+
+
+def _handed_fds(raw: dict[str, Any]) -> list[int]:
+    fds = [int(raw["lock"])]
+    fds += [int(raw[k]) for k in ("listener", "serial") if raw.get(k) is not None]
+    fds += [int(c["fd"]) for c in raw.get("clients", [])]
+    return fds
+
+
+class Loop:
+    """The console process: the control socket, the watches, one epoll."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.files = ConsoleProcessFiles(run_dir)
+        self.epoll = select.epoll()
+        self.handlers: dict[int, Callable[[int], None]] = {}
+        self.watches: dict[Path, Watch] = {}
+        self.stopping = False
+        self.upgrading = False
+        self.poked = False
+        self.control: socket.socket | None = None
+        self.lock_fd = -1
+        # It exits once it watches nothing: after its last unwatch, or
+        # START_GRACE seconds after a start that found nothing to watch.
+        self.started = time.monotonic()
+        self.emptied = False
+
+    def add(self, fd: int, events: int, handler: Callable[[int], None]) -> None:
+        self.handlers[fd] = handler
+        try:
+            self.epoll.register(fd, events)
+        except FileExistsError:
+            self.epoll.modify(fd, events)
+
+    def remove(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        with contextlib.suppress(OSError, ValueError):
+            self.epoll.unregister(fd)
+
+    # -- start --------------------------------------------------------------------
+    def start(self) -> bool:
+        self.files.dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = single._try_lock(self.files.lock)
+        if lock_fd is None:
+            return False
+        self.lock_fd = lock_fd
+        self.control = self._bind_control()
+        for spec in self.saved_watches():
+            with contextlib.suppress(OSError, RuntimeError):
+                self.adopt(spec)
+        self.save_watches()
+        single._write_atomically(self.files.pid, f"{os.getpid()}\n")
+        return True
+
+    def _bind_control(self) -> socket.socket:
+        path = self.files.control
+        path.unlink(missing_ok=True)  # a dead predecessor's; we hold the lock
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            with socket_address(path) as address:
+                listener.bind(address)
+        finally:
+            os.umask(old_umask)
+        listener.listen(64)
+        listener.setblocking(False)
+        self.add(listener.fileno(), _EVENTS_IN, self.on_control)
+        return listener
+
+    def resume(self, handoff: Path) -> None:
+        raw = json.loads(handoff.read_bytes())
+        handoff.unlink(missing_ok=True)
+        self.lock_fd = int(raw["lock"])
+        self.control = socket.socket(fileno=int(raw["control"]))
+        self.control.setblocking(False)
+        for fd in (self.lock_fd, self.control.fileno()):
+            os.set_inheritable(fd, False)
+        self.add(self.control.fileno(), _EVENTS_IN, self.on_control)
+        for item in raw["watches"]:
+            watch = Watch.resume(self, item)
+            self.watches[watch.spec.log_dir] = watch
+
+    # -- the watch list -----------------------------------------------------------
+    def saved_watches(self) -> list[WatchSpec]:
+        try:
+            raw = json.loads(self.files.watch_list.read_bytes())
+        except (OSError, ValueError):
+            return []
+        specs = []
+        for item in raw if isinstance(raw, list) else []:
+            with contextlib.suppress(ValueError):
+                specs.append(WatchSpec.from_json(item))
+        return specs
+
+    def save_watches(self) -> None:
+        items = [w.spec.as_json() for w in self.watches.values()]
+        single._write_atomically(self.files.watch_list, json.dumps(items) + "\n")
+
+    def adopt(self, spec: WatchSpec) -> Watch:
+        """Start capturing ``spec``'s instance (a no-op if we do)."""
+        watch = self.watches.get(spec.log_dir)
+        if watch is not None:
+            watch.spec.max_bytes = watch.log.max_bytes = spec.max_bytes
+            return watch
+        files = LogFiles(spec.log_dir)
+        files.dir.mkdir(parents=True, exist_ok=True)
+        handed_over: socket.socket | None = None
+        lock_fd = single._try_lock(files.lock)
+        if lock_fd is None:
+            lock_fd, handed_over = _take_over(spec, files)
+        killed = files.pid.exists()  # a clean exit removes it: ours was killed
+        watch = Watch(self, spec, lock_fd)
+        self.watches[spec.log_dir] = watch
+        self.save_watches()
+        watch.open(killed_predecessor=killed)
+        if handed_over is not None:
+            watch.attach_serial(handed_over, new=True)
+        else:
+            watch.try_connect(time.monotonic())
+        return watch
+
+    def forget(self, log_dir: Path) -> None:
+        watch = self.watches.pop(log_dir, None)
+        self.save_watches()
+        if watch is not None:
+            watch.close()
+
+    # -- control requests -----------------------------------------------------------
+    def on_control(self, events: int) -> None:
+        assert self.control is not None
+        while True:
+            try:
+                conn, _ = self.control.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(CONTROL_TIMEOUT)
+                with contextlib.suppress(OSError):
+                    answer = self.answer(_read_line(conn))
+                    conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def answer(self, line: bytes) -> dict[str, Any]:
+        try:
+            request = json.loads(line)
+            op = request.get("op") if isinstance(request, dict) else None
+            if op == "watch":
+                spec = WatchSpec.from_json(request)
+                watch = self.adopt(spec)
+                return {"pid": os.getpid(), "error": None, "log_error": watch.error}
+            if op == "unwatch":
+                log_dir = request.get("log_dir")
+                if not isinstance(log_dir, str):
+                    raise ValueError("unwatch needs a log_dir")
+                self.forget(Path(log_dir))
+                self.emptied = not self.watches
+                return {"pid": os.getpid(), "error": None, "exiting": not self.watches}
+            if op == "status":
+                return {"pid": os.getpid(), "error": None,
+                        "watching": sorted(str(p) for p in self.watches)}
+            if op == "upgrade":
+                self.upgrading = True
+                return {"pid": os.getpid(), "error": None}
+            raise ValueError(f"unknown request {op!r}")
+        except (ValueError, OSError, RuntimeError) as exc:
+            return {"pid": os.getpid(), "error": str(exc)}
+
+    # -- the loop -------------------------------------------------------------------
+    def serve(self, wakeup_fd: int) -> None:
+        self.add(wakeup_fd, _EVENTS_IN, lambda events: _clear(wakeup_fd))
+        while not self.stopping and not self.upgrading:
+            now = time.monotonic()
+            if not self.watches and (self.emptied or now - self.started > START_GRACE):
+                break
+            if self.poked:
+                self.poked = False
+                for watch in self.watches.values():
+                    watch.retry_at = 0.0
+                    watch.disconnected_at = now
+            for watch in list(self.watches.values()):
+                watch.try_connect(now)
+            waiting = [w.retry_at for w in self.watches.values() if w.serial is None]
+            timeout = max(0.0, min(waiting) - now) if waiting else 1.0
+            for fd, events in self.epoll.poll(min(timeout, 1.0)):
+                handler = self.handlers.get(fd)
+                if handler is not None:
+                    handler(events)
+        self.remove(wakeup_fd)
+
+    def shut_down(self) -> None:
+        """Stop: store what is queued everywhere; the watch list stays."""
+        for watch in list(self.watches.values()):
+            watch.close()
+        self.watches.clear()
+        self._release()
+
+    def _release(self) -> None:
+        if self.control is not None:
+            self.remove(self.control.fileno())
+            self.control.close()
+        self.files.control.unlink(missing_ok=True)
+        self.files.pid.unlink(missing_ok=True)
+        os.close(self.lock_fd)
+
+    def exec_new(self) -> None:
+        """Re-exec the code on disk with every descriptor and state handed over."""
+        assert self.control is not None
+        for watch in self.watches.values():
+            watch.log.close()
+        raw = {"lock": self.lock_fd, "control": self.control.fileno(),
+               "watches": [w.handoff() for w in self.watches.values()]}
+        for fd in (self.lock_fd, self.control.fileno()):
+            os.set_inheritable(fd, True)
+        single._write_atomically(self.files.handoff, json.dumps(raw) + "\n")
+        argv = [sys.executable, "-m", DAEMON_MODULE, "--run-dir", str(self.files.dir),
+                "--handoff", str(self.files.handoff)]
+        os.execv(sys.executable, argv)
+
+
+def _take_over(spec: WatchSpec, files: LogFiles) -> tuple[int, socket.socket | None]:
+    """The directory's lock, from the per-instance capture process that holds
+    it (a vmops from before the console process): connect to QEMU first (we
+    wait in its backlog), then stop that process (it stores what it read),
+    so QEMU takes our connection as soon as it drops that one."""
+    pid = _capture_process_of(files)
+    if pid is None:
+        raise RuntimeError(f"{files.lock} is locked by a process that is not a console "
+                           "capture process")
+    sock: socket.socket | None = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    assert sock is not None
+    sock.setblocking(False)
+    try:
+        sock.connect(str(spec.socket))
+    except OSError:
+        sock.close()
+        sock = None
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + ADOPT_TIMEOUT
+    while time.monotonic() < deadline:
+        lock_fd = single._try_lock(files.lock)
+        if lock_fd is not None:
+            return lock_fd, sock
+        time.sleep(0.01)
+    if sock is not None:
+        sock.close()
+    raise RuntimeError(f"the console capture process {pid} for {files.dir} did not hand "
+                       f"over within {ADOPT_TIMEOUT:g}s")
+
+
+def _capture_process_of(files: LogFiles) -> int | None:
+    try:
+        text = files.pid.read_text().strip()
+    except OSError:
+        return None
+    if not text.isdigit():
+        return None
+    try:
+        args = Path(f"/proc/{text}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return int(text) if CAPTURE_MODULE.encode() in args else None
+
+
+def _read_line(conn: socket.socket) -> bytes:
+    data = bytearray()
+    while b"\n" not in data and len(data) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def _clear(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 512):
+            pass
+
+
+def _signals(loop: Loop) -> int:
+    read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write_fd)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        loop.stopping = True
+
+    def poke(signum: int, frame: FrameType | None) -> None:
+        loop.poked = True
+
+    def upgrade(signum: int, frame: FrameType | None) -> None:
+        loop.upgrading = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    signal.signal(signal.SIGUSR1, poke)
+    signal.signal(signal.SIGHUP, upgrade)
+    return read_fd
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {DAEMON_MODULE}",
+        description="Capture every instance's serial socket into rotating console logs.")
+    parser.add_argument("--run-dir", required=True, type=Path,
+                        help="where the control socket, lock and watch list are")
+    parser.add_argument("--handoff", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    loop = Loop(args.run_dir.absolute())
+    wakeup = _signals(loop)
+    if args.handoff is not None:
+        loop.resume(args.handoff)
+    elif not loop.start():
+        return EXIT_ALREADY_RUNNING
+    loop.serve(wakeup)
+    if loop.upgrading and not loop.stopping:
+        loop.exec_new()  # does not return
+    if loop.stopping:
+        loop.shut_down()
+    else:  # nothing left to watch
+        loop.save_watches()
+        loop._release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""The service's side of the console process (``daemon.py``): find it or
+start it (never a second one), and ask it to watch or forget an instance.
+
+Requests are one JSON line each way over ``console.ctl`` in the run
+directory (0600: only the service's user may ask).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vmops.console.layout import DAEMON_MODULE, EXIT_ALREADY_RUNNING, ConsoleProcessFiles
+from vmops.errors import HypervisorError
+from vmops.socket_paths import socket_address
+
+_START_TIMEOUT = 15.0
+_REQUEST_TIMEOUT = 30.0  # taking over from an old capture process may take 10 s
+_POLL = 0.01
+# One start at a time from this process; other processes are kept out by
+# the console process's own lock (a second one exits at once).
+_starting = threading.Lock()
+
+
+class NotRunning(Exception):
+    """No console process answers on that run directory."""
+
+
+def request(run_dir: Path, message: dict[str, Any],
+            timeout: float = _REQUEST_TIMEOUT) -> dict[str, Any]:
+    """Send one request to the console process; its answer. ``NotRunning``
+    when none answers; ``HypervisorError`` when it refuses."""
+    path = ConsoleProcessFiles(run_dir).control
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            with socket_address(path) as address:
+                sock.connect(address)
+        except OSError as exc:
+            raise NotRunning(str(exc)) from None
+        try:
+            sock.sendall(json.dumps(message).encode() + b"\n")
+            data = bytearray()
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionError as exc:  # it exited as we asked: ask the next one
+            raise NotRunning(str(exc)) from None
+    finally:
+        sock.close()
+    if not data:
+        raise NotRunning("the console process closed the request unanswered")
+    answer = json.loads(data)
+    if not isinstance(answer, dict):
+        raise HypervisorError(reason=f"the console process answered {answer!r}")
+    if answer.get("error"):
+        raise HypervisorError(reason=f"the console process refused: {answer['error']}")
+    return answer
+
+
+def watch(run_dir: Path, serial_socket: Path, log_dir: Path, max_bytes: int,
+          remember: Callable[[subprocess.Popen[bytes]], None], env: dict[str, str]) -> int:
+    """Have the console process capture ``log_dir`` (starting it if none
+    runs); its pid."""
+    message = {"op": "watch", "log_dir": str(log_dir), "socket": str(serial_socket),
+               "max_bytes": max_bytes}
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        try:
+            return int(request(run_dir, message)["pid"])
+        except NotRunning:
+            if time.monotonic() > deadline:
+                raise HypervisorError(
+                    reason=f"the console process for {run_dir} did not start within "
+                    f"{_START_TIMEOUT:g}s") from None
+        _start(run_dir, remember, env)
+
+
+def unwatch(run_dir: Path, log_dir: Path) -> bool:
+    """Stop capturing ``log_dir``; True if the console process now exits
+    (it watches nothing). False too if none runs."""
+    try:
+        return bool(request(run_dir, {"op": "unwatch", "log_dir": str(log_dir)})["exiting"])
+    except NotRunning:
+        return False
+
+
+def _start(run_dir: Path, remember: Callable[[subprocess.Popen[bytes]], None],
+           env: dict[str, str]) -> None:
+    """Start a console process unless one answers; return once one answers
+    (or the one we started has exited)."""
+    with _starting:
+        with contextlib.suppress(NotRunning):
+            request(run_dir, {"op": "status"}, timeout=5.0)
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", DAEMON_MODULE, "--run-dir", str(run_dir.absolute())],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True, cwd="/", env=env)
+        remember(proc)  # to be reaped when it exits
+        deadline = time.monotonic() + _START_TIMEOUT
+        while time.monotonic() < deadline:
+            with contextlib.suppress(NotRunning):
+                request(run_dir, {"op": "status"}, timeout=5.0)
+                return
+            status = proc.poll()
+            if status == EXIT_ALREADY_RUNNING:
+                return  # another one holds the lock (perhaps exiting): ask again
+            if status is not None:
+                raise HypervisorError(
+                    reason=f"the console process for {run_dir} exited with status {status} "
+                    f"as it started; run {sys.executable} -m {DAEMON_MODULE} --run-dir "
+                    f"{run_dir} to see why")
+            time.sleep(_POLL)
+        proc.kill()
+        proc.wait()
+        raise HypervisorError(
+            reason=f"the console process for {run_dir} did not start within "
+            f"{_START_TIMEOUT:g}s")
+
+
+def daemon_run_dir(pid: int) -> Path | None:
+    """The run directory of console process ``pid``; None if ``pid`` is not one."""
+    try:
+        args = [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return None
+    if DAEMON_MODULE not in args or "--run-dir" not in args:
+        return None
+    index = args.index("--run-dir")
+    return Path(args[index + 1]) if index + 1 < len(args) else None
+
+
+def watches(run_dir: Path, log_dir: Path) -> bool:
+    """Does the watch list in ``run_dir`` name ``log_dir``?"""
+    try:
+        raw = json.loads(ConsoleProcessFiles(run_dir).watch_list.read_bytes())
+    except (OSError, ValueError):
+        return False
+    wanted = os.path.realpath(log_dir)
+    return isinstance(raw, list) and any(
+        isinstance(item, dict) and isinstance(item.get("log_dir"), str)
+        and os.path.realpath(item["log_dir"]) == wanted for item in raw)
