@@ -247,6 +247,16 @@ def test_an_iscsi_target_that_dies_puts_its_attached_volume_in_error_until_it_an
         back = vols.volume("lun")
         assert (back.status, back.fault) == (VolumeStatus.IN_USE, "")
 
+        # A stopped instance's volume is not looked at: its QEMU is gone,
+        # and its next start opens the disk afresh.
+        target.kill()
+        env["compute"].stop(inst.name)
+        vols.check_targets(now=2500.0)
+        vols.check_targets(now=2500.0 + timeout)
+        assert vols.volume("lun").status == VolumeStatus.IN_USE
+        target.restart()
+        env["compute"].start(inst.name)
+
         # Silent again, then detached before the timeout: nothing to put in
         # error, and a volume in error for an I/O error QEMU reported is not
         # cleared by its portal answering.

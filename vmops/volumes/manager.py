@@ -451,14 +451,16 @@ class Volumes:
         I/O error event comes: a portal that has not accepted a connection
         for ``volume_target_timeout`` seconds puts its ``in-use`` volume in
         ``error``, the fault saying why; once it accepts one again the
-        volume is ``in-use`` (QEMU logs in again by itself)."""
+        volume is ``in-use`` (QEMU logs in again by itself). Only the volumes
+        of instances whose QEMU runs are looked at."""
         now = time.monotonic() if now is None else now
         settings = self.compute.settings
         silence: dict[tuple[str, int], str] = {}  # one look per portal
         watched: set[str] = set()
         for attachment in self.records.attachments():
             volume = self.records.get(attachment.volume_id)
-            if volume.protocol not in WATCHED_PROTOCOLS or volume.status not in WATCHED:
+            if volume.protocol not in WATCHED_PROTOCOLS or volume.status not in WATCHED \
+                    or not self._qemu_has(attachment):
                 continue
             watched.add(volume.id)
             portal = (volume.remote_host, volume.remote_port)
@@ -484,6 +486,14 @@ class Volumes:
                 log.warning("volume %s is in error: %s", volume.name or volume.id, fault)
         for volume_id in set(self._silent_since) - watched:  # detached, deleted
             del self._silent_since[volume_id]
+
+    def _qemu_has(self, attachment: Attachment) -> bool:
+        """Whether a QEMU runs for the attachment's instance (a stopped one's
+        disks are opened afresh at its next start)."""
+        try:
+            return self.compute.guest_runs(self.store.instance(attachment.instance_id))
+        except VmopsError:  # deleted meanwhile, or libvirt did not answer
+            return False
 
     def _ready(self, inst: Instance, action: str) -> Instance:
         """The instance, as it is now, if volumes may come and go on it."""
