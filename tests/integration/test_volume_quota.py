@@ -6,6 +6,7 @@ claimed. Through the volume API (413): tests/unit/test_volume_api.py."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from vmops.compute.boot_volume import BootVolume
 from vmops.compute.manager import SpawnRequest
 from vmops.compute.server_volumes import ExtraVolume
 from vmops.errors import VolumeQuotaExceeded
+from vmops.volumes import pool
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import VolumeStatus
 
@@ -78,3 +80,41 @@ def test_a_server_create_over_the_volume_quota_makes_nothing(
     # Within the quota: made.
     inst = _spawn(env, ExtraVolume(volume="kept"), ExtraVolume(size_gb=2))
     assert [vols.volume(a.volume_id).size_gb for a in vols.attached_to(inst.id)] == [1, 2]
+
+
+def test_an_extend_under_way_holds_its_growth_in_the_quota(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GiB an extend adds count from its check, not from its end: while
+    one extend grows its file, a create or another extend that would take
+    the project past its quota is refused (both passed, and the project
+    ended over its 4 GiB). A refused or finished extend holds nothing."""
+    vols: Volumes = env["volumes"]
+    vols.create("a", 1, project_id="p1")
+    vols.create("b", 1, project_id="p1")
+    growing, release = threading.Event(), threading.Event()
+    real_extend = pool.extend
+
+    def slow_extend(path: Path, fmt: str, size: int) -> None:
+        growing.set()
+        assert release.wait(30)
+        real_extend(path, fmt, size)
+
+    monkeypatch.setattr(pool, "extend", slow_extend)
+    extend = threading.Thread(target=vols.extend, args=("a", 3))  # 1 -> 3 GiB: 4 of 4
+    extend.start()
+    try:
+        assert growing.wait(30)
+        with pytest.raises(VolumeQuotaExceeded, match="Requested 1G, quota is 4G and 4G"):
+            vols.create("c", 1, project_id="p1")
+        with pytest.raises(VolumeQuotaExceeded, match="Requested 1G, quota is 4G and 4G"):
+            vols.extend("b", 2)
+    finally:
+        release.set()
+        extend.join(30)
+    assert sorted((v.name, v.size_gb) for v in vols.volumes()) == [("a", 3), ("b", 1)]
+    monkeypatch.setattr(pool, "extend", real_extend)
+    with pytest.raises(VolumeQuotaExceeded, match="Requested 1G, quota is 4G and 4G"):
+        vols.extend("b", 2)  # the finished extend's GiB are the volume's now, held once
+    vols.delete("b")
+    vols.extend("a", 4)  # nothing left held by the refusals
+    assert vols.volume("a").size_gb == 4

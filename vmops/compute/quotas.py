@@ -18,8 +18,9 @@ Cinder's ``volumes`` and ``gigabytes`` (:meth:`Quotas.check_volumes`) are
 the volume service's: every volume of the project counts, in any status,
 remote ones and those made at server create (boot volumes, block device
 mappings) too (Nova's driver's Cinder volumes are counted, but not checked:
-Cinder's quota checked them); enforced at volume create and extend and at server create
-(there before the server's volumes are made, so two server creates at
+Cinder's quota checked them); enforced at volume create and extend (an
+extend's GiB held from its check until its new size is recorded) and at
+server create (there before the server's volumes are made, so two server creates at
 once may both pass). Defaults: the ``quota_volumes`` and
 ``quota_gigabytes`` settings, or the default class's rows; a project's own
 rows in ``quotas`` (no API sets them yet).
@@ -88,6 +89,10 @@ class Quotas:
         self.store = store
         self.settings = settings
         self.lock = threading.RLock()
+        # Extends under way: volume id -> (project, the GiB it adds). A volume
+        # records its new size when its extend ends; until then its growth
+        # is held here, so a create or another extend cannot take it too.
+        self._growing: dict[str, tuple[str, int]] = {}
 
     # -- limits --------------------------------------------------------------
     def defaults(self) -> dict[str, int]:
@@ -262,8 +267,11 @@ class Quotas:
 
     def check_volumes(self, project_id: str, count: int, gigabytes: int) -> None:
         """Room for ``count`` more volumes of ``gigabytes`` GiB in all
-        (Cinder's words); call holding :attr:`lock` until they are recorded."""
+        (Cinder's words), the extends under way counted; call holding
+        :attr:`lock` until they are recorded."""
         limits, used = self.volume_limits(project_id), self.volume_usage(project_id)
+        used["gigabytes"] += sum(gb for project, gb in self._growing.values()
+                                 if project == project_id)
         if over(limits["volumes"], used["volumes"], count):
             raise VolumeQuotaExceeded(reason=(
                 f"Maximum number of volumes allowed ({limits['volumes']}) exceeded for quota "
@@ -273,6 +281,18 @@ class Quotas:
                 "Requested volume or snapshot exceeds allowed gigabytes quota. Requested "
                 f"{gigabytes}G, quota is {limits['gigabytes']}G and {used['gigabytes']}G has "
                 "been consumed."))
+
+    def hold_growth(self, volume_id: str, project_id: str, gigabytes: int) -> None:
+        """Check and hold the ``gigabytes`` an extend of the volume adds
+        until :meth:`release_growth` (when its new size is recorded, or it
+        failed)."""
+        with self.lock:
+            self.check_volumes(project_id, 0, gigabytes)
+            self._growing[volume_id] = (project_id, gigabytes)
+
+    def release_growth(self, volume_id: str) -> None:
+        with self.lock:
+            self._growing.pop(volume_id, None)
 
     def check_metadata(self, project_id: str, items: int) -> None:
         limit = self.limits(project_id)["metadata_items"]

@@ -250,21 +250,34 @@ class Volumes:
                           "is the target's; vmops does not change it")
         _check_size(size_gb)
         self._check_growth(volume, size_gb)
-        self.compute.quotas.check_volumes(volume.project_id, 0, size_gb - volume.size_gb)
-        attachment = self.records.attachment_of(volume.id) if attached else None
-        if attachment is not None:
-            return self._extend_attached(volume, attachment, size_gb)
-        volume = self.records.begin(volume.id, "extend", frozenset({VolumeStatus.AVAILABLE}),
-                                    VolumeStatus.EXTENDING)
+        quotas = self.compute.quotas
+        # Held from the check to the new size's record (a volume has one
+        # extend at a time: begin refuses a second).
+        quotas.hold_growth(volume.id, volume.project_id, size_gb - volume.size_gb)
+        try:
+            attachment = self.records.attachment_of(volume.id) if attached else None
+            if attachment is not None:
+                try:
+                    return self._extend_attached(volume, attachment, size_gb)
+                finally:
+                    quotas.release_growth(volume.id)
+            volume = self.records.begin(volume.id, "extend",
+                                        frozenset({VolumeStatus.AVAILABLE}),
+                                        VolumeStatus.EXTENDING)
+        except BaseException:
+            quotas.release_growth(volume.id)
+            raise
         try:  # again: another extend may have ended since the size was read
             self._check_growth(volume, size_gb)
         except Invalid:
             self.records.update(volume.id, status=VolumeStatus.AVAILABLE)
+            quotas.release_growth(volume.id)
             raise
         return self._in_background(
             volume, "extend", lambda: pool.extend(Path(volume.path), volume.format,
                                                   size_gb * GIB),
-            VolumeStatus.AVAILABLE, status=VolumeStatus.AVAILABLE, size_gb=size_gb)
+            VolumeStatus.AVAILABLE, status=VolumeStatus.AVAILABLE, size_gb=size_gb,
+            ended=lambda: quotas.release_growth(volume.id))
 
     def _check_growth(self, volume: Volume, size_gb: int) -> None:
         """``size_gb`` is larger than ``volume`` and what it adds fits the pool."""
@@ -311,16 +324,23 @@ class Volumes:
                                    fault="")
 
     def _in_background(self, volume: Volume, verb: str, work: Callable[[], None],
-                       failed: VolumeStatus, **done: object) -> Volume:
+                       failed: VolumeStatus, ended: Callable[[], None] = lambda: None,
+                       **done: object) -> Volume:
+        """``work``, then ``done`` recorded (``failed`` and the fault if it
+        raised); ``ended`` after either is recorded."""
         def run() -> Volume:
             try:
-                work()
-            except Exception as exc:  # noqa: BLE001 - recorded on the volume
-                log.exception("%s of volume %s failed", verb, volume.name)
-                fault = exc.message if isinstance(exc, VmopsError) else str(exc)
-                self.records.update(volume.id, status=failed, fault=f"{verb} failed: {fault}")
-                raise
-            return self.records.update(volume.id, fault="", **done)
+                try:
+                    work()
+                except Exception as exc:  # noqa: BLE001 - recorded on the volume
+                    log.exception("%s of volume %s failed", verb, volume.name)
+                    fault = exc.message if isinstance(exc, VmopsError) else str(exc)
+                    self.records.update(volume.id, status=failed,
+                                        fault=f"{verb} failed: {fault}")
+                    raise
+                return self.records.update(volume.id, fault="", **done)
+            finally:
+                ended()
 
         if not self.background:
             return run()
