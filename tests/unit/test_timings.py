@@ -124,8 +124,9 @@ def compute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Compute
                           path=str(tmp_path / "tiny.qcow2")))
     made = engine.compute
 
-    def root_only(compute: Compute, inst: Instance, *args: Any, **kw: Any) -> list[DiskRecord]:
-        root = compute.instance_dir(inst) / "root.qcow2"  # an empty file: nothing reads it
+    def root_only(settings: Any, inst: Instance, image: Any, admin_password: Any,
+                  inst_dir: Path, *args: Any) -> list[DiskRecord]:
+        root = inst_dir / "root.qcow2"  # an empty file: nothing reads it
         root.parent.mkdir(parents=True, exist_ok=True)
         root.touch()
         return [DiskRecord("root", str(root), "qcow2", "vda")]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmops import console
+from vmops import configdrive, console
 from vmops.compute import (
     boot_volume,
     crash_points,
@@ -241,12 +241,12 @@ class Compute:
         # recorded, shown by the API and may go on a drive rebuilt later.
         self.quotas.check_injected_files(req.project_id, req.files)
         self.quotas.check_metadata(req.project_id, len(req.properties))
-        spawn_steps.validate_config_drive(self, req, instance_id, mac)
+        spawn_steps.validate_config_drive(self.settings, self.store, req, instance_id, mac)
         ports, group_ids = self._plan_nics(req, instance_id, mac)
         hostname = hostname_of(req.name, instance_id)
         extras = server_volumes.plan(
             self, req.extra_volumes, req.project_id,
-            spawn_steps.own_disk_count(self, flavor, use_drive),
+            spawn_steps.own_disk_count(self.settings, flavor, use_drive),
             volume.id if volume is not None else "")
         server_volumes.check_quota(self, req.project_id, boot.size_gb if boot is not None
                                    and volume is None else 0, extras)
@@ -321,7 +321,7 @@ class Compute:
             flavor=InstanceFlavor.of(flavor, flavor_access.extra_specs(self.store, flavor.id)),
             image_name=shown_image.name if shown_image else "", macs=(mac,),
             config_drive=use_drive, key_name=req.key_name,
-            key_data=spawn_steps.public_key(self, req),
+            key_data=spawn_steps.public_key(self.store, req),
             properties=dict(req.properties),
             user_data=base64.b64encode(req.user_data).decode() if req.user_data else None,
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
@@ -372,6 +372,12 @@ class Compute:
         return [Port("", inst.id, n, NicMode.USER.value, USER_NETWORK, mac)
                 for n, mac in enumerate(inst.macs)]
 
+    def drive_nics(self, inst: Instance) -> list[configdrive.Nic]:
+        """The NICs the instance's config drive describes."""
+        from vmops.compute import spawn as spawn_steps
+
+        return spawn_steps.drive_nics(self.nics(inst), self.network)
+
     def _active_image(self, ref: str) -> Image:
         image = self.store.image(ref)
         if image.status != "active":
@@ -411,7 +417,8 @@ class Compute:
                 inst = boot_volume.make(self, inst, image, boot_volume_gb)
             inst = server_volumes.make_new(self, inst, extras)
             local_root = None if inst.boot_volume_id else image
-            disks = spawn_steps.create_disks(self, inst, local_root, admin_password)
+            disks = spawn_steps.create_disks(self.settings, inst, local_root, admin_password,
+                                             self.instance_dir(inst), self.drive_nics(inst))
             inst = self.store.update_instance(inst, disks=tuple(disks))
             self._spawn_step(inst, "after-disks")
             self.hv.define(self.domain_spec(inst))
@@ -805,7 +812,8 @@ class Compute:
             raise Invalid(reason=f"instance {inst.name!r} has no config drive to rebuild")
 
         def work(inst: Instance) -> None:
-            spawn_steps.write_config_drive(self, inst, admin_password=None)
+            spawn_steps.write_config_drive(self.settings, inst, self.drive_nics(inst), None,
+                                           self.instance_dir(inst))
 
         return self._run(ref, "rebuild-config-drive", states.REBUILDING_CONFIG_DRIVE,
                          (states.STOPPED,), work)
@@ -870,16 +878,18 @@ class Compute:
 
         def work(inst: Instance) -> None:
             boot = inst.vm_state != states.STOPPED
-            staged = spawn_steps.stage_disks(self, inst,
-                                             None if inst.boot_volume_id else image)
+            inst_dir = self.instance_dir(inst)
+            staged = spawn_steps.stage_disks(self.settings, inst,
+                                             None if inst.boot_volume_id else image, inst_dir,
+                                             self.drive_nics(inst))
             try:
                 if self.hv.exists(inst.id) and not self._is_off(inst) and \
                         not self._shutdown_gracefully(inst, self.settings.shutdown_timeout):
                     self.hv.power_off(inst.id)
             except BaseException:
-                spawn_steps.discard_staged(self, inst)
+                spawn_steps.discard_staged(inst_dir)
                 raise
-            disks = spawn_steps.install_disks(self, inst, staged)
+            disks = spawn_steps.install_disks(inst, staged, inst_dir)
             shown = None if inst.boot_volume_id else image  # volume-backed: image ''
             inst = self.store.update_instance(inst, image_id=shown.id if shown else "",
                                               image_name=shown.name if shown else "",

@@ -93,7 +93,8 @@ def _make_disks(compute: Compute, inst: Instance, image: Image,
         dest=folder / RESCUE_DISK, size_bytes=None, use_cow=compute.settings.use_cow_images,
         flavor_name=inst.flavor.name, image_name=image.name)
     if inst.config_drive:
-        spawn_steps.write_config_drive(compute, inst, admin_password, inst_dir=folder)
+        spawn_steps.write_config_drive(compute.settings, inst, compute.drive_nics(inst),
+                                       admin_password, folder)
 
 
 def roll_back(compute: Compute, inst: Instance) -> None:

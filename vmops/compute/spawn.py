@@ -1,7 +1,9 @@
 """The disk and config-drive steps of spawn, and the checks made before it.
 
-Each step writes only inside the instance's own directory, so rolling a
-spawn back is removing that directory (``Compute._teardown``).
+Each step writes only inside the instance's own directory (``inst_dir``,
+given by the caller), so rolling a spawn back is removing that directory
+(``Compute._teardown``). Each takes what it uses: the settings, the store,
+the directory, the config drive's NICs; never the whole ``Compute``.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmops import configdrive
+from vmops.config import Settings
 from vmops.disks import instance_disks
 from vmops.errors import FlavorTooSmall
-from vmops.store import DiskRecord, Flavor, Image, Instance
+from vmops.store import DiskRecord, Flavor, Image, Instance, Port, Store
 
 if TYPE_CHECKING:
-    from vmops.compute.manager import Compute, SpawnRequest
+    from vmops.compute.manager import SpawnRequest
+    from vmops.network.manager import Network
 
 GIB = 1024**3
 MIB = 1024**2
@@ -33,10 +37,10 @@ def disk_target(index: int) -> str:
     return "vd" + "abcdefghijklmnopqrstuvwxyz"[index]
 
 
-def own_disk_count(compute: Compute, flavor: Flavor, config_drive: bool) -> int:
+def own_disk_count(settings: Settings, flavor: Flavor, config_drive: bool) -> int:
     """How many virtio disks :func:`create_disks` gives an instance (its root,
     local or a volume, included): the volumes it is created with follow them."""
-    drive_on_disk = config_drive and compute.settings.config_drive_format != "cdrom"
+    drive_on_disk = config_drive and settings.config_drive_format != "cdrom"
     return 1 + bool(flavor.ephemeral_gb) + bool(flavor.swap_mb) + drive_on_disk
 
 
@@ -56,8 +60,7 @@ def recorded_flavor(inst: Instance) -> Flavor:
                   ephemeral_gb=f.ephemeral_gb, swap_mb=f.swap_mb)
 
 
-def _limits(compute: Compute) -> configdrive.Limits:
-    s = compute.settings
+def _limits(s: Settings) -> configdrive.Limits:
     return configdrive.Limits(max_injected_files=s.max_injected_files,
                               max_injected_file_bytes=s.max_injected_file_bytes,
                               max_injected_file_path_bytes=s.max_injected_path_length)
@@ -75,33 +78,35 @@ def _metadata(inst_id: str, name: str, nics: list[configdrive.Nic], public_keys:
         random_seed=configdrive.new_random_seed(), project_id=project_id or "vmops")
 
 
-def public_key(compute: Compute, req: SpawnRequest) -> str | None:
+def public_key(store: Store, req: SpawnRequest) -> str | None:
     """The key pair's public key: the one the request carries (Nova's), else
     vmops' key pair ``key_name`` of the request's user; None without a name."""
     if not req.key_name:
         return None
     if req.key_data is not None:
         return req.key_data
-    return compute.store.keypair(req.key_name, req.user_id or None).public_key
+    return store.keypair(req.key_name, req.user_id or None).public_key
 
 
-def validate_config_drive(compute: Compute, req: SpawnRequest, inst_id: str, mac: str) -> None:
-    key = public_key(compute, req)
+def validate_config_drive(settings: Settings, store: Store, req: SpawnRequest, inst_id: str,
+                          mac: str) -> None:
+    key = public_key(store, req)
     keys = {req.key_name: key} if req.key_name and key is not None else {}
     md = _metadata(inst_id, req.name, [configdrive.Nic(mac=mac)], keys, req.properties,
                    req.files, req.user_data, req.admin_password)
-    configdrive.validate(md, _limits(compute))
+    configdrive.validate(md, _limits(settings))
 
 
-def create_disks(compute: Compute, inst: Instance, image: Image | None,
-                 admin_password: str | None, inst_dir: Path | None = None) -> list[DiskRecord]:
-    """The instance's disks, in its directory (or ``inst_dir``: rebuild's
-    staging). Without ``image`` there is no local root disk: the root (vda)
-    is a volume (vmops/compute/boot_volume.py) and the others follow it."""
-    inst_dir = inst_dir or compute.instance_dir(inst)
+def create_disks(settings: Settings, inst: Instance, image: Image | None,
+                 admin_password: str | None, inst_dir: Path,
+                 nics: list[configdrive.Nic]) -> list[DiskRecord]:
+    """The instance's disks, in ``inst_dir`` (its directory, or rebuild's
+    staging); ``nics``: the config drive's (:func:`drive_nics`). Without
+    ``image`` there is no local root disk: the root (vda) is a volume
+    (vmops/compute/boot_volume.py) and the others follow it."""
     inst_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(inst_dir, 0o700)
-    disks = [] if image is None else [_root_disk(compute, inst, image, inst_dir)]
+    disks = [] if image is None else [_root_disk(settings, inst, image, inst_dir)]
     skip = 1 if image is None else 0  # vda is the root volume's
 
     def next_target() -> str:
@@ -117,8 +122,8 @@ def create_disks(compute: Compute, inst: Instance, image: Image | None,
         facts = instance_disks.create_swap_disk(inst_dir / SWAP_FILE, swap_mb * MIB)
         disks.append(DiskRecord("swap", str(facts.path), facts.format, next_target()))
     if inst.config_drive:
-        path = write_config_drive(compute, inst, admin_password, inst_dir)
-        if compute.settings.config_drive_format == "cdrom":
+        path = write_config_drive(settings, inst, nics, admin_password, inst_dir)
+        if settings.config_drive_format == "cdrom":
             disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
         else:
             disks.append(DiskRecord("config", str(path), "raw", next_target(),
@@ -126,41 +131,41 @@ def create_disks(compute: Compute, inst: Instance, image: Image | None,
     return disks
 
 
-def _root_disk(compute: Compute, inst: Instance, image: Image, inst_dir: Path) -> DiskRecord:
+def _root_disk(settings: Settings, inst: Instance, image: Image, inst_dir: Path) -> DiskRecord:
     size = inst.flavor.root_gb * GIB or None
     facts = instance_disks.create_root_disk(
         base=instance_disks.BaseImage(path=Path(image.path), format=image.format,
                                       virtual_size=image.virtual_size),
         dest=inst_dir / "root.qcow2", size_bytes=size,
-        use_cow=compute.settings.use_cow_images,
+        use_cow=settings.use_cow_images,
         flavor_name=inst.flavor.name, image_name=image.name)
     return DiskRecord("root", str(facts.path), facts.format, "vda")
 
 
-def write_config_drive(compute: Compute, inst: Instance, admin_password: str | None,
-                       inst_dir: Path | None = None) -> Path:
-    """(Re)write the instance's config drive from its record. The admin
-    password is not recorded, so only the first drive can carry it."""
+def write_config_drive(settings: Settings, inst: Instance, nics: list[configdrive.Nic],
+                       admin_password: str | None, inst_dir: Path) -> Path:
+    """(Re)write the instance's config drive from its record, in ``inst_dir``.
+    The admin password is not recorded, so only the first drive can carry it."""
     files = tuple((p, base64.b64decode(c)) for p, c in inst.injected_files)
     user_data = base64.b64decode(inst.user_data) if inst.user_data else None
     keys = {inst.key_name: inst.key_data} if inst.key_name and inst.key_data else {}
-    md = _metadata(inst.id, inst.name, _drive_nics(compute, inst), keys, inst.properties,
+    md = _metadata(inst.id, inst.name, nics, keys, inst.properties,
                    files, user_data, admin_password, inst.hostname, inst.project_id)
-    path = (inst_dir or compute.instance_dir(inst)) / "config.iso"
+    path = inst_dir / "config.iso"
     configdrive.build_config_drive(
-        md, path, _limits(compute),
-        include_admin_password=compute.settings.config_drive_inject_password)
+        md, path, _limits(settings),
+        include_admin_password=settings.config_drive_inject_password)
     return path
 
 
-def _drive_nics(compute: Compute, inst: Instance) -> list[configdrive.Nic]:
-    """NICs on the vmops network are configured statically (cloud-init
-    needs no DHCP, and the address is the one vmops recorded); user-mode
-    ones use DHCP."""
+def drive_nics(ports: list[Port], network: Network | None) -> list[configdrive.Nic]:
+    """The config drive's NICs for an instance's ``ports``: those on the
+    vmops network are configured statically (cloud-init needs no DHCP, and
+    the address is the one vmops recorded); user-mode ones use DHCP."""
     nics = []
-    for port in compute.nics(inst):
-        if port.ip and compute.network is not None and compute.network.enabled:
-            plan = compute.network.plan
+    for port in ports:
+        if port.ip and network is not None and network.enabled:
+            plan = network.plan
             nics.append(configdrive.Nic(mac=port.mac, address=port.ip, prefix=plan.prefix,
                                         gateway=str(plan.gateway), dns=(str(plan.gateway),)))
         else:
@@ -169,7 +174,8 @@ def _drive_nics(compute: Compute, inst: Instance) -> list[configdrive.Nic]:
 
 
 # -- rebuild ---------------------------------------------------------------------
-def stage_disks(compute: Compute, inst: Instance, image: Image | None) -> list[DiskRecord]:
+def stage_disks(settings: Settings, inst: Instance, image: Image | None, inst_dir: Path,
+                nics: list[configdrive.Nic]) -> list[DiskRecord]:
     """Rebuild's new disks, made beside the ones in use (which stay untouched
     until :func:`install_disks`): a root disk from ``image``, a blank
     ephemeral disk (Nova's libvirt driver wipes it: rebuild destroys every
@@ -177,24 +183,23 @@ def stage_disks(compute: Compute, inst: Instance, image: Image | None) -> list[D
     config drive written again from the record (no admin password: it is not
     recorded). No ``image``: a volume-backed instance, whose root volume is
     kept as it is."""
-    staging = compute.instance_dir(inst) / REBUILD_STAGING
-    discard_staged(compute, inst)  # what an interrupted rebuild left
+    staging = inst_dir / REBUILD_STAGING
+    discard_staged(inst_dir)  # what an interrupted rebuild left
     try:
-        return create_disks(compute, inst, image, admin_password=None, inst_dir=staging)
+        return create_disks(settings, inst, image, None, staging, nics)
     except BaseException:
-        discard_staged(compute, inst)
+        discard_staged(inst_dir)
         raise
 
 
-def discard_staged(compute: Compute, inst: Instance) -> None:
-    shutil.rmtree(compute.instance_dir(inst) / REBUILD_STAGING, ignore_errors=True)
+def discard_staged(inst_dir: Path) -> None:
+    shutil.rmtree(inst_dir / REBUILD_STAGING, ignore_errors=True)
 
 
-def install_disks(compute: Compute, inst: Instance,
-                  staged: list[DiskRecord]) -> tuple[DiskRecord, ...]:
-    """Move the staged disks over the old ones (the guest is off) and remove
-    any old disk the new set has no file for."""
-    inst_dir = compute.instance_dir(inst)
+def install_disks(inst: Instance, staged: list[DiskRecord],
+                  inst_dir: Path) -> tuple[DiskRecord, ...]:
+    """Move the staged disks over the old ones in ``inst_dir`` (the guest is
+    off) and remove any old disk the new set has no file for."""
     installed = []
     for disk in staged:
         dest = inst_dir / Path(disk.path).name
@@ -204,5 +209,5 @@ def install_disks(compute: Compute, inst: Instance,
     for old in inst.disks:
         if old.path not in kept:
             Path(old.path).unlink(missing_ok=True)
-    discard_staged(compute, inst)
+    discard_staged(inst_dir)
     return tuple(installed)
