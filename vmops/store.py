@@ -807,8 +807,9 @@ class _Reserve:
             if self.path.stat().st_size >= self.size:  # kept from the last run
                 self.missing = False
                 return
-        self._next_try = time.monotonic() + _RESERVE_RETRY_S
         try:
+            # A statvfs at each write while it is missing: it comes back at
+            # the first write after space is freed, before the next task.
             st = os.statvfs(self.path.parent)
             if st.f_bavail * st.f_frsize < 2 * self.size:
                 return
@@ -818,6 +819,7 @@ class _Reserve:
             log.warning("cannot keep %d bytes in %s for the records: %s", self.size,
                         self.path, exc)
             self.path.unlink(missing_ok=True)
+            self._next_try = time.monotonic() + _RESERVE_RETRY_S
             return
         self.missing = False
 
@@ -827,7 +829,6 @@ class _Reserve:
             return False
         self.path.unlink(missing_ok=True)
         self.missing = True
-        self._next_try = time.monotonic() + _RESERVE_RETRY_S
         return True
 
 

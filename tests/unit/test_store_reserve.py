@@ -46,3 +46,18 @@ def test_none_by_default(tmp_path: Path) -> None:
         assert not store.release_reserve()
     finally:
         store.close()
+
+
+def test_made_again_at_the_first_write_once_there_is_room(tmp_path: Path) -> None:
+    """No wait after it was given up: the write after space is freed makes it
+    again, so the next task on a full disk has it too."""
+    reserve = tmp_path / "vmops.db.reserve"
+    store = Store(tmp_path / "vmops.db", reserve_bytes=64 * 1024)
+    try:
+        assert store.release_reserve()
+        with store.transaction() as db:
+            db.execute("SELECT 1")
+        assert reserve.stat().st_size == 64 * 1024
+        assert store.release_reserve()
+    finally:
+        store.close()

@@ -651,14 +651,16 @@ class Compute:
         self.tasks.finishing(inst.id)
         if cleanup_failures:
             fault += "; the rollback also failed to " + "; to ".join(cleanup_failures)
-        self._end_record(inst, vm_state=states.ERROR, task_state=None,
+        self.end_record(inst, vm_state=states.ERROR, task_state=None,
                          power_state=PowerState.NOSTATE.value,
                          desired_running=False, fault=fault, **changes)
 
-    def _end_record(self, inst: Instance, **changes: Any) -> Instance:
-        """Write the record that ends a task. On a full disk the store's
-        reserve is given up for it: an instance must not stay in a task
-        because the record saying how it ended could not be written."""
+    def end_record(self, inst: Instance, **changes: Any) -> Instance:
+        """Write the record that ends a task, or that puts back what a failed
+        one changed (a resize's or a rescue's rollback). On a full disk the
+        store's reserve is given up for it: an instance must not stay in a
+        task, or half changed, because the record saying how it ended could
+        not be written."""
         try:
             return self.store.update_instance(inst, **changes)
         except (OSError, sqlite3.Error) as exc:
@@ -700,14 +702,14 @@ class Compute:
                 log.exception("%s of %s: cannot read the domain's state", action, inst.name)
                 first = changes.get("fault") or f"cannot read the domain's state: " \
                     f"{_fault_of(exc)}"
-                return self._end_record(
+                return self.end_record(
                     inst, **{**changes, "task_state": None, "vm_state": states.ERROR,
                              "power_state": PowerState.NOSTATE.value, "fault": first})
             # The work may have ended a held state (resized, rescued), or kept it.
             held = self.store.instance(inst.id).vm_state
             changes.setdefault("vm_state", states.vm_state_of(power, held))
             changes.setdefault("fault", "")
-            return self._end_record(inst, task_state=None, power_state=power.value, **changes)
+            return self.end_record(inst, task_state=None, power_state=power.value, **changes)
         finally:
             if timed is not None:
                 self._keep_timings(inst, timed)

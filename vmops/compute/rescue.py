@@ -124,7 +124,7 @@ def _own_disks_again(compute: Compute, inst: Instance, pull_plug: bool,
     # The domain first: if that fails, the record still says what it has.
     compute.hv.define(compute.domain_spec(dataclasses.replace(inst, rescue_image_id="")))
     changes = {"vm_state": vm_state} if vm_state else {}
-    inst = compute.store.update_instance(inst, rescue_image_id="", **changes)
+    inst = compute.end_record(inst, rescue_image_id="", **changes)  # on a full disk too
     shutil.rmtree(rescue_dir(compute, inst), ignore_errors=True)
 
 

@@ -235,7 +235,7 @@ def roll_back(compute: Compute, inst: Instance) -> None:
            "vm_state": pre["vm_state"], "pre_resize": None}
     # The domain first: if that fails, the record still says what to go back to.
     compute.hv.define(compute.domain_spec(dataclasses.replace(inst, **old)))
-    inst = compute.store.update_instance(inst, **old)
+    inst = compute.end_record(inst, **old)  # on a full disk too
     if pre["vm_state"] == states.ACTIVE and not compute.guest_runs(inst):
         compute.boot(inst)
 

@@ -2,7 +2,9 @@
 
 It refuses exactly what the libvirt driver refuses (both use
 ``base.ALLOWED_STATES``) and emits the lifecycle events libvirt emits, but
-synchronously, on the calling thread, after the change. Test hooks stand in
+synchronously, on the calling thread, after the change; a callback that
+fails is logged, as the libvirt driver's event thread does, and never
+fails the call that emitted the event. Test hooks stand in
 for the guest and for failures: :meth:`guest_shutdown`, :meth:`guest_crash`,
 ``obey_power_button``, :meth:`fail_next` and :meth:`add_foreign_domain`.
 Every call of a protocol method that names a domain, or lists them, is
@@ -13,6 +15,7 @@ the fault-injection tests find the calls a verb makes there, then fail each.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import uuid as uuidlib
 from dataclasses import dataclass, field, replace
@@ -32,6 +35,8 @@ from vmops.hypervisor.base import (
     check_state,
 )
 from vmops.hypervisor.libvirt.domain_xml import build_domain_xml
+
+log = logging.getLogger(__name__)
 
 # libvirt's virDomainState numbers, for bulk_stats' "state.state".
 _LIBVIRT_STATE = {
@@ -341,7 +346,10 @@ class FakeHypervisor:
     def _emit(self, uuid: str, state: PowerState, detail: str, fault: str = "") -> None:
         event = LifecycleEvent(uuid=uuid.lower(), state=state, detail=detail, fault=fault)
         for callback in list(self._callbacks):
-            callback(event)
+            try:
+                callback(event)
+            except Exception:  # noqa: BLE001 - as libvirt's driver: never the caller's error
+                log.exception("delivering a lifecycle event (%s)", event)
 
     def spec_of(self, uuid: str) -> DomainSpec:
         """The spec last defined (tests compare what compute asked for)."""
