@@ -81,7 +81,7 @@ from vmops.hypervisor.base import PowerState
 from vmops.service import build, open_host, take_lock
 from vmops.store import Instance
 from vmops.volumes.manager import Volumes
-from vmops.volumes.records import Volume
+from vmops.volumes.records import Volume, VolumeStatus
 
 log = logging.getLogger(__name__)
 
@@ -333,11 +333,28 @@ class VmopsDriver(driver.ComputeDriver):
     def _register(self, instance: Any, connection_info: dict[str, Any],
                   volume_id: str) -> Volume:
         url, chap_user, chap_secret = _iscsi_target(connection_info)
+        self._forget_leftover(CINDER_VOLUME_PREFIX + volume_id)
         return self.volumes.register_remote(
             CINDER_VOLUME_PREFIX + volume_id, url, chap_user=chap_user,
             chap_secret=chap_secret, description=f"Cinder volume {volume_id}",
             project_id=instance.project_id or "", user_id=instance.user_id or "",
             counted=False)  # Cinder's quota counted it; vmops' is its own API's
+
+    def _forget_leftover(self, name: str) -> None:
+        """An available registration of this Cinder volume that nothing has
+        attached: left by a nova-compute stopped between a registration
+        and its attach, or a detach and its forgetting. It would refuse the
+        new one (same target) for ever; Cinder's connection_info now is what
+        counts. One attached is kept (the new registration is refused)."""
+        try:
+            volume = self.volumes.volume(name)
+        except VolumeNotFound:
+            return
+        if volume.status == VolumeStatus.AVAILABLE and \
+                self.volumes.attachment_of(volume.id) is None:
+            log.warning("forgetting vmops' unattached registration of %s, left from "
+                        "before", name)
+            self._forget_volumes([volume.id])
 
     def _forget_volumes(self, volume_ids: list[str]) -> None:
         """Forget vmops' records (and CHAP secrets) of Cinder's volumes that

@@ -358,6 +358,29 @@ class VmopsAdapterTestCase(test.TestCase):
         self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdc")
         self.assertEqual([], self.driver.volumes.volumes())
 
+    def test_a_registration_left_by_a_crash_does_not_block_the_volume(self) -> None:
+        """nova-compute killed between vmops' registration of a Cinder volume
+        and its attach (or between a detach and the forgetting) leaves an
+        unattached 'cinder-<id>' volume in vmops: the next attach of that
+        Cinder volume takes its place instead of failing, for ever, with
+        'is volume cinder-<id> already'."""
+        target = self._iscsi_target()
+        self._spawn()
+        volume_id = "vol-left-by-a-crash"
+        info = self._cinder_iscsi(target, volume_id)
+        left = self.driver.volumes.register_remote(
+            "cinder-" + volume_id, f"iscsi://127.0.0.1:{target.port}/{target.iqn}/1",
+            chap_user=target.chap_user, chap_secret=target.chap_secret.encode(),
+            counted=False)
+        self.driver.attach_volume(self.ctxt, info, self.instance, "/dev/vdc")
+        volumes = self.driver.volumes.volumes()
+        self.assertEqual([("cinder-" + volume_id, "in-use")],
+                         [(v.name, v.status) for v in volumes])
+        self.assertNotEqual(left.id, volumes[0].id)
+        self.assertEqual([volumes[0].secret_uuid], list(self.driver.compute.hv.secrets()))
+        self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdc")
+        self.assertEqual([], self.driver.volumes.volumes())
+
     def test_a_volume_vmops_cannot_attach_is_refused_and_leaves_nothing(self) -> None:
         """A wrong CHAP password (the target refuses the login), a volume type
         other than iscsi (the suite's "fake", Ceph's rbd), an encrypted
