@@ -131,6 +131,8 @@ _FAULTS: dict[tuple[int, int | None], str] = {
 }
 # A STOPPED_SHUTDOWN that follows SHUTDOWN_HOST: QEMU shut down because a
 # process on the host signalled it (SIGTERM, SIGINT, SIGHUP), not the guest.
+# Seconds between two requests to a running guest to release a disk.
+UNPLUG_REPEAT_S = 5.0
 _FAULT_HOST_SIGNAL = ("QEMU died: it was stopped by a signal from the host, not by the "
                       "guest or vmops; libvirt reports a host-initiated shutdown")
 
@@ -485,7 +487,10 @@ class LibvirtHypervisor:
     def _unplug(self, dom: Any, target: str, timeout: float) -> None:
         """Ask the running guest to release ``target`` and wait for libvirt's
         device-removed event (the live XML is looked at too, in case the
-        event came before we listened)."""
+        event came before we listened). The request is sent again every
+        UNPLUG_REPEAT_S seconds meanwhile, as Nova's libvirt driver does: a
+        guest still booting ignores one that comes before its hotplug
+        driver is up."""
         live = dom.XMLDesc(0)
         element = disk_element(live, target)
         if element is None:
@@ -494,12 +499,16 @@ class LibvirtHypervisor:
         unplug = self._unplugs[key] = _Unplug()
         try:
             dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-            deadline = time.monotonic() + timeout
+            asked = time.monotonic()
+            deadline = asked + timeout
             while not unplug.done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
                 if target not in disks_of(dom.XMLDesc(0)):
                     return
                 if time.monotonic() >= deadline:
                     raise DetachTimeout(instance=dom.name(), target=target, seconds=timeout)
+                if time.monotonic() - asked >= UNPLUG_REPEAT_S:
+                    asked = time.monotonic()
+                    _ask_again(dom, element, target)
             if not unplug.released:
                 raise DetachTimeout(f"the guest of {dom.name()} refused to release disk "
                                     f"{target}; it stays attached", instance=dom.name(),
@@ -726,6 +735,15 @@ class LibvirtHypervisor:
         if state is PowerState.SHUTOFF and dom.hasManagedSaveImage(0):
             return PowerState.SUSPENDED
         return state
+
+
+def _ask_again(dom: Any, element: str, target: str) -> None:
+    """The unplug request once more; refused (the device went meanwhile, an
+    unplug already under way), the wait goes on and tells."""
+    try:
+        dom.detachDeviceFlags(element, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    except libvirt.libvirtError as e:
+        log.debug("asking again to unplug %s: %s", target, e.get_error_message())
 
 
 class _Unplug:
