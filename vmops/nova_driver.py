@@ -177,6 +177,9 @@ class VmopsDriver(driver.ComputeDriver):
         orphans = self.compute.recover()
         for orphan in orphans:
             log.warning("vmops domain %s has no record; left alone", orphan)
+        # Cinder volumes a crash left half registered, forgotten or attached
+        # (records, CHAP secrets): settled as the service settles its own.
+        self.volumes.reconcile()
 
     def cleanup_host(self, host: str) -> None:
         with self._events_lock:

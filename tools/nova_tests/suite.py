@@ -381,6 +381,28 @@ class VmopsAdapterTestCase(test.TestCase):
         self.driver.detach_volume(self.ctxt, info, self.instance, "/dev/vdc")
         self.assertEqual([], self.driver.volumes.volumes())
 
+    def test_init_host_settles_the_cinder_volumes_a_crash_left_half_done(self) -> None:
+        """nova-compute killed while forgetting a Cinder volume (vmops'
+        record 'deleting') or while registering one (its CHAP password
+        already in a libvirt secret, no record yet): init_host settles them
+        as vmops serve does at its start (Volumes.reconcile), so neither the
+        record nor the password stays."""
+        from vmops.volumes.manager import SECRET_USAGE_PREFIX
+
+        target = self._iscsi_target()
+        volumes = self.driver.volumes
+        half_forgotten = volumes.register_remote(
+            "cinder-vol-half-forgotten", f"iscsi://127.0.0.1:{target.port}/{target.iqn}/1",
+            chap_user=target.chap_user, chap_secret=target.chap_secret.encode(),
+            counted=False)
+        volumes.records.begin_delete(half_forgotten.id)
+        hv = self.driver.compute.hv
+        hv.define_secret(SECRET_USAGE_PREFIX + "half-registered", b"a-chap-password")
+        self.assertEqual(2, len(hv.secrets()))
+        self.driver.init_host("vmops-host")
+        self.assertEqual([], volumes.volumes())
+        self.assertEqual({}, hv.secrets())
+
     def test_a_volume_vmops_cannot_attach_is_refused_and_leaves_nothing(self) -> None:
         """A wrong CHAP password (the target refuses the login), a volume type
         other than iscsi (the suite's "fake", Ceph's rbd), an encrypted
