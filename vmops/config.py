@@ -151,6 +151,11 @@ class Settings:
         86400, "Unused cached images older than this many seconds are pruned.", minimum=0)
     image_cache_prune_interval: int = _opt(
         3600, "Seconds between automatic prunes of the image cache (0: never).", minimum=0)
+    deleted_rows_max_age_days: int = _opt(
+        90, "Days the records of a destroyed server (its instance actions and its usage, "
+        "shown by os-instance-actions and os-simple-tenant-usage) are kept; older ones are "
+        "pruned at service start and hourly, as Nova's nova-manage db archive_deleted_rows "
+        "and purge --before would. 0: kept for ever.", minimum=0, maximum=36500)
     image_import_max_bytes: int = _opt(
         64 << 30, "Largest image an import or a Glance upload may bring in, in bytes "
         "(counted as received, before any conversion; an upload over it is answered 413). "

@@ -22,7 +22,7 @@ from typing import IO, Any
 from vmops import console, doctor, file_modes
 from vmops.api.routes import Routes
 from vmops.api.server import Limits, serve
-from vmops.compute import crash_points
+from vmops.compute import crash_points, retention
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.config import Settings
@@ -305,6 +305,9 @@ class Service:
         if s.image_cache_prune_interval:
             threading.Thread(target=self._prune_loop, args=(catalog,), name="prune",
                              daemon=True).start()
+        if s.deleted_rows_max_age_days:
+            threading.Thread(target=self._retention_loop, name="retention",
+                             daemon=True).start()
 
     def _capture_watch_loop(self) -> None:
         """Restart killed console capture processes within seconds, not at
@@ -314,6 +317,16 @@ class Service:
                 self.compute.restart_dead_captures()
             except Exception:  # noqa: BLE001 - the watch must not stop the service
                 log.exception("console capture watch failed")
+
+    def _retention_loop(self) -> None:
+        """Prune the records of long-destroyed servers: now, then hourly."""
+        while True:
+            try:
+                retention.prune_old(self.store, self.settings.deleted_rows_max_age_days)
+            except Exception:  # noqa: BLE001 - a failed prune must not stop the service
+                log.exception("pruning the records of destroyed servers failed")
+            if self._stop.wait(retention.PRUNE_INTERVAL_S):
+                return
 
     def _prune_loop(self, catalog: Catalog) -> None:
         while not self._stop.wait(self.settings.image_cache_prune_interval):
