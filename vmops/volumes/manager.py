@@ -478,7 +478,10 @@ class Volumes:
         silence: dict[tuple[str, int], str] = {}  # one look per portal
         watched: set[str] = set()
         for attachment in self.records.attachments():
-            volume = self.records.get(attachment.volume_id)
+            try:
+                volume = self.records.get(attachment.volume_id)
+            except VolumeNotFound:  # detached and deleted since the list was read
+                continue
             if volume.protocol not in WATCHED_PROTOCOLS or volume.status not in WATCHED \
                     or not self._qemu_has(attachment):
                 continue
@@ -490,7 +493,10 @@ class Volumes:
             why = silence[portal]
             if not why:
                 self._silent_since.pop(volume.id, None)
-                if self.records.target_answers(volume.id, TARGET_LOST) is not None:
+                answered = None
+                with contextlib.suppress(VolumeNotFound):  # deleted meanwhile: nothing to do
+                    answered = self.records.target_answers(volume.id, TARGET_LOST)
+                if answered is not None:
                     log.info("volume %s is in-use again: its target %s answers",
                              volume.name or volume.id, volume.path)
                 continue
