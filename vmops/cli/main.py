@@ -620,14 +620,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     try:
         checks = _client(args, autostart=False).get("/os-vmops/doctor")["checks"]
     except VmopsError:
-        from vmops import doctor
-
-        s = config.load(args.state_dir)
-        socket_paths.ensure_socket_root(s.state_dir)  # the libvirt root is probed through it
-        checks = [dataclasses.asdict(c) for c in
-                  doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
-                                    database=s.db_path)]
-        checks += [dataclasses.asdict(c) for c in offline_network_checks(s)]
+        checks = offline_checks(config.load(args.state_dir))
     failed = [c for c in checks if c["required"] and not c["ok"]]
     if args.json:
         print_json(checks)
@@ -640,6 +633,33 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     print("this host can run VMs" if not failed else
           f"this host cannot run VMs: {len(failed)} required check(s) failed")
     return 1 if failed else 0
+
+
+def offline_checks(s: config.Settings) -> list[dict[str, Any]]:
+    """The checks when no service answers, made here while holding the state
+    directory's lock (vmops.lock), so that no service starts on it while they
+    open its embedded libvirt root; if a service holds it (starting,
+    stopping, or stuck) that is the one failed check."""
+    from vmops import doctor, service
+    from vmops.errors import ServiceAlreadyRunning
+    from vmops.hypervisor.base import Check
+
+    try:
+        lock = service.take_lock(s.state_dir)
+    except ServiceAlreadyRunning as exc:
+        return [dataclasses.asdict(Check(
+            name="vmops service", ok=False, required=True,
+            detail=f"{exc.message}, but it does not answer on {s.api_socket}: it is "
+                   "starting or stopping (or is a vmops doctor)",
+            advice="wait until it answers, or stop it, then run vmops doctor again"))]
+    try:
+        socket_paths.ensure_socket_root(s.state_dir)  # the libvirt root is probed through it
+        checks = [dataclasses.asdict(c) for c in
+                  doctor.run_checks(s.state_dir, s.effective_libvirt_uri, s.accel,
+                                    database=s.db_path)]
+        return checks + [dataclasses.asdict(c) for c in offline_network_checks(s)]
+    finally:
+        lock.close()
 
 
 def offline_network_checks(s: config.Settings) -> list[Any]:
