@@ -49,6 +49,9 @@ ALIAS_HASH_CHARS = 12
 # for QEMU's monitor socket (and then run/<uuid>.sock fits too).
 MAX_DIRECT_STATE_DIR = MAX_EMBED_ROOT_CHARS - len("/" + LIBVIRT_SUBDIR)
 _ALIAS_NAME = re.compile(f"[0-9a-f]{{{ALIAS_HASH_CHARS}}}")
+# A link made beside an alias, then renamed over it: ``.<hash>.<pid>``. One
+# is left behind only by a process that died between the two.
+_STAGING_NAME = re.compile(f"\\.[0-9a-f]{{{ALIAS_HASH_CHARS}}}\\.([0-9]+)")
 # What a path may hold to be put in a URI's query as it is.
 _URI_SAFE = re.compile(r"[A-Za-z0-9/._~-]*")
 
@@ -198,10 +201,27 @@ def _private_dir(path: Path) -> None:
 
 
 def _prune_dangling(base: Path, keep: str) -> None:
-    """Remove the aliases in ``base`` whose state directory is gone."""
+    """Remove the aliases in ``base`` whose state directory is gone, and the
+    staging links of processes that died before renaming theirs."""
     for entry in base.iterdir():
+        staging = _STAGING_NAME.fullmatch(entry.name)
+        if staging and entry.is_symlink() and not _alive(int(staging.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                entry.unlink()
+            continue
         if entry.name == keep or not _ALIAS_NAME.fullmatch(entry.name) or not entry.is_symlink():
             continue
         if not entry.exists():  # follows the link: its target is gone
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's
+    return True

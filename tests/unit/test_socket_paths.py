@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,6 +139,29 @@ def test_aliases_of_removed_state_dirs_are_pruned(tmp_path: Path, base: Path) ->
     alias = socket_paths.ensure_socket_root(state_dir, base)
     assert not gone_alias.is_symlink()
     assert kept_alias.is_symlink() and alias.is_symlink() and unrelated.is_symlink()
+
+
+def test_staging_links_of_dead_processes_are_pruned(tmp_path: Path, base: Path) -> None:
+    """A process killed between making its ``.<hash>.<pid>`` link and renaming
+    it over the alias left the link; a live process's is its own business."""
+    dead = _a_dead_pid()
+    target = long_dir(tmp_path, 150)
+    alias = socket_paths.alias_path(target, base)
+    base.mkdir(mode=0o700)
+    left = base / f".{alias.name}.{dead}"
+    left.symlink_to(target)
+    busy = base / f".{alias.name}.1"  # pid 1 runs
+    busy.symlink_to(target)
+    other = long_dir(tmp_path, 151)
+    assert socket_paths.ensure_socket_root(other, base).is_symlink()
+    assert not left.is_symlink()
+    assert busy.is_symlink()
+
+
+def _a_dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_something_in_the_way_is_refused(tmp_path: Path, base: Path) -> None:
