@@ -6,6 +6,7 @@ sees of them: tests/functional/test_volumes.py."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,6 +315,50 @@ def test_a_volume_detached_and_deleted_during_a_watch_round_does_not_stop_it(
             vols.detach(name, inst.name)
             vols.delete(name)
     _nothing_left(env)
+
+
+def test_one_target_registered_twice_at_once_is_one_volume(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two registrations of one LUN at the same moment (two admins, a
+    retried request): the target's probe takes a while, and both passed the
+    check that no volume has it yet, made two volumes of one disk, and two
+    guests could write it at once. Checked again under the lock that
+    records it, the second is refused with nothing left (no record, no
+    secret); the project's volume quota is checked under the same lock."""
+    vols: Volumes = env["volumes"]
+    url = "iscsi://127.0.0.1:3260/iqn.2026-12.dev.vmops.test:once/1"
+    probing, release = threading.Event(), threading.Event()
+    first = [True]
+
+    def slow_probe(source: remote.NetworkSource, secret: bytes | None) -> int:
+        if first.pop() if first else False:
+            probing.set()
+            assert release.wait(30)
+        return 8 << 20
+
+    monkeypatch.setattr(remote, "probe", slow_probe)
+    outcome: list[BaseException | str] = []
+
+    def register_first() -> None:
+        try:
+            outcome.append(vols.register_remote("first", url, chap_user="u",
+                                                chap_secret=b"first-password").name)
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=register_first)
+    thread.start()
+    try:
+        assert probing.wait(30)
+        second = vols.register_remote("second", url, chap_user="u",
+                                      chap_secret=b"second-password")
+    finally:
+        release.set()
+        thread.join(30)
+    assert [v.name for v in vols.volumes()] == ["second"]
+    assert isinstance(outcome[0], Conflict) and "is volume 'second' already" in str(outcome[0])
+    hv: FakeHypervisor = env["hv"]
+    assert list(hv.secrets()) == [second.secret_uuid]
 
 
 def test_the_portal_probe_says_why(tmp_path: Path) -> None:

@@ -177,34 +177,43 @@ class Volumes:
             raise Invalid(reason=f"a description is at most {MAX_DESCRIPTION_CHARS} characters")
         source = (remote.parse_nbd(url) if url.startswith("nbd") else remote.parse_iscsi(url))
         remote.check_chap(source, chap_user, chap_secret)
-        for other in self.records.all():
-            if other.remote and other.path == source.url:  # two guests, one disk: no
-                raise Conflict(reason=f"{source.url} is volume {other.name or other.id!r} "
-                               "already")
+        self._check_unregistered(source.url)
         source = replace(source, auth_user=chap_user)
         size_bytes = remote.probe(source, chap_secret)
-        if counted:
-            self.compute.quotas.check_volumes(project_id, 1, max(1, -(-size_bytes // GIB)))
+        size_gb = max(1, -(-size_bytes // GIB))
         volume_id = str(uuidlib.uuid4())
-        secret_uuid = ""
-        if chap_secret is not None:
-            secret_uuid = self.compute.hv.define_secret(SECRET_USAGE_PREFIX + volume_id,
-                                                        chap_secret)
         iqn, _, lun = source.name.rpartition("/") if source.protocol == "iscsi" else ("", "", "")
-        try:
-            volume = self.records.add(Volume(
-                id=volume_id, name=name, size_gb=max(1, -(-size_bytes // GIB)),
-                status=VolumeStatus.AVAILABLE, format="raw", path=source.url,
-                description=description, project_id=project_id, user_id=user_id,
-                protocol=source.protocol, remote_host=source.host, remote_port=source.port,
-                remote_socket=source.socket, remote_export=iqn or source.name,
-                remote_lun=int(lun or 0), chap_user=chap_user, secret_uuid=secret_uuid))
-        except BaseException:
-            if secret_uuid:
-                self.compute.hv.undefine_secret(secret_uuid)
-            raise
+        # Checked again and recorded at once: another registration of the
+        # target (or of the project's last volume) may have ended during the probe.
+        with self.compute.quotas.lock:
+            self._check_unregistered(source.url)
+            if counted:
+                self.compute.quotas.check_volumes(project_id, 1, size_gb)
+            secret_uuid = ""
+            if chap_secret is not None:
+                secret_uuid = self.compute.hv.define_secret(SECRET_USAGE_PREFIX + volume_id,
+                                                            chap_secret)
+            try:
+                volume = self.records.add(Volume(
+                    id=volume_id, name=name, size_gb=size_gb,
+                    status=VolumeStatus.AVAILABLE, format="raw", path=source.url,
+                    description=description, project_id=project_id, user_id=user_id,
+                    protocol=source.protocol, remote_host=source.host,
+                    remote_port=source.port, remote_socket=source.socket,
+                    remote_export=iqn or source.name, remote_lun=int(lun or 0),
+                    chap_user=chap_user, secret_uuid=secret_uuid))
+            except BaseException:
+                if secret_uuid:
+                    self.compute.hv.undefine_secret(secret_uuid)
+                raise
         log.info("remote volume %s registered: %s (%d bytes)", name, source.url, size_bytes)
         return volume
+
+    def _check_unregistered(self, url: str) -> None:
+        """No volume has the target ``url`` yet (two guests, one disk: no)."""
+        for other in self.records.all():
+            if other.remote and other.path == url:
+                raise Conflict(reason=f"{url} is volume {other.name or other.id!r} already")
 
     def rename(self, ref: str, name: str | None = None,
                description: str | None = None) -> Volume:
