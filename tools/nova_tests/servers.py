@@ -112,3 +112,29 @@ class VmopsServersOwnTest(_VmopsCompute, integrated_helpers._IntegratedTestBase)
                           f"{self.api.get_server(server['id'])['status']}")
             time.sleep(0.2)
         self.assertEqual(4, self.api.get_server(server["id"])["OS-EXT-STS:power_state"])
+
+    def test_resize_revert_and_confirm_through_novas_api(self) -> None:
+        """Nova's resize on one host (allow_resize_to_same_host), driven by
+        Nova's API and compute manager: VERIFY_RESIZE is vmops' resized
+        instance with the new flavor's sizes; Nova's revert (its destroy on
+        the resize's destination, then finish_revert_migration) gives back
+        vmops' instance with its old flavor, kept and running; a second
+        resize is confirmed and keeps the new flavor."""
+        self.flags(allow_resize_to_same_host=True)
+        driver = self._driver()
+        server = self._create_server(flavor_id="1")
+        before = driver.compute.instance(server["id"])
+        for action in ("revertResize", "confirmResize"):
+            self.api.post_server_action(server["id"], {"resize": {"flavorRef": "2"}})
+            server = self._wait_for_state_change(server, "VERIFY_RESIZE")
+            resized = driver.compute.instance(server["id"])
+            self.assertEqual("resized", resized.vm_state)
+            self.assertNotEqual(before.flavor_id, resized.flavor_id)
+            self.api.post_server_action(server["id"], {action: None})
+            server = self._wait_for_state_change(server, "ACTIVE")
+            after = driver.compute.instance(server["id"])
+            self.assertEqual("active", after.vm_state)
+            self.assertEqual(before.flavor_id if action == "revertResize"
+                             else resized.flavor_id, after.flavor_id)
+            self.assertIn(server["id"], driver.fake_hypervisor.domains)
+
