@@ -8,8 +8,8 @@ import contextlib
 import re
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import pytest
 
@@ -54,15 +54,25 @@ def _boots(vmops: Vmops, name: str) -> list[str]:
     return text.split(BOOT + "\n")[1:]
 
 
-def _facts(boot: str) -> dict[str, object]:
+@dataclass(frozen=True)
+class BootFacts:
     """What the guest reported in one boot."""
-    return {
-        "cpus": int(re.findall(r"^VMOPS-CPUS (\d+)$", boot, re.M)[0]),
-        "memtotal": int(re.findall(r"^VMOPS-MEMTOTAL (\d+)$", boot, re.M)[0]) * 1024,
-        "disks": {d: int(n) for d, n in re.findall(r"^VMOPS-DISK (vd\w+) (\d+)$", boot, re.M)},
-        "read": dict(re.findall(r"^VMOPS-READ-(vd\w+)-\[([A-Z0-9-]*)\]$", boot, re.M)),
-        "wrote": re.findall(r"^VMOPS-WROTE-\[([A-Z0-9-]+)\]$", boot, re.M),
-    }
+
+    cpus: int
+    memtotal: int  # bytes
+    disks: dict[str, int]  # target -> bytes
+    read: dict[str, str]  # target -> the mark found on it ('' for none)
+    wrote: list[str]  # the marks it wrote
+
+
+def _facts(boot: str) -> BootFacts:
+    return BootFacts(
+        cpus=int(re.findall(r"^VMOPS-CPUS (\d+)$", boot, re.M)[0]),
+        memtotal=int(re.findall(r"^VMOPS-MEMTOTAL (\d+)$", boot, re.M)[0]) * 1024,
+        disks={d: int(n) for d, n in re.findall(r"^VMOPS-DISK (vd\w+) (\d+)$", boot, re.M)},
+        read=dict(re.findall(r"^VMOPS-READ-(vd\w+)-\[([A-Z0-9-]*)\]$", boot, re.M)),
+        wrote=re.findall(r"^VMOPS-WROTE-\[([A-Z0-9-]+)\]$", boot, re.M),
+    )
 
 
 def _flavors(vmops: Vmops) -> None:
@@ -73,7 +83,7 @@ def _flavors(vmops: Vmops) -> None:
                       "--disk", str(disk), "--ephemeral", str(ephemeral))
 
 
-def _wait_boot(vmops: Vmops, name: str, count: int) -> dict[str, object]:
+def _wait_boot(vmops: Vmops, name: str, count: int) -> BootFacts:
     vmops.wait_console(name, r"VMOPS-SCRIPT-42-DONE", count=count)
     return _facts(_boots(vmops, name)[count - 1])
 
@@ -87,30 +97,30 @@ def test_resize_then_revert_then_resize_and_confirm(vmops: Vmops, tmp_path: Path
               "--user-data", str(_script(tmp_path, "rz")))
     try:
         first = _wait_boot(vmops, "rz", 1)
-        assert (first["cpus"], first["disks"], first["read"]) == (1, {"vda": GIB}, {"vda": ""})
-        (mark1,) = first["wrote"]  # type: ignore[misc]
+        assert (first.cpus, first.disks, first.read) == (1, {"vda": GIB}, {"vda": ""})
+        (mark1,) = first.wrote
 
         resized = vmops.json("resize", "rz", "--flavor", "rs.big")
         assert (resized["status"], resized["vmops:power_state"]) == ("VERIFY_RESIZE", "running")
         assert resized["OS-EXT-STS:vm_state"] == "resized"
         second = _wait_boot(vmops, "rz", 2)
-        assert second["cpus"] == 2
-        assert second["disks"] == {"vda": 2 * GIB, "vdb": 1 * GIB}  # grown; a new ephemeral
-        assert second["read"] == {"vda": mark1, "vdb": ""}  # the same root disk, grown
-        more = second["memtotal"] - first["memtotal"]  # type: ignore[operator]
-        assert 96 * MIB < more <= 128 * MIB, (first["memtotal"], second["memtotal"])
-        print(f"MemTotal: {first['memtotal']} bytes at 256 MiB, {second['memtotal']} at 384")
+        assert second.cpus == 2
+        assert second.disks == {"vda": 2 * GIB, "vdb": 1 * GIB}  # grown; a new ephemeral
+        assert second.read == {"vda": mark1, "vdb": ""}  # the same root disk, grown
+        more = second.memtotal - first.memtotal
+        assert 96 * MIB < more <= 128 * MIB, (first.memtotal, second.memtotal)
+        print(f"MemTotal: {first.memtotal} bytes at 256 MiB, {second.memtotal} at 384")
 
         reverted = vmops.json("resize", "rz", "--revert")
         assert (reverted["status"], reverted["vmops:flavor"]["name"]) == ("ACTIVE", "rs.small")
         third = _wait_boot(vmops, "rz", 3)
-        assert (third["cpus"], third["memtotal"]) == (1, first["memtotal"])
-        assert third["disks"] == {"vda": GIB}
-        assert third["read"] == {"vda": mark1}  # the old disk: the resized guest's write gone
-        (mark3,) = third["wrote"]  # type: ignore[misc]
+        assert (third.cpus, third.memtotal) == (1, first.memtotal)
+        assert third.disks == {"vda": GIB}
+        assert third.read == {"vda": mark1}  # the old disk: the resized guest's write gone
+        (mark3,) = third.wrote
 
         vmops.run("resize", "rz", "--flavor", "rs.big")
-        assert _wait_boot(vmops, "rz", 4)["read"] == {"vda": mark3, "vdb": ""}
+        assert _wait_boot(vmops, "rz", 4).read == {"vda": mark3, "vdb": ""}
         confirmed = vmops.json("resize", "rz", "--confirm")
         assert (confirmed["status"], confirmed["vmops:flavor"]["name"]) == ("ACTIVE", "rs.big")
         instance_dir = vmops.state_dir / "instances" / confirmed["id"]
@@ -173,32 +183,32 @@ def test_a_volume_backed_server_resizes_and_keeps_its_root_volume(
               "--user-data", str(_script(tmp_path, "vol")))
     try:
         first = _wait_boot(vmops, "rzv", 1)
-        assert (first["cpus"], first["disks"]) == (1, {"vda": GIB})
-        (mark1,) = cast(list[str], first["wrote"])
+        assert (first.cpus, first.disks) == (1, {"vda": GIB})
+        (mark1,) = first.wrote
 
         resized = vmops.json("resize", "rzv", "--flavor", "rs.big")
         assert (resized["status"], resized["vmops:flavor"]["name"]) == \
             ("VERIFY_RESIZE", "rs.big")
         second = _wait_boot(vmops, "rzv", 2)
-        assert second["cpus"] == 2 and cast(int, second["memtotal"]) > cast(int, first["memtotal"])
-        assert second["disks"] == {"vda": GIB, "vdb": GIB}  # the volume as it was; ephemeral
-        assert cast(dict[str, str], second["read"])["vda"] == mark1  # the volume's data survived
-        (mark2,) = cast(list[str], second["wrote"])
+        assert second.cpus == 2 and second.memtotal > first.memtotal
+        assert second.disks == {"vda": GIB, "vdb": GIB}  # the volume as it was; ephemeral
+        assert second.read["vda"] == mark1  # the volume's data survived
+        (mark2,) = second.wrote
 
         reverted = vmops.json("resize", "rzv", "--revert")
         assert (reverted["status"], reverted["vmops:flavor"]["name"]) == ("ACTIVE", "rs.small")
         third = _wait_boot(vmops, "rzv", 3)
-        assert (third["cpus"], third["memtotal"]) == (first["cpus"], first["memtotal"])
-        assert third["disks"] == {"vda": GIB}
+        assert (third.cpus, third.memtotal) == (first.cpus, first.memtotal)
+        assert third.disks == {"vda": GIB}
         # A root volume keeps what the resized guest wrote.
-        assert cast(dict[str, str], third["read"])["vda"] == mark2
-        (mark3,) = cast(list[str], third["wrote"])
+        assert third.read["vda"] == mark2
+        (mark3,) = third.wrote
 
         vmops.run("resize", "rzv", "--flavor", "rs.big")
         fourth = _wait_boot(vmops, "rzv", 4)
         confirmed = vmops.json("resize", "rzv", "--confirm")
         assert (confirmed["status"], confirmed["vmops:flavor"]["name"]) == ("ACTIVE", "rs.big")
-        assert fourth["cpus"] == 2 and cast(dict[str, str], fourth["read"])["vda"] == mark3
+        assert fourth.cpus == 2 and fourth.read["vda"] == mark3
         (attached,) = vmops.server("rzv")["os-extended-volumes:volumes_attached"]
         assert vmops.json("volume", "show", attached["id"])["size"] == 1
     finally:
@@ -213,7 +223,7 @@ def test_a_guest_that_no_longer_boots_is_rescued_with_its_disk_untouched(
               "--user-data", str(_script(tmp_path, "rsq")))
     try:
         first = _wait_boot(vmops, "rsq", 1)
-        (mark,) = first["wrote"]  # type: ignore[misc]
+        (mark,) = first.wrote
         server = vmops.server("rsq")
         root = vmops.state_dir / "instances" / server["id"] / "root.qcow2"
         vmops.run("stop", "rsq", "--hard")
@@ -231,8 +241,8 @@ def test_a_guest_that_no_longer_boots_is_rescued_with_its_disk_untouched(
         rescue = _wait_boot(vmops, "rsq", 2)
         # The rescue disk first (a fresh one from the image: 48 MiB, no mark), the
         # instance's own root disk second, readable: the guest finds its mark.
-        assert rescue["disks"] == {"vda": 48 * MIB, "vdb": GIB}
-        assert rescue["read"] == {"vda": "", "vdb": mark}
+        assert rescue.disks == {"vda": 48 * MIB, "vdb": GIB}
+        assert rescue.read == {"vda": "", "vdb": mark}
 
         back = vmops.json("unrescue", "rsq")
         assert back["status"] == "ACTIVE"
@@ -243,7 +253,7 @@ def test_a_guest_that_no_longer_boots_is_rescued_with_its_disk_untouched(
         assert _same_disk(root, before)
         breakage.mend(root)
         vmops.run("start", "rsq")
-        assert _wait_boot(vmops, "rsq", 3)["read"] == {"vda": mark}
+        assert _wait_boot(vmops, "rsq", 3).read == {"vda": mark}
     finally:
         vmops.run("destroy", "rsq")
 
@@ -285,5 +295,5 @@ def test_a_resize_cut_short_by_a_service_kill_is_rolled_back(test_image_dir: Pat
         assert "VMOPS_FAULT_AT" not in vm.env
         vm.wait_console("rk", r"VMOPS-HEARTBEAT 1\r?\n", count=2)  # booted again, reported
         again = _facts(_boots(vm, "rk")[1])
-        assert (again["cpus"], again["disks"]) == (1, {"vda": GIB})
+        assert (again.cpus, again.disks) == (1, {"vda": GIB})
         assert not (vm.state_dir / "instances" / server["id"] / "resize-old").exists()
