@@ -15,9 +15,10 @@ drivers settle them, and vmops' rules for its CLI and API stay as they are.
 
 Not done here yet (docs/nova-driver.md): Nova's networking (os-vif
 plugging, Neutron ports; a guest gets one user-mode NIC with Nova's MAC),
-volumes from Cinder, migration, config drive from Nova's metadata service
-content (vmops writes its own drive from the user data, files, metadata,
-password and key pair Nova passes).
+Cinder volumes other than iSCSI, migration to another host (resize is on
+this host only), config drive from Nova's metadata service content (vmops
+writes its own drive from the user data, files, metadata, password and key
+pair Nova passes).
 
 Nova's threading: under eventlet (Nova's default) the driver installs
 :class:`GreenThreads` as vmops' hypervisor thread model
