@@ -116,7 +116,7 @@ def test_volumes_that_cannot_boot_are_400(api: Api, monkeypatch: pytest.MonkeyPa
                 "destination_type": "volume"}]
     assert _create(api, missing).status == 400
     owner = api.add_instance("owner")
-    claim(api.compute, volume, owner.id, owner.name)
+    claim(api.store, volume, owner.id, owner.name)
     taken = [{**missing[0], "uuid": volume.id}]
     answer = _create(api, taken)
     assert answer.status == 400 and "Invalid volume" in answer.fault()[1]
@@ -140,7 +140,7 @@ def test_a_volume_backed_servers_view(api: Api, monkeypatch: pytest.MonkeyPatch)
     vols = Volumes(api.compute)
     root, data = vols.create("root", 1), vols.create("data", 1)
     inst = api.add_instance("bfv")
-    claim(api.compute, root, inst.id, inst.name)
+    claim(api.store, root, inst.id, inst.name)
     records.attached(root.id)
     api.store.update_instance(inst, boot_volume_id=root.id, delete_on_termination=True,
                               image_id="", image_name="", disks=())

@@ -25,16 +25,12 @@ import logging
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vmops.compute import server_volumes
 from vmops.errors import Invalid, VolumeNotFound
-from vmops.store import DiskRecord, Image, Instance
+from vmops.store import DiskRecord, Image, Instance, Store
 from vmops.volumes import pool
 from vmops.volumes.records import Attachment, Volume, VolumeRecords, VolumeStatus
-
-if TYPE_CHECKING:
-    from vmops.compute.manager import Compute
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +51,10 @@ class BootVolume:
     delete_on_termination: bool = False
 
 
-def check(compute: Compute, boot: BootVolume, image: Image | None,
+def check(store: Store, volumes_dir: Path, boot: BootVolume, image: Image | None,
           project_id: str) -> Volume | None:
     """Refuse before anything is made; the existing volume, if one is named."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     if boot.volume:
         volume = records.get(boot.volume, project_id or None)
         _check_bootable(records, volume, boot.delete_on_termination)
@@ -79,7 +75,7 @@ def check(compute: Compute, boot: BootVolume, image: Image | None,
         raise Invalid(reason=f"Volume is smaller than the minimum size specified in image "
                       f"metadata. Volume size is {size * GIB} bytes, minimum size is "
                       f"{min_disk * GIB} bytes.")
-    pool.check_fits(compute.settings.volumes_dir, size * GIB, f"root of {image.name}")
+    pool.check_fits(volumes_dir, size * GIB, f"root of {image.name}")
     return None
 
 
@@ -96,46 +92,47 @@ def _check_bootable(records: VolumeRecords, volume: Volume,
                       "(delete_on_termination must be false)")
 
 
-def claim(compute: Compute, volume: Volume, instance_id: str, instance_name: str) -> Volume:
+def claim(store: Store, volume: Volume, instance_id: str, instance_name: str) -> Volume:
     """The existing volume becomes the instance's ``vda`` (``attaching``)."""
-    return VolumeRecords(compute.store).claim(
+    return VolumeRecords(store).claim(
         Attachment(id=str(uuidlib.uuid4()), volume_id=volume.id, instance_id=instance_id,
                    device=ROOT_DEVICE), instance_name)
 
 
-def make(compute: Compute, inst: Instance, image: Image, size_gb: int) -> Instance:
+def make(store: Store, volumes_dir: Path, inst: Instance, image: Image,
+         size_gb: int) -> Instance:
     """A new volume from ``image``, claimed as the instance's ``vda``. The
     instance records it before its file exists, so a rollback finds it."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     volume_id = str(uuidlib.uuid4())
-    path = pool.volume_path(compute.settings.volumes_dir, volume_id, FORMAT)
+    path = pool.volume_path(volumes_dir, volume_id, FORMAT)
     volume = records.add(Volume(
         id=volume_id, name="", size_gb=size_gb, status=VolumeStatus.CREATING, format=FORMAT,
         path=str(path), description=f"root disk of instance {inst.id}", image_id=image.id,
         bootable=True, project_id=inst.project_id, user_id=inst.user_id))
-    inst = compute.store.update_instance(inst, boot_volume_id=volume.id, boot_volume_made=True)
+    inst = store.update_instance(inst, boot_volume_id=volume.id, boot_volume_made=True)
     pool.create_from_image(Path(image.path), image.format, path, FORMAT, size_gb * GIB)
     records.update(volume.id, status=VolumeStatus.AVAILABLE, fault="")
-    claim(compute, volume, inst.id, inst.name)
+    claim(store, volume, inst.id, inst.name)
     log.info("%s: boot volume %s made from image %s (%d GiB)", inst.name, volume.id,
              image.name, size_gb)
     return inst
 
 
-def attached(compute: Compute, inst: Instance) -> None:
+def attached(store: Store, inst: Instance) -> None:
     """The domain is defined with the volume: ``in-use``."""
     if inst.boot_volume_id:
-        VolumeRecords(compute.store).attached(inst.boot_volume_id)
+        VolumeRecords(store).attached(inst.boot_volume_id)
 
 
-def release(compute: Compute, inst: Instance, rollback: bool) -> None:
+def release(store: Store, inst: Instance, rollback: bool) -> None:
     """The instance's domain is gone: its volumes are available again. Its
     boot volume (and each other volume it was created with) is deleted if a
     rolled-back spawn made it, or if the instance was asked to delete it on
     termination."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     records.release_instance(inst.id)
-    server_volumes.delete_made(compute, inst, rollback)  # the others it was created with
+    server_volumes.delete_made(store, inst, rollback)  # the others it was created with
     if not inst.boot_volume_id:
         return
     delete = inst.boot_volume_made if rollback else inst.delete_on_termination
@@ -153,28 +150,28 @@ def release(compute: Compute, inst: Instance, rollback: bool) -> None:
 
 
 
-def check_rebuild(compute: Compute, inst: Instance, image: Image) -> None:
+def check_rebuild(store: Store, inst: Instance, image: Image) -> None:
     """Nova before 2.93 rebuilds a volume-backed server only with the image
     its root volume was made from, and leaves the volume as it is."""
-    volume = VolumeRecords(compute.store).get(inst.boot_volume_id)
+    volume = VolumeRecords(store).get(inst.boot_volume_id)
     if volume.image_id != image.id:
         raise Invalid(reason="Unable to rebuild with a different image for a volume-backed "
                       f"server. Its root volume {volume.id} was made from "
                       f"{volume.image_id or 'no image'}.")
 
 
-def check_snapshot(compute: Compute, inst: Instance) -> None:
+def check_snapshot(store: Store, inst: Instance) -> None:
     """A snapshot copies the root volume's file; a remote root volume has
     none here (its bytes are the target's): refused before an image is made."""
-    volume = VolumeRecords(compute.store).get(inst.boot_volume_id)
+    volume = VolumeRecords(store).get(inst.boot_volume_id)
     if volume.remote:
         raise Invalid(reason=f"instance {inst.name!r} boots from remote {volume.protocol} "
                       f"volume {volume.path}: vmops snapshots local root disks and volumes "
                       "only")
 
 
-def root_disk(compute: Compute, inst: Instance) -> DiskRecord:
+def root_disk(store: Store, inst: Instance) -> DiskRecord:
     """The boot volume as a root disk (what a snapshot copies)."""
-    check_snapshot(compute, inst)
-    volume = VolumeRecords(compute.store).get(inst.boot_volume_id)
+    check_snapshot(store, inst)
+    volume = VolumeRecords(store).get(inst.boot_volume_id)
     return DiskRecord("root", volume.path, volume.format, ROOT_DEVICE)

@@ -204,7 +204,7 @@ class Compute:
         failure = VmopsError(reason)
         try:
             # Nothing was built; a boot volume it took is available again.
-            boot_volume.release(self, inst, rollback=True)
+            boot_volume.release(self.store, inst, rollback=True)
             self._record_error(inst, reason, [], disks=())
         finally:
             self.actions.end(inst.id, failure)
@@ -232,7 +232,8 @@ class Compute:
 
         volume = None
         if boot is not None:  # the flavor's root disk is not used
-            volume = boot_volume.check(self, boot, image, req.project_id)
+            volume = boot_volume.check(self.store, self.settings.volumes_dir, boot, image,
+                                       req.project_id)
         elif image is not None:
             spawn_steps.check_root_fits(flavor, image)
         use_drive = req.config_drive or self.settings.force_config_drive
@@ -245,15 +246,15 @@ class Compute:
         ports, group_ids = self._plan_nics(req, instance_id, mac)
         hostname = hostname_of(req.name, instance_id)
         extras = server_volumes.plan(
-            self, req.extra_volumes, req.project_id,
+            self.store, self.settings.volumes_dir, req.extra_volumes, req.project_id,
             spawn_steps.own_disk_count(self.settings, flavor, use_drive),
             volume.id if volume is not None else "")
-        server_volumes.check_quota(self, req.project_id, boot.size_gb if boot is not None
+        server_volumes.check_quota(self.quotas, req.project_id, boot.size_gb if boot is not None
                                    and volume is None else 0, extras)
         if volume is not None:  # taken now: no other spawn or attach gets it
-            volume = boot_volume.claim(self, volume, instance_id, req.name)
+            volume = boot_volume.claim(self.store, volume, instance_id, req.name)
         try:
-            server_volumes.claim_existing(self, extras, instance_id, req.name)
+            server_volumes.claim_existing(self.store, extras, instance_id, req.name)
         except BaseException:
             if volume is not None:
                 volume_records.VolumeRecords(self.store).release(volume.id)
@@ -273,7 +274,7 @@ class Compute:
         except BaseException:
             if volume is not None:
                 volume_records.VolumeRecords(self.store).release(volume.id)
-            server_volumes.release_existing(self, extras)
+            server_volumes.release_existing(self.store, extras)
             raise
         if server_volumes.deleted_on_termination(extras):
             inst = self.store.update_instance(
@@ -414,15 +415,16 @@ class Compute:
                     p.mode == NicMode.BRIDGE for p in self.store.ports(inst.id)):
                 self.network.apply()  # DHCP knows the MAC, the rules the tap, before boot
             if boot_volume_gb and image is not None:
-                inst = boot_volume.make(self, inst, image, boot_volume_gb)
-            inst = server_volumes.make_new(self, inst, extras)
+                inst = boot_volume.make(self.store, self.settings.volumes_dir, inst, image,
+                                        boot_volume_gb)
+            inst = server_volumes.make_new(self.store, self.settings.volumes_dir, inst, extras)
             local_root = None if inst.boot_volume_id else image
             disks = spawn_steps.create_disks(self.settings, inst, local_root, admin_password,
                                              self.instance_dir(inst), self.drive_nics(inst))
             inst = self.store.update_instance(inst, disks=tuple(disks))
             self._spawn_step(inst, "after-disks")
             self.hv.define(self.domain_spec(inst))
-            server_volumes.attached(self, inst)  # the boot volume's and the others
+            server_volumes.attached(self.store, inst)  # the boot volume's and the others
             self.store.update_instance(inst, power_state=PowerState.SHUTOFF.value)
             self._spawn_step(inst, "after-define")
             if inst.desired_running:
@@ -630,7 +632,7 @@ class Compute:
         if not failures:  # the domain is gone: its volumes are free, their files kept
             # As recorded now: spawn may have made its boot volume since ``inst`` was read.
             step("release the instance's volumes",
-                 lambda: boot_volume.release(self, self.store.instance(inst.id), rollback))
+                 lambda: boot_volume.release(self.store, self.store.instance(inst.id), rollback))
         step("stop the console capture",
              lambda: self.console.stop_capture(self.instance_dir(inst)))
         step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))
@@ -833,7 +835,7 @@ class Compute:
         check_display_name(image_name)  # Nova's rule for names: printable, not padded
         inst = self.store.instance(ref)
         if inst.boot_volume_id:  # a remote root volume has no file here to copy
-            boot_volume.check_snapshot(self, inst)
+            boot_volume.check_snapshot(self.store, inst)
         image = self.store.add_image(Image(
             id=str(uuidlib.uuid4()), name=image_name, status="saving",
             source=f"snapshot of instance {inst.name}", instance_uuid=inst.id,
@@ -874,7 +876,7 @@ class Compute:
         inst = self.store.instance(ref)
         image = self._active_image(image_ref)
         if inst.boot_volume_id:  # its root volume is kept as it is (Nova before 2.93)
-            boot_volume.check_rebuild(self, inst, image)
+            boot_volume.check_rebuild(self.store, inst, image)
         else:
             spawn_steps.check_root_fits(spawn_steps.recorded_flavor(inst), image)
 

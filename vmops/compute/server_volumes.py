@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmops.errors import Invalid, InvalidState, VmopsError
-from vmops.store import Image, Instance
+from vmops.store import Image, Instance, Store
 from vmops.volumes import pool
 from vmops.volumes.records import Attachment, Volume, VolumeRecords, VolumeStatus
 
 if TYPE_CHECKING:
-    from vmops.compute.manager import Compute
+    from vmops.compute.quotas import Quotas
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Planned:
     image: Image | None = None
 
 
-def plan(compute: Compute, extras: tuple[ExtraVolume, ...], project_id: str,
+def plan(store: Store, volumes_dir: Path, extras: tuple[ExtraVolume, ...], project_id: str,
          first_index: int, root_volume_id: str = "") -> list[Planned]:
     """Check every extra volume before anything is made (400 naming what is
     wrong) and give each its device, from the ``first_index``-th virtio disk."""
@@ -76,7 +76,7 @@ def plan(compute: Compute, extras: tuple[ExtraVolume, ...], project_id: str,
     if first_index + len(extras) > len(TARGETS):
         raise Invalid(reason=f"too many block devices: {len(extras)} volumes after "
                       f"{first_index} disks of the server's own; virtio disks go to vdz")
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     planned: list[Planned] = []
     seen = {root_volume_id} - {""}
     new_bytes = 0
@@ -95,7 +95,7 @@ def plan(compute: Compute, extras: tuple[ExtraVolume, ...], project_id: str,
                               "(delete_on_termination must be false)")
             planned.append(Planned(extra, device, existing=volume))
             continue
-        image = _image(compute, extra) if extra.image else None
+        image = _image(store, extra) if extra.image else None
         size = extra.size_gb
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIZE_GB:
             raise Invalid(reason=f"a new volume's volume_size must be 1 to {MAX_SIZE_GB} GiB, "
@@ -106,11 +106,11 @@ def plan(compute: Compute, extras: tuple[ExtraVolume, ...], project_id: str,
         new_bytes += size * GIB
         planned.append(Planned(extra, device, image=image))
     if new_bytes:
-        pool.check_fits(compute.settings.volumes_dir, new_bytes, "the server's new volumes")
+        pool.check_fits(volumes_dir, new_bytes, "the server's new volumes")
     return planned
 
 
-def check_quota(compute: Compute, project_id: str, new_root_gb: int,
+def check_quota(quotas: Quotas, project_id: str, new_root_gb: int,
                 planned: list[Planned]) -> None:
     """Room in the project's volume quota (Cinder's volumes, gigabytes) for
     the volumes a server create makes: a new root volume of ``new_root_gb``
@@ -118,11 +118,11 @@ def check_quota(compute: Compute, project_id: str, new_root_gb: int,
     sizes = [p.extra.size_gb for p in planned if p.existing is None]
     sizes += [new_root_gb] if new_root_gb else []
     if sizes:
-        compute.quotas.check_volumes(project_id, len(sizes), sum(sizes))
+        quotas.check_volumes(project_id, len(sizes), sum(sizes))
 
 
-def _image(compute: Compute, extra: ExtraVolume) -> Image:
-    image = compute.store.image(extra.image)
+def _image(store: Store, extra: ExtraVolume) -> Image:
+    image = store.image(extra.image)
     if image.status != "active":
         raise InvalidState(action="create a volume from", instance=f"image {image.name}",
                            state=image.status)
@@ -141,11 +141,11 @@ def check_available(records: VolumeRecords, volume: Volume) -> None:
                       f"Currently in '{volume.status}'")
 
 
-def claim_existing(compute: Compute, planned: list[Planned], instance_id: str,
+def claim_existing(store: Store, planned: list[Planned], instance_id: str,
                    instance_name: str) -> None:
     """The existing volumes become the instance's (``attaching``): all, or
     none if one of them was taken meanwhile."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     claimed: list[str] = []
     try:
         for p in planned:
@@ -158,9 +158,9 @@ def claim_existing(compute: Compute, planned: list[Planned], instance_id: str,
         raise
 
 
-def release_existing(compute: Compute, planned: list[Planned]) -> None:
+def release_existing(store: Store, planned: list[Planned]) -> None:
     """Undo :func:`claim_existing` (the instance's record was refused)."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     for p in planned:
         if p.existing is not None:
             records.release(p.existing.id)
@@ -172,20 +172,21 @@ def deleted_on_termination(planned: list[Planned]) -> tuple[str, ...]:
                  if p.existing is not None and p.extra.delete_on_termination)
 
 
-def make_new(compute: Compute, inst: Instance, planned: list[Planned]) -> Instance:
+def make_new(store: Store, volumes_dir: Path, inst: Instance,
+             planned: list[Planned]) -> Instance:
     """Each new volume: recorded on the instance, made, then claimed."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     for p in planned:
         if p.existing is not None:
             continue
         volume_id = str(uuidlib.uuid4())
-        path = pool.volume_path(compute.settings.volumes_dir, volume_id, FORMAT)
+        path = pool.volume_path(volumes_dir, volume_id, FORMAT)
         volume = records.add(Volume(
             id=volume_id, name="", size_gb=p.extra.size_gb, status=VolumeStatus.CREATING,
             format=FORMAT, path=str(path), description=f"{p.device} of instance {inst.id}",
             image_id=p.image.id if p.image else "", bootable=p.image is not None,
             project_id=inst.project_id, user_id=inst.user_id))
-        inst = compute.store.update_instance(
+        inst = store.update_instance(
             inst, volumes_made=(*inst.volumes_made, volume_id),
             volumes_deleted_on_termination=inst.volumes_deleted_on_termination
             + ((volume_id,) if p.extra.delete_on_termination else ()))
@@ -207,20 +208,20 @@ def _attachment(p: Planned, instance_id: str, volume_id: str = "") -> Attachment
                       instance_id=instance_id, device=p.device)
 
 
-def attached(compute: Compute, inst: Instance) -> None:
+def attached(store: Store, inst: Instance) -> None:
     """The domain is defined with its volumes: each ``attaching`` one is
     ``in-use``."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     for attachment in records.attachments(inst.id):
         if records.get(attachment.volume_id).status == VolumeStatus.ATTACHING:
             records.attached(attachment.volume_id)
 
 
-def delete_made(compute: Compute, inst: Instance, rollback: bool) -> None:
+def delete_made(store: Store, inst: Instance, rollback: bool) -> None:
     """After the instance's volumes were released: delete the ones a
     rolled-back spawn made, or, on destroy, those to delete on termination.
     A volume attached elsewhere since is never deleted."""
-    records = VolumeRecords(compute.store)
+    records = VolumeRecords(store)
     for volume_id in (inst.volumes_made if rollback else inst.volumes_deleted_on_termination):
         try:
             volume = records.get(volume_id)

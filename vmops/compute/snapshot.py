@@ -75,7 +75,7 @@ def copy_root_disk(compute: Compute, inst: Instance, dest: Path) -> float:
     if inst.boot_volume_id:  # its root volume, copied as a root disk is
         from vmops.compute import boot_volume
 
-        disk = boot_volume.root_disk(compute, inst)
+        disk = boot_volume.root_disk(compute.store, inst)
     else:
         disk = root_disk(inst)
     state = compute.hv.info(inst.id).state if compute.hv.exists(inst.id) \
