@@ -1,10 +1,12 @@
+import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
 from tests import records
 from vmops.errors import AlreadyExists, FlavorNotFound, InstanceNotFound
-from vmops.store import DiskRecord, Flavor, Instance, Store
+from vmops.store import DiskRecord, Flavor, Instance, InstanceFlavor, Store
 
 
 @pytest.fixture
@@ -48,6 +50,23 @@ def test_instance_round_trip_and_partial_update(store: Store) -> None:
     assert (inst.vm_state, inst.task_state, inst.power_state) == ("active", None, "running")
     assert inst.disks[0] == DiskRecord("root", "/x/root.qcow2", "qcow2", "vda")
     assert inst.macs == ("52:54:00:00:00:01",)
+
+
+def test_the_instance_flavor_is_typed_and_reads_any_releases_shape(store: Store) -> None:
+    snapshot = InstanceFlavor.of(Flavor("f1", "big", 2048, 2, 10, 5, swap_mb=64),
+                                 {"hw:cpu_policy": "dedicated"})
+    store.add_instance(dataclasses.replace(_instance(), flavor=snapshot))
+    back = store.instance("web1").flavor
+    assert back == snapshot and back.local_gb == 15
+    ((body,),) = store.query("SELECT body FROM instances WHERE id = ?", "id-web1")
+    assert json.loads(body)["flavor"] == {  # the stored shape: the dict older code wrote
+        "id": "f1", "name": "big", "ram_mib": 2048, "vcpus": 2, "root_gb": 10,
+        "ephemeral_gb": 5, "swap_mb": 64, "extra_specs": {"hw:cpu_policy": "dedicated"}}
+    # Older records: no swap_mb or extra_specs yet, keys since dropped, a null.
+    old = InstanceFlavor.from_json({"id": "1", "name": "m1.tiny", "ram_mib": 512, "vcpus": 1,
+                                    "root_gb": 1, "ephemeral_gb": None, "builtin": True})
+    assert old == InstanceFlavor(id="1", name="m1.tiny", ram_mib=512, vcpus=1, root_gb=1)
+    assert InstanceFlavor.from_json({}) == InstanceFlavor()
 
 
 def test_delete_instance(store: Store) -> None:
