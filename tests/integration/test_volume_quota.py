@@ -16,7 +16,7 @@ from tests.integration.volume_env import make_env, pool_files
 from vmops.compute.boot_volume import BootVolume
 from vmops.compute.manager import SpawnRequest
 from vmops.compute.server_volumes import ExtraVolume
-from vmops.errors import VolumeQuotaExceeded
+from vmops.errors import InvalidState, VolumeQuotaExceeded
 from vmops.volumes import pool
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import VolumeStatus
@@ -108,6 +108,14 @@ def test_an_extend_under_way_holds_its_growth_in_the_quota(
             vols.create("c", 1, project_id="p1")
         with pytest.raises(VolumeQuotaExceeded, match="Requested 1G, quota is 4G and 4G"):
             vols.extend("b", 2)
+        # A second extend of the growing volume is refused (it is extending)
+        # and does not take the first one's hold away with it.
+        env["compute"].quotas.update_class("default", {"gigabytes": 7})
+        with pytest.raises(InvalidState):
+            vols.extend("a", 4)  # within the quota (4 + 3): refused as extending
+        with pytest.raises(VolumeQuotaExceeded, match="Requested 4G, quota is 7G and 4G"):
+            vols.create("c", 4, project_id="p1")
+        env["compute"].quotas.update_class("default", {"gigabytes": 4})
     finally:
         release.set()
         extend.join(30)

@@ -89,10 +89,12 @@ class Quotas:
         self.store = store
         self.settings = settings
         self.lock = threading.RLock()
-        # Extends under way: volume id -> (project, the GiB it adds). A volume
+        # Extends under way: a hold -> (project, the GiB it adds). A volume
         # records its new size when its extend ends; until then its growth
         # is held here, so a create or another extend cannot take it too.
-        self._growing: dict[str, tuple[str, int]] = {}
+        # Keyed by hold, not volume: a second extend of the volume, refused
+        # once held, must not release the first one's.
+        self._growing: dict[object, tuple[str, int]] = {}
 
     # -- limits --------------------------------------------------------------
     def defaults(self) -> dict[str, int]:
@@ -282,17 +284,19 @@ class Quotas:
                 f"{gigabytes}G, quota is {limits['gigabytes']}G and {used['gigabytes']}G has "
                 "been consumed."))
 
-    def hold_growth(self, volume_id: str, project_id: str, gigabytes: int) -> None:
-        """Check and hold the ``gigabytes`` an extend of the volume adds
-        until :meth:`release_growth` (when its new size is recorded, or it
-        failed)."""
+    def hold_growth(self, project_id: str, gigabytes: int) -> object:
+        """Check and hold the ``gigabytes`` an extend adds until
+        :meth:`release_growth` of the hold returned (when its new size is
+        recorded, or it failed)."""
+        hold = object()
         with self.lock:
             self.check_volumes(project_id, 0, gigabytes)
-            self._growing[volume_id] = (project_id, gigabytes)
+            self._growing[hold] = (project_id, gigabytes)
+        return hold
 
-    def release_growth(self, volume_id: str) -> None:
+    def release_growth(self, hold: object) -> None:
         with self.lock:
-            self._growing.pop(volume_id, None)
+            self._growing.pop(hold, None)
 
     def check_metadata(self, project_id: str, items: int) -> None:
         limit = self.limits(project_id)["metadata_items"]

@@ -262,31 +262,31 @@ class Volumes:
         quotas = self.compute.quotas
         # Held from the check to the new size's record (a volume has one
         # extend at a time: begin refuses a second).
-        quotas.hold_growth(volume.id, volume.project_id, size_gb - volume.size_gb)
+        hold = quotas.hold_growth(volume.project_id, size_gb - volume.size_gb)
         try:
             attachment = self.records.attachment_of(volume.id) if attached else None
             if attachment is not None:
                 try:
                     return self._extend_attached(volume, attachment, size_gb)
                 finally:
-                    quotas.release_growth(volume.id)
+                    quotas.release_growth(hold)
             volume = self.records.begin(volume.id, "extend",
                                         frozenset({VolumeStatus.AVAILABLE}),
                                         VolumeStatus.EXTENDING)
         except BaseException:
-            quotas.release_growth(volume.id)
+            quotas.release_growth(hold)
             raise
         try:  # again: another extend may have ended since the size was read
             self._check_growth(volume, size_gb)
         except Invalid:
             self.records.update(volume.id, status=VolumeStatus.AVAILABLE)
-            quotas.release_growth(volume.id)
+            quotas.release_growth(hold)
             raise
         return self._in_background(
             volume, "extend", lambda: pool.extend(Path(volume.path), volume.format,
                                                   size_gb * GIB),
             VolumeStatus.AVAILABLE, status=VolumeStatus.AVAILABLE, size_gb=size_gb,
-            ended=lambda: quotas.release_growth(volume.id))
+            ended=lambda: quotas.release_growth(hold))
 
     def _check_growth(self, volume: Volume, size_gb: int) -> None:
         """``size_gb`` is larger than ``volume`` and what it adds fits the pool."""
