@@ -179,12 +179,6 @@ class Engine:
         """The HTTP API's routes over these parts (``checks``: doctor's, for /health)."""
         return Routes(self.compute, self.catalog, checks, identity=identity)
 
-    def close(self) -> None:
-        """Close the store and the hypervisor connection (not the network:
-        guests keep theirs; the service stops its watcher itself)."""
-        self.hypervisor.close()
-        self.store.close()
-
 
 def build(settings: Settings, *, hypervisor: Hypervisor, accel: Accel = Accel.TCG,
           capture: ConsoleCapture = console, store: Store | None = None,
