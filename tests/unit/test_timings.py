@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests import records
 from tests.unit.test_api import EXTRA, Api
 from tests.unit.test_api_nova_contract import SHOW_21
 from vmops import config
@@ -25,7 +26,7 @@ from vmops.disks import instance_disks, qemu_img
 from vmops.errors import HypervisorError
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.service import build
-from vmops.store import DiskRecord, Flavor, Image, Instance
+from vmops.store import DiskRecord, Flavor, Instance
 
 BOOT = ["start-paused", "capture-connect", "resume-vcpus"]  # the parts of booting
 SPAWN = ["record", "capture", "disks", "define", *BOOT, "boot", "finish"]
@@ -119,9 +120,8 @@ def compute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Compute
     settings = config.load(tmp_path / "state", env={}, shutdown_retry_interval=1)
     engine = build(settings, hypervisor=FakeHypervisor(), capture=FakeConsole())
     store = engine.store
-    store.add_image(Image(id="img-1", name="tiny", status="active", format="qcow2",
-                          virtual_size=1 << 20, file_size=1 << 20, checksum="ab" * 32,
-                          path=str(tmp_path / "tiny.qcow2")))
+    store.add_image(records.image("tiny", id="img-1", virtual_size=1 << 20,
+                                  path=str(tmp_path / "tiny.qcow2")))
     made = engine.compute
 
     def root_only(settings: Any, inst: Instance, image: Any, admin_password: Any,
