@@ -186,6 +186,31 @@ def test_qemu_killed_is_a_crash_with_a_fault_not_a_clean_stop(env: dict[str, Any
     assert (started.vm_state, started.fault) == (states.ACTIVE, "")
 
 
+def test_qemu_killed_during_a_suspend_is_a_crash(env: dict[str, Any],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU dies while the managed save runs (tests/functional/test_qemu_killed.py
+    does it to a real one): the suspend fails with libvirt's error, and the
+    instance ends stopped and crashed, as the lifecycle event said, not just
+    shut off (libvirt's state after the kill)."""
+    from vmops.errors import HypervisorError
+
+    inst = _spawn(env)
+    hv: FakeHypervisor = env["hv"]
+
+    def killed_while_saving(uuid: str) -> None:
+        hv.guest_crash(uuid)
+        raise HypervisorError(reason="internal error: End of file from qemu monitor")
+
+    monkeypatch.setattr(hv, "suspend", killed_while_saving)
+    with pytest.raises(HypervisorError):
+        env["compute"].suspend("web1")
+    record = env["store"].instance("web1")
+    assert (record.vm_state, record.task_state, record.power_state) == \
+        (states.STOPPED, None, "crashed")
+    assert "End of file from qemu monitor" in record.fault
+    assert env["compute"].start("web1").vm_state == states.ACTIVE
+
+
 def test_crashed_guest_meant_to_run_is_restarted_when_asked(env: dict[str, Any]) -> None:
     from vmops import config
 

@@ -708,7 +708,11 @@ class Compute:
                     inst, **{**changes, "task_state": None, "vm_state": states.ERROR,
                              "power_state": PowerState.NOSTATE.value, "fault": first})
             # The work may have ended a held state (resized, rescued), or kept it.
-            held = self.store.instance(inst.id).vm_state
+            now = self.store.instance(inst.id)
+            held = now.vm_state
+            if power is PowerState.SHUTOFF and now.power_state == PowerState.CRASHED.value \
+                    and inst.power_state != PowerState.CRASHED.value:
+                power = PowerState.CRASHED  # QEMU died during the task (its event said so)
             changes.setdefault("vm_state", states.vm_state_of(power, held))
             changes.setdefault("fault", "")
             return self.end_record(inst, task_state=None, power_state=power.value, **changes)
