@@ -368,22 +368,23 @@ def _keypair_number(k: Keypair) -> int:
 
 class ServerList:
     """``GET /servers/detail`` as JSON bytes, each server's part kept until its
-    record (every change sets ``updated_at``) or its attached volumes change:
-    listing 200 servers then costs a lookup each, not a rendering. Safe across threads: entries
+    record (every change sets ``updated_at``) or what it shows from other
+    records changes (its NICs, its security groups' names, its attached
+    volumes: none of them touches the instance record): listing 200 servers
+    then costs a lookup each, not a rendering. Safe across threads: entries
     are replaced whole, never changed."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[float, str, View, tuple[str, ...], bytes]] = {}
+        self._parts: dict[str, tuple[float, str, View, ServerNetwork, bytes]] = {}
 
     def encode(self, insts: list[Instance], base: str, view: View, complete: bool,
                net_of: Callable[[Instance], ServerNetwork]) -> bytes:
-        """``complete``: ``insts`` are all the instances, so forget the others.
-        A change of an instance's network (a group joined) touches its record."""
-        fresh: dict[str, tuple[float, str, View, tuple[str, ...], bytes]] = {}
+        """``complete``: ``insts`` are all the instances, so forget the others."""
+        fresh: dict[str, tuple[float, str, View, ServerNetwork, bytes]] = {}
         for inst in insts:
             part = self._parts.get(inst.id)
-            net = net_of(inst)  # a volume attached or detached leaves the record as it was
-            key = (inst.updated_at, base, view, net.volumes)
+            net = net_of(inst)  # a group renamed, a volume attached: the record is as it was
+            key = (inst.updated_at, base, view, net)
             if part is None or part[:4] != key:
                 part = (*key, json.dumps(server(inst, base, view, net=net)).encode())
             fresh[inst.id] = part

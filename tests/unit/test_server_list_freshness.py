@@ -1,0 +1,35 @@
+"""GET /servers/detail keeps each server's JSON between lists (views.ServerList)
+until what it shows changes: these check what changes without touching the
+instance record (a security group renamed, its NICs) still shows, as
+GET /servers/{id} shows it at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests import records
+from tests.unit.test_api import Api
+from vmops.store import Port, SecurityGroup
+
+
+def _listed(api: Api, server_id: str) -> dict[str, Any]:
+    servers = api.get("/v2.1/servers/detail").body["servers"]
+    found: dict[str, Any] = next(s for s in servers if s["id"] == server_id)
+    return found
+
+
+def test_a_renamed_security_group_shows_in_the_list_as_in_the_show(api: Api) -> None:
+    group = api.store.add_security_group(SecurityGroup(
+        id="0b5c7f7e-4f0e-4a55-9a53-3f1b9b1c2d01", name="web", project_id="vmops"))
+    inst = records.instance("web1", project_id="vmops")
+    port = Port(id="p1", instance_id=inst.id, position=0, mode="bridge", network="vmops",
+                mac="52:54:00:00:00:11", ip="10.99.0.11", tap="vmtap1")
+    api.store.add_instance(inst, ports=[port], group_ids=[group.id])
+    assert _listed(api, inst.id)["security_groups"] == [{"name": "web"}]  # now kept
+
+    renamed = api.call("PUT", f"/v2.1/os-security-groups/{group.id}",
+                       {"security_group": {"name": "frontend", "description": "d"}})
+    assert renamed.status == 200, renamed.body
+    shown = api.get(f"/v2.1/servers/{inst.id}").body["server"]["security_groups"]
+    assert shown == [{"name": "frontend"}]
+    assert _listed(api, inst.id)["security_groups"] == [{"name": "frontend"}]
