@@ -652,6 +652,21 @@ class VmopsDriver(driver.ComputeDriver):
                                                    reason=exc.message) from exc
             raise
 
+    def get_device_name_for_instance(self, instance: Any, bdms: Any,
+                                     block_device_obj: Any) -> str:
+        """The first virtio disk name (``/dev/vdb`` on) that neither vmops
+        (the instance's own disks and volumes) nor Nova's mappings use, so
+        that the attach that follows gets the name Nova records."""
+        inst = self._instance(instance)
+        taken = {d.target for d in inst.disks} | {
+            a.device for a in self.volumes.attached_to(inst.id)} | {
+            str(b.device_name).removeprefix("/dev/") for b in bdms or ()
+            if getattr(b, "device_name", None)}
+        for letter in "bcdefghijklmnopqrstuvwxyz":
+            if f"vd{letter}" not in taken:
+                return f"/dev/vd{letter}"
+        raise exception.TooManyDiskDevices(maximum=25)
+
     def _plug(self, volume_id: str, inst: Instance, mountpoint: str) -> None:
         """Attach as the device Nova named when it is a free virtio disk; else
         as the first free one vmops finds (Nova's device name is a hint, as

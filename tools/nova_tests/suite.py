@@ -316,6 +316,9 @@ class VmopsAdapterTestCase(test.TestCase):
         assert isinstance(hv, FakeHypervisor)
         disks_before = hv.disk_targets(self.instance.uuid)
         self.assertIn("vdb", disks_before)  # the flavor's ephemeral disk
+        free = self.driver.get_device_name_for_instance(self.instance, [], None)
+        self.assertEqual(f"/dev/{min(set('vd' + c for c in 'bcdefgh') - set(disks_before))}",
+                         free)
         self.driver.attach_volume(self.ctxt, info, self.instance, "/dev/vdb")
         volumes = self.driver.volumes
         volume = volumes.volume("cinder-" + volume_id)
@@ -325,8 +328,9 @@ class VmopsAdapterTestCase(test.TestCase):
         attachment = volumes.attachment_of(volume.id)
         assert attachment is not None
         self.assertEqual(self.instance.uuid, attachment.instance_id)
-        # Nova's /dev/vdb was taken: a hint, vmops took the first free disk
-        self.assertNotIn(attachment.device, disks_before)
+        # Nova's /dev/vdb was taken: a hint, vmops took the first free disk,
+        # the one get_device_name_for_instance gives
+        self.assertEqual(free, "/dev/" + attachment.device)
         self.assertEqual({**disks_before, attachment.device: volume.path},
                          hv.disk_targets(self.instance.uuid))
         self.assertEqual(f"iscsi://127.0.0.1:{target.port}/{target.iqn}/1", volume.path)
