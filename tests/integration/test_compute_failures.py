@@ -194,7 +194,7 @@ def test_qemu_killed_during_a_suspend_is_a_crash(env: dict[str, Any],
     shut off (libvirt's state after the kill)."""
     from vmops.errors import HypervisorError
 
-    inst = _spawn(env)
+    _spawn(env)
     hv: FakeHypervisor = env["hv"]
 
     def killed_while_saving(uuid: str) -> None:
