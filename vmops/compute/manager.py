@@ -406,8 +406,8 @@ class Compute:
         failure: Exception | None = None
         try:
             self._spawn_step(inst, "after-record")
-            # The capture process takes ~50 ms to start (a Python interpreter):
-            # start it first so that overlaps making the disks and the domain.
+            # Watched by the state directory's console process (a request of a
+            # few ms; the first spawn after it exited starts it: an interpreter).
             if inst.desired_running:  # vmops:start false: no guest, no capture
                 self._start_capture(inst)
             self._spawn_step(inst, "after-capture")
