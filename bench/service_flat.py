@@ -28,6 +28,7 @@ that is part of what the loaded latency sees, and the report says so.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -38,12 +39,15 @@ from bench import session
 from bench.common import Row, Target, alternate, make_row, ms_since, now
 from bench.host_memory import Memory, memory_of
 
+log = logging.getLogger("bench")
+
 GUESTS = 20
 RECORDS = 1000
 REPS = 25
 TARGET = Target(1.25, slack_ms=2.0)
 MEMORY_TARGET = 1.1  # "flat within noise": at most 10 % more when loaded
 BOOT_MARK = b"VMOPS-BOOT-COMPLETE"
+PANIC_MARK = b"Kernel panic"
 BOOT_TIMEOUT_S = 600.0
 
 
@@ -59,7 +63,8 @@ def run(quick: bool) -> list[Row]:
     reps = 8 if quick else REPS
     try:
         probe = svc.spawn("sf-probe")
-        _wait_booted(svc, [probe])
+        if not _wait_booted(svc, [probe]):
+            raise RuntimeError("the probe guest did not boot")
         idle = _measure(svc, probe, reps)
         running = [probe]
         names = [f"sf-guest-{i}" for i in range(1, guests)]
@@ -70,22 +75,30 @@ def run(quick: bool) -> list[Row]:
                 svc.wait_built(n, interval=0.2)
         if records:
             svc.define_many("sf-rec-", records)
-        _wait_booted(svc, running)
+        booted = _wait_booted(svc, running)
         loaded = _measure(svc, probe, reps)
         count = svc.server_count()
     finally:
         svc.destroy_all()
-    return _rows(idle, loaded, guests, records, count)
+    return [{**row, "guests_booted": booted} for row in _rows(idle, loaded, guests, records,
+                                                                count)]
 
 
-def _wait_booted(svc: Any, ids: list[str]) -> None:
+def _wait_booted(svc: Any, ids: list[str]) -> int:
+    """Until every guest has booted or stopped trying (a kernel panic: under
+    TCG on a starved host the guest's timer check can fail); how many
+    booted. Their QEMUs run either way, which is what the scenario needs."""
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     waiting = list(ids)
-    while waiting:
-        waiting = [i for i in waiting if BOOT_MARK not in svc.console_log(i)]
-        if waiting and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(waiting)} guests not booted after {BOOT_TIMEOUT_S:g}s")
+    while waiting and time.monotonic() < deadline:
+        logs = {i: svc.console_log(i) for i in waiting}
+        waiting = [i for i, text in logs.items()
+                   if BOOT_MARK not in text and PANIC_MARK not in text]
         time.sleep(0.5)
+    booted = sum(BOOT_MARK in svc.console_log(i) for i in ids)
+    if booted < len(ids):
+        log.warning("service_flat: %d of %d guests booted", booted, len(ids))
+    return booted
 
 
 def _measure(svc: Any, probe: str, reps: int) -> dict[str, Any]:
