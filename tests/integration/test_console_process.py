@@ -217,3 +217,21 @@ def test_start_capture_of_a_watched_instance_is_a_no_op(
     console.qemu.send(b"once\n")
     console.qemu.wait_stored()
     assert read_log(console.log_dir) == b"once\n"
+
+
+def test_an_upgrade_keeps_instances_that_wait_for_their_qemu(
+        consoles: Callable[[], Console]) -> None:
+    waiting, running = consoles(), consoles()
+    pid = waiting.start()
+    _running(running)
+    os.kill(pid, signal.SIGHUP)
+    _wait_for("the re-exec", lambda: request(waiting.socket.parent, {"op": "status"})[
+        "watching"] == sorted([str(waiting.log_dir), str(running.log_dir)]))
+    assert capture_pid(waiting.log_dir) == capture_pid(running.log_dir) == pid
+    waiting.qemu.start()  # its QEMU comes after the upgrade
+    assert wait_connected(waiting.log_dir, 0, timeout=BOUND) == 1
+    waiting.qemu.accept()
+    for console in (waiting, running):
+        console.qemu.send(b"after the upgrade\n")
+        console.qemu.wait_stored()
+        assert read_log(console.log_dir) == b"after the upgrade\n"
