@@ -22,6 +22,10 @@ file's growth) and, on the vmops side, the capture process's CPU time
 (utime + stime of the whole process from ``/proc/PID/stat``) over the
 window's wall time, in % of one core. After the last window the log files
 are checked against their cap (each <= ``console_log_max_bytes``).
+Then, without a guest, the same byte rate is sent into a capture process
+from this process in writes of 8, 64, 512 and 4096 bytes
+(``trickle_capture_cpu_pct``): how much of the capture's CPU is per
+wake-up rather than per byte.
 
 Row: ms per MiB of console output (vmops side and baseline; ratio > 1:
 the capture slows the guest's output), target: the capture's CPU <= 5 %
@@ -35,6 +39,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
@@ -53,6 +58,8 @@ WINDOW_S = 6.0
 REPS = 3
 BOOT_TIMEOUT_S = 300.0
 MIB = 1024 * 1024
+MAX_LOG_BYTES = 512 * 1024
+TRICKLE_CHUNKS = (8, 64, 512, 4096)
 _FLOOD = re.compile(rb"VMOPS-FLOOD (\d+) ")
 
 
@@ -90,6 +97,38 @@ def capture_process(log_dir: Path) -> int:
     return pid
 
 
+def trickle_cpu(root: Path, chunk: int, rate: float, seconds: float) -> float:
+    """The capture's CPU, in % of one core, for a stream of ``rate`` bytes/s
+    sent in ``chunk``-byte writes (this process plays QEMU): how much of its
+    cost is per wake-up rather than per byte. No guest."""
+    sock_path, log_dir = root / f"trickle-{chunk}.sock", root / f"trickle-{chunk}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(1)
+    try:
+        pid = console.start_capture(sock_path, log_dir, MAX_LOG_BYTES)
+        try:
+            console.wait_connected(log_dir, 0, timeout=30.0)
+            listener.settimeout(30.0)
+            conn, _ = listener.accept()
+            with conn:
+                payload = b"x" * (chunk - 1) + b"\n"
+                cpu0, t0 = cpu_seconds(pid), time.monotonic()
+                due = t0
+                while time.monotonic() - t0 < seconds:
+                    conn.sendall(payload)
+                    due += chunk / rate
+                    time.sleep(max(0.0, due - time.monotonic()))
+                cpu1, t1 = cpu_seconds(pid), time.monotonic()
+        finally:
+            console.stop_capture(log_dir)
+    finally:
+        listener.close()
+        shutil.rmtree(log_dir, ignore_errors=True)
+        sock_path.unlink(missing_ok=True)
+    return 100.0 * (cpu1 - cpu0) / (t1 - t0)
+
+
 def run(quick: bool) -> list[Row]:
     s = session.get()
     svc = s.vmops
@@ -111,12 +150,23 @@ def run(quick: bool) -> list[Row]:
         log_dir = svc.instances_dir / server_id
         _wait_flooding(lambda: svc.console_log(server_id))
         _wait_flooding(lambda: _read(serial_file))
-        return [_alternate(svc, server_id, log_dir, dom, serial_file, quick)]
+        row = _alternate(svc, server_id, log_dir, dom, serial_file, quick)
     finally:
         if dom is not None:
             lv.remove(dom)
         svc.destroy(server_id)
         shutil.rmtree(wd, ignore_errors=True)
+    # The same rate without a guest, in writes of different sizes.
+    rate = (median(row["vmops_mib_per_s"]) or 0.04) * MIB
+    tw = s.workdir("cf-trickle")
+    try:
+        row["trickle_capture_cpu_pct"] = {
+            str(chunk): round(trickle_cpu(tw, chunk, rate, 2.0 if quick else 4.0), 2)
+            for chunk in TRICKLE_CHUNKS}
+    finally:
+        shutil.rmtree(tw, ignore_errors=True)
+    row["trickle_bytes_per_s"] = round(rate)
+    return [row]
 
 
 def _read(path: Path) -> bytes:
