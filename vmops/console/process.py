@@ -278,11 +278,9 @@ def _reap(pid: int) -> None:
 
 def _is_capture_for(pid: int, log_dir: Path) -> bool:
     """Is ``pid`` a capture process (not a zombie) writing to ``log_dir``?"""
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+    args = shared.command_line(pid)
+    if args is None:
         return False
-    args = [os.fsdecode(arg) for arg in raw.split(b"\0")]
     run_dir = shared.daemon_run_dir(pid)
     if run_dir is not None:
         return shared.watches(run_dir, log_dir)

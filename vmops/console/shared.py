@@ -26,6 +26,8 @@ from vmops.socket_paths import socket_address
 _START_TIMEOUT = 15.0
 _REQUEST_TIMEOUT = 30.0  # taking over from an old capture process may take 10 s
 _POLL = 0.01
+_EXEC_WAIT = 2.0  # an exec shows an empty command line for about a millisecond
+_PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
 # One start at a time from this process; other processes are kept out by
 # the console process's own lock (a second one exits at once).
 _starting = threading.Lock()
@@ -129,13 +131,31 @@ def _start(run_dir: Path, remember: Callable[[subprocess.Popen[bytes]], None],
             f"{_START_TIMEOUT:g}s")
 
 
+def command_line(pid: int) -> list[str] | None:
+    """``pid``'s arguments; None if it is gone, a zombie or a kernel thread.
+
+    A process in the middle of an exec (the console process upgrading
+    itself) shows an empty command line for a moment: wait that out."""
+    deadline = time.monotonic() + _EXEC_WAIT
+    while True:
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        if raw:
+            return [os.fsdecode(arg) for arg in raw.split(b"\0")]
+        fields = stat.rpartition(")")[2].split()
+        if fields[0] in ("Z", "X") or int(fields[6]) & _PF_KTHREAD \
+                or time.monotonic() > deadline:
+            return None
+        time.sleep(_POLL / 2)
+
+
 def daemon_run_dir(pid: int) -> Path | None:
     """The run directory of console process ``pid``; None if ``pid`` is not one."""
-    try:
-        args = [os.fsdecode(a) for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
-        return None
-    if DAEMON_MODULE not in args or "--run-dir" not in args:
+    args = command_line(pid)
+    if args is None or DAEMON_MODULE not in args or "--run-dir" not in args:
         return None
     index = args.index("--run-dir")
     return Path(args[index + 1]) if index + 1 < len(args) else None
