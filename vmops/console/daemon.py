@@ -515,8 +515,8 @@ class Loop:
                 self.upgrading = True
                 return {"pid": os.getpid(), "error": None}
             raise ValueError(f"unknown request {op!r}")
-        except (ValueError, OSError, RuntimeError) as exc:
-            return {"pid": os.getpid(), "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - one bad request must not end every capture
+            return {"pid": os.getpid(), "error": str(exc) or type(exc).__name__}
 
     # -- the loop -------------------------------------------------------------------
     def serve(self, wakeup_fd: int) -> None:
