@@ -82,6 +82,26 @@ def test_a_volume_comes_and_goes_in_a_running_guest(vm: Vmops) -> None:
     assert vm.json("volume", "list") == []
 
 
+@pytest.mark.extended  # a second proof of detach (CI's: the first test above)
+def test_a_detach_while_the_guest_boots_is_asked_again_until_it_lets_go(vm: Vmops) -> None:
+    """Attach and detach as soon as the server is ACTIVE, as Tempest does:
+    the guest, still booting, ignores the first unplug request; vmops asks
+    again every few seconds, and once the guest's hotplug driver is up it
+    lets go, within volume_detach_timeout. The guest runs on without it."""
+    vm.run("spawn", "b1", "--image", "tiny", "--flavor", "m1.tiny")
+    vm.run("volume", "create", "early", "--size", "1")
+    vm.run("volume", "attach", "early", "b1")
+    detached = vm.json("volume", "detach", "early", "b1")
+    assert (detached["status"], detached["vmops:fault"]) == ("available", None)
+    vm.wait_console("b1", BEAT)
+    beats = vm.heartbeat("b1")
+    vm.wait_console("b1", f"VMOPS-HEARTBEAT {beats + 2}")
+    (definition,) = (vm.state_dir / "libvirt" / "etc" / "qemu").glob("*.xml")
+    assert "vdb" not in definition.read_text()
+    vm.run("destroy", "b1")
+    vm.run("volume", "delete", "early")
+
+
 # The guest prints vdb's size each time it changes (and once at each boot).
 WATCH_VDB_SIZE = """#!/bin/sh
 last=""
@@ -270,6 +290,55 @@ def test_remote_volumes_nbd_and_iscsi_with_chap_in_a_running_guest(
         assert list(secrets.iterdir()) == []
         assert nbd.image.stat().st_size == 64 << 20 and iscsi.lun_image.stat().st_size == 48 << 20
         vm.run("destroy", "r1")
+
+
+@pytest.mark.extended  # CI's tier proves a lost NBD target (above); this is iSCSI's
+def test_an_iscsi_target_killed_under_a_guest_puts_its_volume_in_error(
+        test_image_dir: Path, tmp_path: Path) -> None:
+    """tgtd killed under the test guest reading its LUN every second: the
+    guest's read waits (QEMU's initiator keeps trying to log in; no error
+    reaches the guest, no I/O error event comes), the service's target
+    watch finds the portal silent and puts the volume in error, naming the
+    target; the service answers, the server stays ACTIVE and the guest runs
+    on. tgtd back: QEMU logs in again, the guest's waiting read completes,
+    the volume is in-use again, and detaches as any other."""
+    with iscsi_target(tmp_path, size_mib=16, chap_user="") as iscsi, \
+            separate_service(test_image_dir, volume_target_check_interval="1",
+                             volume_target_timeout="3") as vm:
+        (tmp_path / "read-vdb.sh").write_text(READ_VDB_FOREVER)
+        vm.run("spawn", "i1", "--image", "tiny", "--flavor", "m1.tiny", "--config-drive",
+               "--user-data", str(tmp_path / "read-vdb.sh"))
+        vm.run("volume", "create", "lun", "--iscsi", iscsi.url(1))
+        vm.wait_console("i1", BEAT)
+        vm.run("volume", "attach", "lun", "i1")
+        vm.wait_console("i1", f"VMOPS-DISK vdb {16 << 20}")
+        vm.wait_console("i1", r"VMOPS-IO vdb ok")
+
+        # (A read racing the hot-plug may fail before the first ok: count.)
+        failed = vm.console("i1").count(b"VMOPS-IO vdb failed")
+        iscsi.kill()
+        lost = _wait_volume_status(vm, "lun", "error")
+        assert lost["vmops:fault"].startswith(
+            f"iSCSI target not answering: {iscsi.url(1)} has not accepted a connection for "
+            "3 s (Connection refused); the guest's reads and writes on disk vdb wait"), lost
+        assert lost["attachments"][0]["device"] == "/dev/vdb"
+        assert vm.server("i1")["status"] == "ACTIVE"
+        oks = len(re.findall(rb"VMOPS-IO vdb ok", vm.console("i1")))
+        beats = vm.heartbeat("i1")
+        vm.wait_console("i1", f"VMOPS-HEARTBEAT {beats + 3}")  # the guest runs on...
+        console = vm.console("i1")
+        assert console.count(b"VMOPS-IO vdb failed") == failed  # ...its read waits: no
+        assert len(re.findall(rb"VMOPS-IO vdb ok", console)) == oks  # error, no success
+
+        iscsi.restart()
+        back = _wait_volume_status(vm, "lun", "in-use")
+        assert back["vmops:fault"] is None
+        vm.wait_console("i1", r"VMOPS-IO vdb ok", count=oks + 1)  # QEMU logged in again
+        assert vm.console("i1").count(b"VMOPS-IO vdb failed") == failed
+        vm.run("volume", "detach", "lun", "i1")
+        vm.wait_console("i1", "VMOPS-DISK-GONE vdb")
+        vm.run("volume", "delete", "lun")
+        vm.run("destroy", "i1")
 
 
 # The guest reads the first block of vdb, past its page cache, every second.
