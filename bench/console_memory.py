@@ -14,6 +14,7 @@ of each ``start_capture``. It isolates the capture's part of
 
 from __future__ import annotations
 
+import shutil
 import socket
 import statistics
 import sys
@@ -58,6 +59,7 @@ def measure(count: int, console_process: bool) -> str:
             stop_capture(log_dir)
         for sock in conns + listeners:
             sock.close()
+        shutil.rmtree(root, ignore_errors=True)
     mode = "console process" if console_process else "per-instance"
     later = statistics.median(starts[1:]) if len(starts) > 1 else starts[0]
     return (f"{mode}, {count} instances: {len(pids)} processes, PSS {total.pss_kib / 1024:.1f} "
