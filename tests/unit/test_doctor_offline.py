@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from vmops import config, doctor, service
+from vmops import config, doctor, service, socket_paths
 from vmops.cli import main
 from vmops.errors import ServiceAlreadyRunning
 from vmops.hypervisor.base import Check
@@ -30,6 +30,8 @@ def test_the_checks_run_holding_the_lock_and_let_it_go(tmp_path: Path,
 
     monkeypatch.setattr(doctor, "run_checks", checks)
     monkeypatch.setattr(main, "offline_network_checks", lambda s: [])
+    # tmp_path is long: no short alias for it in /run/vmops (a test leaves none).
+    monkeypatch.setattr(socket_paths, "ensure_socket_root", lambda state_dir: state_dir)
     found = main.offline_checks(config.load(tmp_path, env={}))
 
     assert [c["name"] for c in found] == ["probe"]
