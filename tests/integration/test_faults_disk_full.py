@@ -170,7 +170,12 @@ def full(sources: Path) -> Iterator[FullHarness]:
         assert base.get("status") == "ACTIVE", base.get("vmops:fault")
         yield h
     finally:
-        h.stop()
+        try:
+            h.stop()
+        except subprocess.TimeoutExpired:  # stuck: gone before the umount, or it fails
+            assert h.proc is not None
+            h.proc.kill()
+            h.proc.wait()
         for c in h.consoles:
             c.close()
         for pid_file in state.glob("instances/*/capture.pid"):
