@@ -12,6 +12,8 @@ import base64
 import contextlib
 from pathlib import Path
 
+import pytest
+
 from tests.functional.conftest import Vmops
 from tests.targets import iscsi_target
 from vmops.cli.client import Client
@@ -81,6 +83,7 @@ def test_a_server_boots_from_a_volume_that_outlives_it(vmops: Vmops, tmp_path: P
 REMOTE_MARK_OFFSET_MIB = 56  # past the 48 MiB test image: free space on the 64 MiB LUN
 
 
+@pytest.mark.extended  # CI's tier boots from a local volume and hot-plugs iSCSI: CI's budget
 def test_a_server_boots_from_an_iscsi_lun(vmops: Vmops, test_image_dir: Path,
                                           tmp_path: Path) -> None:
     """The test image on an iSCSI LUN (a private tgtd on loopback, CHAP) is
