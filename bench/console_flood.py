@@ -1,6 +1,7 @@
 """Console capture CPU while a real guest floods its serial port.
 
     python -m bench --only console_flood      (full run only; or: python -m bench.console_flood)
+    python -m bench.console_flood --trickle-only [BYTES_PER_S [SECONDS]]   (no guest)
 
 Two guests of the ``tiny-flood`` test image (its init prints numbered
 ~100-byte ``VMOPS-FLOOD <n>`` lines as fast as it can, for ever):
@@ -70,6 +71,13 @@ def cpu_seconds(pid: int, proc: Path = Path("/proc")) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def cpu_ns(pid: int, proc: Path = Path("/proc")) -> int:
+    """Nanoseconds on a CPU of every thread of ``pid`` (``schedstat``): finer
+    than ``cpu_seconds``' clock ticks, for the short trickle windows."""
+    return sum(int((task / "schedstat").read_text().split()[0])
+               for task in (proc / str(pid) / "task").iterdir())
+
+
 def last_line_number(text: bytes) -> int | None:
     numbers = _FLOOD.findall(text)
     return int(numbers[-1]) if numbers else None
@@ -113,20 +121,20 @@ def trickle_cpu(root: Path, chunk: int, rate: float, seconds: float) -> float:
             conn, _ = listener.accept()
             with conn:
                 payload = b"x" * (chunk - 1) + b"\n"
-                cpu0, t0 = cpu_seconds(pid), time.monotonic()
+                cpu0, t0 = cpu_ns(pid), time.monotonic()
                 due = t0
                 while time.monotonic() - t0 < seconds:
                     conn.sendall(payload)
                     due += chunk / rate
                     time.sleep(max(0.0, due - time.monotonic()))
-                cpu1, t1 = cpu_seconds(pid), time.monotonic()
+                cpu1, t1 = cpu_ns(pid), time.monotonic()
         finally:
             console.stop_capture(log_dir)
     finally:
         listener.close()
         shutil.rmtree(log_dir, ignore_errors=True)
         sock_path.unlink(missing_ok=True)
-    return 100.0 * (cpu1 - cpu0) / (t1 - t0)
+    return 100.0 * (cpu1 - cpu0) / 1e9 / (t1 - t0)
 
 
 def run(quick: bool) -> list[Row]:
@@ -276,7 +284,29 @@ def _file_window(path: Path, window: float) -> float:
     return (size1 - size0) / MIB / (t1 - t0)
 
 
+def trickle_only(argv: list[str]) -> int:
+    """``--trickle-only [BYTES_PER_S [SECONDS]]``: only the part without a
+    guest (no bench session, no libvirt), in a temporary directory; prints
+    one JSON line: per write size, the capture's CPU in % of one core and
+    in microseconds per KiB."""
+    import json
+    import tempfile
+
+    rate = float(argv[0]) if argv else 0.04 * MIB
+    seconds = float(argv[1]) if len(argv) > 1 else 4.0
+    with tempfile.TemporaryDirectory(prefix="vmops-trickle-") as root:
+        pct = {str(chunk): round(trickle_cpu(Path(root), chunk, rate, seconds), 2)
+               for chunk in TRICKLE_CHUNKS}
+    us_per_kib = {chunk: round(p / 100.0 * 1e6 / (rate / 1024), 2) for chunk, p in pct.items()}
+    print(json.dumps({"trickle_bytes_per_s": round(rate), "seconds": seconds,
+                      "trickle_capture_cpu_pct": pct,
+                      "capture_cpu_us_per_kib": us_per_kib}))
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--trickle-only"]:
+        sys.exit(trickle_only(sys.argv[2:]))
     from bench.runner import main
 
     sys.exit(main(["--only", "console_flood", *sys.argv[1:]]))
