@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -235,3 +236,34 @@ def test_an_upgrade_keeps_instances_that_wait_for_their_qemu(
         console.qemu.send(b"after the upgrade\n")
         console.qemu.wait_stored()
         assert read_log(console.log_dir) == b"after the upgrade\n"
+
+
+def test_a_burst_of_tiny_writes_arrives_whole_and_in_order(
+        consoles: Callable[[], Console]) -> None:
+    """Two guests write numbered lines a few bytes per write, interleaved
+    (as QEMU passes on a UART's output), while the console process lets
+    output gather between reads (daemon.GATHER_S): each log and each
+    attached client gets every byte, once, in order."""
+    made = [consoles() for _ in range(2)]
+    for console in made:
+        _running(console)
+    clients = [attach(console.log_dir) for console in made]
+    for client in clients:
+        client.settimeout(BOUND)
+    sent = [_lines(0, 3000), _lines(100_000, 3000)]
+    for start in range(0, len(sent[0]), 7):
+        for console, data in zip(made, sent, strict=True):
+            console.qemu.send(data[start:start + 7])
+        if start % 140 == 0:
+            time.sleep(0.001)  # a busy stream, not one too fast to gather
+    for client, data in zip(clients, sent, strict=True):
+        got = bytearray()
+        while len(got) < len(data):
+            chunk = client.recv(65536)
+            assert chunk, "the client was closed"
+            got += chunk
+        assert bytes(got) == data
+        client.close()
+    for console, data in zip(made, sent, strict=True):
+        console.qemu.wait_stored()
+        assert read_log(console.log_dir) == data

@@ -64,6 +64,35 @@ CONTROL_TIMEOUT = 5.0
 # How long an old per-instance capture process gets to hand over.
 ADOPT_TIMEOUT = 10.0
 START_GRACE = 10.0
+# While guest output comes often (again less than GATHER_S after the end of
+# the last turn that read some), a loop turn that read some makes the next
+# turn wait until GATHER_S after its own wake-up, so bytes that QEMU passes
+# on a few at a time (a UART: QEMU 7.2 writes its output one byte per
+# write) gather in the sockets' kernel buffers and are read, logged and
+# fanned out in one batch per socket per turn: a wake-up (the scheduler's
+# switch, epoll_wait, recv, write and the Python around them) then happens
+# at most 1/GATHER_S times a second, not once per few bytes. Output after a
+# quiet spell is read at once (waiting then would only add a wake-up); no
+# byte waits longer than GATHER_S for it (interactive echo included), and
+# none is lost: they wait in the kernel (docs/console.md).
+GATHER_S = 0.005
+# But the kernel queues only about 278 writes on a UNIX socket whatever
+# their size (each is a buffer charged ~760 bytes against the writer's
+# net.core.wmem_default, 208 KiB), and then QEMU must wait to write. So a
+# turn waits no longer than the fastest socket read in it takes to bring
+# GATHER_SAFE_BYTES (one-byte writes: well under a full queue): a stream
+# that fast is read as often as it needs, never held to GATHER_S's pace.
+GATHER_SAFE_BYTES = 200
+
+
+def gather_wait(read_bytes: int, interval: float) -> float:
+    """How long the next turn waits, after one that read at most
+    ``read_bytes`` from one socket, gathered over ``interval`` seconds:
+    ``GATHER_S``, less for a fast stream, 0 when that is under a tenth of it."""
+    if read_bytes <= 0:
+        return GATHER_S
+    wait = min(GATHER_S, GATHER_SAFE_BYTES * max(0.0, interval) / read_bytes)
+    return wait if wait >= GATHER_S / 10 else 0.0
 _EVENTS_IN = select.EPOLLIN
 _EVENTS_OUT = select.EPOLLOUT
 
@@ -79,7 +108,7 @@ class _Poller:
         self.watch.add_client_fd(_fileno(fd), eventmask)
 
     def modify(self, fd: Any, eventmask: int, /) -> None:
-        self.loop.epoll.modify(_fileno(fd), eventmask)
+        self.loop.modify(_fileno(fd), eventmask)
 
     def unregister(self, fd: Any, /) -> None:
         self.loop.remove(_fileno(fd))
@@ -244,6 +273,7 @@ class Watch:
             return False
         if not data:
             return False
+        self.loop.turn_bytes = max(self.loop.turn_bytes, len(data))
         self.store(data)
         if self.fanout is not None:
             self.fanout.output(self.poller, data)
@@ -279,7 +309,7 @@ class Watch:
         if self.serial is None or self.fanout is None:
             return
         wanted = _EVENTS_IN | (_EVENTS_OUT if self.fanout.to_guest else 0)
-        self.loop.epoll.modify(self.serial.fileno(), wanted)
+        self.loop.modify(self.serial.fileno(), wanted)
         self.fanout.update(self.poller)
 
     # -- the files ----------------------------------------------------------------
@@ -366,6 +396,10 @@ class Loop:
         self.files = ConsoleProcessFiles(run_dir)
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
+        self.masks: dict[int, int] = {}  # what each fd is registered for
+        self.turn_bytes = 0  # the most guest output this turn read from one socket
+        self.read_woke = 0.0  # when the last turn that read guest output woke
+        self.last_read = -GATHER_S  # and when it ended
         self.watches: dict[Path, Watch] = {}
         self.stopping = False
         self.upgrading = False
@@ -383,9 +417,18 @@ class Loop:
             self.epoll.register(fd, events)
         except FileExistsError:
             self.epoll.modify(fd, events)
+        self.masks[fd] = events
+
+    def modify(self, fd: int, events: int) -> None:
+        """Change what ``fd`` is polled for; no system call if unchanged
+        (each turn re-arms every socket it handled)."""
+        if self.masks.get(fd) != events:
+            self.epoll.modify(fd, events)
+            self.masks[fd] = events
 
     def remove(self, fd: int) -> None:
         self.handlers.pop(fd, None)
+        self.masks.pop(fd, None)
         with contextlib.suppress(OSError, ValueError):
             self.epoll.unregister(fd)
 
@@ -534,11 +577,25 @@ class Loop:
                 watch.try_connect(now)
             waiting = [w.retry_at for w in self.watches.values() if w.serial is None]
             timeout = max(0.0, min(waiting) - now) if waiting else 1.0
-            for fd, events in self.epoll.poll(min(timeout, 1.0)):
+            ready = self.epoll.poll(min(timeout, 1.0))
+            woke = time.monotonic()
+            self.turn_bytes = 0
+            for fd, events in ready:
                 handler = self.handlers.get(fd)
                 if handler is not None:
                     handler(events)
+            if self.turn_bytes:
+                self._let_output_gather(woke)
         self.remove(wakeup_fd)
+
+    def _let_output_gather(self, woke: float) -> None:
+        """After a turn that read guest output: if the output comes often,
+        wait until up to ``GATHER_S`` after this turn's wake-up (see GATHER_S)."""
+        wait = gather_wait(self.turn_bytes, woke - self.read_woke)
+        self.read_woke = woke
+        if woke - self.last_read < GATHER_S and wait and not (self.stopping or self.upgrading):
+            time.sleep(max(0.0, woke + wait - time.monotonic()))
+        self.last_read = time.monotonic()
 
     def shut_down(self) -> None:
         """Stop: store what is queued everywhere; the watch list stays."""
