@@ -17,6 +17,7 @@ from tests.integration.test_volumes import _spawn
 from tests.integration.test_volumes import env as env  # noqa: F401 - the fixture
 from tests.targets import IscsiTarget, NbdExport, free_port, iscsi_target, nbd_export
 from vmops.errors import Conflict, Invalid, VolumeNotFound
+from vmops.hypervisor.base import NetworkSource
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.volumes import remote
 from vmops.volumes.manager import SECRET_USAGE_PREFIX, Volumes
@@ -330,7 +331,7 @@ def test_one_target_registered_twice_at_once_is_one_volume(
     probing, release = threading.Event(), threading.Event()
     first = [True]
 
-    def slow_probe(source: remote.NetworkSource, secret: bytes | None) -> int:
+    def slow_probe(source: NetworkSource, secret: bytes | None) -> int:
         if first.pop() if first else False:
             probing.set()
             assert release.wait(30)
