@@ -4,15 +4,19 @@ guest). Timeouts are only bounds against hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
+import shutil
 import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -267,3 +271,42 @@ def test_a_burst_of_tiny_writes_arrives_whole_and_in_order(
     for console, data in zip(made, sent, strict=True):
         console.qemu.wait_stored()
         assert read_log(console.log_dir) == data
+
+
+def test_a_watch_on_a_full_disk_is_refused_naming_it_and_undone(tmp_path: Path) -> None:
+    """The instance's log directory is on a full file system (a small tmpfs
+    filled to its last page): the console process cannot write its state
+    file, so the watch is refused with a reason naming the disk, undone
+    (nothing watched, no temporary file), and the process, started for it,
+    exits. With room again the same watch works."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "full"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    root = Path(tempfile.mkdtemp(prefix="vmc-", dir="/tmp"))  # short: socket paths
+    log_dir, sock = disk / "log", root / "s.sock"
+    pid = None
+    try:
+        log_dir.mkdir()
+        ballast = disk / "ballast"
+        with contextlib.suppress(OSError), ballast.open("wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+        with pytest.raises(HypervisorError, match="No space left on device") as refused:
+            start_capture(sock, log_dir, 4096)
+        assert "capture.state" in str(refused.value)
+        assert sorted(p.name for p in log_dir.iterdir()) == ["capture.lock"]
+        files = ConsoleProcessFiles(root)
+        _wait_for("the console process to exit", lambda: not files.control.exists())
+        assert not files.watch_list.exists()
+        ballast.unlink()
+        pid = start_capture(sock, log_dir, 4096)
+        assert request(root, {"op": "state", "log_dir": str(log_dir)})["state_error"] is None
+    finally:
+        if pid is not None:
+            stop_capture(log_dir, timeout=BOUND)
+            assert not _is_alive(pid)
+        subprocess.run(["umount", str(disk)], check=False)
+        shutil.rmtree(root, ignore_errors=True)

@@ -7,6 +7,9 @@ BUILD/spawning until the service restarted; the records' reserve
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import pytest
 
 from tests.integration.test_faults_disk_full import (
@@ -17,6 +20,7 @@ from tests.integration.test_faults_disk_full import (
     full,
     sources,
 )
+from tools.soak.run import ConsoleSocket
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -67,3 +71,39 @@ def test_a_spawn_on_a_full_disk(full: FullHarness) -> None:
     _not_corrupted(h)
     h.client.delete(f"/servers/{instance_id}")
     _gone(h, instance_id)
+
+
+def test_a_disk_that_fills_before_the_boot_fails_the_spawn_naming_it(
+        full: FullHarness) -> None:
+    """The disk fills after the console capture started and the guest's
+    disks were made, as its QEMU starts (paused; this test serves QEMU's
+    serial socket only then): the console process cannot write the
+    instance's capture.state (a temp file renamed) as it connects, and
+    tells the service, so the spawn fails at once with a fault naming the
+    full disk (not after waiting 30 s for a connection its state file would
+    never show), the instance ends ERROR with that reason, and nothing is
+    left behind: no instance directory, no watch, no process."""
+    h = full
+    server = h.client.post("/servers", {"server": {
+        "name": "late", "imageRef": "base", "flavorRef": "m1.tiny"}})["server"]
+    instance_id = str(server["id"])
+    deadline = time.monotonic() + 60.0
+    while h.server(instance_id)["vmops:power_state"] != "paused":  # waits for the capture
+        assert time.monotonic() < deadline, (h.server(instance_id), h.log_tail())
+        time.sleep(0.01)
+    assert (h.state / "instances" / instance_id / "capture.state").exists()
+    h.fill(0)
+    with contextlib.suppress(OSError):  # the socket needs no data blocks, only an inode
+        h.consoles.append(ConsoleSocket(h.state / "run" / f"{instance_id}.sock"))
+    server = h.settled(instance_id)
+    h.answers()
+    fault = server["fault"]["message"] if server["status"] == "ERROR" else ""
+    assert "no space left on device" in fault.lower(), (server, h.log_tail())
+    assert "capture.state" in fault and "did not connect" not in fault, fault
+    assert not (h.state / "instances" / instance_id).exists(), \
+        "a failed spawn left its disks or console files"
+    assert not (h.state / "run" / "console.watch").exists()  # it watches nothing
+    h.empty()
+    h.client.delete(f"/servers/{instance_id}")
+    _gone(h, instance_id)
+    assert list((h.state / "run").glob("*.tmp")) == []

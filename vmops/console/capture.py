@@ -308,9 +308,15 @@ def _saved_generation(state_path: Path) -> int:
 
 
 def _write_atomically(path: Path, text: str) -> None:
+    """Write ``path`` whole or not at all; on failure (a full disk) no
+    temporary file is left."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -64,6 +64,7 @@ CONTROL_TIMEOUT = 5.0
 # How long an old per-instance capture process gets to hand over.
 ADOPT_TIMEOUT = 10.0
 START_GRACE = 10.0
+WATCH_LIST_RETRY = 1.0  # seconds between tries to save the watch list (a full disk)
 # While guest output comes often (again less than GATHER_S after the end of
 # the last turn that read some), a loop turn that read some makes the next
 # turn wait until GATHER_S after its own wake-up, so bytes that QEMU passes
@@ -155,6 +156,9 @@ class Watch:
         self.generation = single._saved_generation(self.files.state)
         self.connected = False
         self.error: str | None = None
+        # The files of ours that the last try could not write (a full
+        # disk): the service, which reads them, is told (``state_error``).
+        self.unwritten: dict[Path, str] = {}
         self.serial: socket.socket | None = None
         self.fanout: FanOut | None = None
         self.poller = _Poller(loop, self)
@@ -167,7 +171,7 @@ class Watch:
             self.store(single.GAP_MARKER % single._utc_now())
         self.listen()
         self.save_state()
-        single._write_atomically(self.files.pid, f"{os.getpid()}\n")
+        self._write(self.files.pid, f"{os.getpid()}\n")
 
     def listen(self, listener: socket.socket | None = None) -> None:
         if listener is None:
@@ -329,8 +333,22 @@ class Watch:
     def save_state(self) -> None:
         state = {"pid": os.getpid(), "connected": self.connected,
                  "generation": self.generation, "error": self.error}
-        with contextlib.suppress(OSError):
-            single._write_atomically(self.files.state, json.dumps(state) + "\n")
+        self._write(self.files.state, json.dumps(state) + "\n")
+
+    def _write(self, path: Path, text: str) -> None:
+        """Write one of the files the service reads; a failure is kept (and
+        reported through ``state_error``), never raised: capture goes on."""
+        try:
+            single._write_atomically(path, text)
+        except OSError as exc:
+            self.unwritten[path] = f"cannot write {path}: {exc.strerror or exc}"
+        else:
+            self.unwritten.pop(path, None)
+
+    @property
+    def state_error(self) -> str | None:
+        """Why a file the service reads (pid, state) is not as it should be."""
+        return next(iter(self.unwritten.values()), None)
 
     # -- upgrade --------------------------------------------------------------------
     def handoff(self) -> dict[str, Any]:
@@ -397,6 +415,8 @@ class Loop:
         self.epoll = select.epoll()
         self.handlers: dict[int, Callable[[int], None]] = {}
         self.masks: dict[int, int] = {}  # what each fd is registered for
+        self.watch_list_stale = False  # not saved as it is (a full disk)
+        self.watch_list_retry_at = 0.0
         self.turn_bytes = 0  # the most guest output this turn read from one socket
         self.read_woke = 0.0  # when the last turn that read guest output woke
         self.last_read = -GATHER_S  # and when it ended
@@ -443,7 +463,7 @@ class Loop:
         for spec in self.saved_watches():
             with contextlib.suppress(OSError, RuntimeError):
                 self.adopt(spec)
-        self.save_watches()
+        self.try_save_watches(time.monotonic())
         single._write_atomically(self.files.pid, f"{os.getpid()}\n")
         return True
 
@@ -488,11 +508,31 @@ class Loop:
         return specs
 
     def save_watches(self) -> None:
+        """Write the watch list (removed when empty: that needs no room)."""
         items = [w.spec.as_json() for w in self.watches.values()]
-        single._write_atomically(self.files.watch_list, json.dumps(items) + "\n")
+        if not items:
+            self.files.watch_list.unlink(missing_ok=True)
+        else:
+            single._write_atomically(self.files.watch_list, json.dumps(items) + "\n")
+        self.watch_list_stale = False
 
-    def adopt(self, spec: WatchSpec) -> Watch:
-        """Start capturing ``spec``'s instance (a no-op if we do)."""
+    def try_save_watches(self, now: float) -> None:
+        """Save the watch list, or try again WATCH_LIST_RETRY later (a full
+        disk): what this process watches is right either way."""
+        try:
+            self.save_watches()
+        except OSError:
+            self.watch_list_stale = True
+            self.watch_list_retry_at = now + WATCH_LIST_RETRY
+
+    def adopt(self, spec: WatchSpec, asked: bool = False) -> Watch:
+        """Start capturing ``spec``'s instance (a no-op if we do).
+
+        ``asked`` (a ``watch`` request): if the watch list or the
+        instance's pid and state files cannot be written (a full disk), the
+        watch is undone and ``OSError`` says why, so the service fails now
+        rather than wait for a connection its files would never show. On a
+        start again (the saved list) capture goes on regardless."""
         watch = self.watches.get(spec.log_dir)
         if watch is not None:
             watch.spec.max_bytes = watch.log.max_bytes = spec.max_bytes
@@ -506,8 +546,19 @@ class Loop:
         killed = files.pid.exists()  # a clean exit removes it: ours was killed
         watch = Watch(self, spec, lock_fd)
         self.watches[spec.log_dir] = watch
-        self.save_watches()
-        watch.open(killed_predecessor=killed)
+        try:
+            if asked:
+                self.save_watches()
+            watch.open(killed_predecessor=killed)
+            if asked and watch.state_error is not None:
+                raise OSError(watch.state_error)
+        except BaseException:
+            self.watches.pop(spec.log_dir, None)
+            self.try_save_watches(time.monotonic())
+            watch.close()
+            if handed_over is not None:
+                handed_over.close()
+            raise
         if handed_over is not None:
             watch.attach_serial(handed_over, new=True)
         else:
@@ -516,9 +567,9 @@ class Loop:
 
     def forget(self, log_dir: Path) -> None:
         watch = self.watches.pop(log_dir, None)
-        self.save_watches()
         if watch is not None:
             watch.close()
+        self.try_save_watches(time.monotonic())
 
     # -- control requests -----------------------------------------------------------
     def on_control(self, events: int) -> None:
@@ -542,8 +593,15 @@ class Loop:
             op = request.get("op") if isinstance(request, dict) else None
             if op == "watch":
                 spec = WatchSpec.from_json(request)
-                watch = self.adopt(spec)
-                return {"pid": os.getpid(), "error": None, "log_error": watch.error}
+                try:
+                    watch = self.adopt(spec, asked=True)
+                except BaseException:
+                    self.emptied = not self.watches  # started for it: do not linger
+                    raise
+                return {"pid": os.getpid(), "error": None, "log_error": watch.error,
+                        "state_error": watch.state_error}
+            if op == "state":
+                return self.state_of(request.get("log_dir"))
             if op == "unwatch":
                 log_dir = request.get("log_dir")
                 if not isinstance(log_dir, str):
@@ -561,6 +619,17 @@ class Loop:
         except Exception as exc:  # noqa: BLE001 - one bad request must not end every capture
             return {"pid": os.getpid(), "error": str(exc) or type(exc).__name__}
 
+    def state_of(self, log_dir: Any) -> dict[str, Any]:
+        """What a watch's state file would say, and why it may not."""
+        if not isinstance(log_dir, str):
+            raise ValueError("state needs a log_dir")
+        watch = self.watches.get(Path(log_dir))
+        if watch is None:
+            return {"pid": os.getpid(), "error": None, "watching": False}
+        return {"pid": os.getpid(), "error": None, "watching": True,
+                "connected": watch.connected, "generation": watch.generation,
+                "log_error": watch.error, "state_error": watch.state_error}
+
     # -- the loop -------------------------------------------------------------------
     def serve(self, wakeup_fd: int) -> None:
         self.add(wakeup_fd, _EVENTS_IN, lambda events: _clear(wakeup_fd))
@@ -568,6 +637,8 @@ class Loop:
             now = time.monotonic()
             if not self.watches and (self.emptied or now - self.started > START_GRACE):
                 break
+            if self.watch_list_stale and now >= self.watch_list_retry_at:
+                self.try_save_watches(now)
             if self.poked:
                 self.poked = False
                 for watch in self.watches.values():

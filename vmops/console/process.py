@@ -33,6 +33,9 @@ from vmops.errors import Conflict, HypervisorError
 from vmops.socket_paths import MAX_SOCKET_PATH, socket_address
 
 _POLL_INTERVAL = 0.02
+# While waiting for a connection, how often the console process is asked
+# whether it can write the instance's state file at all (a full disk).
+_ASK_INTERVAL = 0.1
 _START_TIMEOUT = 10.0
 _KILL_TIMEOUT = 5.0
 
@@ -148,8 +151,11 @@ def attach(log_dir: Path) -> socketlib.socket:
 def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
     """Wait until the capture process is connected with a generation above
     ``after_generation`` (i.e. to a QEMU started after that was read);
-    return that generation."""
-    deadline = time.monotonic() + timeout
+    return that generation. Fails at once if the console process cannot
+    write the state file this reads (a full disk), naming why."""
+    start = time.monotonic()
+    deadline = start + timeout
+    asked_at = start
     while True:
         state = _read_state(LogFiles(log_dir))
         pid = capture_pid(log_dir)
@@ -160,7 +166,11 @@ def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
             )
         if state.connected and state.pid == pid and state.generation > after_generation:
             return state.generation
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now - asked_at >= _ASK_INTERVAL:
+            asked_at = now
+            _raise_if_unwritable(pid, log_dir)
+        if now >= deadline:
             raise HypervisorError(
                 reason=f"the console capture process (pid {pid}) for {log_dir} did not "
                 f"connect to the guest's serial socket within {timeout:g}s "
@@ -168,6 +178,18 @@ def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
                 f"{after_generation}; last error: {state.error or 'none'})"
             )
         time.sleep(_POLL_INTERVAL)
+
+
+def _raise_if_unwritable(pid: int, log_dir: Path) -> None:
+    run_dir = shared.daemon_run_dir(pid)
+    if run_dir is None:
+        return
+    error = shared.state_error(run_dir, log_dir.absolute())
+    if error is not None:
+        raise HypervisorError(
+            reason=f"the console capture process (pid {pid}) for {log_dir} cannot keep "
+            f"its files: {error}; the guest's serial output would not be logged"
+        )
 
 
 def stop_capture(log_dir: Path, timeout: float = 5.0) -> None:

@@ -87,6 +87,19 @@ def watch(run_dir: Path, serial_socket: Path, log_dir: Path, max_bytes: int,
         _start(run_dir, remember, env)
 
 
+def state_error(run_dir: Path, log_dir: Path) -> str | None:
+    """Why the console process cannot write ``log_dir``'s pid or state file
+    (a full disk: its state file would then never say it connected); None
+    if it can, or if no console process (or one without this request)
+    answers."""
+    try:
+        answer = request(run_dir, {"op": "state", "log_dir": str(log_dir)}, timeout=5.0)
+    except (NotRunning, HypervisorError, OSError, ValueError):
+        return None
+    error = answer.get("state_error")
+    return error if isinstance(error, str) else None
+
+
 def unwatch(run_dir: Path, log_dir: Path) -> bool:
     """Stop capturing ``log_dir``; True if the console process now exits
     (it watches nothing). False too if none runs."""
