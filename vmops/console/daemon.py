@@ -350,6 +350,14 @@ class Watch:
         """Why a file the service reads (pid, state) is not as it should be."""
         return next(iter(self.unwritten.values()), None)
 
+    def write_again(self) -> None:
+        """Try the files that could not be written once more (there may be
+        room now), so that ``state_error`` says how things are, not were."""
+        if self.files.state in self.unwritten:
+            self.save_state()
+        if self.files.pid in self.unwritten:
+            self._write(self.files.pid, f"{os.getpid()}\n")
+
     # -- upgrade --------------------------------------------------------------------
     def handoff(self) -> dict[str, Any]:
         """What the re-exec'ed process needs; every descriptor made inheritable."""
@@ -626,6 +634,7 @@ class Loop:
         watch = self.watches.get(Path(log_dir))
         if watch is None:
             return {"pid": os.getpid(), "error": None, "watching": False}
+        watch.write_again()
         return {"pid": os.getpid(), "error": None, "watching": True,
                 "connected": watch.connected, "generation": watch.generation,
                 "log_error": watch.error, "state_error": watch.state_error}
