@@ -206,6 +206,19 @@ def destroy_servers(vm: Vmops, keep: set[str] | frozenset[str] = frozenset()) ->
             vm.client.delete(f"/servers/{server['id']}")
 
 
+def settled_leftovers(state_dir: Path, timeout: float = 30.0) -> list[str]:
+    """What :func:`leftovers` and :func:`processes_of` find once the state
+    directory's console process has had time to go: it exits a moment after
+    its last instance is unwatched, or, started for a spawn whose service was
+    killed before it asked for a watch, ``START_GRACE`` (10 s) after its
+    start. A bound on the wait, not a speed check."""
+    deadline = time.monotonic() + timeout
+    while (left := leftovers(state_dir) + processes_of(state_dir)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 def processes_of(state_dir: Path) -> list[str]:
     """"pid args" of the QEMU and capture processes tied to ``state_dir``.
 
@@ -256,7 +269,7 @@ def separate_service(test_image_dir: Path, state_dir_length: int = 0,
                 destroy_servers(vm)
             finally:
                 stop_service(vm.service)  # type: ignore[attr-defined]
-        left = leftovers(path) + processes_of(path)
+        left = settled_leftovers(path)
         assert not left, f"left behind: {left}"
     finally:
         _kill_leftover_processes(path)

@@ -16,9 +16,8 @@ import pytest
 
 from tests.functional.conftest import (
     Vmops,
-    leftovers,
-    processes_of,
     separate_service,
+    settled_leftovers,
     start_service,
     stop_service,
 )
@@ -213,8 +212,7 @@ def test_spawn_interrupted_by_service_kill_is_rolled_back(vmops: Vmops, moment: 
     assert not list((vmops.state_dir / "libvirt").rglob(f"vmops-{name}.xml"))  # no domain
     assert not (vmops.state_dir / "run" / f"{created['id']}.sock").exists()
     assert _capture_pids(vmops, created["id"]) == []
-    assert leftovers(vmops.state_dir) == []  # no disk
-    assert processes_of(vmops.state_dir) == []  # no QEMU, no capture
+    assert settled_leftovers(vmops.state_dir) == []  # no disk, no QEMU, no capture
     vmops.run("destroy", name)
     assert name not in [s["name"] for s in vmops.json("list")]
 
