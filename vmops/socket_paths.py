@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import os
 import re
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -225,3 +226,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         pass  # another user's
     return True
+
+
+def listen_private(path: Path, backlog: int) -> socket.socket:
+    """A UNIX stream socket listening at ``path``, made with umask 077 so
+    only its owner may connect; a stale socket file there is replaced (the
+    caller holds the lock that makes it stale). Raises ``OSError``."""
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o077)
+    try:
+        with socket_address(path) as address:
+            listener.bind(address)
+        listener.listen(backlog)
+    except OSError:
+        listener.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    return listener

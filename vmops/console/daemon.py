@@ -51,7 +51,7 @@ from vmops.console.layout import (
     LogFiles,
 )
 from vmops.console.rotation import RotatingLog
-from vmops.socket_paths import socket_address
+from vmops.socket_paths import listen_private
 
 # While an instance is disconnected its socket is tried every RETRY_FAST
 # seconds for RETRY_FAST_FOR seconds, then every RETRY_SLOW (vmops pokes us
@@ -182,20 +182,11 @@ class Watch:
 
     def _bind(self) -> socket.socket | None:
         path = self.files.console_socket
-        path.unlink(missing_ok=True)  # a killed predecessor's; we hold the lock
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
         try:
-            with socket_address(path) as address:
-                listener.bind(address)
-            listener.listen(MAX_CLIENTS)
+            return listen_private(path, MAX_CLIENTS)
         except OSError as exc:
-            listener.close()
             self.note_error(f"listening on {path}: {exc}")
             return None
-        finally:
-            os.umask(old_umask)
-        return listener
 
     def close(self, remove_pid: bool = True) -> None:
         """Store what is queued, close everything, release the directory."""
@@ -476,16 +467,7 @@ class Loop:
         return True
 
     def _bind_control(self) -> socket.socket:
-        path = self.files.control
-        path.unlink(missing_ok=True)  # a dead predecessor's; we hold the lock
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
-        try:
-            with socket_address(path) as address:
-                listener.bind(address)
-        finally:
-            os.umask(old_umask)
-        listener.listen(64)
+        listener = listen_private(self.files.control, 64)
         listener.setblocking(False)
         self.add(listener.fileno(), _EVENTS_IN, self.on_control)
         return listener
