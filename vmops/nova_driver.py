@@ -65,8 +65,7 @@ from oslo_config import cfg
 from vmops import config, socket_paths
 from vmops.compute import host_facts, serial_console, states
 from vmops.compute.boot_volume import BootVolume
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute, SpawnRequest
+from vmops.compute.manager import SpawnRequest
 from vmops.compute.server_volumes import ExtraVolume
 from vmops.errors import (
     Conflict,
@@ -79,7 +78,7 @@ from vmops.errors import (
 from vmops.hypervisor import threads
 from vmops.hypervisor.base import LifecycleEvent as VmopsLifecycleEvent
 from vmops.hypervisor.base import PowerState
-from vmops.service import build, open_host, take_lock
+from vmops.service import Engine, build, open_host, take_lock
 from vmops.store import Instance
 from vmops.volumes.manager import Volumes
 from vmops.volumes.records import Volume, VolumeStatus
@@ -151,15 +150,16 @@ class VmopsDriver(driver.ComputeDriver):
 
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         super().__init__(virtapi)
-        self.compute, self.catalog = self._open()
+        self.engine = self._open()
+        self.compute, self.catalog = self.engine.compute, self.engine.catalog
         self._events_lock = threading.Lock()
         self._delayed_stops: dict[str, threading.Timer] = {}
         self._serial_ports: dict[str, SerialPort] = {}  # instance id -> its open port
         self.compute.lifecycle_observers.append(self._lifecycle_event)
 
     # -- set-up ----------------------------------------------------------------
-    def _open(self) -> tuple[Compute, Catalog]:
-        """vmops' compute layer for ``[vmops] state_dir``, as ``vmops serve`` makes it."""
+    def _open(self) -> Engine:
+        """vmops' parts for ``[vmops] state_dir``, as ``vmops serve`` makes them."""
         state_dir = Path(CONF.vmops.state_dir) if CONF.vmops.state_dir else None
         settings = config.load(state_dir)
         _use_novas_threading()
@@ -169,24 +169,27 @@ class VmopsDriver(driver.ComputeDriver):
         socket_paths.ensure_socket_root(settings.state_dir)
         host = open_host(settings)
         problems = host.problems()
-        engine = build(settings, hypervisor=host.hypervisor, accel=host.accel,
-                       host_problems=lambda: problems)
-        return engine.compute, engine.catalog
+        return build(settings, hypervisor=host.hypervisor, accel=host.accel,
+                     host_problems=lambda: problems)
 
     def init_host(self, host: str) -> None:
-        """Reconcile vmops' records with the hypervisor, as ``vmops serve`` does at start."""
-        orphans = self.compute.recover()
+        """Reconcile vmops' records with the hypervisor, then watch the
+        volumes, as ``vmops serve`` does at start (Engine.recover and
+        Engine.watch_volumes): Cinder volumes a crash left half registered,
+        forgotten or attached (records, CHAP secrets) are settled as the
+        service settles its own, and one whose disk QEMU cannot read or
+        write, or whose iSCSI portal went silent, is put in error."""
+        orphans = self.engine.recover()
         for orphan in orphans:
             log.warning("vmops domain %s has no record; left alone", orphan)
-        # Cinder volumes a crash left half registered, forgotten or attached
-        # (records, CHAP secrets): settled as the service settles its own.
-        self.volumes.reconcile()
+        self.engine.watch_volumes()
 
     def cleanup_host(self, host: str) -> None:
         with self._events_lock:
             for timer in self._delayed_stops.values():
                 timer.cancel()
             self._delayed_stops.clear()
+        self.engine.stop()  # the volume target watch
         for instance_id in list(self._serial_ports):
             self._close_serial_port(instance_id)
         self.compute.store.close()
@@ -615,7 +618,7 @@ class VmopsDriver(driver.ComputeDriver):
     # -- Cinder volumes --------------------------------------------------------------
     @property
     def volumes(self) -> Volumes:
-        return Volumes(self.compute)
+        return self.engine.volumes
 
     def get_volume_connector(self, instance: Any) -> dict[str, Any]:
         """What Cinder needs to export a volume to this host: QEMU's own

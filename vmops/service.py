@@ -53,6 +53,10 @@ LOG_FILE = "vmops.log"
 # log to about 2 s; each look reads one pid file and /proc entry per running
 # instance, cheap enough to need no watcher thread per instance.
 CAPTURE_CHECK_INTERVAL = 2.0
+# How long Engine.stop waits for its threads, in all: each ends as soon as it
+# is between two looks; one half-way through a look (an iSCSI portal's probe,
+# an image prune) may take seconds.
+STOP_TIMEOUT_S = 10.0
 
 
 def take_lock(state_dir: Path) -> IO[str]:
@@ -165,7 +169,8 @@ def _domain_label(hv: Hypervisor, uuid: str) -> str:
 # -- the composition root ---------------------------------------------------------
 @dataclasses.dataclass
 class Engine:
-    """vmops' parts for one state directory, wired together by :func:`build`."""
+    """vmops' parts for one state directory, wired together by :func:`build`,
+    and the work they do on their own once started (:meth:`start`, :meth:`stop`)."""
 
     settings: Settings
     store: Store
@@ -173,11 +178,117 @@ class Engine:
     compute: Compute
     catalog: Catalog
     network: Network | None
+    volumes: Volumes
+    identity: Identity
+    # Set by stop(): every thread the engine started waits on it.
+    _stopping: threading.Event = dataclasses.field(default_factory=threading.Event,
+                                                   init=False, repr=False)
+    _threads: list[threading.Thread] = dataclasses.field(default_factory=list, init=False,
+                                                         repr=False)
 
     def routes(self, checks: Callable[[], list[dict[str, Any]]] = lambda: [],
                identity: Identity | None = None) -> Routes:
-        """The HTTP API's routes over these parts (``checks``: doctor's, for /health)."""
-        return Routes(self.compute, self.catalog, checks, identity=identity)
+        """The HTTP API's routes over these parts (``checks``: doctor's, for
+        /health; ``identity``: this engine's unless given)."""
+        return Routes(self.compute, self.catalog, checks, identity=identity or self.identity)
+
+    def start(self) -> list[Check]:
+        """What the service does before it serves, in this order: reconcile
+        the records with the hypervisor (:meth:`recover`), watch the volumes
+        (:meth:`watch_volumes`), settle unfinished imports, run slow actions
+        in the background (the API answers 202), watch the vmops network,
+        make sure the admin has a password, and start the periodic work
+        (dead console captures, the image cache's prune, the retention of
+        destroyed servers' records). :meth:`stop` ends every thread it
+        started. Returns what doctor should also say (domains vmops made
+        that have no record)."""
+        s = self.settings
+        orphans = self.recover()
+        self.watch_volumes()
+        found = [report_unrecorded(self.hypervisor, orphans, s.db_path,
+                                   self.store.started_empty)]
+        self.catalog.recover_imports()
+        self.compute.background_actions = True
+        if self.network is not None:
+            self._keep(self.network.start_watcher())
+        ensure_admin_password(self.identity.directory, s.admin_password_file,
+                              s.identity_admin_password)
+        self._keep(self._thread(self._capture_watch_loop, "capture-watch"))
+        if s.image_cache_prune_interval:
+            self._keep(self._thread(self._prune_loop, "prune"))
+        if s.deleted_rows_max_age_days:
+            self._keep(self._thread(self._retention_loop, "retention"))
+        return found
+
+    def recover(self) -> list[str]:
+        """Reconcile the instances' records with the hypervisor, then the
+        volumes' (after: destroys it finished release theirs). Returns the
+        uuids of vmops' domains that have no record (left alone)."""
+        orphans = self.compute.recover()
+        self.volumes.reconcile()
+        return orphans
+
+    def watch_volumes(self) -> None:
+        """A disk QEMU cannot read or write puts its volume in error, and so
+        does an iSCSI portal gone silent (until :meth:`stop`)."""
+        self.volumes.watch()
+        self._keep(self.volumes.watch_targets(self._stopping))
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+        """End the threads :meth:`start` and :meth:`watch_volumes` started,
+        waiting at most ``timeout`` seconds in all (one may be half-way
+        through a look that takes seconds). Returns the names of those still
+        running then, which are logged; they are daemon threads."""
+        self._stopping.set()
+        if self.network is not None:
+            self.network.stop()  # dnsmasq and the rules stay: guests keep their network
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = [t.name for t in self._threads if t.is_alive()]
+        if running:
+            log.warning("still running %.0f s after the stop was asked: %s", timeout,
+                        ", ".join(running))
+        self._threads = [t for t in self._threads if t.is_alive()]
+        return running
+
+    def _keep(self, thread: threading.Thread | None) -> None:
+        if thread is not None:
+            self._threads.append(thread)
+
+    @staticmethod
+    def _thread(target: Callable[[], None], name: str) -> threading.Thread:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _capture_watch_loop(self) -> None:
+        """Restart killed console capture processes within seconds, not at
+        the next service start: the guest's output is lost while none runs."""
+        while not self._stopping.wait(CAPTURE_CHECK_INTERVAL):
+            try:
+                self.compute.restart_dead_captures()
+            except Exception:  # noqa: BLE001 - the watch must not stop the service
+                log.exception("console capture watch failed")
+
+    def _retention_loop(self) -> None:
+        """Prune the records of long-destroyed servers: now, then hourly."""
+        while True:
+            try:
+                retention.prune_old(self.store, self.settings.deleted_rows_max_age_days)
+            except Exception:  # noqa: BLE001 - a failed prune must not stop the service
+                log.exception("pruning the records of destroyed servers failed")
+            if self._stopping.wait(retention.PRUNE_INTERVAL_S):
+                return
+
+    def _prune_loop(self) -> None:
+        while not self._stopping.wait(self.settings.image_cache_prune_interval):
+            try:
+                removed = self.catalog.prune_images(self.settings.image_cache_max_age)
+                if removed:
+                    log.info("pruned unused images: %s", ", ".join(removed))
+            except Exception:  # noqa: BLE001 - a failed prune must not stop the service
+                log.exception("image prune failed")
 
 
 def build(settings: Settings, *, hypervisor: Hypervisor, accel: Accel = Accel.TCG,
@@ -189,13 +300,19 @@ def build(settings: Settings, *, hypervisor: Hypervisor, accel: Accel = Accel.TC
     caller chooses; ``store`` defaults to ``settings.db_path``; ``network``
     makes the vmops network (the service's :func:`open_network`), none
     otherwise (user-mode NICs only); ``capture`` is the console capture
-    (the vmops.console module, or a fake where no QEMU runs)."""
-    store = store if store is not None else Store(settings.db_path)
-    made_network = network(settings, store) if network is not None else None
-    compute = Compute(settings, store, hypervisor, accel, host_problems,
+    (the vmops.console module, or a fake where no QEMU runs). Nothing runs
+    until :meth:`Engine.start` (or, for Nova's driver, :meth:`Engine.recover`
+    and :meth:`Engine.watch_volumes`)."""
+    s = settings
+    store = store if store is not None else Store(s.db_path)
+    made_network = network(s, store) if network is not None else None
+    compute = Compute(s, store, hypervisor, accel, host_problems,
                       capture=capture, network=made_network)
-    return Engine(settings=settings, store=store, hypervisor=hypervisor, compute=compute,
-                  catalog=Catalog.from_settings(settings, store), network=made_network)
+    identity = Identity(store, s.identity_token_ttl, s.api_token, s.identity_lockout_failures,
+                        admin_password_file=s.admin_password_file)
+    return Engine(settings=s, store=store, hypervisor=hypervisor, compute=compute,
+                  catalog=Catalog.from_settings(s, store), network=made_network,
+                  volumes=Volumes(compute), identity=identity)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +349,7 @@ class Service:
         self.settings = settings
         self._stop = threading.Event()
         self._servers: list[Any] = []
+        self.engine: Engine | None = None
 
     def run(self, foreground: bool = True) -> None:
         s = self.settings
@@ -262,79 +380,23 @@ class Service:
         problems = host.problems()
         for problem in problems:
             log.error("host check failed: %s", problem)
-        engine = build(s, hypervisor=self.hv, accel=host.accel, host_problems=lambda: problems,
-                       store=Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES),
-                       network=open_network)
-        self.store = engine.store
-        self.network = engine.network
-        if self.network is not None:
-            checks.extend(network_health(s, self.network))
-        self.compute = engine.compute
-        catalog = engine.catalog
-        orphans = self.compute.recover()
-        volumes = Volumes(self.compute)
-        volumes.reconcile()  # after recover: destroys finished release theirs
-        volumes.watch()  # a disk QEMU cannot read or write puts its volume in error
-        volumes.watch_targets(self._stop)  # an iSCSI portal gone silent: the same
-        checks.append(report_unrecorded(self.hv, orphans, s.db_path, self.store.started_empty))
-        catalog.recover_imports()
-        self.compute.background_actions = True
-        if self.network is not None:
-            self.network.start_watcher()
-        identity = Identity(self.store, s.identity_token_ttl, s.api_token,
-                            s.identity_lockout_failures,
-                            admin_password_file=s.admin_password_file)
-        ensure_admin_password(identity.directory, s.admin_password_file,
-                              s.identity_admin_password)
-        routes = engine.routes(lambda: [dataclasses.asdict(c) for c in checks],
-                               identity=identity)
+        engine = self.engine = build(
+            s, hypervisor=self.hv, accel=host.accel, host_problems=lambda: problems,
+            store=Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES), network=open_network)
+        if engine.network is not None:
+            checks.extend(network_health(s, engine.network))
+        checks.extend(engine.start())
+        routes = engine.routes(lambda: [dataclasses.asdict(c) for c in checks])
         limits = Limits(request_timeout=s.api_request_timeout, body_timeout=s.api_body_timeout,
                         max_connections=s.api_max_connections,
                         max_connections_per_client=s.api_max_connections_per_client,
                         descriptor_reserve=s.api_descriptor_reserve)
         self._servers = serve(routes.router(), s.api_socket, s.listen, s.api_token, limits,
-                              authenticator=IdentityAuthenticator(identity))
-        threading.Thread(target=self._capture_watch_loop, name="capture-watch",
-                         daemon=True).start()
-        if s.image_cache_prune_interval:
-            threading.Thread(target=self._prune_loop, args=(catalog,), name="prune",
-                             daemon=True).start()
-        if s.deleted_rows_max_age_days:
-            threading.Thread(target=self._retention_loop, name="retention",
-                             daemon=True).start()
-
-    def _capture_watch_loop(self) -> None:
-        """Restart killed console capture processes within seconds, not at
-        the next service start: the guest's output is lost while none runs."""
-        while not self._stop.wait(CAPTURE_CHECK_INTERVAL):
-            try:
-                self.compute.restart_dead_captures()
-            except Exception:  # noqa: BLE001 - the watch must not stop the service
-                log.exception("console capture watch failed")
-
-    def _retention_loop(self) -> None:
-        """Prune the records of long-destroyed servers: now, then hourly."""
-        while True:
-            try:
-                retention.prune_old(self.store, self.settings.deleted_rows_max_age_days)
-            except Exception:  # noqa: BLE001 - a failed prune must not stop the service
-                log.exception("pruning the records of destroyed servers failed")
-            if self._stop.wait(retention.PRUNE_INTERVAL_S):
-                return
-
-    def _prune_loop(self, catalog: Catalog) -> None:
-        while not self._stop.wait(self.settings.image_cache_prune_interval):
-            try:
-                removed = catalog.prune_images(self.settings.image_cache_max_age)
-                if removed:
-                    log.info("pruned unused images: %s", ", ".join(removed))
-            except Exception:  # noqa: BLE001 - a failed prune must not stop the service
-                log.exception("image prune failed")
+                              authenticator=IdentityAuthenticator(engine.identity))
 
     def _shutdown(self) -> None:
-        network = getattr(self, "network", None)
-        if network is not None:
-            network.stop()  # dnsmasq and the rules stay: guests keep their network
+        if self.engine is not None:
+            self.engine.stop()
         for srv in self._servers:
             srv.shutdown()
             srv.server_close()
@@ -342,9 +404,8 @@ class Service:
         hv = getattr(self, "hv", None)
         if hv is not None:
             hv.close()
-        store = getattr(self, "store", None)
-        if store is not None:
-            store.close()
+        if self.engine is not None:
+            self.engine.store.close()
 
 
 def main(settings: Settings) -> None:

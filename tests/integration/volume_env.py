@@ -11,7 +11,6 @@ from vmops import config
 from vmops.console.fake import FakeConsole
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.service import build
-from vmops.volumes.manager import Volumes
 
 
 def make_env(tmp_path: Path, marker: bytes) -> dict[str, Any]:
@@ -25,7 +24,7 @@ def make_env(tmp_path: Path, marker: bytes) -> dict[str, Any]:
     engine.catalog.import_image(
         "base", str(base), disk_format="raw", background=False)
     return {"settings": settings, "store": store, "hv": hv, "compute": compute,
-            "volumes": Volumes(compute), "tmp": tmp_path}
+            "volumes": engine.volumes, "tmp": tmp_path}
 
 
 def pool_files(env: dict[str, Any]) -> list[str]:

@@ -17,7 +17,6 @@ from tests.unit.test_api import TOKEN, Api
 from vmops import config
 from vmops.api import server
 from vmops.hypervisor.fake import FakeHypervisor
-from vmops.identity import Identity
 from vmops.identity.authenticator import IdentityAuthenticator
 from vmops.identity.bootstrap import ensure_admin_password
 from vmops.service import build
@@ -28,13 +27,13 @@ ADMIN_PASSWORD = "admin-secret"
 
 @pytest.fixture
 def kapi(tmp_path: Path) -> Iterator[Api]:
-    settings = config.load(tmp_path, env={})
+    settings = config.load(tmp_path, env={}, api_token=TOKEN,
+                           identity_admin_password=ADMIN_PASSWORD)
     hv = FakeHypervisor()
     engine = build(settings, hypervisor=hv)
-    compute, store = engine.compute, engine.store
-    identity = Identity(store, api_token=TOKEN)
+    compute, store, identity = engine.compute, engine.store, engine.identity
     ensure_admin_password(identity.directory, settings.admin_password_file, ADMIN_PASSWORD)
-    routes = engine.routes(identity=identity)
+    routes = engine.routes()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

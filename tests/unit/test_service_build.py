@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import uuid as uuidlib
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from vmops.hypervisor.fake import FakeHypervisor
 from vmops.network.manager import Network
 from vmops.service import build, open_host
 from vmops.store import Store
+from vmops.volumes.records import Volume, VolumeStatus
 
 
 def test_build_wires_one_store_and_hypervisor_through_every_part(tmp_path: Path) -> None:
@@ -68,3 +71,76 @@ def test_open_host_makes_the_folders_and_connects(tmp_path: Path) -> None:
     assert host.problems() == [f"{c.name}: {c.detail} ({c.advice})" for c in host.checks
                                if c.required and not c.ok]
     host.hypervisor.close()
+
+
+def test_build_wires_the_volumes_and_the_identity_of_the_settings(tmp_path: Path) -> None:
+    settings = config.load(tmp_path / "state", env={}, api_token="fixed-token",
+                           identity_lockout_failures=3)
+    engine = build(settings, hypervisor=FakeHypervisor(), capture=FakeConsole())
+    assert engine.volumes.compute is engine.compute and engine.volumes.store is engine.store
+    assert engine.identity.api_token == "fixed-token"
+    assert engine.identity.admin_password_file == settings.admin_password_file
+    assert engine.routes().identity is engine.identity
+    engine.store.close()
+
+
+def test_start_does_the_services_work_and_stop_ends_every_thread_it_started(
+        tmp_path: Path) -> None:
+    """Every periodic task on (the defaults): start recovers, settles, makes
+    the admin's password and starts the watches; stop leaves none of the
+    threads it started running (they loop until told to stop)."""
+    settings = config.load(tmp_path / "state", env={})
+    assert settings.volume_target_check_interval and settings.image_cache_prune_interval
+    assert settings.deleted_rows_max_age_days
+    hv = FakeHypervisor()
+    engine = build(settings, hypervisor=hv, capture=FakeConsole())
+    engine.store.add_instance(records.instance("gone", vm_state="active"))  # no domain
+    before = set(threading.enumerate())
+    found = engine.start()
+    started = set(threading.enumerate()) - before
+    try:
+        assert {"capture-watch", "prune", "retention", "volume-target-watch"} <= {
+            t.name for t in started}
+        assert [c.name for c in found] == ["instance records"]
+        assert engine.compute.background_actions
+        assert engine.store.instance("gone").vm_state != "active"  # recovered
+        assert settings.admin_password_file.exists()
+        assert engine.identity.directory.admin_user().password_hash
+    finally:
+        still_running = engine.stop()
+        engine.store.close()
+    assert still_running == []
+    assert [t.name for t in started if t.is_alive()] == []
+
+
+def test_nova_drivers_part_watches_the_volumes_until_stopped(tmp_path: Path) -> None:
+    """recover and watch_volumes (Nova's driver's init_host): the iSCSI
+    target watch runs and a disk error reaches the volumes; nothing of the
+    service's own (background actions, admin password) is done."""
+    settings = config.load(tmp_path / "state", env={})
+    hv = FakeHypervisor()
+    engine = build(settings, hypervisor=hv, capture=FakeConsole())
+    inst = engine.store.add_instance(records.instance("web1", vm_state="active"))
+    hv.define(engine.compute.domain_spec(inst))
+    hv.start(inst.id)
+    volume = engine.volumes.records.add(Volume(
+        id=str(uuidlib.uuid4()), name="data", size_gb=1, status=VolumeStatus.AVAILABLE,
+        format="raw", path="nbd://127.0.0.1:10809/data", protocol="nbd",
+        remote_host="127.0.0.1", remote_port=10809, remote_export="data"))
+    engine.volumes.attach(volume.id, inst.id)
+    attachment = engine.volumes.attachment_of(volume.id)
+    assert attachment is not None
+    before = set(threading.enumerate())
+    assert engine.recover() == []
+    engine.watch_volumes()
+    started = set(threading.enumerate()) - before
+    try:
+        assert [t.name for t in started] == ["volume-target-watch"]
+        hv.disk_error(inst.id, attachment.device)
+        assert engine.volumes.volume(volume.id).status == VolumeStatus.ERROR
+        assert not engine.compute.background_actions
+        assert not settings.admin_password_file.exists()
+    finally:
+        assert engine.stop() == []
+        engine.store.close()
+    assert [t.name for t in started if t.is_alive()] == []

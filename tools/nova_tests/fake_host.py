@@ -15,16 +15,14 @@ import tempfile
 from pathlib import Path
 
 from vmops import config
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
 from vmops.console.fake import FakeConsole
 from vmops.hypervisor.fake import FakeHypervisor
 from vmops.nova_driver import VmopsDriver
-from vmops.service import build
+from vmops.service import Engine, build
 
 
 class FakeHostVmopsDriver(VmopsDriver):
-    def _open(self) -> tuple[Compute, Catalog]:
+    def _open(self) -> Engine:
         parent = os.environ.get("VMOPS_NOVA_TESTS_TMP") or None
         state_dir = Path(tempfile.mkdtemp(prefix="vmops-nova-", dir=parent))
         settings = config.load(state_dir, env={}, libvirt_uri="fake:///", network_mode="user",
@@ -32,5 +30,4 @@ class FakeHostVmopsDriver(VmopsDriver):
         for d in (settings.images_dir, settings.instances_dir, settings.run_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.fake_hypervisor = FakeHypervisor()
-        engine = build(settings, hypervisor=self.fake_hypervisor, capture=FakeConsole())
-        return engine.compute, engine.catalog
+        return build(settings, hypervisor=self.fake_hypervisor, capture=FakeConsole())

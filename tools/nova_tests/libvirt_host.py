@@ -29,11 +29,16 @@ from unittest import mock
 
 from nova import conf
 
-from vmops.compute.catalog import Catalog
-from vmops.compute.manager import Compute
 from vmops.hypervisor import open_hypervisor
-from vmops.hypervisor.base import Accel, EventCallback, LifecycleEvent
+from vmops.hypervisor.base import (
+    Accel,
+    DiskErrorCallback,
+    DiskErrorEvent,
+    EventCallback,
+    LifecycleEvent,
+)
 from vmops.nova_driver import VmopsDriver
+from vmops.service import Engine
 
 # Short waits, as the functional tests' service: a soft reboot or a stop of
 # a guest that is still booting falls back in seconds, not minutes.
@@ -56,8 +61,9 @@ def prepare_state_dir() -> Path:
 
 class SharedHypervisor:
     """One driver's view of the run's libvirt connection: ``connect`` and
-    ``close`` leave the connection as it is, and the lifecycle events go to
-    the callbacks registered on this view until it is closed."""
+    ``close`` leave the connection as it is, and the lifecycle and disk
+    error events go to the callbacks registered on this view until it is
+    closed."""
 
     _connection: Any = None
     _lock = threading.Lock()
@@ -70,19 +76,29 @@ class SharedHypervisor:
                 SharedHypervisor._connection = hv
         self._hv = SharedHypervisor._connection
         self._callbacks: list[EventCallback] = []
+        self._disk_error_callbacks: list[DiskErrorCallback] = []
         self._hv.on_lifecycle_event(self._deliver)
+        self._hv.on_disk_error(self._deliver_disk_error)
 
     def connect(self) -> None:
         pass
 
     def close(self) -> None:
         self._callbacks.clear()
+        self._disk_error_callbacks.clear()
 
     def on_lifecycle_event(self, callback: EventCallback) -> None:
         self._callbacks.append(callback)
 
+    def on_disk_error(self, callback: DiskErrorCallback) -> None:
+        self._disk_error_callbacks.append(callback)
+
     def _deliver(self, event: LifecycleEvent) -> None:
         for callback in list(self._callbacks):
+            callback(event)
+
+    def _deliver_disk_error(self, event: DiskErrorEvent) -> None:
+        for callback in list(self._disk_error_callbacks):
             callback(event)
 
     def __getattr__(self, name: str) -> Any:
@@ -98,7 +114,7 @@ class LibvirtHostVmopsDriver(VmopsDriver):
         conf.CONF.set_override("state_dir", str(prepare_state_dir()), group="vmops")
         super().__init__(virtapi, read_only)
 
-    def _open(self) -> tuple[Compute, Catalog]:
+    def _open(self) -> Engine:
         with mock.patch("vmops.service.open_hypervisor", SharedHypervisor):
             return super()._open()
 

@@ -407,6 +407,38 @@ class VmopsAdapterTestCase(test.TestCase):
         self.assertEqual([], volumes.volumes())
         self.assertEqual({}, hv.secrets())
 
+    def test_init_host_watches_the_volumes_as_vmops_serve(self) -> None:
+        """After init_host (vmops' Engine.watch_volumes, as vmops serve at
+        its start), QEMU's I/O error on an attached volume's disk puts the
+        volume in error, and the iSCSI target watch runs; cleanup_host ends
+        that watch's thread."""
+        import uuid as uuidlib
+
+        from vmops.volumes.records import Volume, VolumeStatus
+
+        self._spawn()
+        volumes = self.driver.volumes
+        volume = volumes.records.add(Volume(
+            id=str(uuidlib.uuid4()), name="cinder-vol-watched", size_gb=1,
+            status=VolumeStatus.AVAILABLE, format="raw", path="nbd://127.0.0.1:10809/data",
+            protocol="nbd", remote_host="127.0.0.1", remote_port=10809, remote_export="data"))
+        volumes.attach(volume.id, self.instance.uuid)
+        attachment = volumes.attachment_of(volume.id)
+        assert attachment is not None
+        hv = self.driver.fake_hypervisor
+        before = set(threading.enumerate())
+        self.driver.init_host("vmops-host")
+        started = set(threading.enumerate()) - before
+        try:
+            self.assertIn("volume-target-watch", {t.name for t in started})
+            hv.disk_error(self.instance.uuid, attachment.device)
+            failed = volumes.volume(volume.id)
+            self.assertEqual(VolumeStatus.ERROR, failed.status)
+            self.assertIn(f"could not read or write disk {attachment.device}", failed.fault)
+        finally:
+            self.driver.cleanup_host("vmops-host")
+        self.assertEqual([], [t.name for t in started if t.is_alive()])
+
     def test_a_volume_vmops_cannot_attach_is_refused_and_leaves_nothing(self) -> None:
         """A wrong CHAP password (the target refuses the login), a volume type
         other than iscsi (the suite's "fake", Ceph's rbd), an encrypted

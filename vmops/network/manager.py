@@ -126,9 +126,14 @@ class Network:
         self.enabled = False
         self.disabled_reason = reason
 
-    def start_watcher(self) -> None:
-        if self.enabled:
-            threading.Thread(target=self._watch, name="network-watch", daemon=True).start()
+    def start_watcher(self) -> threading.Thread | None:
+        """Put back what goes missing (:meth:`check`) until :meth:`stop`, in
+        a thread; None when the network is off."""
+        if not self.enabled:
+            return None
+        thread = threading.Thread(target=self._watch, name="network-watch", daemon=True)
+        thread.start()
+        return thread
 
     def stop(self) -> None:
         self._stop.set()
