@@ -7,6 +7,7 @@ to be non-negative numbers: nothing here depends on how fast anything is."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,28 @@ def test_destroy_forgets_the_timings_or_keeps_those_of_its_failure(compute: Comp
     assert _names(timings) == ["mark", "teardown", "rollback"]
     compute.destroy(inst_id)
     assert inst_id not in compute.last_timings
+
+
+def test_a_server_deleted_while_building_leaves_no_timings_behind(
+        compute: Compute, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its spawn removes the record; an entry kept for it then would stay
+    for the service's life (nothing else drops it): one per such server."""
+    entered, release = threading.Event(), threading.Event()
+    made = spawn.create_disks
+
+    def slow_disks(*args: Any, **kw: Any) -> list[DiskRecord]:
+        entered.set()
+        release.wait(10)
+        return made(*args, **kw)
+
+    monkeypatch.setattr(spawn, "create_disks", slow_disks)
+    inst = compute.create(SpawnRequest(name="web1", image="tiny", flavor="m1.tiny"))
+    assert entered.wait(10)
+    compute.delete(inst.id)  # the build stops at its next step, then the server goes
+    release.set()
+    assert compute.wait_idle(inst.id, 10)
+    assert [i.id for i in compute.store.instances()] == []
+    assert inst.id not in compute.last_timings
 
 
 def test_resize_records_the_steps_inside_its_work(compute: Compute,

@@ -404,6 +404,7 @@ class Compute:
         from vmops.compute import spawn as spawn_steps
 
         failure: Exception | None = None
+        removed = False  # deleted while building: the record is gone
         try:
             self._spawn_step(inst, "after-record")
             # Watched by the state directory's console process (a request of a
@@ -441,6 +442,7 @@ class Compute:
             log.info("%s was deleted while it was building; removing it", inst.name)
             try:
                 self._remove_or_record_error(inst, "destroy (deleted while building)")
+                removed = True
             except VmopsError as exc:
                 failure = exc  # kept in ERROR, saying what is left
         except Exception as exc:  # noqa: BLE001 - any failure rolls the spawn back
@@ -450,16 +452,18 @@ class Compute:
             self._record_error(inst, _fault_of(exc), self._teardown(inst, rollback=True),
                                disks=())
         finally:
-            self._keep_timings(inst, timed)
+            self._keep_timings(inst, timed, gone=removed)
             self.actions.end(inst.id, failure)
             self._ended("spawn", started, failure)
             self.tasks.release(inst.id)
             self._notify()
 
-    def _keep_timings(self, inst: Instance, timed: Timings) -> None:
-        """Keep the verb's timings with the instance (while it exists) and log them."""
+    def _keep_timings(self, inst: Instance, timed: Timings, gone: bool = False) -> None:
+        """Keep the verb's timings with the instance (while it exists) and log
+        them. ``gone``: the verb removed the record (a spawn deleted while it
+        built): nothing would ever drop an entry kept for it."""
         done = timed.finish()
-        if done["verb"] == "destroy" and done["result"] == "ok":
+        if gone or (done["verb"] == "destroy" and done["result"] == "ok"):
             self.last_timings.pop(inst.id, None)  # the instance is gone
         else:
             self.last_timings[inst.id] = done
