@@ -852,7 +852,7 @@ class Compute:
 
         def work(inst: Instance) -> None:
             try:
-                snapshot_steps.take(self, inst, image, cache)
+                snapshot_steps.take(self.hv, self.store, inst, image, cache)
             except BaseException:
                 self.store.delete_image(image.id)
                 raise
@@ -1215,7 +1215,7 @@ class Compute:
         if inst.task_state == states.IMAGE_SNAPSHOT:
             from vmops.compute import snapshot as snapshot_steps
 
-            snapshot_steps.recover(self, inst)
+            snapshot_steps.recover(self.hv, inst)
         self._recover_change(inst)
         if inst.task_state is not None:
             inst = self.store.update_instance(inst, task_state=None)

@@ -27,18 +27,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from vmops.compute import states
 from vmops.compute.catalog import activate_image
 from vmops.disks import instance_disks
 from vmops.disks.cache import ImageCache
 from vmops.errors import InvalidState
-from vmops.hypervisor.base import ACTIVE_STATES, PowerState
-from vmops.store import DiskRecord, Image, Instance
-
-if TYPE_CHECKING:
-    from vmops.compute.manager import Compute
+from vmops.hypervisor.base import ACTIVE_STATES, Hypervisor, PowerState
+from vmops.store import DiskRecord, Image, Instance, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,57 +49,57 @@ def root_disk(inst: Instance) -> DiskRecord:
     raise InvalidState(action="snapshot", instance=inst.name, state="without a root disk")
 
 
-def take(compute: Compute, inst: Instance, image: Image, cache: ImageCache) -> Image:
+def take(hv: Hypervisor, store: Store, inst: Instance, image: Image,
+         cache: ImageCache) -> Image:
     """Copy ``inst``'s root disk into ``cache`` and make ``image`` (SAVING) active."""
     started = time.monotonic()
     paused_for = [0.0]
 
     def write(dest: Path) -> None:
-        paused_for[0] = copy_root_disk(compute, inst, dest)
+        paused_for[0] = copy_root_disk(hv, store, inst, dest)
 
     cached = cache.add_snapshot(write)
-    done = activate_image(compute.store, compute.store.image(image.id), cached)
+    done = activate_image(store, store.image(image.id), cached)
     log.info("%s: snapshot %s taken in %.2f s (%d bytes); the guest was paused for %.2f s",
              inst.name, image.name, time.monotonic() - started, cached.file_size,
              paused_for[0])
     return done
 
 
-def copy_root_disk(compute: Compute, inst: Instance, dest: Path) -> float:
+def copy_root_disk(hv: Hypervisor, store: Store, inst: Instance, dest: Path) -> float:
     """Write the flattened root disk to ``dest``; returns how long the guest
     was paused for it (0 when it was not running)."""
     if inst.boot_volume_id:  # its root volume, copied as a root disk is
         from vmops.compute import boot_volume
 
-        disk = boot_volume.root_disk(compute.store, inst)
+        disk = boot_volume.root_disk(store, inst)
     else:
         disk = root_disk(inst)
-    state = compute.hv.info(inst.id).state if compute.hv.exists(inst.id) \
-        else PowerState.SHUTOFF
+    state = hv.info(inst.id).state if hv.exists(inst.id) else PowerState.SHUTOFF
     running = state in _RUNNING
     if state in ACTIVE_STATES and not running and state is not PowerState.PAUSED:
         # Shutting down, or suspended by the guest itself: neither can be paused.
         raise InvalidState(action="snapshot", instance=inst.name, state=state.value)
     if running:
-        compute.hv.pause(inst.id)
+        hv.pause(inst.id)
     paused_at = time.monotonic()
     try:
         instance_disks.copy_flattened(Path(disk.path), disk.format, dest,
                                       held_open=state in ACTIVE_STATES)
     finally:
         if running:
-            compute.hv.unpause(inst.id)
+            hv.unpause(inst.id)
     return time.monotonic() - paused_at if running else 0.0
 
 
-def recover(compute: Compute, inst: Instance) -> None:
+def recover(hv: Hypervisor, inst: Instance) -> None:
     """After a service restart: a guest the snapshot had paused runs again.
 
     The record's vm_state is what it was before the snapshot (the pause of
     a task does not change it), so ACTIVE and paused means paused by us."""
-    if inst.vm_state != states.ACTIVE or not compute.hv.exists(inst.id):
+    if inst.vm_state != states.ACTIVE or not hv.exists(inst.id):
         return
-    if compute.hv.info(inst.id).state is PowerState.PAUSED:
+    if hv.info(inst.id).state is PowerState.PAUSED:
         log.warning("%s: a snapshot was interrupted while the guest was paused for it; "
                     "unpausing", inst.name)
-        compute.hv.unpause(inst.id)
+        hv.unpause(inst.id)
