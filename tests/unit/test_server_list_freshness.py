@@ -5,11 +5,13 @@ GET /servers/{id} shows it at once."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests import records
 from tests.unit.test_api import Api
-from vmops.store import Port, SecurityGroup
+from vmops.api import views
+from vmops.store import Instance, Port, SecurityGroup
 
 
 def _listed(api: Api, server_id: str) -> dict[str, Any]:
@@ -33,3 +35,25 @@ def test_a_renamed_security_group_shows_in_the_list_as_in_the_show(api: Api) -> 
     shown = api.get(f"/v2.1/servers/{inst.id}").body["server"]["security_groups"]
     assert shown == [{"name": "frontend"}]
     assert _listed(api, inst.id)["security_groups"] == [{"name": "frontend"}]
+
+
+def test_only_existing_servers_keep_a_part_when_lists_are_filtered() -> None:
+    """A client that only lists with filters (by name, as it waits for one
+    server) must not make the list keep a part for every server there has
+    been: a part is kept for an existing server only."""
+    kept = views.ServerList()
+    no_net = views.ServerNetwork((), (), ())
+    insts = [records.instance(f"web{n}") for n in range(1, 5)]
+
+    def listed(shown: list[Instance], existing: list[Instance]) -> list[str]:
+        body = kept.encode(shown, "http://x", views.NOVA_21, {i.id for i in existing},
+                           lambda i: no_net)
+        return [s["name"] for s in json.loads(body)["servers"]]
+
+    for inst in insts[:3]:  # each made, then listed by name
+        assert listed([inst], insts[:3]) == [inst.name]
+    assert kept.kept() == 3
+    assert listed(insts[:3], insts[:3]) == ["web1", "web2", "web3"]  # unfiltered
+    assert listed([insts[3]], insts[2:]) == ["web4"]  # web1 and web2 destroyed, web4 made
+    assert kept.kept() == 2  # web3's and web4's
+    assert listed([], []) == [] and kept.kept() == 0

@@ -206,9 +206,9 @@ class Routes:
 
     def list_servers_detail(self, req: Request) -> Response:
         insts = self._servers(req)
-        complete = not req.query  # unfiltered: these are all the instances
+        existing = {i.id for i in self.store.instances()}  # read again only if changed
         return Response(200, self.server_list.encode(insts, req.base_url, views.View.of(req),
-                                                     complete, self._network_views()),
+                                                     existing, self._network_views()),
                         headers={"Content-Type": "application/json"})
 
     def _network_views(self) -> Callable[[Instance], views.ServerNetwork]:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -371,15 +371,18 @@ class ServerList:
     record (every change sets ``updated_at``) or what it shows from other
     records changes (its NICs, its security groups' names, its attached
     volumes: none of them touches the instance record): listing 200 servers
-    then costs a lookup each, not a rendering. Safe across threads: entries
-    are replaced whole, never changed."""
+    then costs a lookup each, not a rendering. Only servers that exist keep
+    a part (at most one each), so a service whose clients only ever list
+    with filters does not keep one for every server it has had. Safe
+    across threads: entries are replaced whole, never changed."""
 
     def __init__(self) -> None:
         self._parts: dict[str, tuple[float, str, View, ServerNetwork, bytes]] = {}
 
-    def encode(self, insts: list[Instance], base: str, view: View, complete: bool,
+    def encode(self, insts: list[Instance], base: str, view: View, existing: Container[str],
                net_of: Callable[[Instance], ServerNetwork]) -> bytes:
-        """``complete``: ``insts`` are all the instances, so forget the others."""
+        """``existing``: the ids of every instance there is now (``insts``
+        are some of them): the parts of any other are forgotten."""
         fresh: dict[str, tuple[float, str, View, ServerNetwork, bytes]] = {}
         for inst in insts:
             part = self._parts.get(inst.id)
@@ -388,5 +391,10 @@ class ServerList:
             if part is None or part[:4] != key:
                 part = (*key, json.dumps(server(inst, base, view, net=net)).encode())
             fresh[inst.id] = part
-        self._parts = fresh if complete else {**self._parts, **fresh}
+        kept = {i: p for i, p in self._parts.items() if i in existing and i not in fresh}
+        self._parts = {**kept, **fresh}
         return b'{"servers": [' + b", ".join(p[4] for p in fresh.values()) + b"]}"
+
+    def kept(self) -> int:
+        """How many servers' parts are kept."""
+        return len(self._parts)
