@@ -13,7 +13,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,7 +227,21 @@ def soak_dir(settings: dict[str, str], image: tuple[str, Path] | None = None) ->
         soak.stop()
         for pid_file in state_dir.glob("instances/*/capture.pid"):  # a cycle that failed
             console.stop_capture(pid_file.parent)  # (captures outlive the service)
+        kill_guests(state_dir)  # a cycle cut short (Ctrl-C, a failure) leaves its guest running
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def kill_guests(state_dir: Path) -> None:
+    """SIGKILL every QEMU and console process whose command line names
+    ``state_dir``: guests outlive a stopped service on purpose, and the soak's
+    own must not outlive the soak."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True,
+                        check=True).stdout
+    for line in ps.splitlines():
+        pid, _, args = line.strip().partition(" ")
+        if str(state_dir) in args and ("qemu-system" in args or "vmops.console" in args):
+            with suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def run_cycles(soak: Soak, cycle: Callable[[Soak], None], cycles: int, warmup: int,
