@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vmops.console import start_capture, stop_capture, wait_connected
+from vmops.console import release_holds, start_capture, stop_capture, wait_connected
 
 CHUNK = 64 * 1024
 MAX_BYTES = 512 * 1024
@@ -46,6 +46,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         rows[0].update(_idle_cost(root, seconds=1.0 if quick else 3.0))
         return rows
     finally:
+        release_holds()  # its console process stays for us otherwise
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -172,6 +172,7 @@ def run(quick: bool) -> list[Row]:
             str(chunk): round(trickle_cpu(tw, chunk, rate, 2.0 if quick else 4.0), 2)
             for chunk in TRICKLE_CHUNKS}
     finally:
+        console.release_holds()  # its console process stays for us otherwise
         shutil.rmtree(tw, ignore_errors=True)
     row["trickle_bytes_per_s"] = round(rate)
     return [row]
@@ -297,6 +298,7 @@ def trickle_only(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vmops-trickle-") as root:
         pct = {str(chunk): round(trickle_cpu(Path(root), chunk, rate, seconds), 2)
                for chunk in TRICKLE_CHUNKS}
+        console.release_holds()
     us_per_kib = {chunk: round(p / 100.0 * 1e6 / (rate / 1024), 2) for chunk, p in pct.items()}
     print(json.dumps({"trickle_bytes_per_s": round(rate), "seconds": seconds,
                       "trickle_capture_cpu_pct": pct,

@@ -57,6 +57,7 @@ def measure(count: int, console_process: bool) -> str:
     finally:
         for log_dir in dirs:
             stop_capture(log_dir)
+        process.release_holds()  # its console process stays for us otherwise
         for sock in conns + listeners:
             sock.close()
         shutil.rmtree(root, ignore_errors=True)

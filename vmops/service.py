@@ -401,6 +401,9 @@ class Service:
             srv.shutdown()
             srv.server_close()
         self.settings.api_socket.unlink(missing_ok=True)
+        # The console process stays for us while we run; gone once we are,
+        # if it watches nothing (docs/console.md).
+        console.release_holds()
         hv = getattr(self, "hv", None)
         if hv is not None:
             hv.close()

@@ -29,6 +29,7 @@ import pytest
 
 from vmops import socket_paths
 from vmops.cli.client import Client
+from vmops.console import shared
 from vmops.network import nftables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -146,14 +147,13 @@ def stop_service(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def leftovers(state_dir: Path) -> list[str]:
-    """QEMU and capture processes, and instance files, tied to this state dir."""
-    found = []
-    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True,
-                        text=True).stdout
-    for line in ps.splitlines():
-        if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line):
-            found.append(line.strip())
+def leftovers(state_dir: Path, service: int | None = None) -> list[str]:
+    """QEMU and capture processes, and instance files, tied to this state
+    dir; with ``service`` (the pid of its running service), not its console
+    process while that watches nothing and only that service holds it: it
+    stays for the service's life (docs/console.md). Once the service is
+    stopped, or killed, it is a leftover like any other."""
+    found = processes_of(state_dir, service)
     instances = state_dir / "instances"
     if instances.exists():
         found += [str(p) for p in instances.iterdir()]
@@ -206,29 +206,40 @@ def destroy_servers(vm: Vmops, keep: set[str] | frozenset[str] = frozenset()) ->
             vm.client.delete(f"/servers/{server['id']}")
 
 
-def settled_leftovers(state_dir: Path, timeout: float = 30.0) -> list[str]:
-    """What :func:`leftovers` and :func:`processes_of` find once the state
-    directory's console process has had time to go: it exits a moment after
-    its last instance is unwatched, or, started for a spawn whose service was
-    killed before it asked for a watch, ``START_GRACE`` (10 s) after its
-    start. A bound on the wait, not a speed check."""
+def settled_leftovers(state_dir: Path, timeout: float = 30.0,
+                      service: int | None = None) -> list[str]:
+    """What :func:`leftovers` finds once the state directory's console
+    process has had time to go: it exits a moment after it has no instance
+    and no live holder (its service ended), or, started for a spawn whose
+    service was killed before it asked for a watch, ``START_GRACE`` (10 s)
+    after its start. ``service`` as for :func:`leftovers`. A bound on the
+    wait, not a speed check."""
     deadline = time.monotonic() + timeout
-    while (left := leftovers(state_dir) + processes_of(state_dir)) \
-            and time.monotonic() < deadline:
+    while (left := leftovers(state_dir, service)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return left
 
 
-def processes_of(state_dir: Path) -> list[str]:
-    """"pid args" of the QEMU and capture processes tied to ``state_dir``.
+def processes_of(state_dir: Path, service: int | None = None) -> list[str]:
+    """"pid args" of the QEMU and capture processes tied to ``state_dir``;
+    ``service`` as for :func:`leftovers`.
 
     ``ps -ww``: without it ps may cut lines at 80 columns (when it cannot
     tell the terminal's width), before the state dir in the arguments.
     """
     ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True,
                         check=True).stdout
+    kept = None if service is None else shared.held_idle_pid(
+        socket_paths.socket_root(state_dir) / "run", service)
     return [line.strip() for line in ps.splitlines()
-            if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line)]
+            if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line)
+            and line.split(maxsplit=1)[0] != str(kept)]
+
+
+def service_pid(vm: Vmops) -> int:
+    """The pid of ``vm``'s running service."""
+    pid: int = vm.service.pid  # type: ignore[attr-defined]
+    return pid
 
 
 def _kill_leftover_processes(state_dir: Path) -> None:

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import Vmops, leftovers, processes_of, separate_service
+from tests.functional.conftest import (
+    Vmops,
+    leftovers,
+    processes_of,
+    separate_service,
+    service_pid,
+)
 
 BOOT = r"VMOPS-BOOT-COMPLETE"
 DUMPED = r"VMOPS-HEARTBEAT 1\b"  # the drive is dumped before the heartbeat starts
@@ -134,8 +140,8 @@ def test_drive_as_disk_kept_across_stop_start_and_removed_by_destroy(
 
     vm.run("destroy", "cdd")
     assert not iso.exists()
-    assert leftovers(vm.state_dir) == []
-    assert processes_of(vm.state_dir) == []
+    assert leftovers(vm.state_dir, service_pid(vm)) == []
+    assert processes_of(vm.state_dir, service_pid(vm)) == []
 
 
 def test_refused_config_drive_content_leaves_nothing(vmops: Vmops, tmp_path: Path) -> None:
@@ -164,5 +170,5 @@ def test_refused_config_drive_content_leaves_nothing(vmops: Vmops, tmp_path: Pat
         assert words in proc.stderr, (extra[:2], proc.stderr)
         assert "cdbad" not in [s["name"] for s in vmops.json("list")], extra[:2]
         assert sorted(instances.iterdir()) == before, extra[:2]
-    assert leftovers(vmops.state_dir) == []
-    assert processes_of(vmops.state_dir) == []
+    assert leftovers(vmops.state_dir, service_pid(vmops)) == []
+    assert processes_of(vmops.state_dir, service_pid(vmops)) == []

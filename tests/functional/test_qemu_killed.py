@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import Vmops, leftovers, start_service, stop_service
+from tests.functional.conftest import Vmops, leftovers, service_pid, start_service, stop_service
 from tests.functional.test_recovery import BOOT, _capture_pids, _kill, _qemu_pids
 
 pytestmark = pytest.mark.extended
@@ -61,9 +61,10 @@ def _destroyed_leaves_nothing(vm: Vmops, name: str, instance_id: str) -> None:
     assert _qemu_pids(vm, name) == [] and _capture_pids(vm, instance_id) == []
     assert not (vm.state_dir / "run" / f"{instance_id}.sock").exists()
     assert _save_images(vm) == []
-    # The state dir's console process exits once it watches nothing: let it.
+    # The state dir's console process, watching nothing, stays only for
+    # the service: the instance's watch goes within the destroy.
     deadline = time.monotonic() + 30
-    while left := leftovers(vm.state_dir):
+    while left := leftovers(vm.state_dir, service_pid(vm)):
         if time.monotonic() > deadline:  # a bound on the wait, not a speed check
             pytest.fail(f"left behind: {left}")
         time.sleep(0.2)

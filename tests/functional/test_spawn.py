@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import Vmops, leftovers
+from tests.functional.conftest import Vmops, leftovers, service_pid
 
 GIB = 1024**3
 
@@ -40,7 +40,7 @@ def test_spawn_show_console_destroy(vmops: Vmops) -> None:
     vmops.run("destroy", "web1")
     assert vmops.json("list") == []
     assert not inst_dir.exists()
-    assert leftovers(vmops.state_dir) == []
+    assert leftovers(vmops.state_dir, service_pid(vmops)) == []
     # Idempotent: destroying again is not an error.
     assert vmops.run("destroy", "web1").returncode == 0
 

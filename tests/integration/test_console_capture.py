@@ -31,6 +31,7 @@ from vmops.console import (
     follow,
     poke_capture,
     read_log,
+    release_holds,
     start_capture,
     stop_capture,
     wait_connected,
@@ -150,7 +151,9 @@ class Console:
 @pytest.fixture
 def consoles() -> Iterator[Callable[[], Console]]:
     """Factory of consoles; always stops their capture processes and fails
-    the test if one is left running."""
+    the test if one is left running once this process has let go of the
+    console processes it used (as the service does when it stops: they
+    outlive their last instance while their user lives)."""
     # Short paths: a UNIX socket address holds at most 107 bytes.
     root = Path(tempfile.mkdtemp(prefix="vmc-", dir="/tmp"))
     made: list[Console] = []
@@ -167,6 +170,7 @@ def consoles() -> Iterator[Callable[[], Console]]:
         for console in made:
             console.qemu.exit()
             stop_capture(console.log_dir, timeout=BOUND)
+        release_holds(timeout=BOUND)
     finally:
         # Only once all are stopped: the console process serves them all.
         for pid in {pid for console in made for pid in console.pids}:
@@ -360,12 +364,13 @@ def test_stop_capture_stores_what_is_queued_and_leaves_no_process(
     last_words = _lines(0, 2000)
     console.qemu.send(last_words)  # queued in the socket when SIGTERM comes
     stop_capture(console.log_dir)
-    assert not Path(f"/proc/{pid}").exists()  # exited and reaped
     assert capture_pid(console.log_dir) is None
     assert not console.files.pid.exists()
     assert capture_generation(console.log_dir) == (False, 1)
     assert read_log(console.log_dir) == last_words
     stop_capture(console.log_dir)  # nothing running: fine
+    release_holds()  # this process, its user, lets go: it has nothing left
+    assert not Path(f"/proc/{pid}").exists()  # exited and reaped
 
 
 def test_sigkill_loses_nothing_already_read_and_a_restart_continues(

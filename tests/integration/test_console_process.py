@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,6 +33,7 @@ from vmops.console import (
     attach,
     capture_pid,
     read_log,
+    release_holds,
     start_capture,
     stop_capture,
     wait_connected,
@@ -43,7 +44,7 @@ from vmops.console.layout import (
     EXIT_ALREADY_RUNNING,
     ConsoleProcessFiles,
 )
-from vmops.console.shared import request
+from vmops.console.shared import command_line, request
 from vmops.errors import HypervisorError
 
 pytestmark = pytest.mark.integration
@@ -186,15 +187,113 @@ def test_it_takes_over_from_a_per_instance_capture_process(
             old.wait()
 
 
-def test_it_exits_once_it_watches_nothing(consoles: Callable[[], Console]) -> None:
-    console = consoles()
-    pid = console.start()
-    files = ConsoleProcessFiles(console.socket.parent)
-    stop_capture(console.log_dir, timeout=BOUND)
-    assert not _is_alive(pid)
+# A vmops process of its own (the service, say) using the console process:
+# it has one instance captured, then (unless told to keep it) destroyed,
+# and lives on until it is killed.
+_USER = """
+import sys
+from pathlib import Path
+from vmops.console import start_capture, stop_capture
+log_dir = Path(sys.argv[2])
+print(start_capture(Path(sys.argv[1]), log_dir, 4096), flush=True)
+if sys.argv[3] == "destroy":
+    stop_capture(log_dir)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def _user(console: Console, destroy: bool = True) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """That process, and the pid of the console process it used."""
+    user = subprocess.Popen(
+        [sys.executable, "-c", _USER, str(console.socket), str(console.log_dir),
+         "destroy" if destroy else "keep"], env=_child_env(), stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE)
+    try:
+        assert user.stdout is not None
+        pid = int(user.stdout.readline())
+        console.pids.append(pid)
+        assert user.stdout.readline() == b"ready\n"
+        yield user, pid
+    finally:
+        user.kill()
+        user.wait()
+
+
+def _exits(pid: int) -> bool:
+    """Does ``pid`` exit (within BOUND: a bound against hanging)?"""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([pidfd], [], [], BOUND)[0])
+    finally:
+        os.close(pidfd)
+
+
+def test_it_outlives_its_last_instance_while_its_user_lives(
+        consoles: Callable[[], Console]) -> None:
+    """This process is its user: after the last instance is unwatched the
+    console process stays, and the next start asks it (no new interpreter);
+    once its user lets go (the service's clean stop) it exits."""
+    first, second = consoles(), consoles()
+    pid = first.start()
+    files = ConsoleProcessFiles(first.socket.parent)
+    stop_capture(first.log_dir, timeout=BOUND)
+    assert capture_pid(first.log_dir) is None
+    assert _is_alive(pid)
+    assert request(files.dir, {"op": "status"}) == {
+        "pid": pid, "error": None, "watching": [], "holders": [os.getpid()]}
+    assert second.start() == pid  # the same process: no interpreter started
+    stop_capture(second.log_dir, timeout=BOUND)
+    release_holds(timeout=BOUND)
+    assert not _is_alive(pid)  # waited for by release_holds
     assert not files.control.exists() and not files.pid.exists()
-    # The next start starts a new one.
-    assert console.start() != pid
+    assert first.start() != pid  # the next start starts a new one
+
+
+def test_it_exits_when_its_user_is_killed(consoles: Callable[[], Console]) -> None:
+    console = consoles()
+    files = ConsoleProcessFiles(console.socket.parent)
+    with _user(console) as (user, pid):
+        assert _is_alive(pid)  # watching nothing, held by its user
+        assert request(files.dir, {"op": "status"})["holders"] == [user.pid]
+        user.kill()  # SIGKILL: no release
+        assert _exits(pid)
+    assert not files.control.exists() and not files.pid.exists()
+
+
+def test_capture_outlives_its_killed_user_and_ends_with_its_last_instance(
+        consoles: Callable[[], Console]) -> None:
+    """A killed service leaves its guests captured; the last unwatch (from
+    a process that is not a holder) then ends the console process."""
+    console = consoles()
+    files = ConsoleProcessFiles(console.socket.parent)
+    with _user(console, destroy=False) as (user, pid):
+        user.kill()
+        user.wait()
+        _wait_for("the hold to go", lambda: request(files.dir, {"op": "status"})[
+            "holders"] == [])
+        assert capture_pid(console.log_dir) == pid
+    stop_capture(console.log_dir, timeout=BOUND)  # waits for it to exit
+    assert not _is_alive(pid)
+
+
+def test_an_upgrade_keeps_the_hold_of_a_user(consoles: Callable[[], Console]) -> None:
+    """SIGHUP re-execs the console process: its user's hold is handed over
+    (its pidfd), so it still stays for that user, and exits when it dies."""
+    console = consoles()
+    files = ConsoleProcessFiles(console.socket.parent)
+    with _user(console) as (user, pid):
+        os.kill(pid, signal.SIGHUP)
+        _wait_for("the re-exec", lambda: "--handoff" in (command_line(pid) or []))
+        assert request(files.dir, {"op": "status"})["holders"] == [user.pid]
+        assert _is_alive(pid)
+        user.kill()
+        assert _exits(pid)
+    assert not files.control.exists() and not files.pid.exists()
 
 
 def test_bad_requests_are_refused_with_a_reason(consoles: Callable[[], Console]) -> None:
@@ -305,8 +404,11 @@ def test_a_watch_on_a_full_disk_is_refused_naming_it_and_undone(tmp_path: Path) 
         pid = start_capture(sock, log_dir, 4096)
         assert request(root, {"op": "state", "log_dir": str(log_dir)})["state_error"] is None
     finally:
-        if pid is not None:
-            stop_capture(log_dir, timeout=BOUND)
-            assert not _is_alive(pid)
-        subprocess.run(["umount", str(disk)], check=False)
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            if pid is not None:
+                stop_capture(log_dir, timeout=BOUND)
+                release_holds(timeout=BOUND)
+        finally:
+            subprocess.run(["umount", str(disk)], check=False)
+            shutil.rmtree(root, ignore_errors=True)
+    assert not _is_alive(pid)

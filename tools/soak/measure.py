@@ -8,6 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from vmops import socket_paths
+from vmops.console import shared
+
 # Growth allowed between the sample after warm-up and the last one. Counts
 # are read with the service idle (no instance, no request in flight), so
 # descriptors, threads and files must come back to what they were; memory
@@ -50,18 +53,23 @@ def count_files(state_dir: Path) -> int:
                                                       and name.startswith("vmops.log")))
 
 
-def guest_processes(state_dir: Path) -> int:
-    ps = subprocess.run(["ps", "-ww", "-eo", "args"], capture_output=True, text=True,
+def guest_processes(state_dir: Path, service: int) -> int:
+    """QEMU and console processes of ``state_dir``, but for its console
+    process while it watches nothing and only ``service`` (running) holds
+    it: it stays for the service's life (docs/console.md)."""
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True,
                         check=True).stdout
+    idle = shared.held_idle_pid(socket_paths.socket_root(state_dir) / "run", service)
     return sum(1 for line in ps.splitlines()
-               if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line))
+               if str(state_dir) in line and ("qemu-system" in line or "vmops.console" in line)
+               and line.split(maxsplit=1)[0] != str(idle))
 
 
 def sample(pid: int, state_dir: Path) -> Sample:
     status = _status(pid)
     return Sample(fds=len(os.listdir(f"/proc/{pid}/fd")), threads=int(status["Threads"]),
                   rss_kib=int(status["VmRSS"].split()[0]), files=count_files(state_dir),
-                  processes=guest_processes(state_dir))
+                  processes=guest_processes(state_dir, pid))
 
 
 def settled(pid: int, state_dir: Path, floor: Sample | None = None) -> Sample:

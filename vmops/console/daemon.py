@@ -15,7 +15,15 @@ The service tells it what to watch over ``DIR/console.ctl`` (a 0600 UNIX
 socket, one JSON request and one JSON answer per connection: ``shared.py``
 is the client); the watch list is kept in ``DIR/console.watch``, so a
 console process started again (after a crash) adopts every instance again,
-marking the gap in each log. It exits once it watches nothing.
+marking the gap in each log.
+
+Each process that asks for a watch (the service, or any process using
+vmops in-process) becomes a **holder**: the console process takes a pidfd
+on it (its pid from ``SO_PEERCRED``, not from the request) and keeps running,
+even watching nothing, while a holder lives, so the next spawn asks a
+running process instead of starting an interpreter. It exits once it
+watches nothing and no holder is alive (a holder that exits, is killed or
+sends ``release``), or START_GRACE seconds after a start that got neither.
 
 SIGUSR1: try to connect every disconnected instance now. SIGTERM: store
 what is queued on every socket, exit. SIGHUP (or the ``upgrade``
@@ -33,6 +41,7 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -425,8 +434,11 @@ class Loop:
         self.poked = False
         self.control: socket.socket | None = None
         self.lock_fd = -1
-        # It exits once it watches nothing: after its last unwatch, or
-        # START_GRACE seconds after a start that found nothing to watch.
+        # The processes it serves (pid: pidfd): it stays while one lives.
+        self.holders: dict[int, int] = {}
+        # It exits once it watches nothing and no holder lives: after its
+        # last unwatch, release or holder's end, or START_GRACE seconds
+        # after a start that got neither a watch nor a holder.
         self.started = time.monotonic()
         self.emptied = False
 
@@ -484,6 +496,11 @@ class Loop:
         for item in raw["watches"]:
             watch = Watch.resume(self, item)
             self.watches[watch.spec.log_dir] = watch
+        for holder in raw.get("holders", []):  # none from a vmops before them
+            pidfd = int(holder["pidfd"])
+            os.set_inheritable(pidfd, False)
+            self._add_holder(int(holder["pid"]), pidfd)
+        self.emptied = True  # had something: exit as soon as nothing is left
 
     # -- the watch list -----------------------------------------------------------
     def saved_watches(self) -> list[WatchSpec]:
@@ -561,6 +578,53 @@ class Loop:
             watch.close()
         self.try_save_watches(time.monotonic())
 
+    # -- holders --------------------------------------------------------------------
+    def hold(self, conn: socket.socket) -> bool:
+        """Keep running while the process that sent the request on ``conn``
+        lives (a no-op if it holds already); False if it is gone."""
+        pid = _peer_pid(conn)
+        if pid in self.holders:
+            return True
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (OSError, ValueError):
+            return False
+        if _hung_up(conn):  # it exited before the pidfd: the pid may be another's
+            os.close(pidfd)
+            return False
+        self._add_holder(pid, pidfd)
+        return True
+
+    def _add_holder(self, pid: int, pidfd: int) -> None:
+        self.holders[pid] = pidfd
+        # A pidfd becomes readable when its process exits.
+        self.add(pidfd, _EVENTS_IN, lambda events: self.let_go(pid))
+
+    def let_go(self, pid: int) -> None:
+        """``pid`` no longer holds this process (it released it or ended)."""
+        pidfd = self.holders.pop(pid, None)
+        if pidfd is not None:
+            self.remove(pidfd)
+            os.close(pidfd)
+        self.emptied = True
+
+    def live_holders(self) -> list[int]:
+        """The holders, after letting go of those that have exited (their
+        pidfd's event may not have been handled yet in this turn)."""
+        if self.holders:
+            poller = select.poll()  # not select(): descriptors past 1023
+            for pidfd in self.holders.values():
+                poller.register(pidfd, select.POLLIN)
+            ended = {fd for fd, _ in poller.poll(0)}
+            for pid, pidfd in list(self.holders.items()):
+                if pidfd in ended:
+                    self.let_go(pid)
+        return sorted(self.holders)
+
+    def idle(self) -> bool:
+        """Nothing to do: no watch, and no live holder."""
+        return not self.watches and not self.live_holders()
+
     # -- control requests -----------------------------------------------------------
     def on_control(self, events: int) -> None:
         assert self.control is not None
@@ -574,10 +638,13 @@ class Loop:
             with conn:
                 conn.settimeout(CONTROL_TIMEOUT)
                 with contextlib.suppress(OSError):
-                    answer = self.answer(_read_line(conn))
+                    answer = self.answer(_read_line(conn), conn)
                     conn.sendall(json.dumps(answer).encode() + b"\n")
 
-    def answer(self, line: bytes) -> dict[str, Any]:
+    def answer(self, line: bytes, conn: socket.socket | None = None) -> dict[str, Any]:
+        """The answer to one request; ``conn`` (the request's connection)
+        names the process that asks, which a ``watch`` or ``hold`` makes a
+        holder and a ``release`` lets go."""
         try:
             request = json.loads(line)
             op = request.get("op") if isinstance(request, dict) else None
@@ -586,10 +653,20 @@ class Loop:
                 try:
                     watch = self.adopt(spec, asked=True)
                 except BaseException:
-                    self.emptied = not self.watches  # started for it: do not linger
+                    self.emptied = True  # started for it: do not linger
                     raise
+                if conn is not None:
+                    self.hold(conn)
                 return {"pid": os.getpid(), "error": None, "log_error": watch.error,
                         "state_error": watch.state_error}
+            if op == "hold":
+                held = conn is not None and self.hold(conn)
+                return {"pid": os.getpid(), "error": None, "held": held}
+            if op == "release":
+                if conn is not None:
+                    self.let_go(_peer_pid(conn))
+                self.emptied = True
+                return {"pid": os.getpid(), "error": None, "exiting": self.idle()}
             if op == "state":
                 return self.state_of(request.get("log_dir"))
             if op == "unwatch":
@@ -597,11 +674,12 @@ class Loop:
                 if not isinstance(log_dir, str):
                     raise ValueError("unwatch needs a log_dir")
                 self.forget(Path(log_dir))
-                self.emptied = not self.watches
-                return {"pid": os.getpid(), "error": None, "exiting": not self.watches}
+                self.emptied = True
+                return {"pid": os.getpid(), "error": None, "exiting": self.idle()}
             if op == "status":
                 return {"pid": os.getpid(), "error": None,
-                        "watching": sorted(str(p) for p in self.watches)}
+                        "watching": sorted(str(p) for p in self.watches),
+                        "holders": self.live_holders()}
             if op == "upgrade":
                 self.upgrading = True
                 return {"pid": os.getpid(), "error": None}
@@ -626,7 +704,8 @@ class Loop:
         self.add(wakeup_fd, _EVENTS_IN, lambda events: _clear(wakeup_fd))
         while not self.stopping and not self.upgrading:
             now = time.monotonic()
-            if not self.watches and (self.emptied or now - self.started > START_GRACE):
+            if not self.watches and not self.holders \
+                    and (self.emptied or now - self.started > START_GRACE):
                 break
             if self.watch_list_stale and now >= self.watch_list_retry_at:
                 self.try_save_watches(now)
@@ -680,8 +759,9 @@ class Loop:
         for watch in self.watches.values():
             watch.log.close()
         raw = {"lock": self.lock_fd, "control": self.control.fileno(),
-               "watches": [w.handoff() for w in self.watches.values()]}
-        for fd in (self.lock_fd, self.control.fileno()):
+               "watches": [w.handoff() for w in self.watches.values()],
+               "holders": [{"pid": pid, "pidfd": fd} for pid, fd in self.holders.items()]}
+        for fd in (self.lock_fd, self.control.fileno(), *self.holders.values()):
             os.set_inheritable(fd, True)
         single._write_atomically(self.files.handoff, json.dumps(raw) + "\n")
         argv = [sys.executable, "-m", DAEMON_MODULE, "--run-dir", str(self.files.dir),
@@ -732,6 +812,24 @@ def _capture_process_of(files: LogFiles) -> int | None:
     except OSError:
         return None
     return int(text) if CAPTURE_MODULE.encode() in args else None
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _peer_pid(conn: socket.socket) -> int:
+    """The pid of the process at the other end of ``conn`` (as it connected)."""
+    pid, _, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                              _UCRED.size))
+    return int(pid)
+
+
+def _hung_up(conn: socket.socket) -> bool:
+    """Has the other end closed ``conn`` (its process exited)? It waits for
+    our answer otherwise."""
+    poller = select.poll()
+    poller.register(conn, select.POLLRDHUP)
+    return any(events & (select.POLLRDHUP | select.POLLHUP) for _, events in poller.poll(0))
 
 
 def _read_line(conn: socket.socket) -> bytes:

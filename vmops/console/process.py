@@ -65,7 +65,11 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
     lock, not once it is connected: use ``wait_connected`` for that.
     """
     running = capture_pid(log_dir)
-    if running is not None and (not USE_CONSOLE_PROCESS or shared.daemon_run_dir(running)):
+    if running is not None and not USE_CONSOLE_PROCESS:
+        return running
+    run_dir = shared.daemon_run_dir(running) if running is not None else None
+    if running is not None and run_dir is not None:
+        shared.hold(run_dir)  # as a watch would: this process uses it now
         return running
     if max_bytes < 1:
         raise HypervisorError(
@@ -101,6 +105,18 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
         return _wait_started(proc, log_dir, command)
     finally:
         _reap(proc.pid)  # forget it at once if it did not stay
+
+
+def release_holds(timeout: float = 5.0) -> None:
+    """This process no longer needs the console processes it used: each
+    one that then watches nothing and has no other holder exits, and is
+    waited for (up to ``timeout`` s each). The service calls it as it
+    stops; a process that just exits needs not (its end lets go too)."""
+    shared.release_all(timeout)
+    with _children_lock:
+        for pid, proc in list(_children.items()):
+            if proc.poll() is not None:  # reaped: no zombie left
+                del _children[pid]
 
 
 def capture_pid(log_dir: Path) -> int | None:

@@ -3,6 +3,12 @@ start it (never a second one), and ask it to watch or forget an instance.
 
 Requests are one JSON line each way over ``console.ctl`` in the run
 directory (0600: only the service's user may ask).
+
+A process that asks for a watch holds the console process: it stays,
+even watching nothing, while that process lives (so the next spawn does
+not start an interpreter). ``release`` lets go before the end (the
+service's clean stop), and waits for the console process to exit if it
+then has nothing to do.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import selectors
 import socket
 import subprocess
 import sys
@@ -31,6 +38,10 @@ _PF_KTHREAD = 0x00200000  # /proc/PID/stat flags: a kernel thread
 # One start at a time from this process; other processes are kept out by
 # the console process's own lock (a second one exits at once).
 _starting = threading.Lock()
+# The run directories whose console process this process holds, with the
+# pid that holds them (a forked child does not).
+_held: set[tuple[int, Path]] = set()
+_held_lock = threading.Lock()
 
 
 class NotRunning(Exception):
@@ -78,13 +89,78 @@ def watch(run_dir: Path, serial_socket: Path, log_dir: Path, max_bytes: int,
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
         try:
-            return int(request(run_dir, message)["pid"])
+            pid = int(request(run_dir, message)["pid"])
         except NotRunning:
             if time.monotonic() > deadline:
                 raise HypervisorError(
                     reason=f"the console process for {run_dir} did not start within "
                     f"{_START_TIMEOUT:g}s") from None
+        else:
+            with _held_lock:
+                _held.add((os.getpid(), run_dir))  # a watch holds it
+            return pid
         _start(run_dir, remember, env)
+
+
+def hold(run_dir: Path) -> None:
+    """Hold ``run_dir``'s console process (it stays while this process
+    lives), if this process does not already; nothing if none runs."""
+    key = (os.getpid(), run_dir)
+    with _held_lock:
+        if key in _held:
+            return
+    # One from before holders refuses: it exits once it watches nothing.
+    with contextlib.suppress(NotRunning, HypervisorError):
+        if request(run_dir, {"op": "hold"}, timeout=5.0).get("held"):
+            with _held_lock:
+                _held.add(key)
+
+
+def release(run_dir: Path, timeout: float = 5.0) -> None:
+    """Let go of ``run_dir``'s console process; if it has nothing left to
+    do (no watch, no other holder), wait up to ``timeout`` s for it to exit.
+    ``HypervisorError`` if it refuses (a console process from before holds)."""
+    with _held_lock:
+        _held.discard((os.getpid(), run_dir))
+    pidfd = _pidfd_of(run_dir)
+    try:
+        answer = request(run_dir, {"op": "release"}, timeout=timeout)
+        if pidfd is not None and answer.get("exiting"):
+            with selectors.DefaultSelector() as selector:  # see process._exited
+                selector.register(pidfd, selectors.EVENT_READ)
+                selector.select(timeout)
+    except NotRunning:
+        pass
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def release_all(timeout: float = 5.0) -> None:
+    """Let go of every console process this process holds (``release``);
+    one that refuses or does not answer in time is left to see this
+    process end."""
+    with _held_lock:
+        run_dirs = [run_dir for pid, run_dir in _held if pid == os.getpid()]
+    for run_dir in run_dirs:
+        with contextlib.suppress(HypervisorError, OSError, ValueError):
+            release(run_dir, timeout)
+
+
+def _pidfd_of(run_dir: Path) -> int | None:
+    """A pidfd on ``run_dir``'s console process (None if none runs), taken
+    before asking it anything that may make it exit: its pid cannot be
+    another process's by the time we wait on it."""
+    try:
+        pid = int(request(run_dir, {"op": "status"}, timeout=5.0)["pid"])
+        pidfd = os.pidfd_open(pid)
+    except (NotRunning, HypervisorError, OSError, ValueError, KeyError):
+        return None
+    its_dir = daemon_run_dir(pid)
+    if its_dir is None or os.path.realpath(its_dir) != os.path.realpath(run_dir):
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
 def state_error(run_dir: Path, log_dir: Path) -> str | None:
@@ -184,3 +260,18 @@ def watches(run_dir: Path, log_dir: Path) -> bool:
     return isinstance(raw, list) and any(
         isinstance(item, dict) and isinstance(item.get("log_dir"), str)
         and os.path.realpath(item["log_dir"]) == wanted for item in raw)
+
+
+def held_idle_pid(run_dir: Path, holder: int) -> int | None:
+    """The pid of ``run_dir``'s console process if it watches nothing and
+    ``holder`` alone holds it: it stays for that process (a running
+    service), so it is not left behind while that runs; None otherwise
+    (none answers, it watches something, or another process holds it,
+    or none does)."""
+    try:
+        status = request(run_dir, {"op": "status"}, timeout=5.0)
+    except (NotRunning, HypervisorError, OSError, ValueError):
+        return None
+    if status.get("watching") == [] and status.get("holders") == [holder]:
+        return int(status["pid"])
+    return None
