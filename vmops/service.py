@@ -190,7 +190,8 @@ class Engine:
                identity: Identity | None = None) -> Routes:
         """The HTTP API's routes over these parts (``checks``: doctor's, for
         /health; ``identity``: this engine's unless given)."""
-        return Routes(self.compute, self.catalog, checks, identity=identity or self.identity)
+        return Routes(self.compute, self.catalog, checks, identity=identity or self.identity,
+                      volumes=self.volumes)
 
     def start(self) -> list[Check]:
         """What the service does before it serves, in this order: reconcile

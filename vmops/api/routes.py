@@ -60,6 +60,7 @@ from vmops.errors import (
 )
 from vmops.identity import Identity
 from vmops.store import Image, Instance, Port
+from vmops.volumes.manager import Volumes
 from vmops.volumes.records import VolumeRecords
 
 P = views.API_PREFIX
@@ -71,10 +72,13 @@ _CONTROL = re.compile("[\x00-\x08\x0b-\x1f]")
 class Routes:
     def __init__(self, compute: Compute, catalog: Catalog,
                  doctor: Callable[[], list[dict[str, Any]]],
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, volumes: Volumes | None = None) -> None:
+        """``identity`` and ``volumes``: the engine's (vmops.service.build);
+        made over ``compute`` when not given (tests)."""
         self.compute = compute
         self.identity = identity or Identity(compute.store,
                                              compute.settings.identity_token_ttl)
+        self.volumes = volumes or Volumes(compute)
         self.catalog = catalog
         self.store = compute.store
         self.doctor = doctor
@@ -91,7 +95,7 @@ class Routes:
         self._catalog_routes(r)
         image_service.add_routes(r, self.catalog)
         network_api.add_routes(r, self.compute)
-        volume_api.add_routes(r, self.compute)  # Cinder v3 subset, os-volume_attachments
+        volume_api.add_routes(r, self.volumes)  # Cinder v3 subset, os-volume_attachments
         host_api.add_routes(r, self.compute)
         quota_api.add_routes(r, self.compute)
         server_extras.add_routes(r, self.compute)

@@ -65,8 +65,9 @@ _UNSUPPORTED_CREATE = ("snapshot_id", "source_volid", "backup_id", "consistencyg
                        "group_id", "scheduler_hints")
 
 
-def add_routes(r: Router, compute: Compute) -> None:
-    api = VolumeApi(Volumes(compute), compute)
+def add_routes(r: Router, volumes: Volumes) -> None:
+    compute = volumes.compute
+    api = VolumeApi(volumes, compute)
     r.add("GET", VOLUME_ROOT, volume_versions, public=True)
     r.add("GET", VOLUME_PREFIX, volume_current, public=True)
     for base in (f"{VOLUME_PREFIX}/volumes", f"{VOLUME_PREFIX}/{{project_id}}/volumes"):
