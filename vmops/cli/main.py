@@ -605,14 +605,21 @@ def cmd_keypair_delete(args: argparse.Namespace) -> int:
 
 # -- host ---------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vmops import service
+    from vmops import heap, service
 
     overrides = {"listen": args.listen} if args.listen else {}
     settings = config.load(args.state_dir, **overrides)
     # Before anything is made below the socket root: a long state dir's
     # sockets and libvirt root are named through its short alias.
     socket_paths.ensure_socket_root(settings.state_dir)
-    service.main(settings)
+    # The service's freed memory, given back (vmops/heap.py); the arena
+    # limit only holds if set before the first thread.
+    heap.limit_arenas()
+    trimmer = heap.Trimmer().start()
+    try:
+        service.main(settings)
+    finally:
+        trimmer.stop()
     return 0
 
 
