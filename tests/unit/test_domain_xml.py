@@ -193,3 +193,11 @@ def test_serial_port_and_console_share_the_socket() -> None:
     paths = {e.get("path") for e in root.findall("devices/*/source[@mode='bind']")}
     assert paths == {str(BASIC.console_socket)}
     assert _find(root, "devices/serial").get("type") == "unix"
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_usb_controller(case: str) -> None:
+    # Without the explicit "none", libvirt adds a PIIX3 UHCI controller that
+    # no vmops device uses and whose probe slows every TCG boot.
+    controllers = _parse(CASES[case]).findall("devices/controller")
+    assert [(c.get("type"), c.get("model")) for c in controllers] == [("usb", "none")]

@@ -18,6 +18,12 @@ golden files under ``tests/unit/golden/domain/`` for the result):
   ``check='none'``: libvirt does not compare it to the host's CPU.
   Without the limit: ``host-passthrough`` under KVM, ``maximum`` (QEMU's
   ``-cpu max``: everything TCG can emulate) under TCG.
+- no USB controller (``<controller type='usb' model='none'/>``): libvirt
+  would add a PIIX3 UHCI one that nothing of vmops uses (no tablet, no USB
+  disk, no graphics), and probing it costs a TCG boot about a second before
+  the guest's userspace (docs/performance.md, "Spawn to userspace: where
+  libvirt's domain differs from bare QEMU"). The PS/2 keyboard and mouse
+  stay: they are part of the ``pc`` machine itself.
 """
 
 from __future__ import annotations
@@ -289,6 +295,7 @@ class Domain:
             disk.append_to(devices)
         for nic in self.interfaces:
             nic.append_to(devices)
+        _sub(devices, "controller", {"type": "usb", "model": "none"})
         self.console.append_to(devices)
         self.balloon.append_to(devices)
 
