@@ -8,6 +8,18 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_api import Api, start_api
+from vmops import console
+
+
+@pytest.fixture(autouse=True)
+def _let_go_of_console_processes() -> Iterator[None]:
+    """A test that ran the real console capture in-process (the default
+    of ``service.build``, as the ``api`` fixture does) lets go of the
+    console processes it used as it ends, as the service does when it
+    stops: each stays for its user's life otherwise (docs/console.md), so
+    for the rest of this run. One that still watches an instance stays."""
+    yield
+    console.release_holds()
 
 
 @pytest.fixture
