@@ -30,4 +30,8 @@ def api(tmp_path: Path) -> Iterator[Api]:
     for srv in servers:
         srv.shutdown()
         srv.server_close()
+    # An instance left captured (its real console process watches it)
+    # would keep that process for ever, its directory gone.
+    for pid_file in service.compute.settings.instances_dir.glob("*/capture.pid"):
+        console.stop_capture(pid_file.parent)
     service.store.close()
