@@ -1210,6 +1210,10 @@ class Store:
         self._insert("networks", asdict(record), "network", record.name)
         return record
 
+    def mac_in_use(self, mac: str) -> bool:
+        """Whether a port (of any instance, on any network) has ``mac``."""
+        return bool(self._query("SELECT 1 FROM ports WHERE mac = ? LIMIT 1", mac))
+
     def ports(self, instance_id: str | None = None) -> list[Port]:
         if instance_id is None:
             return self._whole_table(self._port_rows)

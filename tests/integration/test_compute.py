@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from vmops import config
-from vmops.compute import states
+from vmops.compute import manager, states
 from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.console.fake import FakeConsole
@@ -323,3 +323,13 @@ def test_spawn_without_start_defines_only_and_start_boots_it(env: dict[str, Any]
     assert (started.vm_state, started.power_state) == ("active", "running")
     assert hv.domains[inst.id].state is PowerState.RUNNING
     assert compute.instance_dir(inst) in env["capture"].running
+
+
+def test_a_generated_mac_another_port_has_is_drawn_again(
+        env: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    first = _spawn(env, mac="52:54:00:aa:bb:cc")
+    draws = iter(["52:54:00:aa:bb:cc", "52:54:00:aa:bb:cd"])
+    monkeypatch.setattr(manager, "generate_mac", lambda: next(draws))
+    second = _spawn(env, "web2")  # refused with AddressInUse before: the first draw is taken
+    assert (first.macs, second.macs) == (("52:54:00:aa:bb:cc",), ("52:54:00:aa:bb:cd",))
+    assert second.vm_state == "active"
