@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import select
 import shutil
 import signal
@@ -38,6 +39,7 @@ from vmops.console import (
     stop_capture,
     wait_connected,
 )
+from vmops.console.daemon import MAX_HOLDERS
 from vmops.console.layout import (
     CAPTURE_MODULE,
     DAEMON_MODULE,
@@ -412,3 +414,57 @@ def test_a_watch_on_a_full_disk_is_refused_naming_it_and_undone(tmp_path: Path) 
             subprocess.run(["umount", str(disk)], check=False)
             shutil.rmtree(root, ignore_errors=True)
     assert not _is_alive(pid)
+
+
+def test_holders_beyond_the_bound_are_refused_and_captures_go_on(
+        consoles: Callable[[], Console]) -> None:
+    """Each holder costs the console process a pidfd: MAX_HOLDERS at most,
+    the next are refused naming the bound, and the descriptors its
+    captures need stay free (with its limit just above what the bound
+    takes, more holders took them all before and the next watch failed)."""
+    first = consoles()
+    pid = _running(first)  # this process is its first holder
+    run_dir = first.socket.parent
+    in_use = len(os.listdir(f"/proc/{pid}/fd"))
+    limit = in_use + MAX_HOLDERS + 8
+    resource.prlimit(pid, resource.RLIMIT_NOFILE, (limit, limit))
+    release_r, release_w = os.pipe()
+    answers_r, answers_w = os.pipe()
+    children = []
+    for _ in range(MAX_HOLDERS + 16):
+        child = os.fork()
+        if child == 0:  # a holder: asks, says what it got, waits to be let go
+            try:
+                os.close(release_w)
+                try:
+                    said = "held" if request(run_dir, {"op": "hold"})["held"] else "not held"
+                except HypervisorError as exc:
+                    said = exc.message
+                os.write(answers_w, said.encode() + b"\n")
+                os.read(release_r, 1)
+            finally:
+                os._exit(0)
+        children.append(child)
+    os.close(release_r)
+    os.close(answers_w)
+    try:
+        answers = b""
+        while answers.count(b"\n") < len(children):
+            answers += os.read(answers_r, 4096)
+        replies = answers.decode().splitlines()
+        assert replies.count("held") == MAX_HOLDERS - 1
+        refused = [s for s in replies if s != "held"]
+        assert len(refused) == len(children) - (MAX_HOLDERS - 1)
+        assert all(f"at most {MAX_HOLDERS}" in s for s in refused), refused[0]
+        second = consoles()  # a new instance is still captured
+        assert _running(second) == pid
+        second.qemu.send(b"still captured\n")
+        second.qemu.wait_stored()
+        assert read_log(second.log_dir) == b"still captured\n"
+    finally:
+        os.close(release_w)
+        for child in children:
+            os.waitpid(child, 0)
+        os.close(answers_r)
+    _wait_for("the holders to go", lambda: request(run_dir, {"op": "status"})[
+        "holders"] == [os.getpid()])

@@ -73,6 +73,11 @@ CONTROL_TIMEOUT = 5.0
 # How long an old per-instance capture process gets to hand over.
 ADOPT_TIMEOUT = 10.0
 START_GRACE = 10.0
+# The most processes that hold it at once (a pidfd each). Its users are the
+# service, nova-compute and a few tools; without a bound, holders (a loop
+# of short-lived ones, or many long-lived) would take the descriptors its
+# captures need, and a watch would then be refused for want of one.
+MAX_HOLDERS = 32
 WATCH_LIST_RETRY = 1.0  # seconds between tries to save the watch list (a full disk)
 # While guest output comes often (again less than GATHER_S after the end of
 # the last turn that read some), a loop turn that read some makes the next
@@ -415,6 +420,10 @@ def _handed_fds(raw: dict[str, Any]) -> list[int]:
     return fds
 
 
+class TooManyHolders(Exception):
+    """A hold refused: MAX_HOLDERS processes hold the console process."""
+
+
 class Loop:
     """The console process: the control socket, the watches, one epoll."""
 
@@ -581,10 +590,16 @@ class Loop:
     # -- holders --------------------------------------------------------------------
     def hold(self, conn: socket.socket) -> bool:
         """Keep running while the process that sent the request on ``conn``
-        lives (a no-op if it holds already); False if it is gone."""
+        lives (a no-op if it holds already); False if it is gone.
+        ``TooManyHolders`` if MAX_HOLDERS other processes hold it."""
         pid = _peer_pid(conn)
         if pid in self.holders:
             return True
+        if len(self.live_holders()) >= MAX_HOLDERS:
+            raise TooManyHolders(
+                f"{MAX_HOLDERS} processes hold this console process already (at most "
+                f"{MAX_HOLDERS}: pids {', '.join(map(str, sorted(self.holders)))}); "
+                f"process {pid} is not made one")
         try:
             pidfd = os.pidfd_open(pid)
         except (OSError, ValueError):
@@ -655,10 +670,15 @@ class Loop:
                 except BaseException:
                     self.emptied = True  # started for it: do not linger
                     raise
+                held, hold_error = False, None
                 if conn is not None:
-                    self.hold(conn)
+                    try:
+                        held = self.hold(conn)
+                    except TooManyHolders as exc:  # the watch stands: only the hold is refused
+                        hold_error = str(exc)
                 return {"pid": os.getpid(), "error": None, "log_error": watch.error,
-                        "state_error": watch.state_error}
+                        "state_error": watch.state_error, "held": held,
+                        "hold_error": hold_error}
             if op == "hold":
                 held = conn is not None and self.hold(conn)
                 return {"pid": os.getpid(), "error": None, "held": held}

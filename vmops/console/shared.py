@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import selectors
 import socket
@@ -29,6 +30,8 @@ from typing import Any
 from vmops.console.layout import DAEMON_MODULE, EXIT_ALREADY_RUNNING, ConsoleProcessFiles
 from vmops.errors import HypervisorError
 from vmops.socket_paths import socket_address
+
+log = logging.getLogger(__name__)
 
 _START_TIMEOUT = 15.0
 _REQUEST_TIMEOUT = 30.0  # taking over from an old capture process may take 10 s
@@ -89,16 +92,19 @@ def watch(run_dir: Path, serial_socket: Path, log_dir: Path, max_bytes: int,
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
         try:
-            pid = int(request(run_dir, message)["pid"])
+            answer = request(run_dir, message)
         except NotRunning:
             if time.monotonic() > deadline:
                 raise HypervisorError(
                     reason=f"the console process for {run_dir} did not start within "
                     f"{_START_TIMEOUT:g}s") from None
         else:
-            with _held_lock:
-                _held.add((os.getpid(), run_dir))  # a watch holds it
-            return pid
+            if answer.get("hold_error"):  # captured, but it may exit once it watches nothing
+                log.warning("%s", answer["hold_error"])
+            elif answer.get("held", True):  # one from before says nothing: a watch held it
+                with _held_lock:
+                    _held.add((os.getpid(), run_dir))
+            return int(answer["pid"])
         _start(run_dir, remember, env)
 
 
@@ -110,10 +116,17 @@ def hold(run_dir: Path) -> None:
         if key in _held:
             return
     # One from before holders refuses: it exits once it watches nothing.
-    with contextlib.suppress(NotRunning, HypervisorError):
-        if request(run_dir, {"op": "hold"}, timeout=5.0).get("held"):
-            with _held_lock:
-                _held.add(key)
+    try:
+        held = request(run_dir, {"op": "hold"}, timeout=5.0).get("held")
+    except NotRunning:
+        return
+    except HypervisorError as exc:
+        if "unknown request" not in exc.message:  # one from before holders
+            log.warning("%s", exc.message)  # it goes once it watches nothing
+        return
+    if held:
+        with _held_lock:
+            _held.add(key)
 
 
 def release(run_dir: Path, timeout: float = 5.0) -> None:
