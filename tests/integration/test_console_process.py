@@ -10,6 +10,7 @@ import resource
 import select
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from vmops.console import (
     stop_capture,
     wait_connected,
 )
-from vmops.console.daemon import MAX_HOLDERS
+from vmops.console.daemon import MAX_HOLDERS, Loop
 from vmops.console.layout import (
     CAPTURE_MODULE,
     DAEMON_MODULE,
@@ -468,3 +469,29 @@ def test_holders_beyond_the_bound_are_refused_and_captures_go_on(
         os.close(answers_r)
     _wait_for("the holders to go", lambda: request(run_dir, {"op": "status"})[
         "holders"] == [os.getpid()])
+
+
+def test_a_new_process_with_an_ended_holders_pid_is_held(tmp_path: Path) -> None:
+    """A holder ends and its pid is another process's before the console
+    process has seen the end: a hold from that new process takes a pidfd
+    on it, not the ended one's (which would let go of it at once). Here
+    the ended holder is a child, and this process stands for the one
+    that got its pid."""
+    loop = Loop(tmp_path)
+    child = os.fork()
+    if child == 0:
+        os._exit(0)
+    ended = os.pidfd_open(child)
+    assert select.select([ended], [], [], BOUND)[0]
+    os.waitpid(child, 0)
+    loop.holders[os.getpid()] = ended  # the ended holder, with this process's pid
+    ours, theirs = socket.socketpair()  # SO_PEERCRED: this process
+    try:
+        assert loop.hold(ours)
+        assert loop.live_holders() == [os.getpid()]
+    finally:
+        ours.close()
+        theirs.close()
+        for pid in list(loop.holders):
+            loop.let_go(pid)
+        loop.epoll.close()

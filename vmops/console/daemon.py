@@ -593,8 +593,11 @@ class Loop:
         lives (a no-op if it holds already); False if it is gone.
         ``TooManyHolders`` if MAX_HOLDERS other processes hold it."""
         pid = _peer_pid(conn)
-        if pid in self.holders:
-            return True
+        held = self.holders.get(pid)
+        if held is not None:
+            if not _ended(held):
+                return True
+            self.let_go(pid)  # that process ended (its event not handled yet): a new one
         if len(self.live_holders()) >= MAX_HOLDERS:
             raise TooManyHolders(
                 f"{MAX_HOLDERS} processes hold this console process already (at most "
@@ -842,6 +845,13 @@ def _peer_pid(conn: socket.socket) -> int:
     pid, _, _ = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                               _UCRED.size))
     return int(pid)
+
+
+def _ended(pidfd: int) -> bool:
+    """Has the process of ``pidfd`` exited?"""
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _hung_up(conn: socket.socket) -> bool:
