@@ -202,7 +202,15 @@ class Engine:
         (dead console captures, the image cache's prune, the retention of
         destroyed servers' records). :meth:`stop` ends every thread it
         started. Returns what doctor should also say (domains vmops made
-        that have no record)."""
+        that have no record). If a step fails, what the steps before it
+        started is stopped before the error is raised."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> list[Check]:
         s = self.settings
         orphans = self.recover()
         self.watch_volumes()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests import records
-from vmops import config
+from vmops import config, service
 from vmops.compute.manager import SpawnRequest
 from vmops.console.fake import FakeConsole
 from vmops.errors import HostNotReady
@@ -145,3 +145,25 @@ def test_nova_drivers_part_watches_the_volumes_until_stopped(tmp_path: Path) -> 
         assert engine.stop() == []
         engine.store.close()
     assert [t.name for t in started if t.is_alive()] == []
+
+
+def test_a_start_that_fails_half_way_leaves_no_thread_running(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The volume watch has started when the admin's password cannot be
+    made: start raises that, and what it had started is stopped."""
+    settings = config.load(tmp_path / "state", env={})
+    engine = build(settings, hypervisor=FakeHypervisor(), capture=FakeConsole())
+
+    def refused(*args: object) -> None:
+        raise PermissionError("admin password file: refused")
+
+    monkeypatch.setattr(service, "ensure_admin_password", refused)
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(PermissionError, match="refused"):
+            engine.start()
+        assert [t.name for t in set(threading.enumerate()) - before if t.is_alive()] == []
+        assert engine.stop() == []  # and a second stop is harmless
+    finally:
+        engine.stop()
+        engine.store.close()
