@@ -389,9 +389,14 @@ class Service:
         problems = host.problems()
         for problem in problems:
             log.error("host check failed: %s", problem)
-        engine = self.engine = build(
-            s, hypervisor=self.hv, accel=host.accel, host_problems=lambda: problems,
-            store=Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES), network=open_network)
+        store = Store(s.db_path, reserve_bytes=RECORDS_RESERVE_BYTES)
+        try:
+            engine = self.engine = build(
+                s, hypervisor=self.hv, accel=host.accel, host_problems=lambda: problems,
+                store=store, network=open_network)
+        except BaseException:
+            store.close()  # _shutdown closes the engine's: there is none
+            raise
         if engine.network is not None:
             checks.extend(network_health(s, engine.network))
         checks.extend(engine.start())

@@ -167,3 +167,30 @@ def test_a_start_that_fails_half_way_leaves_no_thread_running(
     finally:
         engine.stop()
         engine.store.close()
+
+
+def test_a_service_whose_build_fails_leaves_its_store_closed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store is opened before build; if build fails (here the network's
+    set-up with an error that is not vmops'), no engine holds it, and it
+    is closed as the error goes up."""
+    settings = config.load(tmp_path / "state", env={}, libvirt_uri="fake:///", accel="tcg")
+    closed: list[Store] = []
+
+    class Recorded(Store):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    def broken(s: config.Settings, store: Store) -> Network:
+        raise OSError("nft: cannot run")
+
+    monkeypatch.setattr(service, "Store", Recorded)
+    monkeypatch.setattr(service, "open_network", broken)
+    made = service.Service(settings)
+    try:
+        with pytest.raises(OSError, match="nft"):
+            made._start()
+        assert made.engine is None and len(closed) == 1
+    finally:
+        made.hv.close()
