@@ -20,8 +20,8 @@ golden files under ``tests/unit/golden/domain/`` for the result):
   ``-cpu max``: everything TCG can emulate) under TCG.
 - no USB controller (``<controller type='usb' model='none'/>``): libvirt
   would add a PIIX3 UHCI one that nothing of vmops uses (no tablet, no USB
-  disk, no graphics), and probing it costs a TCG boot about a second before
-  the guest's userspace (docs/performance.md, "Spawn to userspace: where
+  disk, no graphics), and it costs a TCG boot ~0.3 s (5 %) before the
+  guest's userspace (docs/performance.md, "Spawn to userspace: where
   libvirt's domain differs from bare QEMU"). The PS/2 keyboard and mouse
   stay: they are part of the ``pc`` machine itself.
 """
