@@ -495,3 +495,38 @@ def test_a_new_process_with_an_ended_holders_pid_is_held(tmp_path: Path) -> None
         for pid in list(loop.holders):
             loop.let_go(pid)
         loop.epoll.close()
+
+
+def test_a_request_it_has_no_descriptor_for_waits_without_spinning_the_loop() -> None:
+    """accept() failing for want of a descriptor leaves the connection
+    queued and the control socket readable: polled, every turn of the loop
+    would find it ready at once (a full core while it lasts). It is left
+    out of the poll for CONTROL_PAUSE, then polled again, and the request
+    waiting meanwhile is answered."""
+    run_dir = Path(tempfile.mkdtemp(prefix="vmc-", dir="/tmp"))
+    loop = Loop(run_dir)
+    loop.control = loop._bind_control()
+    control = loop.control.fileno()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        client.settimeout(BOUND)
+        client.connect(str(loop.files.control))
+        client.sendall(b'{"op": "status"}\n')
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        probe = os.dup(0)  # the lowest free descriptor: the next one made gets it
+        os.close(probe)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))  # which is now too many
+        try:
+            loop.on_control(select.EPOLLIN)  # accept(): EMFILE
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert control not in dict(loop.epoll.poll(0))  # was ready again at once
+        loop.resume_control(loop.control_paused_until)
+        assert control in dict(loop.epoll.poll(0))
+        loop.on_control(select.EPOLLIN)
+        assert b'"watching": []' in client.recv(4096)
+    finally:
+        client.close()
+        loop.control.close()
+        loop.epoll.close()
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import select
@@ -70,6 +71,12 @@ RETRY_FAST = 0.05
 RETRY_FAST_FOR = 2.0
 RETRY_SLOW = 0.5
 CONTROL_TIMEOUT = 5.0
+# After a control connection could not be accepted for want of a descriptor
+# (it stays queued), the control socket is not polled for this long: it
+# stays readable, and polling it would spin the loop at a full core.
+CONTROL_PAUSE = 0.5
+# accept()'s errors that a free descriptor or some memory later cures.
+_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 # How long an old per-instance capture process gets to hand over.
 ADOPT_TIMEOUT = 10.0
 START_GRACE = 10.0
@@ -442,6 +449,7 @@ class Loop:
         self.upgrading = False
         self.poked = False
         self.control: socket.socket | None = None
+        self.control_paused_until = 0.0  # not polled until then (0: polled)
         self.lock_fd = -1
         # The processes it serves (pid: pidfd): it stays while one lives.
         self.holders: dict[int, int] = {}
@@ -651,13 +659,28 @@ class Loop:
                 conn, _ = self.control.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError as exc:
+                if exc.errno in _STARVED:
+                    self.pause_control(time.monotonic())
                 return
             with conn:
                 conn.settimeout(CONTROL_TIMEOUT)
                 with contextlib.suppress(OSError):
                     answer = self.answer(_read_line(conn), conn)
                     conn.sendall(json.dumps(answer).encode() + b"\n")
+
+    def pause_control(self, now: float) -> None:
+        """Stop polling the control socket for CONTROL_PAUSE seconds."""
+        assert self.control is not None
+        self.modify(self.control.fileno(), 0)
+        self.control_paused_until = now + CONTROL_PAUSE
+
+    def resume_control(self, now: float) -> None:
+        """Poll the control socket again once its pause is over."""
+        if self.control_paused_until and now >= self.control_paused_until:
+            self.control_paused_until = 0.0
+            if self.control is not None:
+                self.modify(self.control.fileno(), _EVENTS_IN)
 
     def answer(self, line: bytes, conn: socket.socket | None = None) -> dict[str, Any]:
         """The answer to one request; ``conn`` (the request's connection)
@@ -739,7 +762,10 @@ class Loop:
                     watch.disconnected_at = now
             for watch in list(self.watches.values()):
                 watch.try_connect(now)
+            self.resume_control(now)
             waiting = [w.retry_at for w in self.watches.values() if w.serial is None]
+            if self.control_paused_until:
+                waiting.append(self.control_paused_until)
             timeout = max(0.0, min(waiting) - now) if waiting else 1.0
             ready = self.epoll.poll(min(timeout, 1.0))
             woke = time.monotonic()
