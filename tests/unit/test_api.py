@@ -430,6 +430,20 @@ def test_bad_create_bodies_are_400_and_create_nothing(api: Api, changes: dict[st
     assert api.store.instances() == []
 
 
+def test_a_mac_the_user_gives_that_a_server_has_is_409_naming_both(api: Api) -> None:
+    """A generated MAC that is taken is drawn again (manager._unused_mac);
+    one the user asked for is refused, whatever its case and spaces, and
+    nothing is recorded."""
+    first = _create(api, **{"vmops:mac": "52:54:00:AA:bb:cc", "vmops:start": False})
+    assert first.status == 202, first.body
+    taken = _create(api, name="web2", **{"vmops:mac": " 52:54:00:aa:BB:cc ",
+                                         "vmops:start": False})
+    assert taken.status == 409, taken.body
+    assert taken.fault() == ("conflictingRequest", "MAC address 52:54:00:aa:bb:cc is already "
+                             "used by instance 'web1'")
+    assert [i.name for i in api.store.instances()] == ["web1"]
+
+
 @pytest.mark.parametrize("value", ["false", 0, [], {}])
 def test_vmops_start_that_is_not_a_boolean_names_the_field(api: Api, value: Any) -> None:
     answer = _create(api, **{"vmops:start": value})
