@@ -5,6 +5,9 @@ Timeouts are only bounds against hanging."""
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
+import select
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +18,10 @@ import websocket
 from tests.integration.test_console_capture import BOUND, Console, _lines, _wait_for, consoles
 from tests.unit.test_api import start_api
 from vmops.console import attach, read_log, wait_connected
-from vmops.console.fanout import CLIENT_BUFFER_BYTES, MAX_CLIENTS, REFUSED_FULL
+from vmops.console.fanout import CLIENT_BUFFER_BYTES, MAX_CLIENTS, REFUSED_FULL, FanOut
 from vmops.console.layout import LogFiles
 from vmops.errors import Conflict
+from vmops.socket_paths import socket_address
 
 pytestmark = pytest.mark.integration
 __all__ = ["consoles"]  # the fixture, shared with the capture tests
@@ -201,3 +205,40 @@ def _read_until_end(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         got += chunk
     return bytes(got)
+
+
+def test_a_client_it_has_no_descriptor_for_waits_without_spinning_the_loop(
+        tmp_path: Path) -> None:
+    """accept() failing for want of a descriptor leaves the client in the
+    backlog and the listener readable: polled, every turn would find it
+    ready at once (a full core while it lasts). It is left out of the poll
+    for ACCEPT_PAUSE, then polled again, and the waiting client taken."""
+    path = tmp_path / "c.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket_address(path) as address:
+        listener.bind(address)
+    listener.listen(MAX_CLIENTS)
+    fanout = FanOut(listener)
+    poller = select.poll()
+    fanout.register(poller)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with socket_address(path) as address:
+            client.connect(address)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        probe = os.dup(0)  # the lowest free descriptor: the next one made gets it
+        os.close(probe)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (probe, hard))  # which is now too many
+        try:
+            fanout.accept(poller, connected=True)  # EMFILE
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert fanout.clients == {}
+        assert listener.fileno() not in dict(poller.poll(0))  # was ready again at once
+        fanout.resume(poller, fanout.paused_until)
+        assert listener.fileno() in dict(poller.poll(0))
+        fanout.accept(poller, connected=True)
+        assert len(fanout.clients) == 1
+    finally:
+        client.close()
+        fanout.close()

@@ -766,6 +766,11 @@ class Loop:
             waiting = [w.retry_at for w in self.watches.values() if w.serial is None]
             if self.control_paused_until:
                 waiting.append(self.control_paused_until)
+            for watch in self.watches.values():
+                if watch.fanout is not None and watch.fanout.paused_until:
+                    watch.fanout.resume(watch.poller, now)
+                    if watch.fanout.paused_until:
+                        waiting.append(watch.fanout.paused_until)
             timeout = max(0.0, min(waiting) - now) if waiting else 1.0
             ready = self.epoll.poll(min(timeout, 1.0))
             woke = time.monotonic()

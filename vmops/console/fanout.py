@@ -21,8 +21,10 @@ tells "too many clients" from the end of the guest's QEMU.
 from __future__ import annotations
 
 import contextlib
+import errno
 import select
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,6 +37,12 @@ MAX_CLIENTS = 16
 FULL = f"the console has {MAX_CLIENTS} clients already"
 REFUSED_FULL = f"vmops: {FULL}\r\n".encode()
 _RECV_BYTES = 4096
+# After a client could not be accepted for want of a descriptor (it waits
+# in the backlog), the listener is left out of the poll for this long: it
+# stays readable, and polling it would spin the loop at a full core.
+ACCEPT_PAUSE = 0.5
+# accept()'s errors that a free descriptor or some memory later cures.
+_STARVED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 class Poller(Protocol):
@@ -63,6 +71,7 @@ class FanOut:
         self.clients: dict[int, Client] = {}
         self.to_guest = bytearray()
         self.dropped = 0  # clients dropped for falling behind (for tests and logs)
+        self.paused_until = 0.0  # the listener is not polled until then (0: it is)
 
     # -- what to poll -------------------------------------------------------------
     def register(self, poller: Poller) -> None:
@@ -79,7 +88,9 @@ class FanOut:
         return events
 
     def update(self, poller: Poller) -> None:
-        """Re-arm each client's events after a round (buffers changed)."""
+        """Re-arm each client's events after a round (buffers changed), and
+        the listener once its pause is over."""
+        self.resume(poller, time.monotonic())
         for fd, client in self.clients.items():
             poller.modify(fd, self._events(client))
 
@@ -111,8 +122,11 @@ class FanOut:
                 sock, _ = self.listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return  # out of descriptors: they wait in the backlog
+            except OSError as exc:  # out of descriptors: they wait in the backlog
+                if exc.errno in _STARVED and poller is not None:
+                    poller.modify(self.listener, 0)
+                    self.paused_until = time.monotonic() + ACCEPT_PAUSE
+                return
             if not connected:
                 sock.close()
                 continue
@@ -123,6 +137,12 @@ class FanOut:
             self.clients[sock.fileno()] = Client(sock)
             if poller is not None:
                 poller.register(sock, select.POLLIN)
+
+    def resume(self, poller: Poller, now: float) -> None:
+        """Poll the listener again once its pause (see ACCEPT_PAUSE) is over."""
+        if self.paused_until and now >= self.paused_until:
+            self.paused_until = 0.0
+            poller.modify(self.listener, select.POLLIN)
 
     def _read(self, poller: Poller, fd: int, client: Client, connected: bool) -> None:
         try:
