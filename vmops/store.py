@@ -1210,6 +1210,14 @@ class Store:
         self._insert("networks", asdict(record), "network", record.name)
         return record
 
+    def domain_name_taken(self, domain_name: str, prefix: str) -> bool:
+        """Whether an instance's libvirt domain is named ``domain_name`` (one
+        recorded without a domain name has ``prefix`` + its name). Looked up
+        by SQLite, no record decoded: a spawn asks holding the quota lock."""
+        return bool(self._query(
+            "SELECT 1 FROM instances WHERE COALESCE(NULLIF(json_extract(body, "
+            "'$.domain_name'), ''), ? || name) = ? LIMIT 1", prefix, domain_name))
+
     def mac_in_use(self, mac: str) -> bool:
         """Whether a port (of any instance, on any network) has ``mac``."""
         return bool(self._query("SELECT 1 FROM ports WHERE mac = ? LIMIT 1", mac))

@@ -487,6 +487,25 @@ def test_names_are_display_names_and_may_repeat(api: Api) -> None:
     _settle(api)
 
 
+def test_a_spawns_domain_name_is_chosen_holding_the_quota_lock(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two spawns of one hostname at once must not both take vmops-<hostname>:
+    the record is made before the quota lock (issue #17), its domain name
+    chosen and written holding it."""
+    held: list[bool] = []
+    taken = api.store.domain_name_taken
+
+    def watched(name: str, prefix: str) -> bool:
+        held.append(api.compute.quotas.lock._is_owned())  # type: ignore[attr-defined]
+        return taken(name, prefix)
+
+    monkeypatch.setattr(api.store, "domain_name_taken", watched)
+    answer = _create(api, name="web1")
+    assert answer.status == 202, answer.body
+    assert held == [True]
+    _settle(api)
+
+
 def _settle(api: Api) -> None:
     """Let background spawns on the fake end (they fail: no image file)."""
     for _ in range(500):

@@ -81,3 +81,13 @@ def test_wal_mode(store: Store, tmp_path: Path) -> None:
 
     db = sqlite3.connect(tmp_path / "vmops.db")
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_domain_name_taken_reads_a_record_without_one_as_the_prefix_and_its_name(
+        store: Store) -> None:
+    store.add_instance(dataclasses.replace(_instance("web1"), domain_name="vmops-custom"))
+    store.add_instance(_instance("web2"))  # an older record: no domain name of its own
+    assert store.domain_name_taken("vmops-custom", "vmops-")
+    assert store.domain_name_taken("vmops-web2", "vmops-")
+    assert not store.domain_name_taken("vmops-web1", "vmops-")  # web1's is named otherwise
+    assert not store.domain_name_taken("vmops-web3", "vmops-")

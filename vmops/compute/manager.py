@@ -17,7 +17,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -274,6 +274,10 @@ class Compute:
             if volume is not None:
                 volume_records.VolumeRecords(self.store).release(volume.id)
             raise
+        # Made before the quota lock, which every spawn at once waits for
+        # (issue #17); its domain name is chosen holding it.
+        record = self._new_record(req, instance_id, hostname, flavor, image, mac, use_drive,
+                                  volume.id if volume else "")
         try:
             with self.quotas.lock:  # checked and recorded at once: no two take the last unit
                 self.quotas.check_servers(req.project_id, flavor, user_id=req.user_id)
@@ -281,9 +285,11 @@ class Compute:
                 no_host = services.no_host(self.store) or (
                     self.server_groups.check_join(req.server_group, req.project_id)
                     if req.server_group else None)
-                inst = self._add_record(req, instance_id, hostname, flavor, image, mac,
-                                        use_drive, ports, group_ids,
-                                        volume.id if volume else "")
+                record = replace(record, domain_name=self._domain_name(hostname, instance_id))
+                inst = self.store.add_instance(
+                    record, ports=ports, group_ids=group_ids,
+                    choose_ip=self.network.choose_ip if self.network and self.network.enabled
+                    else None)
                 if req.server_group:
                     self.server_groups.join(req.server_group, inst.id)
         except BaseException:
@@ -317,16 +323,16 @@ class Compute:
             raise Conflict(reason=f"an instance with id {given} already exists")
         return given
 
-    def _add_record(self, req: SpawnRequest, instance_id: str, hostname: str, flavor: Flavor,
-                    image: Image | None, mac: str, use_drive: bool, ports: list[Port],
-                    group_ids: list[str], boot_volume_id: str) -> Instance:
+    def _new_record(self, req: SpawnRequest, instance_id: str, hostname: str, flavor: Flavor,
+                    image: Image | None, mac: str, use_drive: bool,
+                    boot_volume_id: str) -> Instance:
+        """The new server's record, not written yet."""
         from vmops.compute import spawn as spawn_steps
 
         # A volume-backed server has no image of its own (Nova's image_ref '').
         shown_image = None if req.boot_volume else image
-        return self.store.add_instance(Instance(
+        return Instance(
             id=instance_id, name=req.name, hostname=hostname,
-            domain_name=self._domain_name(hostname, instance_id),
             project_id=req.project_id, user_id=req.user_id, description=req.description,
             access_ipv4=req.access_ipv4, access_ipv6=req.access_ipv6, tags=req.tags,
             reservation_id=req.reservation_id, launch_index=req.launch_index,
@@ -343,15 +349,13 @@ class Compute:
             injected_files=tuple((p, base64.b64encode(c).decode()) for p, c in req.files),
             desired_running=req.start, boot_volume_id=boot_volume_id,
             delete_on_termination=bool(req.boot_volume
-                                       and req.boot_volume.delete_on_termination)),
-            ports=ports, group_ids=group_ids,
-            choose_ip=self.network.choose_ip if self.network and self.network.enabled else None)
+                                       and req.boot_volume.delete_on_termination))
 
     def _domain_name(self, hostname: str, instance_id: str) -> str:
         """``vmops-<hostname>``, or with the id when another domain has that name."""
         name = DOMAIN_PREFIX + hostname
-        taken = {i.domain_name or DOMAIN_PREFIX + i.name for i in self.store.instances()}
-        return name if name not in taken else f"{DOMAIN_PREFIX}{instance_id}"
+        taken = self.store.domain_name_taken(name, DOMAIN_PREFIX)
+        return name if not taken else f"{DOMAIN_PREFIX}{instance_id}"
 
     def _plan_nics(self, req: SpawnRequest, instance_id: str,
                    mac: str) -> tuple[list[Port], list[str]]:
