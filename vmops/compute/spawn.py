@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,6 +107,33 @@ def create_disks(settings: Settings, inst: Instance, image: Image | None,
     (vmops/compute/boot_volume.py) and the others follow it."""
     inst_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(inst_dir, 0o700)
+    # The config drive is written on a thread of its own while qemu-img makes
+    # the disks: pycdlib's mastering and the ISO's fsyncs overlap the child
+    # process (#17). Both write only their own files in ``inst_dir``, and the
+    # drive's thread is always waited for, so a failure leaves nothing being
+    # written after this returns (rollback removes the directory).
+    drive = _DriveWriter(settings, inst, nics, admin_password, inst_dir) \
+        if inst.config_drive else None
+    try:
+        disks = _local_disks(inst, image, settings, inst_dir)
+    except BaseException:
+        if drive is not None:
+            drive.join()  # the disks' error is the one raised
+        raise
+    path = drive.wait() if drive is not None else None
+    if path is not None:
+        skip = 1 if image is None else 0  # vda is the root volume's
+        if settings.config_drive_format == "cdrom":
+            disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
+        else:
+            disks.append(DiskRecord("config", str(path), "raw", disk_target(len(disks) + skip),
+                                    device="disk"))
+    return disks
+
+
+def _local_disks(inst: Instance, image: Image | None, settings: Settings,
+                 inst_dir: Path) -> list[DiskRecord]:
+    """The root (if ``image``), ephemeral and swap disks, in that order."""
     disks = [] if image is None else [_root_disk(settings, inst, image, inst_dir)]
     skip = 1 if image is None else 0  # vda is the root volume's
 
@@ -121,14 +149,39 @@ def create_disks(settings: Settings, inst: Instance, image: Image | None,
     if swap_mb:  # after the ephemeral disk, as Nova's disk.swap
         facts = instance_disks.create_swap_disk(inst_dir / SWAP_FILE, swap_mb * MIB)
         disks.append(DiskRecord("swap", str(facts.path), facts.format, next_target()))
-    if inst.config_drive:
-        path = write_config_drive(settings, inst, nics, admin_password, inst_dir)
-        if settings.config_drive_format == "cdrom":
-            disks.append(DiskRecord("config", str(path), "raw", "hda", device="cdrom"))
-        else:
-            disks.append(DiskRecord("config", str(path), "raw", next_target(),
-                                    device="disk"))
     return disks
+
+
+class _DriveWriter:
+    """:func:`write_config_drive` on a thread; :meth:`wait` for its path."""
+
+    def __init__(self, settings: Settings, inst: Instance, nics: list[configdrive.Nic],
+                 admin_password: str | None, inst_dir: Path) -> None:
+        self._path: Path | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._write, args=(settings, inst, nics, admin_password, inst_dir),
+            name=f"config-drive-{inst.id[:8]}", daemon=True)
+        self._thread.start()
+
+    def _write(self, settings: Settings, inst: Instance, nics: list[configdrive.Nic],
+               admin_password: str | None, inst_dir: Path) -> None:
+        try:
+            self._path = write_config_drive(settings, inst, nics, admin_password, inst_dir)
+        except BaseException as exc:  # noqa: BLE001 - raised again by wait()
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait until the thread has ended, whatever came of it."""
+        self._thread.join()
+
+    def wait(self) -> Path:
+        """The drive's path once written; its error if writing it failed."""
+        self.join()
+        if self._error is not None:
+            raise self._error
+        assert self._path is not None
+        return self._path
 
 
 def _root_disk(settings: Settings, inst: Instance, image: Image, inst_dir: Path) -> DiskRecord:
