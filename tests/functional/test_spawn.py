@@ -69,7 +69,7 @@ def test_bad_input_leaves_nothing(vmops: Vmops, tmp_path: Path) -> None:
         assert words in proc.stderr, (args, proc.stderr)
     assert vmops.json("list") == []
     assert "f0" not in [f["name"] for f in vmops.json("flavor", "list")]
-    assert leftovers(vmops.state_dir) == []
+    assert leftovers(vmops.state_dir, service_pid(vmops)) == []
 
 
 @pytest.mark.extended
