@@ -24,35 +24,13 @@ compare two commits on the same machine state. Prints one line per step.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bench.common import REPO, test_image
 from bench.host_memory import memory_of
-from bench.vmopsd import START_TIMEOUT_S, VmopsService
-
-
-class _ServiceFrom(VmopsService):
-    """The service run from ``source`` (``python -m vmops serve`` there)."""
-
-    def __init__(self, source: Path) -> None:
-        super().__init__()
-        self.source = source
-
-    def start(self) -> float:
-        log = (self.state_dir / "serve.out").open("ab")
-        started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "vmops", "serve"], env=self.env,
-                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     start_new_session=True, cwd=self.source)
-        log.close()
-        while not self.client.answers():
-            if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
-                raise RuntimeError("vmops serve did not start: " + self.log_tail())
-            time.sleep(0.05)
-        return time.monotonic() - started
+from bench.vmopsd import VmopsService
 
 
 def _show(svc: VmopsService, step: str) -> None:
@@ -70,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source", type=Path, default=REPO,
                         help="the vmops checkout to run the service from")
     args = parser.parse_args(argv)
-    svc = _ServiceFrom(args.source.resolve())
+    svc = VmopsService(source=args.source.resolve())
     try:
         svc.start()
         svc.ensure_image(test_image())

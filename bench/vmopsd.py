@@ -58,8 +58,11 @@ class RetryingClient(Client):
 
 
 class VmopsService:
-    def __init__(self, settings_env: dict[str, str] | None = None) -> None:
-        """``settings_env``: more ``VMOPS_*`` settings for the service."""
+    def __init__(self, settings_env: dict[str, str] | None = None,
+                 source: Path = REPO) -> None:
+        """``settings_env``: more ``VMOPS_*`` settings for the service;
+        ``source``: the checkout whose vmops it runs (``python -m vmops`` there)."""
+        self.source = source
         self.state_dir = short_tmpdir("vm")
         self.env = {**os.environ, "VMOPS_STATE_DIR": str(self.state_dir),
                     "VMOPS_ACCEL": "tcg", "VMOPS_IMAGE_CACHE_PRUNE_INTERVAL": "0",
@@ -103,7 +106,7 @@ class VmopsService:
         started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "vmops", "serve"], env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                     start_new_session=True, cwd=REPO)
+                                     start_new_session=True, cwd=self.source)
         log.close()
         while not self.client.answers():
             if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
