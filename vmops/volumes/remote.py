@@ -40,12 +40,12 @@ def parse_nbd(url: str) -> NetworkSource:
     """``nbd://HOST[:PORT]/EXPORT`` or ``nbd+unix:///EXPORT?socket=PATH``."""
     parts = _split(url, "NBD URL", "nbd://HOST[:PORT]/EXPORT or nbd+unix:///EXPORT?socket=/PATH")
     export = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
-    if not _EXPORT.match(export):
+    if not _EXPORT.fullmatch(export):
         raise Invalid(reason=f"NBD export name {export[:60]!r}: letters, digits and ._:@+/- "
                       "only, at most 255")
     if parts.scheme == "nbd+unix":
         sockets = parse_qs(parts.query).get("socket", [])
-        if parts.netloc or len(sockets) != 1 or not _SOCKET.match(sockets[0]):
+        if parts.netloc or len(sockets) != 1 or not _SOCKET.fullmatch(sockets[0]):
             raise Invalid(reason=f"NBD URL {url[:120]!r}: nbd+unix:///EXPORT?socket=/PATH "
                           "(an absolute path of at most 107 bytes)")
         return NetworkSource(protocol="nbd", name=export, socket=sockets[0])
@@ -67,7 +67,7 @@ def parse_iscsi(url: str) -> NetworkSource:
                       "--chap-user and --chap-secret-file")
     host, port = _host_port(parts.netloc, url, ISCSI_PORT)
     pieces = parts.path[1:].split("/")
-    if len(pieces) != 2 or not _IQN.match(pieces[0]):
+    if len(pieces) != 2 or not _IQN.fullmatch(pieces[0]):
         raise Invalid(reason=f"iSCSI URL {url[:120]!r}: {usage}, the target's name an "
                       "iqn.YYYY-MM.domain[:name] or eui. name")
     if len(pieces[0]) > MAX_IQN_BYTES:
@@ -90,7 +90,7 @@ def _host_port(netloc: str, url: str, default_port: int) -> tuple[str, int]:
     host, _, port = netloc.rpartition(":") if not netloc.endswith("]") else (netloc, "", "")
     if not host:  # no port given
         host, port = netloc, ""
-    if not _HOST.match(host):
+    if not _HOST.fullmatch(host):
         raise Invalid(reason=f"host {host[:60]!r} in {url[:120]!r}: a host name or address")
     if port and (not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536):
         raise Invalid(reason=f"port {port[:10]!r} in {url[:120]!r}: 1 to 65535")
@@ -106,7 +106,7 @@ def check_chap(source: NetworkSource, user: str, secret: bytes | None) -> None:
     if not user or secret is None:
         raise Invalid(reason="CHAP needs both a user (--chap-user) and a secret "
                       "(--chap-secret-file)")
-    if not _CHAP_USER.match(user):
+    if not _CHAP_USER.fullmatch(user):
         raise Invalid(reason=f"CHAP user {user[:40]!r}: 1 to 64 letters, digits or ._@:-")
     if not secret or len(secret) > MAX_SECRET_BYTES or b"\0" in secret:
         raise Invalid(reason=f"CHAP secret: 1 to {MAX_SECRET_BYTES} bytes, no NUL")
