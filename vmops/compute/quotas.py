@@ -350,6 +350,8 @@ def _count(store: Store, sql: str, *args: Any) -> int:
 
 
 # A flavor field of the instances' JSON bodies, summed as InstanceFlavor.from_json
-# reads it (missing, null or 0: 0).
-_SUMMED_FLAVOR = "COALESCE(SUM(CAST(COALESCE(json_extract(body, '$.flavor.{key}'), 0) " \
-    "AS INTEGER)), 0)"
+# reads it (missing, null or 0: 0). TOTAL, not SUM: SUM raises 'integer
+# overflow' past 64 bits (records whose sizes were set by hand), which would
+# fail every spawn of the project; TOTAL adds as floats (exact to 2**53) and
+# is 0.0 for no rows.
+_SUMMED_FLAVOR = "TOTAL(CAST(COALESCE(json_extract(body, '$.flavor.{key}'), 0) AS INTEGER))"
