@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.test_api import Api, start_api
+from tests.unit.test_api import Api, start_api, stop_api
 from vmops import console
 
 
@@ -27,11 +27,4 @@ def api(tmp_path: Path) -> Iterator[Api]:
     """The API of a service on the fake hypervisor, over TCP."""
     service, servers = start_api(tmp_path)
     yield service
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-    # An instance left captured (its real console process watches it)
-    # would keep that process for ever, its directory gone.
-    for pid_file in service.compute.settings.instances_dir.glob("*/capture.pid"):
-        console.stop_capture(pid_file.parent)
-    service.store.close()
+    stop_api(service, servers)

@@ -18,7 +18,7 @@ import jsonschema_rs
 import pytest
 
 from tests import records
-from vmops import config
+from vmops import config, console
 from vmops.api import openapi, server
 from vmops.api.routes import Routes
 from vmops.compute import states
@@ -156,6 +156,18 @@ def start_api(state_dir: Path, token: str = TOKEN,
     servers = server.serve(routes.router(), settings.api_socket, f"127.0.0.1:{port}", token,
                            authenticator=authenticator)
     return Api(port, compute, hv, store), servers
+
+
+def stop_api(service: Api, servers: list[Any]) -> None:
+    """End what :func:`start_api` started. An instance left captured (its
+    real console process watches it) would keep that process for ever,
+    its directory gone: its capture is stopped."""
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+    for pid_file in service.compute.settings.instances_dir.glob("*/capture.pid"):
+        console.stop_capture(pid_file.parent)
+    service.store.close()
 
 
 # -- versions, microversions, access ----------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_api import IMAGE_ID, TOKEN, Answer, Api, start_api
+from tests.unit.test_api import IMAGE_ID, TOKEN, Answer, Api, start_api, stop_api
 from vmops.api import views
 from vmops.api.server import Authenticator, Context
 from vmops.compute import spawn as spawn_steps
@@ -406,10 +406,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     for srv in servers:
         srv.authenticator = _Tokens(TOKEN)
     yield service
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-    service.store.close()
+    stop_api(service, servers)
 
 
 def test_a_project_sees_and_touches_only_its_servers(api: Api) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_api import IMAGE_ID, Answer, Api, start_api
+from tests.unit.test_api import IMAGE_ID, Answer, Api, start_api, stop_api
 from vmops.api import server
 from vmops.api.server import Context
 from vmops.compute import host_facts, states
@@ -44,10 +44,7 @@ class _Tokens(server.Authenticator):
 def api(tmp_path: Path) -> Iterator[Api]:
     service, servers = start_api(tmp_path, authenticator=_Tokens())
     yield service
-    for srv in servers:
-        srv.shutdown()
-        srv.server_close()
-    service.store.close()
+    stop_api(service, servers)
 
 
 def call(api: Api, method: str, path: str, body: Any = None, who: str = ADMIN,
