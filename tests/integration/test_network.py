@@ -104,8 +104,11 @@ class Lab:
                           '  echo "BOUND $ip" ;;\n'
                           "esac\n")
         script.chmod(0o755)
-        out = in_ns(guest.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5",
-                    "-T", "1", "-s", str(script), check=False, timeout=30).stdout
+        try:
+            out = in_ns(guest.ns, "busybox", "udhcpc", "-i", "eth0", "-n", "-q", "-t", "5",
+                        "-T", "1", "-s", str(script), check=False, timeout=30).stdout
+        finally:
+            script.unlink(missing_ok=True)
         bound = [line.split()[1] for line in out.splitlines() if line.startswith("BOUND ")]
         return bound[0] if bound else ""
 
