@@ -2,15 +2,19 @@
 
 Every disk made here is qcow2:
 - root with ``use_cow``: a qcow2 overlay whose backing file is the base
-  (named by absolute path, with ``-F`` so qemu never probes it). Creating
-  it writes only metadata, so its cost does not depend on the base's size.
+  (named by absolute path, its format recorded so qemu never probes it).
+  Creating it writes only metadata, so its cost does not depend on the
+  base's size; vmops writes that metadata itself (vmops/disks/qcow2.py,
+  byte for byte what ``qemu-img create -b BASE -F FMT`` writes), with no
+  child process, and runs qemu-img only for what that writer does not cover.
 - root without ``use_cow``: ``qemu-img convert`` of the base to a
   standalone qcow2, then grown. We convert rather than ``cp`` a raw base
   so that every root disk has one format whatever the base was (the same
   resize, snapshot and libvirt code paths), and because convert skips
   zeroed blocks, so the copy stays sparse.
-- ephemeral: an empty sparse qcow2 of exactly the requested size; the
-  guest formats it.
+- ephemeral: an empty sparse qcow2 of exactly the requested size, written
+  the same way (``qemu-img create``'s bytes, no child process); the guest
+  formats it.
 
 A disk file is claimed with O_EXCL first, so an existing file is never
 overwritten, and any failure removes the file being made (and only it).
