@@ -107,11 +107,13 @@ def create_disks(settings: Settings, inst: Instance, image: Image | None,
     (vmops/compute/boot_volume.py) and the others follow it."""
     inst_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(inst_dir, 0o700)
-    # The config drive is written on a thread of its own while qemu-img makes
-    # the disks: pycdlib's mastering and the ISO's fsyncs overlap the child
-    # process (#17). Both write only their own files in ``inst_dir``, and the
-    # drive's thread is always waited for, so a failure leaves nothing being
-    # written after this returns (rollback removes the directory).
+    # The config drive is written on a thread of its own while the disks are
+    # made: pycdlib's mastering and the ISO's fsyncs overlap the disks' own
+    # (#17; a new qcow2 is written by vmops itself, vmops/disks/qcow2.py,
+    # where a qemu-img child used to run). Both write only their own files in
+    # ``inst_dir``, and the drive's thread is always waited for, so a failure
+    # leaves nothing being written after this returns (rollback removes the
+    # directory).
     drive = _DriveWriter(settings, inst, nics, admin_password, inst_dir) \
         if inst.config_drive else None
     try:
