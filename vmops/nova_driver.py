@@ -62,7 +62,7 @@ from nova.virt import driver, hardware, images
 from nova.virt import event as virtevent
 from oslo_config import cfg
 
-from vmops import config, socket_paths
+from vmops import config, console, socket_paths
 from vmops.compute import host_facts, serial_console, states
 from vmops.compute.boot_volume import BootVolume
 from vmops.compute.manager import SpawnRequest
@@ -192,6 +192,10 @@ class VmopsDriver(driver.ComputeDriver):
         self.engine.stop()  # the volume target watch
         for instance_id in list(self._serial_ports):
             self._close_serial_port(instance_id)
+        # The console process stays for this process while it lives (as for
+        # vmops serve); once the host is cleaned up, it goes if it watches
+        # nothing (docs/console.md).
+        console.release_holds()
         self.compute.store.close()
         self.compute.hv.close()
         if getattr(self, "_state_lock", None) is not None:

@@ -113,13 +113,18 @@ class LibvirtHostVmopsDriver(VmopsDriver):
     def __init__(self, virtapi: Any, read_only: bool = False) -> None:
         conf.CONF.set_override("state_dir", str(prepare_state_dir()), group="vmops")
         super().__init__(virtapi, read_only)
+        self._released = False
 
     def _open(self) -> Engine:
         with mock.patch("vmops.service.open_hypervisor", SharedHypervisor):
             return super()._open()
 
     def release(self) -> None:
-        """Destroy every instance the test left, then give the host back."""
+        """Destroy every instance the test left, then give the host back
+        (once: a test may have done it already)."""
+        if self._released:
+            return
+        self._released = True
         for inst in self.compute.store.instances():
             self.compute.destroy(inst.id)
         self.cleanup_host("myhostname")

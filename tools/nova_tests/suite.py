@@ -717,6 +717,22 @@ class VmopsLibvirtTestCase(test.TestCase):
         self._wait("the STOPPED event", lambda: self.events[-1:] == ["Stopped"])
         self.assertEqual(["Paused", "Resumed", "Stopped"], self.events)
 
+    def test_cleanup_host_lets_the_console_process_go(self) -> None:
+        """The console process stays for the driver's process while it
+        lives, watching nothing once the guest is gone; cleanup_host lets
+        go of it, and it exits (as at vmops serve's stop)."""
+        from vmops.console import shared
+
+        self._spawn()
+        self.driver.destroy(self.ctxt, self.instance, None)
+        run_dir = self.driver.compute.settings.run_dir
+        pid = shared.held_idle_pid(run_dir, os.getpid())
+        assert pid is not None, "no idle console process held by this process"
+        self.driver.release()  # destroys what is left, then cleanup_host
+        deadline = time.monotonic() + 10
+        while _runs(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertFalse(_runs(pid), f"console process {pid} still runs after cleanup_host")
 
     def test_nova_serial_console_reaches_the_guest(self) -> None:
         """get_serial_console's TCP port, as Nova's serial proxy uses it: what
@@ -803,3 +819,12 @@ def power_state_of(driver: Any, instance: Any) -> str:
     from nova.compute import power_state
 
     return str(power_state.STATE_MAP[driver.get_info(instance).state])
+
+
+def _runs(pid: int) -> bool:
+    """``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
