@@ -598,7 +598,8 @@ class Compute:
             if not isinstance(exc, InstanceBusy):  # refused: it never began
                 timed.failed()
                 self._keep_timings(inst, timed)
-            self.actions.end(inst.id, exc)
+                # Refused, the open action is the busy verb's, not the delete's.
+                self.actions.end(inst.id, exc)
             self._ended("destroy", started, exc)
             raise
         finally:
