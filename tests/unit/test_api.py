@@ -10,6 +10,7 @@ import json
 import re
 import socket
 import time
+import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,9 @@ from vmops.compute.catalog import Catalog
 from vmops.compute.manager import Compute
 from vmops.disks.cache import ImageCache
 from vmops.hypervisor.fake import FakeHypervisor
+from vmops.network.manager import USER_NETWORK
 from vmops.service import build
-from vmops.store import Image, Instance, Store
+from vmops.store import Image, Instance, Port, Store
 
 TOKEN = "s3cret-token"
 MAX = server.version_text(server.MAX_MICROVERSION)
@@ -445,9 +447,11 @@ def test_bad_create_bodies_are_400_and_create_nothing(api: Api, changes: dict[st
 def test_a_mac_the_user_gives_that_a_server_has_is_409_naming_both(api: Api) -> None:
     """A generated MAC that is taken is drawn again (manager._unused_mac);
     one the user asked for is refused, whatever its case and spaces, and
-    nothing is recorded."""
-    first = _create(api, **{"vmops:mac": "52:54:00:AA:bb:cc", "vmops:start": False})
-    assert first.status == 202, first.body
+    nothing is recorded. (web1 is recorded as a finished spawn leaves it: a
+    spawn on the fake fails, and its rollback would free the MAC.)"""
+    first = records.instance("web1", macs=("52:54:00:aa:bb:cc",))
+    api.store.add_instance(first, ports=[Port(str(uuidlib.uuid4()), first.id, 0, "user",
+                                              USER_NETWORK, "52:54:00:aa:bb:cc")])
     taken = _create(api, name="web2", **{"vmops:mac": " 52:54:00:aa:BB:cc ",
                                          "vmops:start": False})
     assert taken.status == 409, taken.body
@@ -476,6 +480,45 @@ def test_create_answers_202_with_location(api: Api) -> None:
         if api.get("/v2.1/servers/web1").body["server"]["status"] != "BUILD":
             break
         time.sleep(0.01)
+
+
+def test_create_with_wait_answers_once_the_build_has_ended(api: Api) -> None:
+    """vmops:wait on create: 200 with the server's whole view (and its
+    admin password) once it has finished building, here in ERROR (the
+    fake has no image file), so a client need not poll."""
+    body = {"server": {"name": "web1", "imageRef": IMAGE_ID, "flavorRef": "1"}}
+    answer = api.post("/v2.1/servers?vmops:wait=30", body)
+    assert answer.status == 200, answer.body
+    server = answer.body["server"]
+    assert (server["status"], server["OS-EXT-STS:task_state"]) == ("ERROR", None)
+    assert server["name"] == "web1" and "backing file" in server["fault"]["message"]
+    assert answer.headers["location"] == server["links"][0]["href"]
+    assert api.store.instance("web1").id == server["id"]
+    assert ("adminPass" in server) == api.compute.settings.enable_instance_password
+
+
+def test_create_whose_wait_runs_out_answers_202(api: Api,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.compute, "wait_idle", lambda instance_id, timeout: False)
+    body = {"server": {"name": "web1", "imageRef": IMAGE_ID, "flavorRef": "1"}}
+    answer = api.post("/v2.1/servers?vmops:wait=1", body)
+    assert answer.status == 202, answer.body
+    assert set(answer.body["server"]) >= {"id", "links"}
+    assert "status" not in answer.body["server"]  # Nova's short answer
+    monkeypatch.undo()
+    _settle(api)
+
+
+@pytest.mark.parametrize(("query", "changes"), [
+    ("vmops:wait=soon", {}), ("vmops:wait=-1", {}), ("vmops:wait=4000", {}),
+    ("vmops:wait=nan", {}), ("vmops:wait=5", {"return_reservation_id": True})])
+def test_a_bad_create_wait_is_400_and_creates_nothing(api: Api, query: str,
+                                                      changes: dict[str, Any]) -> None:
+    body = {"server": {"name": "web1", "imageRef": IMAGE_ID, "flavorRef": "1", **changes}}
+    answer = api.post(f"/v2.1/servers?{query}", body)
+    assert answer.status == 400, answer.body
+    assert "vmops:wait" in answer.fault()[1]
+    assert api.store.instances() == []
 
 
 def test_names_are_display_names_and_may_repeat(api: Api) -> None:

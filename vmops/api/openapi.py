@@ -317,10 +317,18 @@ def _server_paths() -> dict[str, Any]:
                       params=SERVER_FILTERS),
             "post": op("Create a server (max_count: several, named NAME-1, NAME-2, ...); it "
                        "builds in the background",
-                       ok({"oneOf": [obj({"server": ref("ServerCreated")}, extra=False),
-                                     obj({"reservation_id": STR}, extra=False)]},
-                          "202", "Accepted"),
-                       body=ref("ServerCreate")),
+                       {**ok({"oneOf": [obj({"server": ref("ServerCreated")}, extra=False),
+                                        obj({"reservation_id": STR}, extra=False)]},
+                             "202", "Accepted"),
+                        **ok(obj({"server": ref("Server")}, extra=False), "200",
+                             "vmops:wait: every server made has finished building (the "
+                             "first one's view, with adminPass)")},
+                       body=ref("ServerCreate"),
+                       params=[query("vmops:wait", "vmops: answer 200 with the server once "
+                                     "every server made has finished building (ACTIVE, "
+                                     "SHUTOFF or ERROR), waiting at most this many seconds "
+                                     "(202 if one has not); not with return_reservation_id",
+                                     {"type": "number", "minimum": 0, "maximum": 3600})]),
         },
         f"{P}/servers/{{id}}/tags": {
             "parameters": [path_id("server")],

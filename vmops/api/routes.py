@@ -11,6 +11,7 @@ import dataclasses
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -256,6 +257,11 @@ class Routes:
         more than one (at least min_count, or none: those made are removed);
         the reply is the first's, or the reservation id."""
         create = parse.spawn_request(req.json(), req.microversion)
+        wait = req.arg("vmops:wait")
+        seconds = parse.wait_seconds(wait) if wait is not None else None
+        if seconds is not None and create.return_reservation_id:
+            raise Invalid(reason="vmops:wait answers with the server; it cannot be used "
+                          "with return_reservation_id")
         ctx = req.context
         spawn = dataclasses.replace(create.spawn, project_id=ctx.project_id,
                                     user_id=ctx.user_id,
@@ -285,11 +291,30 @@ class Routes:
         if create.return_reservation_id:
             return Response(202, {"reservation_id": spawn.reservation_id})
         shown = password if self.compute.settings.enable_instance_password else None
+        location = {"Location": views.link(req.base_url, "servers", made[0].id)[0]["href"]}
+        # vmops' own: answer once every server made has finished building
+        # (ACTIVE, SHUTOFF or ERROR), so a client need not poll.
+        if seconds is not None and self._built(made, seconds):
+            try:
+                inst = self.compute.instance(made[0].id)
+            except NotFound:
+                inst = None  # deleted while it built: the answer without the wait
+            if inst is not None:
+                server = views.server(inst, req.base_url, views.View.of(req),
+                                      net=self._network_view(inst))
+                if shown is not None:
+                    server["adminPass"] = shown
+                return Response(200, {"server": server}, headers=location)
         created = views.server_created(made[0], req.base_url, self._network_view(made[0]),
                                        shown)
-        return Response(202, {"server": created},
-                        headers={"Location": views.link(req.base_url, "servers",
-                                                        made[0].id)[0]["href"]})
+        return Response(202, {"server": created}, headers=location)
+
+    def _built(self, made: list[Instance], seconds: float) -> bool:
+        """Wait up to ``seconds`` in all for every server in ``made`` to have
+        finished building; False if one has not."""
+        deadline = time.monotonic() + seconds
+        return all(self.compute.wait_idle(inst.id, max(0.0, deadline - time.monotonic()))
+                   for inst in made)
 
     def _spawn_many(self, spawn: SpawnRequest, least: int, most: int) -> list[Instance]:
         made: list[Instance] = []

@@ -34,6 +34,7 @@ from vmops.compute.states import Status
 from vmops.errors import VmopsError
 
 WAIT_TIMEOUT_S = 900.0
+SPAWN_QUICK_WAIT_S = 2.0
 
 
 def _client(args: argparse.Namespace, autostart: bool = True) -> Client:
@@ -71,10 +72,14 @@ def _wait_server(client: Client, server_id: str, until: str, quiet: bool) -> dic
 # -- servers ------------------------------------------------------------------
 def cmd_spawn(args: argparse.Namespace) -> int:
     client = _client(args)
-    created = client.post("/servers", {"server": _spawn_body(client, args)})["server"]
+    # A spawn that is built within SPAWN_QUICK_WAIT_S answers built (the
+    # service's vmops:wait); a longer one is polled, showing its progress.
+    path = "/servers" if args.no_wait else f"/servers?vmops:wait={SPAWN_QUICK_WAIT_S:g}"
+    created = client.post(path, {"server": _spawn_body(client, args)})["server"]
     if args.no_wait:
         return _show_server(client, created["id"], args.json)
-    server = _wait_server(client, created["id"], "built", args.json)
+    server = created if "status" in created else _wait_server(client, created["id"], "built",
+                                                                args.json)
     if server["status"] == Status.ERROR:
         fault = server.get("vmops:fault") or "unknown reason"
         print(f"vmops: spawn of {args.name} failed: {fault}", file=sys.stderr)
