@@ -409,11 +409,19 @@ class Routes:
         wait = req.arg("vmops:wait")
         seconds = parse.wait_seconds(wait) if wait is not None else None
         # An action with an answer of its own returns it (headers and body).
-        answer = handler(inst.id, arg, req) or Response(202)
+        # Waited, a quick verb runs in this thread (compute's waiting()).
+        with self.compute.waiting(seconds) as waited:
+            answer = handler(inst.id, arg, req) or Response(202)
         # vmops' own: answer when the action has ended, so a client need not poll.
-        if seconds is None or not self.compute.wait_idle(inst.id, seconds):
+        if waited is None:
             return answer
-        inst = self.compute.instance(inst.id)
+        if not (waited.in_time() if waited.ran else self.compute.wait_idle(inst.id,
+                                                                            waited.seconds)):
+            return answer
+        try:
+            inst = self.compute.instance(inst.id)
+        except NotFound:
+            return answer  # deleted once the action ended: the answer without the wait
         return Response(200, {"server": views.server(inst, req.base_url, views.View.of(req),
                                                      net=self._network_view(inst))},
                         headers=answer.headers)
