@@ -46,7 +46,7 @@ import sqlite3
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -500,7 +500,7 @@ class Flavor:
     description: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__ per record (#17)
 class InstanceFlavor:
     """The flavor as an instance got it, at spawn or at its last resize:
     Nova keeps such a copy, so later changes to the flavor are not the
@@ -601,7 +601,7 @@ class Keypair:
     user_id: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__ per record (#17)
 class DiskRecord:
     """Each disk's format is recorded here and never probed from the file."""
 
@@ -612,7 +612,7 @@ class DiskRecord:
     device: str = "disk"  # disk | cdrom
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__ per record (#17)
 class Instance:
     id: str
     name: str
@@ -716,7 +716,7 @@ class NetworkRecord:
     created_at: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # no __dict__ per record (#17)
 class Port:
     """One NIC of an instance: on the vmops bridge (mode ``bridge``, with an
     address and a tap) or QEMU user-mode (mode ``user``, neither)."""
@@ -836,38 +836,69 @@ _Record = TypeVar("_Record")
 
 
 class _DecodedRows(Generic[_Record]):
-    """Each row's record, decoded once and reused while the row reads the
-    same, column for column (so no write can be missed, whoever made it):
-    a list of 1,000 servers then costs comparing their rows, not decoding
-    1,000 JSON bodies. Records are frozen dataclasses, safe to share. Only
-    a whole-table read keeps what it decoded, and replaces the kept set
-    (so a deleted row's goes); a partial read only reuses. The dict is
-    swapped whole, never changed, so threads need no lock.
+    """Each row's record, decoded once and reused while the row's
+    ``fingerprint`` is the same (so no write is missed, whoever made it):
+    a list of 1,000 servers then costs fingerprinting their rows, not
+    decoding 1,000 JSON bodies. Records are frozen dataclasses, safe to
+    share. Only a whole-table read keeps what it decoded, and replaces the
+    kept set (so a deleted row's goes); a partial read only reuses. The
+    dict is swapped whole or has an entry dropped (:meth:`forget`), never
+    changed otherwise, so threads need no lock.
+
+    ``fingerprint``: what is kept of a row to tell it changed; by default
+    its values (exact; small rows, whose values the record shares). An
+    instance's keeps no copy of its JSON body (issue #17): see
+    :func:`_instance_fingerprint`.
 
     ``last``: the records of the last whole-table read (``sql``) and the
     database's version then (:meth:`Store._version`): while the version is
     the same, not even the rows need reading again."""
 
-    def __init__(self, decode: Callable[[sqlite3.Row], _Record], sql: str) -> None:
+    def __init__(self, decode: Callable[[sqlite3.Row], _Record], sql: str,
+                 fingerprint: Callable[[sqlite3.Row], Hashable] = tuple) -> None:
         self._decode = decode
+        self._fingerprint = fingerprint
         self.sql = sql
-        self._kept: dict[Any, tuple[tuple[Any, ...], _Record]] = {}
+        self._kept: dict[Any, tuple[Hashable, _Record]] = {}
         self.last: tuple[tuple[int, int], list[_Record]] | None = None
 
     def records(self, rows: list[sqlite3.Row], whole_table: bool) -> list[_Record]:
         kept = self._kept
-        fresh: dict[Any, tuple[tuple[Any, ...], _Record]] = {}
+        fresh: dict[Any, tuple[Hashable, _Record]] = {}
         out: list[_Record] = []
         for row in rows:
-            values = tuple(row)
+            mark = self._fingerprint(row)
             entry = kept.get(row["id"])
-            if entry is None or entry[0] != values:
-                entry = (values, self._decode(row))
+            if entry is None or entry[0] != mark:
+                entry = (mark, self._decode(row))
             fresh[row["id"]] = entry
             out.append(entry[1])
         if whole_table:
             self._kept = fresh
         return out
+
+    def forget(self, key: Any) -> None:
+        """Drop what is kept of the row ``key`` (deleted) and the last
+        whole-table read (stale now), instead of at the next one."""
+        self._kept.pop(key, None)
+        self.last = None
+
+
+def _row_hash(values: tuple[Any, ...]) -> int:
+    """Python's hash of a row's values: 64 bits, SipHash for the strings,
+    keyed at random per process (unless PYTHONHASHSEED is set). A name of
+    its own so that tests can make every row collide."""
+    return hash(values)
+
+
+def _instance_fingerprint(row: sqlite3.Row) -> tuple[float, int]:
+    """An instance row's fingerprint: ``updated_at``, which every write of
+    the store sets (so none of them is missed, whatever the hash), and the
+    hash of all its values, for writes made behind the store's back (SQL
+    that changes a row but not ``updated_at``: missed only if the 64-bit
+    hash of the new values equals the old's). 88 bytes where a copy of the
+    row's values (the JSON body, 1-2 KiB) was kept before (issue #17)."""
+    return (row["updated_at"], _row_hash(tuple(row)))
 
 
 def _port_from_row(row: sqlite3.Row) -> Port:
@@ -900,7 +931,8 @@ class Store:
             raise
         self._reserve = _Reserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self._instance_rows = _DecodedRows(
-            _instance_from_row, "SELECT * FROM instances ORDER BY created_at, name")
+            _instance_from_row, "SELECT * FROM instances ORDER BY created_at, name",
+            _instance_fingerprint)
         self._port_rows = _DecodedRows(
             _port_from_row, "SELECT * FROM ports ORDER BY instance_id, position")
         self._seed_flavors()
@@ -1189,6 +1221,7 @@ class Store:
                             inst.created_at, inst.launched_at, time.time()))
             self._delete_network_rows(db, instance_id)
             db.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+        self._instance_rows.forget(instance_id)
 
     def release_network(self, instance_id: str) -> None:
         """Forget an instance's ports, forwards and memberships (destroy)."""

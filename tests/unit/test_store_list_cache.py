@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import records
+from vmops import store as store_module
 from vmops.store import Instance, Port, Store, _instance_to_row
 
 
@@ -108,3 +109,68 @@ def test_closing_an_instances_open_action_does_not_scan_its_history(store: Store
                        "WHERE instance_id = ? AND finish_time IS NULL", "id-a")
     assert any("instance_actions_open" in row["detail"] for row in plan), \
         [row["detail"] for row in plan]
+
+
+# -- what is kept to tell a changed row (issue #17: no copy of the row) -------------
+def test_a_body_change_behind_the_stores_back_is_seen(store: Store, tmp_path: Path) -> None:
+    """A write that changes the JSON body alone, not ``updated_at`` (no
+    write of the store does that; SQL by hand or another tool may), is
+    seen by a whole-table read and by a read of the one instance."""
+    store.add_instance(_instance("a"))
+    store.add_instance(_instance("b"))
+    before = store.instances()
+    assert store.instance("id-a").description is None
+    other = sqlite3.connect(tmp_path / "vmops.db")
+    with other:
+        other.execute("UPDATE instances SET body = json_set(body, '$.description', 'moved') "
+                      "WHERE id = 'id-a'")
+    other.close()
+    after = store.instances()
+    assert after[0].description == "moved" and after[0].updated_at == before[0].updated_at
+    assert after[1] is before[1]  # b's row did not change
+    assert store.instance("id-a").description == "moved"
+    with store.transaction() as db:  # the store's own connection, by hand
+        db.execute("UPDATE instances SET body = json_set(body, '$.description', 'back') "
+                   "WHERE id = 'id-a'")
+    assert store.instance("a").description == "back"
+    assert store.instances()[0].description == "back"
+
+
+def test_the_stores_writes_are_seen_even_if_every_row_hash_collides(
+        store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each write of the store sets ``updated_at``, which the fingerprint
+    holds as it is: those are seen whatever the hash says."""
+    monkeypatch.setattr(store_module, "_row_hash", lambda values: 0)
+    store.add_instance(_instance("a"))
+    assert store.instances()[0].vm_state == "active"
+    store.update_instance("id-a", vm_state="stopped", description="x")
+    assert store.instances()[0].vm_state == "stopped"
+    store.update_instance("id-a", description="y")
+    assert store.instance("id-a").description == "y"
+    assert store.instances()[0].description == "y"
+    # Only a change that leaves updated_at alone relies on the hash: with
+    # every hash the same, it goes unseen (what the hash is there for).
+    with store.transaction() as db:
+        db.execute("UPDATE instances SET body = json_set(body, '$.description', 'z') "
+                   "WHERE id = 'id-a'")
+    assert store.instances()[0].description == "y"
+
+
+def test_no_copy_of_a_rows_values_is_kept_beside_its_record(store: Store) -> None:
+    store.add_instance(replace(_instance("a"), user_data="eA==" * 100))
+    store.instances()
+    kept = store._instance_rows._kept
+    assert list(kept) == ["id-a"]
+    mark, record = kept["id-a"]
+    assert record.name == "a"
+    assert isinstance(mark, tuple) and all(not isinstance(v, str) for v in mark), mark
+
+
+def test_a_deleted_instance_is_not_kept_until_the_next_list(store: Store) -> None:
+    store.add_instance(_instance("a"))
+    store.add_instance(_instance("b"))
+    store.instances()
+    store.delete_instance("id-a")
+    assert list(store._instance_rows._kept) == ["id-b"]
+    assert store._instance_rows.last is None
+    assert [i.name for i in store.instances()] == ["b"]
