@@ -6,7 +6,10 @@ GET /servers/{id} shows it at once."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
+
+import pytest
 
 from tests import records
 from tests.unit.test_api import Api
@@ -57,3 +60,46 @@ def test_only_existing_servers_keep_a_part_when_lists_are_filtered() -> None:
     assert listed([insts[3]], insts[2:]) == ["web4"]  # web1 and web2 destroyed, web4 made
     assert kept.kept() == 2  # web3's and web4's
     assert listed([], []) == [] and kept.kept() == 0
+
+
+def test_a_record_changed_behind_the_stores_back_shows_in_the_list(api: Api) -> None:
+    """A part is kept while the record is the same, not while its
+    ``updated_at`` is: a change that leaves ``updated_at`` alone (SQL by
+    hand) still shows in the next list."""
+    inst = records.instance("web1", project_id="vmops", vm_state="active",
+                            power_state="running")
+    api.store.add_instance(inst)
+    api.store.add_instance(records.instance("web2", project_id="vmops"))
+    first = _listed(api, inst.id)
+    assert first["OS-EXT-STS:vm_state"] == "active"  # now kept
+    with api.store.transaction() as db:
+        db.execute("UPDATE instances SET vm_state = 'stopped', "
+                   "body = json_set(body, '$.description', 'moved') WHERE id = ?", (inst.id,))
+    listed = _listed(api, inst.id)
+    assert listed["OS-EXT-STS:vm_state"] == "stopped" and listed["status"] == "SHUTOFF"
+    assert listed["updated"] == first["updated"]
+
+
+def test_an_unchanged_record_is_not_rendered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    kept = views.ServerList()
+    no_net = views.ServerNetwork((), (), ())
+    insts = [records.instance(f"web{n}") for n in range(1, 3)]
+    rendered: list[str] = []
+    real = views.server
+
+    def counting(inst: Instance, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        rendered.append(inst.name)
+        return real(inst, *args, **kwargs)
+
+    monkeypatch.setattr(views, "server", counting)
+    ids = {i.id for i in insts}
+    first = kept.encode(insts, "http://x", views.NOVA_21, ids, lambda i: no_net)
+    assert rendered == ["web1", "web2"]
+    changed = replace(insts[1], vm_state="error")  # the store's new record for web2
+    again = kept.encode([insts[0], changed], "http://x", views.NOVA_21, ids, lambda i: no_net)
+    assert rendered == ["web1", "web2", "web2"]
+    assert json.loads(again)["servers"][1]["OS-EXT-STS:vm_state"] == "error"
+    assert json.loads(first)["servers"][0] == json.loads(again)["servers"][0]
+    equal = replace(insts[0])  # the same record decoded again: equal, not rendered
+    kept.encode([equal, changed], "http://x", views.NOVA_21, ids, lambda i: no_net)
+    assert rendered == ["web1", "web2", "web2"]

@@ -79,7 +79,7 @@ def server_brief(inst: Instance, base: str) -> dict[str, Any]:
     return {"id": inst.id, "name": inst.name, "links": link(base, "servers", inst.id)}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # kept by ServerList per server: no __dict__
 class ServerNetwork:
     """What the server view shows of an instance's network."""
 
@@ -368,26 +368,32 @@ def _keypair_number(k: Keypair) -> int:
 
 class ServerList:
     """``GET /servers/detail`` as JSON bytes, each server's part kept until its
-    record (every change sets ``updated_at``) or what it shows from other
-    records changes (its NICs, its security groups' names, its attached
-    volumes: none of them touches the instance record): listing 200 servers
-    then costs a lookup each, not a rendering. Only servers that exist keep
-    a part (at most one each), so a service whose clients only ever list
-    with filters does not keep one for every server it has had. Safe
+    record or what it shows from other records changes (its NICs, its
+    security groups' names, its attached volumes: none of them touches the
+    instance record): listing 200 servers then costs a lookup each, not a
+    rendering. A part is keyed by the record itself: the store hands out
+    the same ``Instance`` object while the row is unchanged and a new one
+    when it changed, whoever changed it (``store._DecodedRows``), so the
+    check is most often an identity test and, when it is not, the records'
+    equality; no change the store sees is missed, even one that left
+    ``updated_at`` as it was. The record is the store's (kept there
+    anyway): a part costs its bytes, not a copy. Only servers that exist
+    keep a part (at most one each), so a service whose clients only ever
+    list with filters does not keep one for every server it has had. Safe
     across threads: entries are replaced whole, never changed."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[float, str, View, ServerNetwork, bytes]] = {}
+        self._parts: dict[str, tuple[Instance, str, View, ServerNetwork, bytes]] = {}
 
     def encode(self, insts: list[Instance], base: str, view: View, existing: Container[str],
                net_of: Callable[[Instance], ServerNetwork]) -> bytes:
         """``existing``: the ids of every instance there is now (``insts``
         are some of them): the parts of any other are forgotten."""
-        fresh: dict[str, tuple[float, str, View, ServerNetwork, bytes]] = {}
+        fresh: dict[str, tuple[Instance, str, View, ServerNetwork, bytes]] = {}
         for inst in insts:
             part = self._parts.get(inst.id)
             net = net_of(inst)  # a group renamed, a volume attached: the record is as it was
-            key = (inst.updated_at, base, view, net)
+            key = (inst, base, view, net)
             if part is None or part[:4] != key:
                 part = (*key, json.dumps(server(inst, base, view, net=net)).encode())
             fresh[inst.id] = part
