@@ -6,9 +6,10 @@ to be non-negative numbers: nothing here depends on how fast anything is."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from vmops import config
 from vmops.cli.main import _timing_items
 from vmops.compute import crash_points, spawn, states
 from vmops.compute.manager import Compute, SpawnRequest
-from vmops.compute.timings import Timings, active
+from vmops.compute.timings import Finished, Timings, active
 from vmops.console.fake import FakeConsole
 from vmops.disks import instance_disks, qemu_img
 from vmops.errors import HypervisorError
@@ -45,11 +46,11 @@ class Clock:
         return self.now
 
 
-def _names(timings: dict[str, Any]) -> list[str]:
+def _names(timings: Mapping[str, Any]) -> list[str]:
     return [s["step"] for s in timings["steps"]]
 
 
-def _check_numbers(timings: dict[str, Any]) -> None:
+def _check_numbers(timings: Mapping[str, Any]) -> None:
     assert isinstance(timings["total_ms"], float) and timings["total_ms"] >= 0
     for s in timings["steps"]:
         assert isinstance(s["ms"], float) and s["ms"] >= 0, s
@@ -112,6 +113,33 @@ def test_crash_points_mark_only_the_current_verb() -> None:
         crash_points.reached("stop", "after-begin")
     crash_points.reached("stop", "after-work")  # after the verb: not its
     assert _names(t.finish()) == ["begin", "finish"]
+
+
+def test_what_a_verb_leaves_is_compact_and_shows_as_the_dict_it_was() -> None:
+    """Kept per instance (issue #17): no dict per step; the view's dict is
+    made when asked for, and equals what the recorder gave before."""
+    def run(fail: bool) -> Finished:
+        clock = Clock()
+        t = Timings("start", crash_points.steps_of("start"), clock=clock)
+        clock.now += 0.001
+        t.step("after-begin")
+        clock.now += 0.0125
+        if fail:
+            t.failed()
+        return t.finish()
+
+    ok, again, failed = run(False), run(False), run(True)
+    assert ok == {"verb": "start", "result": "ok", "total_ms": 13.5, "steps": [
+        {"step": "begin", "ms": 1.0}, {"step": "finish", "ms": 12.5}]}
+    assert failed.to_json() == {
+        "verb": "start", "result": "error", "total_ms": 13.5, "failed_step": "work",
+        "steps": [{"step": "begin", "ms": 1.0}, {"step": "work", "ms": 12.5, "failed": True},
+                  {"step": "rollback", "ms": 0.0}]}
+    assert json.loads(json.dumps(dict(failed))) == failed
+    assert "failed_step" not in ok and ok.get("failed_step") is None
+    assert ok._names is again._names  # one tuple for every verb with the same steps
+    assert not hasattr(ok, "__dict__") and not any(isinstance(v, dict) for v in (
+        ok._names, ok._ms))
 
 
 # -- the verbs, on the fake hypervisor ----------------------------------------------

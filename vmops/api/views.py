@@ -13,7 +13,7 @@ import hashlib
 import json
 import socket
 import time
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,7 +141,7 @@ def domain_name(inst: Instance) -> str:
 
 def server(inst: Instance, base: str, view: View = NOVA_21,
            live: dict[str, Any] | None = None, net: ServerNetwork = ServerNetwork(),
-           full: bool = True, timings: dict[str, Any] | None = None) -> dict[str, Any]:
+           full: bool = True, timings: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A server as Nova's show at ``view``'s microversion; ``full`` False is
     the shorter body Nova answers update (PUT) and rebuild with. ``live`` and
     ``timings`` (its last verb's steps) are shown with X-Vmops-Extra only."""
@@ -179,7 +179,7 @@ def server(inst: Instance, base: str, view: View = NOVA_21,
     if view.extra:
         body.update(_extra(inst, net, live))
         if timings:
-            body["vmops:timings"] = timings
+            body["vmops:timings"] = dict(timings)  # a compact timings.Finished
     return body
 
 

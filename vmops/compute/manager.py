@@ -165,7 +165,7 @@ class Compute:
         self._cancelled: set[str] = set()
         # Each instance's last verb's step timings (vmops/compute/timings.py),
         # in memory only: a restart forgets them.
-        self.last_timings: dict[str, dict[str, Any]] = {}
+        self.last_timings: dict[str, timings.Finished] = {}
         hypervisor.on_lifecycle_event(self._on_lifecycle_event)
 
     # -- lookups -------------------------------------------------------------
