@@ -43,6 +43,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import uuid as uuidlib
@@ -526,7 +527,8 @@ class InstanceFlavor:
     def from_json(cls, data: dict[str, Any]) -> InstanceFlavor:
         """From the stored dict (any release's: missing keys take their
         defaults, unknown ones are ignored; ``null`` numbers read 0)."""
-        return cls(id=str(data.get("id") or ""), name=str(data.get("name") or ""),
+        return cls(id=sys.intern(str(data.get("id") or "")),
+                   name=sys.intern(str(data.get("name") or "")),
                    ram_mib=int(data.get("ram_mib") or 0), vcpus=int(data.get("vcpus") or 0),
                    root_gb=int(data.get("root_gb") or 0),
                    ephemeral_gb=int(data.get("ephemeral_gb") or 0),
@@ -694,18 +696,36 @@ def _instance_to_row(inst: Instance) -> dict[str, Any]:
     return row
 
 
+# What many records repeat (their states, the image, flavor, project and
+# user they share, their disks' roles and formats): one string object for
+# all, where each decoded row had its own (issue #17: ~0.8 KiB a record).
+# sys.intern's strings go when the last record using one does.
+_SHARED_COLUMNS = frozenset({"vm_state", "task_state", "power_state", "flavor_id", "image_id",
+                             "project_id", "user_id"})
+_SHARED_BODY = ("image_name", "disk_config")
+
+
+def _shared(value: Any) -> Any:
+    return sys.intern(value) if type(value) is str else value
+
+
 def _instance_from_row(row: sqlite3.Row) -> Instance:
     body = json.loads(row["body"])
     body["macs"] = tuple(body.get("macs", ()))
     body["flavor"] = InstanceFlavor.from_json(body.get("flavor") or {})
-    body["disks"] = tuple(DiskRecord(**d) for d in body.get("disks", ()))
+    body["disks"] = tuple(DiskRecord(**{k: v if k == "path" else _shared(v)
+                                        for k, v in d.items()})
+                          for d in body.get("disks", ()))
+    for key in _SHARED_BODY:
+        if key in body:
+            body[key] = _shared(body[key])
     body["injected_files"] = tuple(tuple(p) for p in body.get("injected_files", ()))
     body["tags"] = tuple(body.get("tags", ()))
     for key in ("volumes_made", "volumes_deleted_on_termination"):
         body[key] = tuple(body.get(key, ()))
     known = {f.name for f in fields(Instance)}
-    return Instance(**{k: row[k] for k in _COLUMNS}, **{k: v for k, v in body.items()
-                                                        if k in known})
+    return Instance(**{k: _shared(row[k]) if k in _SHARED_COLUMNS else row[k]
+                       for k in _COLUMNS}, **{k: v for k, v in body.items() if k in known})
 
 
 @dataclass(frozen=True)

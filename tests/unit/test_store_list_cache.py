@@ -174,3 +174,19 @@ def test_a_deleted_instance_is_not_kept_until_the_next_list(store: Store) -> Non
     assert list(store._instance_rows._kept) == ["id-b"]
     assert store._instance_rows.last is None
     assert [i.name for i in store.instances()] == ["b"]
+
+
+def test_records_share_the_strings_they_repeat(store: Store) -> None:
+    """Decoded records use one string object for a value many of them
+    hold (states, image, project, disk formats), not one each."""
+    for name in ("a", "b"):
+        store.add_instance(replace(_instance(name), image_id="img-" + "1" * 32,
+                                   project_id="p" * 32))
+    a, b = store.instances()
+    assert a is not b
+    for field in ("vm_state", "power_state", "image_id", "project_id", "user_id",
+                  "image_name", "disk_config"):
+        assert getattr(a, field) == getattr(b, field)
+        assert getattr(a, field) is getattr(b, field), field
+    assert a.flavor.name is b.flavor.name and a.flavor.id is b.flavor.id
+    assert a.disks[0].format is b.disks[0].format and a.disks[0].role is b.disks[0].role
