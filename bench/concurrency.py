@@ -7,17 +7,17 @@ sets that number, e.g. 4 to try the code path with few guests; 0 leaves
 it out). The 32 have a target: <= 1.25x the libvirt makespan, no API
 connection refused (not even one retried) and no spawn failed.
 
-- vmops: one thread per spawn, each ``POST /servers`` at the same moment; one
-  poller reads ``GET /servers/detail`` every 20 ms and notes when each
-  record turns ACTIVE.
+- vmops: one thread per spawn, each ``POST /servers?vmops:wait=600`` at the
+  same moment; each answer comes once its spawn has ended, ACTIVE (until
+  2026-12-02 a poller read ``GET /servers/detail`` every 20 ms instead).
 - libvirt: as many threads, each ``defineXML`` + ``create`` of vmops' domain
   XML (renamed, on fresh disk copies made beforehand) on the baseline root.
 
 Reported: the makespan (start to the last one running) as the compared
 time, throughput (spawns per second over the makespan) and spread (last
 minus first to finish), and the median of each step of the spawns
-(``vmops:timings``; ``outside vmops``: from the release until the poller
-saw the spawn ACTIVE, minus vmops' total). No target: for information.
+(``vmops:timings``; ``outside vmops``: from the release until the
+spawn's answer, minus vmops' total). No target: for information.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -81,23 +80,14 @@ def _width_row(width: int, reps: int, target: Target | None) -> Row:
     def vmops_side(r: int) -> None:
         names = [f"cc{width}-{r}-{k}" for k in range(width)]
         ids: list[str] = []
-        def post(name: str) -> None:
-            ids.append(svc.post_server(name))
+        done: dict[str, float] = {}
+
+        def spawn(name: str) -> None:
+            ids.append(svc.spawn_waited(name, timeout=TIMEOUT_S))  # answers once ACTIVE
+            done[name] = now()
 
         try:
-            t0 = _all_at_once([functools.partial(post, n) for n in names])
-            done: dict[str, float] = {}
-            deadline = time.monotonic() + TIMEOUT_S
-            while len(done) < width:
-                for server in svc.client.get("/servers/detail")["servers"]:
-                    if server["name"] in names and server["name"] not in done:
-                        if server["status"] == "ERROR":
-                            raise RuntimeError(f"{server['name']}: {server.get('fault')}")
-                        if server["status"] == "ACTIVE":
-                            done[server["name"]] = now()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"only {len(done)} of {width} spawns done")
-                time.sleep(0.02)
+            t0 = _all_at_once([functools.partial(spawn, n) for n in names])
             ends = sorted(done.values())
             vm_make.append((ends[-1] - t0) * 1000.0)
             vm_spread.append((ends[-1] - ends[0]) * 1000.0)
@@ -106,8 +96,8 @@ def _width_row(width: int, reps: int, target: Target | None) -> Row:
                 own = timings.steps_of(server, "spawn")
                 if own is not None:
                     steps.append(timings.phases(own, (done[server["name"]] - t0) * 1000.0))
-        finally:
-            _parallel([lambda i=i: svc.destroy(i) for i in ids])
+        finally:  # by name: a spawn that failed has no id here
+            _parallel([lambda n=n: svc.destroy(n) for n in names])
 
     def libvirt_side(r: int) -> None:
         xmls = []

@@ -2,9 +2,9 @@
 
     python -m bench --only spawn_running [--quick]     (or: python -m bench.spawn_running)
 
-- vmops: ``POST /servers`` (m1.tiny, with a config drive) until the record
-  says ACTIVE (polled by name every 5 ms once QEMU's serial socket exists;
-  the record only, no libvirt call in the service). This includes what
+- vmops: ``POST /servers?vmops:wait=180`` (m1.tiny, with a config drive),
+  whose answer comes once the spawn has ended, ACTIVE (until 2026-12-02 the
+  record was polled by name every 5 ms instead). This includes what
   vmops does and the baselines do not: the record, the root overlay, the
   config drive ISO, the console capture process and its connection.
 - libvirt: the same domain XML (vmops' saved definition with name, UUID,
@@ -15,7 +15,7 @@
 
 vmops' time is split into phases by vmops' own step timings
 (``vmops:timings`` of the spawn, read after each sample: ``bench/timings.py``)
-plus ``outside vmops`` (the request and the polling beyond vmops' total).
+plus ``outside vmops`` (the request and its answer beyond vmops' total).
 Where a sample has none (an older service), the phases are inferred from
 the files each phase leaves (inotify, ``bench/fswatch.py``) as before; the
 row's ``phases_source`` says which. No target: the ratio is reported for
@@ -30,7 +30,7 @@ import sys
 from typing import Any
 
 from bench import session, timings
-from bench.common import Row, alternate, make_row, median, ms_since, now, wait_until
+from bench.common import Row, alternate, make_row, median, ms_since, now
 from bench.fswatch import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FsWatch
 from bench.virt import launch_qemu, make_disks, new_uuid, rewrite_domain_xml
 from bench.vmopsd import VmopsService
@@ -39,7 +39,6 @@ log = logging.getLogger("bench")
 
 PHASES = ("api+records", "disks", "config drive", "define", "capture start", "qemu launch",
           "libvirt start+resume", "record active")
-POLL_S = 0.005
 
 
 def vmops_phases(watch: FsWatch, svc: VmopsService, server_id: str, name: str,
@@ -110,14 +109,11 @@ def run(quick: bool) -> list[Row]:
         name = f"sr-{i}"
         watch.clear()
         t0 = now()
-        server_id = svc.post_server(name, config_drive=True)
+        server_id = name  # until the answer names its id
         try:
-            # No API polling (which costs the service CPU) before QEMU is up:
-            # the record cannot say ACTIVE before that.
-            sock = svc.run_dir / f"{server_id}.sock"
-            wait_until(lambda: watch.first(sock, IN_CREATE, t0) is not None
-                       or svc.brief(name)["status"] != "BUILD", 120, POLL_S, "QEMU socket")
-            svc.wait_built(name, interval=POLL_S)
+            # The service answers once the spawn has ended (vmops:wait): no
+            # polling, which cost the service CPU and the sample up to 5 ms.
+            server_id = svc.spawn_waited(name, config_drive=True)
             t_end = now()
             vmops_ms.append((t_end - t0) * 1000.0)
             p = vmops_phases(watch, svc, server_id, name, t0, t_end)

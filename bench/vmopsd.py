@@ -166,6 +166,23 @@ class VmopsService:
                     fixed_ip: str | None = None) -> str:
         """``network``: "vmops" (the bridge, with ``fixed_ip`` if given) or
         "user"; None: the service's mode. ``user_data`` implies a config drive."""
+        return str(self._create(name, config_drive, user_data, network, fixed_ip)["id"])
+
+    def spawn_waited(self, name: str, config_drive: bool = False,
+                     timeout: float = BUILD_TIMEOUT_S) -> str:
+        """Create and answer once built (the API's ``vmops:wait``: no polling);
+        the server's id. Raises unless it ended ACTIVE."""
+        server = self._create(name, config_drive, wait=timeout)
+        if "status" not in server:  # 202: not built within the wait
+            raise TimeoutError(f"{name} still building after {timeout:g}s")
+        if server["status"] != "ACTIVE":
+            fault = server.get("fault", {}).get("message")
+            raise RuntimeError(f"spawn of {name} ended {server['status']}: {fault}")
+        return str(server["id"])
+
+    def _create(self, name: str, config_drive: bool = False, user_data: bytes | None = None,
+                network: str | None = None, fixed_ip: str | None = None,
+                wait: float | None = None) -> dict[str, Any]:
         server: dict[str, Any] = {"name": name, "imageRef": IMAGE, "flavorRef": FLAVOR,
                                   "config_drive": config_drive or user_data is not None}
         if user_data is not None:
@@ -174,8 +191,10 @@ class VmopsService:
             server["networks"] = [{"uuid": network}]
             if fixed_ip is not None:
                 server["networks"][0]["fixed_ip"] = fixed_ip
-        created: dict[str, Any] = self.client.post("/servers", {"server": server})["server"]
-        return str(created["id"])
+        query = "" if wait is None else f"?vmops:wait={wait:g}"
+        created: dict[str, Any] = self.client.post(f"/servers{query}",
+                                                   {"server": server})["server"]
+        return created
 
     def brief(self, name: str) -> dict[str, Any]:
         """The record alone, by name (no libvirt call in the service)."""
