@@ -415,9 +415,11 @@ class Routes:
         # vmops' own: answer when the action has ended, so a client need not poll.
         if waited is None:
             return answer
-        if not (waited.in_time() if waited.ran else self.compute.wait_idle(inst.id,
-                                                                            waited.seconds)):
-            return answer
+        # Run here, it has ended: what is left of the wait only covers
+        # anything else the handler started (none of the quick verbs does).
+        left = waited.deadline - time.monotonic() if waited.ran else waited.seconds
+        if left < 0 or not self.compute.wait_idle(inst.id, left):
+            return answer  # it outlasted the wait (run here), or is still running
         try:
             inst = self.compute.instance(inst.id)
         except NotFound:

@@ -1298,11 +1298,6 @@ class Waited:
     deadline: float
     ran: bool = False  # the action ran to its end in the request's thread
 
-    def in_time(self) -> bool:
-        """Whether it is still within the wait (an action run in the
-        request's thread that outlasted it is answered as a run-out wait)."""
-        return time.monotonic() <= self.deadline
-
 
 _WAITED: contextvars.ContextVar[Waited | None] = contextvars.ContextVar(
     "vmops_waited", default=None)
