@@ -614,7 +614,9 @@ class DiskRecord:
     device: str = "disk"  # disk | cdrom
 
 
-@dataclass(frozen=True, slots=True)  # no __dict__ per record (#17)
+# No __dict__ per record (#17); weakly referable: views.ServerList's parts
+# refer to the record they were rendered from without keeping it.
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Instance:
     id: str
     name: str

@@ -5,7 +5,9 @@ GET /servers/{id} shows it at once."""
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from dataclasses import replace
 from typing import Any
 
@@ -100,6 +102,22 @@ def test_an_unchanged_record_is_not_rendered_again(monkeypatch: pytest.MonkeyPat
     assert rendered == ["web1", "web2", "web2"]
     assert json.loads(again)["servers"][1]["OS-EXT-STS:vm_state"] == "error"
     assert json.loads(first)["servers"][0] == json.loads(again)["servers"][0]
-    equal = replace(insts[0])  # the same record decoded again: equal, not rendered
-    kept.encode([equal, changed], "http://x", views.NOVA_21, ids, lambda i: no_net)
-    assert rendered == ["web1", "web2", "web2"]
+    kept.encode([insts[0], changed], "http://x", views.NOVA_21, ids, lambda i: no_net)
+    assert rendered == ["web1", "web2", "web2"]  # the same records: nothing rendered
+    equal = replace(insts[0])  # decoded again (a new object): rendered again, the same
+    again = kept.encode([equal, changed], "http://x", views.NOVA_21, ids, lambda i: no_net)
+    assert rendered == ["web1", "web2", "web2", "web1"]
+    assert json.loads(first)["servers"][0] == json.loads(again)["servers"][0]
+
+
+def test_a_part_does_not_keep_its_record_alive() -> None:
+    """The record is the store's: once the store lets go of it (a destroyed
+    server), the part kept until the next list does not hold it."""
+    kept = views.ServerList()
+    inst = records.instance("web1")
+    held = weakref.ref(inst)
+    kept.encode([inst], "http://x", views.NOVA_21, {inst.id},
+                lambda i: views.ServerNetwork((), (), ()))
+    del inst
+    gc.collect()
+    assert held() is None and kept.kept() == 1

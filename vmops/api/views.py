@@ -13,6 +13,7 @@ import hashlib
 import json
 import socket
 import time
+import weakref
 from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -366,36 +367,42 @@ def _keypair_number(k: Keypair) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+# A server's part of the list: its record (weakly), what else it was
+# rendered for, and the JSON.
+_Part = tuple["weakref.ref[Instance]", str, View, ServerNetwork, bytes]
+
+
 class ServerList:
     """``GET /servers/detail`` as JSON bytes, each server's part kept until its
     record or what it shows from other records changes (its NICs, its
     security groups' names, its attached volumes: none of them touches the
     instance record): listing 200 servers then costs a lookup each, not a
-    rendering. A part is keyed by the record itself: the store hands out
-    the same ``Instance`` object while the row is unchanged and a new one
-    when it changed, whoever changed it (``store._DecodedRows``), so the
-    check is most often an identity test and, when it is not, the records'
-    equality; no change the store sees is missed, even one that left
-    ``updated_at`` as it was. The record is the store's (kept there
-    anyway): a part costs its bytes, not a copy. Only servers that exist
-    keep a part (at most one each), so a service whose clients only ever
-    list with filters does not keep one for every server it has had. Safe
-    across threads: entries are replaced whole, never changed."""
+    rendering. A part is kept for the record object it was rendered from:
+    the store hands out the same ``Instance`` while the row is unchanged
+    and a new one when it changed, whoever changed it
+    (``store._DecodedRows``), so the check is an identity test and no
+    change the store sees is missed, even one that left ``updated_at`` as
+    it was. The part refers to its record weakly: the record is the
+    store's, and one the store lets go of (a destroyed server's) is not
+    kept alive by its part. Only servers that exist keep a part (at most
+    one each), so a service whose clients only ever list with filters does
+    not keep one for every server it has had. Safe across threads: entries
+    are replaced whole, never changed."""
 
     def __init__(self) -> None:
-        self._parts: dict[str, tuple[Instance, str, View, ServerNetwork, bytes]] = {}
+        self._parts: dict[str, _Part] = {}
 
     def encode(self, insts: list[Instance], base: str, view: View, existing: Container[str],
                net_of: Callable[[Instance], ServerNetwork]) -> bytes:
         """``existing``: the ids of every instance there is now (``insts``
         are some of them): the parts of any other are forgotten."""
-        fresh: dict[str, tuple[Instance, str, View, ServerNetwork, bytes]] = {}
+        fresh: dict[str, _Part] = {}
         for inst in insts:
             part = self._parts.get(inst.id)
             net = net_of(inst)  # a group renamed, a volume attached: the record is as it was
-            key = (inst, base, view, net)
-            if part is None or part[:4] != key:
-                part = (*key, json.dumps(server(inst, base, view, net=net)).encode())
+            if part is None or part[0]() is not inst or part[1:4] != (base, view, net):
+                part = (weakref.ref(inst), base, view, net,
+                        json.dumps(server(inst, base, view, net=net)).encode())
             fresh[inst.id] = part
         kept = {i: p for i, p in self._parts.items() if i in existing and i not in fresh}
         self._parts = {**kept, **fresh}
