@@ -9,9 +9,11 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,17 @@ from vmops.socket_paths import socket_address
 PREFIX = "/v2.1"
 START_TIMEOUT_S = 60.0
 CONNECT_RETRY_DELAYS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+# A connection is used again for the thread's next request (HTTP/1.1
+# keep-alive: no connect, and no new thread in the service) while it has
+# been idle less than this and the service has not closed it; the service
+# closes idle ones after api_request_timeout (30 s by default).
+REUSE_IDLE_S = 20.0
+# What a close by the service of a kept connection looks like when it comes
+# as the request is sent (after the check that it is still open). Only a
+# request that changes nothing is then sent again: another might have been
+# done by a service that stopped before it answered.
+_STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
+_SAFE_AGAIN = ("GET", "HEAD")
 
 
 class ApiError(VmopsError):
@@ -66,9 +79,39 @@ class Client:
         self.timeout = timeout
         # The compute microversion asked for (None: 2.1, Nova's default).
         self.microversion: str | None = None
+        self._kept = threading.local()  # each thread's open connection, if any
 
     # -- transport -----------------------------------------------------------
-    def _open(self, method: str, path: str, body: Any = None) -> http.client.HTTPResponse:
+    def close(self) -> None:
+        """Close this thread's kept connection, if any (the others close
+        with their threads, or with the process)."""
+        conn = getattr(self._kept, "conn", None)
+        self._kept.conn = None
+        if conn is not None:
+            conn.close()
+
+    def _connection(self, keep: bool) -> tuple[_UnixConnection, bool]:
+        """A connection for one request, and whether it served one before.
+        ``keep``: the caller reads the whole answer, so the connection may be
+        kept for the thread's next request."""
+        conn: _UnixConnection | None = getattr(self._kept, "conn", None) if keep else None
+        if conn is not None:
+            self._kept.conn = None
+            fresh = time.monotonic() - self._kept.used < REUSE_IDLE_S
+            if fresh and conn.sock is not None and not _closed_by_peer(conn.sock):
+                return conn, True
+            conn.close()
+        return _UnixConnection(self.socket, self.timeout), False
+
+    def _keep(self, conn: _UnixConnection) -> None:
+        """``conn``'s answer has been read whole: the thread's next request
+        may use it (if the service did not close it)."""
+        self.close()
+        if conn.sock is not None:
+            self._kept.conn, self._kept.used = conn, time.monotonic()
+
+    def _open(self, method: str, path: str, body: Any = None,
+              keep: bool = False) -> tuple[http.client.HTTPResponse, _UnixConnection]:
         payload = json.dumps(body).encode() if body is not None else None
         # vmops' own keys (vmops:*) come only to clients that ask for them.
         headers = {"X-Vmops-Extra": "1"}
@@ -76,26 +119,36 @@ class Client:
             headers["OpenStack-API-Version"] = f"compute {self.microversion}"
         if payload is not None:
             headers["Content-Type"] = "application/json"
-        for attempt in (1, 2):
-            conn = _UnixConnection(self.socket, self.timeout)
+        # Paths are the compute API's, or absolute ("/network/...").
+        absolute = path.startswith(("/network/", "/image/", "/identity/", "/volume/"))
+        full = path if absolute else PREFIX + path
+        started = False
+        while True:
+            conn, reused = self._connection(keep)
             try:
-                # Paths are the compute API's, or absolute ("/network/...").
-                absolute = path.startswith(("/network/", "/image/", "/identity/", "/volume/"))
-                full = path if absolute else PREFIX + path
                 conn.request(method, full, body=payload, headers=headers)
-                return conn.getresponse()
+                return conn.getresponse(), conn
+            except _STALE:
+                conn.close()
+                if not reused or method not in _SAFE_AGAIN:
+                    raise
+                # The service closed the kept connection as it was used: again.
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 conn.close()
-                if attempt == 2 or not self.autostart:
+                if started or not self.autostart:
                     raise ServiceUnavailable(
                         reason=f"nothing listens on {self.socket} ({exc.strerror}); "
                         "start it with `vmops serve`") from None
                 self.start_service()
-        raise AssertionError("unreachable")
+                started = True
+            except BaseException:
+                conn.close()
+                raise
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        resp = self._open(method, path, body)
+        resp, conn = self._open(method, path, body, keep=True)
         data = resp.read()
+        self._keep(conn)
         if resp.status >= 400:
             raise ApiError(resp.status, _fault_message(data, resp.status))
         if resp.getheader("Content-Type", "").startswith("application/json") and data:
@@ -103,11 +156,14 @@ class Client:
         return data
 
     def stream(self, path: str) -> Iterator[bytes]:
-        resp = self._open("GET", path)
-        if resp.status >= 400:
-            raise ApiError(resp.status, _fault_message(resp.read(), resp.status))
-        while chunk := resp.read1(65536):
-            yield chunk
+        resp, conn = self._open("GET", path)  # a connection of its own, not kept
+        try:
+            if resp.status >= 400:
+                raise ApiError(resp.status, _fault_message(resp.read(), resp.status))
+            while chunk := resp.read1(65536):
+                yield chunk
+        finally:
+            conn.close()
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
@@ -156,6 +212,14 @@ class Client:
             return ok
         except OSError:
             return False
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    """Whether the service has closed (or written unasked on) a kept
+    connection: then it is readable before any request."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _fault_message(data: bytes, status: int) -> str:
