@@ -2,6 +2,7 @@
 
     python -m bench --only console_flood      (full run only; or: python -m bench.console_flood)
     python -m bench.console_flood --trickle-only [BYTES_PER_S [SECONDS]]   (no guest)
+    python -m bench.console_flood --chardev-compare [SECONDS [WINDOWS]]    (bare QEMU, no vmops)
 
 Two guests of the ``tiny-flood`` test image (its init prints numbered
 ~100-byte ``VMOPS-FLOOD <n>`` lines as fast as it can, for ever):
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import socket
 import sys
@@ -306,9 +308,120 @@ def trickle_only(argv: list[str]) -> int:
     return 0
 
 
+def chardev_reader(argv: list[str]) -> int:
+    """``--reader KIND PATH LOG GATHER``: the console process's turn, alone,
+    on one chardev (KIND ``socket``: connect to PATH; ``pipe``: read the
+    FIFO PATH): epoll, one read of up to 64 KiB, an ``O_APPEND`` write to
+    LOG, then wait: GATHER seconds after a turn that read, or, for GATHER
+    < 0, ``daemon.gather_wait``'s rule. Until end of file."""
+    from vmops.console.daemon import GATHER_S, gather_wait
+
+    kind, path, log, gather = argv[0], argv[1], argv[2], float(argv[3])
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sock: socket.socket | None = None
+    if kind == "socket":
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while sock.connect_ex(path) != 0:
+            time.sleep(0.05)
+        sock.setblocking(False)
+        fd = sock.fileno()
+    else:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    poller = select.epoll()
+    poller.register(fd, select.EPOLLIN)
+    read_woke, last_read = 0.0, -1.0
+    while True:
+        ready = poller.poll(1.0)
+        woke = time.monotonic()
+        if not ready:
+            continue
+        try:
+            data = sock.recv(65536) if sock is not None else os.read(fd, 65536)
+        except BlockingIOError:
+            continue
+        if not data:
+            return 0
+        os.write(out, data)
+        wait = gather if gather >= 0 else gather_wait(len(data), woke - read_woke)
+        read_woke = woke
+        if woke - last_read < max(gather, GATHER_S) and wait:
+            time.sleep(max(0.0, woke + wait - time.monotonic()))
+        last_read = time.monotonic()
+
+
+def chardev_compare(argv: list[str]) -> int:
+    """``--chardev-compare [SECONDS [WINDOWS]]``: no vmops. A bare QEMU
+    (TCG) boots ``tiny-flood`` with its serial port on a UNIX socket (QEMU
+    the server, as vmops' domain has it), then on a pipe (FIFOs
+    ``p.in``/``p.out``); ``--reader`` reads it in a process of its own
+    (``daemon.gather_wait``'s rule on the socket, a fixed 5 ms on the pipe).
+    Per window: the guest's rate (the log's growth), the reader's CPU
+    (schedstat; user and system from stat) and QEMU's. One JSON line per
+    window. Take the guest lock around it."""
+    import json
+    import subprocess
+    import tempfile
+
+    seconds = float(argv[0]) if argv else 5.0
+    windows = int(argv[1]) if len(argv) > 1 else 3
+    image = test_image_dir() / f"{IMAGE}.qcow2"
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def user_sys(pid: int) -> tuple[float, float]:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    for kind, gather in (("socket", -1.0), ("pipe", 0.005)):
+        with tempfile.TemporaryDirectory(prefix="vmops-chardev-") as tmp:
+            root = Path(tmp)
+            log = root / "log"
+            if kind == "socket":
+                path = read_path = str(root / "serial.sock")
+                chardev = f"socket,id=s0,path={path},server=on,wait=off"
+            else:
+                path = str(root / "p")
+                os.mkfifo(path + ".in")
+                os.mkfifo(path + ".out")
+                read_path, chardev = path + ".out", f"pipe,id=s0,path={path}"
+            qemu = subprocess.Popen(
+                ["qemu-system-x86_64", "-accel", "tcg", "-machine", "pc", "-cpu", "max",
+                 "-m", "256M", "-nodefaults", "-no-user-config", "-display", "none",
+                 "-vga", "none", "-chardev", chardev, "-device", "isa-serial,chardev=s0",
+                 "-drive", f"file={image},format=qcow2,if=virtio,snapshot=on"],
+                stderr=subprocess.DEVNULL)
+            reader = subprocess.Popen([sys.executable, "-m", "bench.console_flood", "--reader",
+                                       kind, read_path, str(log), str(gather)])
+            try:
+                _wait_flooding(lambda log=log: _read(log))
+                for _ in range(windows):
+                    t0, c0, u0 = time.monotonic(), cpu_ns(reader.pid), user_sys(reader.pid)
+                    q0, b0 = sum(user_sys(qemu.pid)), log.stat().st_size
+                    time.sleep(seconds)
+                    t1, c1, u1 = time.monotonic(), cpu_ns(reader.pid), user_sys(reader.pid)
+                    q1, b1 = sum(user_sys(qemu.pid)), log.stat().st_size
+                    wall = t1 - t0
+                    print(json.dumps({
+                        "chardev": kind, "gather": "gather_wait" if gather < 0 else gather,
+                        "kib_per_s": round((b1 - b0) / 1024 / wall, 1),
+                        "reader_cpu_pct": round(100 * (c1 - c0) / 1e9 / wall, 2),
+                        "reader_user_pct": round(100 * (u1[0] - u0[0]) / wall, 1),
+                        "reader_sys_pct": round(100 * (u1[1] - u0[1]) / wall, 1),
+                        "qemu_cpu_pct": round(100 * (q1 - q0) / wall, 1),
+                        "loadavg": round(os.getloadavg()[0], 2)}), flush=True)
+            finally:
+                for proc in (qemu, reader):
+                    proc.terminate()
+                    proc.wait()
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--trickle-only"]:
         sys.exit(trickle_only(sys.argv[2:]))
+    if sys.argv[1:2] == ["--reader"]:
+        sys.exit(chardev_reader(sys.argv[2:]))
+    if sys.argv[1:2] == ["--chardev-compare"]:
+        sys.exit(chardev_compare(sys.argv[2:]))
     from bench.runner import main
 
     sys.exit(main(["--only", "console_flood", *sys.argv[1:]]))
