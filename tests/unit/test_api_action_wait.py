@@ -210,3 +210,14 @@ def test_a_waited_slow_verb_keeps_its_own_thread(api: Api,
     assert answer.status == 200 and answer.body["server"]["status"] == "SUSPENDED"
     assert held.threads and "process_request_thread" not in held.threads[0]
     assert _actions(api, inst.id) == [("suspend", "Success", None)]
+
+
+def test_a_short_wait_the_action_beats_answers_200_from_its_own_thread(
+        api: Api, held_pause: Held) -> None:
+    """docs/api.md: a wait under 30 s keeps the action's own thread, and
+    its answer is still the 200 with the server when the action ends in time."""
+    api.add_instance("web1")
+    held_pause.release.set()
+    answer = api.post("/v2.1/servers/web1/action?vmops:wait=20", {"pause": None})
+    assert answer.status == 200 and answer.body["server"]["status"] == "PAUSED"
+    assert held_pause.threads and "process_request_thread" not in held_pause.threads[0]
