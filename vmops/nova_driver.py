@@ -194,8 +194,9 @@ class VmopsDriver(driver.ComputeDriver):
             self._close_serial_port(instance_id)
         # The console process stays for this process while it lives (as for
         # vmops serve); once the host is cleaned up, it goes if it watches
-        # nothing (docs/console.md).
-        console.release_holds()
+        # nothing (docs/console.md). Only this driver's: another driver in
+        # the same process keeps its own.
+        console.release_holds(run_dir=self.compute.settings.run_dir)
         self.compute.store.close()
         self.compute.hv.close()
         if getattr(self, "_state_lock", None) is not None:

@@ -25,6 +25,7 @@ import pytest
 from tests.integration.test_console_capture import (
     BOUND,
     Console,
+    FakeQemu,
     _child_env,
     _is_alive,
     _lines,
@@ -255,6 +256,34 @@ def test_it_outlives_its_last_instance_while_its_user_lives(
     assert not _is_alive(pid)  # waited for by release_holds
     assert not files.control.exists() and not files.pid.exists()
     assert first.start() != pid  # the next start starts a new one
+
+
+def test_letting_go_of_one_run_directory_keeps_the_others() -> None:
+    """release_holds(run_dir=...) (Nova's driver's cleanup_host): that run
+    directory's console process goes; another one this process holds
+    (another driver's, in the same process) stays."""
+    root = Path(tempfile.mkdtemp(prefix="vmc-", dir="/tmp"))
+    made = []
+    try:
+        for name in ("a", "b"):
+            (root / name).mkdir()
+            sock = root / name / "s.sock"
+            made.append(Console(sock, root / f"log-{name}", FakeQemu(sock)))
+        first, second = (console.start() for console in made)
+        assert first != second  # a console process per run directory
+        for console in made:
+            stop_capture(console.log_dir, timeout=BOUND)
+        release_holds(timeout=BOUND, run_dir=root / "a")
+        assert not _is_alive(first)
+        assert _is_alive(second)
+        assert request(root / "b", {"op": "status"})["holders"] == [os.getpid()]
+    finally:
+        for console in made:
+            console.qemu.exit()
+            stop_capture(console.log_dir, timeout=BOUND)
+        release_holds(timeout=BOUND)
+        shutil.rmtree(root, ignore_errors=True)
+    assert not any(_is_alive(pid) for console in made for pid in console.pids)
 
 
 def test_it_exits_when_its_user_is_killed(consoles: Callable[[], Console]) -> None:

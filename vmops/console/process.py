@@ -107,12 +107,14 @@ def start_capture(socket: Path, log_dir: Path, max_bytes: int, python: str = sys
         _reap(proc.pid)  # forget it at once if it did not stay
 
 
-def release_holds(timeout: float = 5.0) -> None:
-    """This process no longer needs the console processes it used: each
-    one that then watches nothing and has no other holder exits, and is
-    waited for (up to ``timeout`` s each). The service calls it as it
-    stops; a process that just exits needs not (its end lets go too)."""
-    shared.release_all(timeout)
+def release_holds(timeout: float = 5.0, run_dir: Path | None = None) -> None:
+    """This process no longer needs the console processes it used (with
+    ``run_dir``: that run directory's only): each one that then watches
+    nothing and has no other holder exits, and is waited for (up to
+    ``timeout`` s each). The service calls it as it stops, Nova's driver at
+    ``cleanup_host``; a process that just exits needs not (its end lets go
+    too)."""
+    shared.release_all(timeout, only=run_dir)
     with _children_lock:
         for pid, proc in list(_children.items()):
             if proc.poll() is not None:  # reaped: no zombie left

@@ -149,12 +149,13 @@ def release(run_dir: Path, timeout: float = 5.0) -> None:
             os.close(pidfd)
 
 
-def release_all(timeout: float = 5.0) -> None:
-    """Let go of every console process this process holds (``release``);
-    one that refuses or does not answer in time is left to see this
-    process end."""
+def release_all(timeout: float = 5.0, only: Path | None = None) -> None:
+    """Let go of every console process this process holds (``release``),
+    or with ``only`` of that run directory's; one that refuses or does not
+    answer in time is left to see this process end."""
     with _held_lock:
-        run_dirs = [run_dir for pid, run_dir in _held if pid == os.getpid()]
+        run_dirs = [run_dir for pid, run_dir in _held
+                    if pid == os.getpid() and (only is None or run_dir == only)]
     for run_dir in run_dirs:
         with contextlib.suppress(HypervisorError, OSError, ValueError):
             release(run_dir, timeout)
