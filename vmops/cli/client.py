@@ -128,10 +128,13 @@ class Client:
             try:
                 conn.request(method, full, body=payload, headers=headers)
                 return conn.getresponse(), conn
-            except _STALE:
+            except _STALE as exc:
                 conn.close()
                 if not reused or method not in _SAFE_AGAIN:
-                    raise
+                    raise ServiceUnavailable(
+                        reason=f"it closed the connection before answering {method} {full}, "
+                        "which may or may not have been done: look, then try again"
+                    ) from exc
                 # The service closed the kept connection as it was used: again.
             except (FileNotFoundError, ConnectionRefusedError) as exc:
                 conn.close()
