@@ -178,6 +178,20 @@ def test_a_base_said_qcow2_must_be_qcow2(run: RunSpy, tmp_path: Path) -> None:
     assert (tmp_path / "root.qcow2").exists() and run.calls == []
 
 
+@pytest.mark.parametrize(("head", "refusal"), [
+    (b"QFI\xfb", "not in qcow2 format"),  # the magic alone
+    (b"QFI\xfb" + struct.pack(">I", 99), "qcow2 version 99, which QEMU does not read"),
+    (b"QFI\xfb" + struct.pack(">I", 1), "qcow2 version 1, which QEMU does not read")])
+def test_a_qcow2_base_must_have_a_version_qemu_reads(run: RunSpy, tmp_path: Path, head: bytes,
+                                                     refusal: str) -> None:
+    base = tmp_path / "base.qcow2"
+    base.write_bytes(head)
+    with pytest.raises(DiskError, match=refusal):
+        create_root_disk(BaseImage(base, "qcow2", GiB), tmp_path / "root.qcow2", GiB, True,
+                         "m1", "img")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2"] and run.calls == []
+
+
 @pytest.mark.parametrize("fails", ["pwrite", "ftruncate", "fsync"])
 def test_a_failed_write_leaves_no_disk(run: RunSpy, base: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch, fails: str) -> None:

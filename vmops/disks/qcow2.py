@@ -31,10 +31,13 @@ qemu-img instead (vmops/disks/qemu_img.py): a size not a multiple of 512
 than raw or qcow2, a backing name longer than :data:`MAX_BACKING_NAME`
 bytes (qemu's own limit) or not absolute.
 
-The backing file is checked as ``qemu-img create`` checks it by opening
+The backing file is checked where ``qemu-img create`` would fail to open
 it: it must exist and be readable, and a base said to be qcow2 must start
-with qcow2's magic. Its format is always written (the backing format
-extension): QEMU never probes it.
+with qcow2's magic and a version QEMU reads (2 or 3). qemu-img checks the
+rest of a qcow2 header too; vmops' bases were checked whole when the image
+cache took them (vmops/disks/cache.py: the inspector, then ``qemu-img
+check``), and QEMU checks them again when it opens them. Its format is
+always written (the backing format extension): QEMU never probes it.
 """
 
 from __future__ import annotations
@@ -152,22 +155,29 @@ def image(size: int, backing: str | None = None, backing_format: str | None = No
 
 
 def check_backing(backing: str, backing_format: str) -> None:
-    """What ``qemu-img create`` finds when it opens the backing file: it is
-    there, readable, and (said to be qcow2) starts with qcow2's magic."""
+    """What ``qemu-img create`` would refuse when it opens the backing file:
+    it is there, readable, and (said to be qcow2) starts with qcow2's magic
+    and version 2 or 3."""
     try:
         fd = os.open(backing, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise DiskError(reason=f"cannot open the backing file {backing}: "
                         f"{exc.strerror or exc}") from None
     try:
-        head = os.pread(fd, len(MAGIC), 0)
+        head = os.pread(fd, len(MAGIC) + 4, 0)
     except OSError as exc:
         raise DiskError(reason=f"cannot read the backing file {backing}: "
                         f"{exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    if backing_format == "qcow2" and head != MAGIC:
+    if backing_format != "qcow2":
+        return
+    if head[:len(MAGIC)] != MAGIC or len(head) < len(MAGIC) + 4:
         raise DiskError(reason=f"the backing file {backing} is not in qcow2 format")
+    version = struct.unpack(">I", head[len(MAGIC):])[0]
+    if version not in (2, 3):
+        raise DiskError(reason=f"the backing file {backing} is qcow2 version {version}, "
+                        "which QEMU does not read (2 or 3)")
 
 
 def write(dest: Path, img: Image) -> None:
