@@ -14,7 +14,7 @@ import pytest
 
 from vmops.disks import qcow2, qemu_img
 from vmops.disks.instance_disks import BaseImage, create_ephemeral_disk, create_root_disk
-from vmops.errors import DiskError
+from vmops.errors import DiskError, StorageFull
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -199,11 +199,25 @@ def test_a_failed_write_leaves_no_disk(run: RunSpy, base: Path, tmp_path: Path,
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, fails, full)
-    with pytest.raises(DiskError, match="No space left on device"):
+    # A full disk is vmops' StorageFull (507), naming the file system.
+    with pytest.raises(StorageFull, match="no space left: the file system holding "
+                       ".*root.qcow2 is full"):
         create_root_disk(BaseImage(base, "qcow2", GiB), tmp_path / "root.qcow2", None, True,
                          "m1", "img")
-    with pytest.raises(DiskError, match="No space left on device"):
+    with pytest.raises(StorageFull, match="holding .*eph.qcow2 is full"):
         create_ephemeral_disk(tmp_path / "eph.qcow2", GiB)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2"] and run.calls == []
+
+
+def test_a_write_that_fails_otherwise_is_a_disk_error(run: RunSpy, base: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a: Any) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(DiskError, match="cannot write the qcow2 image .*root.qcow2: .*Input/"):
+        create_root_disk(BaseImage(base, "qcow2", GiB), tmp_path / "root.qcow2", None, True,
+                         "m1", "img")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base.qcow2"] and run.calls == []
 
 

@@ -47,7 +47,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmops.errors import DiskError
+from vmops.errors import DiskError, StorageFull, storage_full
 
 CLUSTER_BITS = 16
 CLUSTER_SIZE = 1 << CLUSTER_BITS
@@ -192,6 +192,8 @@ def write(dest: Path, img: Image) -> None:
         os.ftruncate(fd, img.length)
         os.fsync(fd)
     except OSError as exc:
+        if storage_full(exc) is not None:  # 507, naming where, as a full disk anywhere
+            raise StorageFull(what=f"the file system holding {dest}") from None
         raise DiskError(reason=f"cannot write the qcow2 image {dest}: {exc}") from None
     finally:
         os.close(fd)
