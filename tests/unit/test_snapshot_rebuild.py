@@ -71,6 +71,39 @@ def test_snapshot_leaves_an_instance_that_is_not_running_as_it_was(
     assert api.store.image("snap").status == "active"
 
 
+def test_a_waited_answer_keeps_what_the_actions_own_answer_said(
+        api: Api, copies: list[dict[str, Any]], made_disks: list[str]) -> None:
+    """vmops:wait answers the server, and keeps createImage's image_id (2.45)
+    and rebuild's adminPass: the client has no other way to learn them."""
+    inst = api.add_instance("web1")
+    answer = api.post(ACTION, {"createImage": {"name": "snap"}},
+                      headers={"OpenStack-API-Version": "compute 2.45"})
+    assert answer.status == 200, answer.body
+    assert answer.body["image_id"] == api.store.image("snap").id
+    assert answer.body["server"]["status"] == "ACTIVE"
+    api.store.update_instance(inst.id, vm_state=states.STOPPED)
+    _other_image(api)
+    answer = api.post(ACTION, {"rebuild": {"imageRef": "other", "adminPass": "new-pw"}})
+    assert answer.status == 200, answer.body
+    assert answer.body["server"]["adminPass"] == "new-pw"
+    assert answer.body["server"]["OS-EXT-STS:task_state"] is None
+    assert answer.body["server"]["image"]["id"] == api.store.image("other").id
+
+
+@pytest.mark.parametrize(("own", "kept"), [
+    ({"adminPass": "rescue-pw"}, {"adminPass": "rescue-pw"}),  # rescue
+    ({}, {}), (b"", {}), (None, {}),
+    ({"server": {"id": "x", "adminPass": "pw"}}, {})])
+def test_what_a_waited_answer_keeps_of_the_actions_own(own: Any, kept: dict[str, Any]) -> None:
+    from vmops.api.routes import _with_own_answer
+
+    answer = _with_own_answer({"server": {"id": "x", "status": "ACTIVE"}}, own)
+    assert {k: v for k, v in answer.items() if k != "server"} == kept
+    given = own.get("server", {}) if isinstance(own, dict) else {}
+    assert answer["server"].get("adminPass") == given.get("adminPass")
+    assert answer["server"]["status"] == "ACTIVE"
+
+
 def test_refused_snapshots_leave_no_image(api: Api, copies: list[dict[str, Any]]) -> None:
     inst = api.add_instance("web1", states.ERROR)
     api.hv.undefine(inst.id)  # a failed spawn's record: ERROR, no domain

@@ -371,7 +371,7 @@ def _server_paths() -> dict[str, Any]:
                        "(2.17: an NMI to the guest); os-getSerialConsole (2.1 to 2.5: 200, "
                        "the serial console's URL; 409 unless the guest runs)",
                        {**ok(obj({}, {"output": STR, "server": ref("Server"),
-                                      "adminPass": STR,
+                                      "adminPass": STR, "image_id": STR,
                                       "console": obj({"type": STR, "url": STR},
                                                      extra=False)})),
                         **ok(None, "204", "No content (confirmResize)"),

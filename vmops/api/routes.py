@@ -424,8 +424,9 @@ class Routes:
             inst = self.compute.instance(inst.id)
         except NotFound:
             return answer  # deleted once the action ended: the answer without the wait
-        return Response(200, {"server": views.server(inst, req.base_url, views.View.of(req),
-                                                     net=self._network_view(inst))},
+        server = views.server(inst, req.base_url, views.View.of(req),
+                              net=self._network_view(inst))
+        return Response(200, _with_own_answer({"server": server}, answer.body),
                         headers=answer.headers)
 
     def _lock(self, ctx: Context, inst: Instance, lock: bool) -> None:
@@ -887,6 +888,22 @@ def _image_filters(images: list[Image], req: Request) -> list[Image]:
 # Actions Nova allows on a locked server (its lock guards the others).
 _NOT_LOCKED = {"createImage", "addSecurityGroup", "removeSecurityGroup",
                "os-getSerialConsole"}
+
+
+def _with_own_answer(waited: dict[str, Any], own: Any) -> dict[str, Any]:
+    """A waited action's answer: the server, and what the action's own
+    answer said that the server view does not (rescue's ``adminPass``,
+    createImage's ``image_id`` from 2.45, rebuild's ``adminPass``), which
+    the client has no other way to learn."""
+    if not isinstance(own, dict):
+        return waited
+    for key, value in own.items():
+        if key != "server":
+            waited[key] = value
+    given = own.get("server")
+    if isinstance(given, dict) and "adminPass" in given:
+        waited["server"]["adminPass"] = given["adminPass"]
+    return waited
 
 
 def _check_unlocked(ctx: Context, inst: Instance) -> None:
