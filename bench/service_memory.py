@@ -31,7 +31,6 @@ between them is printed by line and by file (``--top`` lines each).
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 import tracemalloc
@@ -39,7 +38,7 @@ from pathlib import Path
 
 from bench.common import REPO, remove_tree, short_tmpdir, test_image
 from bench.host_memory import memory_of
-from bench.vmopsd import START_TIMEOUT_S, VmopsService
+from bench.vmopsd import VmopsService
 
 # Runs ``python -m vmops serve`` with a thread that, when the file
 # ``<dir>/<n>.want`` appears, writes a tracemalloc snapshot to ``<n>.snap``.
@@ -71,18 +70,8 @@ class _TracedService(VmopsService):
         self.snapshots = short_tmpdir("snap")
         self._taken = 0
 
-    def start(self) -> float:
-        log = (self.state_dir / "serve.out").open("ab")
-        started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-c", _TRACED_SERVE, str(self.snapshots)],
-                                     env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=log, start_new_session=True, cwd=self.source)
-        log.close()
-        while not self.client.answers():
-            if self.proc.poll() is not None or time.monotonic() - started > START_TIMEOUT_S:
-                raise RuntimeError("vmops serve did not start: " + self.log_tail())
-            time.sleep(0.05)
-        return time.monotonic() - started
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", _TRACED_SERVE, str(self.snapshots)]
 
     def snapshot(self, timeout: float = 300.0) -> tracemalloc.Snapshot:
         n, self._taken = self._taken, self._taken + 1

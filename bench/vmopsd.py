@@ -100,11 +100,15 @@ class VmopsService:
         return self.domain_xml_file(name).read_text()
 
     # -- the process -------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The service's command line (``vmops serve``)."""
+        return [sys.executable, "-m", "vmops", "serve"]
+
     def start(self) -> float:
-        """Start ``vmops serve``; return how long until it answered (s)."""
+        """Start the service; return how long until it answered (s)."""
         log = (self.state_dir / "serve.out").open("ab")
         started = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "vmops", "serve"], env=self.env,
+        self.proc = subprocess.Popen(self.command(), env=self.env,
                                      stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                      start_new_session=True, cwd=self.source)
         log.close()
