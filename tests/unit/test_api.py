@@ -9,6 +9,7 @@ import http.client
 import json
 import re
 import socket
+import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -347,6 +348,22 @@ def test_action_with_wait_answers_when_it_has_ended(api: Api) -> None:
         assert answer.status == 400 and "vmops:wait" in answer.fault()[1]
     # A refused wait leaves the action undone.
     assert api.get("/v2.1/servers/web1").body["server"]["status"] == "PAUSED"
+
+
+def test_metadata_sent_as_a_task_finishes_waits_for_it(api: Api) -> None:
+    """A client that saw the task end in the record and changes metadata at
+    once is not refused for the bookkeeping still releasing the task."""
+    inst = api.add_instance("web1")
+    api.compute.tasks.acquire(inst.id, inst.name, "resize_reverting")
+    assert api.post(f"/v2.1/servers/{inst.id}/metadata", {"metadata": {"k": "v"}}
+                    ).status == 409  # running: refused at once
+    api.compute.tasks.finishing(inst.id)  # the record says the task ended
+    release = threading.Timer(0.2, api.compute.tasks.release, args=(inst.id,))
+    release.start()
+    answer = api.post(f"/v2.1/servers/{inst.id}/metadata", {"metadata": {"k": "v"}})
+    release.join()
+    assert answer.status == 200, answer.body
+    assert api.store.instance(inst.id).properties == {"k": "v"}
 
 
 def _wait_idle(api: Api, name: str) -> dict[str, Any]:

@@ -54,3 +54,20 @@ def test_finishing_an_instance_nobody_holds_changes_nothing() -> None:
     locks.finishing("i1")
     locks.acquire("i1", "web", "powering-on")  # no wait, no refusal
     assert locks.current("i1") == "powering-on"
+
+
+def test_busy_waits_for_a_finishing_task_and_names_a_running_one() -> None:
+    """What a change beside no task (metadata) asks: a running task is
+    named at once; one whose record already says it ended is waited for."""
+    locks = TaskLocks()
+    locks.acquire("i1", "web", "resize_reverting")
+    assert locks.busy("i1") == "resize_reverting"
+    locks.finishing("i1")
+    seen: list[str | None] = []
+    asker = threading.Thread(target=lambda: seen.append(locks.busy("i1")))
+    asker.start()
+    asker.join(timeout=0.2)
+    assert asker.is_alive() and seen == []  # waiting, not answering "busy"
+    locks.release("i1")
+    asker.join(timeout=30)
+    assert seen == [None]

@@ -113,7 +113,7 @@ class ServerExtras:
         with self._metadata_lock:
             inst = self._server(req)
             if inst.vm_state not in METADATA_STATES or inst.task_state is not None \
-                    or self.compute.tasks.current(inst.id) is not None:
+                    or self.compute.tasks.busy(inst.id) is not None:
                 raise InvalidState(action="update metadata of", instance=inst.name,
                                    state=inst.task_state or inst.vm_state)
             properties: dict[str, str] = change(dict(inst.properties))

@@ -31,13 +31,8 @@ class TaskLocks:
     def acquire(self, instance_id: str, instance_name: str, task: str) -> None:
         from vmops.errors import InstanceBusy
 
-        deadline = time.monotonic() + FINISHING_WAIT_S
         with self._released:
-            while instance_id in self._finishing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._released.wait(remaining)
+            self._wait_finishing(instance_id)
             current = self._running.get(instance_id)
             if current is not None:
                 raise InstanceBusy(instance=instance_name, task=current)
@@ -59,6 +54,24 @@ class TaskLocks:
     def current(self, instance_id: str) -> str | None:
         with self._released:
             return self._running.get(instance_id)
+
+    def busy(self, instance_id: str) -> str | None:
+        """The task holding the instance, for a change that must not run
+        beside one (metadata): as :meth:`acquire`, a finishing task is
+        waited for, briefly, rather than counted."""
+        with self._released:
+            self._wait_finishing(instance_id)
+            return self._running.get(instance_id)
+
+    def _wait_finishing(self, instance_id: str) -> None:
+        """Wait (up to FINISHING_WAIT_S) while the instance's task is
+        finishing; the caller holds ``_released``."""
+        deadline = time.monotonic() + FINISHING_WAIT_S
+        while instance_id in self._finishing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._released.wait(remaining)
 
     @contextmanager
     def hold(self, instance_id: str, instance_name: str, task: str) -> Iterator[None]:
