@@ -46,7 +46,7 @@ SETTLE_TIMEOUT_S = 150.0
 # compute waited 30 s for a connection the file never showed, and the fault
 # did not name the disk. It now fails at once saying so (CONSOLE_FULL;
 # test_faults_disk_full_spawn.py makes that happen on purpose).
-CAPTURE_STALLED = "did not connect to the guest's serial socket"
+CAPTURE_STALLED = "did not connect to the guest's serial port"
 CONSOLE_FULL = "cannot keep its files"
 # What an instance's folder holds only while a verb is under way.
 HALF_MADE = ("resize-old", "rescue", "rebuild")

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmops import configdrive, console
+from vmops import configdrive, console, serial_pipes
 from vmops.compute import (
     boot_volume,
     crash_points,
@@ -528,9 +528,17 @@ class Compute:
 
     def _boot(self, inst: Instance) -> None:
         """Start QEMU paused, wait for the console capture, then run the vCPUs,
-        so the log holds the guest's output from its very first byte."""
+        so the log holds the guest's output from its very first byte.
+
+        On a serial port of FIFOs (``serial_pipes``) the guest's first bytes
+        would wait in the pipe anyway, and the console process may not have
+        seen the last QEMU end (the same FIFOs then carry on): any
+        connection will do. A socket's connection must be to this QEMU."""
         log_dir = self._start_capture(inst)
-        _, generation = self.console.capture_generation(log_dir)
+        if serial_pipes.exist(self.console_socket(inst)):
+            generation = -1
+        else:
+            _, generation = self.console.capture_generation(log_dir)
         self.hv.start(inst.id, paused=True)
         timings.part("start-paused")
         self.console.poke_capture(log_dir)
@@ -661,8 +669,8 @@ class Compute:
         step("stop the console capture",
              lambda: self.console.stop_capture(self.instance_dir(inst)))
         step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))
-        step("remove the console socket",
-             lambda: self.console_socket(inst).unlink(missing_ok=True))
+        step("remove the serial port's FIFOs (or socket)",
+             lambda: _remove_serial(self.console_socket(inst)))
         if self.network is not None:
             network = self.network
             step("release the instance's network (addresses, forwards, rules)",
@@ -1343,6 +1351,13 @@ def _remove_tree(path: Path) -> None:
     """Remove ``path`` and everything below it; a missing one is fine."""
     if path.exists() or path.is_symlink():
         shutil.rmtree(path)
+
+
+def _remove_serial(path: Path) -> None:
+    """The serial port of a domain: its FIFOs, or the socket of a domain
+    from an older vmops."""
+    serial_pipes.remove(path)
+    path.unlink(missing_ok=True)
 
 
 def _disk_spec(disk: DiskRecord) -> DiskSpec:

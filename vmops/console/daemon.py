@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -51,6 +52,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from vmops import serial_pipes
 from vmops.console import capture as single
 from vmops.console.fanout import MAX_CLIENTS, Client, FanOut
 from vmops.console.layout import (
@@ -107,14 +109,32 @@ GATHER_S = 0.005
 GATHER_SAFE_BYTES = 200
 
 
-def gather_wait(read_bytes: int, interval: float) -> float:
+# A pipe (the serial port of a domain vmops defines: serial_pipes.py)
+# appends one-byte writes to its last page and holds PIPE_BYTES (asked of
+# the kernel; 64 KiB if refused): a turn may gather until a quarter of it
+# came, which at a TCG guest's full rate (~1 MiB/s) is never before GATHER_S.
+PIPE_BYTES = 1024 * 1024
+
+
+def gather_wait(read_bytes: int, interval: float, safe_bytes: int = GATHER_SAFE_BYTES) -> float:
     """How long the next turn waits, after one that read at most
-    ``read_bytes`` from one socket, gathered over ``interval`` seconds:
-    ``GATHER_S``, less for a fast stream, 0 when that is under a tenth of it."""
+    ``read_bytes`` from one serial port that can safely gather
+    ``safe_bytes``, gathered over ``interval`` seconds: ``GATHER_S``, less
+    for a fast stream, 0 when that is under a tenth of it."""
     if read_bytes <= 0:
         return GATHER_S
-    wait = min(GATHER_S, GATHER_SAFE_BYTES * max(0.0, interval) / read_bytes)
+    wait = min(GATHER_S, safe_bytes * max(0.0, interval) / read_bytes)
     return wait if wait >= GATHER_S / 10 else 0.0
+# Where a console process that was killed left off, on a serial port of
+# FIFOs: the guest's output waited in the pipe (or the guest waited),
+# unless its QEMU ended before a reader came (a pipe empties with its
+# last holder).
+PIPE_GAP_MARKER = (b"\r\n[vmops: the console capture was restarted at %s; guest output "
+                   b"since the previous capture process stopped waited in the serial "
+                   b"port's pipe, and is missing only if the guest stopped meanwhile]\r\n")
+# Connecting to a serial port that is not served (yet): retried quietly.
+# ENXIO: FIFOs no QEMU holds.
+_NOT_SERVING = single._NOT_SERVING | {errno.ENXIO}
 _EVENTS_IN = select.EPOLLIN
 _EVENTS_OUT = select.EPOLLOUT
 
@@ -138,6 +158,88 @@ class _Poller:
 
 def _fileno(fd: Any) -> int:
     return fd if isinstance(fd, int) else int(fd.fileno())
+
+
+class PipeSerial:
+    """A connection to QEMU's pipe chardev (``serial_pipes``), shaped as
+    the socket of a ``<serial type='unix'>``: ``fileno``, ``recv`` and
+    ``send``. It reads the guest's output from ``P.out`` (``fileno``) and
+    writes its input to ``P.in`` (``input_fd``).
+
+    A FIFO has no connection: QEMU is there while it holds ``P.in`` open
+    for reading (our open for writing fails with ``ENXIO`` otherwise), and
+    gone once it is not (``EPOLLERR`` on ``input_fd``; ``P.out`` then
+    reads to its end). The FIFOs outlive both sides: what QEMU wrote while
+    nobody read, up to the pipe's size, is read by the next connection."""
+
+    def __init__(self, input_fd: int, output_fd: int) -> None:
+        self.input_fd = input_fd
+        self.output_fd = output_fd
+        self.capacity = _pipe_capacity(output_fd)
+
+    @classmethod
+    def open(cls, base: Path) -> PipeSerial:
+        """Connect; ``OSError`` (``ENXIO``) while no QEMU holds the FIFOs."""
+        to_guest, from_guest = serial_pipes.paths(base)
+        input_fd = os.open(to_guest, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            output_fd = os.open(from_guest, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            os.close(input_fd)
+            raise
+        return cls(input_fd, output_fd)
+
+    def fileno(self) -> int:
+        return self.output_fd
+
+    def recv(self, size: int) -> bytes:
+        return os.read(self.output_fd, size)
+
+    def send(self, data: bytes | bytearray) -> int:
+        return os.write(self.input_fd, data)
+
+    def close(self) -> None:
+        for fd in (self.input_fd, self.output_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _pipe_capacity(fd: int) -> int:
+    """Make the pipe hold PIPE_BYTES if the kernel lets us (an unprivileged
+    user may be held to less: ``fs.pipe-max-size``, its pipe pages); what
+    it holds."""
+    with contextlib.suppress(OSError):
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+
+
+Serial = socket.socket | PipeSerial
+
+
+def connect_serial(path: Path) -> Serial:
+    """Connect to the serial port QEMU serves at ``path``: its FIFOs if
+    there are some and a QEMU holds them, else its socket (a domain from
+    an older vmops). ``OSError`` if neither is served now."""
+    if serial_pipes.exist(path):
+        try:
+            return PipeSerial.open(path)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:
+                raise
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _safe_bytes(serial: Serial) -> int:
+    """How much of the guest's output may gather on ``serial`` between
+    two reads without QEMU having to wait."""
+    return serial.capacity // 4 if isinstance(serial, PipeSerial) else GATHER_SAFE_BYTES
 
 
 @dataclass
@@ -180,7 +282,7 @@ class Watch:
         # The files of ours that the last try could not write (a full
         # disk): the service, which reads them, is told (``state_error``).
         self.unwritten: dict[Path, str] = {}
-        self.serial: socket.socket | None = None
+        self.serial: Serial | None = None
         self.fanout: FanOut | None = None
         self.poller = _Poller(loop, self)
         self.retry_at = 0.0
@@ -189,7 +291,8 @@ class Watch:
     # -- start, stop --------------------------------------------------------------
     def open(self, killed_predecessor: bool) -> None:
         if killed_predecessor:
-            self.store(single.GAP_MARKER % single._utc_now())
+            marker = PIPE_GAP_MARKER if serial_pipes.exist(self.spec.socket) else single.GAP_MARKER
+            self.store(marker % single._utc_now())
         self.listen()
         self.save_state()
         self._write(self.files.pid, f"{os.getpid()}\n")
@@ -230,27 +333,26 @@ class Watch:
     def try_connect(self, now: float) -> None:
         if self.serial is not None or now < self.retry_at:
             return
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.setblocking(False)
         try:
-            sock.connect(str(self.spec.socket))
+            serial = connect_serial(self.spec.socket)
         except OSError as exc:
-            sock.close()
-            if exc.errno not in single._NOT_SERVING:
+            if exc.errno not in _NOT_SERVING:
                 self.note_error(f"connecting to {self.spec.socket}: {exc}")
             fast = now - self.disconnected_at < RETRY_FAST_FOR
             self.retry_at = now + (RETRY_FAST if fast else RETRY_SLOW)
             return
-        self.attach_serial(sock, new=True)
+        self.attach_serial(serial, new=True)
 
-    def attach_serial(self, sock: socket.socket, new: bool) -> None:
-        self.serial = sock
+    def attach_serial(self, serial: Serial, new: bool) -> None:
+        self.serial = serial
         if new:
             self.generation += 1
         self.connected = True
         self.error = None
         self.save_state()
-        self.loop.add(sock.fileno(), _EVENTS_IN, self.on_serial)
+        self.loop.add(serial.fileno(), _EVENTS_IN, self.on_serial)
+        if isinstance(serial, PipeSerial):  # its errors say QEMU is gone
+            self.loop.add(serial.input_fd, 0, self.on_serial_input)
         self.rearm()
 
     def disconnect(self) -> None:
@@ -258,6 +360,8 @@ class Watch:
         if sock is None:
             return
         self.loop.remove(sock.fileno())
+        if isinstance(sock, PipeSerial):
+            self.loop.remove(sock.input_fd)
         sock.close()
         self.serial = None
         if self.fanout is not None:
@@ -280,7 +384,21 @@ class Watch:
             return
         self.rearm()
 
-    def _read(self, sock: socket.socket) -> bool:
+    def on_serial_input(self, events: int) -> None:
+        """The pipe the guest's input goes to: room for what was typed, or
+        QEMU gone (it no longer reads it): its last output, then the end."""
+        sock = self.serial
+        if not isinstance(sock, PipeSerial):
+            return
+        if events & (select.EPOLLERR | select.EPOLLHUP):
+            self._drain(sock)
+            self.disconnect()
+            return
+        if events & _EVENTS_OUT and self.fanout is not None:
+            self.fanout.send_to_guest(sock)
+        self.rearm()
+
+    def _read(self, sock: Serial) -> bool:
         try:
             data = sock.recv(single.RECV_BYTES)
         except BlockingIOError:
@@ -289,13 +407,13 @@ class Watch:
             return False
         if not data:
             return False
-        self.loop.turn_bytes = max(self.loop.turn_bytes, len(data))
+        self.loop.note_read(len(data), _safe_bytes(sock))
         self.store(data)
         if self.fanout is not None:
             self.fanout.output(self.poller, data)
         return True
 
-    def _drain(self, sock: socket.socket) -> None:
+    def _drain(self, sock: Serial) -> None:
         taken = 0
         while taken < single.DRAIN_LIMIT:
             try:
@@ -324,8 +442,11 @@ class Watch:
     def rearm(self) -> None:
         if self.serial is None or self.fanout is None:
             return
-        wanted = _EVENTS_IN | (_EVENTS_OUT if self.fanout.to_guest else 0)
-        self.loop.modify(self.serial.fileno(), wanted)
+        typed = _EVENTS_OUT if self.fanout.to_guest else 0
+        if isinstance(self.serial, PipeSerial):
+            self.loop.modify(self.serial.input_fd, typed)
+        else:
+            self.loop.modify(self.serial.fileno(), _EVENTS_IN | typed)
         self.fanout.update(self.poller)
 
     # -- the files ----------------------------------------------------------------
@@ -386,9 +507,13 @@ class Watch:
         serial = self.serial.fileno() if self.serial is not None else None
         if serial is not None:
             fds.append(serial)
+        serial_input = self.serial.input_fd if isinstance(self.serial, PipeSerial) else None
+        if serial_input is not None:
+            fds.append(serial_input)
         for fd in fds:
             os.set_inheritable(fd, True)
         return {"spec": self.spec.as_json(), "lock": self.lock_fd, "serial": serial,
+                "serial_input": serial_input,
                 "listener": listener, "clients": clients, "generation": self.generation,
                 "connected": self.connected, "error": self.error,
                 "to_guest": self.fanout.to_guest.hex() if self.fanout is not None else ""}
@@ -411,7 +536,10 @@ class Watch:
                 watch.add_client_fd(sock.fileno(), _EVENTS_IN)
         for fd in _handed_fds(raw):
             os.set_inheritable(fd, False)
-        if raw.get("serial") is not None:
+        if raw.get("serial_input") is not None:  # the FIFOs (none from a vmops before them)
+            watch.attach_serial(PipeSerial(int(raw["serial_input"]), int(raw["serial"])),
+                                new=False)
+        elif raw.get("serial") is not None:
             sock = socket.socket(fileno=int(raw["serial"]))
             sock.setblocking(False)
             watch.attach_serial(sock, new=False)
@@ -422,7 +550,8 @@ class Watch:
 
 def _handed_fds(raw: dict[str, Any]) -> list[int]:
     fds = [int(raw["lock"])]
-    fds += [int(raw[k]) for k in ("listener", "serial") if raw.get(k) is not None]
+    fds += [int(raw[k]) for k in ("listener", "serial", "serial_input")
+            if raw.get(k) is not None]
     fds += [int(c["fd"]) for c in raw.get("clients", [])]
     return fds
 
@@ -441,7 +570,10 @@ class Loop:
         self.masks: dict[int, int] = {}  # what each fd is registered for
         self.watch_list_stale = False  # not saved as it is (a full disk)
         self.watch_list_retry_at = 0.0
-        self.turn_bytes = 0  # the most guest output this turn read from one socket
+        # The guest output this turn read from one serial port that came
+        # nearest to what that port can safely gather (note_read).
+        self.turn_bytes = 0
+        self.turn_safe_bytes = GATHER_SAFE_BYTES
         self.read_woke = 0.0  # when the last turn that read guest output woke
         self.last_read = -GATHER_S  # and when it ended
         self.watches: dict[Path, Watch] = {}
@@ -473,6 +605,12 @@ class Loop:
         if self.masks.get(fd) != events:
             self.epoll.modify(fd, events)
             self.masks[fd] = events
+
+    def note_read(self, size: int, safe_bytes: int) -> None:
+        """A serial port that can safely gather ``safe_bytes`` gave ``size``
+        bytes this turn: the fullest one sets the next gather (GATHER_S)."""
+        if size * self.turn_safe_bytes > self.turn_bytes * safe_bytes:
+            self.turn_bytes, self.turn_safe_bytes = size, safe_bytes
 
     def remove(self, fd: int) -> None:
         self.handlers.pop(fd, None)
@@ -774,7 +912,7 @@ class Loop:
             timeout = max(0.0, min(waiting) - now) if waiting else 1.0
             ready = self.epoll.poll(min(timeout, 1.0))
             woke = time.monotonic()
-            self.turn_bytes = 0
+            self.turn_bytes, self.turn_safe_bytes = 0, GATHER_SAFE_BYTES
             for fd, events in ready:
                 handler = self.handlers.get(fd)
                 if handler is not None:
@@ -786,7 +924,7 @@ class Loop:
     def _let_output_gather(self, woke: float) -> None:
         """After a turn that read guest output: if the output comes often,
         wait until up to ``GATHER_S`` after this turn's wake-up (see GATHER_S)."""
-        wait = gather_wait(self.turn_bytes, woke - self.read_woke)
+        wait = gather_wait(self.turn_bytes, woke - self.read_woke, self.turn_safe_bytes)
         self.read_woke = woke
         if woke - self.last_read < GATHER_S and wait and not (self.stopping or self.upgrading):
             time.sleep(max(0.0, woke + wait - time.monotonic()))

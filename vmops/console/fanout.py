@@ -55,6 +55,13 @@ class Poller(Protocol):
     def unregister(self, fd: FileDescriptorLike, /) -> None: ...
 
 
+class Guest(Protocol):
+    """Where typed input goes: QEMU's serial socket, or the console
+    process's connection to its FIFOs (``daemon.PipeSerial``)."""
+
+    def send(self, data: bytes | bytearray, /) -> int: ...
+
+
 @dataclass
 class Client:
     sock: socket.socket
@@ -179,7 +186,7 @@ class FanOut:
             return
         del client.pending[:sent]
 
-    def send_to_guest(self, guest: socket.socket) -> None:
+    def send_to_guest(self, guest: Guest) -> None:
         """Write what clients typed to QEMU's socket, as much as it takes now."""
         if not self.to_guest:
             return

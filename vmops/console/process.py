@@ -197,7 +197,7 @@ def wait_connected(log_dir: Path, after_generation: int, timeout: float) -> int:
         if now >= deadline:
             raise HypervisorError(
                 reason=f"the console capture process (pid {pid}) for {log_dir} did not "
-                f"connect to the guest's serial socket within {timeout:g}s "
+                f"connect to the guest's serial port within {timeout:g}s "
                 f"(generation {state.generation}, waiting for one above "
                 f"{after_generation}; last error: {state.error or 'none'})"
             )

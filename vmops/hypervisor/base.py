@@ -136,7 +136,9 @@ class DomainSpec:
     vcpus: int
     disks: tuple[DiskSpec, ...]
     nics: tuple[NicSpec, ...]
-    console_socket: Path  # QEMU serves the serial port here; the capture process reads it
+    # The serial port's chardev path: the FIFOs path.in and path.out
+    # (vmops/serial_pipes.py), which the console process reads and writes.
+    console_socket: Path
     accel: Accel = Accel.TCG
     # dynamic_memory_ratio > 1: the guest starts with memory_mib / ratio and a
     # balloon lets it grow up to memory_mib.

@@ -186,17 +186,18 @@ class Interface:
 
 @dataclass(frozen=True)
 class SerialConsole:
-    """Serial port 0 as a UNIX socket that QEMU listens on; the console
-    capture process connects to it."""
+    """Serial port 0 as QEMU's pipe chardev: the FIFOs ``path.in`` and
+    ``path.out`` (``vmops/serial_pipes.py``), read and written by the
+    console process."""
 
-    socket: Path
+    path: Path
 
     def append_to(self, devices: ET.Element) -> None:
-        serial = _sub(devices, "serial", {"type": "unix"})
-        _sub(serial, "source", {"mode": "bind", "path": str(self.socket)})
+        serial = _sub(devices, "serial", {"type": "pipe"})
+        _sub(serial, "source", {"path": str(self.path)})
         _sub(serial, "target", {"port": "0"})
-        console = _sub(devices, "console", {"type": "unix"})
-        _sub(console, "source", {"mode": "bind", "path": str(self.socket)})
+        console = _sub(devices, "console", {"type": "pipe"})
+        _sub(console, "source", {"path": str(self.path)})
         _sub(console, "target", {"type": "serial", "port": "0"})
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import libvirt
 
+from vmops import serial_pipes
 from vmops.errors import (
     AlreadyExists,
     DetachTimeout,
@@ -347,6 +348,7 @@ class LibvirtHypervisor:
         # No VIR_DOMAIN_DEFINE_VALIDATE: libvirt would load its RelaxNG schema
         # on every define (~8-12 ms of a spawn, #17). The builder's output is
         # checked against that schema by tests/integration/test_domain_xml_schema.py.
+        serial_pipes.make(spec.console_socket)  # QEMU opens them; it would not start without
         self.conn.defineXML(xml)
         self._marked.add(spec.uuid.lower())
 
