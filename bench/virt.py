@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import select
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,7 @@ from typing import Any
 
 from bench.common import kill_pids, now, pids_mentioning, short_tmpdir, wait_until
 from bench.quiet_libvirt import libvirt
+from vmops import serial_pipes
 from vmops.hypervisor.libvirt import prepare_embed_root
 
 ET.register_namespace("vmops", "https://vmops.dev/xmlns/instance/1")
@@ -170,6 +173,7 @@ class LibvirtBaseline:
         self.run_dir = self.dir / "run"
         self.run_dir.mkdir()
         self.conn: Any = None
+        self.drain = SerialDrain()
 
     @property
     def uri(self) -> str:
@@ -188,6 +192,12 @@ class LibvirtBaseline:
         self.conn.defineXML(xml).undefine()
 
     def define(self, xml: str) -> Any:
+        """Define ``xml``; a serial port of FIFOs (vmops' domains) gets them
+        made and read (``SerialDrain``), as vmops' console process does."""
+        for source in ET.fromstring(xml).iterfind("devices/serial[@type='pipe']/source"):
+            base = Path(source.attrib["path"])
+            serial_pipes.make(base)
+            self.drain.add(serial_pipes.paths(base)[1])
         return self.conn.defineXML(xml)
 
     def domains(self) -> list[Any]:
@@ -216,7 +226,49 @@ class LibvirtBaseline:
                 self.conn = None
         finally:
             kill_pids(pids_mentioning(str(self.dir)))
+            self.drain.close()
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SerialDrain:
+    """Reads and drops what the baseline's guests write to their serial
+    port's FIFO, so that, as under vmops, a guest never waits for a reader
+    (a pipe nobody reads stalls the guest's UART once full). One thread,
+    one epoll; each FIFO opened read-write, so it never reports an end
+    between two QEMUs."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.fds: dict[Path, int] = {}
+        self.stop_r, self.stop_w = os.pipe()
+        self.epoll.register(self.stop_r, select.EPOLLIN)
+        self.thread: threading.Thread | None = None
+
+    def add(self, fifo: Path) -> None:
+        if fifo in self.fds:  # a path used again (the next round's domain)
+            return
+        fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        self.fds[fifo] = fd
+        self.epoll.register(fd, select.EPOLLIN)
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="serial-drain", daemon=True)
+            self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            for fd, _ in self.epoll.poll():
+                if fd == self.stop_r:
+                    return
+                with contextlib.suppress(BlockingIOError):
+                    os.read(fd, 65536)
+
+    def close(self) -> None:
+        if self.thread is not None:
+            os.write(self.stop_w, b"x")
+            self.thread.join(timeout=5)
+        for fd in (*self.fds.values(), self.stop_r, self.stop_w):
+            os.close(fd)
+        self.epoll.close()
 
 
 def new_uuid() -> str:
