@@ -24,8 +24,8 @@ file's growth) and, on the vmops side, the capture process's CPU time
 (utime + stime of the whole process from ``/proc/PID/stat``) over the
 window's wall time, in % of one core. After the last window the log files
 are checked against their cap (each <= ``console_log_max_bytes``).
-Then, without a guest, the same byte rate is sent into a capture process
-from this process in writes of 8, 64, 512 and 4096 bytes
+Then, without a guest, the same byte rate is sent into the console process
+from this process (playing QEMU on FIFOs) in writes of 8, 64, 512 and 4096 bytes
 (``trickle_capture_cpu_pct``): how much of the capture's CPU is per
 wake-up rather than per byte.
 
@@ -52,7 +52,7 @@ from bench import session
 from bench.common import Row, median, test_image_dir
 from bench.virt import disk_templates, make_disks, new_uuid, rewrite_domain_xml
 from bench.vmopsd import FLAVOR
-from vmops import console
+from vmops import console, serial_pipes
 from vmops.console import LogFiles
 
 IMAGE = "tiny-flood"
@@ -109,33 +109,32 @@ def capture_process(log_dir: Path) -> int:
 
 def trickle_cpu(root: Path, chunk: int, rate: float, seconds: float) -> float:
     """The capture's CPU, in % of one core, for a stream of ``rate`` bytes/s
-    sent in ``chunk``-byte writes (this process plays QEMU): how much of its
-    cost is per wake-up rather than per byte. No guest."""
-    sock_path, log_dir = root / f"trickle-{chunk}.sock", root / f"trickle-{chunk}"
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(str(sock_path))
-    listener.listen(1)
+    sent in ``chunk``-byte writes into a serial port of FIFOs (this process
+    plays QEMU: both opened read-write, as QEMU's pipe chardev does): how
+    much of its cost is per wake-up rather than per byte. No guest."""
+    base, log_dir = root / f"trickle-{chunk}.sock", root / f"trickle-{chunk}"
+    serial_pipes.make(base)
+    fds = [os.open(path, os.O_RDWR) for path in serial_pipes.paths(base)]
     try:
-        pid = console.start_capture(sock_path, log_dir, MAX_LOG_BYTES)
+        pid = console.start_capture(base, log_dir, MAX_LOG_BYTES)
         try:
+            console.poke_capture(log_dir)
             console.wait_connected(log_dir, 0, timeout=30.0)
-            listener.settimeout(30.0)
-            conn, _ = listener.accept()
-            with conn:
-                payload = b"x" * (chunk - 1) + b"\n"
-                cpu0, t0 = cpu_ns(pid), time.monotonic()
-                due = t0
-                while time.monotonic() - t0 < seconds:
-                    conn.sendall(payload)
-                    due += chunk / rate
-                    time.sleep(max(0.0, due - time.monotonic()))
-                cpu1, t1 = cpu_ns(pid), time.monotonic()
+            payload = b"x" * (chunk - 1) + b"\n"
+            cpu0, t0 = cpu_ns(pid), time.monotonic()
+            due = t0
+            while time.monotonic() - t0 < seconds:
+                os.write(fds[1], payload)
+                due += chunk / rate
+                time.sleep(max(0.0, due - time.monotonic()))
+            cpu1, t1 = cpu_ns(pid), time.monotonic()
         finally:
             console.stop_capture(log_dir)
     finally:
-        listener.close()
+        for fd in fds:
+            os.close(fd)
         shutil.rmtree(log_dir, ignore_errors=True)
-        sock_path.unlink(missing_ok=True)
+        serial_pipes.remove(base)
     return 100.0 * (cpu1 - cpu0) / 1e9 / (t1 - t0)
 
 
