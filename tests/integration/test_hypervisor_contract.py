@@ -230,6 +230,7 @@ OPERATIONS: dict[str, Callable[[Hypervisor, str], None]] = {
     "suspend": lambda hv, uuid: hv.suspend(uuid),
     "undefine": lambda hv, uuid: hv.undefine(uuid),
     "inject_nmi": lambda hv, uuid: hv.inject_nmi(uuid),
+    "discard_saved_memory": lambda hv, uuid: hv.discard_saved_memory(uuid),
 }
 # From each state: the state an operation leaves, or None where it is refused.
 # Written out, not read from base.ALLOWED_STATES, so a change there shows here.
@@ -244,6 +245,7 @@ OUTCOMES: dict[str, dict[PowerState, PowerState | None]] = {
     "suspend": {OFF: None, ON: SAVED, PAUSED: SAVED, SAVED: None},
     "undefine": {OFF: OFF, ON: None, PAUSED: None, SAVED: SAVED},
     "inject_nmi": {OFF: None, ON: ON, PAUSED: None, SAVED: None},  # no state change
+    "discard_saved_memory": {OFF: OFF, ON: None, PAUSED: None, SAVED: OFF},
 }
 
 
@@ -281,6 +283,20 @@ def test_start_restores_saved_memory_once(hv: Hypervisor, uuid: str) -> None:
     assert hv.info(uuid).state is PAUSED
     hv.unpause(uuid)
     assert hv.info(uuid).state is ON
+
+
+def test_discarding_saved_memory_makes_the_next_start_a_boot(hv: Hypervisor, uuid: str,
+                                                            events: Events) -> None:
+    _put_in(hv, uuid, SAVED)
+    events.until(uuid, SAVED)
+    hv.discard_saved_memory(uuid)
+    hv.discard_saved_memory(uuid)  # none left: not an error
+    assert hv.info(uuid).state is OFF
+    events.assert_none()  # libvirt sends no lifecycle event for it
+    hv.start(uuid)
+    # "started", not "restored" (the test driver says "started" either way;
+    # QEMU and the fake tell them apart).
+    assert events.until(uuid, ON) == [(ON, "started")]
 
 
 # -- events and statistics ------------------------------------------------------------

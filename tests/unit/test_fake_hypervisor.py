@@ -64,6 +64,7 @@ OPERATIONS: dict[str, Callable[[FakeHypervisor], None]] = {
     "unpause": lambda hv: hv.unpause(UUID),
     "suspend": lambda hv: hv.suspend(UUID),
     "undefine": lambda hv: hv.undefine(UUID),
+    "discard_saved_memory": lambda hv: hv.discard_saved_memory(UUID),
 }
 
 # What libvirt allows, written out here rather than read from ALLOWED_STATES,
@@ -76,6 +77,7 @@ ALLOWED = {
     "unpause": {PowerState.PAUSED},
     "suspend": {PowerState.RUNNING, PowerState.PAUSED},
     "undefine": {PowerState.SHUTOFF, PowerState.SUSPENDED},
+    "discard_saved_memory": {PowerState.SHUTOFF, PowerState.SUSPENDED},
 }
 STATES = (PowerState.SHUTOFF, PowerState.RUNNING, PowerState.PAUSED, PowerState.SUSPENDED)
 
@@ -138,6 +140,17 @@ def test_suspend_then_start_restores_instead_of_booting(hv: FakeHypervisor) -> N
     hv.start(UUID, paused=True)
     assert hv.domains[UUID].boots == 1
     assert hv.info(UUID).state is PowerState.PAUSED
+
+
+def test_discarding_saved_memory_makes_the_next_start_a_boot(hv: FakeHypervisor) -> None:
+    hv.start(UUID)
+    hv.suspend(UUID)
+    seen = _events(hv)
+    hv.discard_saved_memory(UUID)
+    hv.discard_saved_memory(UUID)  # none left: not an error
+    assert hv.info(UUID).state is PowerState.SHUTOFF and seen == []  # libvirt sends none
+    hv.start(UUID)
+    assert hv.domains[UUID].boots == 2 and seen == [(PowerState.RUNNING, "started")]
 
 
 def test_guest_ignoring_the_power_button_stays_up(hv: FakeHypervisor) -> None:
@@ -216,6 +229,7 @@ def test_every_call_is_recorded_once_and_can_fail(hv: FakeHypervisor) -> None:
         ("pause", lambda: hv.pause(UUID)), ("unpause", lambda: hv.unpause(UUID)),
         ("reboot_hard", lambda: hv.reboot_hard(UUID)), ("bulk_stats", hv.bulk_stats),
         ("suspend", lambda: hv.suspend(UUID)),
+        ("discard_saved_memory", lambda: hv.discard_saved_memory(UUID)),
         ("start", lambda: hv.start(UUID)), ("shutdown", lambda: hv.shutdown(UUID)),
         ("power_off", lambda: hv.power_off(UUID)), ("undefine", lambda: hv.undefine(UUID)),
         ("define", lambda: hv.define(SPEC)),

@@ -47,6 +47,7 @@ ALLOWED_STATES: dict[str, frozenset[PowerState]] = {
     "suspend": frozenset({PowerState.RUNNING, PowerState.BLOCKED, PowerState.PAUSED}),
     "inject an NMI into": frozenset({PowerState.RUNNING, PowerState.BLOCKED}),
     "undefine": frozenset(PowerState) - ACTIVE_STATES,
+    "discard the saved memory of": frozenset(PowerState) - ACTIVE_STATES,
     "attach a disk to": frozenset(PowerState) - {PowerState.SUSPENDED},
     "detach a disk from": frozenset(PowerState) - {PowerState.SUSPENDED},
     "resize a disk of": ACTIVE_STATES,
@@ -272,6 +273,13 @@ class Hypervisor(Protocol):
         """Save memory to a managed save image; the QEMU process ends.
 
         From RUNNING, BLOCKED or PAUSED; afterwards the state is SUSPENDED."""
+        ...
+
+    def discard_saved_memory(self, uuid: str) -> None:
+        """Remove the managed save image (libvirt's managedSaveRemove), so
+        the next start boots the guest afresh: a SUSPENDED domain becomes
+        SHUTOFF, with no lifecycle event (libvirt sends none). No error if
+        there is none. Refused while the domain runs."""
         ...
 
     def inject_nmi(self, uuid: str) -> None:

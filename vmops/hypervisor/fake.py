@@ -215,6 +215,12 @@ class FakeHypervisor:
             self._emit(uuid, PowerState.PAUSED, "paused")
         self._stop(uuid, PowerState.SUSPENDED, "suspended")
 
+    def discard_saved_memory(self, uuid: str) -> None:
+        with self._lock:
+            d = self._checked(uuid, "discard the saved memory of")
+            if d.saved_memory:  # no lifecycle event, as libvirt
+                d.state, d.saved_memory = PowerState.SHUTOFF, False
+
     def inject_nmi(self, uuid: str) -> None:
         with self._lock:
             self._checked(uuid, "inject an NMI into").nmis += 1  # no lifecycle event
@@ -326,7 +332,9 @@ class FakeHypervisor:
                      "attach a disk to": "attach_disk",
                      "detach a disk from": "detach_disk",
                      "resize a disk of": "resize_disk",
-                     "inject an NMI into": "inject_nmi"}.get(action, action)
+                     "inject an NMI into": "inject_nmi",
+                     "discard the saved memory of":
+                         "discard_saved_memory"}.get(action, action)
         d = self._domain(uuid, operation)
         check_state(action, uuid, d.state)
         return d

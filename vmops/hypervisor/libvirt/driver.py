@@ -436,6 +436,12 @@ class LibvirtHypervisor:
     def suspend(self, uuid: str) -> None:
         self._checked(uuid, "suspend").managedSave(0)
 
+    @_translated("discard the saved memory of")
+    def discard_saved_memory(self, uuid: str) -> None:
+        dom = self._checked(uuid, "discard the saved memory of")
+        if dom.hasManagedSaveImage(0):
+            dom.managedSaveRemove(0)
+
     @_translated("inject an NMI into")
     def inject_nmi(self, uuid: str) -> None:
         self._checked(uuid, "inject an NMI into").injectNMI(0)
