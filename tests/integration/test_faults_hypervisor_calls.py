@@ -113,6 +113,8 @@ VERBS: dict[str, Verb] = {
     "start": Verb(_spawned("stop"), lambda env: env.compute.start(VICTIM)),
     "reboot": Verb(_spawned(), lambda env: env.compute.reboot(VICTIM)),
     "reboot-hard": Verb(_spawned(), lambda env: env.compute.reboot(VICTIM, hard=True)),
+    "reboot-hard-suspended": Verb(_spawned("suspend"),
+                                  lambda env: env.compute.reboot(VICTIM, hard=True)),
     "pause": Verb(_spawned(), lambda env: env.compute.pause(VICTIM)),
     "unpause": Verb(_spawned("pause"), lambda env: env.compute.unpause(VICTIM)),
     "suspend": Verb(_spawned(), lambda env: env.compute.suspend(VICTIM)),

@@ -1064,9 +1064,12 @@ class Compute:
                                        f"{_fault_of(exc)}")
 
     def reboot(self, ref: str, hard: bool = False) -> Instance:
+        """A hard reboot is allowed from every state Nova allows it from,
+        suspended included: it boots the guest afresh (``_hard_reboot``)."""
         if hard:
             return self._run(ref, "hard-reboot", states.REBOOTING_HARD,
-                             (states.ACTIVE, states.PAUSED, states.STOPPED, states.ERROR),
+                             (states.ACTIVE, states.PAUSED, states.STOPPED, states.SUSPENDED,
+                              states.ERROR),
                              self._hard_reboot, desired_running=True)
 
         def soft(inst: Instance) -> None:
@@ -1081,11 +1084,16 @@ class Compute:
 
     def _hard_reboot(self, inst: Instance) -> None:
         state = self.hv.info(inst.id).state
+        if state is PowerState.SUSPENDED:
+            # As Nova's libvirt driver: the saved memory is discarded and the
+            # guest boots afresh (a start would restore it: that is resume's
+            # job). Should the boot fail, the instance is stopped, not suspended.
+            self.hv.discard_saved_memory(inst.id)
+            timings.part("discard-saved-memory")
+            state = PowerState.SHUTOFF
         if state in (PowerState.SHUTOFF, PowerState.CRASHED, PowerState.NOSTATE):
             self._boot(inst)
             return
-        if state is PowerState.SUSPENDED:
-            raise InvalidState(action="hard-reboot", instance=inst.name, state="suspended")
         self.hv.reboot_hard(inst.id)
         if state is PowerState.PAUSED:
             self.hv.unpause(inst.id)
