@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,6 +110,54 @@ def test_suspend_ends_qemu_and_resume_keeps_memory(vmops: Vmops) -> None:
     assert beats == list(range(1, len(beats) + 1))  # the counter came back from memory
     assert len(re.findall(BOOT.encode(), vmops.console("su1"))) == 1  # no second boot
     assert vmops.server("su1")["status"] == "ACTIVE"
+
+
+def _type(vmops: Vmops, name: str, line: str) -> None:
+    """Type ``line`` on the guest's serial console (its console shell runs it)."""
+    typed = subprocess.run([sys.executable, "-m", "vmops", "console", name, "--linger", "1"],
+                           input=line.encode() + b"\n", env=vmops.env, capture_output=True,
+                           timeout=120)
+    assert typed.returncode == 0, typed.stderr
+
+
+def _memory_marks(vmops: Vmops, name: str, count: int) -> list[tuple[str, str]]:
+    """Have the guest say its boot id and whether /run/vmops-mark exists (the
+    root is its initramfs: a file there lives in the guest's memory only);
+    the (boot id, yes|no) of each time asked, ``count`` of them so far."""
+    _type(vmops, name, 'echo "VMOPS-MARK $(cat /proc/sys/kernel/random/boot_id) '
+                       '$(test -e /run/vmops-mark && echo yes || echo no)"')
+    found = vmops.wait_console(name, r"VMOPS-MARK ([0-9a-f-]{36}) (yes|no)", count=count)
+    return [(m.group(1).decode(), m.group(2).decode()) for m in found]
+
+
+def test_hard_reboot_of_a_suspended_instance_boots_it_afresh(vmops: Vmops) -> None:
+    """Resume restores the saved memory; a hard reboot of a suspended
+    instance (allowed, as in Nova) discards it and boots the guest again:
+    a new boot id, and a file written to the guest's memory before the
+    suspend is gone. Rebuild and rescue refuse a suspended instance."""
+    _spawn(vmops, "su2")
+    vmops.wait_console("su2", r"VMOPS-HEARTBEAT 1\b")  # its console shell runs
+    _type(vmops, "su2", "echo saved > /run/vmops-mark")
+    first = _memory_marks(vmops, "su2", 1)[-1]
+    assert first[1] == "yes"
+    vmops.run("suspend", "su2")
+    vmops.run("resume", "su2")
+    assert _memory_marks(vmops, "su2", 2)[-1] == first  # restored: same boot, file kept
+
+    vmops.run("suspend", "su2")
+    saved = vmops.state_dir / "libvirt" / "lib" / "qemu" / "save" / "vmops-su2.save"
+    assert saved.is_file()  # libvirt's managed-save image
+    for verb in (("rebuild", "su2", "--image", "tiny"), ("rescue", "su2")):
+        proc = vmops.run(*verb, check=False)
+        assert proc.returncode != 0 and "while it is suspended" in proc.stderr, proc.stderr
+    vmops.run("reboot", "su2", "--hard")
+    vmops.wait_console("su2", BOOT, count=2)
+    server = vmops.server("su2")
+    assert (server["status"], server["vmops:power_state"]) == ("ACTIVE", "running")
+    vmops.wait_console("su2", r"VMOPS-HEARTBEAT 1\b", count=2)  # counting afresh
+    boot_id, marked = _memory_marks(vmops, "su2", 3)[-1]
+    assert boot_id != first[0] and marked == "no"
+    assert not saved.exists()
 
 
 @pytest.mark.extended
