@@ -11,7 +11,8 @@ before the pipes have ``<serial type='unix'>`` at ``P`` instead; the
 console process connects to whichever the QEMU of the moment serves.
 
 vmops makes the FIFOs when it defines the domain (libvirt would not:
-QEMU fails to start without them) and removes them with the instance.
+QEMU fails to start without them) and removes them with the instance,
+once its domain is gone (``Compute._teardown``).
 """
 
 from __future__ import annotations

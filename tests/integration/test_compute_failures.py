@@ -16,6 +16,7 @@ import pytest
 
 from tests.integration.test_compute import _spawn
 from tests.integration.test_compute import env as env  # noqa: F401 - the fixture, shared
+from vmops import serial_pipes
 from vmops.compute import states
 from vmops.compute.manager import Compute, SpawnRequest
 from vmops.console.fake import FakeConsole
@@ -142,6 +143,27 @@ def test_destroy_that_cannot_power_off_keeps_the_record_in_error(env: dict[str, 
     assert not c.instance_dir(inst).exists()  # the other steps ran
     c.destroy("web1")  # a second try finishes the job
     assert hv.list_uuids() == [] and env["store"].instances() == []
+
+
+def test_a_destroy_that_leaves_the_domain_keeps_its_serial_port(env: dict[str, Any]) -> None:
+    # QEMU's pipe chardev opens the FIFOs the define made (serial_pipes.py)
+    # and fails to start without them; nothing but a define makes them
+    # again. A destroy that could not remove the domain keeps them, so the
+    # domain still starts (a hard reboot from ERROR) and a capture still
+    # connects to a QEMU that survived; the next destroy removes them.
+    hv: FakeHypervisor = env["hv"]
+    c: Compute = env["compute"]
+    inst = _spawn(env)
+    port = c.console_socket(inst)
+    serial_pipes.make(port)  # as the libvirt driver's define does
+    hv.fail_next("undefine", HypervisorError(reason="undefine refused"))
+    with pytest.raises(HypervisorError, match="undefine refused"):
+        c.destroy("web1")
+    assert c.instance("web1").vm_state == states.ERROR
+    assert serial_pipes.exist(port)
+    c.destroy("web1")
+    assert env["store"].instances() == [] and hv.list_uuids() == []
+    assert list(port.parent.glob(f"{port.name}*")) == []
 
 
 def test_recovery_of_a_spawn_whose_rollback_fails(env: dict[str, Any]) -> None:

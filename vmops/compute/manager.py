@@ -647,8 +647,9 @@ class Compute:
         termination (:func:`boot_volume.release`).
 
         Every step is tried even if one before it failed: a rollback that
-        stops half-way leaves more behind. Returns what failed, in order
-        (empty if everything is gone)."""
+        stops half-way leaves more behind; but the volumes and the serial
+        port's FIFOs stay while the domain does (QEMU uses them). Returns
+        what failed, in order (empty if everything is gone)."""
         failures: list[str] = []
 
         def step(what: str, action: Callable[[], object]) -> None:
@@ -662,15 +663,17 @@ class Compute:
                 self.hv.undefine(inst.id)
 
         step("remove the domain", remove_domain)
-        if not failures:  # the domain is gone: its volumes are free, their files kept
+        domain_gone = not failures
+        if domain_gone:  # its volumes are free, their files kept
             # As recorded now: spawn may have made its boot volume since ``inst`` was read.
             step("release the instance's volumes",
                  lambda: boot_volume.release(self.store, self.store.instance(inst.id), rollback))
         step("stop the console capture",
              lambda: self.console.stop_capture(self.instance_dir(inst)))
         step("remove the instance's files", lambda: _remove_tree(self.instance_dir(inst)))
-        step("remove the serial port's FIFOs (or socket)",
-             lambda: _remove_serial(self.console_socket(inst)))
+        if domain_gone:  # else kept: QEMU cannot start without them, and only define makes them
+            step("remove the serial port's FIFOs (or socket)",
+                 lambda: _remove_serial(self.console_socket(inst)))
         if self.network is not None:
             network = self.network
             step("release the instance's network (addresses, forwards, rules)",
