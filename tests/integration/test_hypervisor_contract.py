@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import sys
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -107,6 +108,18 @@ def hv(driver: Driver) -> Hypervisor:
     return driver.hv
 
 
+# define makes the serial port's FIFOs beside this path (serial_pipes.py):
+# each test's own directory (the autouse fixture below), not /nonexistent,
+# which exists only where a test has made it.
+SERIAL_DIR = Path("/nonexistent")
+
+
+@pytest.fixture(autouse=True)
+def serial_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(sys.modules[__name__], "SERIAL_DIR", tmp_path)
+    return tmp_path
+
+
 def _spec(label: str = "web1") -> DomainSpec:
     uuid = str(uuidlib.uuid4())
     return DomainSpec(
@@ -114,7 +127,7 @@ def _spec(label: str = "web1") -> DomainSpec:
         disks=(DiskSpec(path=Path(f"/nonexistent/{label}.qcow2"), format="qcow2",
                         target="vda"),),
         nics=(NicSpec(mac="52:54:00:12:34:56"),),
-        console_socket=Path(f"/nonexistent/{label}.sock"), metadata={"name": label})
+        console_socket=SERIAL_DIR / f"{label}.sock", metadata={"name": label})
 
 
 @pytest.fixture

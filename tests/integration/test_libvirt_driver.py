@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import sys
 import threading
 import uuid as uuidlib
 from collections.abc import Callable, Iterator
@@ -42,13 +43,25 @@ UNMARKED_XML = """<domain type='test'>
 </domain>"""
 
 
+# define makes the serial port's FIFOs beside this path (serial_pipes.py):
+# each test's own directory (the autouse fixture below), not /nonexistent,
+# which exists only where a test has made it.
+SERIAL_DIR = Path("/nonexistent")
+
+
+@pytest.fixture(autouse=True)
+def serial_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(sys.modules[__name__], "SERIAL_DIR", tmp_path)
+    return tmp_path
+
+
 def _spec(label: str) -> DomainSpec:
     return DomainSpec(
         uuid=str(uuidlib.uuid4()), name=f"vmops-{label}", memory_mib=256, vcpus=1,
         disks=(DiskSpec(path=Path(f"/nonexistent/{label}.qcow2"), format="qcow2",
                         target="vda"),),
         nics=(NicSpec(mac="52:54:00:12:34:56"),),
-        console_socket=Path(f"/nonexistent/{label}.sock"), metadata={"name": label})
+        console_socket=SERIAL_DIR / f"{label}.sock", metadata={"name": label})
 
 
 class Events:
