@@ -1,8 +1,9 @@
 """The service's C heap (vmops/heap.py): at most heap.ARENAS malloc arenas
-however many threads allocate, freed pages handed back, and the trimming
-thread. The glibc checks run in a fresh interpreter each: the arena limit
-only holds if set before the process's first thread, and pytest's process
-has had threads."""
+however many threads allocate, big buffers mapped on their own even after
+a bigger one was freed, freed pages handed back, and the trimming thread.
+The glibc checks run in a fresh interpreter each: the arena limit only
+holds if set before the process's first thread, and pytest's process has
+had threads."""
 
 from __future__ import annotations
 
@@ -81,6 +82,39 @@ def test_give_back_hands_freed_pages_back() -> None:
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(FREED_PAGES)],
                          capture_output=True, text=True, check=True, timeout=60)
     assert int(out.stdout) > 20 * 1024  # KiB: at least half of the ~39 MiB freed
+
+
+MAPPED_AFTER_A_BIG_FREE = """
+    import ctypes
+    from vmops import heap
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+            "uordblks", "fordblks", "keepcost")]
+
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = MallInfo2
+    if {fix}:
+        assert heap.fix_mmap_threshold()
+    big = bytes(8 << 20)  # mapped (over 128 KiB); freeing it raises glibc's own threshold
+    del big
+    before = libc.mallinfo2().hblks
+    held = bytes(1 << 20)  # a 1 MiB buffer, as a list's JSON
+    print(libc.mallinfo2().hblks - before)  # 1: a mapping of its own; 0: from an arena
+"""
+
+
+def _mapped_after_a_big_free(fix: bool) -> int:
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(MAPPED_AFTER_A_BIG_FREE).format(
+        fix=fix)], capture_output=True, text=True, check=True, timeout=60)
+    return int(out.stdout)
+
+
+@glibc_only
+def test_a_big_buffer_stays_a_mapping_of_its_own_after_a_bigger_one_was_freed() -> None:
+    assert _mapped_after_a_big_free(fix=False) == 0  # glibc's rising threshold
+    assert _mapped_after_a_big_free(fix=True) == 1
 
 
 def test_the_trimmer_trims_until_stopped() -> None:

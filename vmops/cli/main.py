@@ -620,6 +620,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The service's freed memory, given back (vmops/heap.py); the arena
     # limit only holds if set before the first thread.
     heap.limit_arenas()
+    heap.fix_mmap_threshold()
     trimmer = heap.Trimmer().start()
     try:
         service.main(settings)
