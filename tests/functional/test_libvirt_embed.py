@@ -11,6 +11,8 @@ child process).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import queue
 import shutil
 import subprocess
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from vmops import serial_pipes
 from vmops.hypervisor import embed_uri
 from vmops.hypervisor.base import (
     Accel,
@@ -46,6 +49,15 @@ def _process_ended(pid: int) -> bool:
     except FileNotFoundError:
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _open_files(pid: int) -> set[str]:
+    """The paths of the files ``pid`` holds open."""
+    paths = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            paths.add(os.readlink(fd))
+    return paths
 
 
 def _qemu_processes_using(root: Path) -> list[int]:
@@ -116,7 +128,8 @@ def test_tcg_guest_power_cycle(hv: LibvirtHypervisor, state_dir: Path) -> None:
     assert (root / "run" / "qemu" / "vmops-smoke.pid").read_text().strip() == str(pid)
     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
     assert b"-accel tcg" in cmdline and b"guest=vmops-smoke" in cmdline
-    assert spec.console_socket.is_socket()  # QEMU listens for the console capture
+    # QEMU holds the serial port's FIFOs that define made (serial_pipes.py).
+    assert {str(p) for p in serial_pipes.paths(spec.console_socket)} <= _open_files(pid)
     assert [_next(events) for _ in range(2)] == [(PowerState.RUNNING, "started"),
                                                  (PowerState.PAUSED, "paused")]
 

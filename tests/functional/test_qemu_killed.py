@@ -59,7 +59,7 @@ def _starts_again(vm: Vmops, name: str, boots: int) -> None:
 def _destroyed_leaves_nothing(vm: Vmops, name: str, instance_id: str) -> None:
     vm.run("destroy", name)
     assert _qemu_pids(vm, name) == [] and _capture_pids(vm, instance_id) == []
-    assert not (vm.state_dir / "run" / f"{instance_id}.sock").exists()
+    assert not list((vm.state_dir / "run").glob(f"{instance_id}.sock*"))  # FIFOs, socket
     assert _save_images(vm) == []
     # The state dir's console process, watching nothing, stays only for
     # the service: the instance's watch goes within the destroy.

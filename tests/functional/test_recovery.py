@@ -211,7 +211,7 @@ def test_spawn_interrupted_by_service_kill_is_rolled_back(vmops: Vmops, moment: 
         assert "interrupted" in server["fault"]["message"]
         assert server["vmops:disks"] == []
     assert not list((vmops.state_dir / "libvirt").rglob(f"vmops-{name}.xml"))  # no domain
-    assert not (vmops.state_dir / "run" / f"{created['id']}.sock").exists()
+    assert not list((vmops.state_dir / "run").glob(f"{created['id']}.sock*"))  # FIFOs, socket
     assert _capture_pids(vmops, created["id"]) == []
     # No disk, no QEMU, no capture (the console process may wait, idle,
     # for the restarted service).
