@@ -5,12 +5,15 @@ bounds against hanging."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
 import select
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+import vmops
 from tests.integration.test_console_capture import BOUND, _is_alive, _lines, _wait_for
 from vmops import serial_pipes
 from vmops.console import (
@@ -32,7 +36,8 @@ from vmops.console import (
     wait_connected,
 )
 from vmops.console.daemon import PIPE_BYTES
-from vmops.console.shared import request
+from vmops.console.layout import DAEMON_MODULE, DAEMON_VERSION
+from vmops.console.shared import NotRunning, request
 from vmops.errors import HypervisorError
 
 pytestmark = pytest.mark.integration
@@ -330,3 +335,60 @@ def test_a_socket_domain_defined_again_moves_to_its_fifos(
     assert wait_connected(console.log_dir, 1, timeout=BOUND) == 2
     console.qemu.send(b"on the fifos\n")
     console.stored(b"on the socket\non the fifos\n")
+
+
+# A console process from before the FIFOs, as one still runs after vmops
+# is upgraded (it outlives the service while it watches guests): it knows
+# only the socket and its answers carry no version. Its upgrade re-execs
+# ``python -m vmops.console.daemon``: this tree's code.
+_OLD_CONSOLE_PROCESS = """
+import sys
+from vmops import serial_pipes
+from vmops.console import daemon
+serial_pipes.exist = lambda base: False
+answer = daemon.Loop.answer
+def old_answer(self, line, conn=None):
+    reply = answer(self, line, conn)
+    reply.pop("version", None)
+    return reply
+daemon.Loop.answer = old_answer
+sys.exit(daemon.main(sys.argv[2:]))
+"""
+
+
+def test_a_console_process_from_before_the_fifos_is_upgraded_by_a_watch(
+        consoles: Callable[[], PipeConsole]) -> None:
+    console = consoles()
+    run_dir = console.base.parent
+    env = dict(os.environ, PYTHONPATH=str(Path(vmops.__file__).parent.parent))
+    old = subprocess.Popen(
+        [sys.executable, "-c", _OLD_CONSOLE_PROCESS, DAEMON_MODULE, "--run-dir", str(run_dir)],
+        env=env, cwd="/", stdin=subprocess.DEVNULL, start_new_session=True)
+    console.pids.append(old.pid)
+    try:
+        _wait_for("the old console process", functools.partial(_answers, run_dir))
+        assert "version" not in request(run_dir, {"op": "status"})
+        assert console.start() == old.pid  # the service's watch: it asks that one
+        # Upgraded in place (the same process), it connects to the FIFOs: the
+        # boot's wait (any connection, on FIFOs) would time out otherwise.
+        assert request(run_dir, {"op": "status"})["version"] == DAEMON_VERSION
+        console.qemu.start()
+        poke_capture(console.log_dir)
+        assert wait_connected(console.log_dir, -1, timeout=BOUND) == 1
+        console.qemu.send(b"after the upgrade\n")
+        console.stored(b"after the upgrade\n")
+        assert capture_pid(console.log_dir) == old.pid
+    finally:
+        console.qemu.exit()
+        stop_capture(console.log_dir, timeout=BOUND)
+        release_holds(timeout=BOUND)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            old.wait(timeout=BOUND)
+
+
+def _answers(run_dir: Path) -> bool:
+    try:
+        request(run_dir, {"op": "status"}, timeout=1.0)
+    except NotRunning:
+        return False
+    return True

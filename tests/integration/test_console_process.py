@@ -45,6 +45,7 @@ from vmops.console.daemon import MAX_HOLDERS, Loop
 from vmops.console.layout import (
     CAPTURE_MODULE,
     DAEMON_MODULE,
+    DAEMON_VERSION,
     EXIT_ALREADY_RUNNING,
     ConsoleProcessFiles,
 )
@@ -249,7 +250,8 @@ def test_it_outlives_its_last_instance_while_its_user_lives(
     assert capture_pid(first.log_dir) is None
     assert _is_alive(pid)
     assert request(files.dir, {"op": "status"}) == {
-        "pid": pid, "error": None, "watching": [], "holders": [os.getpid()]}
+        "pid": pid, "error": None, "watching": [], "holders": [os.getpid()],
+        "version": DAEMON_VERSION}
     assert second.start() == pid  # the same process: no interpreter started
     stop_capture(second.log_dir, timeout=BOUND)
     release_holds(timeout=BOUND)

@@ -58,6 +58,7 @@ from vmops.console.fanout import MAX_CLIENTS, Client, FanOut
 from vmops.console.layout import (
     CAPTURE_MODULE,
     DAEMON_MODULE,
+    DAEMON_VERSION,
     EXIT_ALREADY_RUNNING,
     ConsoleProcessFiles,
     LogFiles,
@@ -842,7 +843,7 @@ class Loop:
                         hold_error = str(exc)
                 return {"pid": os.getpid(), "error": None, "log_error": watch.error,
                         "state_error": watch.state_error, "held": held,
-                        "hold_error": hold_error}
+                        "hold_error": hold_error, "version": DAEMON_VERSION}
             if op == "hold":
                 held = conn is not None and self.hold(conn)
                 return {"pid": os.getpid(), "error": None, "held": held}
@@ -863,7 +864,7 @@ class Loop:
             if op == "status":
                 return {"pid": os.getpid(), "error": None,
                         "watching": sorted(str(p) for p in self.watches),
-                        "holders": self.live_holders()}
+                        "holders": self.live_holders(), "version": DAEMON_VERSION}
             if op == "upgrade":
                 self.upgrading = True
                 return {"pid": os.getpid(), "error": None}

@@ -21,6 +21,11 @@ DAEMON_MODULE = "vmops.console.daemon"
 DEFAULT_MAX_BYTES = 512 * 1024
 # Exit status of a capture process that found another one holding the lock.
 EXIT_ALREADY_RUNNING = 3
+# What the console process's code can do, in its ``watch`` and ``status``
+# answers ("version"): 1, read a serial port of FIFOs (serial_pipes.py). One
+# from before says nothing; a service that finds one asks it to upgrade
+# (``shared.watch``): it would never connect to a domain defined now.
+DAEMON_VERSION = 1
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vmops.console.layout import DAEMON_MODULE, EXIT_ALREADY_RUNNING, ConsoleProcessFiles
+from vmops.console.layout import (
+    DAEMON_MODULE,
+    DAEMON_VERSION,
+    EXIT_ALREADY_RUNNING,
+    ConsoleProcessFiles,
+)
 from vmops.errors import HypervisorError
 from vmops.socket_paths import socket_address
 
@@ -45,6 +50,11 @@ _starting = threading.Lock()
 # pid that holds them (a forked child does not).
 _held: set[tuple[int, Path]] = set()
 _held_lock = threading.Lock()
+# The run directories whose console process, older than this code, this
+# process has asked to upgrade: once each (the code on disk it re-execs
+# may be no newer, and asking again would only re-exec it again).
+_upgraded: set[tuple[int, Path]] = set()
+_UPGRADE_TIMEOUT = 10.0
 
 
 class NotRunning(Exception):
@@ -104,8 +114,41 @@ def watch(run_dir: Path, serial_socket: Path, log_dir: Path, max_bytes: int,
             elif answer.get("held", True):  # one from before says nothing: a watch held it
                 with _held_lock:
                     _held.add((os.getpid(), run_dir))
+            if answer.get("version", 0) < DAEMON_VERSION:
+                _upgrade_once(run_dir, int(answer["pid"]))
             return int(answer["pid"])
         _start(run_dir, remember, env)
+
+
+def _upgrade_once(run_dir: Path, pid: int) -> None:
+    """Ask ``run_dir``'s console process, older than this code (it outlived
+    the service's upgrade: it still watched guests), to re-exec the code on
+    disk, and wait until the new code answers; once per process. A
+    console process from before the FIFOs would never connect to a domain
+    defined now, and every boot would wait 30 s for it, then fail."""
+    key = (os.getpid(), run_dir)
+    with _held_lock:
+        if key in _upgraded:
+            return
+        _upgraded.add(key)
+    log.warning("the console process %d for %s runs an older vmops: asking it to upgrade "
+                "itself (docs/console.md)", pid, run_dir)
+    deadline = time.monotonic() + _UPGRADE_TIMEOUT
+    try:
+        request(run_dir, {"op": "upgrade"}, timeout=5.0)
+        # Until the new code answers (the old may answer a request that
+        # came with the upgrade's): by then it has its signal handlers, and
+        # poke_capture's SIGUSR1 cannot kill it in the middle of its exec.
+        while request(run_dir, {"op": "status"}).get("version", 0) < DAEMON_VERSION:
+            if time.monotonic() > deadline:
+                log.warning("the console process %d for %s still runs an older vmops after "
+                            "its upgrade (is the vmops it runs elsewhere?): stop it", pid,
+                            run_dir)
+                return
+            time.sleep(_POLL)
+    except (NotRunning, HypervisorError, OSError, ValueError) as exc:
+        log.warning("the console process %d for %s could not be upgraded: %s", pid, run_dir,
+                    exc)
 
 
 def hold(run_dir: Path) -> None:
