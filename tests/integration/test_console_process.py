@@ -375,6 +375,23 @@ def test_an_upgrade_keeps_instances_that_wait_for_their_qemu(
         assert read_log(console.log_dir) == b"after the upgrade\n"
 
 
+def test_a_poke_in_the_middle_of_an_upgrade_does_not_kill_it(
+        consoles: Callable[[], Console]) -> None:
+    # vmops pokes (SIGUSR1) after every QEMU start; an exec resets the
+    # handlers to the default action, which for SIGUSR1 is to terminate.
+    console = consoles()
+    pid = _running(console)
+    os.kill(pid, signal.SIGHUP)
+    _wait_for("the exec", lambda: "--handoff" in (command_line(pid) or []))
+    os.kill(pid, signal.SIGUSR1)  # the new interpreter is still starting
+    _wait_for("the new code to serve", lambda: request(
+        console.socket.parent, {"op": "status"}, timeout=BOUND)["pid"] == pid)
+    assert _is_alive(pid)
+    console.qemu.send(b"after the upgrade\n")
+    console.qemu.wait_stored()
+    assert read_log(console.log_dir) == b"after the upgrade\n"
+
+
 def test_a_burst_of_tiny_writes_arrives_whole_and_in_order(
         consoles: Callable[[], Console]) -> None:
     """Two guests write numbered lines a few bytes per write, interleaved

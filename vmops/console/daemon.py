@@ -959,6 +959,7 @@ class Loop:
         single._write_atomically(self.files.handoff, json.dumps(raw) + "\n")
         argv = [sys.executable, "-m", DAEMON_MODULE, "--run-dir", str(self.files.dir),
                 "--handoff", str(self.files.handoff)]
+        signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED_SIGNALS)  # until _signals
         os.execv(sys.executable, argv)
 
 
@@ -1065,7 +1066,17 @@ def _signals(loop: Loop) -> int:
         signal.signal(signum, stop)
     signal.signal(signal.SIGUSR1, poke)
     signal.signal(signal.SIGHUP, upgrade)
+    # Blocked by exec_new across the exec (see there): what came meanwhile
+    # is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HANDLED_SIGNALS)
     return read_fd
+
+
+# The signals _signals handles. An exec resets their handlers to the
+# default action (to terminate, for each), and vmops pokes (SIGUSR1) after
+# every QEMU start: exec_new blocks them until the new code has its
+# handlers (a blocked signal stays pending through the exec).
+_HANDLED_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGHUP})
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
