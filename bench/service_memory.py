@@ -1,7 +1,7 @@
 """The service's memory as it makes records without guests (issue #17's
 "Service flatness" breakdown; not a scenario of the runner).
 
-    python -m bench.service_memory [--records 1000] [--source DIR] [--trace N]
+    python -m bench.service_memory [--records 1000] [--source DIR] [--trace N | --breakdown]
 
 A fresh ``vmops serve`` (bench/vmopsd.py: TCG, user-mode NICs, its own
 state directory), the test image imported, then, one second after each
@@ -26,69 +26,106 @@ and doubles its memory, so its RSS and PSS are not comparable with an
 untraced run's), and after the 10 instances, after the list and after
 the destroy it takes a snapshot (after a ``gc.collect()``); the growth
 between them is printed by line and by file (``--top`` lines each).
+
+``--breakdown`` has the service say, at each step, where its memory is
+(bench/memory_probe.py): its anonymous memory, glibc malloc's bytes in use
+and free (each arena's), Python's small-object arenas and the bytes in
+their blocks, and SQLite's own allocations (part of malloc's in use); then
+the growth from 10 instances to listed, split the same way. Untraced: its
+RSS and PSS are an ordinary run's (the probe's thread and module aside).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
+from bench import memory_probe
 from bench.common import REPO, remove_tree, short_tmpdir, test_image
 from bench.host_memory import memory_of
 from bench.vmopsd import VmopsService
 
-# Runs ``python -m vmops serve`` with a thread that, when the file
-# ``<dir>/<n>.want`` appears, writes a tracemalloc snapshot to ``<n>.snap``.
-_TRACED_SERVE = """
-import gc, os, runpy, sys, threading, time, tracemalloc
-sys.path.insert(0, os.getcwd())
-where = sys.argv[1]
-def watch():
-    n = 0
-    while True:
-        if os.path.exists(os.path.join(where, f"{n}.want")):
-            gc.collect()
-            path = os.path.join(where, f"{n}.snap")
-            tracemalloc.take_snapshot().dump(path + ".tmp")
-            os.rename(path + ".tmp", path)
-            n += 1
-        time.sleep(0.2)
-threading.Thread(target=watch, name="bench-snapshots", daemon=True).start()
-sys.argv = ["vmops", "serve"]
-runpy.run_module("vmops", run_name="__main__", alter_sys=True)
-"""
+MIB = 1 << 20
 
 
-class _TracedService(VmopsService):
-    """The bench's service, run under tracemalloc with snapshots on request."""
+class _ProbedService(VmopsService):
+    """The bench's service, run by bench/memory_probe.py: a tracemalloc
+    snapshot (``trace``) or a breakdown (``breakdown``) on request."""
 
-    def __init__(self, frames: int, source: Path) -> None:
-        super().__init__(settings_env={"PYTHONTRACEMALLOC": str(frames)}, source=source)
-        self.snapshots = short_tmpdir("snap")
+    def __init__(self, mode: str, source: Path, frames: int = 0) -> None:
+        settings = {"PYTHONTRACEMALLOC": str(frames)} if mode == "trace" else {}
+        super().__init__(settings_env=settings, source=source)
+        self.mode = mode
+        self.requests = short_tmpdir("probe")
         self._taken = 0
 
     def command(self) -> list[str]:
-        return [sys.executable, "-c", _TRACED_SERVE, str(self.snapshots)]
+        # The probe of this checkout, whatever vmops --source names.
+        return [sys.executable, memory_probe.__file__, str(self.requests), self.mode]
 
-    def snapshot(self, timeout: float = 300.0) -> tracemalloc.Snapshot:
+    def _ask(self, suffix: str, timeout: float) -> Path:
         n, self._taken = self._taken, self._taken + 1
-        (self.snapshots / f"{n}.want").touch()
-        path = self.snapshots / f"{n}.snap"
+        (self.requests / f"{n}.want").touch()
+        path = self.requests / f"{n}{suffix}"
         deadline = time.monotonic() + timeout
         while not path.exists():
             if time.monotonic() > deadline:
-                raise TimeoutError("the service took no tracemalloc snapshot")
-            time.sleep(0.2)
-        return tracemalloc.Snapshot.load(str(path))
+                raise TimeoutError(f"the service did not answer {n}.want")
+            time.sleep(0.1)
+        return path
+
+    def snapshot(self, timeout: float = 300.0) -> tracemalloc.Snapshot:
+        return tracemalloc.Snapshot.load(str(self._ask(".snap", timeout)))
+
+    def breakdown(self, timeout: float = 60.0) -> dict[str, Any]:
+        found: dict[str, Any] = json.loads(self._ask(".json", timeout).read_text())
+        return found
 
     def close(self) -> None:
         try:
             super().close()
         finally:
-            remove_tree(self.snapshots)
+            remove_tree(self.requests)
+
+
+def breakdown_line(b: dict[str, Any]) -> str:
+    """One step's breakdown, in MiB."""
+    mi, py = b.get("mallinfo2", {}), b["pymalloc"]
+    arenas = ", ".join(f"{a['size'] / MIB:.1f}/{a['free'] / MIB:.1f}" for a in b.get("arenas", []))
+    return (f"    anon {b['rollup'].get('Anonymous', 0) / 1024:.1f}; malloc in use "
+            f"{mi.get('uordblks', 0) / MIB:.1f}, free {mi.get('fordblks', 0) / MIB:.1f} "
+            f"(arenas size/free: {arenas}), mapped {mi.get('hblkhd', 0) / MIB:.1f}; "
+            f"pymalloc {py.get('arenas', 0)} arenas, {py.get('allocated', 0) / MIB:.1f} in "
+            f"blocks; sqlite {b['sqlite'].get('memory_used', 0) / MIB:.2f}")
+
+
+def growth_line(new: dict[str, Any], old: dict[str, Any], per: int) -> str:
+    """What grew from ``old`` to ``new``, split: malloc's bytes in use (SQLite's
+    among them) and free, Python's arenas, and the rest of the anonymous
+    memory (libraries' data, stacks, ...); KiB per record after the MiB."""
+    def d(get: Any) -> float:
+        return float(get(new) - get(old)) / MIB
+
+    anon = d(lambda b: b["rollup"].get("Anonymous", 0) * 1024)
+    inuse = d(lambda b: b.get("mallinfo2", {}).get("uordblks", 0))
+    free = d(lambda b: b.get("mallinfo2", {}).get("fordblks", 0))
+    arenas = d(lambda b: b["pymalloc"].get("arena_bytes", 0))
+    blocks = d(lambda b: b["pymalloc"].get("allocated", 0))
+    sqlite = d(lambda b: b["sqlite"].get("memory_used", 0))
+    rest = anon - inuse - free - arenas
+
+    def each(mib: float) -> str:
+        return f"{mib:+.1f} ({mib * 1024 / max(per, 1):+.1f} KiB/rec)"
+
+    return (f"anon {each(anon)} = malloc in use {each(inuse)} [sqlite {each(sqlite)}] "
+            f"+ malloc free {each(free)} + pymalloc arenas {each(arenas)} "
+            f"[in blocks {each(blocks)}] + rest {each(rest)} (MiB; free counted "
+            "as if resident)")
 
 
 def _show(svc: VmopsService, step: str) -> None:
@@ -133,25 +170,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="the vmops checkout to run the service from")
     parser.add_argument("--trace", type=int, default=0, metavar="FRAMES",
                         help="attribute with tracemalloc (FRAMES per allocation) instead")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="the service says where its memory is at each step")
     parser.add_argument("--top", type=int, default=25,
                         help="with --trace: how many lines and files to print")
     args = parser.parse_args(argv)
-    traced = _TracedService(args.trace, args.source.resolve()) if args.trace else None
-    svc = traced or VmopsService(source=args.source.resolve())
+    if args.trace and args.breakdown:
+        parser.error("--trace or --breakdown, not both")
+    source = args.source.resolve()
+    traced = _ProbedService("trace", source, args.trace) if args.trace else None
+    probed = _ProbedService("breakdown", source) if args.breakdown else None
+    svc = traced or probed or VmopsService(source=source)
+    seen: dict[str, dict[str, Any]] = {}
+
+    def show(step: str) -> None:
+        _show(svc, step)
+        if probed:
+            seen[step] = probed.breakdown()
+            print(breakdown_line(seen[step]), flush=True)
+
     try:
         svc.start()
         svc.ensure_image(test_image())
-        _show(svc, "started")
+        show("started")
         svc.define_many("warm-", 10)
-        _show(svc, "10 instances")
+        show("10 instances")
         before = traced.snapshot() if traced else None
         svc.define_many("rec-", args.records)
-        _show(svc, f"{args.records + 10} instances")
+        show(f"{args.records + 10} instances")
         svc.client.get("/servers/detail")
-        _show(svc, "listed")
+        show("listed")
         listed = traced.snapshot() if traced else None
         svc.destroy_all()
-        _show(svc, "all destroyed")
+        show("all destroyed")
+        if probed:
+            print(f"\n== 10 instances -> listed: "
+                  f"{growth_line(seen['listed'], seen['10 instances'], args.records)}")
         if traced and before and listed:
             gone = traced.snapshot()
             _growth(f"{args.records} records, listed", listed, before, args.records, args.top)
