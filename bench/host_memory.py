@@ -45,21 +45,23 @@ CAPTURE_MODULES = (b"vmops.console.capture", b"vmops.console.daemon")
 class Memory:
     rss_kib: int
     pss_kib: int
+    # The process's own pages (heap, stacks, ...): unlike PSS, not moved by
+    # other processes mapping the same libraries, starting or exiting.
+    anon_kib: int = 0
 
     def __add__(self, other: Memory) -> Memory:
-        return Memory(self.rss_kib + other.rss_kib, self.pss_kib + other.pss_kib)
+        return Memory(self.rss_kib + other.rss_kib, self.pss_kib + other.pss_kib,
+                      self.anon_kib + other.anon_kib)
 
 
 def memory_of(pid: int, proc: Path = Path("/proc")) -> Memory:
-    """RSS and PSS of one process (kB in smaps_rollup are KiB)."""
-    rss = pss = 0
+    """RSS, PSS and anonymous memory of one process (kB in smaps_rollup are KiB)."""
+    found = {"Rss": 0, "Pss": 0, "Anonymous": 0}
     for line in (proc / str(pid) / "smaps_rollup").read_text().splitlines():
         key, _, rest = line.partition(":")
-        if key == "Rss":
-            rss = int(rest.split()[0])
-        elif key == "Pss":
-            pss = int(rest.split()[0])
-    return Memory(rss, pss)
+        if key in found:
+            found[key] = int(rest.split()[0])
+    return Memory(found["Rss"], found["Pss"], found["Anonymous"])
 
 
 def capture_pids(state_dir: Path) -> list[int]:

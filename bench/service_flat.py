@@ -10,8 +10,10 @@ One running instance (the probe, booted) is there in both states:
   5 at a time, booted) and ``RECORDS`` instances made without booting
   (``"vmops:start": false``, SHUTOFF, as ``mgmt_plane`` makes them).
 
-In each state, one second after it settles: the service's RSS and PSS
-(``/proc/PID/smaps_rollup``, as ``host_memory``) and, ``REPS`` times each,
+In each state, one second after it settles: the service's RSS, PSS and
+anonymous memory (``/proc/PID/smaps_rollup``, as ``host_memory``; PSS also
+moves with other processes mapping the same libraries, the anonymous
+memory is the service's own) and, ``REPS`` times each,
 alternating: ``GET /servers/{probe}`` (show: the record, its network rows
 and, as the CLI asks with ``X-Vmops-Extra``, the domain's live state from
 libvirt), ``GET /flavors/detail`` (no instance involved: the HTTP and
@@ -147,8 +149,10 @@ def _rows(idle: dict[str, Any], loaded: dict[str, Any], guests: int, records: in
         "passed": after.pss_kib <= MEMORY_TARGET * before.pss_kib,
         "service_rss_kib": [before.rss_kib, after.rss_kib],
         "service_pss_kib": [before.pss_kib, after.pss_kib],
+        "service_anon_kib": [before.anon_kib, after.anon_kib],
         "growth_mib": {"rss": round((after.rss_kib - before.rss_kib) / 1024, 2),
-                       "pss": round((after.pss_kib - before.pss_kib) / 1024, 2)},
+                       "pss": round((after.pss_kib - before.pss_kib) / 1024, 2),
+                       "anon": round((after.anon_kib - before.anon_kib) / 1024, 2)},
         **common,
     })
     return rows

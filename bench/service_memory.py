@@ -5,7 +5,9 @@
 
 A fresh ``vmops serve`` (bench/vmopsd.py: TCG, user-mode NICs, its own
 state directory), the test image imported, then, one second after each
-step, the service's RSS and PSS from ``/proc/PID/smaps_rollup``:
+step, the service's RSS, PSS and anonymous memory from
+``/proc/PID/smaps_rollup`` (PSS also moves with other processes mapping
+the same libraries; the anonymous memory is the service's own):
 
 - started: the image imported, no instance;
 - 10 instances made with ``"vmops:start": false`` (the first defines load
@@ -133,7 +135,7 @@ def _show(svc: VmopsService, step: str) -> None:
     time.sleep(1.0)  # as service_flat: let the last requests' threads end
     mem = memory_of(svc.proc.pid)
     print(f"{time.strftime('%H:%M:%S')} {step}: RSS {mem.rss_kib / 1024:.1f} MiB, "
-          f"PSS {mem.pss_kib / 1024:.1f} MiB", flush=True)
+          f"PSS {mem.pss_kib / 1024:.1f} MiB, anon {mem.anon_kib / 1024:.1f} MiB", flush=True)
 
 
 def _growth(title: str, new: tracemalloc.Snapshot, old: tracemalloc.Snapshot,

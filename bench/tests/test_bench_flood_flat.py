@@ -35,9 +35,9 @@ def test_flood_line_numbers_and_length() -> None:
 
 
 def test_service_flat_rows_compare_loaded_with_idle() -> None:
-    idle = {"memory": Memory(100_000, 80_000),
+    idle = {"memory": Memory(100_000, 80_000, 50_000),
             "samples": {"show": [2.0, 2.0, 3.0], "flavors": [1.0], "pause_unpause": [10.0]}}
-    loaded = {"memory": Memory(120_000, 96_000),
+    loaded = {"memory": Memory(120_000, 96_000, 60_240),
               "samples": {"show": [5.0, 6.0, 7.0], "flavors": [1.1], "pause_unpause": [11.0]}}
     rows = {r.get("op", "memory"): r
             for r in _rows(idle, loaded, guests=20, records=1000, count=1020)}
@@ -47,4 +47,5 @@ def test_service_flat_rows_compare_loaded_with_idle() -> None:
     assert rows["pause_unpause"]["passed"] is True  # + 1 ms
     memory = rows["memory"]
     assert memory["ratio"] == 1.2 and memory["passed"] is False
-    assert memory["growth_mib"] == {"rss": 19.53, "pss": 15.62}
+    assert memory["growth_mib"] == {"rss": 19.53, "pss": 15.62, "anon": 10.0}
+    assert memory["service_anon_kib"] == [50_000, 60_240]

@@ -276,9 +276,10 @@ def test_host_memory_reads_smaps_rollup_and_divides_by_the_instances(tmp_path: P
     (tmp_path / "42").mkdir()
     (tmp_path / "42" / "smaps_rollup").write_text(
         "55d0-7ffd ---p 00000000 00:00 0    [rollup]\nRss:               15360 kB\n"
-        "Pss:                4096 kB\nPss_Anon:           2048 kB\nShared_Clean:  9000 kB\n")
+        "Pss:                4096 kB\nPss_Anon:           2048 kB\nShared_Clean:  9000 kB\n"
+        "Anonymous:          3072 kB\n")
     mem = host_memory.memory_of(42, proc=tmp_path)
-    assert mem == host_memory.Memory(rss_kib=15360, pss_kib=4096)
+    assert mem == host_memory.Memory(rss_kib=15360, pss_kib=4096, anon_kib=3072)
     per = host_memory.per_instance_mib(
         host_memory.Memory(40960, 30720), host_memory.Memory(43008, 31744),
         [mem, mem], instances=2)
