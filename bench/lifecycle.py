@@ -4,8 +4,12 @@
 
 One running vmops instance and one running baseline domain (vmops' domain
 XML on the bench's own embed root). Each repetition runs the sequence
-pause, unpause, reboot --hard, stop --hard, start, suspend, resume on both,
-alternating which side goes first, operation by operation.
+pause, unpause (``QUICK_REPEAT`` times), reboot --hard (``QUICK_REPEAT``
+times), stop --hard, start, suspend, resume on both, alternating which side
+goes first, operation by operation. The quick verbs repeat because libvirt's
+own call spreads from sample to sample (unpause's ``resume()`` 1.5 to 14 ms on
+either side) by more than the 5 ms their target allows: 7 samples left their
+medians to chance, 28 do not.
 
 - vmops: ``POST /servers/{id}/action?vmops:wait=300``, answered with the
   record once the task has ended (only if that wait ran out, the record is
@@ -13,8 +17,9 @@ alternating which side goes first, operation by operation.
 - libvirt: ``suspend()``, ``resume()``, ``reset()``, ``destroy()``,
   ``create()``, ``managedSave()``, ``create()`` (restores the saved memory).
 
-Target per operation: vmops <= 1.2x libvirt, or libvirt + 10 ms (an API
-round trip and two record writes are a fixed cost a 2 ms pause cannot hide).
+Target: pause, unpause and hard reboot, vmops <= libvirt + 5 ms (issue #17);
+the others vmops <= 1.2x libvirt, or libvirt + 10 ms (an API round trip and
+two record writes are a fixed cost a ratio cannot hide).
 vmops' start and resume also start the console capture process and wait for
 it to connect before the vCPUs run: that is in its time, on purpose.
 """
@@ -32,6 +37,9 @@ from bench.common import Row, Target, make_row, ms_since, now
 from bench.virt import make_disks, new_uuid, rewrite_domain_xml
 
 TARGET = Target(1.2, slack_ms=10.0)
+QUICK_TARGET = Target(1.0, slack_ms=5.0)
+QUICK_OPS = ("pause", "unpause", "reboot_hard")
+QUICK_REPEAT = 4
 BOOT_MARK = b"VMOPS-BOOT-COMPLETE"
 
 # (name, API action body, the libvirt call on a virDomain)
@@ -73,7 +81,7 @@ def run(quick: bool) -> list[Row]:
         lv_ms: dict[str, list[float]] = {op: [] for op, _, _ in OPS}
         steps: dict[str, list[dict[str, float]]] = {op: [] for op, _, _ in OPS}
         for _ in range(reps):
-            for op, body, call in OPS:
+            for op, body, call in _sequence(quick):
                 def vmops_side(_i: int, op: str = op, body: dict[str, Any] = body) -> None:
                     assert server_id is not None
                     t0 = now()
@@ -97,9 +105,21 @@ def run(quick: bool) -> list[Row]:
         shutil.rmtree(wd, ignore_errors=True)
         if server_id is not None:
             svc.destroy(server_id)
-    return [make_row(f"lifecycle_{op}", vmops_ms[op], lv_ms[op], TARGET, timings_verb=VERBS[op],
+    return [make_row(f"lifecycle_{op}", vmops_ms[op], lv_ms[op],
+                     QUICK_TARGET if op in QUICK_OPS else TARGET, timings_verb=VERBS[op],
                      timings_steps_ms=timings.median_phases(steps[op]),
                      timings_samples=len(steps[op])) for op, _, _ in OPS]
+
+
+def _sequence(quick: bool) -> list[tuple[str, dict[str, Any], Callable[[Any], Any]]]:
+    """One repetition's operations, in order: pause and unpause as pairs,
+    then the hard reboot, each ``QUICK_REPEAT`` times (once when quick),
+    then the rest once. Every operation leaves the guest as the next needs."""
+    repeat = 1 if quick else QUICK_REPEAT
+    by_name = {op[0]: op for op in OPS}
+    pairs = [by_name["pause"], by_name["unpause"]] * repeat
+    return pairs + [by_name["reboot_hard"]] * repeat + \
+        [op for op in OPS if op[0] not in QUICK_OPS]
 
 
 def _act(svc: Any, server_id: str, name: str, body: dict[str, Any]) -> None:

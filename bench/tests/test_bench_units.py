@@ -286,3 +286,18 @@ def test_host_memory_reads_smaps_rollup_and_divides_by_the_instances(tmp_path: P
     # service +2048 / +1024 KiB, captures 30720 / 8192 KiB, over 2 instances
     assert per == {"rss": round((2048 + 30720) / 1024 / 2, 3),
                    "pss": round((1024 + 8192) / 1024 / 2, 3)}
+
+
+def test_lifecycle_repeats_the_quick_verbs_in_pairs_and_keeps_the_guest_state_in_order() -> None:
+    from bench import lifecycle
+
+    names = [op for op, _, _ in lifecycle._sequence(quick=False)]
+    assert names == ["pause", "unpause"] * lifecycle.QUICK_REPEAT \
+        + ["reboot_hard"] * lifecycle.QUICK_REPEAT \
+        + ["stop_hard", "start", "suspend", "resume"]
+    once = [op for op, _, _ in lifecycle.OPS]
+    assert [op for op, _, _ in lifecycle._sequence(quick=True)] == once
+    # The issue's own target for the quick verbs: libvirt + 5 ms, no ratio.
+    assert not lifecycle.QUICK_TARGET.passed(15.1, 10.0)
+    assert lifecycle.QUICK_TARGET.passed(15.0, 10.0)
+    assert lifecycle.QUICK_TARGET.text() == "<= baseline + 5 ms"
