@@ -347,6 +347,26 @@ def test_bad_requests_are_refused_with_a_reason(consoles: Callable[[], Console])
     assert not bad.exists()
 
 
+def test_a_stopped_console_process_is_named_when_it_does_not_answer(
+        consoles: Callable[[], Console]) -> None:
+    """A SIGSTOPped console process still takes connections (its socket's
+    backlog does): the request times out, and the error says which process
+    and what to do, instead of a bare TimeoutError."""
+    console = consoles()
+    pid = console.start()
+    run_dir = console.socket.parent
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(HypervisorError) as caught:
+            request(run_dir, {"op": "status"}, timeout=0.5)
+        assert f"the console process {pid} for {run_dir}" in caught.value.message
+        assert "'status' request but did not answer within 0.5s" in caught.value.message
+        assert "SIGSTOP" in caught.value.message
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert request(run_dir, {"op": "status"})["pid"] == pid
+
+
 def test_start_capture_of_a_watched_instance_is_a_no_op(
         consoles: Callable[[], Console]) -> None:
     console = consoles()

@@ -64,7 +64,8 @@ class NotRunning(Exception):
 def request(run_dir: Path, message: dict[str, Any],
             timeout: float = _REQUEST_TIMEOUT) -> dict[str, Any]:
     """Send one request to the console process; its answer. ``NotRunning``
-    when none answers; ``HypervisorError`` when it refuses."""
+    when none answers; ``HypervisorError`` when it refuses, or takes the
+    connection but does not answer within ``timeout`` s (stopped, stuck)."""
     path = ConsoleProcessFiles(run_dir).control
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
@@ -81,6 +82,8 @@ def request(run_dir: Path, message: dict[str, Any],
                 data += chunk
         except ConnectionError as exc:  # it exited as we asked: ask the next one
             raise NotRunning(str(exc)) from None
+        except TimeoutError:  # its socket's backlog took the connection
+            raise HypervisorError(reason=_unanswered(run_dir, message, timeout)) from None
     finally:
         sock.close()
     if not data:
@@ -91,6 +94,16 @@ def request(run_dir: Path, message: dict[str, Any],
     if answer.get("error"):
         raise HypervisorError(reason=f"the console process refused: {answer['error']}")
     return answer
+
+
+def _unanswered(run_dir: Path, message: dict[str, Any], timeout: float) -> str:
+    """Why a request went unanswered, naming the console process."""
+    pid = ""
+    with contextlib.suppress(OSError, ValueError):
+        pid = f" {int(ConsoleProcessFiles(run_dir).pid.read_text())}"
+    return (f"the console process{pid} for {run_dir} took the {message.get('op')!r} request "
+            f"but did not answer within {timeout:g}s: is it stopped (SIGSTOP) or stuck? "
+            "SIGCONT it, or kill it and vmops starts another (docs/console.md)")
 
 
 def watch(run_dir: Path, serial_socket: Path, log_dir: Path, max_bytes: int,
