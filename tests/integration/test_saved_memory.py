@@ -140,3 +140,44 @@ def test_a_failed_discard_leaves_the_instance_suspended(compute: Compute,
     assert hv.domains[inst.id].saved_memory
     assert compute.resume(inst.id).vm_state == states.ACTIVE
     assert hv.domains[inst.id].boots == 1
+
+
+def _console_fails(compute: Compute, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_connection(log_dir: Path, after_generation: int, timeout: float) -> int:
+        raise HypervisorError(reason="injected: the capture did not connect")
+    monkeypatch.setattr(compute.console, "wait_connected", no_connection)
+
+
+def test_a_resume_whose_capture_does_not_connect_saves_the_memory_again(
+        compute: Compute, hv: FakeHypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QEMU has restored the saved memory (paused) when the capture fails to
+    connect: it is saved again rather than powered off, so the instance
+    stays suspended with the fault and the next resume restores it."""
+    inst = _suspended(compute)
+    _console_fails(compute, monkeypatch)
+    with pytest.raises(HypervisorError, match="did not connect"):
+        compute.resume(inst.id)
+    kept = compute.instance(inst.id)
+    assert (kept.vm_state, kept.task_state, kept.power_state) == (
+        states.SUSPENDED, None, "suspended")
+    assert "injected: the capture did not connect" in kept.fault
+    assert hv.domains[inst.id].saved_memory
+    assert _last_action(compute, inst) == ("resume", ERROR)
+    monkeypatch.undo()
+    resumed = compute.resume(inst.id)
+    assert (resumed.vm_state, resumed.power_state, resumed.fault) == (
+        states.ACTIVE, "running", "")
+    assert hv.domains[inst.id].boots == 1  # the first boot's memory, restored
+
+
+def test_a_resume_that_cannot_save_the_memory_again_powers_off(
+        compute: Compute, hv: FakeHypervisor, monkeypatch: pytest.MonkeyPatch) -> None:
+    inst = _suspended(compute)
+    _console_fails(compute, monkeypatch)
+    hv.fail_next("suspend", HypervisorError(reason="injected save failure"))
+    with pytest.raises(HypervisorError, match="did not connect"):
+        compute.resume(inst.id)
+    stopped = compute.instance(inst.id)
+    assert (stopped.vm_state, stopped.power_state) == (states.STOPPED, "shutoff")
+    assert "injected: the capture did not connect" in stopped.fault
+    assert not hv.domains[inst.id].saved_memory

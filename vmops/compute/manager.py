@@ -526,9 +526,13 @@ class Compute:
                            target=port.tap)
         return NicSpec(mac=port.mac)
 
-    def _boot(self, inst: Instance) -> None:
+    def _boot(self, inst: Instance, keep_memory: bool = False) -> None:
         """Start QEMU paused, wait for the console capture, then run the vCPUs,
-        so the log holds the guest's output from its very first byte.
+        so the log holds the guest's output from its very first byte. If the
+        capture does not connect, QEMU is powered off, or with
+        ``keep_memory`` (a resume: QEMU restored the saved memory and the
+        image is gone) the memory is saved again, so the instance stays
+        suspended with the fault and a later resume loses nothing.
 
         On a serial port of FIFOs (``serial_pipes``) the guest's first bytes
         would wait in the pipe anyway, and the console process may not have
@@ -545,8 +549,10 @@ class Compute:
         try:
             self.console.wait_connected(log_dir, generation, timeout=30.0)
         except VmopsError:
-            # Raise the capture's error, not one from powering off.
-            _best_effort("power off", inst, lambda: self.hv.power_off(inst.id))
+            # Raise the capture's error, not one from saving or powering off.
+            if not keep_memory or _best_effort(
+                    "save the memory again", inst, lambda: self.hv.suspend(inst.id)):
+                _best_effort("power off", inst, lambda: self.hv.power_off(inst.id))
             raise
         timings.part("capture-connect")
         self.hv.unpause(inst.id)
@@ -846,7 +852,8 @@ class Compute:
                          lambda i: self.hv.suspend(i.id), desired_running=True)
 
     def resume(self, ref: str) -> Instance:
-        return self._run(ref, "resume", states.RESUMING, (states.SUSPENDED,), self._boot,
+        return self._run(ref, "resume", states.RESUMING, (states.SUSPENDED,),
+                         lambda inst: self._boot(inst, keep_memory=True),
                          desired_running=True)
 
     def start(self, ref: str) -> Instance:
