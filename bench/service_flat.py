@@ -18,7 +18,15 @@ alternating: ``GET /servers/{probe}`` (show: the record, its network rows
 and, as the CLI asks with ``X-Vmops-Extra``, the domain's live state from
 libvirt), ``GET /flavors/detail`` (no instance involved: the HTTP and
 policy path alone) and ``pause`` then ``unpause`` of the probe (an action
-through the compute layer and libvirt, answered when done: ``vmops:wait``).
+through the compute layer and libvirt, answered when done: ``vmops:wait``),
+and the same two calls made directly with libvirt-python on a control
+domain (vmops' domain XML on the bench's own embed root, running in both
+states): what the running guests do to libvirt's and QEMU's own time.
+
+Pause+unpause gives three rows: the time through vmops, vmops' own part of
+it (that time less the hypervisor calls' step in ``vmops:timings``, read
+after each call, outside the clock) and the control's direct calls (no
+target: the noise the guests' CPU brings to anything that waits on QEMU).
 
 Rows: each operation's latency loaded ("vmops" column) against at 0
 ("baseline"), target ``<= 1.25x or + 2 ms`` ("flat within noise"), and the
@@ -32,14 +40,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from bench import session
+from bench import session, timings
 from bench.common import Row, Target, alternate, make_row, ms_since, now
 from bench.host_memory import Memory, memory_of
+from bench.virt import make_disks, new_uuid, rewrite_domain_xml
 
 log = logging.getLogger("bench")
 
@@ -51,6 +61,11 @@ MEMORY_TARGET = 1.1  # "flat within noise": at most 10 % more when loaded
 BOOT_MARK = b"VMOPS-BOOT-COMPLETE"
 PANIC_MARK = b"Kernel panic"
 BOOT_TIMEOUT_S = 600.0
+# The step of a quick verb's vmops:timings that is the hypervisor's call
+# (between the crash points after-begin and after-work).
+HYPERVISOR_STEP = "work"
+# Rows shown without a target: the control's direct libvirt calls.
+UNTARGETED = ("pause_unpause_libvirt",)
 
 
 def sizes() -> tuple[int, int]:
@@ -61,13 +76,19 @@ def sizes() -> tuple[int, int]:
 def run(quick: bool) -> list[Row]:
     s = session.get()
     svc = s.vmops
+    lv = s.baseline
     guests, records = sizes()
     reps = 8 if quick else REPS
+    wd = s.workdir("sf-lv")
+    tpl = s.template(config_drive=False)
+    control = lv.define(rewrite_domain_xml(tpl.domain_xml, "sf-lv", new_uuid(),
+                                           make_disks(tpl.disks, wd), lv.run_dir / "sf.sock"))
     try:
+        control.create()  # boots beside the probe
         probe = svc.spawn("sf-probe")
         if not _wait_booted(svc, [probe]):
             raise RuntimeError("the probe guest did not boot")
-        idle = _measure(svc, probe, reps)
+        idle = _measure(svc, probe, control, reps)
         running = [probe]
         names = [f"sf-guest-{i}" for i in range(1, guests)]
         for start in range(0, len(names), 5):  # 5 at a time: the host has 2 cores
@@ -78,9 +99,11 @@ def run(quick: bool) -> list[Row]:
         if records:
             svc.define_many("sf-rec-", records)
         booted = _wait_booted(svc, running)
-        loaded = _measure(svc, probe, reps)
+        loaded = _measure(svc, probe, control, reps)
         count = svc.server_count()
     finally:
+        lv.remove(control)
+        shutil.rmtree(wd, ignore_errors=True)
         svc.destroy_all()
     return [{**row, "guests_booted": booted} for row in _rows(idle, loaded, guests, records,
                                                                 count)]
@@ -103,12 +126,13 @@ def _wait_booted(svc: Any, ids: list[str]) -> int:
     return booted
 
 
-def _measure(svc: Any, probe: str, reps: int) -> dict[str, Any]:
+def _measure(svc: Any, probe: str, control: Any, reps: int) -> dict[str, Any]:
     """The service's memory, then each operation's latencies."""
     assert svc.proc is not None
     time.sleep(1.0)  # let the last spawns' threads and garbage settle
     memory = memory_of(svc.proc.pid)
-    samples: dict[str, list[float]] = {"show": [], "flavors": [], "pause_unpause": []}
+    samples: dict[str, list[float]] = {"show": [], "flavors": [], "pause_unpause": [],
+                                       "pause_unpause_own": [], "pause_unpause_libvirt": []}
 
     def timed(op: str, call: Callable[[], Any]) -> Callable[[int], None]:
         def side(_i: int) -> None:
@@ -117,13 +141,28 @@ def _measure(svc: Any, probe: str, reps: int) -> dict[str, Any]:
             samples[op].append(ms_since(t0))
         return side
 
-    def pause_unpause() -> None:
-        svc.action(probe, {"pause": None})
-        svc.action(probe, {"unpause": None})
+    def pause_unpause(_i: int) -> None:
+        total = hypervisor = 0.0
+        for verb in ("pause", "unpause"):
+            t0 = now()
+            svc.action(probe, {verb: None})
+            took = ms_since(t0)
+            total += took
+            steps = timings.steps_of(svc.client.get(f"/servers/{probe}")["server"], verb)
+            if steps is None:
+                raise RuntimeError(f"the probe's {verb} left no timings of it")
+            hypervisor += timings.phases(steps, took).get(HYPERVISOR_STEP, 0.0)
+        samples["pause_unpause"].append(total)
+        samples["pause_unpause_own"].append(total - hypervisor)
+
+    def direct() -> None:
+        control.suspend()
+        control.resume()
 
     sides = [timed("show", lambda: svc.client.get(f"/servers/{probe}")),
              timed("flavors", lambda: svc.client.get("/flavors/detail")),
-             timed("pause_unpause", pause_unpause)]
+             pause_unpause,
+             timed("pause_unpause_libvirt", direct)]
     for side in sides:  # warm-up, not kept
         side(0)
     for values in samples.values():
@@ -136,7 +175,8 @@ def _rows(idle: dict[str, Any], loaded: dict[str, Any], guests: int, records: in
           count: int) -> list[Row]:
     common = {"guests_running": guests, "records": records, "instances_listed": count}
     rows = [make_row(f"service_flat_{op}_{guests}_guests_{records}_records",
-                     loaded["samples"][op], idle["samples"][op], TARGET, op=op,
+                     loaded["samples"][op], idle["samples"][op],
+                     None if op in UNTARGETED else TARGET, op=op,
                      vs="the same with one running instance and no records", **common)
             for op in idle["samples"]]
     before: Memory = idle["memory"]
