@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -230,6 +231,26 @@ def test_create_without_start_defines_the_domain_and_start_boots_it(vmops: Vmops
     vmops.wait_console("ns1", BOOT)  # the guest reached userspace
     assert vmops.server("ns1")["status"] == "ACTIVE"
     assert any("vmops-ns1" in p for p in _qemu_processes())
+
+
+@pytest.mark.extended
+def test_start_makes_again_the_serial_fifos_removed_behind_its_back(vmops: Vmops) -> None:
+    """The serial port's FIFOs (``run/<id>.sock.in`` and ``.out``, made at
+    define) removed while the guest is off: start makes them again instead
+    of failing with QEMU's "Could not open '<id>.sock'", and the guest's
+    output is captured."""
+    created = vmops.client.post("/servers", {"server": {
+        "name": "ff1", "imageRef": "tiny", "flavorRef": "m1.tiny", "vmops:start": False}})
+    vmops.wait_status("ff1", "SHUTOFF", timeout=120)
+    fifos = [vmops.state_dir / "run" / f"{created['server']['id']}.sock{end}"
+             for end in (".in", ".out")]
+    assert all(stat.S_ISFIFO(path.lstat().st_mode) for path in fifos)
+    for path in fifos:
+        path.unlink()
+    vmops.run("start", "ff1")
+    vmops.wait_console("ff1", BOOT)
+    assert vmops.server("ff1")["status"] == "ACTIVE"
+    assert all(stat.S_ISFIFO(path.lstat().st_mode) for path in fifos)
 
 
 def _qemu_processes() -> list[str]:

@@ -24,7 +24,7 @@ from vmops.hypervisor.base import (
     DomainSpec,
     NicSpec,
 )
-from vmops.hypervisor.libvirt.domain_xml import VMOPS_XMLNS, build_domain_xml
+from vmops.hypervisor.libvirt.domain_xml import VMOPS_XMLNS, build_domain_xml, serial_pipe_of
 
 GOLDEN = Path(__file__).parent / "golden" / "domain"
 INSTANCE_DIR = Path("/var/lib/vmops/instances/0b5e6a3c-8f3e-4c4e-9d7a-1f2b3c4d5e6f")
@@ -195,6 +195,14 @@ def test_serial_port_and_console_share_the_pipes() -> None:
     assert paths == {str(BASIC.console_socket)}
     assert _find(root, "devices/serial").get("type") == "pipe"
     assert _find(root, "devices/console").get("type") == "pipe"
+
+
+def test_the_serial_pipe_is_read_back_from_a_domains_xml() -> None:
+    assert serial_pipe_of(build_domain_xml(BASIC)) == BASIC.console_socket
+    socket_domain = build_domain_xml(BASIC).replace("type=\"pipe\"", "type=\"unix\"")
+    assert "type=\"unix\"" in socket_domain  # a domain from before the FIFOs
+    assert serial_pipe_of(socket_domain) is None
+    assert serial_pipe_of("<domain><devices/></domain>") is None
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

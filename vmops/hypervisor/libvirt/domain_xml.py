@@ -345,6 +345,17 @@ def disk_element(domain_xml: str, target: str) -> str | None:
     return None
 
 
+def serial_pipe_of(domain_xml: str) -> Path | None:
+    """The chardev path of the domain's serial port if it is a ``pipe``
+    (``serial_pipes``: the FIFOs are that path plus ``.in`` and ``.out``);
+    None for any other serial port or none."""
+    for serial in ET.fromstring(domain_xml).iterfind("./devices/serial"):
+        source = serial.find("source")
+        if serial.get("type") == "pipe" and source is not None and source.get("path"):
+            return Path(str(source.get("path")))
+    return None
+
+
 def secret_xml(usage: str, description: str) -> str:
     """A persistent, private libvirt secret of usage type iscsi (CHAP):
     libvirt keeps its value on disk and never hands it out over its API."""

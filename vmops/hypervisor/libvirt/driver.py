@@ -63,6 +63,7 @@ from vmops.hypervisor.libvirt.domain_xml import (
     disk_xml,
     disks_of,
     secret_xml,
+    serial_pipe_of,
 )
 
 log = logging.getLogger(__name__)
@@ -395,11 +396,12 @@ class LibvirtHypervisor:
     def start(self, uuid: str, paused: bool = False) -> None:
         dom = self._checked(uuid, "start")
         self._use_embedded_secrets()
-        if not paused:
-            dom.createWithFlags(0)
-            return
-        _unless_flag_unsupported(lambda: dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED),
-                                 lambda: (dom.createWithFlags(0), dom.suspend()))
+        try:
+            _create(dom, paused)
+        except libvirt.libvirtError:
+            if not _serial_pipes_made_again(dom):
+                raise
+            _create(dom, paused)
 
     @_translated("shut down")
     def shutdown(self, uuid: str) -> None:
@@ -763,6 +765,32 @@ class _Unplug:
     def __init__(self) -> None:
         self.done = threading.Event()
         self.released = False
+
+
+def _create(dom: libvirt.virDomain, paused: bool) -> None:
+    if not paused:
+        dom.createWithFlags(0)
+        return
+    _unless_flag_unsupported(lambda: dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED),
+                             lambda: (dom.createWithFlags(0), dom.suspend()))
+
+
+def _serial_pipes_made_again(dom: libvirt.virDomain) -> bool:
+    """After a failed start: were the FIFOs of the domain's serial port
+    gone (removed behind vmops' back; they live in the state directory's
+    ``run``)? Made again if so, and True: QEMU failed for want of them,
+    with an error naming neither (``Could not open '....sock'``). A path
+    there that is not a FIFO is a HypervisorError naming it."""
+    try:
+        base = serial_pipe_of(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    except libvirt.libvirtError:
+        return False
+    if base is None or serial_pipes.exist(base):
+        return False
+    serial_pipes.make(base)
+    log.warning("%s: the FIFOs of its serial port (%s.in, .out) were missing; made "
+                "them again to start it again", dom.name(), base)
+    return True
 
 
 def _unless_flag_unsupported(call: Callable[[], object],
