@@ -9,6 +9,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,6 +251,29 @@ def test_report_plots_a_phases_panel_per_verb(tmp_path: Path) -> None:
     assert "lifecycle_pause: vmops' steps of pause (vmops:timings, median ms of 1): " \
         "begin 1.0, work 9.0, finish 2.0." in md
     assert "![verb_phases](verb_phases.png)" in md
+
+
+def test_a_many_at_once_panel_sets_each_makespan_beside_one_spawns_steps(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [make_row("lifecycle_pause", [12.0], [3.0], None, timings_verb="pause",
+                     timings_steps_ms={"work": 9.0}),
+            make_row("concurrency_8_spawns", [2400.0], [2100.0], None, width=8,
+                     timings_verb="spawn (8 at once)",
+                     timings_steps_ms={"record": 30.0, "start-paused": 1600.0})]
+    figures: list[Any] = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    report.verb_phases_plot(plt, tmp_path / "p.png", rows)
+    pause, many = figures[0].axes[:2]
+    assert [t.get_text() for t in pause.get_xticklabels()] == ["vmops", "baseline"]
+    assert [t.get_text() for t in many.get_xticklabels()] == [
+        "vmops\none spawn", "vmops\nmakespan", "libvirt\nmakespan"]
+    heights = [round(p.get_height(), 1) for p in many.patches]
+    assert heights == [30.0, 1600.0, 2400.0, 2100.0]
 
 
 def test_the_wide_spawn_round_fails_on_a_refused_connection(
