@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import Vmops
+from vmops import serial_pipes
 
 BOOT = r"VMOPS-BOOT-COMPLETE"
 
@@ -242,8 +243,7 @@ def test_start_makes_again_the_serial_fifos_removed_behind_its_back(vmops: Vmops
     created = vmops.client.post("/servers", {"server": {
         "name": "ff1", "imageRef": "tiny", "flavorRef": "m1.tiny", "vmops:start": False}})
     vmops.wait_status("ff1", "SHUTOFF", timeout=120)
-    fifos = [vmops.state_dir / "run" / f"{created['server']['id']}.sock{end}"
-             for end in (".in", ".out")]
+    fifos = serial_pipes.paths(vmops.state_dir / "run" / f"{created['server']['id']}.sock")
     assert all(stat.S_ISFIFO(path.lstat().st_mode) for path in fifos)
     for path in fifos:
         path.unlink()
