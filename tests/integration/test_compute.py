@@ -209,6 +209,22 @@ def test_guest_shutdown_event_updates_the_record(env: dict[str, Any]) -> None:
     assert inst.desired_running is False
 
 
+def test_an_event_the_record_already_says_writes_nothing(env: dict[str, Any]) -> None:
+    """An event arriving after the verb that caused it wrote its end (as
+    libvirt's often does) changes nothing, so it is not written again; its
+    observers and waiters still hear of it."""
+    compute: Compute = env["compute"]
+    inst = compute.pause(_spawn(env).id)
+    seen: list[Any] = []
+    compute.lifecycle_observers[:] = [seen.append]
+    written = env["store"].instance(inst.id)
+    env["hv"]._emit(inst.id, PowerState.PAUSED, "paused")
+    assert env["store"].instance(inst.id).updated_at == written.updated_at
+    assert [e.state for e in seen] == [PowerState.PAUSED]
+    env["hv"]._emit(inst.id, PowerState.RUNNING, "unpaused")  # news: written
+    assert env["store"].instance(inst.id).vm_state == "active"
+
+
 def test_lifecycle_observers_see_events_of_known_instances_after_the_record(
         env: dict[str, Any]) -> None:
     """What Nova's driver registers: each event of an instance vmops has a

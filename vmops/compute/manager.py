@@ -1176,7 +1176,10 @@ class Compute:
                 changes["fault"] = event.fault
             elif event.state in (PowerState.SHUTOFF, PowerState.CRASHED):
                 changes["desired_running"] = False  # the guest stopped by itself
-        self.store.update_instance(inst, **changes)
+        if any(getattr(inst, key) != value for key, value in changes.items()):
+            # Not when the record already says so (the verb that made the
+            # change often writes its end first): a write fewer (#17).
+            self.store.update_instance(inst, **changes)
         self._notify()
         for observer in list(self.lifecycle_observers):
             try:
