@@ -155,6 +155,10 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
                          f"QEMU's: {per['pss']} MiB PSS, {per['rss']} MiB RSS ({r['how']}; "
                          f"{r['capture_processes']} capture processes, service PSS "
                          f"{r['service_pss_kib'][0]} -> {r['service_pss_kib'][1]} KiB).")
+        if r.get("ratio_95"):
+            low, high = r["ratio_95"]
+            notes.append(f"- {r['scenario']}: {r['samples']} samples a side; the ratio's 95 % "
+                         f"bootstrap interval {_fmt(low, 3)} to {_fmt(high, 3)}.")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")

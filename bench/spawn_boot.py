@@ -19,16 +19,23 @@ from bare QEMU").
 
 Target (issue #17): vmops <= 1.05x bare QEMU. Under TCG the guest's boot
 (~6-8 s of emulated CPU) dominates every side.
+
+A full run boots each side 5 times (``VMOPS_BENCH_BOOTS`` sets how many;
+each boot of each side is ~6-20 s). The rows carry ``ratio_95``, a
+bootstrap interval of the ratio (:func:`bench.common.ratio_interval`):
+boots of one command line spread by more than the 5 % being judged, so
+the interval says whether a run could tell.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
 
 from bench import session
-from bench.common import Row, Target, alternate, make_row, ms_since, now
+from bench.common import Row, Target, alternate, make_row, ms_since, now, ratio_interval
 from bench.virt import launch_qemu, make_disks, new_uuid, rewrite_domain_xml
 
 MARK = b"VMOPS-BOOT-COMPLETE"
@@ -42,7 +49,7 @@ def run(quick: bool) -> list[Row]:
     svc = s.vmops
     lv = s.baseline
     tpl = s.template(config_drive=False)
-    reps = 1 if quick else 5
+    reps = 1 if quick else boots()
     vmops_ms: list[float] = []
     qemu_ms: list[float] = []
     lv_ms: list[float] = []
@@ -99,8 +106,21 @@ def run(quick: bool) -> list[Row]:
             shutil.rmtree(wd, ignore_errors=True)
 
     alternate(reps, vmops_side, qemu_side, libvirt_side)
-    return [make_row("spawn_to_userspace_vs_qemu", vmops_ms, qemu_ms, TARGET),
-            make_row("spawn_to_userspace_vs_libvirt", vmops_ms, lv_ms, None)]
+    return [make_row("spawn_to_userspace_vs_qemu", vmops_ms, qemu_ms, TARGET,
+                     ratio_95=ratio_interval(vmops_ms, qemu_ms)),
+            make_row("spawn_to_userspace_vs_libvirt", vmops_ms, lv_ms, None,
+                     ratio_95=ratio_interval(vmops_ms, lv_ms))]
+
+
+def boots() -> int:
+    """Boots of each side in a full run: ``VMOPS_BENCH_BOOTS``, else 5."""
+    given = os.environ.get("VMOPS_BENCH_BOOTS", "").strip()
+    if not given:
+        return 5
+    if not given.isdigit() or int(given) < 1:
+        raise ValueError(f"VMOPS_BENCH_BOOTS must be a whole number of boots, 1 or more; "
+                         f"got {given!r}")
+    return int(given)
 
 
 if __name__ == "__main__":

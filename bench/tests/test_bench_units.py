@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.common import Target, alternate, make_row
+from bench.common import Target, alternate, make_row, ratio_interval
 from bench.fswatch import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FsWatch
 from bench.runner import FULL_RUN_ONLY, normalize, parse_args, run_scenario
 from bench.virt import qemu_command, rewrite_domain_xml
@@ -62,6 +62,31 @@ def test_make_row_medians_ratio_verdict() -> None:
     assert row["vmops_median_ms"] == 20.0 and row["baseline_median_ms"] == 10.0
     assert row["ratio"] == 2.0 and row["passed"] is False
     assert make_row("y", [1.0], [2.0], None)["passed"] is None
+
+
+def test_ratio_interval_holds_the_ratio_and_narrows_with_samples() -> None:
+    spread_out = [100.0, 130.0, 90.0, 120.0, 110.0]
+    few = ratio_interval([x * 1.1 for x in spread_out], spread_out)
+    many = ratio_interval([x * 1.1 for x in spread_out * 8], spread_out * 8)
+    assert few is not None and many is not None
+    assert few[0] < 1.1 < few[1] and few[0] <= many[0] <= 1.1 <= many[1] <= few[1]
+    assert many[1] - many[0] < few[1] - few[0]
+    assert ratio_interval([1.0, 1.0], [2.0, 2.0]) == (0.5, 0.5)
+    assert ratio_interval([1.0], [1.0, 2.0]) is None
+    assert ratio_interval(spread_out, spread_out) == ratio_interval(spread_out, spread_out)
+
+
+def test_spawn_boot_boots_a_side_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench import spawn_boot
+
+    monkeypatch.delenv("VMOPS_BENCH_BOOTS", raising=False)
+    assert spawn_boot.boots() == 5
+    monkeypatch.setenv("VMOPS_BENCH_BOOTS", "24")
+    assert spawn_boot.boots() == 24
+    for bad in ("0", "-3", "ten", "2.5"):
+        monkeypatch.setenv("VMOPS_BENCH_BOOTS", bad)
+        with pytest.raises(ValueError, match="VMOPS_BENCH_BOOTS"):
+            spawn_boot.boots()
 
 
 def test_alternate_rotates_who_goes_first() -> None:
