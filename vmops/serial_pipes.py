@@ -34,17 +34,32 @@ def paths(base: Path) -> tuple[Path, Path]:
 
 
 def make(base: Path) -> None:
-    """Make both FIFOs (mode 0600) if missing. ``HypervisorError`` naming
-    the path if one exists and is not a FIFO (QEMU would write the guest's
-    output into it, or fail)."""
+    """Make both FIFOs (mode 0600) if missing. One already there is kept
+    only if it is one vmops made: a FIFO of this user's that no one else
+    may open. Anything else (not a FIFO: QEMU would write the guest's
+    output into it, or fail; another user's, or one others may open: they
+    could read the console or type into it) is a ``HypervisorError``
+    naming the path and what is wrong with it, and is left as it is."""
     for path in paths(base):
         try:
             os.mkfifo(path, 0o600)
         except FileExistsError:
-            if not stat.S_ISFIFO(os.lstat(path).st_mode):
-                raise HypervisorError(
-                    reason=f"{path} exists and is not a FIFO: it cannot be the "
-                    "guest's serial port") from None
+            wrong = _not_ours(os.lstat(path))
+            if wrong:
+                raise HypervisorError(reason=f"{path} exists and {wrong}: it cannot be "
+                                      "the guest's serial port") from None
+
+
+def _not_ours(found: os.stat_result) -> str:
+    """What keeps an existing file from being a serial port FIFO of ours
+    ('' if nothing)."""
+    if not stat.S_ISFIFO(found.st_mode):
+        return "is not a FIFO"
+    if found.st_uid != os.geteuid():
+        return f"belongs to uid {found.st_uid}, not to vmops' uid {os.geteuid()}"
+    if stat.S_IMODE(found.st_mode) & 0o077:
+        return f"others may open it (mode {stat.S_IMODE(found.st_mode):04o}, not 0600)"
+    return ""
 
 
 def exist(base: Path) -> bool:
