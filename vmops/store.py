@@ -52,7 +52,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from vmops.errors import (
     AddressInUse,
@@ -320,6 +320,36 @@ ALTER TABLE volumes ADD COLUMN chap_user TEXT NOT NULL DEFAULT '';
 ALTER TABLE volumes ADD COLUMN secret_uuid TEXT NOT NULL DEFAULT '';
 """
 
+
+def _change_log_triggers(table: str) -> str:
+    """The triggers that log each insert, update (and change of id) and
+    delete of ``table``'s rows in ``row_changes``."""
+    log_row = f"INSERT INTO row_changes (tbl, id) VALUES ('{table}', {{}}.id); END;"
+    return f"""
+CREATE TRIGGER {table}_inserted AFTER INSERT ON {table} BEGIN {log_row.format("NEW")}
+CREATE TRIGGER {table}_updated AFTER UPDATE ON {table} BEGIN {log_row.format("NEW")}
+CREATE TRIGGER {table}_rekeyed AFTER UPDATE OF id ON {table} WHEN OLD.id IS NOT NEW.id
+    BEGIN {log_row.format("OLD")}
+CREATE TRIGGER {table}_deleted AFTER DELETE ON {table} BEGIN {log_row.format("OLD")}
+"""
+
+
+# Schema version 11: a log of the instances' and ports' rows that changed,
+# kept by triggers, so whoever changes a row (this store, another connection,
+# SQL behind the store's back) logs it: a list after a write reads only the
+# rows changed since the last list, not every row again (#17). Each change
+# appends a row that cannot conflict with another (its seq is new, its id
+# may even be NULL), so a trigger adds no way for a write to fail.
+# ``Store._prune_changes`` deletes old entries and records how far in
+# ``row_changes_pruned``: a reader that had not got that far reads the
+# whole table again.
+SCHEMA_V11 = """
+CREATE TABLE row_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, tbl TEXT NOT NULL, id TEXT);
+CREATE TABLE row_changes_pruned (upto INTEGER NOT NULL);
+INSERT INTO row_changes_pruned VALUES (0);
+""" + _change_log_triggers("instances") + _change_log_triggers("ports")
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "flavors, images, keypairs and instances", SCHEMA_V1),
     Migration(2, "ports, security groups and port forwards (the vmops network)", SCHEMA_V2),
@@ -340,6 +370,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "instance actions: an index of the open ones",
               "CREATE INDEX instance_actions_open ON instance_actions (instance_id) "
               "WHERE finish_time IS NULL;"),
+    Migration(11, "instances and ports: a log of the rows changed, for lists that read "
+              "only those", SCHEMA_V11),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -697,6 +729,10 @@ def _instance_fields() -> frozenset[str]:
 
 
 _PLAIN_TYPES = (str, int, float, bool, type(None))
+# The change log (schema version 11) is pruned once it holds this many
+# entries (about 3 for each verb; ~40 bytes each): each prune costs the
+# other table one whole read.
+PRUNE_CHANGES_AT = 10_000
 
 
 def _plain(value: Any) -> Any:
@@ -877,7 +913,23 @@ class _Reserve:
         return True
 
 
-_Record = TypeVar("_Record")
+class _Keyed(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+_Record = TypeVar("_Record", bound=_Keyed)
+
+
+@dataclass(frozen=True)
+class _LastRead(Generic[_Record]):
+    """A whole-table read: the database's version then
+    (:meth:`Store._version`), the change log's last entry then (None
+    without one) and the records, in the table's order."""
+
+    version: tuple[int, int]
+    seq: int | None
+    records: list[_Record]
 
 
 class _DecodedRows(Generic[_Record]):
@@ -898,17 +950,21 @@ class _DecodedRows(Generic[_Record]):
     instance's keeps no copy of its JSON body (issue #17): see
     :func:`_instance_fingerprint`.
 
-    ``last``: the records of the last whole-table read (``sql``) and the
-    database's version then (:meth:`Store._version`): while the version is
-    the same, not even the rows need reading again."""
+    ``last``: the last whole-table read (``sql``, whose order ``order``
+    gives again in Python): while the database's version is the same, not
+    even the rows need reading again; once it changed, only the rows the
+    change log names (:meth:`changed`)."""
 
-    def __init__(self, decode: Callable[[sqlite3.Row], _Record], sql: str,
+    def __init__(self, table: str, decode: Callable[[sqlite3.Row], _Record], order_by: str,
+                 order: Callable[[_Record], Any],
                  fingerprint: Callable[[sqlite3.Row], Hashable] = tuple) -> None:
+        self.table = table
         self._decode = decode
         self._fingerprint = fingerprint
-        self.sql = sql
+        self.sql = f"SELECT * FROM {table} ORDER BY {order_by}"
+        self._order = order
         self._kept: dict[Any, tuple[Hashable, _Record]] = {}
-        self.last: tuple[tuple[int, int], list[_Record]] | None = None
+        self.last: _LastRead[_Record] | None = None
 
     def records(self, rows: list[sqlite3.Row], whole_table: bool) -> list[_Record]:
         kept = self._kept
@@ -927,16 +983,31 @@ class _DecodedRows(Generic[_Record]):
             self._kept = fresh
         return out
 
+    def changed(self, last: list[_Record], ids: list[str],
+                rows: list[sqlite3.Row]) -> list[_Record]:
+        """``last`` (a whole-table read) with the rows ``ids`` as they are
+        now: ``rows``, the ones of them that still exist (the others were
+        deleted), in the table's order."""
+        by_id = {record.id: record for record in last}
+        for gone in ids:
+            by_id.pop(gone, None)
+            self._kept.pop(gone, None)
+        for record in self.records(rows, whole_table=False):
+            by_id[record.id] = record
+        return sorted(by_id.values(), key=self._order)
+
     def keep(self, row: sqlite3.Row, record: _Record) -> None:
         """Keep ``record`` as what ``row`` decodes to (a write that has the
         record it wrote: the next read need not decode it again)."""
         self._kept[row["id"]] = (self._fingerprint(row), record)
 
     def forget(self, key: Any) -> None:
-        """Drop what is kept of the row ``key`` (deleted) and the last
-        whole-table read (stale now), instead of at the next one."""
+        """Drop what is kept of the row ``key`` (deleted), in the last
+        whole-table read too, instead of at the next one."""
         self._kept.pop(key, None)
-        self.last = None
+        last = self.last
+        if last is not None:
+            self.last = replace(last, records=[r for r in last.records if r.id != key])
 
 
 def _row_hash(values: tuple[Any, ...]) -> int:
@@ -986,10 +1057,16 @@ class Store:
             raise
         self._reserve = _Reserve(path.with_name(path.name + ".reserve"), reserve_bytes)
         self._instance_rows = _DecodedRows(
-            _instance_from_row, "SELECT * FROM instances ORDER BY created_at, name",
-            _instance_fingerprint)
+            "instances", _instance_from_row, "created_at, name",
+            lambda i: (i.created_at, i.name), _instance_fingerprint)
         self._port_rows = _DecodedRows(
-            _port_from_row, "SELECT * FROM ports ORDER BY instance_id, position")
+            "ports", _port_from_row, "instance_id, position",
+            lambda p: (p.instance_id, p.position))
+        # Schema version 11's log of changed rows (absent only when a test
+        # migrates to an older version): lists read only what changed.
+        self._change_log = bool(self._db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'row_changes'"
+        ).fetchone())
         self._seed_flavors()
 
     def close(self) -> None:
@@ -1039,17 +1116,67 @@ class Store:
 
     def _whole_table(self, table: _DecodedRows[_Record]) -> list[_Record]:
         """Every record of ``table``; the last read's again while the
-        database has not changed (a new list: callers sort theirs)."""
+        database has not changed, and once it has, with only the rows the
+        change log names read again (a new list: callers sort theirs).
+        Rows are decoded outside the lock."""
         with self._lock:
             version = self._version()
             last = table.last
-            if version is not None and last is not None and last[0] == version:
-                return list(last[1])
-            rows = self._db.execute(table.sql).fetchall()
-        records = table.records(rows, whole_table=True)
+            if version is not None and last is not None and last.version == version:
+                return list(last.records)
+            if version is None or not self._change_log:
+                seq = None
+                rows, changed = self._db.execute(table.sql).fetchall(), None
+            else:
+                seq, pruned, rows, changed = self._read_since(table, last)
+                if seq - pruned > PRUNE_CHANGES_AT:
+                    self._prune_changes(seq)
+        if changed is None:
+            records = table.records(rows, whole_table=True)
+        else:
+            assert last is not None
+            records = table.changed(last.records, changed, rows) if changed else last.records
         if version is not None:
-            table.last = (version, records)
+            # A read that raced another's may keep the older of the two: its
+            # version then differs from the database's, so the next read
+            # asks the log again. Never a newer version with older records:
+            # the version was taken before the rows were read.
+            table.last = _LastRead(version, seq, records)
         return list(records)
+
+    def _read_since(self, table: _DecodedRows[_Record], last: _LastRead[_Record] | None
+                    ) -> tuple[int, int, list[sqlite3.Row], list[str] | None]:
+        """From one snapshot: the change log's last entry, how far it was
+        pruned, and ``table``'s rows: all of them (and None), or, if the log
+        still has every entry since ``last``, the ids it names since then
+        and the rows of those that still exist."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            seq, pruned = db.execute(
+                "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'row_changes'), "
+                "(SELECT upto FROM row_changes_pruned)").fetchone()
+            seq = seq or 0
+            if last is None or last.seq is None or last.seq < pruned:
+                return seq, pruned, db.execute(table.sql).fetchall(), None
+            since = (last.seq, table.table)
+            ids = [r[0] for r in db.execute(
+                "SELECT DISTINCT id FROM row_changes WHERE seq > ? AND tbl = ?", since)]
+            rows = db.execute(
+                f"SELECT * FROM {table.table} WHERE id IN "
+                "(SELECT id FROM row_changes WHERE seq > ? AND tbl = ?)",
+                since).fetchall() if ids else []
+            return seq, pruned, rows, ids
+        finally:
+            db.execute("COMMIT")
+
+    def _prune_changes(self, upto: int) -> None:
+        """Delete the change log's entries up to ``upto`` and record that it
+        was pruned so far: a reader whose last read is older (the other
+        table's, another process's store) reads its table whole once."""
+        with self._tx() as db:
+            db.execute("DELETE FROM row_changes WHERE seq <= ?", (upto,))
+            db.execute("UPDATE row_changes_pruned SET upto = max(upto, ?)", (upto,))
 
     # Public for the record modules that keep their own tables in this
     # database (vmops/identity, vmops/api/nova_extras): one connection, one lock.

@@ -261,3 +261,17 @@ def test_v9_keeps_a_v8_databases_volumes_as_local_ones(v1_db: Path) -> None:
     volume = VolumeRecords(store).get("data")
     assert (volume.remote, volume.path, volume.secret_uuid) == (False, "/x/volume-v1.qcow2", "")
     store.close()
+
+
+def test_v11_logs_the_changes_of_a_v10_databases_rows(v1_db: Path) -> None:
+    Store(v1_db, migrations=MIGRATIONS[:10]).close()  # as the release before schema 11 left it
+    store = Store(v1_db)
+    assert _user_version(v1_db) == SCHEMA_VERSION
+    assert len(list(v1_db.parent.glob("vmops.db.v10-*.bak"))) == 1
+    assert [i.name for i in store.instances()] == ["web1", "web2", "db1"]
+    web2 = store.instance("web2").id
+    store.update_instance(web2, vm_state="error")
+    assert [tuple(r) for r in store.query("SELECT tbl, id FROM row_changes")] == [
+        ("instances", web2)]
+    assert [i.vm_state for i in store.instances()][1] == "error"
+    store.close()
