@@ -8,7 +8,11 @@ a root disk and a defined domain each, SHUTOFF, as a spawn then stop
 leaves them. The baseline root holds as many defined domains, from the
 same domain XML.
 
-- list: ``GET /servers/detail`` (what ``vmops list`` calls).
+- list: ``GET /servers/detail`` (what ``vmops list`` calls), with nothing
+  changed since the last list.
+- list after a write: the same list right after one server's metadata was
+  set (``POST /servers/{id}/metadata``, not timed): what a client polling
+  the list sees while anything changes, as every verb writes its record.
 - show: ``GET /servers/{id}`` of a different instance each time (the record
   plus the live libvirt state, what ``vmops show`` calls).
 - baseline for both: one ``getAllDomainStats()`` call on the baseline root,
@@ -16,8 +20,8 @@ same domain XML.
   ``libvirt_lookup_info_ms`` adds ``lookupByUUIDString`` + ``info()`` of one
   domain, the single-domain equivalent of show.
 
-Target: list <= 1.5x the bulk call at 200 and at 1,000 instances (the other
-levels and show: for information; the point is how each grows with the
+Target: list, and list after a write, <= 1.5x the bulk call at 200 and at
+1,000 instances (the other levels and show: for information; the point is how each grows with the
 number of instances). ``VMOPS_BENCH_MGMT_LEVELS`` (e.g. ``10,50``) sets the
 levels, to try the code path without making 1,000 servers.
 """
@@ -83,6 +87,7 @@ def run(quick: bool) -> list[Row]:
 def _measure(svc: Any, lv: Any, lv_domains: list[Any], ids: list[str], n: int,
              reps: int) -> list[Row]:
     list_ms: list[float] = []
+    written_ms: list[float] = []
     show_ms: list[float] = []
     bulk_ms: list[float] = []
     one_ms: list[float] = []
@@ -92,6 +97,14 @@ def _measure(svc: Any, lv: Any, lv_domains: list[Any], ids: list[str], n: int,
         t0 = now()
         servers = svc.client.get("/servers/detail")["servers"]
         list_ms.append(ms_since(t0))
+        assert len(servers) == n
+
+    def vmops_list_after_write(i: int) -> None:
+        svc.client.post(f"/servers/{ids[(i * 11) % n]}/metadata",
+                        {"metadata": {"bench": str(i)}})
+        t0 = now()
+        servers = svc.client.get("/servers/detail")["servers"]
+        written_ms.append(ms_since(t0))
         assert len(servers) == n
 
     def vmops_show(i: int) -> None:
@@ -110,17 +123,21 @@ def _measure(svc: Any, lv: Any, lv_domains: list[Any], ids: list[str], n: int,
         lv.conn.lookupByUUIDString(lv_uuids[(i * 7) % n]).info()
         one_ms.append(ms_since(t0))
 
-    for warm in (vmops_list, vmops_show, libvirt_bulk, libvirt_one):
+    for warm in (vmops_list, vmops_list_after_write, vmops_show, libvirt_bulk, libvirt_one):
         warm(0)
     list_ms.clear()
+    written_ms.clear()
     show_ms.clear()
     bulk_ms.clear()
     one_ms.clear()
-    alternate(reps, vmops_list, vmops_show, libvirt_bulk, libvirt_one)
+    alternate(reps, vmops_list, vmops_list_after_write, vmops_show, libvirt_bulk, libvirt_one)
     common = {"instances": n}
     return [
         make_row(f"mgmt_list_{n}", list_ms, bulk_ms,
                  LIST_TARGET if n in TARGET_LEVELS else None, op="list", **common),
+        make_row(f"mgmt_list_after_write_{n}", written_ms, bulk_ms,
+                 LIST_TARGET if n in TARGET_LEVELS else None, op="list after a write",
+                 **common),
         make_row(f"mgmt_show_{n}", show_ms, bulk_ms, None, op="show",
                  libvirt_lookup_info_ms=round(median(one_ms) or 0.0, 3), **common),
     ]

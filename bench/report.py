@@ -159,6 +159,16 @@ def markdown(results: dict[str, Any], plots: list[Path]) -> str:
             low, high = r["ratio_95"]
             notes.append(f"- {r['scenario']}: {r['samples']} samples a side; the ratio's 95 % "
                          f"bootstrap interval {_fmt(low, 3)} to {_fmt(high, 3)}.")
+        if r.get("paired_ms"):
+            median_ms, (low, high) = r["paired_ms"]
+            notes.append(f"- {r['scenario']}: the median of each round's own difference "
+                         f"{_fmt(median_ms, 2)} ms, 95 % interval {_fmt(low, 2)} to "
+                         f"{_fmt(high, 2)} ms.")
+        if r.get("paired"):
+            median_ratio, (low, high) = r["paired"]
+            notes.append(f"- {r['scenario']}: the median of each round's own ratio "
+                         f"{_fmt(median_ratio, 3)}, 95 % interval {_fmt(low, 3)} to "
+                         f"{_fmt(high, 3)}.")
         if "libvirt_lookup_info_ms" in r:
             notes.append(f"- {r['scenario']}: libvirt lookupByUUIDString+info "
                          f"{r['libvirt_lookup_info_ms']} ms.")
@@ -200,7 +210,7 @@ def write_plots(out_dir: Path, rows: list[Row]) -> list[Path]:
     verbs = [r for r in rows if r.get("timings_steps_ms")]
     if verbs:
         plots.append(verb_phases_plot(plt, out_dir / "verb_phases.png", verbs))
-    mgmt = [r for r in rows if r.get("op") in ("list", "show") and "instances" in r]
+    mgmt = [r for r in rows if r.get("op") in MGMT_OPS and "instances" in r]
     if mgmt:
         plots.append(_mgmt_plot(plt, out_dir / "mgmt_latency.png", mgmt))
     return plots
@@ -280,9 +290,12 @@ def verb_phases_plot(plt: Any, path: Path, rows: list[Row]) -> Path:
     return path
 
 
+MGMT_OPS = ("list", "list after a write", "show")  # bench/mgmt_plane.py's rows
+
+
 def _mgmt_plot(plt: Any, path: Path, rows: list[Row]) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for op in ("list", "show"):
+    for op in MGMT_OPS:
         pts = sorted((r["instances"], r["vmops_median_ms"]) for r in rows if r["op"] == op)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"vmops {op}")
     bulk = sorted({(r["instances"], r["baseline_median_ms"]) for r in rows if r["op"] == "list"})
