@@ -19,7 +19,10 @@ medians to chance, 28 do not.
 
 Target: pause, unpause and hard reboot, vmops <= libvirt + 5 ms (issue #17);
 the others vmops <= 1.2x libvirt, or libvirt + 10 ms (an API round trip and
-two record writes are a fixed cost a ratio cannot hide).
+two record writes are a fixed cost a ratio cannot hide). The quick verbs'
+rows also give ``paired_ms``: the median of each round's own difference
+(vmops' sample minus libvirt's, taken one right after the other) and its
+95 % interval (:func:`bench.common.paired_difference`), for information.
 vmops' start and resume also start the console capture process and wait for
 it to connect before the vCPUs run: that is in its time, on purpose.
 """
@@ -33,7 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import session, timings
-from bench.common import Row, Target, make_row, ms_since, now
+from bench.common import Row, Target, make_row, ms_since, now, paired_difference
 from bench.virt import make_disks, new_uuid, rewrite_domain_xml
 
 TARGET = Target(1.2, slack_ms=10.0)
@@ -108,7 +111,9 @@ def run(quick: bool) -> list[Row]:
     return [make_row(f"lifecycle_{op}", vmops_ms[op], lv_ms[op],
                      QUICK_TARGET if op in QUICK_OPS else TARGET, timings_verb=VERBS[op],
                      timings_steps_ms=timings.median_phases(steps[op]),
-                     timings_samples=len(steps[op])) for op, _, _ in OPS]
+                     timings_samples=len(steps[op]),
+                     paired_ms=paired_difference(vmops_ms[op], lv_ms[op])
+                     if op in QUICK_OPS else None) for op, _, _ in OPS]
 
 
 def _sequence(quick: bool) -> list[tuple[str, dict[str, Any], Callable[[Any], Any]]]:

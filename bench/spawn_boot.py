@@ -24,7 +24,10 @@ A full run boots each side 5 times (``VMOPS_BENCH_BOOTS`` sets how many;
 each boot of each side is ~6-20 s). The rows carry ``ratio_95``, a
 bootstrap interval of the ratio (:func:`bench.common.ratio_interval`):
 boots of one command line spread by more than the 5 % being judged, so
-the interval says whether a run could tell.
+the interval says whether a run could tell. ``paired`` gives, for
+information, the median of each round's own ratio and its interval
+(:func:`bench.common.paired_ratio`): narrower than the other when the
+host's speed drifts from round to round, not when boots spread within one.
 """
 
 from __future__ import annotations
@@ -35,7 +38,16 @@ import sys
 import time
 
 from bench import session
-from bench.common import Row, Target, alternate, make_row, ms_since, now, ratio_interval
+from bench.common import (
+    Row,
+    Target,
+    alternate,
+    make_row,
+    ms_since,
+    now,
+    paired_ratio,
+    ratio_interval,
+)
 from bench.virt import launch_qemu, make_disks, new_uuid, rewrite_domain_xml
 
 MARK = b"VMOPS-BOOT-COMPLETE"
@@ -107,9 +119,11 @@ def run(quick: bool) -> list[Row]:
 
     alternate(reps, vmops_side, qemu_side, libvirt_side)
     return [make_row("spawn_to_userspace_vs_qemu", vmops_ms, qemu_ms, TARGET,
-                     ratio_95=ratio_interval(vmops_ms, qemu_ms)),
+                     ratio_95=ratio_interval(vmops_ms, qemu_ms),
+                     paired=paired_ratio(vmops_ms, qemu_ms)),
             make_row("spawn_to_userspace_vs_libvirt", vmops_ms, lv_ms, None,
-                     ratio_95=ratio_interval(vmops_ms, lv_ms))]
+                     ratio_95=ratio_interval(vmops_ms, lv_ms),
+                     paired=paired_ratio(vmops_ms, lv_ms))]
 
 
 def boots() -> int:

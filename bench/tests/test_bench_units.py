@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from bench import report
-from bench.common import Target, alternate, make_row, ratio_interval
+from bench.common import (
+    Target,
+    alternate,
+    make_row,
+    paired_difference,
+    paired_ratio,
+    ratio_interval,
+)
 from bench.fswatch import IN_CLOSE_WRITE, IN_CREATE, IN_MOVED_TO, FsWatch
 from bench.runner import FULL_RUN_ONLY, normalize, parse_args, run_scenario
 from bench.virt import qemu_command, rewrite_domain_xml
@@ -74,6 +81,20 @@ def test_ratio_interval_holds_the_ratio_and_narrows_with_samples() -> None:
     assert ratio_interval([1.0, 1.0], [2.0, 2.0]) == (0.5, 0.5)
     assert ratio_interval([1.0], [1.0, 2.0]) is None
     assert ratio_interval(spread_out, spread_out) == ratio_interval(spread_out, spread_out)
+
+
+def test_paired_ratio_cancels_what_a_round_adds_to_both_sides() -> None:
+    """Rounds whose host speed drifts (x1 to x2) but whose sides keep a
+    ratio of 1.1: the paired interval is that ratio, the medians' is wide."""
+    base = [100.0 * (1 + k / 7) for k in range(8)]
+    vmops = [b * 1.1 for b in base]
+    paired = paired_ratio(vmops, base)
+    unpaired = ratio_interval(vmops, base)
+    assert paired == (1.1, (1.1, 1.1))
+    assert unpaired is not None and unpaired[1] - unpaired[0] > 0.3
+    assert paired_ratio([1.0], [1.0]) is None
+    assert paired_ratio([1.0, 2.0], [1.0]) is None  # not paired
+    assert paired_difference([b + 4.0 for b in base], base) == (4.0, (4.0, 4.0))
 
 
 def test_spawn_boot_boots_a_side_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
