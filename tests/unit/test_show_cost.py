@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_api import Api, _create
+from tests.unit.test_api import Api, _create, _wait_idle
 
 
 def test_show_reads_only_its_own_servers_network_rows(api: Api,
@@ -30,3 +30,8 @@ def test_show_reads_only_its_own_servers_network_rows(api: Api,
     asked.clear()
     assert api.get("/v2.1/servers/detail").status == 200
     assert ("ports", None) in asked  # the list reads everyone's at once
+    # Both spawns end before the store closes (their threads would
+    # otherwise die on a closed database in a later test).
+    monkeypatch.undo()
+    _wait_idle(api, "web1")
+    _wait_idle(api, "web2")
