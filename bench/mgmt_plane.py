@@ -21,9 +21,10 @@ same domain XML.
   domain, the single-domain equivalent of show.
 
 Target: list, and list after a write, <= 1.5x the bulk call at 200 and at
-1,000 instances (the other levels and show: for information; the point is how each grows with the
-number of instances). ``VMOPS_BENCH_MGMT_LEVELS`` (e.g. ``10,50``) sets the
-levels, to try the code path without making 1,000 servers.
+1,000 instances (the other levels and show: for information; the point is
+how each grows with the number of instances). ``VMOPS_BENCH_MGMT_LEVELS``
+(e.g. ``10,50``) sets the levels, to try the code path without making
+1,000 servers.
 """
 
 from __future__ import annotations
