@@ -59,9 +59,7 @@ def ratio_interval(vmops_ms: list[float], baseline_ms: list[float], level: float
         statistics.median(draw(vmops_ms, k=len(vmops_ms)))
         / statistics.median(draw(baseline_ms, k=len(baseline_ms)))
         for _ in range(draws))
-    tail = (1.0 - level) / 2
-    return (round(ratios[int(tail * draws)], 3),
-            round(ratios[min(draws - 1, int((1.0 - tail) * draws))], 3))
+    return _tails(ratios, level)
 
 
 def paired_ratio(vmops_ms: list[float], baseline_ms: list[float]
@@ -92,10 +90,14 @@ def _median_and_interval(values: list[float], level: float = 0.95, draws: int = 
         return None
     draw = random.Random(seed).choices
     medians = sorted(statistics.median(draw(values, k=len(values))) for _ in range(draws))
+    return round(statistics.median(values), 3), _tails(medians, level)
+
+
+def _tails(drawn: list[float], level: float) -> tuple[float, float]:
+    """The central ``level`` of ``drawn`` (sorted bootstrap draws): its ends."""
     tail = (1.0 - level) / 2
-    return (round(statistics.median(values), 3),
-            (round(medians[int(tail * draws)], 3),
-             round(medians[min(draws - 1, int((1.0 - tail) * draws))], 3)))
+    return (round(drawn[int(tail * len(drawn))], 3),
+            round(drawn[min(len(drawn) - 1, int((1.0 - tail) * len(drawn)))], 3))
 
 
 def spread(values: list[float]) -> float | None:
